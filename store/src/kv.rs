@@ -1,0 +1,572 @@
+//! The KV state machine: plain synchronous code over one sled tree, driven by the raft glue
+//! in `raft_store.rs` and tested directly here.
+//!
+//! Layout (one tree, so that one `sled::Batch` makes an apply atomic):
+//! - `k` ‖ len(ns) as u8 ‖ ns ‖ key → `Record { revision, value }`
+//! - `n` ‖ ns → `NamespaceConfig`
+//! - `m` ‖ "raft" → the raft glue's opaque state (last applied log id, membership)
+//!
+//! Durability contract: this store is *derived* state. It is not fsynced on apply; the raft log
+//! and the snapshot file are the truth, and on start the glue re-imports the snapshot if sled is
+//! behind it and re-applies committed log entries after that. So sled only has to be
+//! crash-*consistent* (each apply call's batch is atomic), not durable.
+//!
+//! Determinism contract: `apply` computes each command's `Response` from the current state and
+//! the command only. The revision of a write is the raft log index of its command, so all
+//! replicas assign the same revisions.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::types::{
+    validate_command, Command, NamespaceConfig, Op, Record, Response, ScanItem, DEFAULT_NAMESPACE,
+};
+
+const META_KEY: &[u8] = b"mraft";
+
+pub struct KvStore {
+    _db: sled::Db,
+    tree: sled::Tree,
+    /// Limit re-checked on apply; must be the same on every node (it is part of the
+    /// determinism contract), so it is fixed here, not taken from node config.
+    max_apply_value: usize,
+}
+
+fn data_key(ns: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + ns.len() + key.len());
+    k.push(b'k');
+    k.push(ns.len() as u8);
+    k.extend_from_slice(ns.as_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn ns_key(ns: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + ns.len());
+    k.push(b'n');
+    k.extend_from_slice(ns.as_bytes());
+    k
+}
+
+/// The largest value any node will accept on apply. Nodes may configure a smaller limit at
+/// the API edge; this one only guards the state machine.
+pub const APPLY_MAX_VALUE_BYTES: usize = 16 << 20;
+
+impl KvStore {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new().path(dir).open()?;
+        let tree = db.open_tree("kv")?;
+        Ok(KvStore {
+            _db: db,
+            tree,
+            max_apply_value: APPLY_MAX_VALUE_BYTES,
+        })
+    }
+
+    /// A throwaway in-memory store, for tests.
+    pub fn temporary() -> Result<Self> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let tree = db.open_tree("kv")?;
+        Ok(KvStore {
+            _db: db,
+            tree,
+            max_apply_value: APPLY_MAX_VALUE_BYTES,
+        })
+    }
+
+    /// The raft glue's opaque state saved by the last apply or import.
+    pub fn raft_meta(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(META_KEY)?.map(|v| v.to_vec()))
+    }
+
+    /// Applies commands in log order, atomically with `raft_meta`. `cmds` holds `(log index,
+    /// command)`; `None` is a raft-internal entry (blank, membership) that only advances
+    /// `raft_meta`. Returns one response per element.
+    pub fn apply(
+        &self,
+        cmds: &[(u64, Option<&Command>)],
+        raft_meta: &[u8],
+    ) -> Result<Vec<Response>> {
+        let mut batch = sled::Batch::default();
+        // Writes of earlier commands in this call, so later ones read their own writes.
+        let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut out = Vec::with_capacity(cmds.len());
+        for (index, cmd) in cmds {
+            let resp = match cmd {
+                None => Response::None,
+                Some(cmd) => self.apply_one(*index, cmd, &mut overlay)?,
+            };
+            out.push(resp);
+        }
+        for (k, v) in overlay {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch.insert(META_KEY, raft_meta);
+        self.tree.apply_batch(batch)?;
+        Ok(out)
+    }
+
+    fn read(
+        &self,
+        key: &[u8],
+        overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = overlay.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn namespace_exists(
+        &self,
+        ns: &str,
+        overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<bool> {
+        Ok(ns == DEFAULT_NAMESPACE || self.read(&ns_key(ns), overlay)?.is_some())
+    }
+
+    fn apply_one(
+        &self,
+        index: u64,
+        cmd: &Command,
+        overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<Response> {
+        // Re-validated here so that a malformed command that slipped past an edge is rejected
+        // identically on every replica instead of corrupting state.
+        if let Err(e) = validate_command(cmd, self.max_apply_value) {
+            return Ok(Response::Rejected(e.to_string()));
+        }
+        match cmd {
+            Command::PutNamespace(cfg) => {
+                let k = ns_key(&cfg.name);
+                let created = self.read(&k, overlay)?.is_none();
+                overlay.insert(k, Some(codec::encode(cfg)?));
+                Ok(Response::Namespace { created })
+            }
+            Command::Batch(ops) => {
+                // Check every precondition first: the batch is all or nothing.
+                let mut existed = Vec::with_capacity(ops.len());
+                for op in ops {
+                    if !self.namespace_exists(op.ns(), overlay)? {
+                        return Ok(Response::NoNamespace(op.ns().to_string()));
+                    }
+                    let current = match self.read(&data_key(op.ns(), op.key()), overlay)? {
+                        Some(bytes) => Some(codec::decode::<Record>(&bytes)?.revision),
+                        None => None,
+                    };
+                    existed.push(current.is_some());
+                    if let Some(expected) = op.cas() {
+                        let current = current.unwrap_or(0);
+                        if current != expected {
+                            return Ok(Response::Conflict {
+                                key: op.key().to_string(),
+                                expected,
+                                current,
+                            });
+                        }
+                    }
+                }
+                for op in ops {
+                    let k = data_key(op.ns(), op.key());
+                    match op {
+                        Op::Put { value, .. } => {
+                            let rec = Record {
+                                revision: index,
+                                value: value.clone(),
+                            };
+                            overlay.insert(k, Some(codec::encode(&rec)?));
+                        }
+                        Op::Delete { .. } => {
+                            overlay.insert(k, None);
+                        }
+                    }
+                }
+                Ok(Response::Written {
+                    revision: index,
+                    existed,
+                })
+            }
+        }
+    }
+
+    pub fn get(&self, ns: &str, key: &str) -> Result<Option<Record>> {
+        match self.tree.get(data_key(ns, key))? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn namespace(&self, ns: &str) -> Result<Option<NamespaceConfig>> {
+        if let Some(bytes) = self.tree.get(ns_key(ns))? {
+            return Ok(Some(codec::decode(&bytes)?));
+        }
+        if ns == DEFAULT_NAMESPACE {
+            return Ok(Some(NamespaceConfig::default_namespace()));
+        }
+        Ok(None)
+    }
+
+    pub fn namespaces(&self) -> Result<Vec<NamespaceConfig>> {
+        let mut out = vec![];
+        for kv in self.tree.scan_prefix(b"n") {
+            let (_, v) = kv?;
+            out.push(codec::decode::<NamespaceConfig>(&v)?);
+        }
+        if !out.iter().any(|n| n.name == DEFAULT_NAMESPACE) {
+            out.insert(0, NamespaceConfig::default_namespace());
+        }
+        Ok(out)
+    }
+
+    /// Keys of `ns` starting with `prefix`, in byte order, strictly after `after` if given, at
+    /// most `limit`. Returns the items and whether more remain.
+    pub fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ScanItem>, bool)> {
+        let base = data_key(ns, "");
+        let full_prefix = data_key(ns, prefix);
+        let start = match after {
+            // The smallest key strictly greater than `after` is `after` ‖ 0x00.
+            Some(a) if a.as_bytes() >= prefix.as_bytes() => {
+                let mut s = data_key(ns, a);
+                s.push(0);
+                s
+            }
+            _ => full_prefix.clone(),
+        };
+        let mut items = vec![];
+        for kv in self.tree.range(start..) {
+            let (k, v) = kv?;
+            if !k.starts_with(&full_prefix) {
+                break;
+            }
+            if items.len() == limit {
+                return Ok((items, true));
+            }
+            let key = String::from_utf8(k[base.len()..].to_vec())
+                .map_err(|_| Error::Storage("non-UTF-8 key in store".into()))?;
+            let rec: Record = codec::decode(&v)?;
+            items.push(ScanItem {
+                key,
+                revision: rec.revision,
+                value: rec.value,
+            });
+        }
+        Ok((items, false))
+    }
+
+    /// Every entry of the store (data, namespaces and raft meta), for a snapshot. The caller
+    /// must not apply concurrently (the raft glue calls this on the state-machine task).
+    pub fn export(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = vec![];
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the whole store with an exported image and flushes it.
+    pub fn import(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        self.tree.clear()?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Best-effort flush of sled's buffers (not a durability point: see the module comment).
+    pub fn flush(&self) -> Result<()> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(ns: &str, key: &str, value: &str, cas: Option<u64>) -> Command {
+        Command::Batch(vec![Op::Put {
+            ns: ns.into(),
+            key: key.into(),
+            value: value.into(),
+            cas,
+        }])
+    }
+
+    fn del(ns: &str, key: &str, cas: Option<u64>) -> Command {
+        Command::Batch(vec![Op::Delete {
+            ns: ns.into(),
+            key: key.into(),
+            cas,
+        }])
+    }
+
+    fn apply1(kv: &KvStore, index: u64, cmd: &Command) -> Response {
+        kv.apply(&[(index, Some(cmd))], b"meta").unwrap().remove(0)
+    }
+
+    #[test]
+    fn put_get_delete_with_revisions() {
+        let kv = KvStore::temporary().unwrap();
+        assert_eq!(kv.get("default", "a").unwrap(), None);
+        let r = apply1(&kv, 5, &put("default", "a", "1", None));
+        assert_eq!(
+            r,
+            Response::Written {
+                revision: 5,
+                existed: vec![false]
+            }
+        );
+        assert_eq!(
+            kv.get("default", "a").unwrap(),
+            Some(Record {
+                revision: 5,
+                value: b"1".to_vec()
+            })
+        );
+        let r = apply1(&kv, 6, &put("default", "a", "2", None));
+        assert_eq!(
+            r,
+            Response::Written {
+                revision: 6,
+                existed: vec![true]
+            }
+        );
+        let r = apply1(&kv, 7, &del("default", "a", None));
+        assert_eq!(
+            r,
+            Response::Written {
+                revision: 7,
+                existed: vec![true]
+            }
+        );
+        assert_eq!(kv.get("default", "a").unwrap(), None);
+        assert_eq!(kv.raft_meta().unwrap().as_deref(), Some(&b"meta"[..]));
+    }
+
+    #[test]
+    fn cas_semantics() {
+        let kv = KvStore::temporary().unwrap();
+        // cas=0: only if absent.
+        assert!(matches!(
+            apply1(&kv, 1, &put("default", "k", "a", Some(0))),
+            Response::Written { .. }
+        ));
+        assert_eq!(
+            apply1(&kv, 2, &put("default", "k", "b", Some(0))),
+            Response::Conflict {
+                key: "k".into(),
+                expected: 0,
+                current: 1
+            }
+        );
+        assert_eq!(
+            apply1(&kv, 3, &put("default", "k", "b", Some(7))),
+            Response::Conflict {
+                key: "k".into(),
+                expected: 7,
+                current: 1
+            }
+        );
+        assert_eq!(kv.get("default", "k").unwrap().unwrap().value, b"a");
+        assert!(matches!(
+            apply1(&kv, 4, &put("default", "k", "b", Some(1))),
+            Response::Written { revision: 4, .. }
+        ));
+        assert_eq!(
+            apply1(&kv, 5, &del("default", "k", Some(1))),
+            Response::Conflict {
+                key: "k".into(),
+                expected: 1,
+                current: 4
+            }
+        );
+        assert!(matches!(
+            apply1(&kv, 6, &del("default", "k", Some(4))),
+            Response::Written { .. }
+        ));
+        assert_eq!(kv.get("default", "k").unwrap(), None);
+    }
+
+    #[test]
+    fn batch_is_all_or_nothing() {
+        let kv = KvStore::temporary().unwrap();
+        apply1(&kv, 1, &put("default", "x", "1", None));
+        let bad = Command::Batch(vec![
+            Op::Put {
+                ns: "default".into(),
+                key: "y".into(),
+                value: b"2".to_vec(),
+                cas: None,
+            },
+            Op::Put {
+                ns: "default".into(),
+                key: "x".into(),
+                value: b"3".to_vec(),
+                cas: Some(99),
+            },
+        ]);
+        assert!(matches!(apply1(&kv, 2, &bad), Response::Conflict { .. }));
+        assert_eq!(kv.get("default", "y").unwrap(), None);
+        assert_eq!(kv.get("default", "x").unwrap().unwrap().value, b"1");
+        let good = Command::Batch(vec![
+            Op::Put {
+                ns: "default".into(),
+                key: "y".into(),
+                value: b"2".to_vec(),
+                cas: Some(0),
+            },
+            Op::Delete {
+                ns: "default".into(),
+                key: "x".into(),
+                cas: Some(1),
+            },
+        ]);
+        assert_eq!(
+            apply1(&kv, 3, &good),
+            Response::Written {
+                revision: 3,
+                existed: vec![false, true]
+            }
+        );
+        assert_eq!(kv.get("default", "y").unwrap().unwrap().revision, 3);
+        assert_eq!(kv.get("default", "x").unwrap(), None);
+    }
+
+    #[test]
+    fn commands_in_one_apply_see_each_other() {
+        let kv = KvStore::temporary().unwrap();
+        let a = put("default", "k", "1", Some(0));
+        let b = put("default", "k", "2", Some(10));
+        let c = put("default", "k", "3", Some(0));
+        let out = kv
+            .apply(
+                &[(10, Some(&a)), (11, Some(&b)), (12, None), (13, Some(&c))],
+                b"m",
+            )
+            .unwrap();
+        assert!(matches!(out[0], Response::Written { revision: 10, .. }));
+        assert!(matches!(out[1], Response::Written { revision: 11, .. }));
+        assert_eq!(out[2], Response::None);
+        assert!(matches!(out[3], Response::Conflict { current: 11, .. }));
+        assert_eq!(kv.get("default", "k").unwrap().unwrap().value, b"2");
+    }
+
+    #[test]
+    fn unknown_namespace_and_invalid_commands_are_results_not_errors() {
+        let kv = KvStore::temporary().unwrap();
+        assert_eq!(
+            apply1(&kv, 1, &put("nope", "k", "v", None)),
+            Response::NoNamespace("nope".into())
+        );
+        assert!(matches!(
+            apply1(&kv, 2, &put("default", "", "v", None)),
+            Response::Rejected(_)
+        ));
+        assert!(matches!(
+            apply1(&kv, 3, &Command::Batch(vec![])),
+            Response::Rejected(_)
+        ));
+        let ns = NamespaceConfig {
+            name: "nope".into(),
+            ..NamespaceConfig::default_namespace()
+        };
+        assert_eq!(
+            apply1(&kv, 4, &Command::PutNamespace(ns.clone())),
+            Response::Namespace { created: true }
+        );
+        assert_eq!(
+            apply1(&kv, 5, &Command::PutNamespace(ns.clone())),
+            Response::Namespace { created: false }
+        );
+        assert!(matches!(
+            apply1(&kv, 6, &put("nope", "k", "v", None)),
+            Response::Written { .. }
+        ));
+        assert_eq!(kv.namespace("nope").unwrap(), Some(ns));
+        assert_eq!(kv.namespaces().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn scan_prefix_limit_and_continuation() {
+        let kv = KvStore::temporary().unwrap();
+        let ns = NamespaceConfig {
+            name: "other".into(),
+            ..NamespaceConfig::default_namespace()
+        };
+        apply1(&kv, 1, &Command::PutNamespace(ns));
+        for (i, k) in ["a/1", "a/2", "a/3", "b/1", "a"].iter().enumerate() {
+            apply1(&kv, 10 + i as u64, &put("default", k, k, None));
+        }
+        apply1(&kv, 20, &put("other", "a/9", "x", None));
+        let (items, more) = kv.scan("default", "a/", None, 2).unwrap();
+        assert_eq!(
+            items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["a/1", "a/2"]
+        );
+        assert!(more);
+        let (items, more) = kv.scan("default", "a/", Some("a/2"), 2).unwrap();
+        assert_eq!(
+            items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["a/3"]
+        );
+        assert!(!more);
+        let (items, _) = kv.scan("default", "", None, 100).unwrap();
+        assert_eq!(items.len(), 5, "scan must not cross into another namespace");
+        // An `after` below the prefix starts at the prefix.
+        let (items, _) = kv.scan("default", "b", Some("a"), 10).unwrap();
+        assert_eq!(
+            items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["b/1"]
+        );
+    }
+
+    #[test]
+    fn namespace_prefix_does_not_leak() {
+        // "ab" with key "c" must not collide with "a" with key "bc": the length byte separates them.
+        let kv = KvStore::temporary().unwrap();
+        for n in ["a", "ab"] {
+            let ns = NamespaceConfig {
+                name: n.into(),
+                ..NamespaceConfig::default_namespace()
+            };
+            apply1(&kv, 1, &Command::PutNamespace(ns));
+        }
+        apply1(&kv, 2, &put("ab", "c", "1", None));
+        assert_eq!(kv.get("a", "bc").unwrap(), None);
+        assert_eq!(kv.scan("a", "", None, 10).unwrap().0.len(), 0);
+    }
+
+    #[test]
+    fn export_import_round_trip() {
+        let a = KvStore::temporary().unwrap();
+        for i in 0..50u64 {
+            apply1(
+                &a,
+                i + 1,
+                &put("default", &format!("k{i}"), &format!("v{i}"), None),
+            );
+        }
+        let image = a.export().unwrap();
+        let b = KvStore::temporary().unwrap();
+        apply1(&b, 1, &put("default", "stale", "x", None));
+        b.import(&image).unwrap();
+        assert_eq!(b.get("default", "stale").unwrap(), None);
+        assert_eq!(b.export().unwrap(), image);
+        assert_eq!(b.raft_meta().unwrap(), a.raft_meta().unwrap());
+    }
+}

@@ -1,0 +1,13 @@
+//! EdgeFabric's replicated store: the raft log (`log`), the KV state machine (`kv`), the
+//! openraft glue (`raft_store`), the node-to-node transport (`network`) and the node runtime
+//! that ties them together (`node`).
+
+pub mod codec;
+mod error;
+pub mod kv;
+pub mod log;
+pub mod raft_store;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use raft_store::{LogStore, NodeId, Raft, StateMachineStore, TypeConfig};

@@ -1,0 +1,404 @@
+//! openraft storage glue: [`LogStore`] over the WAL in `log.rs`, [`StateMachineStore`] over the
+//! KV engine in `kv.rs`. Thin by design; the engines hold the logic and are tested directly.
+//!
+//! Snapshots: a snapshot is the KV store's full image. It is written to `snapshot.bin` (temp
+//! file, `fsync`, `rename`, directory `fsync`) *before* openraft may purge the log behind it,
+//! so "snapshot file + log entries after it" always rebuilds the state machine. On open, if
+//! sled is behind the snapshot (sled is not fsynced on apply), the snapshot is imported again;
+//! openraft then re-applies committed entries from the log (`read_committed`).
+
+use std::fmt::{Debug, Display};
+use std::io::{Cursor, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::kv::KvStore;
+use crate::log::{GroupId, LogEngine};
+use crate::types::{Command, Response};
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The raft types of a KV group.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+type SErr = StorageError<NodeId>;
+
+fn any(e: impl Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+/// The raft log of one group: a handle on the node's shared [`LogEngine`].
+#[derive(Clone)]
+pub struct LogStore {
+    engine: LogEngine,
+    group: GroupId,
+}
+
+impl LogStore {
+    pub fn new(engine: LogEngine, group: GroupId) -> Self {
+        LogStore { engine, group }
+    }
+
+    async fn sync(&self) -> Result<(), std::io::Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine.sync(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await
+            .map_err(|_| std::io::Error::other("raft log syncer has stopped"))?
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        self.engine
+            .entries(self.group, range)
+            .into_iter()
+            .map(|(i, bytes)| {
+                codec::decode(&bytes)
+                    .map_err(|e| StorageIOError::read_log_at_index(i, any(e)).into())
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let last_purged_log_id: Option<LogId<NodeId>> = match self.engine.purged(self.group) {
+            Some((_, bytes)) => {
+                Some(codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(any(e)))?)
+            }
+            None => None,
+        };
+        let last_log_id = match self.engine.last_entry(self.group) {
+            Some((_, bytes)) => {
+                let e: Entry<TypeConfig> =
+                    codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(any(e)))?;
+                Some(e.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    /// Durable before it returns: raft must never forget a vote it granted.
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        let bytes = codec::encode(vote).map_err(|e| StorageIOError::write_vote(any(e)))?;
+        self.engine
+            .save_vote(self.group, bytes)
+            .map_err(|e| StorageIOError::write_vote(any(e)))?;
+        self.sync()
+            .await
+            .map_err(|e| StorageIOError::write_vote(any(e)))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        match self.engine.vote(self.group) {
+            Some(bytes) => Ok(Some(
+                codec::decode(&bytes).map_err(|e| StorageIOError::read_vote(any(e)))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Not synced on its own: it is an optimization (re-apply on start), and a lost record only
+    /// means re-applying less; a synced later record makes it durable too.
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(any(e)))?;
+        self.engine
+            .save_committed(self.group, bytes)
+            .map_err(|e| StorageIOError::write(any(e)))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
+        match self.engine.committed(self.group) {
+            Some(bytes) => Ok(codec::decode(&bytes).map_err(|e| StorageIOError::read(any(e)))?),
+            None => Ok(None),
+        }
+    }
+
+    /// Written now, reported through `callback` once `fdatasync`ed (group commit).
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = vec![];
+        for e in entries {
+            let bytes = codec::encode(&e)
+                .map_err(|err| StorageIOError::write_log_entry(e.log_id, any(err)))?;
+            batch.push((e.log_id.index, bytes));
+        }
+        self.engine
+            .append(self.group, batch)
+            .map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.engine.sync(move |r| callback.log_io_completed(r));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        self.engine
+            .truncate(self.group, log_id.index)
+            .map_err(|e| StorageIOError::write_logs(any(e)))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.engine
+            .purge(self.group, log_id.index, bytes)
+            .map_err(|e| StorageIOError::write_logs(any(e)))?;
+        Ok(())
+    }
+}
+
+/// What the state machine remembers about raft, stored atomically with each apply.
+type RaftMeta = (Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>);
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+fn read_snapshot_file(dir: &Path) -> Result<Option<SnapshotFile>, crate::Error> {
+    let path = dir.join(SNAPSHOT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_snapshot_file(dir: &Path, file: &SnapshotFile) -> Result<(), crate::Error> {
+    let bytes = codec::encode(file)?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The state machine of one group.
+pub struct StateMachineStore {
+    kv: Arc<KvStore>,
+    dir: PathBuf,
+    snapshot_seq: u64,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine in `dir` (sled under `dir/sm`, the snapshot at
+    /// `dir/snapshot.bin`), re-importing the snapshot if sled is behind it.
+    pub fn open(dir: &Path) -> Result<Self, crate::Error> {
+        std::fs::create_dir_all(dir)?;
+        let kv = Arc::new(KvStore::open(&dir.join("sm"))?);
+        let sm = StateMachineStore {
+            kv,
+            dir: dir.to_path_buf(),
+            snapshot_seq: 0,
+        };
+        if let Some(snap) = read_snapshot_file(dir)? {
+            let (applied, _) = sm.meta()?;
+            if applied < snap.meta.last_log_id {
+                tracing::info!(?applied, snapshot = ?snap.meta.last_log_id, "state machine behind snapshot; re-importing");
+                sm.import(&snap.meta, &snap.data)?;
+            }
+        }
+        Ok(sm)
+    }
+
+    /// The KV engine, for reads.
+    pub fn kv(&self) -> Arc<KvStore> {
+        self.kv.clone()
+    }
+
+    fn meta(&self) -> Result<RaftMeta, crate::Error> {
+        match self.kv.raft_meta()? {
+            Some(bytes) => codec::decode(&bytes),
+            None => Ok((None, StoredMembership::default())),
+        }
+    }
+
+    fn import(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: &[u8],
+    ) -> Result<(), crate::Error> {
+        let mut image: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(data)?;
+        // The image carries the leader's raft meta; the snapshot's meta is authoritative.
+        image.retain(|(k, _)| k.as_slice() != b"mraft");
+        let raft_meta: RaftMeta = (meta.last_log_id, meta.last_membership.clone());
+        image.push((b"mraft".to_vec(), codec::encode(&raft_meta)?));
+        self.kv.import(&image)
+    }
+}
+
+pub struct SnapshotBuilder {
+    dir: PathBuf,
+    meta: RaftMeta,
+    /// Err if the export failed: the build then fails instead of snapshotting a wrong image.
+    image: Result<Vec<(Vec<u8>, Vec<u8>)>, String>,
+    id: String,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let image = self
+            .image
+            .as_ref()
+            .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        let data =
+            codec::encode(image).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        let meta = SnapshotMeta {
+            last_log_id: self.meta.0,
+            last_membership: self.meta.1.clone(),
+            snapshot_id: self.id.clone(),
+        };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data,
+        };
+        let dir = self.dir.clone();
+        let file =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file).map(|_| file))
+                .await
+                .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?
+                .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(file.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<RaftMeta, SErr> {
+        self.meta()
+            .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(vec![]);
+        };
+        let (_, mut membership) = self
+            .meta()
+            .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        let mut cmds = Vec::with_capacity(entries.len());
+        for e in &entries {
+            match &e.payload {
+                EntryPayload::Blank => cmds.push((e.log_id.index, None)),
+                EntryPayload::Normal(cmd) => cmds.push((e.log_id.index, Some(cmd))),
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(e.log_id), m.clone());
+                    cmds.push((e.log_id.index, None));
+                }
+            }
+        }
+        let meta: RaftMeta = (Some(last), membership);
+        let meta = codec::encode(&meta).map_err(|e| StorageIOError::apply(last, any(e)))?;
+        self.kv
+            .apply(&cmds, &meta)
+            .map_err(|e| StorageIOError::apply(last, any(e)).into())
+    }
+
+    /// Takes the image here, on the state-machine task, so it is consistent with `meta`; the
+    /// builder then writes it to disk off this task.
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let (meta, image) = match self.meta() {
+            Ok(meta) => (meta, self.kv.export().map_err(|e| e.to_string())),
+            Err(e) => (RaftMeta::default(), Err(e.to_string())),
+        };
+        let id = match meta.0 {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
+            None => format!("0-0-{}", self.snapshot_seq),
+        };
+        SnapshotBuilder {
+            dir: self.dir.clone(),
+            meta,
+            image,
+            id,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let data = snapshot.into_inner();
+        let sig = Some(meta.signature());
+        // Validate before touching anything: a bad snapshot must not wipe the store.
+        codec::decode::<Vec<(Vec<u8>, Vec<u8>)>>(&data)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data,
+        };
+        write_snapshot_file(&self.dir, &file)
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), any(e)))?;
+        self.import(meta, &file.data)
+            .map_err(|e| StorageIOError::write_snapshot(sig, any(e)))?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let file = read_snapshot_file(&self.dir)
+            .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
+        Ok(file.map(|f| Snapshot {
+            meta: f.meta,
+            snapshot: Box::new(Cursor::new(f.data)),
+        }))
+    }
+}

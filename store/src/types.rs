@@ -1,0 +1,258 @@
+//! Commands that go through consensus and what applying them returns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Key size limit (bytes). etcd's is 1.5 MiB for a request; ours is tighter for keys, which are
+/// indexed and repeated in audit records.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Default value size limit; nodes may configure another.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// The namespace that exists from the start.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataClass {
+    Public,
+    Confidential,
+    SiteLocal,
+}
+
+impl DataClass {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DataClass::Public => "public",
+            DataClass::Confidential => "confidential",
+            DataClass::SiteLocal => "site-local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceConfig {
+    pub name: String,
+    pub class: DataClass,
+    pub home_site: Option<String>,
+    pub key_sites: Vec<String>,
+    pub replicas: u32,
+}
+
+impl NamespaceConfig {
+    pub fn default_namespace() -> Self {
+        NamespaceConfig {
+            name: DEFAULT_NAMESPACE.to_string(),
+            class: DataClass::Public,
+            home_site: None,
+            key_sites: vec![],
+            replicas: 3,
+        }
+    }
+}
+
+/// One write inside a command. `cas`: `Some(0)` means "only if absent", `Some(r)` "only if the
+/// key's current revision is r".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put {
+        ns: String,
+        key: String,
+        value: Vec<u8>,
+        cas: Option<u64>,
+    },
+    Delete {
+        ns: String,
+        key: String,
+        cas: Option<u64>,
+    },
+}
+
+impl Op {
+    pub fn ns(&self) -> &str {
+        match self {
+            Op::Put { ns, .. } | Op::Delete { ns, .. } => ns,
+        }
+    }
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+    pub fn cas(&self) -> Option<u64> {
+        match self {
+            Op::Put { cas, .. } | Op::Delete { cas, .. } => *cas,
+        }
+    }
+}
+
+/// What is proposed to consensus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// All ops apply atomically at one revision, or none do (if any `cas` fails).
+    Batch(Vec<Op>),
+    PutNamespace(NamespaceConfig),
+}
+
+/// The result of applying a command. Determinism contract: the outcome depends only on the
+/// state machine's state and the command, so every replica computes the same one; a failed
+/// precondition is a *result* here (recorded identically everywhere), never a storage error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Response {
+    #[default]
+    None,
+    /// Applied at this revision (the raft log index of the command).
+    Written { revision: u64, existed: Vec<bool> },
+    /// A `cas` failed; nothing was written.
+    Conflict {
+        key: String,
+        expected: u64,
+        current: u64,
+    },
+    /// The command named a namespace that does not exist; nothing was written.
+    NoNamespace(String),
+    /// Namespace created (`created`: true) or updated.
+    Namespace { created: bool },
+    /// The command was malformed (validated again on apply, deterministically).
+    Rejected(String),
+}
+
+/// A stored value with its revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub revision: u64,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanItem {
+    pub key: String,
+    pub revision: u64,
+    pub value: Vec<u8>,
+}
+
+/// Namespace names: 1..=63 of `[a-z0-9_.-]`, starting with a letter or digit.
+pub fn validate_namespace(ns: &str) -> Result<()> {
+    let ok_first = ns
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = ns
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if ns.is_empty() || ns.len() > 63 || !ok_first || !ok_rest {
+        return Err(Error::invalid(
+            "namespace",
+            format!("{ns:?} must be 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid("key", "must not be empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::invalid(
+            "key",
+            format!("is {} bytes, the limit is {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_value(value: &[u8], max: usize) -> Result<()> {
+    if value.len() > max {
+        return Err(Error::invalid(
+            "value",
+            format!("is {} bytes, the limit is {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a whole command as the API edge and the state machine both see it.
+pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
+    match cmd {
+        Command::Batch(ops) => {
+            if ops.is_empty() {
+                return Err(Error::invalid(
+                    "ops",
+                    "a batch needs at least one operation",
+                ));
+            }
+            if ops.len() > 1024 {
+                return Err(Error::invalid(
+                    "ops",
+                    format!("{} operations, the limit is 1024", ops.len()),
+                ));
+            }
+            for op in ops {
+                validate_namespace(op.ns())?;
+                validate_key(op.key())?;
+                if let Op::Put { value, .. } = op {
+                    validate_value(value, max_value)?;
+                }
+            }
+            Ok(())
+        }
+        Command::PutNamespace(cfg) => validate_namespace_config(cfg),
+    }
+}
+
+pub fn validate_namespace_config(cfg: &NamespaceConfig) -> Result<()> {
+    validate_namespace(&cfg.name)?;
+    if cfg.replicas == 0 || cfg.replicas > 7 {
+        return Err(Error::invalid(
+            "replicas",
+            format!("{} must be between 1 and 7", cfg.replicas),
+        ));
+    }
+    match cfg.class {
+        DataClass::SiteLocal if cfg.home_site.as_deref().is_none_or(str::is_empty) => Err(
+            Error::invalid("home_site", "is required for class site-local"),
+        ),
+        DataClass::Confidential if cfg.key_sites.is_empty() => Err(Error::invalid(
+            "key_sites",
+            "must name at least one site for class confidential",
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_names() {
+        assert!(validate_namespace("default").is_ok());
+        assert!(validate_namespace("a.b_c-9").is_ok());
+        for bad in ["", "A", "-x", "a b", "ä", &"x".repeat(64)] {
+            assert!(validate_namespace(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn key_limits() {
+        assert!(validate_key("k").is_ok());
+        assert!(validate_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        assert!(
+            matches!(validate_key(""), Err(Error::InvalidInput { field, .. }) if field == "key")
+        );
+        assert!(validate_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn namespace_config_rules() {
+        let mut cfg = NamespaceConfig::default_namespace();
+        assert!(validate_namespace_config(&cfg).is_ok());
+        cfg.class = DataClass::SiteLocal;
+        assert!(validate_namespace_config(&cfg).is_err());
+        cfg.home_site = Some("a".into());
+        assert!(validate_namespace_config(&cfg).is_ok());
+        cfg.replicas = 0;
+        assert!(validate_namespace_config(&cfg).is_err());
+    }
+}
