@@ -43,6 +43,12 @@ fn data_key(ns: &str, key: &str) -> Vec<u8> {
     k
 }
 
+fn seen_key(node: u64) -> Vec<u8> {
+    let mut k = vec![b's'];
+    k.extend_from_slice(&node.to_be_bytes());
+    k
+}
+
 fn ns_key(ns: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + ns.len());
     k.push(b'n');
@@ -142,6 +148,10 @@ impl KvStore {
             return Ok(Response::Rejected(e.to_string()));
         }
         match cmd {
+            Command::MarkSeen(node) => {
+                overlay.insert(seen_key(*node), Some(vec![]));
+                Ok(Response::None)
+            }
             Command::PutNamespace(cfg) => {
                 let k = ns_key(&cfg.name);
                 let created = self.read(&k, overlay)?.is_none();
@@ -199,6 +209,17 @@ impl KvStore {
             Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// Nodes recorded by `Command::MarkSeen`.
+    pub fn seen(&self) -> Result<Vec<u64>> {
+        let mut out = vec![];
+        for kv in self.tree.scan_prefix(b"s") {
+            let (k, _) = kv?;
+            let id: [u8; 8] = k[1..].try_into().map_err(|_| Error::Storage("bad seen key".into()))?;
+            out.push(u64::from_be_bytes(id));
+        }
+        Ok(out)
     }
 
     pub fn namespace(&self, ns: &str) -> Result<Option<NamespaceConfig>> {
@@ -499,6 +520,16 @@ mod tests {
         ));
         assert_eq!(kv.namespace("nope").unwrap(), Some(ns));
         assert_eq!(kv.namespaces().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn seen_nodes() {
+        let kv = KvStore::temporary().unwrap();
+        assert_eq!(kv.seen().unwrap(), Vec::<u64>::new());
+        apply1(&kv, 1, &Command::MarkSeen(3));
+        apply1(&kv, 2, &Command::MarkSeen(1));
+        apply1(&kv, 3, &Command::MarkSeen(3));
+        assert_eq!(kv.seen().unwrap(), vec![1, 3]);
     }
 
     #[test]

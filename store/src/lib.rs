@@ -6,6 +6,8 @@ pub mod codec;
 mod error;
 pub mod kv;
 pub mod log;
+pub mod network;
+pub mod node;
 pub mod raft_store;
 pub mod types;
 

@@ -92,6 +92,10 @@ pub enum Command {
     /// All ops apply atomically at one revision, or none do (if any `cas` fails).
     Batch(Vec<Op>),
     PutNamespace(NamespaceConfig),
+    /// Records that a node has replicated this group's log. A node in this set that comes back
+    /// with an empty data directory has lost acknowledged state ("amnesia") and must rejoin
+    /// learner-first instead of voting (see `node.rs`).
+    MarkSeen(u64),
 }
 
 /// The result of applying a command. Determinism contract: the outcome depends only on the
@@ -198,6 +202,7 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             Ok(())
         }
         Command::PutNamespace(cfg) => validate_namespace_config(cfg),
+        Command::MarkSeen(_) => Ok(()),
     }
 }
 

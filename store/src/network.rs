@@ -1,0 +1,194 @@
+//! Node-to-node transport over tonic: the openraft network client, and helpers both sides use.
+//! One HTTP/2 channel per peer address carries every RPC to that peer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::log::GroupId;
+use crate::raft_store::{NodeId, TypeConfig};
+
+pub mod pb {
+    tonic::include_proto!("edgefabric.internal.v1");
+}
+
+pub use pb::internal_client::InternalClient;
+pub use pb::internal_server::{Internal, InternalServer};
+pub use pb::Frame;
+
+/// Largest gRPC message either side accepts (raft batches, snapshot chunks).
+pub const MAX_MESSAGE_BYTES: usize = codec::MAX_DECODE_BYTES;
+
+/// Channels by peer address, shared by raft replication and request forwarding.
+#[derive(Clone, Default)]
+pub struct Channels {
+    by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn client(&self, addr: &str) -> Result<InternalClient<Channel>> {
+        let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match map.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Error::invalid("peer address", format!("{addr:?}: {e}")))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .connect_lazy();
+                map.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(InternalClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+}
+
+/// Calls one internal RPC: encodes `req`, decodes the peer's `Result<Resp, E>`.
+/// Outer error: transport failure (the peer did not answer); inner: the peer's answer.
+pub async fn call<Req, Resp, E, F, Fut>(
+    client: InternalClient<Channel>,
+    group: GroupId,
+    req: &Req,
+    timeout: Duration,
+    rpc: F,
+) -> std::result::Result<std::result::Result<Resp, E>, TransportError>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+    E: DeserializeOwned,
+    F: FnOnce(InternalClient<Channel>, Frame) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
+{
+    let data = codec::encode(req).map_err(|e| TransportError::Other(e.to_string()))?;
+    let mut request = tonic::Request::new(Frame { group, data });
+    request.set_timeout(timeout);
+    let reply = match tokio::time::timeout(timeout, rpc(client, request.into_inner())).await {
+        Err(_) => return Err(TransportError::Timeout),
+        Ok(Err(status)) => return Err(TransportError::from_status(status)),
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    codec::decode(&reply.data).map_err(|e| TransportError::Other(format!("bad reply: {e}")))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    #[error("peer did not answer in time")]
+    Timeout,
+    #[error("transport: {0}")]
+    Other(String),
+}
+
+impl TransportError {
+    fn from_status(s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::Unavailable => TransportError::Unreachable(s.message().to_string()),
+            tonic::Code::DeadlineExceeded => TransportError::Timeout,
+            _ => TransportError::Other(format!("{}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+impl From<TransportError> for Error {
+    fn from(e: TransportError) -> Self {
+        Error::Unavailable(e.to_string())
+    }
+}
+
+/// Encodes a handler's answer into a reply frame.
+pub fn reply<T: Serialize>(value: &T) -> std::result::Result<tonic::Response<Frame>, tonic::Status> {
+    let data = codec::encode(value).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(tonic::Response::new(Frame { group: 0, data }))
+}
+
+/// Decodes a request frame; a bad frame is the caller's error.
+pub fn request<T: DeserializeOwned>(frame: &Frame) -> std::result::Result<T, tonic::Status> {
+    codec::decode(&frame.data).map_err(|e| tonic::Status::invalid_argument(format!("bad frame: {e}")))
+}
+
+/// The openraft network factory for one group.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub channels: Channels,
+    pub group: GroupId,
+}
+
+pub struct Network {
+    target: NodeId,
+    addr: String,
+    channels: Channels,
+    group: GroupId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
+        Network { target, addr: node.addr.clone(), channels: self.channels.clone(), group: self.group }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl Network {
+    async fn send<Req, Resp, E, F, Fut>(&self, req: &Req, ttl: Duration, rpc: F) -> std::result::Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: DeserializeOwned + std::error::Error,
+        F: FnOnce(InternalClient<Channel>, Frame) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
+    {
+        let client = self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        match call::<Req, Resp, RaftError<NodeId, E>, _, _>(client, self.group, req, ttl, rpc).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e @ TransportError::Unreachable(_)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> std::result::Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.append_entries(f).await }).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> std::result::Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.install_snapshot(f).await }).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> std::result::Result<VoteResponse<NodeId>, RpcErr> {
+        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.vote(f).await }).await
+    }
+}
