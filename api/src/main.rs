@@ -1,1 +1,448 @@
-fn main() {}
+//! `edgefabric`: the node (`serve`), cluster setup (`cluster init`) and the client commands.
+
+mod client;
+mod config;
+mod error;
+mod grpc;
+mod http;
+mod server;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::client::{encode_segment, Client, ClientOpts};
+
+#[derive(Parser)]
+#[command(
+    name = "edgefabric",
+    version,
+    about = "EdgeFabric: the data and security fabric for 5G edge sites"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node: `--dev` for a one-node cluster on the embedded default, or `--config FILE`.
+    Serve {
+        /// A single-node cluster with keys and an admin token generated on first start.
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
+        /// Node configuration written by `cluster init`.
+        #[arg(long, required_unless_present = "dev")]
+        config: Option<PathBuf>,
+        /// Data directory (with --dev).
+        #[arg(long, default_value = "edgefabric-data")]
+        data: PathBuf,
+        /// REST address (with --dev).
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        http: SocketAddr,
+        /// gRPC address (with --dev).
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        grpc: SocketAddr,
+    },
+    /// Create a local cluster's files, and inspect a running cluster.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Key-value operations.
+    Kv {
+        #[command(subcommand)]
+        cmd: KvCmd,
+    },
+    /// Namespace operations.
+    Ns {
+        #[command(subcommand)]
+        cmd: NsCmd,
+    },
+    /// Write an ed25519 key pair: FILE (secret) and FILE.pub (base64 public key).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Write everything an N-node local cluster needs into --out.
+    Init {
+        #[arg(long)]
+        nodes: u64,
+        /// Site names, comma-separated; assigned to nodes round-robin.
+        #[arg(long, value_delimiter = ',')]
+        sites: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Node K uses gRPC port P+2(K-1) and HTTP port P+2(K-1)+1.
+        #[arg(long)]
+        base_port: u16,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Nodes, leaders and replicas as the node at --endpoint sees them.
+    Status {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCmd {
+    /// Write a value: from the argument, or standard input if none is given.
+    Put {
+        ns: String,
+        key: String,
+        value: Option<String>,
+        /// Write only if the key's current revision is this (0: only if absent).
+        #[arg(long)]
+        cas: Option<u64>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print a value to standard output (exit status 1 if absent).
+    Get {
+        ns: String,
+        key: String,
+        /// Answer from the node's local replica (may be stale).
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Delete a key.
+    Del {
+        ns: String,
+        key: String,
+        #[arg(long)]
+        cas: Option<u64>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List keys with a prefix, one JSON object per line.
+    Scan {
+        ns: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        after: Option<String>,
+        /// Follow continuations until the end.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum NsCmd {
+    /// Create or update a namespace.
+    Create {
+        ns: String,
+        #[arg(long, default_value = "public")]
+        class: String,
+        #[arg(long)]
+        home_site: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        key_sites: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    Get {
+        ns: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("EDGEFABRIC_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode_segment(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn kv_path(ns: &str, key: &str) -> String {
+    // Slashes in keys stay slashes: the route takes the rest of the path as the key.
+    let key: Vec<String> = key.split('/').map(encode_segment).collect();
+    format!("/v1/kv/{}/{}", encode_segment(ns), key.join("/"))
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Serve {
+            dev,
+            config,
+            data,
+            http,
+            grpc,
+        } => {
+            let cfg = if dev {
+                config::dev_config(&data, http, grpc)?
+            } else {
+                let path = config.context("--config is required without --dev")?;
+                config::NodeConfig::load(&path)?
+            };
+            server::run(cfg).await?;
+        }
+        Cmd::Cluster {
+            cmd:
+                ClusterCmd::Init {
+                    nodes,
+                    sites,
+                    host,
+                    base_port,
+                    out,
+                },
+        } => {
+            config::cluster_init(&config::InitSpec {
+                nodes,
+                sites,
+                host,
+                base_port,
+                out: out.clone(),
+            })?;
+            println!(
+                "wrote a {nodes}-node cluster to {}; start each node with:",
+                out.display()
+            );
+            for k in 1..=nodes {
+                println!(
+                    "  edgefabric serve --config {}",
+                    out.join(format!("node{k}.toml")).display()
+                );
+            }
+        }
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status { client },
+        } => {
+            let c = Client::new(&client)?;
+            print_json(&c.json(Method::GET, "/v1/cluster/status", None).await?)?;
+        }
+        Cmd::Kv { cmd } => return kv(cmd).await,
+        Cmd::Ns {
+            cmd:
+                NsCmd::Create {
+                    ns,
+                    class,
+                    home_site,
+                    key_sites,
+                    replicas,
+                    client,
+                },
+        } => {
+            let c = Client::new(&client)?;
+            let body = json!({"class": class, "home_site": home_site, "key_sites": key_sites, "replicas": replicas});
+            print_json(
+                &c.json(
+                    Method::PUT,
+                    &format!("/v1/namespaces/{}", encode_segment(&ns)),
+                    Some(body),
+                )
+                .await?,
+            )?;
+        }
+        Cmd::Ns {
+            cmd: NsCmd::Get { ns, client },
+        } => {
+            let c = Client::new(&client)?;
+            print_json(
+                &c.json(
+                    Method::GET,
+                    &format!("/v1/namespaces/{}", encode_segment(&ns)),
+                    None,
+                )
+                .await?,
+            )?;
+        }
+        Cmd::Keygen { out } => {
+            let id = edgefabric_crypto::Identity::generate()?;
+            id.write(&out)?;
+            println!("{}", id.public_key().to_base64());
+        }
+    }
+    Ok(0)
+}
+
+async fn kv(cmd: KvCmd) -> Result<i32> {
+    match cmd {
+        KvCmd::Put {
+            ns,
+            key,
+            value,
+            cas,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let value = match value {
+                Some(v) => v.into_bytes(),
+                None => {
+                    let mut buf = vec![];
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("reading the value from standard input")?;
+                    buf
+                }
+            };
+            let path = format!(
+                "{}{}",
+                kv_path(&ns, &key),
+                query(&[("cas", cas.map(|c| c.to_string()))])
+            );
+            let (_, _, body) = c.send(Method::PUT, &path, Some(value), false, &[]).await?;
+            println!("{}", String::from_utf8_lossy(&body));
+        }
+        KvCmd::Get {
+            ns,
+            key,
+            stale,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let path = format!(
+                "{}{}",
+                kv_path(&ns, &key),
+                query(&[("consistency", stale.then(|| "stale".into()))])
+            );
+            let (status, headers, body) = c
+                .send(Method::GET, &path, None, false, &[StatusCode::NOT_FOUND])
+                .await?;
+            if status == StatusCode::NOT_FOUND {
+                eprintln!("not found: {ns}/{key}");
+                return Ok(1);
+            }
+            if let Some(rev) = headers.get("x-revision").and_then(|v| v.to_str().ok()) {
+                tracing::debug!(revision = rev);
+            }
+            std::io::stdout().write_all(&body)?;
+        }
+        KvCmd::Del {
+            ns,
+            key,
+            cas,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let path = format!(
+                "{}{}",
+                kv_path(&ns, &key),
+                query(&[("cas", cas.map(|c| c.to_string()))])
+            );
+            let (_, _, body) = c.send(Method::DELETE, &path, None, false, &[]).await?;
+            println!("{}", String::from_utf8_lossy(&body));
+        }
+        KvCmd::Scan {
+            ns,
+            prefix,
+            limit,
+            mut after,
+            all,
+            stale,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            loop {
+                let q = query(&[
+                    ("prefix", Some(prefix.clone())),
+                    ("limit", Some(limit.to_string())),
+                    ("after", after.clone()),
+                    ("consistency", stale.then(|| "stale".into())),
+                ]);
+                let page = c
+                    .json(
+                        Method::GET,
+                        &format!("/v1/kv/{}{q}", encode_segment(&ns)),
+                        None,
+                    )
+                    .await?;
+                for item in page["items"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    println!("{item}");
+                }
+                match page["next"].as_str() {
+                    Some(n) if all => after = Some(n.to_string()),
+                    Some(n) => {
+                        eprintln!("more keys follow; continue with --after {n:?} (or pass --all)");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[tokio::main]
+async fn main() {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_encoded() {
+        assert_eq!(kv_path("default", "a/b c"), "/v1/kv/default/a/b%20c");
+        assert_eq!(query(&[("cas", Some("0".into())), ("x", None)]), "?cas=0");
+        assert_eq!(query(&[]), "");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        assert!(
+            Cli::try_parse_from(["edgefabric", "serve"]).is_err(),
+            "serve needs --dev or --config"
+        );
+        assert!(Cli::try_parse_from(["edgefabric", "serve", "--dev"]).is_ok());
+    }
+}

@@ -216,7 +216,9 @@ impl KvStore {
         let mut out = vec![];
         for kv in self.tree.scan_prefix(b"s") {
             let (k, _) = kv?;
-            let id: [u8; 8] = k[1..].try_into().map_err(|_| Error::Storage("bad seen key".into()))?;
+            let id: [u8; 8] = k[1..]
+                .try_into()
+                .map_err(|_| Error::Storage("bad seen key".into()))?;
             out.push(u64::from_be_bytes(id));
         }
         Ok(out)

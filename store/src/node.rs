@@ -35,7 +35,9 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
 use crate::log::{GroupId, LogEngine};
-use crate::network::{self, call, Channels, Frame, Internal, InternalServer, NetworkFactory, TransportError};
+use crate::network::{
+    self, call, Channels, Frame, Internal, InternalServer, NetworkFactory, TransportError,
+};
 use crate::raft_store::{LogStore, NodeId, Raft, StateMachineStore};
 use crate::types::{validate_command, Command, NamespaceConfig, Record, Response, ScanItem};
 
@@ -117,7 +119,10 @@ pub struct Node {
 impl Node {
     pub async fn start(opts: NodeOptions) -> Result<Arc<Node>> {
         if !opts.members.contains_key(&opts.id) {
-            return Err(Error::invalid("members", format!("node {} is not among the members", opts.id)));
+            return Err(Error::invalid(
+                "members",
+                format!("node {} is not among the members", opts.id),
+            ));
         }
         std::fs::create_dir_all(&opts.data_dir)?;
         let engine = LogEngine::open(&opts.data_dir.join("raft"))?;
@@ -143,10 +148,19 @@ impl Node {
         .map_err(|e| Error::invalid("raft config", e))?;
 
         let channels = Channels::default();
-        let network = NetworkFactory { channels: channels.clone(), group: DATA_GROUP };
-        let raft = Raft::new(opts.id, Arc::new(config), network, LogStore::new(engine, DATA_GROUP), sm)
-            .await
-            .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
+        let network = NetworkFactory {
+            channels: channels.clone(),
+            group: DATA_GROUP,
+        };
+        let raft = Raft::new(
+            opts.id,
+            Arc::new(config),
+            network,
+            LogStore::new(engine, DATA_GROUP),
+            sm,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let node = Arc::new(Node {
             opts,
@@ -217,7 +231,11 @@ impl Node {
     /// Ready: a member of an initialized group that has a leader.
     pub fn is_ready(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        let member = m.membership_config.membership().get_node(&self.opts.id).is_some();
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&self.opts.id)
+            .is_some();
         member && m.current_leader.is_some() && !self.rejoining.load(Ordering::SeqCst)
     }
 
@@ -253,20 +271,21 @@ impl Node {
                         match r {
                             Ok(Ok(resp)) => return Ok(resp),
                             // "Not leader": the peer did not propose it; safe to retry.
-                            Ok(Err(Error::Unavailable(_))) | Err(TransportError::Unreachable(_)) => {}
+                            Ok(Err(Error::Unavailable(_)))
+                            | Err(TransportError::Unreachable(_)) => {}
                             Ok(Err(e)) => return Err(e),
-                            Err(e) => {
-                                return Err(Error::Unavailable(format!(
-                                    "forwarding to leader {}: {e}; the write may or may not be applied",
-                                    f.leader_id.unwrap_or_default()
-                                )))
-                            }
+                            Err(e) => return Err(Error::Unavailable(format!(
+                                "forwarding to leader {}: {e}; the write may or may not be applied",
+                                f.leader_id.unwrap_or_default()
+                            ))),
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(RaftError::APIError(e)) => return Err(Error::Internal(e.to_string())),
-                Err(RaftError::Fatal(e)) => return Err(Error::Unavailable(format!("raft stopped: {e}"))),
+                Err(RaftError::Fatal(e)) => {
+                    return Err(Error::Unavailable(format!("raft stopped: {e}")))
+                }
             }
         }
     }
@@ -319,13 +338,19 @@ impl Node {
                                 .wait(Some(left))
                                 .applied_index_at_least(Some(index), "read index")
                                 .await
-                                .map_err(|e| Error::Unavailable(format!("waiting to apply index {index}: {e}")))?;
+                                .map_err(|e| {
+                                    Error::Unavailable(format!(
+                                        "waiting to apply index {index}: {e}"
+                                    ))
+                                })?;
                             return Ok(());
                         }
                     }
                 }
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {}
-                Err(RaftError::Fatal(e)) => return Err(Error::Unavailable(format!("raft stopped: {e}"))),
+                Err(RaftError::Fatal(e)) => {
+                    return Err(Error::Unavailable(format!("raft stopped: {e}")))
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -340,10 +365,17 @@ impl Node {
 
     pub async fn namespace(&self, ns: &str, consistency: Consistency) -> Result<NamespaceConfig> {
         self.barrier(consistency).await?;
-        self.kv.namespace(ns)?.ok_or_else(|| Error::NotFound(format!("namespace {ns:?} does not exist")))
+        self.kv
+            .namespace(ns)?
+            .ok_or_else(|| Error::NotFound(format!("namespace {ns:?} does not exist")))
     }
 
-    pub async fn get(&self, ns: &str, key: &str, consistency: Consistency) -> Result<Option<Record>> {
+    pub async fn get(
+        &self,
+        ns: &str,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Record>> {
         crate::types::validate_namespace(ns)?;
         crate::types::validate_key(key)?;
         self.barrier(consistency).await?;
@@ -361,11 +393,29 @@ impl Node {
     ) -> Result<(Vec<ScanItem>, bool)> {
         crate::types::validate_namespace(ns)?;
         if limit == 0 || limit > 10_000 {
-            return Err(Error::invalid("limit", format!("{limit} must be between 1 and 10000")));
+            return Err(Error::invalid(
+                "limit",
+                format!("{limit} must be between 1 and 10000"),
+            ));
         }
         self.barrier(consistency).await?;
         self.require_namespace(ns)?;
         self.kv.scan(ns, prefix, after, limit)
+    }
+
+    pub async fn namespaces(&self, consistency: Consistency) -> Result<Vec<NamespaceConfig>> {
+        self.barrier(consistency).await?;
+        self.kv.namespaces()
+    }
+
+    /// Which members answer the internal status RPC right now (this node always does).
+    pub async fn members_up(&self) -> BTreeMap<NodeId, bool> {
+        let mut out = BTreeMap::new();
+        for (id, addr) in &self.opts.members {
+            let up = *id == self.opts.id || self.peer_status(addr).await.is_some();
+            out.insert(*id, up);
+        }
+        out
     }
 
     fn require_namespace(&self, ns: &str) -> Result<()> {
@@ -379,9 +429,13 @@ impl Node {
 
     async fn peer_status(&self, addr: &str) -> Option<NodeStatus> {
         let client = self.channels.client(addr).ok()?;
-        call::<_, NodeStatus, Error, _, _>(client, DATA_GROUP, &(), Duration::from_millis(800), |mut c, f| async move {
-            c.status(f).await
-        })
+        call::<_, NodeStatus, Error, _, _>(
+            client,
+            DATA_GROUP,
+            &(),
+            Duration::from_millis(800),
+            |mut c, f| async move { c.status(f).await },
+        )
         .await
         .ok()?
         .ok()
@@ -423,8 +477,12 @@ impl Node {
                 return;
             }
             if lowest && answered * 2 > n {
-                let members: BTreeMap<NodeId, BasicNode> =
-                    self.opts.members.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
+                let members: BTreeMap<NodeId, BasicNode> = self
+                    .opts
+                    .members
+                    .iter()
+                    .map(|(id, a)| (*id, BasicNode::new(a)))
+                    .collect();
                 match self.raft.initialize(members).await {
                     Ok(()) => tracing::info!(members = n, "initialized the cluster"),
                     Err(e) => tracing::info!(error = %e, "initialize"),
@@ -452,8 +510,16 @@ impl Node {
             if *shutdown.borrow() {
                 return;
             }
-            for addr in self.opts.members.iter().filter(|(id, _)| **id != self.opts.id).map(|(_, a)| a) {
-                let Ok(client) = self.channels.client(addr) else { continue };
+            for addr in self
+                .opts
+                .members
+                .iter()
+                .filter(|(id, _)| **id != self.opts.id)
+                .map(|(_, a)| a)
+            {
+                let Ok(client) = self.channels.client(addr) else {
+                    continue;
+                };
                 let r = call::<_, (), Error, _, _>(
                     client,
                     DATA_GROUP,
@@ -496,15 +562,23 @@ impl Node {
             .get_node(&id)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("node {id} is not a member")))?;
-        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| Error::Unavailable(e.to_string());
+        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
+            Error::Unavailable(e.to_string())
+        };
         if membership.voter_ids().any(|v| v == id) {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
                 .await
                 .map_err(map_err)?;
         }
-        self.raft.add_learner(id, node, true).await.map_err(map_err)?;
-        self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(map_err)?;
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(map_err)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(map_err)?;
         tracing::info!(node = id, "re-admitted node as voter after data loss");
         Ok(())
     }
@@ -524,7 +598,11 @@ impl Node {
             let seen: BTreeSet<NodeId> = self.kv.seen().unwrap_or_default().into_iter().collect();
             let mut replicated = vec![self.opts.id];
             if let Some(rep) = &m.replication {
-                replicated.extend(rep.iter().filter(|(_, matched)| matched.is_some()).map(|(id, _)| *id));
+                replicated.extend(
+                    rep.iter()
+                        .filter(|(_, matched)| matched.is_some())
+                        .map(|(id, _)| *id),
+                );
             }
             for id in replicated {
                 if !seen.contains(&id) {
@@ -561,7 +639,9 @@ impl Internal for InternalService {
 
     async fn vote(&self, req: tonic::Request<Frame>) -> RpcResult {
         if self.node.rejoining.load(Ordering::SeqCst) || self.node.deciding.load(Ordering::SeqCst) {
-            return Err(tonic::Status::unavailable("fresh or rejoining after data loss: not voting yet"));
+            return Err(tonic::Status::unavailable(
+                "fresh or rejoining after data loss: not voting yet",
+            ));
         }
         let rpc = network::request(req.get_ref())?;
         network::reply(&self.node.raft.vote(rpc).await)

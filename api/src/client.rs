@@ -1,0 +1,114 @@
+//! The CLI's client side: REST calls with the admin token, errors printed as the server said.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use reqwest::{Method, StatusCode};
+
+use crate::config::read_token;
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// The node's REST endpoint.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7480",
+        env = "EDGEFABRIC_ENDPOINT"
+    )]
+    pub endpoint: String,
+    /// File holding the bearer token.
+    #[arg(
+        long,
+        default_value = "edgefabric-data/admin.token",
+        env = "EDGEFABRIC_TOKEN_FILE"
+    )]
+    pub token_file: PathBuf,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// Percent-encodes one path segment (RFC 3986 unreserved characters pass through).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    pub fn new(opts: &ClientOpts) -> Result<Self> {
+        let token = read_token(&opts.token_file)?;
+        let base = opts.endpoint.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("--endpoint: {base:?} must start with http:// or https://");
+        }
+        Ok(Client {
+            http: reqwest::Client::new(),
+            base,
+            token,
+        })
+    }
+
+    /// Sends a request; returns status, headers and body. Non-2xx answers become errors that
+    /// carry the server's message, except the statuses listed in `ok_statuses`.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        json: bool,
+        ok_statuses: &[StatusCode],
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>)> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            if json {
+                req = req.header("content-type", "application/json");
+            }
+            req = req.body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.context("reading the answer")?.to_vec();
+        if status.is_success() || ok_statuses.contains(&status) {
+            return Ok((status, headers, bytes));
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                let e = v.get("error")?;
+                Some(format!(
+                    "{}: {}",
+                    e.get("code")?.as_str()?,
+                    e.get("message")?.as_str()?
+                ))
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        bail!("{} {}", status.as_u16(), message)
+    }
+
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let body = body.map(|b| b.to_string().into_bytes());
+        let (_, _, bytes) = self.send(method, path, body, true, &[]).await?;
+        serde_json::from_slice(&bytes).context("the server's answer is not JSON")
+    }
+}

@@ -1,0 +1,446 @@
+//! Node configuration (TOML), `cluster init`, and the `--dev` embedded default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use edgefabric_crypto::Identity;
+use edgefabric_store::node::NodeOptions;
+use serde::{Deserialize, Serialize};
+
+/// One node's configuration file. Relative paths are relative to the file's directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (1..).
+    pub id: u64,
+    /// The edge site this node runs at.
+    pub site: String,
+    /// Where the node keeps its raft log, state machine and snapshots.
+    pub data_dir: PathBuf,
+    /// Address for gRPC: the public API and node-to-node traffic.
+    pub grpc: SocketAddr,
+    /// Address for REST.
+    pub http: SocketAddr,
+    /// The node's ed25519 key (secret; `FILE.pub` holds the public key).
+    pub key_file: PathBuf,
+    /// The admin bearer token.
+    pub admin_token_file: PathBuf,
+    /// Every member of the cluster at its creation, this node included.
+    pub members: Vec<Member>,
+    #[serde(default)]
+    pub raft: RaftSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub site: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_logs: u64,
+    /// Log entries kept behind a snapshot for lagging followers.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs: 20_000,
+            keep_logs: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// The longest a request waits for a leader or a quorum before a 503.
+    pub request_timeout_ms: u64,
+    /// Largest KV value accepted, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            request_timeout_ms: 5_000,
+            max_value_bytes: edgefabric_store::types::DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut cfg: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.key_file,
+            &mut cfg.admin_token_file,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !self.members.iter().any(|m| m.id == self.id) {
+            bail!("members: this node's id {} is not listed", self.id);
+        }
+        let mut ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != self.members.len() {
+            bail!("members: duplicate node id");
+        }
+        if self.id == 0 {
+            bail!("id: must be at least 1");
+        }
+        let r = &self.raft;
+        if r.election_timeout_min_ms <= r.heartbeat_ms
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            bail!("raft: need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
+        }
+        if self.limits.max_value_bytes == 0
+            || self.limits.max_value_bytes > edgefabric_store::kv::APPLY_MAX_VALUE_BYTES
+        {
+            bail!(
+                "limits.max_value_bytes: must be between 1 and {}",
+                edgefabric_store::kv::APPLY_MAX_VALUE_BYTES
+            );
+        }
+        Ok(())
+    }
+
+    pub fn node_options(&self) -> NodeOptions {
+        let members: BTreeMap<u64, String> = self
+            .members
+            .iter()
+            .map(|m| (m.id, m.grpc.to_string()))
+            .collect();
+        let mut o = NodeOptions::new(self.id, members, self.data_dir.clone());
+        o.heartbeat = Duration::from_millis(self.raft.heartbeat_ms);
+        o.election_timeout_min = Duration::from_millis(self.raft.election_timeout_min_ms);
+        o.election_timeout_max = Duration::from_millis(self.raft.election_timeout_max_ms);
+        o.snapshot_logs = self.raft.snapshot_logs;
+        o.keep_logs = self.raft.keep_logs;
+        o.request_timeout = Duration::from_millis(self.limits.request_timeout_ms);
+        o.max_value_bytes = self.limits.max_value_bytes;
+        o
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TrustFile {
+    pub nodes: Vec<TrustedNode>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TrustedNode {
+    pub id: u64,
+    pub public_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub nodes: Vec<ClusterNode>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub id: u64,
+    pub site: String,
+    pub grpc: String,
+    pub http: String,
+}
+
+fn write_new(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// Writes the admin token file with mode 0600.
+pub fn write_token(path: &Path) -> Result<String> {
+    let token = edgefabric_crypto::random_token()?;
+    write_new(path, &format!("{token}\n"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(token)
+}
+
+pub fn read_token(path: &Path) -> Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(t)
+}
+
+pub struct InitSpec {
+    pub nodes: u64,
+    pub sites: Vec<String>,
+    pub host: String,
+    pub base_port: u16,
+    pub out: PathBuf,
+}
+
+/// `edgefabric cluster init`: configs, keys, token, trust and cluster files for N local nodes.
+pub fn cluster_init(spec: &InitSpec) -> Result<()> {
+    if spec.nodes == 0 {
+        bail!("--nodes: must be at least 1");
+    }
+    if spec.sites.is_empty() || spec.sites.iter().any(|s| s.is_empty()) {
+        bail!("--sites: give one or more non-empty site names, comma-separated");
+    }
+    let last_port = spec.base_port as u64 + 2 * spec.nodes - 1;
+    if last_port > u16::MAX as u64 {
+        bail!(
+            "--base-port: {} nodes need ports up to {last_port}, past 65535",
+            spec.nodes
+        );
+    }
+    std::fs::create_dir_all(&spec.out)
+        .with_context(|| format!("creating {}", spec.out.display()))?;
+    let mut members = vec![];
+    for k in 1..=spec.nodes {
+        let grpc_port = spec.base_port as u64 + 2 * (k - 1);
+        let grpc: SocketAddr = format!("{}:{grpc_port}", spec.host)
+            .parse()
+            .context("--host: not an IP address")?;
+        let http: SocketAddr = format!("{}:{}", spec.host, grpc_port + 1)
+            .parse()
+            .context("--host")?;
+        let site = spec.sites[((k - 1) as usize) % spec.sites.len()].clone();
+        members.push(Member {
+            id: k,
+            site,
+            grpc,
+            http,
+        });
+    }
+    write_token(&spec.out.join("admin.token"))?;
+    let mut trust = vec![];
+    for m in &members {
+        let key_name = format!("node{}.key", m.id);
+        let id = Identity::generate()?;
+        id.write(&spec.out.join(&key_name))?;
+        trust.push(TrustedNode {
+            id: m.id,
+            public_key: id.public_key().to_base64(),
+        });
+        let cfg = NodeConfig {
+            id: m.id,
+            site: m.site.clone(),
+            data_dir: PathBuf::from(format!("node{}", m.id)),
+            grpc: m.grpc,
+            http: m.http,
+            key_file: PathBuf::from(key_name),
+            admin_token_file: PathBuf::from("admin.token"),
+            members: members.clone(),
+            raft: RaftSection::default(),
+            limits: LimitsSection::default(),
+        };
+        let text = format!(
+            "# EdgeFabric node {} at site {:?}. Start it with: edgefabric serve --config node{}.toml\n\
+             # Relative paths are relative to this file.\n{}",
+            m.id,
+            m.site,
+            m.id,
+            toml::to_string_pretty(&cfg)?
+        );
+        write_new(&spec.out.join(format!("node{}.toml", m.id)), &text)?;
+    }
+    write_new(
+        &spec.out.join("trust.json"),
+        &serde_json::to_string_pretty(&TrustFile { nodes: trust })?,
+    )?;
+    let cluster = ClusterFile {
+        nodes: members
+            .iter()
+            .map(|m| ClusterNode {
+                id: m.id,
+                site: m.site.clone(),
+                grpc: m.grpc.to_string(),
+                http: m.http.to_string(),
+            })
+            .collect(),
+    };
+    write_new(
+        &spec.out.join("cluster.json"),
+        &serde_json::to_string_pretty(&cluster)?,
+    )?;
+    Ok(())
+}
+
+/// `serve --dev`: a one-node cluster under `dir`, creating its key, token and trust file on
+/// first start.
+pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<NodeConfig> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key_file = dir.join("node.key");
+    if !key_file.exists() {
+        let id = Identity::generate()?;
+        id.write(&key_file)?;
+        let trust = TrustFile {
+            nodes: vec![TrustedNode {
+                id: 1,
+                public_key: id.public_key().to_base64(),
+            }],
+        };
+        std::fs::write(
+            dir.join("trust.json"),
+            serde_json::to_string_pretty(&trust)?,
+        )?;
+    }
+    let token_file = dir.join("admin.token");
+    if !token_file.exists() {
+        write_token(&token_file)?;
+    }
+    let cfg = NodeConfig {
+        id: 1,
+        site: "dev".into(),
+        data_dir: dir.to_path_buf(),
+        grpc,
+        http,
+        key_file,
+        admin_token_file: token_file,
+        members: vec![Member {
+            id: 1,
+            site: "dev".into(),
+            grpc,
+            http,
+        }],
+        raft: RaftSection::default(),
+        limits: LimitsSection::default(),
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_init_writes_everything_per_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("c");
+        cluster_init(&InitSpec {
+            nodes: 4,
+            sites: vec!["a".into(), "b".into(), "c".into()],
+            host: "127.0.0.1".into(),
+            base_port: 9000,
+            out: out.clone(),
+        })
+        .unwrap();
+        let cluster: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap())
+                .unwrap();
+        let nodes = cluster["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 4);
+        assert_eq!(nodes[0]["grpc"], "127.0.0.1:9000");
+        assert_eq!(nodes[0]["http"], "127.0.0.1:9001");
+        assert_eq!(nodes[3]["grpc"], "127.0.0.1:9006");
+        assert_eq!(nodes[3]["http"], "127.0.0.1:9007");
+        let sites: Vec<&str> = nodes.iter().map(|n| n["site"].as_str().unwrap()).collect();
+        assert_eq!(sites, ["a", "b", "c", "a"]);
+        let trust: TrustFile =
+            serde_json::from_str(&std::fs::read_to_string(out.join("trust.json")).unwrap())
+                .unwrap();
+        assert_eq!(trust.nodes.len(), 4);
+        for k in 1..=4 {
+            let cfg = NodeConfig::load(&out.join(format!("node{k}.toml"))).unwrap();
+            assert_eq!(cfg.id, k);
+            assert_eq!(cfg.members.len(), 4);
+            let key = Identity::read(&cfg.key_file).unwrap();
+            let pinned = &trust.nodes[(k - 1) as usize];
+            assert_eq!(key.public_key().to_base64(), pinned.public_key);
+        }
+        assert!(!read_token(&out.join("admin.token")).unwrap().is_empty());
+        // A second init into the same directory must not overwrite keys.
+        let again = cluster_init(&InitSpec {
+            nodes: 1,
+            sites: vec!["a".into()],
+            host: "127.0.0.1".into(),
+            base_port: 9000,
+            out,
+        });
+        assert!(again.is_err());
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = |nodes, sites: &[&str], host: &str, port| InitSpec {
+            nodes,
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+            host: host.into(),
+            base_port: port,
+            out: dir.path().join("x"),
+        };
+        assert!(cluster_init(&spec(0, &["a"], "127.0.0.1", 9000)).is_err());
+        assert!(cluster_init(&spec(3, &[], "127.0.0.1", 9000)).is_err());
+        assert!(cluster_init(&spec(3, &["a"], "127.0.0.1", 65534)).is_err());
+        assert!(cluster_init(&spec(3, &["a"], "not-an-ip", 9000)).is_err());
+    }
+
+    #[test]
+    fn config_rejects_unknown_fields_and_bad_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dev_config(
+            dir.path(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        )
+        .unwrap();
+        let mut text = toml::to_string(&cfg).unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(&p, &text).unwrap();
+        assert!(NodeConfig::load(&p).is_ok());
+        text.push_str("\nbogus = 1\n");
+        std::fs::write(&p, &text).unwrap();
+        assert!(format!("{:#}", NodeConfig::load(&p).unwrap_err()).contains("bogus"));
+        let mut bad = cfg.clone();
+        bad.raft.election_timeout_min_ms = 50;
+        assert!(bad.validate().is_err());
+        let mut bad = cfg;
+        bad.members.clear();
+        assert!(bad.validate().is_err());
+    }
+}
