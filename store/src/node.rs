@@ -274,10 +274,12 @@ impl Node {
                             Ok(Err(Error::Unavailable(_)))
                             | Err(TransportError::Unreachable(_)) => {}
                             Ok(Err(e)) => return Err(e),
-                            Err(e) => return Err(Error::Unavailable(format!(
+                            Err(e) => {
+                                return Err(Error::Unavailable(format!(
                                 "forwarding to leader {}: {e}; the write may or may not be applied",
                                 f.leader_id.unwrap_or_default()
-                            ))),
+                            )))
+                            }
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
