@@ -459,7 +459,9 @@ async fn bad_input_is_a_clear_json_error() {
     use reqwest::Method;
     let big = vec![b'x'; (1 << 20) + 1];
     let long_key = "k".repeat(4097);
-    let cases: Vec<(Method, String, Option<Vec<u8>>, u16, &str)> = vec![
+    // (method, path, body, expected status, a word the message must contain)
+    type Case = (Method, String, Option<Vec<u8>>, u16, &'static str);
+    let cases: Vec<Case> = vec![
         (
             Method::PUT,
             format!("/v1/kv/default/{long_key}"),

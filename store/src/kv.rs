@@ -26,6 +26,9 @@ use crate::types::{
 
 const META_KEY: &[u8] = b"mraft";
 
+/// A full image of the store: every (key, value) of the tree, in key order.
+pub type Image = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub struct KvStore {
     _db: sled::Db,
     tree: sled::Tree,
@@ -289,7 +292,7 @@ impl KvStore {
 
     /// Every entry of the store (data, namespaces and raft meta), for a snapshot. The caller
     /// must not apply concurrently (the raft glue calls this on the state-machine task).
-    pub fn export(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn export(&self) -> Result<Image> {
         let mut out = vec![];
         for kv in self.tree.iter() {
             let (k, v) = kv?;

@@ -588,7 +588,11 @@ mod tests {
         {
             let inner = log.lock();
             let g = &inner.groups[&1];
-            assert_eq!(g.entry_bytes, total_len(&g.entries), "incremental size matches");
+            assert_eq!(
+                g.entry_bytes,
+                total_len(&g.entries),
+                "incremental size matches"
+            );
         }
         assert_eq!(log.vote(1), Some(b"v".to_vec()));
     }

@@ -21,7 +21,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::kv::KvStore;
+use crate::kv::{Image, KvStore};
 use crate::log::{GroupId, LogEngine};
 use crate::types::{Command, Response};
 
@@ -263,7 +263,7 @@ impl StateMachineStore {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         data: &[u8],
     ) -> Result<(), crate::Error> {
-        let mut image: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(data)?;
+        let mut image: Image = codec::decode(data)?;
         // The image carries the leader's raft meta; the snapshot's meta is authoritative.
         image.retain(|(k, _)| k.as_slice() != b"mraft");
         let raft_meta: RaftMeta = (meta.last_log_id, meta.last_membership.clone());
@@ -276,7 +276,7 @@ pub struct SnapshotBuilder {
     dir: PathBuf,
     meta: RaftMeta,
     /// Err if the export failed: the build then fails instead of snapshotting a wrong image.
-    image: Result<Vec<(Vec<u8>, Vec<u8>)>, String>,
+    image: Result<Image, String>,
     id: String,
 }
 
@@ -380,7 +380,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let sig = Some(meta.signature());
         // Validate before touching anything: a bad snapshot must not wipe the store.
-        codec::decode::<Vec<(Vec<u8>, Vec<u8>)>>(&data)
+        codec::decode::<Image>(&data)
             .map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
         let file = SnapshotFile {
             meta: meta.clone(),
