@@ -7,26 +7,28 @@
 //! *before* a node answers, so they get their own file, as TiKV keeps its raft log apart from
 //! its KV engine. One file for all groups turns many small appends into one `fdatasync`.
 //!
-//! Format: a sequence of frames `len: u32 LE ‖ crc32(body): u32 LE ‖ body`, body a bincoded
-//! [`WalRecord`]. Replay applies records in order. A torn or corrupt frame ends the log: it and
-//! everything after it are dropped (the tail after the last `fdatasync` is all that can be torn,
-//! and it was never acknowledged). When the file holds mostly dead records it is rewritten from
-//! the live state: new file, `fsync`, `rename`, `fsync` of the directory.
+//! Format: a sequence of frames `len: u32 LE ‖ crc32(body): u32 LE ‖ body`, with
+//! `body = kind: u8 ‖ group: u64 LE ‖ fields`. An entry frame is `index: u64 LE ‖ payload`, so
+//! the payload sits at a known offset: memory holds only an index of (offset, length) per entry,
+//! and entries are read back with `pread` (recent ones come from the page cache). Replay applies
+//! frames in order. A torn or corrupt frame ends the log: it and everything after it are dropped
+//! (only the tail after the last `fdatasync` can be torn, and it was never acknowledged). When
+//! the file holds mostly dead frames it is rewritten from the live state: new file, `fsync`,
+//! `rename`, `fsync` of the directory.
 //!
 //! Durability contract: `append`, `truncate`, `purge` and `save_*` only hand bytes to the kernel;
 //! they are durable once a later `sync` callback (or `sync_blocking`) has reported success.
-//! Records are durable in file order, so a synced record implies all earlier ones are.
+//! Frames are durable in file order, so a synced frame implies all earlier ones are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
@@ -36,129 +38,170 @@ pub type GroupId = u64;
 const FILE_NAME: &str = "raft.wal";
 /// Rewrite the file when it is this large and mostly dead.
 const COMPACT_MIN_BYTES: u64 = 64 << 20;
+const FRAME_HEADER: u64 = 8;
+/// kind ‖ group ‖ index before an entry's payload.
+const ENTRY_PREFIX: u64 = 1 + 8 + 8;
 
-#[derive(Debug, Serialize, Deserialize)]
-enum WalRecord {
-    /// Entries with consecutive indexes from `first`.
-    Entries {
-        group: GroupId,
-        first: u64,
-        entries: Vec<Vec<u8>>,
-    },
-    /// Drop entries with index >= `since`.
-    Truncate {
-        group: GroupId,
-        since: u64,
-    },
-    /// Drop entries with index <= `upto`; `log_id` is the caller's encoding of the last purged id.
-    Purge {
-        group: GroupId,
-        upto: u64,
-        log_id: Vec<u8>,
-    },
-    Vote {
-        group: GroupId,
-        data: Vec<u8>,
-    },
-    Committed {
-        group: GroupId,
-        data: Vec<u8>,
-    },
+const KIND_ENTRY: u8 = 1;
+const KIND_TRUNCATE: u8 = 2;
+const KIND_PURGE: u8 = 3;
+const KIND_VOTE: u8 = 4;
+const KIND_COMMITTED: u8 = 5;
+
+/// One decoded frame; entry payloads are not copied, only located.
+enum Record<'a> {
+    Entry { index: u64, payload: &'a [u8] },
+    Truncate { since: u64 },
+    Purge { upto: u64, log_id: &'a [u8] },
+    Vote(&'a [u8]),
+    Committed(&'a [u8]),
 }
+
+fn put_frame(out: &mut Vec<u8>, kind: u8, group: GroupId, fields: &[&[u8]]) -> Result<()> {
+    let body_len: usize = 1 + 8 + fields.iter().map(|f| f.len()).sum::<usize>();
+    if body_len > codec::MAX_DECODE_BYTES {
+        return Err(Error::invalid(
+            "log record",
+            format!("{body_len} bytes, the limit is {}", codec::MAX_DECODE_BYTES),
+        ));
+    }
+    let start = out.len();
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind);
+    out.extend_from_slice(&group.to_le_bytes());
+    for f in fields {
+        out.extend_from_slice(f);
+    }
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn decode_body(body: &[u8]) -> Option<(GroupId, Record<'_>)> {
+    let kind = *body.first()?;
+    let group = u64_at(body, 1)?;
+    let rest = &body[9..];
+    let rec = match kind {
+        KIND_ENTRY => Record::Entry {
+            index: u64_at(rest, 0)?,
+            payload: &rest[8..],
+        },
+        KIND_TRUNCATE if rest.len() == 8 => Record::Truncate {
+            since: u64_at(rest, 0)?,
+        },
+        KIND_PURGE => Record::Purge {
+            upto: u64_at(rest, 0)?,
+            log_id: &rest[8..],
+        },
+        KIND_VOTE => Record::Vote(rest),
+        KIND_COMMITTED => Record::Committed(rest),
+        _ => return None,
+    };
+    Some((group, rec))
+}
+
+/// Where an entry's payload is: (file offset, length).
+type Loc = (u64, u32);
 
 #[derive(Default)]
 struct GroupLog {
-    entries: BTreeMap<u64, Vec<u8>>,
-    /// Sum of the entries' lengths, kept up to date so the compaction check is O(1).
+    /// index → where its payload is.
+    entries: BTreeMap<u64, Loc>,
+    /// Sum of the payload lengths, kept up to date so the compaction check is O(1).
     entry_bytes: u64,
     vote: Option<Vec<u8>>,
     committed: Option<Vec<u8>>,
     purged: Option<(u64, Vec<u8>)>,
 }
 
-fn total_len(m: &BTreeMap<u64, Vec<u8>>) -> u64 {
-    m.values().map(|e| e.len() as u64).sum()
+fn total_len(m: &BTreeMap<u64, Loc>) -> u64 {
+    m.values().map(|(_, len)| *len as u64).sum()
 }
 
 impl GroupLog {
-    fn apply(&mut self, rec: WalRecord) {
+    /// Applies a decoded frame whose body starts at `body_offset` in the file.
+    fn apply(&mut self, rec: Record<'_>, body_offset: u64) {
         match rec {
-            WalRecord::Entries { first, entries, .. } => {
-                for (i, e) in entries.into_iter().enumerate() {
-                    self.entry_bytes += e.len() as u64;
-                    if let Some(old) = self.entries.insert(first + i as u64, e) {
-                        self.entry_bytes -= old.len() as u64;
-                    }
+            Record::Entry { index, payload } => {
+                let len = payload.len() as u32;
+                self.entry_bytes += len as u64;
+                if let Some((_, old)) = self
+                    .entries
+                    .insert(index, (body_offset + ENTRY_PREFIX, len))
+                {
+                    self.entry_bytes -= old as u64;
                 }
             }
-            WalRecord::Truncate { since, .. } => {
+            Record::Truncate { since } => {
                 let removed = self.entries.split_off(&since);
                 self.entry_bytes -= total_len(&removed);
             }
-            WalRecord::Purge { upto, log_id, .. } => {
-                let kept = self.entries.split_off(&(upto + 1));
+            Record::Purge { upto, log_id } => {
+                let kept = self.entries.split_off(&(upto.saturating_add(1)));
                 let removed = std::mem::replace(&mut self.entries, kept);
                 self.entry_bytes -= total_len(&removed);
                 if self.purged.as_ref().is_none_or(|(p, _)| *p <= upto) {
-                    self.purged = Some((upto, log_id));
+                    self.purged = Some((upto, log_id.to_vec()));
                 }
             }
-            WalRecord::Vote { data, .. } => self.vote = Some(data),
-            WalRecord::Committed { data, .. } => self.committed = Some(data),
+            Record::Vote(data) => self.vote = Some(data.to_vec()),
+            Record::Committed(data) => self.committed = Some(data.to_vec()),
         }
     }
 
     /// Approximate bytes a rewrite of this group would take (frame overhead included).
     fn live_bytes(&self) -> u64 {
-        self.entry_bytes + 16 * self.entries.len() as u64 + 256
+        self.entry_bytes + (FRAME_HEADER + ENTRY_PREFIX) * self.entries.len() as u64 + 256
     }
 }
 
-fn group_of(rec: &WalRecord) -> GroupId {
-    match rec {
-        WalRecord::Entries { group, .. }
-        | WalRecord::Truncate { group, .. }
-        | WalRecord::Purge { group, .. }
-        | WalRecord::Vote { group, .. }
-        | WalRecord::Committed { group, .. } => *group,
+/// Reads frames from `r` into `groups`; returns the length of the valid prefix.
+fn replay(r: impl Read, groups: &mut HashMap<GroupId, GroupLog>) -> io::Result<u64> {
+    let mut r = BufReader::with_capacity(1 << 20, r);
+    let mut pos = 0u64;
+    let mut body = vec![];
+    loop {
+        let mut header = [0u8; 8];
+        if read_full(&mut r, &mut header)? < 8 {
+            return Ok(pos);
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > codec::MAX_DECODE_BYTES {
+            return Ok(pos);
+        }
+        body.resize(len, 0);
+        if read_full(&mut r, &mut body)? < len || crc32fast::hash(&body) != crc {
+            return Ok(pos);
+        }
+        let Some((group, rec)) = decode_body(&body) else {
+            return Ok(pos);
+        };
+        groups
+            .entry(group)
+            .or_default()
+            .apply(rec, pos + FRAME_HEADER);
+        pos += FRAME_HEADER + len as u64;
     }
 }
 
-fn frame(rec: &WalRecord, out: &mut Vec<u8>) -> Result<()> {
-    let body = codec::encode(rec)?;
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(())
-}
-
-/// Parses frames; returns the records and the length of the valid prefix.
-fn parse(bytes: &[u8]) -> (Vec<WalRecord>, usize) {
-    let mut out = vec![];
-    let mut pos = 0;
-    while bytes.len() - pos >= 8 {
-        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
-            as usize;
-        let crc = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]);
-        if len > codec::MAX_DECODE_BYTES || bytes.len() - pos - 8 < len {
-            break;
+/// Like `read_exact`, but reports how much was read at end of file instead of failing.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        let body = &bytes[pos + 8..pos + 8 + len];
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        match codec::decode::<WalRecord>(body) {
-            Ok(rec) => out.push(rec),
-            Err(_) => break,
-        }
-        pos += 8 + len;
     }
-    (out, pos)
+    Ok(n)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -170,6 +213,12 @@ struct Inner {
     file: Arc<File>,
     file_bytes: u64,
     groups: HashMap<GroupId, GroupLog>,
+    /// Set by a failed write or sync. A partial write leaves garbage that would hide every
+    /// later frame from replay, and after a failed `fdatasync` the kernel may have dropped
+    /// dirty pages while a retry reports success (fsyncgate); so the log refuses all further
+    /// work and the node stops (openraft treats storage errors as fatal). Restart recovers
+    /// from the file.
+    poisoned: Option<String>,
 }
 
 type SyncCallback = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -188,44 +237,37 @@ impl LogEngine {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
         let existed = path.exists();
-        let mut bytes = vec![];
-        if existed {
-            File::open(&path)?.read_to_end(&mut bytes)?;
-        }
-        let (records, valid) = parse(&bytes);
-        if valid < bytes.len() {
-            tracing::warn!(
-                path = %path.display(),
-                dropped = bytes.len() - valid,
-                "raft log has a torn or corrupt tail; dropping it"
-            );
-        }
-        let mut groups: HashMap<GroupId, GroupLog> = HashMap::new();
-        for rec in records {
-            groups.entry(group_of(&rec)).or_default().apply(rec);
-        }
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .write(true)
             .truncate(false)
             .open(&path)?;
-        if valid < bytes.len() {
-            file.set_len(valid as u64)?;
+        let total = file.metadata()?.len();
+        let mut groups: HashMap<GroupId, GroupLog> = HashMap::new();
+        let valid = replay(&file, &mut groups)?;
+        if valid < total {
+            tracing::warn!(
+                path = %path.display(),
+                dropped = total - valid,
+                "raft log has a torn or corrupt tail; dropping it"
+            );
+            file.set_len(valid)?;
             file.sync_all()?;
         }
         if !existed {
             sync_dir(dir)?;
         }
-        let file = OpenOptions::new().append(true).open(&path)?;
+        let file = OpenOptions::new().read(true).append(true).open(&path)?;
         let inner = Arc::new(Mutex::new(Inner {
             dir: dir.to_path_buf(),
             file: Arc::new(file),
-            file_bytes: valid as u64,
+            file_bytes: valid,
             groups,
+            poisoned: None,
         }));
         let (tx, rx) = mpsc::channel::<SyncCallback>();
-        let durable = Arc::new(AtomicU64::new(valid as u64));
+        let durable = Arc::new(AtomicU64::new(valid));
         let (for_syncer, durable_syncer) = (inner.clone(), durable.clone());
         std::thread::Builder::new()
             .name("raft-wal-sync".into())
@@ -242,15 +284,33 @@ impl LogEngine {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self, inner: &mut Inner, recs: Vec<WalRecord>) -> Result<()> {
-        let mut buf = vec![];
-        for r in &recs {
-            frame(r, &mut buf)?;
+    /// Writes encoded frames and applies them to the in-memory index.
+    fn write(&self, inner: &mut Inner, buf: Vec<u8>) -> Result<()> {
+        if let Some(why) = &inner.poisoned {
+            return Err(Error::Storage(format!(
+                "raft log unusable after an earlier failure: {why}"
+            )));
         }
-        (&*inner.file).write_all(&buf)?;
+        let start = inner.file_bytes;
+        if let Err(e) = (&*inner.file).write_all(&buf) {
+            inner.poisoned = Some(format!("write: {e}"));
+            return Err(e.into());
+        }
         inner.file_bytes += buf.len() as u64;
-        for r in recs {
-            inner.groups.entry(group_of(&r)).or_default().apply(r);
+        // Re-read our own frames from the buffer to index them exactly as replay would.
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let len =
+                u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+            let body = &buf[pos + 8..pos + 8 + len];
+            let (group, rec) =
+                decode_body(body).ok_or_else(|| Error::Internal("bad frame written".into()))?;
+            inner
+                .groups
+                .entry(group)
+                .or_default()
+                .apply(rec, start + pos as u64 + FRAME_HEADER);
+            pos += 8 + len;
         }
         Ok(())
     }
@@ -260,52 +320,44 @@ impl LogEngine {
         let Some(first) = entries.first().map(|e| e.0) else {
             return Ok(());
         };
-        for (i, (idx, _)) in entries.iter().enumerate() {
+        let mut buf = Vec::with_capacity(entries.iter().map(|e| e.1.len() + 32).sum());
+        for (i, (idx, data)) in entries.iter().enumerate() {
             if *idx != first + i as u64 {
                 return Err(Error::Internal(format!(
                     "non-consecutive log append at index {idx}"
                 )));
             }
+            put_frame(&mut buf, KIND_ENTRY, group, &[&idx.to_le_bytes(), data])?;
         }
-        let entries = entries.into_iter().map(|e| e.1).collect();
         let mut inner = self.lock();
-        self.write(
-            &mut inner,
-            vec![WalRecord::Entries {
-                group,
-                first,
-                entries,
-            }],
-        )?;
+        self.write(&mut inner, buf)?;
         self.maybe_compact(&mut inner)
     }
 
     pub fn truncate(&self, group: GroupId, since: u64) -> Result<()> {
-        let mut inner = self.lock();
-        self.write(&mut inner, vec![WalRecord::Truncate { group, since }])
+        let mut buf = vec![];
+        put_frame(&mut buf, KIND_TRUNCATE, group, &[&since.to_le_bytes()])?;
+        self.write(&mut self.lock(), buf)
     }
 
     pub fn purge(&self, group: GroupId, upto: u64, log_id: Vec<u8>) -> Result<()> {
+        let mut buf = vec![];
+        put_frame(&mut buf, KIND_PURGE, group, &[&upto.to_le_bytes(), &log_id])?;
         let mut inner = self.lock();
-        self.write(
-            &mut inner,
-            vec![WalRecord::Purge {
-                group,
-                upto,
-                log_id,
-            }],
-        )?;
+        self.write(&mut inner, buf)?;
         self.maybe_compact(&mut inner)
     }
 
     pub fn save_vote(&self, group: GroupId, data: Vec<u8>) -> Result<()> {
-        let mut inner = self.lock();
-        self.write(&mut inner, vec![WalRecord::Vote { group, data }])
+        let mut buf = vec![];
+        put_frame(&mut buf, KIND_VOTE, group, &[&data])?;
+        self.write(&mut self.lock(), buf)
     }
 
     pub fn save_committed(&self, group: GroupId, data: Vec<u8>) -> Result<()> {
-        let mut inner = self.lock();
-        self.write(&mut inner, vec![WalRecord::Committed { group, data }])
+        let mut buf = vec![];
+        put_frame(&mut buf, KIND_COMMITTED, group, &[&data])?;
+        self.write(&mut self.lock(), buf)
     }
 
     pub fn vote(&self, group: GroupId) -> Option<Vec<u8>> {
@@ -326,22 +378,39 @@ impl LogEngine {
             .and_then(|g| g.purged.clone())
     }
 
-    pub fn last_entry(&self, group: GroupId) -> Option<(u64, Vec<u8>)> {
-        let inner = self.lock();
-        let g = inner.groups.get(&group)?;
-        g.entries.last_key_value().map(|(k, v)| (*k, v.clone()))
+    pub fn last_entry(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>> {
+        let (file, loc) = {
+            let inner = self.lock();
+            let loc = inner
+                .groups
+                .get(&group)
+                .and_then(|g| g.entries.last_key_value().map(|(k, v)| (*k, *v)));
+            (inner.file.clone(), loc)
+        };
+        match loc {
+            Some((index, (offset, len))) => Ok(Some((index, read_at(&file, offset, len)?))),
+            None => Ok(None),
+        }
     }
 
-    pub fn entries<R: RangeBounds<u64>>(&self, group: GroupId, range: R) -> Vec<(u64, Vec<u8>)> {
-        let inner = self.lock();
-        match inner.groups.get(&group) {
-            Some(g) => g
-                .entries
-                .range(range)
-                .map(|(k, v)| (*k, v.clone()))
-                .collect(),
-            None => vec![],
-        }
+    /// Entries in `range`, read from the file outside the lock (the `Arc<File>` stays valid
+    /// even if a compaction renames a new file into place meanwhile).
+    pub fn entries<R: RangeBounds<u64>>(
+        &self,
+        group: GroupId,
+        range: R,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let (file, locs): (Arc<File>, Vec<(u64, Loc)>) = {
+            let inner = self.lock();
+            let locs = match inner.groups.get(&group) {
+                Some(g) => g.entries.range(range).map(|(k, v)| (*k, *v)).collect(),
+                None => vec![],
+            };
+            (inner.file.clone(), locs)
+        };
+        locs.into_iter()
+            .map(|(i, (off, len))| Ok((i, read_at(&file, off, len)?)))
+            .collect()
     }
 
     /// Calls `done` once every record written before this call is durable (one `fdatasync` may
@@ -383,65 +452,75 @@ impl LogEngine {
     /// Rewrites the file from the live state. Atomic: the rename either happened or not.
     fn compact(&self, inner: &mut Inner) -> Result<()> {
         let tmp = inner.dir.join(format!("{FILE_NAME}.tmp"));
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        let mut new_groups: HashMap<GroupId, GroupLog> = HashMap::new();
+        let mut pos = 0u64;
         let mut buf = vec![];
         for (group, g) in &inner.groups {
             let group = *group;
+            let mut frames: Vec<Vec<u8>> = vec![];
             if let Some((upto, log_id)) = &g.purged {
-                frame(
-                    &WalRecord::Purge {
-                        group,
-                        upto: *upto,
-                        log_id: log_id.clone(),
-                    },
-                    &mut buf,
-                )?;
+                let mut f = vec![];
+                put_frame(&mut f, KIND_PURGE, group, &[&upto.to_le_bytes(), log_id])?;
+                frames.push(f);
             }
             if let Some(data) = &g.vote {
-                frame(
-                    &WalRecord::Vote {
-                        group,
-                        data: data.clone(),
-                    },
-                    &mut buf,
-                )?;
+                let mut f = vec![];
+                put_frame(&mut f, KIND_VOTE, group, &[data])?;
+                frames.push(f);
             }
             if let Some(data) = &g.committed {
-                frame(
-                    &WalRecord::Committed {
-                        group,
-                        data: data.clone(),
-                    },
-                    &mut buf,
-                )?;
+                let mut f = vec![];
+                put_frame(&mut f, KIND_COMMITTED, group, &[data])?;
+                frames.push(f);
             }
-            if let Some((&first, _)) = g.entries.first_key_value() {
-                let entries = g.entries.values().cloned().collect();
-                frame(
-                    &WalRecord::Entries {
-                        group,
-                        first,
-                        entries,
+            let ng = new_groups.entry(group).or_default();
+            for f in frames {
+                let (_, rec) =
+                    decode_body(&f[8..]).ok_or_else(|| Error::Internal("bad frame".into()))?;
+                ng.apply(rec, pos + FRAME_HEADER);
+                out.write_all(&f)?;
+                pos += f.len() as u64;
+            }
+            for (index, (off, len)) in &g.entries {
+                let data = read_at(&inner.file, *off, *len)?;
+                buf.clear();
+                put_frame(&mut buf, KIND_ENTRY, group, &[&index.to_le_bytes(), &data])?;
+                ng.apply(
+                    Record::Entry {
+                        index: *index,
+                        payload: &data,
                     },
-                    &mut buf,
-                )?;
+                    pos + FRAME_HEADER,
+                );
+                out.write_all(&buf)?;
+                pos += buf.len() as u64;
             }
         }
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-        }
+        let f = out
+            .into_inner()
+            .map_err(|e| Error::Storage(format!("io: {e}")))?;
+        f.sync_all()?;
+        drop(f);
         let path = inner.dir.join(FILE_NAME);
         std::fs::rename(&tmp, &path)?;
         sync_dir(&inner.dir)?;
-        inner.file = Arc::new(OpenOptions::new().append(true).open(&path)?);
-        tracing::info!(
-            before = inner.file_bytes,
-            after = buf.len(),
-            "raft log compacted"
-        );
-        inner.file_bytes = buf.len() as u64;
+        inner.file = Arc::new(OpenOptions::new().read(true).append(true).open(&path)?);
+        tracing::info!(before = inner.file_bytes, after = pos, "raft log compacted");
+        inner.file_bytes = pos;
+        inner.groups = new_groups;
+        self.durable.store(pos, Ordering::SeqCst);
         Ok(())
+    }
+
+    #[cfg(test)]
+    fn entries_ok<R: RangeBounds<u64>>(&self, group: GroupId, range: R) -> Vec<(u64, Vec<u8>)> {
+        self.entries(group, range).unwrap()
+    }
+
+    #[cfg(test)]
+    fn last_entry_ok(&self, group: GroupId) -> Option<(u64, Vec<u8>)> {
+        self.last_entry(group).unwrap()
     }
 
     #[cfg(test)]
@@ -449,6 +528,12 @@ impl LogEngine {
         let mut inner = self.lock();
         self.compact(&mut inner)
     }
+}
+
+fn read_at(file: &File, offset: u64, len: u32) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; len as usize];
+    file.read_exact_at(&mut data, offset)?;
+    Ok(data)
 }
 
 /// Group commit: take every waiting callback, then one `fdatasync` covers all their writes
@@ -460,13 +545,24 @@ fn syncer(inner: Arc<Mutex<Inner>>, durable: Arc<AtomicU64>, rx: mpsc::Receiver<
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let (file, len) = {
+        let (file, len, poisoned) = {
             let g = inner.lock().unwrap_or_else(|p| p.into_inner());
-            (g.file.clone(), g.file_bytes)
+            (g.file.clone(), g.file_bytes, g.poisoned.clone())
         };
-        let result = file.sync_data();
-        if result.is_ok() {
-            durable.fetch_max(len, Ordering::SeqCst);
+        let result = match poisoned {
+            Some(why) => Err(io::Error::other(format!(
+                "raft log unusable after an earlier failure: {why}"
+            ))),
+            None => file.sync_data(),
+        };
+        match &result {
+            Ok(()) => {
+                durable.fetch_max(len, Ordering::SeqCst);
+            }
+            Err(e) => {
+                let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+                g.poisoned.get_or_insert_with(|| format!("fdatasync: {e}"));
+            }
         }
         for done in batch {
             done(match &result {
@@ -500,15 +596,15 @@ mod tests {
             log.sync_blocking().unwrap();
         }
         let log = LogEngine::open(dir.path()).unwrap();
-        let got: Vec<u64> = log.entries(1, ..).iter().map(|e| e.0).collect();
+        let got: Vec<u64> = log.entries_ok(1, ..).iter().map(|e| e.0).collect();
         assert_eq!(got, vec![4, 5, 6, 7, 8]);
-        assert_eq!(log.last_entry(1).unwrap(), (8, b"new8".to_vec()));
+        assert_eq!(log.last_entry_ok(1).unwrap(), (8, b"new8".to_vec()));
         assert_eq!(log.purged(1), Some((3, b"id3".to_vec())));
         assert_eq!(log.vote(1), Some(b"vote".to_vec()));
         assert_eq!(log.committed(1), Some(b"c7".to_vec()));
-        assert_eq!(log.entries(2, 2..).len(), 2);
+        assert_eq!(log.entries_ok(2, 2..).len(), 2);
         assert_eq!(log.vote(2), None);
-        assert_eq!(log.entries(3, ..), vec![]);
+        assert_eq!(log.entries_ok(3, ..), vec![]);
     }
 
     #[test]
@@ -531,12 +627,12 @@ mod tests {
             .unwrap();
         {
             let log = LogEngine::open(dir.path()).unwrap();
-            assert_eq!(log.last_entry(1).unwrap().0, 5);
+            assert_eq!(log.last_entry_ok(1).unwrap().0, 5);
             log.append(1, vec![(6, b"again".to_vec())]).unwrap();
             log.sync_blocking().unwrap();
         }
         let log = LogEngine::open(dir.path()).unwrap();
-        assert_eq!(log.last_entry(1).unwrap(), (6, b"again".to_vec()));
+        assert_eq!(log.last_entry_ok(1).unwrap(), (6, b"again".to_vec()));
     }
 
     #[test]
@@ -556,8 +652,33 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let log = LogEngine::open(dir.path()).unwrap();
         assert_eq!(
-            log.entries(1, ..).iter().map(|e| e.0).collect::<Vec<_>>(),
+            log.entries_ok(1, ..)
+                .iter()
+                .map(|e| e.0)
+                .collect::<Vec<_>>(),
             vec![1]
+        );
+    }
+
+    #[test]
+    fn a_failed_write_poisons_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogEngine::open(dir.path()).unwrap();
+        log.append(1, entries(1..3)).unwrap();
+        // Swap the file for a read-only handle so the next write fails.
+        log.lock().file = Arc::new(File::open(dir.path().join(FILE_NAME)).unwrap());
+        assert!(log.append(1, entries(3..4)).is_err());
+        log.lock().file = Arc::new(
+            OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(FILE_NAME))
+                .unwrap(),
+        );
+        let e = log.append(1, entries(3..4)).unwrap_err().to_string();
+        assert!(e.contains("earlier failure"), "{e}");
+        assert!(
+            log.sync_blocking().is_err(),
+            "no sync may succeed after a failure"
         );
     }
 
@@ -583,7 +704,7 @@ mod tests {
             log.sync_blocking().unwrap();
         }
         let log = LogEngine::open(dir.path()).unwrap();
-        assert_eq!(log.entries(1, ..).len(), 12);
+        assert_eq!(log.entries_ok(1, ..).len(), 12);
         assert_eq!(log.purged(1).unwrap().0, 990);
         {
             let inner = log.lock();
@@ -639,7 +760,7 @@ mod tests {
             }
             std::fs::write(&path, &kept).unwrap();
             let log = LogEngine::open(dir.path()).unwrap();
-            let got = log.entries(7, ..);
+            let got = log.entries_ok(7, ..);
             for (k, (i, data)) in got.iter().enumerate() {
                 proptest::prop_assert_eq!(*i, k as u64 + 1, "recovered entries are a prefix");
                 proptest::prop_assert_eq!(data, &i.to_le_bytes().repeat(3));

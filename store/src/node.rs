@@ -128,7 +128,7 @@ impl Node {
         let engine = LogEngine::open(&opts.data_dir.join("raft"))?;
         let sm = StateMachineStore::open(&opts.data_dir.join(format!("group-{DATA_GROUP}")))?;
         let kv = sm.kv();
-        let fresh = engine.last_entry(DATA_GROUP).is_none()
+        let fresh = engine.last_entry(DATA_GROUP)?.is_none()
             && engine.purged(DATA_GROUP).is_none()
             && engine.vote(DATA_GROUP).is_none()
             && kv.raft_meta()?.is_none();

@@ -75,6 +75,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
         self.engine
             .entries(self.group, range)
+            .map_err(|e| StorageIOError::read_logs(any(e)))?
             .into_iter()
             .map(|(i, bytes)| {
                 codec::decode(&bytes)
@@ -94,7 +95,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => None,
         };
-        let last_log_id = match self.engine.last_entry(self.group) {
+        let last = self
+            .engine
+            .last_entry(self.group)
+            .map_err(|e| StorageIOError::read_logs(any(e)))?;
+        let last_log_id = match last {
             Some((_, bytes)) => {
                 let e: Entry<TypeConfig> =
                     codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(any(e)))?;
