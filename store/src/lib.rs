@@ -13,6 +13,7 @@ pub mod log;
 pub mod network;
 pub mod node;
 pub mod raft_store;
+pub mod shard;
 pub mod types;
 
 pub use error::{Error, Result};
