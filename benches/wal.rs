@@ -21,35 +21,27 @@ fn bench(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let log = LogEngine::open(dir.path()).unwrap();
         let mut next = 1u64;
-        g.bench_with_input(
-            BenchmarkId::new("wal_fdatasync", batch),
-            &batch,
-            |b, &batch| {
-                b.iter(|| {
-                    for _ in 0..batch {
-                        log.append(1, vec![(next, entry.clone())]).unwrap();
-                        next += 1;
-                    }
-                    log.sync_blocking().unwrap();
-                })
-            },
-        );
+        g.bench_with_input(BenchmarkId::new("wal_fdatasync", batch), &batch, |b, &batch| {
+            b.iter(|| {
+                for _ in 0..batch {
+                    log.append(1, vec![(next, entry.clone())]).unwrap();
+                    next += 1;
+                }
+                log.sync_blocking().unwrap();
+            })
+        });
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let mut k = 0u64;
-        g.bench_with_input(
-            BenchmarkId::new("sled_flush", batch),
-            &batch,
-            |b, &batch| {
-                b.iter(|| {
-                    for _ in 0..batch {
-                        db.insert(k.to_be_bytes(), entry.as_slice()).unwrap();
-                        k += 1;
-                    }
-                    db.flush().unwrap();
-                })
-            },
-        );
+        g.bench_with_input(BenchmarkId::new("sled_flush", batch), &batch, |b, &batch| {
+            b.iter(|| {
+                for _ in 0..batch {
+                    db.insert(k.to_be_bytes(), entry.as_slice()).unwrap();
+                    k += 1;
+                }
+                db.flush().unwrap();
+            })
+        });
     }
     g.finish();
 }

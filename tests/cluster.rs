@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,15 +23,7 @@ async fn write_keys(
     writers: usize,
     progress: Arc<AtomicUsize>,
 ) -> Vec<usize> {
-    write_keys_into(
-        api,
-        from,
-        to,
-        writers,
-        progress,
-        Arc::new(Mutex::new(vec![])),
-    )
-    .await
+    write_keys_into(api, from, to, writers, progress, Arc::new(Mutex::new(vec![]))).await
 }
 
 /// As `write_keys`, recording each acknowledged key in `acked` as soon as it is acknowledged.
@@ -48,13 +39,8 @@ async fn write_keys_into(
     let ids: Vec<u64> = api.http.keys().copied().collect();
     let mut tasks = vec![];
     for w in 0..writers {
-        let (api, next, acked, progress, ids) = (
-            api.clone(),
-            next.clone(),
-            acked.clone(),
-            progress.clone(),
-            ids.clone(),
-        );
+        let (api, next, acked, progress, ids) =
+            (api.clone(), next.clone(), acked.clone(), progress.clone(), ids.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -63,10 +49,7 @@ async fn write_keys_into(
                 }
                 let via = ids[(i + w) % ids.len()];
                 let deadline = Instant::now() + Duration::from_secs(60);
-                if api
-                    .put_until_acked(via, "default", &format!("k{i}"), &value_of(i), deadline)
-                    .await
-                {
+                if api.put_until_acked(via, "default", &format!("k{i}"), &value_of(i), deadline).await {
                     acked.lock().unwrap().push(i);
                     progress.fetch_add(1, Ordering::SeqCst);
                 }
@@ -86,11 +69,7 @@ async fn write_keys_into(
 async fn check_all_readable(c: &Cluster, id: u64, keys: &[usize]) {
     for &i in keys {
         let got = c.get(id, "default", &format!("k{i}"), false).await;
-        assert_eq!(
-            got,
-            Ok(Some(value_of(i))),
-            "linearizable read of k{i} via node {id}"
-        );
+        assert_eq!(got, Ok(Some(value_of(i))), "linearizable read of k{i} via node {id}");
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     for &i in keys {
@@ -99,10 +78,7 @@ async fn check_all_readable(c: &Cluster, id: u64, keys: &[usize]) {
             if got == Ok(Some(value_of(i))) {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "stale read of k{i} on node {id} never caught up: {got:?}"
-            );
+            assert!(Instant::now() < deadline, "stale read of k{i} on node {id} never caught up: {got:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -126,11 +102,7 @@ async fn kill_leader_under_load_loses_no_acknowledged_write() {
     let killed_at = progress.load(Ordering::SeqCst);
     let acked = writer.await.unwrap();
     assert!(killed_at < 1000, "the kill must happen under load");
-    assert_eq!(
-        acked.len(),
-        1000,
-        "every key is eventually acknowledged by the surviving majority"
-    );
+    assert_eq!(acked.len(), 1000, "every key is eventually acknowledged by the surviving majority");
 
     let new_leader = c.leader(READY).await;
     assert_ne!(new_leader, leader, "a new leader takes over");
@@ -142,10 +114,11 @@ async fn kill_leader_under_load_loses_no_acknowledged_write() {
 }
 
 /// A node whose data directory is wiped rejoins learner-first and catches up by snapshot
-/// (the log behind the snapshot is purged), then is a voter again.
+/// (the log behind the snapshot is purged), then is a voter again, in every group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wiped_node_catches_up_by_snapshot() {
-    let tweak = |t| set_toml(t, &[("snapshot_logs", "100"), ("keep_logs", "10")]);
+    // Two shards, so each group sees enough entries to snapshot and purge.
+    let tweak = |t| set_toml(t, &[("snapshot_logs", "100"), ("keep_logs", "10"), ("initial_shards", "2")]);
     let mut c = Cluster::init(3, "a,b,c", tweak);
     c.start_all();
     c.wait_ready(READY).await;
@@ -164,31 +137,20 @@ async fn wiped_node_catches_up_by_snapshot() {
     let all: Vec<usize> = acked.into_iter().chain(more).collect();
     assert_eq!(all.len(), 600);
     check_all_readable(&c, victim, &all).await;
-    let snap = c.data_dir(victim).join("group-1").join("snapshot.bin");
-    assert!(
-        snap.exists(),
-        "the wiped node installed a snapshot at {}",
-        snap.display()
-    );
+    for group in [1, 2] {
+        let dir = c.data_dir(victim).join(format!("group-{group}"));
+        let snap = dir.join("snapshot.bin");
+        assert!(snap.exists(), "the wiped node installed a snapshot at {}", snap.display());
+        assert!(!dir.join("REJOIN").exists(), "rejoin of group {group} finished");
+    }
     let status = c.status(victim).await.unwrap();
-    let voters: Vec<u64> = serde_json::from_value(status["shards"][0]["replicas"].clone()).unwrap();
-    assert!(
-        voters.contains(&victim),
-        "node {victim} is a voter again: {status}"
-    );
-    assert!(
-        !c.data_dir(victim).join("REJOIN").exists(),
-        "rejoin finished"
-    );
+    for shard in status["shards"].as_array().unwrap() {
+        let voters: Vec<u64> = serde_json::from_value(shard["voters"].clone()).unwrap();
+        assert!(voters.contains(&victim), "node {victim} is a voter again: {shard}");
+    }
     let log = c.log_text(victim);
-    assert!(
-        log.contains("rejoining as a learner"),
-        "the data-loss path ran:\n{log}"
-    );
-    assert!(
-        log.contains("rejoined the cluster as a voter"),
-        "and finished:\n{log}"
-    );
+    assert!(log.contains("rejoining as a learner"), "the data-loss path ran:\n{log}");
+    assert!(log.contains("rejoined the cluster as a voter"), "and finished:\n{log}");
 }
 
 /// `kill -9` of every node at once, then a restart: nothing acknowledged is lost.
@@ -199,14 +161,7 @@ async fn kill_all_nodes_at_once_loses_nothing() {
     c.wait_ready(READY).await;
     let progress = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(Mutex::new(vec![]));
-    let writer = tokio::spawn(write_keys_into(
-        c.endpoints(),
-        0,
-        100_000,
-        8,
-        progress.clone(),
-        acked.clone(),
-    ));
+    let writer = tokio::spawn(write_keys_into(c.endpoints(), 0, 100_000, 8, progress.clone(), acked.clone()));
     while progress.load(Ordering::SeqCst) < 200 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -223,11 +178,7 @@ async fn kill_all_nodes_at_once_loses_nothing() {
     for id in c.ids() {
         for &i in &acked {
             let got = c.get(id, "default", &format!("k{i}"), false).await;
-            assert_eq!(
-                got,
-                Ok(Some(value_of(i))),
-                "acknowledged k{i} lost (read via node {id})"
-            );
+            assert_eq!(got, Ok(Some(value_of(i))), "acknowledged k{i} lost (read via node {id})");
         }
     }
 }
@@ -244,46 +195,15 @@ async fn no_quorum_is_a_clear_503_not_a_hang() {
     c.kill9(2);
     c.kill9(3);
     let started = Instant::now();
-    let r = c
-        .request(
-            1,
-            reqwest::Method::PUT,
-            "/v1/kv/default/during",
-            Some(b"2".to_vec()),
-        )
-        .await
-        .unwrap();
+    let r = c.request(1, reqwest::Method::PUT, "/v1/kv/default/during", Some(b"2".to_vec())).await.unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "unavailable");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "answered in {:?}",
-        started.elapsed()
-    );
-    let r = c
-        .request(1, reqwest::Method::GET, "/v1/kv/default/before", None)
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status,
-        503,
-        "a linearizable read without quorum is refused: {}",
-        r.text()
-    );
-    let r = c
-        .request(
-            1,
-            reqwest::Method::GET,
-            "/v1/kv/default/before?consistency=stale",
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status, r.body.as_slice()),
-        (200, &b"1"[..]),
-        "a stale read is served locally"
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "answered in {:?}", started.elapsed());
+    let r = c.request(1, reqwest::Method::GET, "/v1/kv/default/before", None).await.unwrap();
+    assert_eq!(r.status, 503, "a linearizable read without quorum is refused: {}", r.text());
+    let r =
+        c.request(1, reqwest::Method::GET, "/v1/kv/default/before?consistency=stale", None).await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"1"[..]), "a stale read is served locally");
     assert!(!c.is_ready(1).await || c.leader(Duration::from_secs(1)).await == 1);
 
     c.start(2);
@@ -302,19 +222,10 @@ async fn followers_forward_and_grpc_matches_rest() {
     let leader = c.leader(READY).await;
     let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
 
-    let rev = c
-        .put(follower, "default", "fwd", b"via-follower")
-        .await
-        .unwrap();
+    let rev = c.put(follower, "default", "fwd", b"via-follower").await.unwrap();
     for id in c.ids() {
-        let r = c
-            .request(id, reqwest::Method::GET, "/v1/kv/default/fwd", None)
-            .await
-            .unwrap();
-        assert_eq!(
-            (r.status, r.revision, r.body.clone()),
-            (200, Some(rev), b"via-follower".to_vec())
-        );
+        let r = c.request(id, reqwest::Method::GET, "/v1/kv/default/fwd", None).await.unwrap();
+        assert_eq!((r.status, r.revision, r.body.clone()), (200, Some(rev), b"via-follower".to_vec()));
     }
     // CAS through a follower: stale revision is a 409 naming the current one.
     let r = c
@@ -330,87 +241,56 @@ async fn followers_forward_and_grpc_matches_rest() {
     assert!(r.text().contains(&format!("current {rev}")), "{}", r.text());
 
     // gRPC, through another follower.
-    let other = c
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader && *id != follower)
-        .unwrap();
-    let mut kv = grpc::kv_client::KvClient::connect(c.grpc(other).to_string())
-        .await
-        .unwrap();
+    let other = c.ids().into_iter().find(|id| *id != leader && *id != follower).unwrap();
+    let mut kv = grpc::kv_client::KvClient::connect(c.grpc(other).to_string()).await.unwrap();
     let token = c.token.clone();
     let put = kv
         .put(with_token(
             &token,
-            grpc::PutRequest {
-                ns: "default".into(),
-                key: "g".into(),
-                value: b"grpc".to_vec(),
-                cas: Some(0),
-            },
+            grpc::PutRequest { ns: "default".into(), key: "g".into(), value: b"grpc".to_vec(), cas: Some(0) },
         ))
         .await
         .unwrap()
         .into_inner();
-    let got = c
-        .request(leader, reqwest::Method::GET, "/v1/kv/default/g", None)
-        .await
-        .unwrap();
-    assert_eq!(
-        (got.body, got.revision),
-        (b"grpc".to_vec(), Some(put.revision))
-    );
+    let got = c.request(leader, reqwest::Method::GET, "/v1/kv/default/g", None).await.unwrap();
+    assert_eq!((got.body, got.revision), (b"grpc".to_vec(), Some(put.revision)));
     let again = kv
         .put(with_token(
             &token,
-            grpc::PutRequest {
-                ns: "default".into(),
-                key: "g".into(),
-                value: b"no".to_vec(),
-                cas: Some(0),
-            },
+            grpc::PutRequest { ns: "default".into(), key: "g".into(), value: b"no".to_vec(), cas: Some(0) },
         ))
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
     let get = kv
-        .get(with_token(
-            &token,
-            grpc::GetRequest {
-                ns: "default".into(),
-                key: "fwd".into(),
-                stale: false,
-            },
-        ))
+        .get(with_token(&token, grpc::GetRequest { ns: "default".into(), key: "fwd".into(), stale: false }))
         .await
         .unwrap();
     assert_eq!(get.into_inner().value, b"via-follower");
     let unauth = kv
-        .get(tonic::Request::new(grpc::GetRequest {
-            ns: "default".into(),
-            key: "g".into(),
-            stale: false,
-        }))
+        .get(tonic::Request::new(grpc::GetRequest { ns: "default".into(), key: "g".into(), stale: false }))
         .await;
     assert_eq!(unauth.unwrap_err().code(), tonic::Code::Unauthenticated);
     let bad = kv
-        .get(with_token(
-            &token,
-            grpc::GetRequest {
-                ns: "default".into(),
-                key: "".into(),
-                stale: false,
-            },
-        ))
+        .get(with_token(&token, grpc::GetRequest { ns: "default".into(), key: "".into(), stale: false }))
         .await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
 
-    // Atomic batch over gRPC: one failing cas means nothing is written.
+    // Atomic batch over gRPC: one failing cas means nothing is written. The batch's keys must
+    // share a shard: find a key in the shard of "g".
+    let g_shard = c.shard_of("default", "g").await;
+    let mut b1 = String::new();
+    for i in 0.. {
+        b1 = format!("b{i}");
+        if c.shard_of("default", &b1).await == g_shard {
+            break;
+        }
+    }
     let ops = vec![
         grpc::BatchOp {
             op: Some(grpc::batch_op::Op::Put(grpc::PutRequest {
                 ns: "default".into(),
-                key: "b1".into(),
+                key: b1.clone(),
                 value: b"1".to_vec(),
                 cas: None,
             })),
@@ -423,12 +303,49 @@ async fn followers_forward_and_grpc_matches_rest() {
             })),
         },
     ];
-    assert!(kv
-        .batch(with_token(&token, grpc::BatchRequest { ops }))
-        .await
-        .is_err());
-    assert_eq!(c.get(leader, "default", "b1", false).await, Ok(None));
-    let mut scan_keys = BTreeMap::new();
+    let err = kv.batch(with_token(&token, grpc::BatchRequest { ops: ops.clone() })).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(c.get(leader, "default", &b1, false).await, Ok(None));
+    // The same batch with the right revision applies both ops at one revision.
+    let mut ok_ops = ops.clone();
+    if let Some(grpc::batch_op::Op::Delete(d)) = &mut ok_ops[1].op {
+        d.cas = Some(put.revision);
+    }
+    let rev =
+        kv.batch(with_token(&token, grpc::BatchRequest { ops: ok_ops })).await.unwrap().into_inner().revision;
+    let got = c.request(leader, reqwest::Method::GET, &format!("/v1/kv/default/{b1}"), None).await.unwrap();
+    assert_eq!((got.status, got.revision), (200, Some(rev)));
+    assert_eq!(c.get(leader, "default", "g", false).await, Ok(None));
+    // Keys of different shards cannot share a batch: a clear error, nothing written.
+    let mut other = String::new();
+    for i in 0.. {
+        other = format!("o{i}");
+        if c.shard_of("default", &other).await != g_shard {
+            break;
+        }
+    }
+    let cross = vec![
+        grpc::BatchOp {
+            op: Some(grpc::batch_op::Op::Put(grpc::PutRequest {
+                ns: "default".into(),
+                key: b1.clone(),
+                value: b"2".to_vec(),
+                cas: None,
+            })),
+        },
+        grpc::BatchOp {
+            op: Some(grpc::batch_op::Op::Put(grpc::PutRequest {
+                ns: "default".into(),
+                key: other.clone(),
+                value: b"2".to_vec(),
+                cas: None,
+            })),
+        },
+    ];
+    let err = kv.batch(with_token(&token, grpc::BatchRequest { ops: cross })).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("one shard"), "{}", err.message());
+    assert_eq!(c.get(leader, "default", &other, false).await, Ok(None));
     let page = kv
         .scan(with_token(
             &token,
@@ -443,11 +360,8 @@ async fn followers_forward_and_grpc_matches_rest() {
         .await
         .unwrap()
         .into_inner();
-    for i in &page.items {
-        scan_keys.insert(i.key.clone(), i.revision);
-    }
     assert_eq!(page.items.len(), 1);
-    assert_eq!(page.next.as_deref(), Some("fwd"));
+    assert_eq!(page.next.as_deref(), Some(b1.as_str()), "keys in order across shards: {b1} < fwd");
 }
 
 /// Bad input gets a 4xx JSON error naming what was wrong, from every node.
@@ -462,70 +376,16 @@ async fn bad_input_is_a_clear_json_error() {
     // (method, path, body, expected status, a word the message must contain)
     type Case = (Method, String, Option<Vec<u8>>, u16, &'static str);
     let cases: Vec<Case> = vec![
-        (
-            Method::PUT,
-            format!("/v1/kv/default/{long_key}"),
-            Some(b"v".to_vec()),
-            400,
-            "key",
-        ),
-        (
-            Method::PUT,
-            "/v1/kv/default/big".into(),
-            Some(big),
-            413,
-            "value",
-        ),
-        (
-            Method::PUT,
-            "/v1/kv/nope/k".into(),
-            Some(b"v".to_vec()),
-            404,
-            "namespace",
-        ),
-        (
-            Method::PUT,
-            "/v1/kv/default/k?cas=abc".into(),
-            Some(b"v".to_vec()),
-            400,
-            "cas",
-        ),
-        (
-            Method::PUT,
-            "/v1/kv/default/k?cas=-1".into(),
-            Some(b"v".to_vec()),
-            400,
-            "cas",
-        ),
-        (
-            Method::PUT,
-            "/v1/kv/BAD/k".into(),
-            Some(b"v".to_vec()),
-            400,
-            "namespace",
-        ),
+        (Method::PUT, format!("/v1/kv/default/{long_key}"), Some(b"v".to_vec()), 400, "key"),
+        (Method::PUT, "/v1/kv/default/big".into(), Some(big), 413, "value"),
+        (Method::PUT, "/v1/kv/nope/k".into(), Some(b"v".to_vec()), 404, "namespace"),
+        (Method::PUT, "/v1/kv/default/k?cas=abc".into(), Some(b"v".to_vec()), 400, "cas"),
+        (Method::PUT, "/v1/kv/default/k?cas=-1".into(), Some(b"v".to_vec()), 400, "cas"),
+        (Method::PUT, "/v1/kv/BAD/k".into(), Some(b"v".to_vec()), 400, "namespace"),
         (Method::GET, "/v1/kv/default/%FF".into(), None, 400, "UTF-8"),
-        (
-            Method::GET,
-            "/v1/kv/default/k?consistency=weird".into(),
-            None,
-            400,
-            "consistency",
-        ),
-        (
-            Method::GET,
-            "/v1/kv/default?limit=0".into(),
-            None,
-            400,
-            "limit",
-        ),
-        (
-            Method::PUT,
-            "/v1/namespaces/n1".into(),
-            Some(b"{not json".to_vec()),
-            400,
-            "body",
-        ),
+        (Method::GET, "/v1/kv/default/k?consistency=weird".into(), None, 400, "consistency"),
+        (Method::GET, "/v1/kv/default?limit=0".into(), None, 400, "limit"),
+        (Method::PUT, "/v1/namespaces/n1".into(), Some(b"{not json".to_vec()), 400, "body"),
         (
             Method::PUT,
             "/v1/namespaces/n1".into(),
@@ -533,67 +393,134 @@ async fn bad_input_is_a_clear_json_error() {
             400,
             "replicas",
         ),
-        (
-            Method::POST,
-            "/v1/batch".into(),
-            Some(br#"{"ops":[]}"#.to_vec()),
-            400,
-            "ops",
-        ),
+        (Method::POST, "/v1/batch".into(), Some(br#"{"ops":[]}"#.to_vec()), 400, "ops"),
         (Method::GET, "/v1/nothing-here".into(), None, 404, "route"),
     ];
     for id in c.ids() {
         for (method, path, body, status, needle) in &cases {
-            let r = c
-                .request(id, method.clone(), path, body.clone())
-                .await
-                .unwrap();
+            let r = c.request(id, method.clone(), path, body.clone()).await.unwrap();
             let j = r.json();
             assert_eq!(r.status, *status, "{method} {path}: {}", r.text());
             let msg = j["error"]["message"].as_str().unwrap_or_default();
-            assert!(
-                j["error"]["code"].is_string(),
-                "{method} {path}: error shape: {}",
-                r.text()
-            );
-            assert!(
-                msg.contains(needle),
-                "{method} {path}: message {msg:?} should mention {needle:?}"
-            );
+            assert!(j["error"]["code"].is_string(), "{method} {path}: error shape: {}", r.text());
+            assert!(msg.contains(needle), "{method} {path}: message {msg:?} should mention {needle:?}");
         }
     }
     // Without a token, or with a wrong one: 401; health endpoints need none.
-    let r = c
-        .client
-        .get(format!("{}/v1/kv/default/k", c.http(1)))
-        .send()
-        .await
-        .unwrap();
+    let r = c.client.get(format!("{}/v1/kv/default/k", c.http(1))).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
-        .client
-        .get(format!("{}/v1/kv/default/k", c.http(1)))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
+    let r = c.client.get(format!("{}/v1/kv/default/k", c.http(1))).bearer_auth("wrong").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
-        .client
-        .get(format!("{}/healthz", c.http(1)))
-        .send()
-        .await
-        .unwrap();
+    let r = c.client.get(format!("{}/healthz", c.http(1))).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
 fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
 mod grpc {
     tonic::include_proto!("edgefabric.v1");
+}
+
+/// Polls the cluster status until `ok` holds, or panics with the last status.
+async fn wait_status(
+    c: &Cluster,
+    via: u64,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let st = c.status(via).await;
+        if let Ok(st) = &st {
+            if ok(st) {
+                return st.clone();
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: not reached; last status {st:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn all_led_by_preferred(st: &serde_json::Value) -> bool {
+    st["shards"].as_array().is_some_and(|s| s.iter().all(|s| s["leader"] == s["preferred_leader"]))
+}
+
+/// Issue 3's acceptance cluster: 5 nodes over 3 sites, 16 shards. Replicas sit on distinct
+/// sites, leadership is spread, every node serves every key (hosting its shard or not), a scan
+/// pages through all shards in key order, and a restarted node gets its leadership back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_three_sites_spread_shards_and_leaders() {
+    let mut c = Cluster::init(5, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(60)).await;
+    let st = wait_status(&c, 1, "every shard led by its preferred replica", all_led_by_preferred).await;
+    let shards = st["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 16);
+    for s in shards {
+        let sites: std::collections::BTreeSet<&str> =
+            s["sites"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+        assert_eq!(sites.len(), 3, "shard {} must span 3 sites: {s}", s["id"]);
+    }
+    let leads: Vec<u64> =
+        st["nodes"].as_array().unwrap().iter().map(|n| n["leads"].as_u64().unwrap()).collect();
+    let (min, max) = (leads.iter().min().unwrap(), leads.iter().max().unwrap());
+    assert!(max - min <= 1, "leadership spread over nodes: {leads:?}");
+
+    // Every node serves every key, including keys of shards it does not host.
+    let acked = write_keys(c.endpoints(), 0, 300, 8, Arc::new(AtomicUsize::new(0))).await;
+    assert_eq!(acked.len(), 300);
+    for id in c.ids() {
+        for &i in acked.iter().step_by(7) {
+            assert_eq!(
+                c.get(id, "default", &format!("k{i}"), false).await,
+                Ok(Some(value_of(i))),
+                "k{i} via {id}"
+            );
+            assert_eq!(
+                c.get(id, "default", &format!("k{i}"), true).await,
+                Ok(Some(value_of(i))),
+                "stale k{i} via {id}"
+            );
+        }
+    }
+    // A paginated scan returns every key exactly once, in order, across all 16 shards.
+    let mut seen = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let q = match &after {
+            Some(a) => format!("/v1/kv/default?prefix=k&limit=37&after={a}"),
+            None => "/v1/kv/default?prefix=k&limit=37".to_string(),
+        };
+        let page = c.request(4, reqwest::Method::GET, &q, None).await.unwrap().json();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["key"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    // A restarted node gets its share of leadership back.
+    c.kill9(2);
+    let st = wait_status(&c, 1, "node 2 leads nothing while down", |st| {
+        st["shards"].as_array().is_some_and(|s| s.iter().all(|s| s["leader"] != 2 && !s["leader"].is_null()))
+    })
+    .await;
+    assert!(st["nodes"][1]["up"] == false, "node 2 reported down: {}", st["nodes"][1]);
+    c.start(2);
+    c.wait_ready(Duration::from_secs(60)).await;
+    let st = wait_status(&c, 1, "preferred leaders again after restart", all_led_by_preferred).await;
+    let node2 = &st["nodes"][1];
+    assert_eq!(node2["id"], 2);
+    assert!(node2["leads"].as_u64().unwrap() >= 3, "node 2 leads its share again: {node2}");
 }

@@ -11,18 +11,10 @@ use crate::config::read_token;
 #[derive(Args, Debug, Clone)]
 pub struct ClientOpts {
     /// The node's REST endpoint.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:7480",
-        env = "EDGEFABRIC_ENDPOINT"
-    )]
+    #[arg(long, default_value = "http://127.0.0.1:7480", env = "EDGEFABRIC_ENDPOINT")]
     pub endpoint: String,
     /// File holding the bearer token.
-    #[arg(
-        long,
-        default_value = "edgefabric-data/admin.token",
-        env = "EDGEFABRIC_TOKEN_FILE"
-    )]
+    #[arg(long, default_value = "edgefabric-data/admin.token", env = "EDGEFABRIC_TOKEN_FILE")]
     pub token_file: PathBuf,
 }
 
@@ -52,11 +44,7 @@ impl Client {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--endpoint: {base:?} must start with http:// or https://");
         }
-        Ok(Client {
-            http: reqwest::Client::new(),
-            base,
-            token,
-        })
+        Ok(Client { http: reqwest::Client::new(), base, token })
     }
 
     /// Sends a request; returns status, headers and body. Non-2xx answers become errors that
@@ -77,10 +65,7 @@ impl Client {
             }
             req = req.body(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
+        let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.context("reading the answer")?.to_vec();
@@ -91,11 +76,7 @@ impl Client {
             .ok()
             .and_then(|v| {
                 let e = v.get("error")?;
-                Some(format!(
-                    "{}: {}",
-                    e.get("code")?.as_str()?,
-                    e.get("message")?.as_str()?
-                ))
+                Some(format!("{}: {}", e.get("code")?.as_str()?, e.get("message")?.as_str()?))
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         bail!("{} {}", status.as_u16(), message)

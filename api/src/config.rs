@@ -1,6 +1,5 @@
 //! Node configuration (TOML), `cluster init`, and the `--dev` embedded default.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use edgefabric_crypto::Identity;
 use edgefabric_store::node::NodeOptions;
+use edgefabric_store::shard::NodeInfo;
 use serde::{Deserialize, Serialize};
 
 /// One node's configuration file. Relative paths are relative to the file's directory.
@@ -31,9 +31,28 @@ pub struct NodeConfig {
     /// Every member of the cluster at its creation, this node included.
     pub members: Vec<Member>,
     #[serde(default)]
+    pub cluster: ClusterSection,
+    #[serde(default)]
     pub raft: RaftSection,
     #[serde(default)]
     pub limits: LimitsSection,
+}
+
+/// How the cluster is sharded at creation. Must be the same on every node (`cluster init`
+/// writes the same values everywhere): the first map is derived from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Shards created with the cluster.
+    pub initial_shards: u64,
+    /// Replicas per shard, placed on distinct sites where there are enough.
+    pub replicas: usize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection { initial_shards: 16, replicas: 3 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -89,22 +108,16 @@ impl Default for LimitsSection {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut cfg: NodeConfig =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut cfg.data_dir,
-            &mut cfg.key_file,
-            &mut cfg.admin_token_file,
-        ] {
+        for p in [&mut cfg.data_dir, &mut cfg.key_file, &mut cfg.admin_token_file] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        cfg.validate()
-            .with_context(|| format!("in {}", path.display()))?;
+        cfg.validate().with_context(|| format!("in {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -127,6 +140,12 @@ impl NodeConfig {
         {
             bail!("raft: need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
         }
+        if self.cluster.initial_shards == 0 || self.cluster.initial_shards > 4096 {
+            bail!("cluster.initial_shards: must be between 1 and 4096");
+        }
+        if self.cluster.replicas == 0 || self.cluster.replicas > 7 {
+            bail!("cluster.replicas: must be between 1 and 7");
+        }
         if self.limits.max_value_bytes == 0
             || self.limits.max_value_bytes > edgefabric_store::kv::APPLY_MAX_VALUE_BYTES
         {
@@ -139,12 +158,19 @@ impl NodeConfig {
     }
 
     pub fn node_options(&self) -> NodeOptions {
-        let members: BTreeMap<u64, String> = self
+        let members = self
             .members
             .iter()
-            .map(|m| (m.id, m.grpc.to_string()))
+            .map(|m| NodeInfo {
+                id: m.id,
+                site: m.site.clone(),
+                addr: m.grpc.to_string(),
+                http: m.http.to_string(),
+            })
             .collect();
         let mut o = NodeOptions::new(self.id, members, self.data_dir.clone());
+        o.initial_shards = self.cluster.initial_shards;
+        o.replicas = self.cluster.replicas;
         o.heartbeat = Duration::from_millis(self.raft.heartbeat_ms);
         o.election_timeout_min = Duration::from_millis(self.raft.election_timeout_min_ms);
         o.election_timeout_max = Duration::from_millis(self.raft.election_timeout_max_ms);
@@ -204,8 +230,8 @@ pub fn write_token(path: &Path) -> Result<String> {
 }
 
 pub fn read_token(path: &Path) -> Result<String> {
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("reading token file {}", path.display()))?;
+    let t =
+        std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
     let t = t.trim().to_string();
     if t.is_empty() {
         bail!("token file {} is empty", path.display());
@@ -231,29 +257,17 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
     }
     let last_port = spec.base_port as u64 + 2 * spec.nodes - 1;
     if last_port > u16::MAX as u64 {
-        bail!(
-            "--base-port: {} nodes need ports up to {last_port}, past 65535",
-            spec.nodes
-        );
+        bail!("--base-port: {} nodes need ports up to {last_port}, past 65535", spec.nodes);
     }
-    std::fs::create_dir_all(&spec.out)
-        .with_context(|| format!("creating {}", spec.out.display()))?;
+    std::fs::create_dir_all(&spec.out).with_context(|| format!("creating {}", spec.out.display()))?;
     let mut members = vec![];
     for k in 1..=spec.nodes {
         let grpc_port = spec.base_port as u64 + 2 * (k - 1);
-        let grpc: SocketAddr = format!("{}:{grpc_port}", spec.host)
-            .parse()
-            .context("--host: not an IP address")?;
-        let http: SocketAddr = format!("{}:{}", spec.host, grpc_port + 1)
-            .parse()
-            .context("--host")?;
+        let grpc: SocketAddr =
+            format!("{}:{grpc_port}", spec.host).parse().context("--host: not an IP address")?;
+        let http: SocketAddr = format!("{}:{}", spec.host, grpc_port + 1).parse().context("--host")?;
         let site = spec.sites[((k - 1) as usize) % spec.sites.len()].clone();
-        members.push(Member {
-            id: k,
-            site,
-            grpc,
-            http,
-        });
+        members.push(Member { id: k, site, grpc, http });
     }
     write_token(&spec.out.join("admin.token"))?;
     let mut trust = vec![];
@@ -261,10 +275,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
         let key_name = format!("node{}.key", m.id);
         let id = Identity::generate()?;
         id.write(&spec.out.join(&key_name))?;
-        trust.push(TrustedNode {
-            id: m.id,
-            public_key: id.public_key().to_base64(),
-        });
+        trust.push(TrustedNode { id: m.id, public_key: id.public_key().to_base64() });
         let cfg = NodeConfig {
             id: m.id,
             site: m.site.clone(),
@@ -274,6 +285,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             key_file: PathBuf::from(key_name),
             admin_token_file: PathBuf::from("admin.token"),
             members: members.clone(),
+            cluster: ClusterSection::default(),
             raft: RaftSection::default(),
             limits: LimitsSection::default(),
         };
@@ -287,10 +299,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
         );
         write_new(&spec.out.join(format!("node{}.toml", m.id)), &text)?;
     }
-    write_new(
-        &spec.out.join("trust.json"),
-        &serde_json::to_string_pretty(&TrustFile { nodes: trust })?,
-    )?;
+    write_new(&spec.out.join("trust.json"), &serde_json::to_string_pretty(&TrustFile { nodes: trust })?)?;
     let cluster = ClusterFile {
         nodes: members
             .iter()
@@ -302,10 +311,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             })
             .collect(),
     };
-    write_new(
-        &spec.out.join("cluster.json"),
-        &serde_json::to_string_pretty(&cluster)?,
-    )?;
+    write_new(&spec.out.join("cluster.json"), &serde_json::to_string_pretty(&cluster)?)?;
     Ok(())
 }
 
@@ -317,16 +323,8 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
     if !key_file.exists() {
         let id = Identity::generate()?;
         id.write(&key_file)?;
-        let trust = TrustFile {
-            nodes: vec![TrustedNode {
-                id: 1,
-                public_key: id.public_key().to_base64(),
-            }],
-        };
-        std::fs::write(
-            dir.join("trust.json"),
-            serde_json::to_string_pretty(&trust)?,
-        )?;
+        let trust = TrustFile { nodes: vec![TrustedNode { id: 1, public_key: id.public_key().to_base64() }] };
+        std::fs::write(dir.join("trust.json"), serde_json::to_string_pretty(&trust)?)?;
     }
     let token_file = dir.join("admin.token");
     if !token_file.exists() {
@@ -340,12 +338,8 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
         http,
         key_file,
         admin_token_file: token_file,
-        members: vec![Member {
-            id: 1,
-            site: "dev".into(),
-            grpc,
-            http,
-        }],
+        members: vec![Member { id: 1, site: "dev".into(), grpc, http }],
+        cluster: ClusterSection::default(),
         raft: RaftSection::default(),
         limits: LimitsSection::default(),
     };
@@ -370,8 +364,7 @@ mod tests {
         })
         .unwrap();
         let cluster: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
         let nodes = cluster["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 4);
         assert_eq!(nodes[0]["grpc"], "127.0.0.1:9000");
@@ -381,8 +374,7 @@ mod tests {
         let sites: Vec<&str> = nodes.iter().map(|n| n["site"].as_str().unwrap()).collect();
         assert_eq!(sites, ["a", "b", "c", "a"]);
         let trust: TrustFile =
-            serde_json::from_str(&std::fs::read_to_string(out.join("trust.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("trust.json")).unwrap()).unwrap();
         assert_eq!(trust.nodes.len(), 4);
         for k in 1..=4 {
             let cfg = NodeConfig::load(&out.join(format!("node{k}.toml"))).unwrap();
@@ -423,12 +415,8 @@ mod tests {
     #[test]
     fn config_rejects_unknown_fields_and_bad_timing() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = dev_config(
-            dir.path(),
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        )
-        .unwrap();
+        let cfg =
+            dev_config(dir.path(), "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()).unwrap();
         let mut text = toml::to_string(&cfg).unwrap();
         let p = dir.path().join("n.toml");
         std::fs::write(&p, &text).unwrap();

@@ -26,15 +26,9 @@ pub struct KvService {
 impl KvService {
     fn auth<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let Some(v) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing authorization: Bearer <token> metadata",
-            ));
+            return Err(Status::unauthenticated("missing authorization: Bearer <token> metadata"));
         };
-        let token = v
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let token = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
         match token {
             Some(t) if self.state.check_token(t) => Ok(()),
             _ => Err(Status::unauthenticated("invalid token")),
@@ -42,27 +36,11 @@ impl KvService {
     }
 
     async fn write(&self, ops: Vec<Op>) -> Result<(u64, Vec<bool>), Status> {
-        match self
-            .state
-            .node
-            .propose(Command::Batch(ops))
-            .await
-            .map_err(ApiError::from)?
-        {
+        match self.state.node.propose(Command::Batch(ops)).await.map_err(ApiError::from)? {
             SmResponse::Written { revision, existed } => Ok((revision, existed)),
-            SmResponse::Conflict {
-                key,
-                expected,
-                current,
-            } => Err(ApiError::from(edgefabric_store::Error::Conflict {
-                key,
-                expected,
-                current,
-            })
-            .into()),
-            SmResponse::NoNamespace(ns) => Err(Status::not_found(format!(
-                "namespace {ns:?} does not exist"
-            ))),
+            SmResponse::Conflict { key, expected, current } => {
+                Err(ApiError::from(edgefabric_store::Error::Conflict { key, expected, current }).into())
+            }
             SmResponse::Rejected(m) => Err(Status::invalid_argument(m)),
             other => Err(Status::internal(format!("unexpected result {other:?}"))),
         }
@@ -88,63 +66,29 @@ impl pb::kv_server::Kv for KvService {
         self.auth(&req)?;
         let r = req.into_inner();
         self.check_value(&r.value)?;
-        let (revision, _) = self
-            .write(vec![Op::Put {
-                ns: r.ns,
-                key: r.key,
-                value: r.value,
-                cas: r.cas,
-            }])
-            .await?;
+        let (revision, _) =
+            self.write(vec![Op::Put { ns: r.ns, key: r.key, value: r.value, cas: r.cas }]).await?;
         Ok(Response::new(pb::PutResponse { revision }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         self.auth(&req)?;
         let r = req.into_inner();
-        let rec = self
-            .state
-            .node
-            .get(&r.ns, &r.key, consistency(r.stale))
-            .await
-            .map_err(ApiError::from)?;
+        let rec = self.state.node.get(&r.ns, &r.key, consistency(r.stale)).await.map_err(ApiError::from)?;
         Ok(Response::new(match rec {
-            Some(rec) => pb::GetResponse {
-                found: true,
-                value: rec.value,
-                revision: rec.revision,
-            },
-            None => pb::GetResponse {
-                found: false,
-                value: vec![],
-                revision: 0,
-            },
+            Some(rec) => pb::GetResponse { found: true, value: rec.value, revision: rec.revision },
+            None => pb::GetResponse { found: false, value: vec![], revision: 0 },
         }))
     }
 
-    async fn delete(
-        &self,
-        req: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         self.auth(&req)?;
         let r = req.into_inner();
-        let (revision, existed) = self
-            .write(vec![Op::Delete {
-                ns: r.ns,
-                key: r.key,
-                cas: r.cas,
-            }])
-            .await?;
-        Ok(Response::new(pb::DeleteResponse {
-            revision,
-            deleted: existed.first().copied().unwrap_or(false),
-        }))
+        let (revision, existed) = self.write(vec![Op::Delete { ns: r.ns, key: r.key, cas: r.cas }]).await?;
+        Ok(Response::new(pb::DeleteResponse { revision, deleted: existed.first().copied().unwrap_or(false) }))
     }
 
-    async fn scan(
-        &self,
-        req: Request<pb::ScanRequest>,
-    ) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
         self.auth(&req)?;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };
@@ -155,49 +99,25 @@ impl pb::kv_server::Kv for KvService {
             .scan(&r.ns, &r.prefix, after, limit, consistency(r.stale))
             .await
             .map_err(ApiError::from)?;
-        let next = if more {
-            items.last().map(|i| i.key.clone())
-        } else {
-            None
-        };
+        let next = if more { items.last().map(|i| i.key.clone()) } else { None };
         let items = items
             .into_iter()
-            .map(|i| pb::KeyValue {
-                key: i.key,
-                value: i.value,
-                revision: i.revision,
-            })
+            .map(|i| pb::KeyValue { key: i.key, value: i.value, revision: i.revision })
             .collect();
         Ok(Response::new(pb::ScanResponse { items, next }))
     }
 
-    async fn batch(
-        &self,
-        req: Request<pb::BatchRequest>,
-    ) -> Result<Response<pb::BatchResponse>, Status> {
+    async fn batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
         self.auth(&req)?;
         let mut ops = vec![];
         for (i, op) in req.into_inner().ops.into_iter().enumerate() {
             ops.push(match op.op {
                 Some(pb::batch_op::Op::Put(p)) => {
                     self.check_value(&p.value)?;
-                    Op::Put {
-                        ns: p.ns,
-                        key: p.key,
-                        value: p.value,
-                        cas: p.cas,
-                    }
+                    Op::Put { ns: p.ns, key: p.key, value: p.value, cas: p.cas }
                 }
-                Some(pb::batch_op::Op::Delete(d)) => Op::Delete {
-                    ns: d.ns,
-                    key: d.key,
-                    cas: d.cas,
-                },
-                None => {
-                    return Err(Status::invalid_argument(format!(
-                        "ops[{i}]: neither put nor delete"
-                    )))
-                }
+                Some(pb::batch_op::Op::Delete(d)) => Op::Delete { ns: d.ns, key: d.key, cas: d.cas },
+                None => return Err(Status::invalid_argument(format!("ops[{i}]: neither put nor delete"))),
             });
         }
         let (revision, _) = self.write(ops).await?;

@@ -28,12 +28,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/namespaces", get(list_namespaces))
         .route("/v1/namespaces/{ns}", put(put_namespace).get(get_namespace))
         .route("/v1/kv/{ns}", get(scan))
-        .route(
-            "/v1/kv/{ns}/{*key}",
-            put(kv_put).get(kv_get).delete(kv_delete),
-        )
+        .route("/v1/kv/{ns}/{*key}", put(kv_put).get(kv_get).delete(kv_delete))
         .route("/v1/batch", post(batch))
         .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/cluster/route", get(cluster_route))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -48,75 +46,61 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return ApiError::unauthenticated("missing Authorization: Bearer <token> header")
-            .into_response();
+        return ApiError::unauthenticated("missing Authorization: Bearer <token> header").into_response();
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
     match token {
         Some(t) if st.check_token(t) => next.run(req).await,
         Some(_) => ApiError::unauthenticated("invalid token").into_response(),
-        None => ApiError::unauthenticated("Authorization header must be 'Bearer <token>'")
-            .into_response(),
+        None => ApiError::unauthenticated("Authorization header must be 'Bearer <token>'").into_response(),
     }
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let status = st.node.status();
-    let body = json!({"ready": st.node.is_ready(), "leader": status.leader, "state": status.state});
-    let code = if st.node.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let ready = st.node.is_ready();
+    let groups = st.node.group_statuses();
+    let without_leader: Vec<u64> = groups.iter().filter(|g| g.leader.is_none()).map(|g| g.group).collect();
+    let body = json!({"ready": ready, "groups": groups.len(), "groups_without_leader": without_leader});
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let s = st.node.status();
+    let groups = st.node.group_statuses();
+    let me = st.node.id();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
-        ));
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
     };
-    gauge("edgefabric_raft_term", "Current raft term.", s.term);
+    gauge("edgefabric_raft_groups", "Raft groups hosted by this node.", groups.len() as u64);
     gauge(
-        "edgefabric_raft_is_leader",
-        "1 if this node leads the group.",
-        (s.leader == Some(s.id)) as u64,
+        "edgefabric_raft_groups_led",
+        "Raft groups this node leads.",
+        groups.iter().filter(|g| g.leader == Some(me)).count() as u64,
     );
     gauge(
-        "edgefabric_raft_has_leader",
-        "1 if the group has a known leader.",
-        s.leader.is_some() as u64,
+        "edgefabric_raft_groups_without_leader",
+        "Hosted raft groups with no known leader.",
+        groups.iter().filter(|g| g.leader.is_none()).count() as u64,
     );
-    gauge(
-        "edgefabric_raft_last_log_index",
-        "Last raft log index.",
-        s.last_log_index.unwrap_or(0),
+    let mut per_group = String::new();
+    per_group.push_str("# HELP edgefabric_raft_last_applied_index Last applied raft log index per group.\n");
+    per_group.push_str("# TYPE edgefabric_raft_last_applied_index gauge\n");
+    for g in &groups {
+        per_group.push_str(&format!(
+            "edgefabric_raft_last_applied_index{{group=\"{}\"}} {}\n",
+            g.group,
+            g.last_applied.unwrap_or(0)
+        ));
+    }
+    per_group.push_str(
+        "# HELP edgefabric_raft_term Current raft term per group.\n# TYPE edgefabric_raft_term gauge\n",
     );
-    gauge(
-        "edgefabric_raft_last_applied_index",
-        "Last applied raft log index.",
-        s.last_applied.unwrap_or(0),
-    );
-    gauge(
-        "edgefabric_raft_voters",
-        "Voters in the group.",
-        s.voters.len() as u64,
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        out,
-    )
-        .into_response()
+    for g in &groups {
+        per_group.push_str(&format!("edgefabric_raft_term{{group=\"{}\"}} {}\n", g.group, g.term));
+    }
+    out.push_str(&per_group);
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], out).into_response()
 }
 
 fn path_err(e: PathRejection) -> ApiError {
@@ -136,18 +120,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         // JSON bodies are small documents; 1 MiB is far above any valid one.
-        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_argument",
-                    "body: larger than 1 MiB",
-                )
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("body: {e}")))
+        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20).await.map_err(|_| {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_argument", "body: larger than 1 MiB")
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::bad_request(format!("body: {e}")))
     }
 }
 
@@ -189,11 +165,7 @@ async fn put_namespace(
     edgefabric_store::types::validate_namespace_config(&cfg)?;
     match st.node.propose(Command::PutNamespace(cfg.clone())).await? {
         SmResponse::Namespace { created } => {
-            let code = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
             Ok((code, Json(namespace_json(&cfg))).into_response())
         }
         other => Err(unexpected(other)),
@@ -212,18 +184,8 @@ fn namespace_json(cfg: &NamespaceConfig) -> serde_json::Value {
 
 fn unexpected(r: SmResponse) -> ApiError {
     match r {
-        SmResponse::Conflict {
-            key,
-            expected,
-            current,
-        } => edgefabric_store::Error::Conflict {
-            key,
-            expected,
-            current,
-        }
-        .into(),
-        SmResponse::NoNamespace(ns) => {
-            ApiError::not_found(format!("namespace {ns:?} does not exist"))
+        SmResponse::Conflict { key, expected, current } => {
+            edgefabric_store::Error::Conflict { key, expected, current }.into()
         }
         SmResponse::Rejected(m) => ApiError::bad_request(m),
         other => ApiError::new(
@@ -258,18 +220,13 @@ async fn get_namespace(
     let Path(ns) = ns.map_err(path_err)?;
     let Query(q) = q.map_err(query_err)?;
     edgefabric_store::types::validate_namespace(&ns)?;
-    let cfg = st
-        .node
-        .namespace(&ns, consistency(q.consistency.as_deref())?)
-        .await?;
+    let cfg = st.node.namespace(&ns, consistency(q.consistency.as_deref())?).await?;
     Ok(Json(namespace_json(&cfg)))
 }
 
 async fn list_namespaces(State(st): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
     let list = st.node.namespaces(Consistency::Linearizable).await?;
-    Ok(Json(
-        json!({"namespaces": list.iter().map(namespace_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(json!({"namespaces": list.iter().map(namespace_json).collect::<Vec<_>>()})))
 }
 
 #[derive(Deserialize)]
@@ -306,12 +263,7 @@ async fn kv_put(
     let Path((ns, key)) = path.map_err(path_err)?;
     let Query(q) = q.map_err(query_err)?;
     let value = read_value(&st, body).await?;
-    let cmd = Command::Batch(vec![Op::Put {
-        ns,
-        key,
-        value: value.to_vec(),
-        cas: q.cas,
-    }]);
+    let cmd = Command::Batch(vec![Op::Put { ns, key, value: value.to_vec(), cas: q.cas }]);
     let (revision, _) = written(st.node.propose(cmd).await?)?;
     Ok(Json(json!({"revision": revision})))
 }
@@ -323,23 +275,14 @@ async fn kv_get(
 ) -> ApiResult<Response> {
     let Path((ns, key)) = path.map_err(path_err)?;
     let Query(q) = q.map_err(query_err)?;
-    match st
-        .node
-        .get(&ns, &key, consistency(q.consistency.as_deref())?)
-        .await?
-    {
+    match st.node.get(&ns, &key, consistency(q.consistency.as_deref())?).await? {
         Some(rec) => {
             let mut headers = HeaderMap::new();
             headers.insert("x-revision", HeaderValue::from(rec.revision));
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             Ok((headers, rec.value).into_response())
         }
-        None => Err(ApiError::not_found(format!(
-            "key {key:?} not found in namespace {ns:?}"
-        ))),
+        None => Err(ApiError::not_found(format!("key {key:?} not found in namespace {ns:?}"))),
     }
 }
 
@@ -350,15 +293,9 @@ async fn kv_delete(
 ) -> ApiResult<Json<serde_json::Value>> {
     let Path((ns, key)) = path.map_err(path_err)?;
     let Query(q) = q.map_err(query_err)?;
-    let cmd = Command::Batch(vec![Op::Delete {
-        ns,
-        key,
-        cas: q.cas,
-    }]);
+    let cmd = Command::Batch(vec![Op::Delete { ns, key, cas: q.cas }]);
     let (revision, existed) = written(st.node.propose(cmd).await?)?;
-    Ok(Json(
-        json!({"revision": revision, "deleted": existed.first().copied().unwrap_or(false)}),
-    ))
+    Ok(Json(json!({"revision": revision, "deleted": existed.first().copied().unwrap_or(false)})))
 }
 
 #[derive(Deserialize)]
@@ -380,15 +317,8 @@ async fn scan(
     let Query(q) = q.map_err(query_err)?;
     let limit = q.limit.unwrap_or(100);
     let c = consistency(q.consistency.as_deref())?;
-    let (items, more) = st
-        .node
-        .scan(&ns, &q.prefix, q.after.as_deref(), limit, c)
-        .await?;
-    let next = if more {
-        items.last().map(|i| i.key.clone())
-    } else {
-        None
-    };
+    let (items, more) = st.node.scan(&ns, &q.prefix, q.after.as_deref(), limit, c).await?;
+    let next = if more { items.last().map(|i| i.key.clone()) } else { None };
     let items: Vec<_> = items
         .into_iter()
         .map(|i| json!({"key": i.key, "value_base64": STANDARD.encode(&i.value), "revision": i.revision}))
@@ -405,17 +335,8 @@ struct BatchBody {
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 enum BatchOp {
-    Put {
-        ns: String,
-        key: String,
-        value_base64: String,
-        cas: Option<u64>,
-    },
-    Delete {
-        ns: String,
-        key: String,
-        cas: Option<u64>,
-    },
+    Put { ns: String, key: String, value_base64: String, cas: Option<u64> },
+    Delete { ns: String, key: String, cas: Option<u64> },
 }
 
 /// `POST /v1/batch` `{"ops": [{"op": "put", "ns", "key", "value_base64", "cas"?}, {"op":
@@ -427,21 +348,11 @@ async fn batch(
     let mut ops = Vec::with_capacity(body.ops.len());
     for (i, op) in body.ops.into_iter().enumerate() {
         ops.push(match op {
-            BatchOp::Put {
-                ns,
-                key,
-                value_base64,
-                cas,
-            } => {
+            BatchOp::Put { ns, key, value_base64, cas } => {
                 let value = STANDARD
                     .decode(value_base64.as_bytes())
                     .map_err(|e| ApiError::bad_request(format!("ops[{i}].value_base64: {e}")))?;
-                Op::Put {
-                    ns,
-                    key,
-                    value,
-                    cas,
-                }
+                Op::Put { ns, key, value, cas }
             }
             BatchOp::Delete { ns, key, cas } => Op::Delete { ns, key, cas },
         });
@@ -450,31 +361,89 @@ async fn batch(
     Ok(Json(json!({"revision": revision})))
 }
 
+/// `GET /v1/cluster/status`: nodes, sites, shards, leaders and replica placement, from the
+/// cluster map and every node's report on its groups.
 async fn cluster_status(State(st): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
-    let s = st.node.status();
-    let up = st.node.members_up().await;
-    let nodes: Vec<_> = st
-        .config
-        .members
-        .iter()
-        .map(|m| {
+    let map = st.node.map().ok_or_else(|| {
+        ApiError::from(edgefabric_store::Error::Unavailable("the cluster is not initialized yet".into()))
+    })?;
+    let reports = st.node.cluster_statuses().await;
+    // For each group, the leader as reported in the highest term any replica knows.
+    let mut leaders: std::collections::BTreeMap<u64, (u64, Option<u64>)> = Default::default();
+    // Voters and learners as each group's leader reports them.
+    let mut members: std::collections::BTreeMap<u64, (Vec<u64>, Vec<u64>)> = Default::default();
+    let mut meta = None;
+    for groups in reports.values().flatten() {
+        for g in groups {
+            let e = leaders.entry(g.group).or_insert((0, None));
+            if g.term >= e.0 && g.leader.is_some() {
+                *e = (g.term, g.leader);
+            }
+            if g.leader == Some(g.node) {
+                members.insert(g.group, (g.voters.clone(), g.learners.clone()));
+            }
+            if g.group == edgefabric_store::shard::META_GROUP && g.leader == Some(g.node) {
+                meta = Some(
+                    json!({"leader": g.leader, "voters": g.voters, "learners": g.learners, "term": g.term}),
+                );
+            }
+        }
+    }
+    let leader_of = |id: u64| leaders.get(&id).and_then(|l| l.1);
+    let nodes: Vec<_> = map
+        .nodes
+        .values()
+        .map(|n| {
+            let led = map.shards.iter().filter(|s| leader_of(s.id) == Some(n.id)).count();
+            let replicas = map.shards_of(n.id).count();
             json!({
-                "id": m.id, "site": m.site, "grpc": m.grpc.to_string(), "http": m.http.to_string(),
-                "up": up.get(&m.id).copied().unwrap_or(false),
-                "voter": s.voters.contains(&m.id), "learner": s.learners.contains(&m.id),
+                "id": n.id, "site": n.site, "grpc": n.addr, "http": n.http,
+                "up": reports.get(&n.id).is_some_and(|r| r.is_some()),
+                "replicas": replicas, "leads": led,
             })
         })
         .collect();
-    let shards = vec![json!({
-        "id": edgefabric_store::node::DATA_GROUP,
-        "replicas": s.voters,
-        "learners": s.learners,
-        "leader": s.leader,
-        "term": s.term,
-        "last_log_index": s.last_log_index,
-        "last_applied": s.last_applied,
-    })];
+    let shards: Vec<_> = map
+        .shards
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "range": [format!("{:016x}", s.start), format!("{:016x}", s.end)],
+                "replicas": s.replicas,
+                "sites": s.replicas.iter().map(|r| map.nodes.get(r).map(|n| n.site.clone())).collect::<Vec<_>>(),
+                "preferred_leader": s.replicas.first(),
+                "leader": leader_of(s.id),
+                "voters": members.get(&s.id).map(|m| m.0.clone()),
+                "learners": members.get(&s.id).map(|m| m.1.clone()),
+            })
+        })
+        .collect();
     Ok(Json(
-        json!({"node": s.id, "nodes": nodes, "shards": shards}),
+        json!({"node": st.node.id(), "epoch": map.epoch, "meta": meta, "nodes": nodes, "shards": shards}),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteParams {
+    ns: String,
+    key: String,
+}
+
+/// `GET /v1/cluster/route?ns=&key=`: which shard holds a key, and its replicas.
+async fn cluster_route(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<RouteParams>, QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(q) = q.map_err(query_err)?;
+    edgefabric_store::types::validate_namespace(&q.ns)?;
+    edgefabric_store::types::validate_key(&q.key)?;
+    let map = st.node.map().ok_or_else(|| {
+        ApiError::from(edgefabric_store::Error::Unavailable("the cluster is not initialized yet".into()))
+    })?;
+    let shard = map.shard_for(&q.ns, &q.key).ok_or_else(|| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no shard owns the key")
+    })?;
+    Ok(Json(json!({"shard": shard.id, "replicas": shard.replicas, "epoch": map.epoch})))
 }

@@ -19,11 +19,7 @@ use serde_json::json;
 use crate::client::{encode_segment, Client, ClientOpts};
 
 #[derive(Parser)]
-#[command(
-    name = "edgefabric",
-    version,
-    about = "EdgeFabric: the data and security fabric for 5G edge sites"
-)]
+#[command(name = "edgefabric", version, about = "EdgeFabric: the data and security fabric for 5G edge sites")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -171,13 +167,9 @@ enum NsCmd {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("EDGEFABRIC_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_env("EDGEFABRIC_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -186,10 +178,8 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let parts: Vec<String> = pairs
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode_segment(v))))
-        .collect();
+    let parts: Vec<String> =
+        pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode_segment(v)))).collect();
     if parts.is_empty() {
         String::new()
     } else {
@@ -205,13 +195,7 @@ fn kv_path(ns: &str, key: &str) -> String {
 
 async fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Serve {
-            dev,
-            config,
-            data,
-            http,
-            grpc,
-        } => {
+        Cmd::Serve { dev, config, data, http, grpc } => {
             let cfg = if dev {
                 config::dev_config(&data, http, grpc)?
             } else {
@@ -220,74 +204,30 @@ async fn run(cli: Cli) -> Result<i32> {
             };
             server::run(cfg).await?;
         }
-        Cmd::Cluster {
-            cmd:
-                ClusterCmd::Init {
-                    nodes,
-                    sites,
-                    host,
-                    base_port,
-                    out,
-                },
-        } => {
-            config::cluster_init(&config::InitSpec {
-                nodes,
-                sites,
-                host,
-                base_port,
-                out: out.clone(),
-            })?;
-            println!(
-                "wrote a {nodes}-node cluster to {}; start each node with:",
-                out.display()
-            );
+        Cmd::Cluster { cmd: ClusterCmd::Init { nodes, sites, host, base_port, out } } => {
+            config::cluster_init(&config::InitSpec { nodes, sites, host, base_port, out: out.clone() })?;
+            println!("wrote a {nodes}-node cluster to {}; start each node with:", out.display());
             for k in 1..=nodes {
-                println!(
-                    "  edgefabric serve --config {}",
-                    out.join(format!("node{k}.toml")).display()
-                );
+                println!("  edgefabric serve --config {}", out.join(format!("node{k}.toml")).display());
             }
         }
-        Cmd::Cluster {
-            cmd: ClusterCmd::Status { client },
-        } => {
+        Cmd::Cluster { cmd: ClusterCmd::Status { client } } => {
             let c = Client::new(&client)?;
             print_json(&c.json(Method::GET, "/v1/cluster/status", None).await?)?;
         }
         Cmd::Kv { cmd } => return kv(cmd).await,
-        Cmd::Ns {
-            cmd:
-                NsCmd::Create {
-                    ns,
-                    class,
-                    home_site,
-                    key_sites,
-                    replicas,
-                    client,
-                },
-        } => {
+        Cmd::Ns { cmd: NsCmd::Create { ns, class, home_site, key_sites, replicas, client } } => {
             let c = Client::new(&client)?;
-            let body = json!({"class": class, "home_site": home_site, "key_sites": key_sites, "replicas": replicas});
+            let body =
+                json!({"class": class, "home_site": home_site, "key_sites": key_sites, "replicas": replicas});
             print_json(
-                &c.json(
-                    Method::PUT,
-                    &format!("/v1/namespaces/{}", encode_segment(&ns)),
-                    Some(body),
-                )
-                .await?,
+                &c.json(Method::PUT, &format!("/v1/namespaces/{}", encode_segment(&ns)), Some(body)).await?,
             )?;
         }
-        Cmd::Ns {
-            cmd: NsCmd::Get { ns, client },
-        } => {
+        Cmd::Ns { cmd: NsCmd::Get { ns, client } } => {
             let c = Client::new(&client)?;
             print_json(
-                &c.json(
-                    Method::GET,
-                    &format!("/v1/namespaces/{}", encode_segment(&ns)),
-                    None,
-                )
-                .await?,
+                &c.json(Method::GET, &format!("/v1/namespaces/{}", encode_segment(&ns)), None).await?,
             )?;
         }
         Cmd::Keygen { out } => {
@@ -301,13 +241,7 @@ async fn run(cli: Cli) -> Result<i32> {
 
 async fn kv(cmd: KvCmd) -> Result<i32> {
     match cmd {
-        KvCmd::Put {
-            ns,
-            key,
-            value,
-            cas,
-            client,
-        } => {
+        KvCmd::Put { ns, key, value, cas, client } => {
             let c = Client::new(&client)?;
             let value = match value {
                 Some(v) => v.into_bytes(),
@@ -319,29 +253,16 @@ async fn kv(cmd: KvCmd) -> Result<i32> {
                     buf
                 }
             };
-            let path = format!(
-                "{}{}",
-                kv_path(&ns, &key),
-                query(&[("cas", cas.map(|c| c.to_string()))])
-            );
+            let path = format!("{}{}", kv_path(&ns, &key), query(&[("cas", cas.map(|c| c.to_string()))]));
             let (_, _, body) = c.send(Method::PUT, &path, Some(value), false, &[]).await?;
             println!("{}", String::from_utf8_lossy(&body));
         }
-        KvCmd::Get {
-            ns,
-            key,
-            stale,
-            client,
-        } => {
+        KvCmd::Get { ns, key, stale, client } => {
             let c = Client::new(&client)?;
-            let path = format!(
-                "{}{}",
-                kv_path(&ns, &key),
-                query(&[("consistency", stale.then(|| "stale".into()))])
-            );
-            let (status, headers, body) = c
-                .send(Method::GET, &path, None, false, &[StatusCode::NOT_FOUND])
-                .await?;
+            let path =
+                format!("{}{}", kv_path(&ns, &key), query(&[("consistency", stale.then(|| "stale".into()))]));
+            let (status, headers, body) =
+                c.send(Method::GET, &path, None, false, &[StatusCode::NOT_FOUND]).await?;
             if status == StatusCode::NOT_FOUND {
                 eprintln!("not found: {ns}/{key}");
                 return Ok(1);
@@ -351,30 +272,13 @@ async fn kv(cmd: KvCmd) -> Result<i32> {
             }
             std::io::stdout().write_all(&body)?;
         }
-        KvCmd::Del {
-            ns,
-            key,
-            cas,
-            client,
-        } => {
+        KvCmd::Del { ns, key, cas, client } => {
             let c = Client::new(&client)?;
-            let path = format!(
-                "{}{}",
-                kv_path(&ns, &key),
-                query(&[("cas", cas.map(|c| c.to_string()))])
-            );
+            let path = format!("{}{}", kv_path(&ns, &key), query(&[("cas", cas.map(|c| c.to_string()))]));
             let (_, _, body) = c.send(Method::DELETE, &path, None, false, &[]).await?;
             println!("{}", String::from_utf8_lossy(&body));
         }
-        KvCmd::Scan {
-            ns,
-            prefix,
-            limit,
-            mut after,
-            all,
-            stale,
-            client,
-        } => {
+        KvCmd::Scan { ns, prefix, limit, mut after, all, stale, client } => {
             let c = Client::new(&client)?;
             loop {
                 let q = query(&[
@@ -383,18 +287,8 @@ async fn kv(cmd: KvCmd) -> Result<i32> {
                     ("after", after.clone()),
                     ("consistency", stale.then(|| "stale".into())),
                 ]);
-                let page = c
-                    .json(
-                        Method::GET,
-                        &format!("/v1/kv/{}{q}", encode_segment(&ns)),
-                        None,
-                    )
-                    .await?;
-                for item in page["items"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                {
+                let page = c.json(Method::GET, &format!("/v1/kv/{}{q}", encode_segment(&ns)), None).await?;
+                for item in page["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
                     println!("{item}");
                 }
                 match page["next"].as_str() {
@@ -439,10 +333,7 @@ mod tests {
     fn cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        assert!(
-            Cli::try_parse_from(["edgefabric", "serve"]).is_err(),
-            "serve needs --dev or --config"
-        );
+        assert!(Cli::try_parse_from(["edgefabric", "serve"]).is_err(), "serve needs --dev or --config");
         assert!(Cli::try_parse_from(["edgefabric", "serve", "--dev"]).is_ok());
     }
 }

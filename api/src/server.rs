@@ -14,7 +14,6 @@ use crate::grpc;
 
 pub struct AppState {
     pub node: Arc<Node>,
-    pub config: NodeConfig,
     admin_token: String,
 }
 
@@ -44,21 +43,13 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let admin_token = read_token(&cfg.admin_token_file)?;
     let identity = Identity::read(&cfg.key_file).context("node key")?;
     // Bind first, so a port in use is reported before anything starts.
-    let grpc_listener = TcpListener::bind(cfg.grpc)
-        .await
-        .with_context(|| format!("binding gRPC {}", cfg.grpc))?;
-    let http_listener = TcpListener::bind(cfg.http)
-        .await
-        .with_context(|| format!("binding HTTP {}", cfg.http))?;
+    let grpc_listener =
+        TcpListener::bind(cfg.grpc).await.with_context(|| format!("binding gRPC {}", cfg.grpc))?;
+    let http_listener =
+        TcpListener::bind(cfg.http).await.with_context(|| format!("binding HTTP {}", cfg.http))?;
 
-    let node = Node::start(cfg.node_options())
-        .await
-        .context("starting the node")?;
-    let state = Arc::new(AppState {
-        node: node.clone(),
-        config: cfg.clone(),
-        admin_token,
-    });
+    let node = Node::start(cfg.node_options()).await.context("starting the node")?;
+    let state = Arc::new(AppState { node: node.clone(), admin_token });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {

@@ -35,9 +35,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 
 pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut out = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut out)
-        .map_err(|_| Error::Random)?;
+    SystemRandom::new().fill(&mut out).map_err(|_| Error::Random)?;
     Ok(out)
 }
 
@@ -64,15 +62,11 @@ pub struct Identity {
 impl Identity {
     pub fn generate() -> Result<Self> {
         let seed = Zeroizing::new(random_bytes::<32>()?);
-        Ok(Identity {
-            key: ed25519_dalek::SigningKey::from_bytes(&seed),
-        })
+        Ok(Identity { key: ed25519_dalek::SigningKey::from_bytes(&seed) })
     }
 
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Identity {
-            key: ed25519_dalek::SigningKey::from_bytes(seed),
-        }
+        Identity { key: ed25519_dalek::SigningKey::from_bytes(seed) }
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -86,10 +80,7 @@ impl Identity {
     /// Writes the secret seed (base64, mode 0600) to `path` and the public key (base64) to
     /// `path.pub`. Refuses to overwrite an existing secret.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let err = |m: String| Error::KeyFile {
-            path: path.display().to_string(),
-            message: m,
-        };
+        let err = |m: String| Error::KeyFile { path: path.display().to_string(), message: m };
         let seed = Zeroizing::new(STANDARD.encode(self.key.to_bytes()));
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create_new(true);
@@ -99,8 +90,7 @@ impl Identity {
             opts.mode(0o600);
         }
         let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-        f.write_all(format!("{}\n", seed.as_str()).as_bytes())
-            .map_err(|e| err(e.to_string()))?;
+        f.write_all(format!("{}\n", seed.as_str()).as_bytes()).map_err(|e| err(e.to_string()))?;
         f.sync_all().map_err(|e| err(e.to_string()))?;
         let pub_path = pub_path(path);
         fs::write(&pub_path, format!("{}\n", self.public_key().to_base64()))
@@ -109,22 +99,14 @@ impl Identity {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let err = |m: String| Error::KeyFile {
-            path: path.display().to_string(),
-            message: m,
-        };
+        let err = |m: String| Error::KeyFile { path: path.display().to_string(), message: m };
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
-        let bytes = Zeroizing::new(
-            STANDARD
-                .decode(text.trim())
-                .map_err(|e| err(format!("not base64: {e}")))?,
-        );
-        let seed: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            err(format!(
-                "expected a 32-byte ed25519 seed, found {} bytes",
-                bytes.len()
-            ))
-        })?;
+        let bytes =
+            Zeroizing::new(STANDARD.decode(text.trim()).map_err(|e| err(format!("not base64: {e}")))?);
+        let seed: &[u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| err(format!("expected a 32-byte ed25519 seed, found {} bytes", bytes.len())))?;
         Ok(Identity::from_seed(seed))
     }
 }
@@ -145,18 +127,15 @@ impl PublicKey {
     }
 
     pub fn from_base64(s: &str) -> Result<Self> {
-        let bytes = STANDARD.decode(s.trim()).map_err(|e| Error::Invalid {
-            what: "public key",
-            message: format!("not base64: {e}"),
-        })?;
+        let bytes = STANDARD
+            .decode(s.trim())
+            .map_err(|e| Error::Invalid { what: "public key", message: format!("not base64: {e}") })?;
         let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| Error::Invalid {
             what: "public key",
             message: format!("expected 32 bytes, found {}", bytes.len()),
         })?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&arr).map_err(|e| Error::Invalid {
-            what: "public key",
-            message: e.to_string(),
-        })?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&arr)
+            .map_err(|e| Error::Invalid { what: "public key", message: e.to_string() })?;
         Ok(PublicKey(key))
     }
 
@@ -164,9 +143,7 @@ impl PublicKey {
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<()> {
         let sig: [u8; 64] = sig.try_into().map_err(|_| Error::BadSignature)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig);
-        self.0
-            .verify_strict(msg, &sig)
-            .map_err(|_| Error::BadSignature)
+        self.0.verify_strict(msg, &sig).map_err(|_| Error::BadSignature)
     }
 }
 
@@ -186,11 +163,10 @@ mod tests {
     #[test]
     fn rfc8032_test_1() {
         // RFC 8032 section 7.1, TEST 1 (empty message).
-        let seed: [u8; 32] =
-            hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-                .unwrap()
-                .try_into()
-                .unwrap();
+        let seed: [u8; 32] = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let id = Identity::from_seed(&seed);
         assert_eq!(
             hex::encode(id.public_key().0.as_bytes()),
@@ -223,10 +199,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
 

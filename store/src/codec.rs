@@ -23,10 +23,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())?;
     if used != bytes.len() {
-        return Err(Error::Storage(format!(
-            "decode: {} trailing bytes after value",
-            bytes.len() - used
-        )));
+        return Err(Error::Storage(format!("decode: {} trailing bytes after value", bytes.len() - used)));
     }
     Ok(value)
 }

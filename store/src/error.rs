@@ -15,11 +15,7 @@ pub enum Error {
     NotFound(String),
     /// A compare-and-swap precondition failed; `current` is the key's revision (0: absent).
     #[error("revision mismatch on key {key:?}: expected {expected}, current {current}")]
-    Conflict {
-        key: String,
-        expected: u64,
-        current: u64,
-    },
+    Conflict { key: String, expected: u64, current: u64 },
     #[error("{0}")]
     Unsupported(String),
     /// No leader, no quorum, or no answer within the deadline. Retryable. For writes, the
@@ -34,10 +30,7 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: impl Into<String>, message: impl fmt::Display) -> Self {
-        Error::InvalidInput {
-            field: field.into(),
-            message: message.to_string(),
-        }
+        Error::InvalidInput { field: field.into(), message: message.to_string() }
     }
 
     /// Whether retrying the same request later may succeed.

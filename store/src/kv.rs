@@ -16,7 +16,6 @@
 //! replicas assign the same revisions.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use crate::codec;
 use crate::error::{Error, Result};
@@ -25,12 +24,12 @@ use crate::types::{
 };
 
 const META_KEY: &[u8] = b"mraft";
+const CLUSTER_KEY: &[u8] = b"cmap";
 
 /// A full image of the store: every (key, value) of the tree, in key order.
 pub type Image = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub struct KvStore {
-    _db: sled::Db,
     tree: sled::Tree,
     /// Limit re-checked on apply; must be the same on every node (it is part of the
     /// determinism contract), so it is fixed here, not taken from node config.
@@ -64,25 +63,25 @@ fn ns_key(ns: &str) -> Vec<u8> {
 pub const APPLY_MAX_VALUE_BYTES: usize = 16 << 20;
 
 impl KvStore {
-    pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(dir).open()?;
-        let tree = db.open_tree("kv")?;
-        Ok(KvStore {
-            _db: db,
-            tree,
-            max_apply_value: APPLY_MAX_VALUE_BYTES,
-        })
+    /// Opens the store of one raft group: a tree of the node's sled database (one database
+    /// per node, so many groups share its cache and flusher).
+    pub fn open(db: &sled::Db, group: u64) -> Result<Self> {
+        let tree = db.open_tree(format!("group-{group}"))?;
+        Ok(KvStore { tree, max_apply_value: APPLY_MAX_VALUE_BYTES })
     }
 
     /// A throwaway in-memory store, for tests.
     pub fn temporary() -> Result<Self> {
         let db = sled::Config::new().temporary(true).open()?;
-        let tree = db.open_tree("kv")?;
-        Ok(KvStore {
-            _db: db,
-            tree,
-            max_apply_value: APPLY_MAX_VALUE_BYTES,
-        })
+        Self::open(&db, 1)
+    }
+
+    /// The cluster map (metadata group only).
+    pub fn cluster_map(&self) -> Result<Option<crate::shard::ClusterMap>> {
+        match self.tree.get(CLUSTER_KEY)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// The raft glue's opaque state saved by the last apply or import.
@@ -93,11 +92,7 @@ impl KvStore {
     /// Applies commands in log order, atomically with `raft_meta`. `cmds` holds `(log index,
     /// command)`; `None` is a raft-internal entry (blank, membership) that only advances
     /// `raft_meta`. Returns one response per element.
-    pub fn apply(
-        &self,
-        cmds: &[(u64, Option<&Command>)],
-        raft_meta: &[u8],
-    ) -> Result<Vec<Response>> {
+    pub fn apply(&self, cmds: &[(u64, Option<&Command>)], raft_meta: &[u8]) -> Result<Vec<Response>> {
         let mut batch = sled::Batch::default();
         // Writes of earlier commands in this call, so later ones read their own writes.
         let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
@@ -120,23 +115,11 @@ impl KvStore {
         Ok(out)
     }
 
-    fn read(
-        &self,
-        key: &[u8],
-        overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
-    ) -> Result<Option<Vec<u8>>> {
+    fn read(&self, key: &[u8], overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> Result<Option<Vec<u8>>> {
         if let Some(v) = overlay.get(key) {
             return Ok(v.clone());
         }
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
-    }
-
-    fn namespace_exists(
-        &self,
-        ns: &str,
-        overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
-    ) -> Result<bool> {
-        Ok(ns == DEFAULT_NAMESPACE || self.read(&ns_key(ns), overlay)?.is_some())
     }
 
     fn apply_one(
@@ -151,6 +134,12 @@ impl KvStore {
             return Ok(Response::Rejected(e.to_string()));
         }
         match cmd {
+            Command::InitCluster(map) => {
+                if self.read(CLUSTER_KEY, overlay)?.is_none() {
+                    overlay.insert(CLUSTER_KEY.to_vec(), Some(codec::encode(map)?));
+                }
+                Ok(Response::None)
+            }
             Command::MarkSeen(node) => {
                 overlay.insert(seen_key(*node), Some(vec![]));
                 Ok(Response::None)
@@ -162,12 +151,10 @@ impl KvStore {
                 Ok(Response::Namespace { created })
             }
             Command::Batch(ops) => {
-                // Check every precondition first: the batch is all or nothing.
+                // Check every precondition first: the batch is all or nothing. (Namespaces live
+                // in the metadata group; the node checks them before proposing.)
                 let mut existed = Vec::with_capacity(ops.len());
                 for op in ops {
-                    if !self.namespace_exists(op.ns(), overlay)? {
-                        return Ok(Response::NoNamespace(op.ns().to_string()));
-                    }
                     let current = match self.read(&data_key(op.ns(), op.key()), overlay)? {
                         Some(bytes) => Some(codec::decode::<Record>(&bytes)?.revision),
                         None => None,
@@ -176,11 +163,7 @@ impl KvStore {
                     if let Some(expected) = op.cas() {
                         let current = current.unwrap_or(0);
                         if current != expected {
-                            return Ok(Response::Conflict {
-                                key: op.key().to_string(),
-                                expected,
-                                current,
-                            });
+                            return Ok(Response::Conflict { key: op.key().to_string(), expected, current });
                         }
                     }
                 }
@@ -188,10 +171,7 @@ impl KvStore {
                     let k = data_key(op.ns(), op.key());
                     match op {
                         Op::Put { value, .. } => {
-                            let rec = Record {
-                                revision: index,
-                                value: value.clone(),
-                            };
+                            let rec = Record { revision: index, value: value.clone() };
                             overlay.insert(k, Some(codec::encode(&rec)?));
                         }
                         Op::Delete { .. } => {
@@ -199,10 +179,7 @@ impl KvStore {
                         }
                     }
                 }
-                Ok(Response::Written {
-                    revision: index,
-                    existed,
-                })
+                Ok(Response::Written { revision: index, existed })
             }
         }
     }
@@ -219,9 +196,7 @@ impl KvStore {
         let mut out = vec![];
         for kv in self.tree.scan_prefix(b"s") {
             let (k, _) = kv?;
-            let id: [u8; 8] = k[1..]
-                .try_into()
-                .map_err(|_| Error::Storage("bad seen key".into()))?;
+            let id: [u8; 8] = k[1..].try_into().map_err(|_| Error::Storage("bad seen key".into()))?;
             out.push(u64::from_be_bytes(id));
         }
         Ok(out)
@@ -281,11 +256,7 @@ impl KvStore {
             let key = String::from_utf8(k[base.len()..].to_vec())
                 .map_err(|_| Error::Storage("non-UTF-8 key in store".into()))?;
             let rec: Record = codec::decode(&v)?;
-            items.push(ScanItem {
-                key,
-                revision: rec.revision,
-                value: rec.value,
-            });
+            items.push(ScanItem { key, revision: rec.revision, value: rec.value });
         }
         Ok((items, false))
     }
@@ -325,20 +296,11 @@ mod tests {
     use super::*;
 
     fn put(ns: &str, key: &str, value: &str, cas: Option<u64>) -> Command {
-        Command::Batch(vec![Op::Put {
-            ns: ns.into(),
-            key: key.into(),
-            value: value.into(),
-            cas,
-        }])
+        Command::Batch(vec![Op::Put { ns: ns.into(), key: key.into(), value: value.into(), cas }])
     }
 
     fn del(ns: &str, key: &str, cas: Option<u64>) -> Command {
-        Command::Batch(vec![Op::Delete {
-            ns: ns.into(),
-            key: key.into(),
-            cas,
-        }])
+        Command::Batch(vec![Op::Delete { ns: ns.into(), key: key.into(), cas }])
     }
 
     fn apply1(kv: &KvStore, index: u64, cmd: &Command) -> Response {
@@ -350,36 +312,12 @@ mod tests {
         let kv = KvStore::temporary().unwrap();
         assert_eq!(kv.get("default", "a").unwrap(), None);
         let r = apply1(&kv, 5, &put("default", "a", "1", None));
-        assert_eq!(
-            r,
-            Response::Written {
-                revision: 5,
-                existed: vec![false]
-            }
-        );
-        assert_eq!(
-            kv.get("default", "a").unwrap(),
-            Some(Record {
-                revision: 5,
-                value: b"1".to_vec()
-            })
-        );
+        assert_eq!(r, Response::Written { revision: 5, existed: vec![false] });
+        assert_eq!(kv.get("default", "a").unwrap(), Some(Record { revision: 5, value: b"1".to_vec() }));
         let r = apply1(&kv, 6, &put("default", "a", "2", None));
-        assert_eq!(
-            r,
-            Response::Written {
-                revision: 6,
-                existed: vec![true]
-            }
-        );
+        assert_eq!(r, Response::Written { revision: 6, existed: vec![true] });
         let r = apply1(&kv, 7, &del("default", "a", None));
-        assert_eq!(
-            r,
-            Response::Written {
-                revision: 7,
-                existed: vec![true]
-            }
-        );
+        assert_eq!(r, Response::Written { revision: 7, existed: vec![true] });
         assert_eq!(kv.get("default", "a").unwrap(), None);
         assert_eq!(kv.raft_meta().unwrap().as_deref(), Some(&b"meta"[..]));
     }
@@ -388,25 +326,14 @@ mod tests {
     fn cas_semantics() {
         let kv = KvStore::temporary().unwrap();
         // cas=0: only if absent.
-        assert!(matches!(
-            apply1(&kv, 1, &put("default", "k", "a", Some(0))),
-            Response::Written { .. }
-        ));
+        assert!(matches!(apply1(&kv, 1, &put("default", "k", "a", Some(0))), Response::Written { .. }));
         assert_eq!(
             apply1(&kv, 2, &put("default", "k", "b", Some(0))),
-            Response::Conflict {
-                key: "k".into(),
-                expected: 0,
-                current: 1
-            }
+            Response::Conflict { key: "k".into(), expected: 0, current: 1 }
         );
         assert_eq!(
             apply1(&kv, 3, &put("default", "k", "b", Some(7))),
-            Response::Conflict {
-                key: "k".into(),
-                expected: 7,
-                current: 1
-            }
+            Response::Conflict { key: "k".into(), expected: 7, current: 1 }
         );
         assert_eq!(kv.get("default", "k").unwrap().unwrap().value, b"a");
         assert!(matches!(
@@ -415,16 +342,9 @@ mod tests {
         ));
         assert_eq!(
             apply1(&kv, 5, &del("default", "k", Some(1))),
-            Response::Conflict {
-                key: "k".into(),
-                expected: 1,
-                current: 4
-            }
+            Response::Conflict { key: "k".into(), expected: 1, current: 4 }
         );
-        assert!(matches!(
-            apply1(&kv, 6, &del("default", "k", Some(4))),
-            Response::Written { .. }
-        ));
+        assert!(matches!(apply1(&kv, 6, &del("default", "k", Some(4))), Response::Written { .. }));
         assert_eq!(kv.get("default", "k").unwrap(), None);
     }
 
@@ -433,42 +353,17 @@ mod tests {
         let kv = KvStore::temporary().unwrap();
         apply1(&kv, 1, &put("default", "x", "1", None));
         let bad = Command::Batch(vec![
-            Op::Put {
-                ns: "default".into(),
-                key: "y".into(),
-                value: b"2".to_vec(),
-                cas: None,
-            },
-            Op::Put {
-                ns: "default".into(),
-                key: "x".into(),
-                value: b"3".to_vec(),
-                cas: Some(99),
-            },
+            Op::Put { ns: "default".into(), key: "y".into(), value: b"2".to_vec(), cas: None },
+            Op::Put { ns: "default".into(), key: "x".into(), value: b"3".to_vec(), cas: Some(99) },
         ]);
         assert!(matches!(apply1(&kv, 2, &bad), Response::Conflict { .. }));
         assert_eq!(kv.get("default", "y").unwrap(), None);
         assert_eq!(kv.get("default", "x").unwrap().unwrap().value, b"1");
         let good = Command::Batch(vec![
-            Op::Put {
-                ns: "default".into(),
-                key: "y".into(),
-                value: b"2".to_vec(),
-                cas: Some(0),
-            },
-            Op::Delete {
-                ns: "default".into(),
-                key: "x".into(),
-                cas: Some(1),
-            },
+            Op::Put { ns: "default".into(), key: "y".into(), value: b"2".to_vec(), cas: Some(0) },
+            Op::Delete { ns: "default".into(), key: "x".into(), cas: Some(1) },
         ]);
-        assert_eq!(
-            apply1(&kv, 3, &good),
-            Response::Written {
-                revision: 3,
-                existed: vec![false, true]
-            }
-        );
+        assert_eq!(apply1(&kv, 3, &good), Response::Written { revision: 3, existed: vec![false, true] });
         assert_eq!(kv.get("default", "y").unwrap().unwrap().revision, 3);
         assert_eq!(kv.get("default", "x").unwrap(), None);
     }
@@ -479,12 +374,7 @@ mod tests {
         let a = put("default", "k", "1", Some(0));
         let b = put("default", "k", "2", Some(10));
         let c = put("default", "k", "3", Some(0));
-        let out = kv
-            .apply(
-                &[(10, Some(&a)), (11, Some(&b)), (12, None), (13, Some(&c))],
-                b"m",
-            )
-            .unwrap();
+        let out = kv.apply(&[(10, Some(&a)), (11, Some(&b)), (12, None), (13, Some(&c))], b"m").unwrap();
         assert!(matches!(out[0], Response::Written { revision: 10, .. }));
         assert!(matches!(out[1], Response::Written { revision: 11, .. }));
         assert_eq!(out[2], Response::None);
@@ -493,38 +383,37 @@ mod tests {
     }
 
     #[test]
-    fn unknown_namespace_and_invalid_commands_are_results_not_errors() {
+    fn invalid_commands_are_results_not_errors() {
         let kv = KvStore::temporary().unwrap();
-        assert_eq!(
-            apply1(&kv, 1, &put("nope", "k", "v", None)),
-            Response::NoNamespace("nope".into())
-        );
-        assert!(matches!(
-            apply1(&kv, 2, &put("default", "", "v", None)),
-            Response::Rejected(_)
-        ));
-        assert!(matches!(
-            apply1(&kv, 3, &Command::Batch(vec![])),
-            Response::Rejected(_)
-        ));
-        let ns = NamespaceConfig {
-            name: "nope".into(),
-            ..NamespaceConfig::default_namespace()
-        };
-        assert_eq!(
-            apply1(&kv, 4, &Command::PutNamespace(ns.clone())),
-            Response::Namespace { created: true }
-        );
+        assert!(matches!(apply1(&kv, 2, &put("default", "", "v", None)), Response::Rejected(_)));
+        assert!(matches!(apply1(&kv, 3, &Command::Batch(vec![])), Response::Rejected(_)));
+        let ns = NamespaceConfig { name: "nope".into(), ..NamespaceConfig::default_namespace() };
+        assert_eq!(apply1(&kv, 4, &Command::PutNamespace(ns.clone())), Response::Namespace { created: true });
         assert_eq!(
             apply1(&kv, 5, &Command::PutNamespace(ns.clone())),
             Response::Namespace { created: false }
         );
-        assert!(matches!(
-            apply1(&kv, 6, &put("nope", "k", "v", None)),
-            Response::Written { .. }
-        ));
+        assert!(matches!(apply1(&kv, 6, &put("nope", "k", "v", None)), Response::Written { .. }));
         assert_eq!(kv.namespace("nope").unwrap(), Some(ns));
         assert_eq!(kv.namespaces().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_first_cluster_map_wins() {
+        use crate::shard::{initial_map, NodeInfo};
+        let kv = KvStore::temporary().unwrap();
+        assert_eq!(kv.cluster_map().unwrap(), None);
+        let nodes: Vec<NodeInfo> = (1..=3)
+            .map(|i| NodeInfo { id: i, site: format!("s{i}"), addr: format!("a{i}"), http: String::new() })
+            .collect();
+        let first = initial_map(&nodes, 4, 3);
+        let second = initial_map(&nodes, 8, 3);
+        apply1(&kv, 1, &Command::InitCluster(first.clone()));
+        apply1(&kv, 2, &Command::InitCluster(second));
+        assert_eq!(kv.cluster_map().unwrap(), Some(first));
+        let mut broken = initial_map(&nodes, 4, 3);
+        broken.shards.pop();
+        assert!(matches!(apply1(&kv, 3, &Command::InitCluster(broken)), Response::Rejected(_)));
     }
 
     #[test]
@@ -540,35 +429,23 @@ mod tests {
     #[test]
     fn scan_prefix_limit_and_continuation() {
         let kv = KvStore::temporary().unwrap();
-        let ns = NamespaceConfig {
-            name: "other".into(),
-            ..NamespaceConfig::default_namespace()
-        };
+        let ns = NamespaceConfig { name: "other".into(), ..NamespaceConfig::default_namespace() };
         apply1(&kv, 1, &Command::PutNamespace(ns));
         for (i, k) in ["a/1", "a/2", "a/3", "b/1", "a"].iter().enumerate() {
             apply1(&kv, 10 + i as u64, &put("default", k, k, None));
         }
         apply1(&kv, 20, &put("other", "a/9", "x", None));
         let (items, more) = kv.scan("default", "a/", None, 2).unwrap();
-        assert_eq!(
-            items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
-            ["a/1", "a/2"]
-        );
+        assert_eq!(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
         assert!(more);
         let (items, more) = kv.scan("default", "a/", Some("a/2"), 2).unwrap();
-        assert_eq!(
-            items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
-            ["a/3"]
-        );
+        assert_eq!(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a/3"]);
         assert!(!more);
         let (items, _) = kv.scan("default", "", None, 100).unwrap();
         assert_eq!(items.len(), 5, "scan must not cross into another namespace");
         // An `after` below the prefix starts at the prefix.
         let (items, _) = kv.scan("default", "b", Some("a"), 10).unwrap();
-        assert_eq!(
-            items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
-            ["b/1"]
-        );
+        assert_eq!(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["b/1"]);
     }
 
     #[test]
@@ -576,10 +453,7 @@ mod tests {
         // "ab" with key "c" must not collide with "a" with key "bc": the length byte separates them.
         let kv = KvStore::temporary().unwrap();
         for n in ["a", "ab"] {
-            let ns = NamespaceConfig {
-                name: n.into(),
-                ..NamespaceConfig::default_namespace()
-            };
+            let ns = NamespaceConfig { name: n.into(), ..NamespaceConfig::default_namespace() };
             apply1(&kv, 1, &Command::PutNamespace(ns));
         }
         apply1(&kv, 2, &put("ab", "c", "1", None));
@@ -591,11 +465,7 @@ mod tests {
     fn export_import_round_trip() {
         let a = KvStore::temporary().unwrap();
         for i in 0..50u64 {
-            apply1(
-                &a,
-                i + 1,
-                &put("default", &format!("k{i}"), &format!("v{i}"), None),
-            );
+            apply1(&a, i + 1, &put("default", &format!("k{i}"), &format!("v{i}"), None));
         }
         let image = a.export().unwrap();
         let b = KvStore::temporary().unwrap();

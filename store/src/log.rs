@@ -87,17 +87,9 @@ fn decode_body(body: &[u8]) -> Option<(GroupId, Record<'_>)> {
     let group = u64_at(body, 1)?;
     let rest = &body[9..];
     let rec = match kind {
-        KIND_ENTRY => Record::Entry {
-            index: u64_at(rest, 0)?,
-            payload: &rest[8..],
-        },
-        KIND_TRUNCATE if rest.len() == 8 => Record::Truncate {
-            since: u64_at(rest, 0)?,
-        },
-        KIND_PURGE => Record::Purge {
-            upto: u64_at(rest, 0)?,
-            log_id: &rest[8..],
-        },
+        KIND_ENTRY => Record::Entry { index: u64_at(rest, 0)?, payload: &rest[8..] },
+        KIND_TRUNCATE if rest.len() == 8 => Record::Truncate { since: u64_at(rest, 0)? },
+        KIND_PURGE => Record::Purge { upto: u64_at(rest, 0)?, log_id: &rest[8..] },
         KIND_VOTE => Record::Vote(rest),
         KIND_COMMITTED => Record::Committed(rest),
         _ => return None,
@@ -130,10 +122,7 @@ impl GroupLog {
             Record::Entry { index, payload } => {
                 let len = payload.len() as u32;
                 self.entry_bytes += len as u64;
-                if let Some((_, old)) = self
-                    .entries
-                    .insert(index, (body_offset + ENTRY_PREFIX, len))
-                {
+                if let Some((_, old)) = self.entries.insert(index, (body_offset + ENTRY_PREFIX, len)) {
                     self.entry_bytes -= old as u64;
                 }
             }
@@ -182,10 +171,7 @@ fn replay(r: impl Read, groups: &mut HashMap<GroupId, GroupLog>) -> io::Result<u
         let Some((group, rec)) = decode_body(&body) else {
             return Ok(pos);
         };
-        groups
-            .entry(group)
-            .or_default()
-            .apply(rec, pos + FRAME_HEADER);
+        groups.entry(group).or_default().apply(rec, pos + FRAME_HEADER);
         pos += FRAME_HEADER + len as u64;
     }
 }
@@ -237,12 +223,7 @@ impl LogEngine {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)?;
+        let file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path)?;
         let total = file.metadata()?.len();
         let mut groups: HashMap<GroupId, GroupLog> = HashMap::new();
         let valid = replay(&file, &mut groups)?;
@@ -272,11 +253,7 @@ impl LogEngine {
         std::thread::Builder::new()
             .name("raft-wal-sync".into())
             .spawn(move || syncer(for_syncer, durable_syncer, rx))?;
-        Ok(LogEngine {
-            inner,
-            syncer: tx,
-            durable,
-        })
+        Ok(LogEngine { inner, syncer: tx, durable })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -287,9 +264,7 @@ impl LogEngine {
     /// Writes encoded frames and applies them to the in-memory index.
     fn write(&self, inner: &mut Inner, buf: Vec<u8>) -> Result<()> {
         if let Some(why) = &inner.poisoned {
-            return Err(Error::Storage(format!(
-                "raft log unusable after an earlier failure: {why}"
-            )));
+            return Err(Error::Storage(format!("raft log unusable after an earlier failure: {why}")));
         }
         let start = inner.file_bytes;
         if let Err(e) = (&*inner.file).write_all(&buf) {
@@ -300,16 +275,11 @@ impl LogEngine {
         // Re-read our own frames from the buffer to index them exactly as replay would.
         let mut pos = 0usize;
         while pos < buf.len() {
-            let len =
-                u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+            let len = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
             let body = &buf[pos + 8..pos + 8 + len];
             let (group, rec) =
                 decode_body(body).ok_or_else(|| Error::Internal("bad frame written".into()))?;
-            inner
-                .groups
-                .entry(group)
-                .or_default()
-                .apply(rec, start + pos as u64 + FRAME_HEADER);
+            inner.groups.entry(group).or_default().apply(rec, start + pos as u64 + FRAME_HEADER);
             pos += 8 + len;
         }
         Ok(())
@@ -323,9 +293,7 @@ impl LogEngine {
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.1.len() + 32).sum());
         for (i, (idx, data)) in entries.iter().enumerate() {
             if *idx != first + i as u64 {
-                return Err(Error::Internal(format!(
-                    "non-consecutive log append at index {idx}"
-                )));
+                return Err(Error::Internal(format!("non-consecutive log append at index {idx}")));
             }
             put_frame(&mut buf, KIND_ENTRY, group, &[&idx.to_le_bytes(), data])?;
         }
@@ -365,26 +333,18 @@ impl LogEngine {
     }
 
     pub fn committed(&self, group: GroupId) -> Option<Vec<u8>> {
-        self.lock()
-            .groups
-            .get(&group)
-            .and_then(|g| g.committed.clone())
+        self.lock().groups.get(&group).and_then(|g| g.committed.clone())
     }
 
     pub fn purged(&self, group: GroupId) -> Option<(u64, Vec<u8>)> {
-        self.lock()
-            .groups
-            .get(&group)
-            .and_then(|g| g.purged.clone())
+        self.lock().groups.get(&group).and_then(|g| g.purged.clone())
     }
 
     pub fn last_entry(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>> {
         let (file, loc) = {
             let inner = self.lock();
-            let loc = inner
-                .groups
-                .get(&group)
-                .and_then(|g| g.entries.last_key_value().map(|(k, v)| (*k, *v)));
+            let loc =
+                inner.groups.get(&group).and_then(|g| g.entries.last_key_value().map(|(k, v)| (*k, *v)));
             (inner.file.clone(), loc)
         };
         match loc {
@@ -395,11 +355,7 @@ impl LogEngine {
 
     /// Entries in `range`, read from the file outside the lock (the `Arc<File>` stays valid
     /// even if a compaction renames a new file into place meanwhile).
-    pub fn entries<R: RangeBounds<u64>>(
-        &self,
-        group: GroupId,
-        range: R,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    pub fn entries<R: RangeBounds<u64>>(&self, group: GroupId, range: R) -> Result<Vec<(u64, Vec<u8>)>> {
         let (file, locs): (Arc<File>, Vec<(u64, Loc)>) = {
             let inner = self.lock();
             let locs = match inner.groups.get(&group) {
@@ -408,9 +364,7 @@ impl LogEngine {
             };
             (inner.file.clone(), locs)
         };
-        locs.into_iter()
-            .map(|(i, (off, len))| Ok((i, read_at(&file, off, len)?)))
-            .collect()
+        locs.into_iter().map(|(i, (off, len))| Ok((i, read_at(&file, off, len)?))).collect()
     }
 
     /// Calls `done` once every record written before this call is durable (one `fdatasync` may
@@ -427,8 +381,7 @@ impl LogEngine {
         self.sync(move |r| {
             let _ = tx.send(r);
         });
-        rx.recv()
-            .map_err(|_| io::Error::other("raft log syncer has stopped"))?
+        rx.recv().map_err(|_| io::Error::other("raft log syncer has stopped"))?
     }
 
     /// Size of the WAL file in bytes (for metrics and tests).
@@ -476,8 +429,7 @@ impl LogEngine {
             }
             let ng = new_groups.entry(group).or_default();
             for f in frames {
-                let (_, rec) =
-                    decode_body(&f[8..]).ok_or_else(|| Error::Internal("bad frame".into()))?;
+                let (_, rec) = decode_body(&f[8..]).ok_or_else(|| Error::Internal("bad frame".into()))?;
                 ng.apply(rec, pos + FRAME_HEADER);
                 out.write_all(&f)?;
                 pos += f.len() as u64;
@@ -486,20 +438,12 @@ impl LogEngine {
                 let data = read_at(&inner.file, *off, *len)?;
                 buf.clear();
                 put_frame(&mut buf, KIND_ENTRY, group, &[&index.to_le_bytes(), &data])?;
-                ng.apply(
-                    Record::Entry {
-                        index: *index,
-                        payload: &data,
-                    },
-                    pos + FRAME_HEADER,
-                );
+                ng.apply(Record::Entry { index: *index, payload: &data }, pos + FRAME_HEADER);
                 out.write_all(&buf)?;
                 pos += buf.len() as u64;
             }
         }
-        let f = out
-            .into_inner()
-            .map_err(|e| Error::Storage(format!("io: {e}")))?;
+        let f = out.into_inner().map_err(|e| Error::Storage(format!("io: {e}")))?;
         f.sync_all()?;
         drop(f);
         let path = inner.dir.join(FILE_NAME);
@@ -550,9 +494,7 @@ fn syncer(inner: Arc<Mutex<Inner>>, durable: Arc<AtomicU64>, rx: mpsc::Receiver<
             (g.file.clone(), g.file_bytes, g.poisoned.clone())
         };
         let result = match poisoned {
-            Some(why) => Err(io::Error::other(format!(
-                "raft log unusable after an earlier failure: {why}"
-            ))),
+            Some(why) => Err(io::Error::other(format!("raft log unusable after an earlier failure: {why}"))),
             None => file.sync_data(),
         };
         match &result {
@@ -619,12 +561,7 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         let len = std::fs::metadata(&path).unwrap().len();
         // Tear the last frame in half, as a power cut during a write would.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
         {
             let log = LogEngine::open(dir.path()).unwrap();
             assert_eq!(log.last_entry_ok(1).unwrap().0, 5);
@@ -651,13 +588,7 @@ mod tests {
         bytes[second_frame_body] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let log = LogEngine::open(dir.path()).unwrap();
-        assert_eq!(
-            log.entries_ok(1, ..)
-                .iter()
-                .map(|e| e.0)
-                .collect::<Vec<_>>(),
-            vec![1]
-        );
+        assert_eq!(log.entries_ok(1, ..).iter().map(|e| e.0).collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]
@@ -668,18 +599,10 @@ mod tests {
         // Swap the file for a read-only handle so the next write fails.
         log.lock().file = Arc::new(File::open(dir.path().join(FILE_NAME)).unwrap());
         assert!(log.append(1, entries(3..4)).is_err());
-        log.lock().file = Arc::new(
-            OpenOptions::new()
-                .append(true)
-                .open(dir.path().join(FILE_NAME))
-                .unwrap(),
-        );
+        log.lock().file = Arc::new(OpenOptions::new().append(true).open(dir.path().join(FILE_NAME)).unwrap());
         let e = log.append(1, entries(3..4)).unwrap_err().to_string();
         assert!(e.contains("earlier failure"), "{e}");
-        assert!(
-            log.sync_blocking().is_err(),
-            "no sync may succeed after a failure"
-        );
+        assert!(log.sync_blocking().is_err(), "no sync may succeed after a failure");
     }
 
     #[test]
@@ -709,11 +632,7 @@ mod tests {
         {
             let inner = log.lock();
             let g = &inner.groups[&1];
-            assert_eq!(
-                g.entry_bytes,
-                total_len(&g.entries),
-                "incremental size matches"
-            );
+            assert_eq!(g.entry_bytes, total_len(&g.entries), "incremental size matches");
         }
         assert_eq!(log.vote(1), Some(b"v".to_vec()));
     }

@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -116,17 +114,14 @@ impl From<TransportError> for Error {
 }
 
 /// Encodes a handler's answer into a reply frame.
-pub fn reply<T: Serialize>(
-    value: &T,
-) -> std::result::Result<tonic::Response<Frame>, tonic::Status> {
+pub fn reply<T: Serialize>(value: &T) -> std::result::Result<tonic::Response<Frame>, tonic::Status> {
     let data = codec::encode(value).map_err(|e| tonic::Status::internal(e.to_string()))?;
     Ok(tonic::Response::new(Frame { group: 0, data }))
 }
 
 /// Decodes a request frame; a bad frame is the caller's error.
 pub fn request<T: DeserializeOwned>(frame: &Frame) -> std::result::Result<T, tonic::Status> {
-    codec::decode(&frame.data)
-        .map_err(|e| tonic::Status::invalid_argument(format!("bad frame: {e}")))
+    codec::decode(&frame.data).map_err(|e| tonic::Status::invalid_argument(format!("bad frame: {e}")))
 }
 
 /// The openraft network factory for one group.
@@ -147,12 +142,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
-        Network {
-            target,
-            addr: node.addr.clone(),
-            channels: self.channels.clone(),
-            group: self.group,
-        }
+        Network { target, addr: node.addr.clone(), channels: self.channels.clone(), group: self.group }
     }
 }
 
@@ -170,21 +160,14 @@ impl Network {
         Resp: DeserializeOwned,
         E: DeserializeOwned + std::error::Error,
         F: FnOnce(InternalClient<Channel>, Frame) -> Fut,
-        Fut: std::future::Future<
-            Output = std::result::Result<tonic::Response<Frame>, tonic::Status>,
-        >,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
     {
-        let client = self
-            .channels
-            .client(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        match call::<Req, Resp, RaftError<NodeId, E>, _, _>(client, self.group, req, ttl, rpc).await
-        {
+        let client =
+            self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        match call::<Req, Resp, RaftError<NodeId, E>, _, _>(client, self.group, req, ttl, rpc).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e @ TransportError::Unreachable(_)) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
+            Err(e @ TransportError::Unreachable(_)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
@@ -196,10 +179,7 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> std::result::Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.send(&rpc, option.hard_ttl(), |mut c, f| async move {
-            c.append_entries(f).await
-        })
-        .await
+        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.append_entries(f).await }).await
     }
 
     async fn install_snapshot(
@@ -207,10 +187,7 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> std::result::Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.send(&rpc, option.hard_ttl(), |mut c, f| async move {
-            c.install_snapshot(f).await
-        })
-        .await
+        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.install_snapshot(f).await }).await
     }
 
     async fn vote(
@@ -218,9 +195,6 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> std::result::Result<VoteResponse<NodeId>, RpcErr> {
-        self.send(&rpc, option.hard_ttl(), |mut c, f| async move {
-            c.vote(f).await
-        })
-        .await
+        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.vote(f).await }).await
     }
 }

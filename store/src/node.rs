@@ -1,30 +1,36 @@
-//! The node runtime: one raft group over the WAL and the KV state machine, the internal gRPC
-//! service, bootstrap, request forwarding, linearizable reads and data-loss recovery.
+//! The node runtime: many raft groups over one WAL and one sled database, the internal gRPC
+//! service, routing, bootstrap, linearizable reads and data-loss recovery.
 //!
-//! Requests: any node accepts any request. Writes are proposed locally if this node leads,
-//! otherwise forwarded to the leader over the internal transport. A forwarded write is retried
-//! only when it provably was not proposed (the peer was unreachable, or answered "not leader");
-//! any other failure is reported as `Unavailable` with the outcome unknown, as etcd does,
-//! because a blind retry could apply a write twice.
+//! Groups: group 0 is the metadata group (every node; up to 5 voters) holding the cluster map
+//! (nodes, sites, shards) and the namespaces; groups 1.. are data shards, each replicated on the
+//! nodes the map names (`shard.rs` places them on distinct sites). A reconcile loop starts the
+//! groups the map assigns to this node and keeps leadership on each shard's preferred replica.
+//!
+//! Requests: any node accepts any request and routes it by the map. A write goes to its shard's
+//! leader: proposed locally if this node leads, otherwise forwarded. A forwarded write is
+//! retried only when it provably was not proposed (the peer was unreachable, or answered "not
+//! leader"); any other failure is `Unavailable` with the outcome unknown, as etcd does, because
+//! a blind retry could apply a write twice. A batch must stay within one shard.
 //!
 //! Linearizable reads use the read index, not a log write: the leader confirms its leadership
 //! with a quorum (`ensure_linearizable`), a follower asks the leader for that index and waits
-//! until it has applied it, then reads its own replica.
+//! until it has applied it, then reads its own replica. A node that does not host the shard
+//! asks one that does.
 //!
-//! Bootstrap: the node with the lowest id initializes the group, with every configured member,
-//! once a majority of members answer and none is initialized; nodes started in any order form
-//! one cluster, and no node can form a second one.
+//! Bootstrap: a fresh group is initialized, with the same members on every replica (openraft
+//! documents this as safe), once a majority of its members answer and none is initialized.
 //!
-//! Data loss: a voter that comes back with an empty data directory has forgotten votes and
-//! entries it acknowledged; letting it vote could elect a leader missing committed writes. The
-//! state machine records every node that has replicated (`Command::MarkSeen`). A fresh node the
-//! cluster has seen before writes a `REJOIN` marker (so a crash mid-way resumes), refuses vote
-//! requests, and asks the leader to demote it to learner, catch it up and promote it back.
+//! Data loss: a voter that comes back with an empty group has forgotten votes and entries it
+//! acknowledged; letting it vote could elect a leader missing committed writes. Each group's
+//! state machine records every node that has replicated it (`Command::MarkSeen`). A fresh
+//! replica does not vote until it has asked its peers; if they have seen it, it writes a
+//! `REJOIN` marker (so a crash mid-way resumes), keeps refusing votes, and asks the leader to
+//! demote it to learner, catch it up and promote it back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -35,21 +41,24 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
 use crate::log::{GroupId, LogEngine};
-use crate::network::{
-    self, call, Channels, Frame, Internal, InternalServer, NetworkFactory, TransportError,
-};
+use crate::network::{self, call, Channels, Frame, Internal, InternalServer, NetworkFactory, TransportError};
 use crate::raft_store::{LogStore, NodeId, Raft, StateMachineStore};
-use crate::types::{validate_command, Command, NamespaceConfig, Record, Response, ScanItem};
+use crate::shard::{initial_map, ClusterMap, NodeInfo, META_GROUP};
+use crate::types::{
+    validate_command, validate_key, validate_namespace, Command, NamespaceConfig, Record, Response, ScanItem,
+    DEFAULT_NAMESPACE,
+};
 
-/// The single KV group of this release (multi-group sharding builds on the same WAL).
-pub const DATA_GROUP: GroupId = 1;
 const REJOIN_MARKER: &str = "REJOIN";
+/// `Status` for this group id answers for every hosted group.
+const ALL_GROUPS: GroupId = u64::MAX;
+const MAX_META_VOTERS: usize = 5;
 
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     pub id: NodeId,
-    /// Initial members: id → internal gRPC address (this node included).
-    pub members: BTreeMap<NodeId, String>,
+    /// The cluster's nodes at its creation (this node included).
+    pub members: Vec<NodeInfo>,
     pub data_dir: PathBuf,
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
@@ -62,10 +71,14 @@ pub struct NodeOptions {
     pub request_timeout: Duration,
     /// Largest value accepted at the edge.
     pub max_value_bytes: usize,
+    /// Shards created with the cluster.
+    pub initial_shards: u64,
+    /// Replicas per shard.
+    pub replicas: usize,
 }
 
 impl NodeOptions {
-    pub fn new(id: NodeId, members: BTreeMap<NodeId, String>, data_dir: PathBuf) -> Self {
+    pub fn new(id: NodeId, members: Vec<NodeInfo>, data_dir: PathBuf) -> Self {
         NodeOptions {
             id,
             members,
@@ -77,21 +90,24 @@ impl NodeOptions {
             keep_logs: 5_000,
             request_timeout: Duration::from_secs(5),
             max_value_bytes: crate::types::DEFAULT_MAX_VALUE_BYTES,
+            initial_shards: 16,
+            replicas: 3,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
     Linearizable,
     /// The local replica's current state, possibly behind the leader.
     Stale,
 }
 
-/// What a node says about itself (internal `Status` RPC and the status API).
+/// What a node says about one of its groups (internal `Status` RPC and the status API).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeStatus {
-    pub id: NodeId,
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub node: NodeId,
     pub initialized: bool,
     pub state: String,
     pub leader: Option<NodeId>,
@@ -105,35 +121,81 @@ pub struct NodeStatus {
     pub rejoining: bool,
 }
 
+#[derive(Serialize, Deserialize)]
+struct ReadRequest {
+    ns: String,
+    key: String,
+    consistency: Consistency,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ScanRequest {
+    ns: String,
+    prefix: String,
+    after: Option<String>,
+    limit: usize,
+    consistency: Consistency,
+}
+
+/// One raft group hosted by this node.
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    kv: Arc<KvStore>,
+    dir: PathBuf,
+    rejoining: AtomicBool,
+    /// A fresh replica does not vote until it knows whether it is new or lost its data.
+    deciding: AtomicBool,
+}
+
+impl Group {
+    fn status(&self, node: NodeId) -> GroupStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        GroupStatus {
+            group: self.id,
+            node,
+            initialized: !voters.is_empty(),
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            voters,
+            learners: membership.learner_ids().collect(),
+            seen: self.kv.seen().unwrap_or_default(),
+            rejoining: self.rejoining.load(Ordering::SeqCst),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+}
+
 pub struct Node {
     opts: NodeOptions,
-    raft: Raft,
-    kv: Arc<KvStore>,
+    engine: LogEngine,
+    db: sled::Db,
+    config: Arc<Config>,
     channels: Channels,
-    rejoining: AtomicBool,
-    /// A fresh node does not vote until it knows whether it is new or has lost its data.
-    deciding: AtomicBool,
+    groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// Groups being started (so two reconcile passes never open one twice).
+    starting: Mutex<BTreeSet<GroupId>>,
+    /// When this node last asked for leadership of a group (rate limit).
+    last_elect: Mutex<BTreeMap<GroupId, Instant>>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
     pub async fn start(opts: NodeOptions) -> Result<Arc<Node>> {
-        if !opts.members.contains_key(&opts.id) {
-            return Err(Error::invalid(
-                "members",
-                format!("node {} is not among the members", opts.id),
-            ));
+        if !opts.members.iter().any(|m| m.id == opts.id) {
+            return Err(Error::invalid("members", format!("node {} is not among the members", opts.id)));
         }
         std::fs::create_dir_all(&opts.data_dir)?;
         let engine = LogEngine::open(&opts.data_dir.join("raft"))?;
-        let sm = StateMachineStore::open(&opts.data_dir.join(format!("group-{DATA_GROUP}")))?;
-        let kv = sm.kv();
-        let fresh = engine.last_entry(DATA_GROUP)?.is_none()
-            && engine.purged(DATA_GROUP).is_none()
-            && engine.vote(DATA_GROUP).is_none()
-            && kv.raft_meta()?.is_none();
-        let rejoining = opts.data_dir.join(REJOIN_MARKER).exists();
-
+        let db = sled::Config::new().path(opts.data_dir.join("sm")).open()?;
         let config = Config {
             cluster_name: "edgefabric".into(),
             heartbeat_interval: opts.heartbeat.as_millis() as u64,
@@ -146,37 +208,30 @@ impl Node {
         }
         .validate()
         .map_err(|e| Error::invalid("raft config", e))?;
-
-        let channels = Channels::default();
-        let network = NetworkFactory {
-            channels: channels.clone(),
-            group: DATA_GROUP,
-        };
-        let raft = Raft::new(
-            opts.id,
-            Arc::new(config),
-            network,
-            LogStore::new(engine, DATA_GROUP),
-            sm,
-        )
-        .await
-        .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let node = Arc::new(Node {
             opts,
-            raft,
-            kv,
-            channels,
-            rejoining: AtomicBool::new(rejoining),
-            deciding: AtomicBool::new(fresh),
+            engine,
+            db,
+            config: Arc::new(config),
+            channels: Channels::default(),
+            groups: RwLock::new(BTreeMap::new()),
+            starting: Mutex::new(BTreeSet::new()),
+            last_elect: Mutex::new(BTreeMap::new()),
             shutdown,
         });
-        if fresh || rejoining {
-            let n = node.clone();
-            tokio::spawn(async move { n.bootstrap(fresh).await });
+        let meta_members = node.meta_voters();
+        node.start_group(META_GROUP, meta_members).await?;
+        // Data groups this node already hosts start right away (not after the first reconcile
+        // pass), so a restarted node serves as soon as it can.
+        if let Some(map) = node.map() {
+            for shard in map.shards_of(node.opts.id) {
+                let members = members_of(&map, &shard.replicas);
+                node.start_group(shard.id, members).await?;
+            }
         }
         let n = node.clone();
-        tokio::spawn(async move { n.mark_seen_loop().await });
+        tokio::spawn(async move { n.reconcile_loop().await });
         Ok(node)
     }
 
@@ -188,10 +243,6 @@ impl Node {
         &self.opts
     }
 
-    pub fn raft(&self) -> &Raft {
-        &self.raft
-    }
-
     /// The internal gRPC service, to be served on the node's gRPC port.
     pub fn internal_service(self: &Arc<Self>) -> InternalServer<InternalService> {
         InternalServer::new(InternalService { node: self.clone() })
@@ -201,42 +252,228 @@ impl Node {
 
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
+        let groups: Vec<Arc<Group>> =
+            self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for g in groups {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = g.id, error = %e, "raft shutdown");
+            }
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "sled flush at shutdown");
+        }
+    }
+
+    fn group(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    fn meta(&self) -> Result<Arc<Group>> {
+        self.group(META_GROUP).ok_or_else(|| Error::Unavailable("metadata group not started".into()))
+    }
+
+    /// The cluster map as this node's metadata replica has it.
+    pub fn map(&self) -> Option<ClusterMap> {
+        self.group(META_GROUP).and_then(|g| g.kv.cluster_map().ok().flatten())
+    }
+
+    fn require_map(&self) -> Result<ClusterMap> {
+        self.map().ok_or_else(|| Error::Unavailable("the cluster is not initialized yet".into()))
+    }
+
+    /// The metadata group's initial voters: up to 5 members, spread over sites.
+    fn meta_voters(&self) -> BTreeMap<NodeId, NodeInfo> {
+        let all: BTreeMap<NodeId, NodeInfo> = self.opts.members.iter().map(|m| (m.id, m.clone())).collect();
+        let ids = crate::shard::place(&all, &BTreeMap::new(), MAX_META_VOTERS, 0);
+        ids.into_iter().map(|id| (id, all[&id].clone())).collect()
+    }
+
+    // ---- groups ----
+
+    async fn start_group(self: &Arc<Self>, id: GroupId, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
+        if self.group(id).is_some() || !self.starting.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+            return Ok(());
+        }
+        let r = self.open_group(id, members).await;
+        self.starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        r
+    }
+
+    async fn open_group(self: &Arc<Self>, id: GroupId, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
+        let dir = self.opts.data_dir.join(format!("group-{id}"));
+        let sm = StateMachineStore::open(&dir, &self.db, id)?;
+        let kv = sm.kv();
+        let fresh = self.engine.last_entry(id)?.is_none()
+            && self.engine.purged(id).is_none()
+            && self.engine.vote(id).is_none()
+            && kv.raft_meta()?.is_none();
+        let rejoining = dir.join(REJOIN_MARKER).exists();
+        let network = NetworkFactory { channels: self.channels.clone(), group: id };
+        let raft =
+            Raft::new(self.opts.id, self.config.clone(), network, LogStore::new(self.engine.clone(), id), sm)
+                .await
+                .map_err(|e| Error::Internal(format!("raft start for group {id}: {e}")))?;
+        let group = Arc::new(Group {
+            id,
+            raft,
+            kv,
+            dir,
+            rejoining: AtomicBool::new(rejoining),
+            deciding: AtomicBool::new(fresh),
+        });
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, group.clone());
+        if fresh || rejoining {
+            let n = self.clone();
+            tokio::spawn(async move { n.bootstrap(group, members, fresh).await });
+        }
+        Ok(())
+    }
+
+    /// Keeps the hosted groups in line with the cluster map: starts assigned groups, installs
+    /// the first map, records replicated nodes, and moves leadership to preferred replicas.
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.reconcile().await {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        }
+    }
+
+    async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        let meta = self.meta()?;
+        let map = match meta.kv.cluster_map()? {
+            Some(map) => map,
+            None => {
+                if meta.is_leader() {
+                    let map = initial_map(&self.opts.members, self.opts.initial_shards, self.opts.replicas);
+                    self.propose_local(&meta, Command::InitCluster(map)).await?;
+                }
+                return Ok(());
+            }
+        };
+        for shard in map.shards_of(self.opts.id) {
+            if self.group(shard.id).is_none() {
+                self.start_group(shard.id, members_of(&map, &shard.replicas)).await?;
+            }
+        }
+        let groups: Vec<Arc<Group>> =
+            self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for g in groups {
+            let m = g.raft.metrics().borrow().clone();
+            if m.state == ServerState::Leader {
+                self.mark_seen(&g, &m).await;
+                if g.id == META_GROUP {
+                    self.add_meta_learners(&g, &map).await;
+                }
+            }
+            // Leadership balance: the preferred replica takes its shard back once it is a
+            // caught-up follower (a restarted node gets its share again).
+            let preferred = map.shard(g.id).and_then(|s| s.replicas.first().copied());
+            if preferred == Some(self.opts.id)
+                && m.state == ServerState::Follower
+                && m.current_leader.is_some()
+                && m.last_applied.map(|l| l.index) >= m.last_log_index
+                && !g.rejoining.load(Ordering::SeqCst)
+            {
+                let now = Instant::now();
+                let due = {
+                    let mut last = self.last_elect.lock().unwrap_or_else(|p| p.into_inner());
+                    let due = last.get(&g.id).is_none_or(|t| now.duration_since(*t) > Duration::from_secs(5));
+                    if due {
+                        last.insert(g.id, now);
+                    }
+                    due
+                };
+                if due {
+                    tracing::info!(group = g.id, "taking back leadership as the preferred replica");
+                    let _ = g.raft.trigger().elect().await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records each member that has replicated the group's log (see `Command::MarkSeen`).
+    async fn mark_seen(&self, g: &Group, m: &openraft::RaftMetrics<NodeId, BasicNode>) {
+        let seen: BTreeSet<NodeId> = g.kv.seen().unwrap_or_default().into_iter().collect();
+        let mut replicated = vec![self.opts.id];
+        if let Some(rep) = &m.replication {
+            replicated.extend(rep.iter().filter(|(_, matched)| matched.is_some()).map(|(id, _)| *id));
+        }
+        for id in replicated {
+            if !seen.contains(&id) {
+                if let Err(e) = self.propose_local(g, Command::MarkSeen(id)).await {
+                    tracing::debug!(group = g.id, error = %e, "mark seen");
+                }
+            }
+        }
+    }
+
+    /// Members of the map that are not in the metadata group yet join it as learners.
+    async fn add_meta_learners(&self, g: &Group, map: &ClusterMap) {
+        let m = g.raft.metrics().borrow().clone();
+        let known: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        for n in map.nodes.values().filter(|n| !known.contains(&n.id)) {
+            if let Err(e) = g.raft.add_learner(n.id, BasicNode::new(&n.addr), false).await {
+                tracing::debug!(node = n.id, error = %e, "add metadata learner");
+            }
         }
     }
 
     // ---- status ----
 
-    pub fn status(&self) -> NodeStatus {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let learners: Vec<NodeId> = membership.learner_ids().collect();
-        NodeStatus {
-            id: self.opts.id,
-            initialized: !voters.is_empty(),
-            state: format!("{:?}", m.state),
-            leader: m.current_leader,
-            term: m.current_term,
-            last_log_index: m.last_log_index,
-            last_applied: m.last_applied.map(|l| l.index),
-            voters,
-            learners,
-            seen: self.kv.seen().unwrap_or_default(),
-            rejoining: self.rejoining.load(Ordering::SeqCst),
-        }
+    pub fn group_statuses(&self) -> Vec<GroupStatus> {
+        let groups: Vec<Arc<Group>> =
+            self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        groups.iter().map(|g| g.status(self.opts.id)).collect()
     }
 
-    /// Ready: a member of an initialized group that has a leader.
+    /// Ready: the cluster map is installed and every group this node hosts has a leader.
     pub fn is_ready(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        let member = m
-            .membership_config
-            .membership()
-            .get_node(&self.opts.id)
-            .is_some();
-        member && m.current_leader.is_some() && !self.rejoining.load(Ordering::SeqCst)
+        let Some(map) = self.map() else { return false };
+        let hosted: Vec<GroupId> =
+            std::iter::once(META_GROUP).chain(map.shards_of(self.opts.id).map(|s| s.id)).collect();
+        hosted.iter().all(|id| match self.group(*id) {
+            Some(g) => {
+                let m = g.raft.metrics().borrow().clone();
+                m.current_leader.is_some() && !g.rejoining.load(Ordering::SeqCst)
+            }
+            None => false,
+        })
+    }
+
+    /// Every node's view of its groups (this node's directly, the others' over the transport);
+    /// `None` for a node that did not answer.
+    pub async fn cluster_statuses(&self) -> BTreeMap<NodeId, Option<Vec<GroupStatus>>> {
+        let mut out = BTreeMap::new();
+        let nodes: Vec<NodeInfo> = match self.map() {
+            Some(m) => m.nodes.values().cloned().collect(),
+            None => self.opts.members.clone(),
+        };
+        let calls = nodes.iter().map(|n| async move {
+            if n.id == self.opts.id {
+                return (n.id, Some(self.group_statuses()));
+            }
+            let Ok(client) = self.channels.client(&n.addr) else { return (n.id, None) };
+            let r = call::<_, Vec<GroupStatus>, Error, _, _>(
+                client,
+                ALL_GROUPS,
+                &(),
+                Duration::from_millis(800),
+                |mut c, f| async move { c.status(f).await },
+            )
+            .await;
+            (n.id, r.ok().and_then(|r| r.ok()))
+        });
+        for (id, st) in futures::future::join_all(calls).await {
+            out.insert(id, st);
+        }
+        out
     }
 
     // ---- writes ----
@@ -245,7 +482,11 @@ impl Node {
     pub async fn propose(&self, cmd: Command) -> Result<Response> {
         validate_command(&cmd, self.opts.max_value_bytes)?;
         let timeout = self.opts.request_timeout;
-        match tokio::time::timeout(timeout, self.propose_routed(cmd)).await {
+        let routed = async {
+            let group = self.route(&cmd).await?;
+            self.propose_routed(group, &cmd).await
+        };
+        match tokio::time::timeout(timeout, routed).await {
             Ok(r) => r,
             Err(_) => Err(Error::Unavailable(format!(
                 "the write was not confirmed by a quorum within {timeout:?}; it may or may not be applied"
@@ -253,49 +494,95 @@ impl Node {
         }
     }
 
-    async fn propose_routed(&self, cmd: Command) -> Result<Response> {
-        loop {
-            match self.raft.client_write(cmd.clone()).await {
-                Ok(resp) => return Ok(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(leader) = f.leader_node {
-                        let client = self.channels.client(&leader.addr)?;
-                        let r = call::<_, Response, Error, _, _>(
-                            client,
-                            DATA_GROUP,
-                            &cmd,
-                            self.opts.request_timeout,
-                            |mut c, f| async move { c.forward(f).await },
-                        )
-                        .await;
-                        match r {
-                            Ok(Ok(resp)) => return Ok(resp),
-                            // "Not leader": the peer did not propose it; safe to retry.
-                            Ok(Err(Error::Unavailable(_)))
-                            | Err(TransportError::Unreachable(_)) => {}
-                            Ok(Err(e)) => return Err(e),
-                            Err(e) => {
-                                return Err(Error::Unavailable(format!(
-                                "forwarding to leader {}: {e}; the write may or may not be applied",
-                                f.leader_id.unwrap_or_default()
-                            )))
-                            }
-                        }
+    /// Which group a command goes to; checks that its namespaces exist.
+    async fn route(&self, cmd: &Command) -> Result<GroupId> {
+        match cmd {
+            Command::Batch(ops) => {
+                let map = self.require_map()?;
+                for op in ops {
+                    self.require_namespace(op.ns()).await?;
+                }
+                let first = map
+                    .shard_for(ops[0].ns(), ops[0].key())
+                    .ok_or_else(|| Error::Internal("no shard".into()))?;
+                for op in &ops[1..] {
+                    let s =
+                        map.shard_for(op.ns(), op.key()).ok_or_else(|| Error::Internal("no shard".into()))?;
+                    if s.id != first.id {
+                        return Err(Error::invalid(
+                            "ops",
+                            format!(
+                                "a batch must stay within one shard: {:?} is in shard {}, {:?} in shard {}",
+                                ops[0].key(),
+                                first.id,
+                                op.key(),
+                                s.id
+                            ),
+                        ));
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(RaftError::APIError(e)) => return Err(Error::Internal(e.to_string())),
-                Err(RaftError::Fatal(e)) => {
-                    return Err(Error::Unavailable(format!("raft stopped: {e}")))
-                }
+                Ok(first.id)
             }
+            Command::PutNamespace(_) | Command::InitCluster(_) => Ok(META_GROUP),
+            Command::MarkSeen(_) => Err(Error::invalid("command", "internal only")),
         }
     }
 
-    /// Proposes only if this node leads (the `Forward` handler): never forwards again.
-    async fn propose_local(&self, cmd: Command) -> Result<Response> {
+    /// The replicas to try for a group this node does not host, preferred leader first.
+    fn replicas_of(&self, group: GroupId) -> Result<Vec<(NodeId, String)>> {
+        let map = self.require_map()?;
+        let shard = map.shard(group).ok_or_else(|| Error::NotFound(format!("no shard {group}")))?;
+        Ok(shard.replicas.iter().filter_map(|r| map.nodes.get(r).map(|n| (n.id, n.addr.clone()))).collect())
+    }
+
+    async fn propose_routed(&self, group: GroupId, cmd: &Command) -> Result<Response> {
+        let mut attempt = 0usize;
+        loop {
+            let target = match self.group(group) {
+                Some(g) => match g.raft.client_write(cmd.clone()).await {
+                    Ok(resp) => return Ok(resp.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        f.leader_node.map(|n| (f.leader_id.unwrap_or_default(), n.addr))
+                    }
+                    Err(RaftError::APIError(e)) => return Err(Error::Internal(e.to_string())),
+                    Err(RaftError::Fatal(e)) => return Err(Error::Unavailable(format!("raft stopped: {e}"))),
+                },
+                None => {
+                    let replicas = self.replicas_of(group)?;
+                    replicas.get(attempt % replicas.len().max(1)).cloned()
+                }
+            };
+            attempt += 1;
+            if let Some((leader, addr)) = target {
+                let client = self.channels.client(&addr)?;
+                let r = call::<_, Response, Error, _, _>(
+                    client,
+                    group,
+                    cmd,
+                    self.opts.request_timeout,
+                    |mut c, f| async move { c.forward(f).await },
+                )
+                .await;
+                match r {
+                    Ok(Ok(resp)) => return Ok(resp),
+                    // "Not leader": the peer did not propose it; safe to retry.
+                    Ok(Err(Error::Unavailable(_))) | Err(TransportError::Unreachable(_)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => {
+                        return Err(Error::Unavailable(format!(
+                            "forwarding to node {leader}: {e}; the write may or may not be applied"
+                        )))
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(if attempt < 3 { 10 } else { 50 })).await;
+        }
+    }
+
+    /// Proposes only if this node leads the group (the `Forward` handler): never forwards.
+    async fn propose_local(&self, g: &Group, cmd: Command) -> Result<Response> {
         validate_command(&cmd, crate::kv::APPLY_MAX_VALUE_BYTES)?;
-        match self.raft.client_write(cmd).await {
+        match g.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(Error::Unavailable("not the leader".into()))
@@ -307,28 +594,29 @@ impl Node {
 
     // ---- reads ----
 
-    /// Returns once this replica has applied everything committed before the call.
-    pub async fn read_barrier(&self) -> Result<()> {
+    /// Returns once this replica of `g` has applied everything committed before the call.
+    async fn read_barrier(&self, g: &Group) -> Result<()> {
         let timeout = self.opts.request_timeout;
         let deadline = Instant::now() + timeout;
-        match tokio::time::timeout_at(deadline, self.read_barrier_inner(deadline)).await {
+        match tokio::time::timeout_at(deadline, self.read_barrier_inner(g, deadline)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Unavailable(format!(
-                "no leader confirmed by a quorum within {timeout:?}; retry, or read with consistency=stale"
+                "no leader of group {} confirmed by a quorum within {timeout:?}; retry, or read with consistency=stale",
+                g.id
             ))),
         }
     }
 
-    async fn read_barrier_inner(&self, deadline: Instant) -> Result<()> {
+    async fn read_barrier_inner(&self, g: &Group, deadline: Instant) -> Result<()> {
         loop {
-            match self.raft.ensure_linearizable().await {
+            match g.raft.ensure_linearizable().await {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     if let Some(leader) = f.leader_node {
                         let client = self.channels.client(&leader.addr)?;
                         let r = call::<_, u64, Error, _, _>(
                             client,
-                            DATA_GROUP,
+                            g.id,
                             &(),
                             self.opts.request_timeout,
                             |mut c, f| async move { c.read_index(f).await },
@@ -336,55 +624,102 @@ impl Node {
                         .await;
                         if let Ok(Ok(index)) = r {
                             let left = deadline.saturating_duration_since(Instant::now());
-                            self.raft
+                            g.raft
                                 .wait(Some(left))
                                 .applied_index_at_least(Some(index), "read index")
                                 .await
                                 .map_err(|e| {
-                                    Error::Unavailable(format!(
-                                        "waiting to apply index {index}: {e}"
-                                    ))
-                                })?;
+                                Error::Unavailable(format!("waiting to apply index {index}: {e}"))
+                            })?;
                             return Ok(());
                         }
                     }
                 }
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {}
-                Err(RaftError::Fatal(e)) => {
-                    return Err(Error::Unavailable(format!("raft stopped: {e}")))
-                }
+                Err(RaftError::Fatal(e)) => return Err(Error::Unavailable(format!("raft stopped: {e}"))),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    async fn barrier(&self, consistency: Consistency) -> Result<()> {
+    async fn barrier(&self, g: &Group, consistency: Consistency) -> Result<()> {
         match consistency {
-            Consistency::Linearizable => self.read_barrier().await,
+            Consistency::Linearizable => self.read_barrier(g).await,
             Consistency::Stale => Ok(()),
         }
     }
 
     pub async fn namespace(&self, ns: &str, consistency: Consistency) -> Result<NamespaceConfig> {
-        self.barrier(consistency).await?;
-        self.kv
-            .namespace(ns)?
-            .ok_or_else(|| Error::NotFound(format!("namespace {ns:?} does not exist")))
+        let meta = self.meta()?;
+        self.barrier(&meta, consistency).await?;
+        meta.kv.namespace(ns)?.ok_or_else(|| Error::NotFound(format!("namespace {ns:?} does not exist")))
     }
 
-    pub async fn get(
-        &self,
-        ns: &str,
-        key: &str,
-        consistency: Consistency,
-    ) -> Result<Option<Record>> {
-        crate::types::validate_namespace(ns)?;
-        crate::types::validate_key(key)?;
-        self.barrier(consistency).await?;
-        self.require_namespace(ns)?;
-        self.kv.get(ns, key)
+    pub async fn namespaces(&self, consistency: Consistency) -> Result<Vec<NamespaceConfig>> {
+        let meta = self.meta()?;
+        self.barrier(&meta, consistency).await?;
+        meta.kv.namespaces()
     }
 
+    /// Namespaces are only ever created, so a local hit is final; a miss is checked again
+    /// after a read barrier (the namespace may have been created through another node).
+    async fn require_namespace(&self, ns: &str) -> Result<()> {
+        if ns == DEFAULT_NAMESPACE {
+            return Ok(());
+        }
+        let meta = self.meta()?;
+        if meta.kv.namespace(ns)?.is_some() {
+            return Ok(());
+        }
+        self.read_barrier(&meta).await?;
+        match meta.kv.namespace(ns)? {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound(format!("namespace {ns:?} does not exist"))),
+        }
+    }
+
+    pub async fn get(&self, ns: &str, key: &str, consistency: Consistency) -> Result<Option<Record>> {
+        validate_namespace(ns)?;
+        validate_key(key)?;
+        self.require_namespace(ns).await?;
+        let map = self.require_map()?;
+        let shard = map.shard_for(ns, key).ok_or_else(|| Error::Internal("no shard".into()))?.id;
+        match self.group(shard) {
+            Some(g) => {
+                self.barrier(&g, consistency).await?;
+                g.kv.get(ns, key)
+            }
+            None => {
+                let req = ReadRequest { ns: ns.into(), key: key.into(), consistency };
+                self.remote(shard, &req, |mut c, f| async move { c.read(f).await }).await
+            }
+        }
+    }
+
+    /// Asks the replicas of a group this node does not host, in turn, until one answers.
+    async fn remote<Req, Resp, F, Fut>(&self, group: GroupId, req: &Req, rpc: F) -> Result<Resp>
+    where
+        Req: Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: Fn(network::InternalClient<tonic::transport::Channel>, Frame) -> Fut + Clone,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
+    {
+        let mut last = Error::Unavailable(format!("no replica of shard {group} answered"));
+        for (id, addr) in self.replicas_of(group)? {
+            let client = self.channels.client(&addr)?;
+            match call::<_, Resp, Error, _, _>(client, group, req, self.opts.request_timeout, rpc.clone())
+                .await
+            {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) if !e.is_retryable() => return Err(e),
+                Ok(Err(e)) => last = e,
+                Err(e) => last = Error::Unavailable(format!("node {id}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    /// Keys of `ns` with `prefix` after `after`, in key order, from every shard.
     pub async fn scan(
         &self,
         ns: &str,
@@ -393,47 +728,62 @@ impl Node {
         limit: usize,
         consistency: Consistency,
     ) -> Result<(Vec<ScanItem>, bool)> {
-        crate::types::validate_namespace(ns)?;
+        validate_namespace(ns)?;
         if limit == 0 || limit > 10_000 {
-            return Err(Error::invalid(
-                "limit",
-                format!("{limit} must be between 1 and 10000"),
-            ));
+            return Err(Error::invalid("limit", format!("{limit} must be between 1 and 10000")));
         }
-        self.barrier(consistency).await?;
-        self.require_namespace(ns)?;
-        self.kv.scan(ns, prefix, after, limit)
-    }
-
-    pub async fn namespaces(&self, consistency: Consistency) -> Result<Vec<NamespaceConfig>> {
-        self.barrier(consistency).await?;
-        self.kv.namespaces()
-    }
-
-    /// Which members answer the internal status RPC right now (this node always does).
-    pub async fn members_up(&self) -> BTreeMap<NodeId, bool> {
-        let mut out = BTreeMap::new();
-        for (id, addr) in &self.opts.members {
-            let up = *id == self.opts.id || self.peer_status(addr).await.is_some();
-            out.insert(*id, up);
+        self.require_namespace(ns).await?;
+        let map = self.require_map()?;
+        let parts = map.shards.iter().map(|s| self.scan_shard(s.id, ns, prefix, after, limit, consistency));
+        let mut items = vec![];
+        let mut more = false;
+        for r in futures::future::join_all(parts).await {
+            let (part, part_more) = r?;
+            more |= part_more;
+            items.extend(part);
         }
-        out
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        if items.len() > limit {
+            items.truncate(limit);
+            more = true;
+        }
+        Ok((items, more))
     }
 
-    fn require_namespace(&self, ns: &str) -> Result<()> {
-        match self.kv.namespace(ns)? {
-            Some(_) => Ok(()),
-            None => Err(Error::NotFound(format!("namespace {ns:?} does not exist"))),
+    async fn scan_shard(
+        &self,
+        shard: GroupId,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<(Vec<ScanItem>, bool)> {
+        match self.group(shard) {
+            Some(g) => {
+                self.barrier(&g, consistency).await?;
+                g.kv.scan(ns, prefix, after, limit)
+            }
+            None => {
+                let req = ScanRequest {
+                    ns: ns.into(),
+                    prefix: prefix.into(),
+                    after: after.map(String::from),
+                    limit,
+                    consistency,
+                };
+                self.remote(shard, &req, |mut c, f| async move { c.scan(f).await }).await
+            }
         }
     }
 
     // ---- membership ----
 
-    async fn peer_status(&self, addr: &str) -> Option<NodeStatus> {
+    async fn peer_status(&self, group: GroupId, addr: &str) -> Option<GroupStatus> {
         let client = self.channels.client(addr).ok()?;
-        call::<_, NodeStatus, Error, _, _>(
+        call::<_, GroupStatus, Error, _, _>(
             client,
-            DATA_GROUP,
+            group,
             &(),
             Duration::from_millis(800),
             |mut c, f| async move { c.status(f).await },
@@ -443,53 +793,51 @@ impl Node {
         .ok()
     }
 
-    /// See the module comment: initialize (lowest id, majority answering, none initialized),
-    /// wait to be replicated to, or rejoin after data loss.
-    async fn bootstrap(self: Arc<Self>, fresh: bool) {
+    /// See the module comment: initialize (majority answering, none initialized), wait to be
+    /// replicated to, or rejoin after data loss.
+    async fn bootstrap(self: Arc<Self>, g: Arc<Group>, members: BTreeMap<NodeId, NodeInfo>, fresh: bool) {
         let me = self.opts.id;
-        let n = self.opts.members.len();
-        let lowest = self.opts.members.keys().next().copied() == Some(me);
+        let n = members.len();
         let mut shutdown = self.shutdown.subscribe();
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let mut answered = 1; // this node
-            let mut initialized: Vec<NodeStatus> = vec![];
-            for (id, addr) in &self.opts.members {
+            let mut initialized: Vec<GroupStatus> = vec![];
+            for (id, info) in &members {
                 if *id == me {
                     continue;
                 }
-                if let Some(st) = self.peer_status(addr).await {
+                if let Some(st) = self.peer_status(g.id, &info.addr).await {
                     answered += 1;
                     if st.initialized {
                         initialized.push(st);
                     }
                 }
             }
-            if self.rejoining.load(Ordering::SeqCst)
+            if g.rejoining.load(Ordering::SeqCst)
                 || (fresh && initialized.iter().any(|s| s.seen.contains(&me)))
             {
-                self.rejoin().await;
+                self.rejoin(&g, &members).await;
                 return;
             }
-            if !initialized.is_empty() {
-                tracing::info!("cluster already initialized; waiting for the leader to replicate");
-                self.deciding.store(false, Ordering::SeqCst);
+            if !initialized.is_empty() || g.status(me).initialized {
+                tracing::debug!(
+                    group = g.id,
+                    "group already initialized; waiting for the leader to replicate"
+                );
+                g.deciding.store(false, Ordering::SeqCst);
                 return;
             }
-            if lowest && answered * 2 > n {
-                let members: BTreeMap<NodeId, BasicNode> = self
-                    .opts
-                    .members
-                    .iter()
-                    .map(|(id, a)| (*id, BasicNode::new(a)))
-                    .collect();
-                match self.raft.initialize(members).await {
-                    Ok(()) => tracing::info!(members = n, "initialized the cluster"),
-                    Err(e) => tracing::info!(error = %e, "initialize"),
+            if members.contains_key(&me) && answered * 2 > n {
+                let voters: BTreeMap<NodeId, BasicNode> =
+                    members.iter().map(|(id, info)| (*id, BasicNode::new(&info.addr))).collect();
+                match g.raft.initialize(voters).await {
+                    Ok(()) => tracing::info!(group = g.id, members = n, "initialized group"),
+                    Err(e) => tracing::debug!(group = g.id, error = %e, "initialize"),
                 }
-                self.deciding.store(false, Ordering::SeqCst);
+                g.deciding.store(false, Ordering::SeqCst);
                 return;
             }
             tokio::select! {
@@ -499,32 +847,27 @@ impl Node {
         }
     }
 
-    async fn rejoin(&self) {
-        let marker = self.opts.data_dir.join(REJOIN_MARKER);
+    async fn rejoin(&self, g: &Group, members: &BTreeMap<NodeId, NodeInfo>) {
+        let marker = g.dir.join(REJOIN_MARKER);
         if let Err(e) = write_marker(&marker) {
-            tracing::error!(error = %e, "cannot write rejoin marker; refusing to continue without it");
+            tracing::error!(group = g.id, error = %e, "cannot write rejoin marker; refusing to continue without it");
             return;
         }
-        self.rejoining.store(true, Ordering::SeqCst);
-        tracing::warn!("this node lost its data; rejoining as a learner before it may vote again");
+        g.rejoining.store(true, Ordering::SeqCst);
+        tracing::warn!(
+            group = g.id,
+            "this node lost its data; rejoining as a learner before it may vote again"
+        );
         let mut shutdown = self.shutdown.subscribe();
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            for addr in self
-                .opts
-                .members
-                .iter()
-                .filter(|(id, _)| **id != self.opts.id)
-                .map(|(_, a)| a)
-            {
-                let Ok(client) = self.channels.client(addr) else {
-                    continue;
-                };
+            for info in members.values().filter(|m| m.id != self.opts.id) {
+                let Ok(client) = self.channels.client(&info.addr) else { continue };
                 let r = call::<_, (), Error, _, _>(
                     client,
-                    DATA_GROUP,
+                    g.id,
                     &self.opts.id,
                     Duration::from_secs(120),
                     |mut c, f| async move { c.rejoin(f).await },
@@ -536,13 +879,15 @@ impl Node {
                             tracing::error!(error = %e, "cannot remove rejoin marker");
                             return;
                         }
-                        self.rejoining.store(false, Ordering::SeqCst);
-                        self.deciding.store(false, Ordering::SeqCst);
-                        tracing::info!("rejoined the cluster as a voter");
+                        g.rejoining.store(false, Ordering::SeqCst);
+                        g.deciding.store(false, Ordering::SeqCst);
+                        tracing::info!(group = g.id, "rejoined the cluster as a voter");
                         return;
                     }
-                    Ok(Err(e)) => tracing::info!(peer = addr, error = %e, "rejoin refused"),
-                    Err(e) => tracing::debug!(peer = addr, error = %e, "rejoin not reachable"),
+                    Ok(Err(e)) => tracing::debug!(group = g.id, peer = info.id, error = %e, "rejoin refused"),
+                    Err(e) => {
+                        tracing::debug!(group = g.id, peer = info.id, error = %e, "rejoin not reachable")
+                    }
                 }
             }
             tokio::select! {
@@ -554,8 +899,8 @@ impl Node {
 
     /// Leader side of `rejoin`: demote to learner (its vote no longer counts), wait until it has
     /// caught up, promote back.
-    async fn readmit(&self, id: NodeId) -> Result<()> {
-        let m = self.raft.metrics().borrow().clone();
+    async fn readmit(&self, g: &Group, id: NodeId) -> Result<()> {
+        let m = g.raft.metrics().borrow().clone();
         if m.current_leader != Some(self.opts.id) {
             return Err(Error::Unavailable("not the leader".into()));
         }
@@ -563,61 +908,33 @@ impl Node {
         let node = membership
             .get_node(&id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("node {id} is not a member")))?;
-        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
-            Error::Unavailable(e.to_string())
-        };
+            .ok_or_else(|| Error::NotFound(format!("node {id} is not a member of group {}", g.id)))?;
+        let map_err =
+            |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| Error::Unavailable(e.to_string());
         if membership.voter_ids().any(|v| v == id) {
-            self.raft
+            g.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
                 .await
                 .map_err(map_err)?;
         }
-        self.raft
-            .add_learner(id, node, true)
-            .await
-            .map_err(map_err)?;
-        self.raft
+        g.raft.add_learner(id, node, true).await.map_err(map_err)?;
+        g.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(map_err)?;
-        tracing::info!(node = id, "re-admitted node as voter after data loss");
+        tracing::info!(group = g.id, node = id, "re-admitted node as voter after data loss");
         Ok(())
-    }
-
-    /// While leading, records each member that has replicated the log (see `Command::MarkSeen`).
-    async fn mark_seen_loop(self: Arc<Self>) {
-        let mut shutdown = self.shutdown.subscribe();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.changed() => return,
-            }
-            let m = self.raft.metrics().borrow().clone();
-            if m.state != ServerState::Leader {
-                continue;
-            }
-            let seen: BTreeSet<NodeId> = self.kv.seen().unwrap_or_default().into_iter().collect();
-            let mut replicated = vec![self.opts.id];
-            if let Some(rep) = &m.replication {
-                replicated.extend(
-                    rep.iter()
-                        .filter(|(_, matched)| matched.is_some())
-                        .map(|(id, _)| *id),
-                );
-            }
-            for id in replicated {
-                if !seen.contains(&id) {
-                    if let Err(e) = self.propose_local(Command::MarkSeen(id)).await {
-                        tracing::debug!(error = %e, "mark seen");
-                    }
-                }
-            }
-        }
     }
 }
 
+fn members_of(map: &ClusterMap, replicas: &[NodeId]) -> BTreeMap<NodeId, NodeInfo> {
+    replicas.iter().filter_map(|r| map.nodes.get(r).map(|n| (*r, n.clone()))).collect()
+}
+
 fn write_marker(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::File::create(path)?.sync_all()?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
@@ -632,47 +949,90 @@ pub struct InternalService {
 
 type RpcResult = std::result::Result<tonic::Response<Frame>, tonic::Status>;
 
+impl InternalService {
+    fn group(&self, frame: &Frame) -> std::result::Result<Arc<Group>, tonic::Status> {
+        self.node.group(frame.group).ok_or_else(|| {
+            tonic::Status::unavailable(format!("group {} is not hosted here (yet)", frame.group))
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Internal for InternalService {
     async fn append_entries(&self, req: tonic::Request<Frame>) -> RpcResult {
+        let g = self.group(req.get_ref())?;
         let rpc = network::request(req.get_ref())?;
-        network::reply(&self.node.raft.append_entries(rpc).await)
+        network::reply(&g.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: tonic::Request<Frame>) -> RpcResult {
-        if self.node.rejoining.load(Ordering::SeqCst) || self.node.deciding.load(Ordering::SeqCst) {
-            return Err(tonic::Status::unavailable(
-                "fresh or rejoining after data loss: not voting yet",
-            ));
+        let g = self.group(req.get_ref())?;
+        if g.rejoining.load(Ordering::SeqCst) || g.deciding.load(Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("fresh or rejoining after data loss: not voting yet"));
         }
         let rpc = network::request(req.get_ref())?;
-        network::reply(&self.node.raft.vote(rpc).await)
+        network::reply(&g.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: tonic::Request<Frame>) -> RpcResult {
+        let g = self.group(req.get_ref())?;
         let rpc = network::request(req.get_ref())?;
-        network::reply(&self.node.raft.install_snapshot(rpc).await)
+        network::reply(&g.raft.install_snapshot(rpc).await)
     }
 
     async fn forward(&self, req: tonic::Request<Frame>) -> RpcResult {
         let cmd: Command = network::request(req.get_ref())?;
-        network::reply(&self.node.propose_local(cmd).await)
+        let r = match self.node.group(req.get_ref().group) {
+            Some(g) => self.node.propose_local(&g, cmd).await,
+            None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
+        };
+        network::reply(&r)
     }
 
-    async fn read_index(&self, _req: tonic::Request<Frame>) -> RpcResult {
-        let r: Result<u64> = match self.node.raft.ensure_linearizable().await {
+    async fn read_index(&self, req: tonic::Request<Frame>) -> RpcResult {
+        let g = self.group(req.get_ref())?;
+        let r: Result<u64> = match g.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
             Err(e) => Err(Error::Unavailable(e.to_string())),
         };
         network::reply(&r)
     }
 
-    async fn status(&self, _req: tonic::Request<Frame>) -> RpcResult {
-        network::reply(&Ok::<_, Error>(self.node.status()))
+    async fn status(&self, req: tonic::Request<Frame>) -> RpcResult {
+        if req.get_ref().group == ALL_GROUPS {
+            return network::reply(&Ok::<_, Error>(self.node.group_statuses()));
+        }
+        let g = self.group(req.get_ref())?;
+        network::reply(&Ok::<_, Error>(g.status(self.node.opts.id)))
     }
 
     async fn rejoin(&self, req: tonic::Request<Frame>) -> RpcResult {
+        let g = self.group(req.get_ref())?;
         let id: NodeId = network::request(req.get_ref())?;
-        network::reply(&self.node.readmit(id).await)
+        network::reply(&self.node.readmit(&g, id).await)
+    }
+
+    async fn read(&self, req: tonic::Request<Frame>) -> RpcResult {
+        let r: ReadRequest = network::request(req.get_ref())?;
+        let out = match self.node.group(req.get_ref().group) {
+            Some(g) => match self.node.barrier(&g, r.consistency).await {
+                Ok(()) => g.kv.get(&r.ns, &r.key),
+                Err(e) => Err(e),
+            },
+            None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
+        };
+        network::reply(&out)
+    }
+
+    async fn scan(&self, req: tonic::Request<Frame>) -> RpcResult {
+        let r: ScanRequest = network::request(req.get_ref())?;
+        let out = match self.node.group(req.get_ref().group) {
+            Some(g) => match self.node.barrier(&g, r.consistency).await {
+                Ok(()) => g.kv.scan(&r.ns, &r.prefix, r.after.as_deref(), r.limit),
+                Err(e) => Err(e),
+            },
+            None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
+        };
+        network::reply(&out)
     }
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 
@@ -63,8 +63,7 @@ impl LogStore {
         self.engine.sync(move |r| {
             let _ = tx.send(r);
         });
-        rx.await
-            .map_err(|_| std::io::Error::other("raft log syncer has stopped"))?
+        rx.await.map_err(|_| std::io::Error::other("raft log syncer has stopped"))?
     }
 }
 
@@ -78,8 +77,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_logs(any(e)))?
             .into_iter()
             .map(|(i, bytes)| {
-                codec::decode(&bytes)
-                    .map_err(|e| StorageIOError::read_log_at_index(i, any(e)).into())
+                codec::decode(&bytes).map_err(|e| StorageIOError::read_log_at_index(i, any(e)).into())
             })
             .collect()
     }
@@ -90,15 +88,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
         let last_purged_log_id: Option<LogId<NodeId>> = match self.engine.purged(self.group) {
-            Some((_, bytes)) => {
-                Some(codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(any(e)))?)
-            }
+            Some((_, bytes)) => Some(codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(any(e)))?),
             None => None,
         };
-        let last = self
-            .engine
-            .last_entry(self.group)
-            .map_err(|e| StorageIOError::read_logs(any(e)))?;
+        let last = self.engine.last_entry(self.group).map_err(|e| StorageIOError::read_logs(any(e)))?;
         let last_log_id = match last {
             Some((_, bytes)) => {
                 let e: Entry<TypeConfig> =
@@ -107,10 +100,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => last_purged_log_id,
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -120,20 +110,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Durable before it returns: raft must never forget a vote it granted.
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
         let bytes = codec::encode(vote).map_err(|e| StorageIOError::write_vote(any(e)))?;
-        self.engine
-            .save_vote(self.group, bytes)
-            .map_err(|e| StorageIOError::write_vote(any(e)))?;
-        self.sync()
-            .await
-            .map_err(|e| StorageIOError::write_vote(any(e)))?;
+        self.engine.save_vote(self.group, bytes).map_err(|e| StorageIOError::write_vote(any(e)))?;
+        self.sync().await.map_err(|e| StorageIOError::write_vote(any(e)))?;
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
         match self.engine.vote(self.group) {
-            Some(bytes) => Ok(Some(
-                codec::decode(&bytes).map_err(|e| StorageIOError::read_vote(any(e)))?,
-            )),
+            Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(|e| StorageIOError::read_vote(any(e)))?)),
             None => Ok(None),
         }
     }
@@ -142,9 +126,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// means re-applying less; a synced later record makes it durable too.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
         let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(any(e)))?;
-        self.engine
-            .save_committed(self.group, bytes)
-            .map_err(|e| StorageIOError::write(any(e)))?;
+        self.engine.save_committed(self.group, bytes).map_err(|e| StorageIOError::write(any(e)))?;
         Ok(())
     }
 
@@ -163,29 +145,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = vec![];
         for e in entries {
-            let bytes = codec::encode(&e)
-                .map_err(|err| StorageIOError::write_log_entry(e.log_id, any(err)))?;
+            let bytes =
+                codec::encode(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, any(err)))?;
             batch.push((e.log_id.index, bytes));
         }
-        self.engine
-            .append(self.group, batch)
-            .map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.engine.append(self.group, batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
         self.engine.sync(move |r| callback.log_io_completed(r));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        self.engine
-            .truncate(self.group, log_id.index)
-            .map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.engine.truncate(self.group, log_id.index).map_err(|e| StorageIOError::write_logs(any(e)))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        self.engine
-            .purge(self.group, log_id.index, bytes)
-            .map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.engine.purge(self.group, log_id.index, bytes).map_err(|e| StorageIOError::write_logs(any(e)))?;
         Ok(())
     }
 }
@@ -231,16 +207,12 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Opens the state machine in `dir` (sled under `dir/sm`, the snapshot at
-    /// `dir/snapshot.bin`), re-importing the snapshot if sled is behind it.
-    pub fn open(dir: &Path) -> Result<Self, crate::Error> {
+    /// Opens the state machine of `group`: its tree in the node's sled database, its snapshot at
+    /// `dir/snapshot.bin`; re-imports the snapshot if sled is behind it.
+    pub fn open(dir: &Path, db: &sled::Db, group: GroupId) -> Result<Self, crate::Error> {
         std::fs::create_dir_all(dir)?;
-        let kv = Arc::new(KvStore::open(&dir.join("sm"))?);
-        let sm = StateMachineStore {
-            kv,
-            dir: dir.to_path_buf(),
-            snapshot_seq: 0,
-        };
+        let kv = Arc::new(KvStore::open(db, group)?);
+        let sm = StateMachineStore { kv, dir: dir.to_path_buf(), snapshot_seq: 0 };
         if let Some(snap) = read_snapshot_file(dir)? {
             let (applied, _) = sm.meta()?;
             if applied < snap.meta.last_log_id {
@@ -263,11 +235,7 @@ impl StateMachineStore {
         }
     }
 
-    fn import(
-        &self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        data: &[u8],
-    ) -> Result<(), crate::Error> {
+    fn import(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), crate::Error> {
         let mut image: Image = codec::decode(data)?;
         // The image carries the leader's raft meta; the snapshot's meta is authoritative.
         image.retain(|(k, _)| k.as_slice() != b"mraft");
@@ -287,31 +255,20 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        let image = self
-            .image
-            .as_ref()
-            .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
-        let data =
-            codec::encode(image).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        let image = self.image.as_ref().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        let data = codec::encode(image).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
         let meta = SnapshotMeta {
             last_log_id: self.meta.0,
             last_membership: self.meta.1.clone(),
             snapshot_id: self.id.clone(),
         };
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data,
-        };
+        let file = SnapshotFile { meta: meta.clone(), data };
         let dir = self.dir.clone();
-        let file =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file).map(|_| file))
-                .await
-                .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?
-                .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(file.data)),
-        })
+        let file = tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file).map(|_| file))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?
+            .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(file.data)) })
     }
 }
 
@@ -319,8 +276,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<RaftMeta, SErr> {
-        self.meta()
-            .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
+        self.meta().map_err(|e| StorageIOError::read_state_machine(any(e)).into())
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SErr>
@@ -332,9 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(vec![]);
         };
-        let (_, mut membership) = self
-            .meta()
-            .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        let (_, mut membership) = self.meta().map_err(|e| StorageIOError::read_state_machine(any(e)))?;
         let mut cmds = Vec::with_capacity(entries.len());
         for e in &entries {
             match &e.payload {
@@ -348,9 +302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let meta: RaftMeta = (Some(last), membership);
         let meta = codec::encode(&meta).map_err(|e| StorageIOError::apply(last, any(e)))?;
-        self.kv
-            .apply(&cmds, &meta)
-            .map_err(|e| StorageIOError::apply(last, any(e)).into())
+        self.kv.apply(&cmds, &meta).map_err(|e| StorageIOError::apply(last, any(e)).into())
     }
 
     /// Takes the image here, on the state-machine task, so it is consistent with `meta`; the
@@ -365,12 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
             None => format!("0-0-{}", self.snapshot_seq),
         };
-        SnapshotBuilder {
-            dir: self.dir.clone(),
-            meta,
-            image,
-            id,
-        }
+        SnapshotBuilder { dir: self.dir.clone(), meta, image, id }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
@@ -385,25 +332,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let sig = Some(meta.signature());
         // Validate before touching anything: a bad snapshot must not wipe the store.
-        codec::decode::<Image>(&data)
-            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data,
-        };
+        codec::decode::<Image>(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
+        let file = SnapshotFile { meta: meta.clone(), data };
         write_snapshot_file(&self.dir, &file)
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), any(e)))?;
-        self.import(meta, &file.data)
-            .map_err(|e| StorageIOError::write_snapshot(sig, any(e)))?;
+        self.import(meta, &file.data).map_err(|e| StorageIOError::write_snapshot(sig, any(e)))?;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let file = read_snapshot_file(&self.dir)
-            .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
-        Ok(file.map(|f| Snapshot {
-            meta: f.meta,
-            snapshot: Box::new(Cursor::new(f.data)),
-        }))
+        let file = read_snapshot_file(&self.dir).map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
+        Ok(file.map(|f| Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
     }
 }

@@ -25,6 +25,9 @@ pub struct NodeInfo {
     pub site: String,
     /// Internal gRPC address.
     pub addr: String,
+    /// REST address, for clients and tools.
+    #[serde(default)]
+    pub http: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,11 +56,7 @@ pub fn key_hash(ns: &str, key: &str) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
-    for b in [ns.len() as u8]
-        .iter()
-        .chain(ns.as_bytes())
-        .chain(key.as_bytes())
-    {
+    for b in [ns.len() as u8].iter().chain(ns.as_bytes()).chain(key.as_bytes()) {
         h ^= *b as u64;
         h = h.wrapping_mul(PRIME);
     }
@@ -83,9 +82,7 @@ impl ClusterMap {
 
     /// Shards this node replicates.
     pub fn shards_of(&self, node: NodeId) -> impl Iterator<Item = &ShardInfo> {
-        self.shards
-            .iter()
-            .filter(move |s| s.replicas.contains(&node))
+        self.shards.iter().filter(move |s| s.replicas.contains(&node))
     }
 
     /// Checks the invariants every node relies on.
@@ -98,10 +95,7 @@ impl ClusterMap {
         }
         for w in self.shards.windows(2) {
             if w[0].end.checked_add(1) != Some(w[1].start) {
-                return Err(format!(
-                    "shards {} and {} leave a gap or overlap",
-                    w[0].id, w[1].id
-                ));
+                return Err(format!("shards {} and {} leave a gap or overlap", w[0].id, w[1].id));
             }
         }
         let mut ids = BTreeSet::new();
@@ -163,34 +157,21 @@ pub fn initial_map(nodes: &[NodeInfo], count: u64, replicas: usize) -> ClusterMa
     let mut shards = vec![];
     for i in 0..count {
         let start = i * width;
-        let end = if i + 1 == count {
-            u64::MAX
-        } else {
-            (i + 1) * width - 1
-        };
+        let end = if i + 1 == count { u64::MAX } else { (i + 1) * width - 1 };
         let mut replicas = place(&nodes, &load, replicas, i);
         for r in &replicas {
             *load.entry(*r).or_default() += 1;
         }
         // Preferred leader: the replica leading the fewest shards so far.
-        if let Some(pos) = (0..replicas.len())
-            .min_by_key(|&p| (leaders.get(&replicas[p]).copied().unwrap_or(0), p))
+        if let Some(pos) =
+            (0..replicas.len()).min_by_key(|&p| (leaders.get(&replicas[p]).copied().unwrap_or(0), p))
         {
             replicas.swap(0, pos);
         }
         *leaders.entry(replicas[0]).or_default() += 1;
-        shards.push(ShardInfo {
-            id: i + 1,
-            start,
-            end,
-            replicas,
-        });
+        shards.push(ShardInfo { id: i + 1, start, end, replicas });
     }
-    ClusterMap {
-        epoch: 1,
-        nodes,
-        shards,
-    }
+    ClusterMap { epoch: 1, nodes, shards }
 }
 
 #[cfg(test)]
@@ -205,6 +186,7 @@ mod tests {
                 id: i as u64 + 1,
                 site: s.to_string(),
                 addr: format!("127.0.0.1:{}", 9000 + i),
+                http: String::new(),
             })
             .collect()
     }
@@ -217,18 +199,8 @@ mod tests {
         map.validate().unwrap();
         assert_eq!(map.shards.len(), 16);
         for s in &map.shards {
-            let sites: BTreeSet<&str> = s
-                .replicas
-                .iter()
-                .map(|r| map.nodes[r].site.as_str())
-                .collect();
-            assert_eq!(
-                sites.len(),
-                3,
-                "shard {} replicas {:?} must span 3 sites",
-                s.id,
-                s.replicas
-            );
+            let sites: BTreeSet<&str> = s.replicas.iter().map(|r| map.nodes[r].site.as_str()).collect();
+            assert_eq!(sites.len(), 3, "shard {} replicas {:?} must span 3 sites", s.id, s.replicas);
         }
         let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
         let mut leaders: BTreeMap<NodeId, usize> = BTreeMap::new();
@@ -244,14 +216,8 @@ mod tests {
         for id in [1, 2, 4, 5] {
             assert_eq!(load[&id], 8, "load {load:?}");
         }
-        let (min, max) = (
-            leaders.values().min().unwrap(),
-            leaders.values().max().unwrap(),
-        );
-        assert!(
-            max - min <= 1 && leaders.len() == 5,
-            "preferred leaders {leaders:?}"
-        );
+        let (min, max) = (leaders.values().min().unwrap(), leaders.values().max().unwrap());
+        assert!(max - min <= 1 && leaders.len() == 5, "preferred leaders {leaders:?}");
     }
 
     #[test]
@@ -281,15 +247,11 @@ mod tests {
         let map = initial_map(&nodes(&["a", "b", "c"]), 16, 3);
         let mut per: BTreeMap<GroupId, usize> = BTreeMap::new();
         for i in 0..16_000 {
-            *per.entry(map.shard_for("default", &format!("k{i}")).unwrap().id)
-                .or_default() += 1;
+            *per.entry(map.shard_for("default", &format!("k{i}")).unwrap().id).or_default() += 1;
         }
         assert_eq!(per.len(), 16);
         for (id, n) in per {
-            assert!(
-                (700..1300).contains(&n),
-                "shard {id} got {n} of 16000 sequential keys"
-            );
+            assert!((700..1300).contains(&n), "shard {id} got {n} of 16000 sequential keys");
         }
     }
 
@@ -301,11 +263,7 @@ mod tests {
         // Fixed forever: data placement depends on it.
         assert_eq!(key_hash("default", "k"), key_hash("default", "k"));
         assert_ne!(key_hash("ab", "c"), key_hash("a", "bc"));
-        assert_eq!(
-            key_hash("default", "hello"),
-            GOLDEN_HELLO,
-            "key_hash changed: data would move"
-        );
+        assert_eq!(key_hash("default", "hello"), GOLDEN_HELLO, "key_hash changed: data would move");
     }
 
     #[test]

@@ -55,17 +55,8 @@ impl NamespaceConfig {
 /// key's current revision is r".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put {
-        ns: String,
-        key: String,
-        value: Vec<u8>,
-        cas: Option<u64>,
-    },
-    Delete {
-        ns: String,
-        key: String,
-        cas: Option<u64>,
-    },
+    Put { ns: String, key: String, value: Vec<u8>, cas: Option<u64> },
+    Delete { ns: String, key: String, cas: Option<u64> },
 }
 
 impl Op {
@@ -96,6 +87,9 @@ pub enum Command {
     /// with an empty data directory has lost acknowledged state ("amnesia") and must rejoin
     /// learner-first instead of voting (see `node.rs`).
     MarkSeen(u64),
+    /// Metadata group: install the first cluster map (ignored if one exists, so any node may
+    /// propose it; all propose the same map, derived from the same configuration).
+    InitCluster(crate::shard::ClusterMap),
 }
 
 /// The result of applying a command. Determinism contract: the outcome depends only on the
@@ -108,13 +102,7 @@ pub enum Response {
     /// Applied at this revision (the raft log index of the command).
     Written { revision: u64, existed: Vec<bool> },
     /// A `cas` failed; nothing was written.
-    Conflict {
-        key: String,
-        expected: u64,
-        current: u64,
-    },
-    /// The command named a namespace that does not exist; nothing was written.
-    NoNamespace(String),
+    Conflict { key: String, expected: u64, current: u64 },
     /// Namespace created (`created`: true) or updated.
     Namespace { created: bool },
     /// The command was malformed (validated again on apply, deterministically).
@@ -137,17 +125,15 @@ pub struct ScanItem {
 
 /// Namespace names: 1..=63 of `[a-z0-9_.-]`, starting with a letter or digit.
 pub fn validate_namespace(ns: &str) -> Result<()> {
-    let ok_first = ns
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_rest = ns
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    let ok_first = ns.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest =
+        ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
     if ns.is_empty() || ns.len() > 63 || !ok_first || !ok_rest {
         return Err(Error::invalid(
             "namespace",
-            format!("{ns:?} must be 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"),
+            format!(
+                "{ns:?} must be 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+            ),
         ));
     }
     Ok(())
@@ -158,20 +144,14 @@ pub fn validate_key(key: &str) -> Result<()> {
         return Err(Error::invalid("key", "must not be empty"));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(Error::invalid(
-            "key",
-            format!("is {} bytes, the limit is {MAX_KEY_BYTES}", key.len()),
-        ));
+        return Err(Error::invalid("key", format!("is {} bytes, the limit is {MAX_KEY_BYTES}", key.len())));
     }
     Ok(())
 }
 
 pub fn validate_value(value: &[u8], max: usize) -> Result<()> {
     if value.len() > max {
-        return Err(Error::invalid(
-            "value",
-            format!("is {} bytes, the limit is {max}", value.len()),
-        ));
+        return Err(Error::invalid("value", format!("is {} bytes, the limit is {max}", value.len())));
     }
     Ok(())
 }
@@ -181,16 +161,10 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
     match cmd {
         Command::Batch(ops) => {
             if ops.is_empty() {
-                return Err(Error::invalid(
-                    "ops",
-                    "a batch needs at least one operation",
-                ));
+                return Err(Error::invalid("ops", "a batch needs at least one operation"));
             }
             if ops.len() > 1024 {
-                return Err(Error::invalid(
-                    "ops",
-                    format!("{} operations, the limit is 1024", ops.len()),
-                ));
+                return Err(Error::invalid("ops", format!("{} operations, the limit is 1024", ops.len())));
             }
             for op in ops {
                 validate_namespace(op.ns())?;
@@ -203,25 +177,22 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
         }
         Command::PutNamespace(cfg) => validate_namespace_config(cfg),
         Command::MarkSeen(_) => Ok(()),
+        Command::InitCluster(map) => map.validate().map_err(|e| Error::invalid("cluster map", e)),
     }
 }
 
 pub fn validate_namespace_config(cfg: &NamespaceConfig) -> Result<()> {
     validate_namespace(&cfg.name)?;
     if cfg.replicas == 0 || cfg.replicas > 7 {
-        return Err(Error::invalid(
-            "replicas",
-            format!("{} must be between 1 and 7", cfg.replicas),
-        ));
+        return Err(Error::invalid("replicas", format!("{} must be between 1 and 7", cfg.replicas)));
     }
     match cfg.class {
-        DataClass::SiteLocal if cfg.home_site.as_deref().is_none_or(str::is_empty) => Err(
-            Error::invalid("home_site", "is required for class site-local"),
-        ),
-        DataClass::Confidential if cfg.key_sites.is_empty() => Err(Error::invalid(
-            "key_sites",
-            "must name at least one site for class confidential",
-        )),
+        DataClass::SiteLocal if cfg.home_site.as_deref().is_none_or(str::is_empty) => {
+            Err(Error::invalid("home_site", "is required for class site-local"))
+        }
+        DataClass::Confidential if cfg.key_sites.is_empty() => {
+            Err(Error::invalid("key_sites", "must name at least one site for class confidential"))
+        }
         _ => Ok(()),
     }
 }
@@ -243,9 +214,7 @@ mod tests {
     fn key_limits() {
         assert!(validate_key("k").is_ok());
         assert!(validate_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
-        assert!(
-            matches!(validate_key(""), Err(Error::InvalidInput { field, .. }) if field == "key")
-        );
+        assert!(matches!(validate_key(""), Err(Error::InvalidInput { field, .. }) if field == "key"));
         assert!(validate_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
     }
 

@@ -9,12 +9,11 @@ use openraft::StorageError;
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = LogEngine::open(&dir.path().join("log")).expect("open log");
-        let sm = StateMachineStore::open(&dir.path().join("sm")).expect("open sm");
+        let db = sled::open(dir.path().join("db")).expect("open sled");
+        let sm = StateMachineStore::open(&dir.path().join("sm"), &db, 1).expect("open sm");
         Ok((dir, LogStore::new(engine, 1), sm))
     }
 }

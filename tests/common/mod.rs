@@ -68,14 +68,7 @@ impl Cluster {
         let base = free_base_port(n);
         let out = dir.path().join("cluster");
         let status = Command::new(BIN)
-            .args([
-                "cluster",
-                "init",
-                "--nodes",
-                &n.to_string(),
-                "--sites",
-                sites,
-            ])
+            .args(["cluster", "init", "--nodes", &n.to_string(), "--sites", sites])
             .args(["--host", "127.0.0.1", "--base-port", &base.to_string()])
             .arg("--out")
             .arg(&out)
@@ -84,8 +77,7 @@ impl Cluster {
             .expect("run cluster init");
         assert!(status.success(), "cluster init failed");
         let cluster: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
         let mut nodes = BTreeMap::new();
         for n in cluster["nodes"].as_array().unwrap() {
             let id = n["id"].as_u64().unwrap();
@@ -106,20 +98,9 @@ impl Cluster {
                 },
             );
         }
-        let token = std::fs::read_to_string(out.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        Cluster {
-            dir,
-            nodes,
-            token,
-            client,
-        }
+        let token = std::fs::read_to_string(out.join("admin.token")).unwrap().trim().to_string();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+        Cluster { dir, nodes, token, client }
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -130,11 +111,7 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("node id");
         assert!(node.child.is_none(), "node {id} already running");
         node.starts += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
         let child = Command::new(BIN)
             .arg("serve")
             .arg("--config")
@@ -205,55 +182,28 @@ impl Cluster {
         }
         let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
         let status = resp.status().as_u16();
-        let revision = resp
-            .headers()
-            .get("x-revision")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let revision =
+            resp.headers().get("x-revision").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let body = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
-        Ok(HttpReply {
-            status,
-            body,
-            revision,
-        })
+        Ok(HttpReply { status, body, revision })
     }
 
     /// A put through node `id`: Ok(revision) if acknowledged.
     pub async fn put(&self, id: u64, ns: &str, key: &str, value: &[u8]) -> Result<u64, String> {
         let r = self
-            .request(
-                id,
-                reqwest::Method::PUT,
-                &format!("/v1/kv/{ns}/{key}"),
-                Some(value.to_vec()),
-            )
+            .request(id, reqwest::Method::PUT, &format!("/v1/kv/{ns}/{key}"), Some(value.to_vec()))
             .await?;
         if r.status == 200 {
-            r.json()["revision"]
-                .as_u64()
-                .ok_or_else(|| format!("no revision in {}", r.text()))
+            r.json()["revision"].as_u64().ok_or_else(|| format!("no revision in {}", r.text()))
         } else {
             Err(format!("{} {}", r.status, r.text()))
         }
     }
 
     /// A get through node `id`: Ok(Some(value)) / Ok(None) on 404.
-    pub async fn get(
-        &self,
-        id: u64,
-        ns: &str,
-        key: &str,
-        stale: bool,
-    ) -> Result<Option<Vec<u8>>, String> {
+    pub async fn get(&self, id: u64, ns: &str, key: &str, stale: bool) -> Result<Option<Vec<u8>>, String> {
         let q = if stale { "?consistency=stale" } else { "" };
-        let r = self
-            .request(
-                id,
-                reqwest::Method::GET,
-                &format!("/v1/kv/{ns}/{key}{q}"),
-                None,
-            )
-            .await?;
+        let r = self.request(id, reqwest::Method::GET, &format!("/v1/kv/{ns}/{key}{q}"), None).await?;
         match r.status {
             200 => Ok(Some(r.body)),
             404 => Ok(None),
@@ -262,9 +212,7 @@ impl Cluster {
     }
 
     pub async fn status(&self, id: u64) -> Result<serde_json::Value, String> {
-        let r = self
-            .request(id, reqwest::Method::GET, "/v1/cluster/status", None)
-            .await?;
+        let r = self.request(id, reqwest::Method::GET, "/v1/cluster/status", None).await?;
         if r.status == 200 {
             Ok(r.json())
         } else {
@@ -291,13 +239,13 @@ impl Cluster {
         }
     }
 
-    /// The current leader as some running node reports it.
+    /// The metadata group's leader as some running node reports it.
     pub async fn leader(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
             for id in self.ids().into_iter().filter(|id| self.is_running(*id)) {
                 if let Ok(s) = self.status(id).await {
-                    if let Some(l) = s["shards"][0]["leader"].as_u64() {
+                    if let Some(l) = s["meta"]["leader"].as_u64() {
                         if self.is_running(l) {
                             return l;
                         }
@@ -315,11 +263,17 @@ impl Cluster {
     pub fn dump_logs(&self) {
         for node in self.nodes.values() {
             let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, l) in lines.iter().enumerate() {
+                if l.contains("panicked at") {
+                    eprintln!("---- node {} PANIC ----", node.id);
+                    for l in &lines[i..(i + 8).min(lines.len())] {
+                        eprintln!("{l}");
+                    }
+                }
+            }
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!(
-                "---- node {} log (last 40 lines, {} starts) ----",
-                node.id, node.starts
-            );
+            eprintln!("---- node {} log (last 40 lines, {} starts) ----", node.id, node.starts);
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
@@ -362,13 +316,23 @@ pub struct Endpoints {
 }
 
 impl Cluster {
+    /// The shard holding `key` of `ns`.
+    pub async fn shard_of(&self, ns: &str, key: &str) -> u64 {
+        let r = self
+            .request(
+                self.ids()[0],
+                reqwest::Method::GET,
+                &format!("/v1/cluster/route?ns={ns}&key={key}"),
+                None,
+            )
+            .await
+            .unwrap();
+        r.json()["shard"].as_u64().unwrap_or_else(|| panic!("route: {}", r.text()))
+    }
+
     pub fn endpoints(&self) -> Endpoints {
         Endpoints {
-            http: self
-                .nodes
-                .iter()
-                .map(|(id, n)| (*id, n.http.clone()))
-                .collect(),
+            http: self.nodes.iter().map(|(id, n)| (*id, n.http.clone())).collect(),
             token: self.token.clone(),
             client: self.client.clone(),
         }
