@@ -524,3 +524,93 @@ async fn five_nodes_three_sites_spread_shards_and_leaders() {
     assert_eq!(node2["id"], 2);
     assert!(node2["leads"].as_u64().unwrap() >= 3, "node 2 leads its share again: {node2}");
 }
+
+/// `cluster join` and `cluster leave` under a running write load: replicas move onto the new
+/// node until counts are even, the leaving node is drained and removed, and every acknowledged
+/// write is still readable afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn join_and_leave_under_load_lose_nothing() {
+    let mut c = Cluster::init(3, "a,b,c", |t| set_toml(t, &[("initial_shards", "8")]));
+    c.start_all();
+    c.wait_ready(READY).await;
+    let progress = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(vec![]));
+    let writer =
+        tokio::spawn(write_keys_into(c.endpoints(), 0, 1_000_000, 4, progress.clone(), acked.clone()));
+    while progress.load(Ordering::SeqCst) < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Join node 4 at site a.
+    let port = common::free_base_port(1).to_string();
+    let dir = c.cluster_dir().display().to_string();
+    let token = c.token_file().display().to_string();
+    let (ok, out, err) = c
+        .cli(&[
+            "cluster",
+            "join",
+            "--dir",
+            &dir,
+            "--site",
+            "a",
+            "--port",
+            &port,
+            "--endpoint",
+            c.http(2),
+            "--token-file",
+            &token,
+        ])
+        .await;
+    assert!(ok, "cluster join failed: {out} {err}");
+    assert!(out.contains("node 4 joined"), "{out}");
+    c.refresh_nodes();
+    c.start(4);
+    // Site a's 8 replicas are now shared by nodes 1 and 4.
+    let st = wait_status(&c, 2, "replicas balanced onto the new node", |st| {
+        st["moving"].is_null()
+            && st["nodes"].as_array().is_some_and(|n| n.len() == 4 && n[3]["replicas"] == 4)
+    })
+    .await;
+    assert_eq!(st["nodes"][0]["replicas"], 4, "{st}");
+    let during_join = progress.load(Ordering::SeqCst);
+
+    // Node 1 leaves: the command returns once it is drained and removed.
+    let (ok, out, err) =
+        c.cli(&["cluster", "leave", "--node", "1", "--endpoint", c.http(3), "--token-file", &token]).await;
+    assert!(ok, "cluster leave failed: {out} {err}");
+    c.kill9(1);
+    let st = c.status(2).await.unwrap();
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 3, "{st}");
+    for shard in st["shards"].as_array().unwrap() {
+        let replicas: Vec<u64> = serde_json::from_value(shard["replicas"].clone()).unwrap();
+        assert!(!replicas.contains(&1), "shard still on node 1: {shard}");
+        assert_eq!(replicas.len(), 3);
+        let sites: std::collections::BTreeSet<&str> =
+            shard["sites"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+        assert_eq!(sites.len(), 3, "{shard}");
+    }
+    // Writes keep going after the leave, then stop.
+    let after_leave = progress.load(Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(20);
+    while progress.load(Ordering::SeqCst) < after_leave + 100 {
+        assert!(Instant::now() < until, "writes stalled after the leave");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer.abort();
+    let acked = acked.lock().unwrap().clone();
+    assert!(during_join > 100 && acked.len() > after_leave, "load ran throughout");
+    for id in [2, 3, 4] {
+        for &i in &acked {
+            assert_eq!(
+                c.get(id, "default", &format!("k{i}"), false).await,
+                Ok(Some(value_of(i))),
+                "k{i} via {id}"
+            );
+        }
+    }
+    // The drained node's data directory no longer holds shard data.
+    assert!(
+        !c.data_dir(1).join("group-1").exists()
+            || !c.data_dir(1).join("group-1").join("snapshot.bin").exists()
+    );
+}

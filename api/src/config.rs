@@ -315,6 +315,76 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
     Ok(())
 }
 
+pub struct Joined {
+    pub id: u64,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub config: PathBuf,
+}
+
+/// `cluster join`: the next node's key and config in a `cluster init` directory; its members
+/// are the ones in `cluster.json` plus itself, and both `cluster.json` and `trust.json` gain it.
+pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joined> {
+    if site.is_empty() {
+        bail!("--site: must not be empty");
+    }
+    let cluster_path = dir.join("cluster.json");
+    let mut cluster: ClusterFile = serde_json::from_str(
+        &std::fs::read_to_string(&cluster_path)
+            .with_context(|| format!("reading {}", cluster_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", cluster_path.display()))?;
+    let id = cluster.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+    let grpc: SocketAddr = format!("{host}:{port}").parse().context("--host/--port")?;
+    let http: SocketAddr = format!("{host}:{}", port.checked_add(1).context("--port: too large")?).parse()?;
+    let mut members = vec![];
+    for n in &cluster.nodes {
+        members.push(Member {
+            id: n.id,
+            site: n.site.clone(),
+            grpc: n.grpc.parse().with_context(|| format!("cluster.json: node {} grpc", n.id))?,
+            http: n.http.parse().with_context(|| format!("cluster.json: node {} http", n.id))?,
+        });
+    }
+    members.push(Member { id, site: site.to_string(), grpc, http });
+    let key_name = format!("node{id}.key");
+    let identity = Identity::generate()?;
+    identity.write(&dir.join(&key_name))?;
+    let cfg = NodeConfig {
+        id,
+        site: site.to_string(),
+        data_dir: PathBuf::from(format!("node{id}")),
+        grpc,
+        http,
+        key_file: PathBuf::from(key_name),
+        admin_token_file: PathBuf::from("admin.token"),
+        members,
+        cluster: ClusterSection::default(),
+        raft: RaftSection::default(),
+        limits: LimitsSection::default(),
+    };
+    let config = dir.join(format!("node{id}.toml"));
+    let text = format!(
+        "# EdgeFabric node {id} at site {site:?}, joined with `cluster join`.\n# Relative paths are relative to this file.\n{}",
+        toml::to_string_pretty(&cfg)?
+    );
+    write_new(&config, &text)?;
+    cluster.nodes.push(ClusterNode {
+        id,
+        site: site.to_string(),
+        grpc: grpc.to_string(),
+        http: http.to_string(),
+    });
+    std::fs::write(&cluster_path, serde_json::to_string_pretty(&cluster)?)?;
+    let trust_path = dir.join("trust.json");
+    if let Ok(text) = std::fs::read_to_string(&trust_path) {
+        let mut trust: TrustFile = serde_json::from_str(&text).context("parsing trust.json")?;
+        trust.nodes.push(TrustedNode { id, public_key: identity.public_key().to_base64() });
+        std::fs::write(&trust_path, serde_json::to_string_pretty(&trust)?)?;
+    }
+    Ok(Joined { id, grpc, http, config })
+}
+
 /// `serve --dev`: a one-node cluster under `dir`, creating its key, token and trust file on
 /// first start.
 pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<NodeConfig> {

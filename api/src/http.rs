@@ -32,6 +32,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/batch", post(batch))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/route", get(cluster_route))
+        .route("/v1/cluster/nodes", post(add_node))
+        .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -399,6 +401,8 @@ async fn cluster_status(State(st): State<Arc<AppState>>) -> ApiResult<Json<serde
             json!({
                 "id": n.id, "site": n.site, "grpc": n.addr, "http": n.http,
                 "up": reports.get(&n.id).is_some_and(|r| r.is_some()),
+                "leaving": map.leaving.contains(&n.id),
+                "leaving": map.leaving.contains(&n.id),
                 "replicas": replicas, "leads": led,
             })
         })
@@ -419,9 +423,10 @@ async fn cluster_status(State(st): State<Arc<AppState>>) -> ApiResult<Json<serde
             })
         })
         .collect();
-    Ok(Json(
-        json!({"node": st.node.id(), "epoch": map.epoch, "meta": meta, "nodes": nodes, "shards": shards}),
-    ))
+    Ok(Json(json!({
+        "node": st.node.id(), "epoch": map.epoch, "meta": meta, "nodes": nodes, "shards": shards,
+        "leaving": map.leaving, "moving": map.moving,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -446,4 +451,57 @@ async fn cluster_route(
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no shard owns the key")
     })?;
     Ok(Json(json!({"shard": shard.id, "replicas": shard.replicas, "epoch": map.epoch})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNodeBody {
+    id: u64,
+    site: String,
+    grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+}
+
+/// `POST /v1/cluster/nodes` `{"id", "site", "grpc", "http"}`: the node joins the cluster map;
+/// replicas then move onto it until replica counts are even. Idempotent.
+async fn add_node(
+    State(st): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<AddNodeBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if body.site.is_empty() {
+        return Err(ApiError::bad_request("site: must not be empty"));
+    }
+    let info = edgefabric_store::shard::NodeInfo {
+        id: body.id,
+        site: body.site,
+        addr: body.grpc.to_string(),
+        http: body.http.to_string(),
+    };
+    match st.node.propose(Command::AddNode(info)).await? {
+        SmResponse::Map { epoch } => Ok(Json(json!({"epoch": epoch}))),
+        SmResponse::Rejected(m) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `DELETE /v1/cluster/nodes/{id}`: start draining the node; `GET /v1/cluster/status` shows
+/// it until it is gone (`edgefabric cluster leave` waits for that).
+async fn remove_node(
+    State(st): State<Arc<AppState>>,
+    id: Result<Path<u64>, PathRejection>,
+) -> ApiResult<Response> {
+    let Path(id) = id.map_err(path_err)?;
+    let map = st.node.map().ok_or_else(|| {
+        ApiError::from(edgefabric_store::Error::Unavailable("the cluster is not initialized yet".into()))
+    })?;
+    if !map.nodes.contains_key(&id) {
+        return Err(ApiError::not_found(format!("node {id} is not a member")));
+    }
+    match st.node.propose(Command::SetLeaving(id)).await? {
+        SmResponse::Map { epoch } => {
+            Ok((StatusCode::ACCEPTED, Json(json!({"epoch": epoch, "draining": id}))).into_response())
+        }
+        SmResponse::Rejected(m) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
+        other => Err(unexpected(other)),
+    }
 }

@@ -84,6 +84,32 @@ enum ClusterCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Add a node to a running cluster: writes its key and config into --dir (next free id),
+    /// registers it, and prints how to start it. Replicas then move onto it.
+    Join {
+        /// The directory `cluster init` wrote (its cluster.json and trust.json are updated).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        site: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// gRPC port; HTTP uses the next one.
+        #[arg(long)]
+        port: u16,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Drain a node (its replicas move elsewhere) and remove it; returns once that is done.
+    Leave {
+        #[arg(long)]
+        node: u64,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Nodes, leaders and replicas as the node at --endpoint sees them.
     Status {
         #[command(flatten)]
@@ -209,6 +235,39 @@ async fn run(cli: Cli) -> Result<i32> {
             println!("wrote a {nodes}-node cluster to {}; start each node with:", out.display());
             for k in 1..=nodes {
                 println!("  edgefabric serve --config {}", out.join(format!("node{k}.toml")).display());
+            }
+        }
+        Cmd::Cluster { cmd: ClusterCmd::Join { dir, site, host, port, client } } => {
+            let c = Client::new(&client)?;
+            let joined = config::prepare_join(&dir, &site, &host, port)?;
+            let body = json!({
+                "id": joined.id, "site": site,
+                "grpc": joined.grpc.to_string(), "http": joined.http.to_string(),
+            });
+            c.json(Method::POST, "/v1/cluster/nodes", Some(body)).await?;
+            println!("node {} joined the cluster map; start it with:", joined.id);
+            println!("  edgefabric serve --config {}", joined.config.display());
+        }
+        Cmd::Cluster { cmd: ClusterCmd::Leave { node, timeout_secs, client } } => {
+            let c = Client::new(&client)?;
+            c.json(Method::DELETE, &format!("/v1/cluster/nodes/{node}"), None).await?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+            loop {
+                let st = c.json(Method::GET, "/v1/cluster/status", None).await?;
+                let me = st["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == node).cloned());
+                match me {
+                    None => {
+                        println!("node {node} has left the cluster");
+                        break;
+                    }
+                    Some(n) => {
+                        eprintln!("draining node {node}: {} replicas left", n["replicas"]);
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("node {node} still a member after {timeout_secs} s; it keeps draining");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
         Cmd::Cluster { cmd: ClusterCmd::Status { client } } => {

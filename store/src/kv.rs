@@ -140,8 +140,47 @@ impl KvStore {
                 }
                 Ok(Response::None)
             }
-            Command::MarkSeen(node) => {
-                overlay.insert(seen_key(*node), Some(vec![]));
+            Command::AddNode(info) => self.update_map(overlay, |map| match map.nodes.get(&info.id) {
+                Some(existing) if existing == info => Ok(()),
+                Some(_) => Err(format!("node {} already exists with another address or site", info.id)),
+                None => {
+                    map.nodes.insert(info.id, info.clone());
+                    Ok(())
+                }
+            }),
+            Command::SetLeaving(node) => self.update_map(overlay, |map| {
+                if !map.nodes.contains_key(node) {
+                    return Err(format!("node {node} is not a member"));
+                }
+                if map.nodes.len() - map.leaving.len() <= 1 && !map.leaving.contains(node) {
+                    return Err("the last active node cannot leave".into());
+                }
+                map.leaving.insert(*node);
+                Ok(())
+            }),
+            Command::SetReplicas { shard, replicas, epoch, moving } => self.update_map(overlay, |map| {
+                if map.epoch != *epoch {
+                    return Err(format!("stale map epoch {epoch}, current {}", map.epoch));
+                }
+                let s = map.shards.iter_mut().find(|s| s.id == *shard).ok_or(format!("no shard {shard}"))?;
+                s.replicas = replicas.clone();
+                map.moving = *moving;
+                Ok(())
+            }),
+            Command::RemoveNode(node) => self.update_map(overlay, |map| {
+                if map.shards.iter().any(|s| s.replicas.contains(node)) {
+                    return Err(format!("node {node} still holds replicas"));
+                }
+                map.nodes.remove(node);
+                map.leaving.remove(node);
+                Ok(())
+            }),
+            Command::ForgetSeen(node) => {
+                overlay.insert(seen_key(*node), None);
+                Ok(Response::None)
+            }
+            Command::MarkSeen { node, instance } => {
+                overlay.insert(seen_key(*node), Some(instance.to_be_bytes().to_vec()));
                 Ok(Response::None)
             }
             Command::PutNamespace(cfg) => {
@@ -184,6 +223,28 @@ impl KvStore {
         }
     }
 
+    /// Changes the cluster map through `f`; the result must still be a valid map. The epoch is
+    /// bumped on every change. A refusal is a deterministic `Rejected`, the map unchanged.
+    fn update_map(
+        &self,
+        overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+        f: impl FnOnce(&mut crate::shard::ClusterMap) -> std::result::Result<(), String>,
+    ) -> Result<Response> {
+        let Some(bytes) = self.read(CLUSTER_KEY, overlay)? else {
+            return Ok(Response::Rejected("the cluster map is not initialized".into()));
+        };
+        let mut map: crate::shard::ClusterMap = codec::decode(&bytes)?;
+        if let Err(e) = f(&mut map) {
+            return Ok(Response::Rejected(e));
+        }
+        if let Err(e) = map.validate() {
+            return Ok(Response::Rejected(format!("the change would break the map: {e}")));
+        }
+        map.epoch += 1;
+        overlay.insert(CLUSTER_KEY.to_vec(), Some(codec::encode(&map)?));
+        Ok(Response::Map { epoch: map.epoch })
+    }
+
     pub fn get(&self, ns: &str, key: &str) -> Result<Option<Record>> {
         match self.tree.get(data_key(ns, key))? {
             Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
@@ -192,12 +253,15 @@ impl KvStore {
     }
 
     /// Nodes recorded by `Command::MarkSeen`.
-    pub fn seen(&self) -> Result<Vec<u64>> {
+    /// Nodes recorded by `Command::MarkSeen`, with the data-directory instance seen.
+    pub fn seen(&self) -> Result<Vec<(u64, u64)>> {
         let mut out = vec![];
         for kv in self.tree.scan_prefix(b"s") {
-            let (k, _) = kv?;
+            let (k, v) = kv?;
             let id: [u8; 8] = k[1..].try_into().map_err(|_| Error::Storage("bad seen key".into()))?;
-            out.push(u64::from_be_bytes(id));
+            let instance: [u8; 8] =
+                v.as_ref().try_into().map_err(|_| Error::Storage("bad seen value".into()))?;
+            out.push((u64::from_be_bytes(id), u64::from_be_bytes(instance)));
         }
         Ok(out)
     }
@@ -417,13 +481,53 @@ mod tests {
     }
 
     #[test]
+    fn map_changes_are_checked_and_epoch_guarded() {
+        use crate::shard::{initial_map, NodeInfo};
+        let kv = KvStore::temporary().unwrap();
+        let info =
+            |i: u64| NodeInfo { id: i, site: format!("s{i}"), addr: format!("a{i}"), http: String::new() };
+        let nodes: Vec<NodeInfo> = (1..=3).map(info).collect();
+        assert!(matches!(apply1(&kv, 1, &Command::AddNode(info(4))), Response::Rejected(_)), "no map yet");
+        apply1(&kv, 2, &Command::InitCluster(initial_map(&nodes, 2, 3)));
+        assert_eq!(apply1(&kv, 3, &Command::AddNode(info(4))), Response::Map { epoch: 2 });
+        assert_eq!(apply1(&kv, 4, &Command::AddNode(info(4))), Response::Map { epoch: 3 }, "idempotent");
+        let mut other = info(4);
+        other.addr = "elsewhere".into();
+        assert!(matches!(apply1(&kv, 5, &Command::AddNode(other)), Response::Rejected(_)));
+        // Compare-and-set on the epoch.
+        let stale = Command::SetReplicas { shard: 1, replicas: vec![1, 2, 4], epoch: 2, moving: None };
+        assert!(matches!(apply1(&kv, 6, &stale), Response::Rejected(m) if m.contains("stale")));
+        let ok = Command::SetReplicas { shard: 1, replicas: vec![1, 2, 4], epoch: 3, moving: None };
+        assert_eq!(apply1(&kv, 7, &ok), Response::Map { epoch: 4 });
+        let unknown = Command::SetReplicas { shard: 1, replicas: vec![1, 9], epoch: 4, moving: None };
+        assert!(matches!(apply1(&kv, 8, &unknown), Response::Rejected(m) if m.contains("break")));
+        // A node with replicas cannot be removed; a drained one can.
+        assert!(matches!(apply1(&kv, 9, &Command::RemoveNode(3)), Response::Rejected(_)));
+        assert_eq!(apply1(&kv, 10, &Command::SetLeaving(3)), Response::Map { epoch: 5 });
+        let map = kv.cluster_map().unwrap().unwrap();
+        assert!(map.leaving.contains(&3));
+        assert_eq!(map.shard(1).unwrap().replicas, vec![1, 2, 4]);
+        for s in [1, 2] {
+            let replicas: Vec<u64> =
+                map.shard(s).unwrap().replicas.iter().map(|r| if *r == 3 { 4 } else { *r }).collect();
+            let epoch = kv.cluster_map().unwrap().unwrap().epoch;
+            apply1(&kv, 11 + s, &Command::SetReplicas { shard: s, replicas, epoch, moving: None });
+        }
+        assert!(matches!(apply1(&kv, 20, &Command::RemoveNode(3)), Response::Map { .. }));
+        let map = kv.cluster_map().unwrap().unwrap();
+        assert!(!map.nodes.contains_key(&3) && map.leaving.is_empty());
+    }
+
+    #[test]
     fn seen_nodes() {
         let kv = KvStore::temporary().unwrap();
-        assert_eq!(kv.seen().unwrap(), Vec::<u64>::new());
-        apply1(&kv, 1, &Command::MarkSeen(3));
-        apply1(&kv, 2, &Command::MarkSeen(1));
-        apply1(&kv, 3, &Command::MarkSeen(3));
-        assert_eq!(kv.seen().unwrap(), vec![1, 3]);
+        assert_eq!(kv.seen().unwrap(), vec![]);
+        apply1(&kv, 1, &Command::MarkSeen { node: 3, instance: 30 });
+        apply1(&kv, 2, &Command::MarkSeen { node: 1, instance: 10 });
+        apply1(&kv, 3, &Command::MarkSeen { node: 3, instance: 31 });
+        assert_eq!(kv.seen().unwrap(), vec![(1, 10), (3, 31)], "the latest instance counts");
+        apply1(&kv, 4, &Command::ForgetSeen(3));
+        assert_eq!(kv.seen().unwrap(), vec![(1, 10)]);
     }
 
     #[test]

@@ -47,6 +47,8 @@ const KIND_TRUNCATE: u8 = 2;
 const KIND_PURGE: u8 = 3;
 const KIND_VOTE: u8 = 4;
 const KIND_COMMITTED: u8 = 5;
+/// Forget everything about a group (the node no longer hosts it).
+const KIND_DROP: u8 = 6;
 
 /// One decoded frame; entry payloads are not copied, only located.
 enum Record<'a> {
@@ -55,6 +57,7 @@ enum Record<'a> {
     Purge { upto: u64, log_id: &'a [u8] },
     Vote(&'a [u8]),
     Committed(&'a [u8]),
+    Drop,
 }
 
 fn put_frame(out: &mut Vec<u8>, kind: u8, group: GroupId, fields: &[&[u8]]) -> Result<()> {
@@ -92,6 +95,7 @@ fn decode_body(body: &[u8]) -> Option<(GroupId, Record<'_>)> {
         KIND_PURGE => Record::Purge { upto: u64_at(rest, 0)?, log_id: &rest[8..] },
         KIND_VOTE => Record::Vote(rest),
         KIND_COMMITTED => Record::Committed(rest),
+        KIND_DROP if rest.is_empty() => Record::Drop,
         _ => return None,
     };
     Some((group, rec))
@@ -140,6 +144,7 @@ impl GroupLog {
             }
             Record::Vote(data) => self.vote = Some(data.to_vec()),
             Record::Committed(data) => self.committed = Some(data.to_vec()),
+            Record::Drop => *self = GroupLog::default(),
         }
     }
 
@@ -326,6 +331,16 @@ impl LogEngine {
         let mut buf = vec![];
         put_frame(&mut buf, KIND_COMMITTED, group, &[&data])?;
         self.write(&mut self.lock(), buf)
+    }
+
+    /// Forgets a group entirely: entries, vote, committed index, purge point.
+    pub fn drop_group(&self, group: GroupId) -> Result<()> {
+        let mut buf = vec![];
+        put_frame(&mut buf, KIND_DROP, group, &[])?;
+        let mut inner = self.lock();
+        self.write(&mut inner, buf)?;
+        inner.groups.remove(&group);
+        Ok(())
     }
 
     pub fn vote(&self, group: GroupId) -> Option<Vec<u8>> {
@@ -547,6 +562,25 @@ mod tests {
         assert_eq!(log.entries_ok(2, 2..).len(), 2);
         assert_eq!(log.vote(2), None);
         assert_eq!(log.entries_ok(3, ..), vec![]);
+    }
+
+    #[test]
+    fn a_dropped_group_is_gone_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = LogEngine::open(dir.path()).unwrap();
+            log.append(1, entries(1..5)).unwrap();
+            log.append(2, entries(1..3)).unwrap();
+            log.save_vote(1, b"v".to_vec()).unwrap();
+            log.drop_group(1).unwrap();
+            assert_eq!(log.entries_ok(1, ..), vec![]);
+            log.sync_blocking().unwrap();
+        }
+        let log = LogEngine::open(dir.path()).unwrap();
+        assert_eq!((log.entries_ok(1, ..), log.vote(1)), (vec![], None));
+        assert_eq!(log.entries_ok(2, ..).len(), 2);
+        log.append(1, entries(1..2)).unwrap();
+        assert_eq!(log.last_entry_ok(1).unwrap().0, 1, "a dropped group can start again");
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::kv::KvStore;
 use crate::log::{GroupId, LogEngine};
 use crate::network::{self, call, Channels, Frame, Internal, InternalServer, NetworkFactory, TransportError};
 use crate::raft_store::{LogStore, NodeId, Raft, StateMachineStore};
-use crate::shard::{initial_map, ClusterMap, NodeInfo, META_GROUP};
+use crate::shard::{initial_map, ClusterMap, Move, NodeInfo, META_GROUP};
 use crate::types::{
     validate_command, validate_key, validate_namespace, Command, NamespaceConfig, Record, Response, ScanItem,
     DEFAULT_NAMESPACE,
@@ -116,9 +116,12 @@ pub struct GroupStatus {
     pub last_applied: Option<u64>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
-    pub seen: Vec<NodeId>,
+    /// Nodes that replicated the group, with their data-directory instance.
+    pub seen: Vec<(NodeId, u64)>,
     /// Rejoining after data loss: not voting yet.
     pub rejoining: bool,
+    /// The reporting node's data-directory instance.
+    pub instance: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -149,7 +152,7 @@ pub struct Group {
 }
 
 impl Group {
-    fn status(&self, node: NodeId) -> GroupStatus {
+    fn status(&self, node: NodeId, instance: u64) -> GroupStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
@@ -166,6 +169,7 @@ impl Group {
             learners: membership.learner_ids().collect(),
             seen: self.kv.seen().unwrap_or_default(),
             rejoining: self.rejoining.load(Ordering::SeqCst),
+            instance,
         }
     }
 
@@ -176,6 +180,9 @@ impl Group {
 
 pub struct Node {
     opts: NodeOptions,
+    /// Random, made with the data directory: tells this incarnation of the node's data from
+    /// an earlier one that was lost (see the module comment).
+    instance: u64,
     engine: LogEngine,
     db: sled::Db,
     config: Arc<Config>,
@@ -185,6 +192,8 @@ pub struct Node {
     starting: Mutex<BTreeSet<GroupId>>,
     /// When this node last asked for leadership of a group (rate limit).
     last_elect: Mutex<BTreeMap<GroupId, Instant>>,
+    /// A replica move or leave is being carried out by this node (as metadata leader).
+    moving: AtomicBool,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -194,6 +203,7 @@ impl Node {
             return Err(Error::invalid("members", format!("node {} is not among the members", opts.id)));
         }
         std::fs::create_dir_all(&opts.data_dir)?;
+        let instance = load_instance(&opts.data_dir)?;
         let engine = LogEngine::open(&opts.data_dir.join("raft"))?;
         let db = sled::Config::new().path(opts.data_dir.join("sm")).open()?;
         let config = Config {
@@ -211,6 +221,7 @@ impl Node {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let node = Arc::new(Node {
             opts,
+            instance,
             engine,
             db,
             config: Arc::new(config),
@@ -218,6 +229,7 @@ impl Node {
             groups: RwLock::new(BTreeMap::new()),
             starting: Mutex::new(BTreeSet::new()),
             last_elect: Mutex::new(BTreeMap::new()),
+            moving: AtomicBool::new(false),
             shutdown,
         });
         let meta_members = node.meta_voters();
@@ -361,6 +373,25 @@ impl Node {
                 self.start_group(shard.id, members_of(&map, &shard.replicas)).await?;
             }
         }
+        // Groups the committed map no longer assigns here were moved away (the map changes
+        // only after the group's membership did): drop their data.
+        let hosted: Vec<GroupId> =
+            self.groups.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        for id in hosted {
+            let assigned = map.shard(id).is_some_and(|s| s.replicas.contains(&self.opts.id));
+            if id != META_GROUP && map.shard(id).is_some() && !assigned {
+                self.drop_group(id).await?;
+            }
+        }
+        if meta.is_leader() && !self.moving.swap(true, Ordering::SeqCst) {
+            let n = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = n.rebalance_step().await {
+                    tracing::info!(error = %e, "rebalance step");
+                }
+                n.moving.store(false, Ordering::SeqCst);
+            });
+        }
         let groups: Vec<Arc<Group>> =
             self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for g in groups {
@@ -400,14 +431,23 @@ impl Node {
 
     /// Records each member that has replicated the group's log (see `Command::MarkSeen`).
     async fn mark_seen(&self, g: &Group, m: &openraft::RaftMetrics<NodeId, BasicNode>) {
-        let seen: BTreeSet<NodeId> = g.kv.seen().unwrap_or_default().into_iter().collect();
+        let seen: BTreeMap<NodeId, u64> = g.kv.seen().unwrap_or_default().into_iter().collect();
         let mut replicated = vec![self.opts.id];
         if let Some(rep) = &m.replication {
             replicated.extend(rep.iter().filter(|(_, matched)| matched.is_some()).map(|(id, _)| *id));
         }
-        for id in replicated {
-            if !seen.contains(&id) {
-                if let Err(e) = self.propose_local(g, Command::MarkSeen(id)).await {
+        let membership = m.membership_config.membership();
+        for id in replicated.into_iter().filter(|id| !seen.contains_key(id)) {
+            let instance = if id == self.opts.id {
+                Some(self.instance)
+            } else {
+                match membership.get_node(&id) {
+                    Some(n) => self.peer_status(g.id, &n.addr).await.map(|s| s.instance),
+                    None => None,
+                }
+            };
+            if let Some(instance) = instance {
+                if let Err(e) = self.propose_local(g, Command::MarkSeen { node: id, instance }).await {
                     tracing::debug!(group = g.id, error = %e, "mark seen");
                 }
             }
@@ -418,11 +458,189 @@ impl Node {
     async fn add_meta_learners(&self, g: &Group, map: &ClusterMap) {
         let m = g.raft.metrics().borrow().clone();
         let known: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
-        for n in map.nodes.values().filter(|n| !known.contains(&n.id)) {
+        for n in map.nodes.values().filter(|n| !known.contains(&n.id) && !map.leaving.contains(&n.id)) {
             if let Err(e) = g.raft.add_learner(n.id, BasicNode::new(&n.addr), false).await {
                 tracing::debug!(node = n.id, error = %e, "add metadata learner");
             }
         }
+    }
+
+    /// Stops a group this node no longer hosts and deletes its log, state and snapshot.
+    async fn drop_group(&self, id: GroupId) -> Result<()> {
+        let Some(g) = self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&id) else {
+            return Ok(());
+        };
+        tracing::info!(group = id, "dropping a group moved off this node");
+        if let Err(e) = g.raft.shutdown().await {
+            tracing::warn!(group = id, error = %e, "raft shutdown");
+        }
+        self.engine.drop_group(id)?;
+        self.db.drop_tree(format!("group-{id}"))?;
+        if g.dir.exists() {
+            std::fs::remove_dir_all(&g.dir)?;
+        }
+        Ok(())
+    }
+
+    /// One step of the metadata leader's rebalancing: finish or start one replica move, or
+    /// complete a drained node's removal.
+    async fn rebalance_step(self: &Arc<Self>) -> Result<()> {
+        let map = self.require_map()?;
+        if let Some(m) = map.moving {
+            return self.execute_move(m).await;
+        }
+        if let Some(m) = map.plan_move() {
+            tracing::info!(shard = m.shard, from = m.from, to = m.to, "moving a replica");
+            return self.execute_move(m).await;
+        }
+        let load = map.load();
+        if let Some(id) = map.leaving.iter().copied().find(|id| load.get(id) == Some(&0)) {
+            return self.finish_leave(id).await;
+        }
+        Ok(())
+    }
+
+    /// Carries out a move; every step is idempotent, so a new leader can resume it.
+    async fn execute_move(self: &Arc<Self>, m: Move) -> Result<()> {
+        let meta = self.meta()?;
+        // 1. The map lists the target too, so it starts the group.
+        let map = self.require_map()?;
+        let shard =
+            map.shard(m.shard).ok_or_else(|| Error::NotFound(format!("no shard {}", m.shard)))?.clone();
+        if !shard.replicas.contains(&m.to) && shard.replicas.contains(&m.from) {
+            let mut replicas = shard.replicas.clone();
+            replicas.push(m.to);
+            let cmd = Command::SetReplicas { shard: m.shard, replicas, epoch: map.epoch, moving: Some(m) };
+            expect_map(self.propose_local(&meta, cmd).await?)?;
+        }
+        // 2. The group's leader adds the target, waits for it to catch up, removes the source.
+        let map = self.require_map()?;
+        let addr =
+            map.nodes.get(&m.to).map(|n| n.addr.clone()).ok_or_else(|| Error::NotFound("target".into()))?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let r = self.on_group_leader(m.shard, &(m.to, addr.clone(), m.from)).await;
+            match r {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(shard = m.shard, error = %e, "change replica; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // 3. The map drops the source; the target takes its position (and so its preferred
+        //    leadership).
+        let map = self.require_map()?;
+        let shard =
+            map.shard(m.shard).ok_or_else(|| Error::NotFound(format!("no shard {}", m.shard)))?.clone();
+        let mut replicas: Vec<NodeId> = shard.replicas.iter().copied().filter(|r| *r != m.to).collect();
+        match replicas.iter().position(|r| *r == m.from) {
+            Some(pos) => replicas[pos] = m.to,
+            None => replicas.push(m.to),
+        }
+        let cmd = Command::SetReplicas { shard: m.shard, replicas, epoch: map.epoch, moving: None };
+        expect_map(self.propose_local(&meta, cmd).await?)?;
+        tracing::info!(shard = m.shard, from = m.from, to = m.to, "replica moved");
+        Ok(())
+    }
+
+    /// Sends a replica change to whichever replica of the group leads it.
+    async fn on_group_leader(&self, group: GroupId, req: &(NodeId, String, NodeId)) -> Result<()> {
+        if let Some(g) = self.group(group) {
+            if g.is_leader() {
+                return self.change_replica(&g, req.0, &req.1, req.2).await;
+            }
+        }
+        let mut last = Error::Unavailable(format!("no leader of shard {group} found"));
+        // The source of the move last: once removed it may still think it leads.
+        let mut replicas = self.replicas_of(group)?;
+        replicas.sort_by_key(|(id, _)| *id == req.2);
+        for (_, addr) in replicas {
+            let client = self.channels.client(&addr)?;
+            let r = call::<_, (), Error, _, _>(
+                client,
+                group,
+                req,
+                Duration::from_secs(150),
+                |mut c, f| async move { c.change_replica(f).await },
+            )
+            .await;
+            match r {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = e,
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Leader side: `to` becomes a voter (learner first, caught up), `from` is removed.
+    async fn change_replica(&self, g: &Group, to: NodeId, addr: &str, from: NodeId) -> Result<()> {
+        if !g.is_leader() {
+            return Err(Error::Unavailable("not the leader".into()));
+        }
+        let map_err =
+            |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| Error::Unavailable(e.to_string());
+        let membership = g.raft.metrics().borrow().membership_config.membership().clone();
+        // Every step is bounded: a leader that was just removed from the group still believes
+        // it leads for a moment, and its proposals could never commit.
+        let limit = self.opts.request_timeout;
+        let timed_out = || Error::Unavailable(format!("membership change not confirmed within {limit:?}"));
+        if !membership.voter_ids().any(|v| v == to) {
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                g.raft.add_learner(to, BasicNode::new(addr), true),
+            )
+            .await
+            .map_err(|_| Error::Unavailable(format!("node {to} did not catch up within 120 s")))?
+            .map_err(map_err)?;
+            let add = g.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([to])), false);
+            tokio::time::timeout(limit, add).await.map_err(|_| timed_out())?.map_err(map_err)?;
+        }
+        let membership = g.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&from).is_some() {
+            let remove = g.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([from])), false);
+            tokio::time::timeout(limit, remove).await.map_err(|_| timed_out())?.map_err(map_err)?;
+        }
+        if g.is_leader() && self.opts.id != from {
+            let forget = self.propose_local(g, Command::ForgetSeen(from));
+            tokio::time::timeout(limit, forget).await.map_err(|_| timed_out())??;
+        }
+        Ok(())
+    }
+
+    /// A drained node leaves the metadata group (its voter seat goes to a learner first), then
+    /// the map.
+    async fn finish_leave(&self, id: NodeId) -> Result<()> {
+        let meta = self.meta()?;
+        let map_err =
+            |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| Error::Unavailable(e.to_string());
+        let membership = meta.raft.metrics().borrow().membership_config.membership().clone();
+        let map = self.require_map()?;
+        if membership.voter_ids().any(|v| v == id) {
+            let replacement = membership.learner_ids().find(|l| !map.leaving.contains(l));
+            if let Some(l) = replacement {
+                meta.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([l])), false)
+                    .await
+                    .map_err(map_err)?;
+            }
+            meta.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(map_err)?;
+        } else if membership.get_node(&id).is_some() {
+            meta.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(map_err)?;
+        }
+        if meta.is_leader() {
+            expect_map(self.propose_local(&meta, Command::RemoveNode(id)).await?)?;
+            tracing::info!(node = id, "node left the cluster");
+        }
+        Ok(())
     }
 
     // ---- status ----
@@ -430,7 +648,7 @@ impl Node {
     pub fn group_statuses(&self) -> Vec<GroupStatus> {
         let groups: Vec<Arc<Group>> =
             self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        groups.iter().map(|g| g.status(self.opts.id)).collect()
+        groups.iter().map(|g| g.status(self.opts.id, self.instance)).collect()
     }
 
     /// Ready: the cluster map is installed and every group this node hosts has a leader.
@@ -523,8 +741,15 @@ impl Node {
                 }
                 Ok(first.id)
             }
-            Command::PutNamespace(_) | Command::InitCluster(_) => Ok(META_GROUP),
-            Command::MarkSeen(_) => Err(Error::invalid("command", "internal only")),
+            Command::PutNamespace(_)
+            | Command::InitCluster(_)
+            | Command::AddNode(_)
+            | Command::SetLeaving(_)
+            | Command::SetReplicas { .. }
+            | Command::RemoveNode(_) => Ok(META_GROUP),
+            Command::MarkSeen { .. } | Command::ForgetSeen(_) => {
+                Err(Error::invalid("command", "internal only"))
+            }
         }
     }
 
@@ -816,13 +1041,14 @@ impl Node {
                     }
                 }
             }
-            if g.rejoining.load(Ordering::SeqCst)
-                || (fresh && initialized.iter().any(|s| s.seen.contains(&me)))
-            {
+            // Lost data: the cluster saw this node under another data-directory instance.
+            let lost =
+                initialized.iter().any(|s| s.seen.iter().any(|(n, i)| *n == me && *i != self.instance));
+            if g.rejoining.load(Ordering::SeqCst) || (fresh && lost) {
                 self.rejoin(&g, &members).await;
                 return;
             }
-            if !initialized.is_empty() || g.status(me).initialized {
+            if !initialized.is_empty() || g.status(me, self.instance).initialized {
                 tracing::debug!(
                     group = g.id,
                     "group already initialized; waiting for the leader to replicate"
@@ -868,7 +1094,7 @@ impl Node {
                 let r = call::<_, (), Error, _, _>(
                     client,
                     g.id,
-                    &self.opts.id,
+                    &(self.opts.id, self.instance),
                     Duration::from_secs(120),
                     |mut c, f| async move { c.rejoin(f).await },
                 )
@@ -899,7 +1125,7 @@ impl Node {
 
     /// Leader side of `rejoin`: demote to learner (its vote no longer counts), wait until it has
     /// caught up, promote back.
-    async fn readmit(&self, g: &Group, id: NodeId) -> Result<()> {
+    async fn readmit(&self, g: &Group, id: NodeId, instance: u64) -> Result<()> {
         let m = g.raft.metrics().borrow().clone();
         if m.current_leader != Some(self.opts.id) {
             return Err(Error::Unavailable("not the leader".into()));
@@ -922,13 +1148,44 @@ impl Node {
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(map_err)?;
+        self.propose_local(g, Command::MarkSeen { node: id, instance }).await?;
         tracing::info!(group = g.id, node = id, "re-admitted node as voter after data loss");
         Ok(())
     }
 }
 
+fn expect_map(r: Response) -> Result<()> {
+    match r {
+        Response::Map { .. } => Ok(()),
+        Response::Rejected(m) => Err(Error::Unavailable(format!("map change refused: {m}"))),
+        other => Err(Error::Internal(format!("unexpected result {other:?}"))),
+    }
+}
+
 fn members_of(map: &ClusterMap, replicas: &[NodeId]) -> BTreeMap<NodeId, NodeInfo> {
     replicas.iter().filter_map(|r| map.nodes.get(r).map(|n| (*r, n.clone()))).collect()
+}
+
+/// The data directory's instance id: random, created (and fsynced) with the directory.
+fn load_instance(dir: &Path) -> Result<u64> {
+    let path = dir.join("INSTANCE");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            Error::Storage(format!("{} is not a number; restore it or wipe the directory", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 8];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+            let id = u64::from_le_bytes(bytes);
+            let tmp = dir.join("INSTANCE.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(id)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn write_marker(path: &Path) -> std::io::Result<()> {
@@ -1003,13 +1260,19 @@ impl Internal for InternalService {
             return network::reply(&Ok::<_, Error>(self.node.group_statuses()));
         }
         let g = self.group(req.get_ref())?;
-        network::reply(&Ok::<_, Error>(g.status(self.node.opts.id)))
+        network::reply(&Ok::<_, Error>(g.status(self.node.opts.id, self.node.instance)))
     }
 
     async fn rejoin(&self, req: tonic::Request<Frame>) -> RpcResult {
         let g = self.group(req.get_ref())?;
-        let id: NodeId = network::request(req.get_ref())?;
-        network::reply(&self.node.readmit(&g, id).await)
+        let (id, instance): (NodeId, u64) = network::request(req.get_ref())?;
+        network::reply(&self.node.readmit(&g, id, instance).await)
+    }
+
+    async fn change_replica(&self, req: tonic::Request<Frame>) -> RpcResult {
+        let g = self.group(req.get_ref())?;
+        let (to, addr, from): (NodeId, String, NodeId) = network::request(req.get_ref())?;
+        network::reply(&self.node.change_replica(&g, to, &addr, from).await)
     }
 
     async fn read(&self, req: tonic::Request<Frame>) -> RpcResult {

@@ -49,6 +49,13 @@ pub struct ClusterMap {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Sorted by `start`, covering the whole hash space without gaps or overlap.
     pub shards: Vec<ShardInfo>,
+    /// Nodes being drained: their replicas move away, then they are removed.
+    #[serde(default)]
+    pub leaving: BTreeSet<NodeId>,
+    /// The replica move under way, if any (at most one at a time). Recorded so that a new
+    /// metadata leader finishes a move its predecessor started.
+    #[serde(default)]
+    pub moving: Option<Move>,
 }
 
 /// FNV-1a over `len(ns) ‖ ns ‖ key` (the length keeps ("ab","c") apart from ("a","bc")).
@@ -171,7 +178,83 @@ pub fn initial_map(nodes: &[NodeInfo], count: u64, replicas: usize) -> ClusterMa
         *leaders.entry(replicas[0]).or_default() += 1;
         shards.push(ShardInfo { id: i + 1, start, end, replicas });
     }
-    ClusterMap { epoch: 1, nodes, shards }
+    ClusterMap { epoch: 1, nodes, shards, leaving: BTreeSet::new(), moving: None }
+}
+
+/// One replica move: `shard`'s replica on `from` goes to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub shard: GroupId,
+    pub from: NodeId,
+    pub to: NodeId,
+}
+
+impl ClusterMap {
+    /// Replicas per node (every node listed, zero included).
+    pub fn load(&self) -> BTreeMap<NodeId, usize> {
+        let mut load: BTreeMap<NodeId, usize> = self.nodes.keys().map(|id| (*id, 0)).collect();
+        for s in &self.shards {
+            for r in &s.replicas {
+                *load.entry(*r).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    fn distinct_sites(&self, replicas: impl Iterator<Item = NodeId>) -> usize {
+        replicas.filter_map(|r| self.nodes.get(&r).map(|n| n.site.as_str())).collect::<BTreeSet<_>>().len()
+    }
+
+    /// The next replica move, if any, in priority order: drain leaving nodes; then even out
+    /// replica counts (difference of 2 or more) without losing site diversity. Deterministic,
+    /// so every planner computes the same move.
+    pub fn plan_move(&self) -> Option<Move> {
+        let load = self.load();
+        let active: Vec<&NodeInfo> = self.nodes.values().filter(|n| !self.leaving.contains(&n.id)).collect();
+        // A target for `shard` replacing `from`: most new site diversity, then least loaded.
+        let best_target = |shard: &ShardInfo, from: NodeId| -> Option<NodeId> {
+            let others = || shard.replicas.iter().copied().filter(move |r| *r != from);
+            active
+                .iter()
+                .filter(|n| !shard.replicas.contains(&n.id))
+                .min_by_key(|n| {
+                    let sites = self.distinct_sites(others().chain([n.id]));
+                    (std::cmp::Reverse(sites), load.get(&n.id).copied().unwrap_or(0), n.id)
+                })
+                .map(|n| n.id)
+        };
+        for shard in &self.shards {
+            for from in shard.replicas.iter().filter(|r| self.leaving.contains(r)) {
+                if let Some(to) = best_target(shard, *from) {
+                    return Some(Move { shard: shard.id, from: *from, to });
+                }
+            }
+        }
+        // Balance: from the most to the least loaded active node, keeping site diversity.
+        let mut by_load: Vec<&NodeInfo> = active.clone();
+        by_load.sort_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id));
+        for to in &by_load {
+            for from in by_load.iter().rev() {
+                let (lt, lf) = (load[&to.id], load[&from.id]);
+                if lf < lt + 2 {
+                    continue;
+                }
+                for shard in self.shards.iter().filter(|s| s.replicas.contains(&from.id)) {
+                    if shard.replicas.contains(&to.id) {
+                        continue;
+                    }
+                    let before = self.distinct_sites(shard.replicas.iter().copied());
+                    let after = self.distinct_sites(
+                        shard.replicas.iter().copied().filter(|r| *r != from.id).chain([to.id]),
+                    );
+                    if after >= before {
+                        return Some(Move { shard: shard.id, from: from.id, to: to.id });
+                    }
+                }
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +347,59 @@ mod tests {
         assert_eq!(key_hash("default", "k"), key_hash("default", "k"));
         assert_ne!(key_hash("ab", "c"), key_hash("a", "bc"));
         assert_eq!(key_hash("default", "hello"), GOLDEN_HELLO, "key_hash changed: data would move");
+    }
+
+    /// Applies moves until none is planned; returns how many were made.
+    fn settle(map: &mut ClusterMap) -> usize {
+        let mut n = 0;
+        while let Some(m) = map.plan_move() {
+            let s = map.shards.iter_mut().find(|s| s.id == m.shard).unwrap();
+            let pos = s.replicas.iter().position(|r| *r == m.from).unwrap();
+            s.replicas[pos] = m.to;
+            n += 1;
+            assert!(n < 1000, "moves do not converge");
+        }
+        map.validate().unwrap();
+        n
+    }
+
+    #[test]
+    fn a_joined_node_gets_its_share_without_losing_sites() {
+        let mut map = initial_map(&nodes(&["a", "b", "c"]), 8, 3);
+        let mut joined = nodes(&["a", "b", "c", "a"]);
+        let new = joined.pop().unwrap();
+        map.nodes.insert(new.id, new);
+        let moved = settle(&mut map);
+        let load = map.load();
+        // Site a now has two nodes sharing its 8 replicas.
+        assert_eq!((load[&1], load[&4]), (4, 4), "{load:?}");
+        assert_eq!(moved, 4);
+        for s in &map.shards {
+            assert_eq!(map.distinct_sites(s.replicas.iter().copied()), 3);
+        }
+        assert_eq!(map.plan_move(), None, "settled maps stay put");
+    }
+
+    #[test]
+    fn a_leaving_node_is_drained_onto_the_right_sites() {
+        let mut map = initial_map(&nodes(&["a", "b", "c", "a", "b"]), 16, 3);
+        map.leaving.insert(4);
+        settle(&mut map);
+        let load = map.load();
+        assert_eq!(load[&4], 0, "drained: {load:?}");
+        for s in &map.shards {
+            assert_eq!(map.distinct_sites(s.replicas.iter().copied()), 3, "shard {} {:?}", s.id, s.replicas);
+        }
+        // Node 1 is site a's only remaining node: it holds a replica of every shard.
+        assert_eq!(load[&1], 16);
+    }
+
+    #[test]
+    fn draining_the_last_node_of_a_site_keeps_three_replicas() {
+        let mut map = initial_map(&nodes(&["a", "b", "c", "a"]), 4, 3);
+        map.leaving.insert(3); // site c's only node
+        settle(&mut map);
+        assert!(map.shards.iter().all(|s| s.replicas.len() == 3 && !s.replicas.contains(&3)));
     }
 
     #[test]

@@ -83,13 +83,34 @@ pub enum Command {
     /// All ops apply atomically at one revision, or none do (if any `cas` fails).
     Batch(Vec<Op>),
     PutNamespace(NamespaceConfig),
-    /// Records that a node has replicated this group's log. A node in this set that comes back
-    /// with an empty data directory has lost acknowledged state ("amnesia") and must rejoin
+    /// Records that a node has replicated this group's log, and which incarnation of its data
+    /// directory (`instance`, random, made with the directory) did. A node seen under another
+    /// instance than its current one has lost acknowledged state ("amnesia") and must rejoin
     /// learner-first instead of voting (see `node.rs`).
-    MarkSeen(u64),
+    MarkSeen {
+        node: u64,
+        instance: u64,
+    },
     /// Metadata group: install the first cluster map (ignored if one exists, so any node may
     /// propose it; all propose the same map, derived from the same configuration).
     InitCluster(crate::shard::ClusterMap),
+    /// Metadata group: a node joins the map (idempotent for the same node).
+    AddNode(crate::shard::NodeInfo),
+    /// Metadata group: start draining a node.
+    SetLeaving(u64),
+    /// Metadata group: a shard's replicas, applied only if the map is still at `epoch`
+    /// (compare-and-set, so a planner acting on a stale map changes nothing).
+    SetReplicas {
+        shard: u64,
+        replicas: Vec<u64>,
+        epoch: u64,
+        moving: Option<crate::shard::Move>,
+    },
+    /// Metadata group: remove a drained node (it must hold no replicas).
+    RemoveNode(u64),
+    /// Forget that a node replicated this group (it was removed from it), so that if it is
+    /// added again later it joins as a new replica, not as one that lost its data.
+    ForgetSeen(u64),
 }
 
 /// The result of applying a command. Determinism contract: the outcome depends only on the
@@ -105,8 +126,10 @@ pub enum Response {
     Conflict { key: String, expected: u64, current: u64 },
     /// Namespace created (`created`: true) or updated.
     Namespace { created: bool },
-    /// The command was malformed (validated again on apply, deterministically).
+    /// The command was malformed or refused (validated again on apply, deterministically).
     Rejected(String),
+    /// The cluster map changed to this epoch.
+    Map { epoch: u64 },
 }
 
 /// A stored value with its revision.
@@ -176,8 +199,21 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             Ok(())
         }
         Command::PutNamespace(cfg) => validate_namespace_config(cfg),
-        Command::MarkSeen(_) => Ok(()),
+        Command::MarkSeen { .. } => Ok(()),
         Command::InitCluster(map) => map.validate().map_err(|e| Error::invalid("cluster map", e)),
+        Command::AddNode(n) => {
+            if n.id == 0 || n.site.is_empty() || n.addr.is_empty() {
+                return Err(Error::invalid("node", "needs an id >= 1, a site and an address"));
+            }
+            Ok(())
+        }
+        Command::SetReplicas { replicas, .. } if replicas.is_empty() => {
+            Err(Error::invalid("replicas", "a shard needs at least one replica"))
+        }
+        Command::SetLeaving(_)
+        | Command::SetReplicas { .. }
+        | Command::RemoveNode(_)
+        | Command::ForgetSeen(_) => Ok(()),
     }
 }
 

@@ -103,6 +103,45 @@ impl Cluster {
         Cluster { dir, nodes, token, client }
     }
 
+    /// The directory `cluster init` wrote.
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.cluster_dir().join("admin.token")
+    }
+
+    /// Picks up nodes added to `cluster.json` (by `cluster join`).
+    pub fn refresh_nodes(&mut self) {
+        let out = self.cluster_dir();
+        let cluster: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
+        for n in cluster["nodes"].as_array().unwrap() {
+            let id = n["id"].as_u64().unwrap();
+            self.nodes.entry(id).or_insert_with(|| Node {
+                id,
+                config: out.join(format!("node{id}.toml")),
+                data_dir: out.join(format!("node{id}")),
+                http: format!("http://{}", n["http"].as_str().unwrap()),
+                grpc: format!("http://{}", n["grpc"].as_str().unwrap()),
+                child: None,
+                log: out.join(format!("node{id}.log")),
+                starts: 0,
+            });
+        }
+    }
+
+    /// Runs the `edgefabric` CLI; returns (success, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new(BIN).args(args).output().await.expect("run edgefabric");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
     }
