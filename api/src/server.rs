@@ -64,10 +64,16 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .add_service(node.internal_service())
         .add_service(grpc::service(state.clone()))
         .add_service(reflection)
+        // No Nagle: raft and client replies are small, and Nagle with delayed ACKs adds ~40 ms.
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             wait_stop(stop_rx.clone()),
         );
+    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     let http_server = axum::serve(http_listener, crate::http::router(state.clone()))
         .with_graceful_shutdown(wait_stop(stop_rx.clone()));
 

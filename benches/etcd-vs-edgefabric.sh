@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# EdgeFabric vs etcd, side by side in one run on this machine (issue 3's benchmark).
+#
+#   bash benches/etcd-vs-edgefabric.sh [loadgen options, e.g. --duration 10 --clients 1,16,256]
+#
+# Installs etcd from Debian's etcd-server package if it is missing (needs root), starts a
+# 3-member etcd on loopback with its default durability (WAL fsync on every commit), starts a
+# 3-node EdgeFabric cluster on loopback (release build; 3 sites, 16 shards, raft log fdatasync
+# on every commit), runs benches/loadgen.rs against both, prints the table, and stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v etcd >/dev/null; then
+  if [ "$(id -u)" != 0 ]; then echo "etcd is missing: install Debian's etcd-server package" >&2; exit 1; fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+fi
+cargo build --release -q -p edgefabric --bin edgefabric --bin edgefabric-loadgen
+BIN=target/release
+
+WORK=$(mktemp -d /tmp/ef-vs-etcd.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# etcd: 3 members, peers on 2380x, clients on 2379x.
+CLUSTER="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+for i in 1 2 3; do
+  etcd --name "e$i" --data-dir "$WORK/etcd$i" \
+    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token bench \
+    --log-level error >"$WORK/etcd$i.log" 2>&1 &
+  PIDS+=($!)
+done
+
+# EdgeFabric: 3 nodes, gRPC on 2410x/2410x+2/.., HTTP next to each.
+"$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port 24100 --out "$WORK/ef" >/dev/null
+for k in 1 2 3; do
+  EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$WORK/ef/node$k.toml" >"$WORK/ef$k.log" 2>&1 &
+  PIDS+=($!)
+done
+
+wait_ready() { # url
+  for _ in $(seq 1 120); do
+    if curl -sf "$1" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  echo "not ready: $1" >&2; exit 1
+}
+for i in 1 2 3; do wait_ready "http://127.0.0.1:2379$i/health"; done
+for k in 1 2 3; do wait_ready "http://127.0.0.1:$((24100 + 2 * (k - 1) + 1))/readyz"; done
+
+"$BIN/edgefabric-loadgen" \
+  --edgefabric http://127.0.0.1:24100,http://127.0.0.1:24102,http://127.0.0.1:24104 \
+  --token-file "$WORK/ef/admin.token" \
+  --etcd http://127.0.0.1:23791,http://127.0.0.1:23792,http://127.0.0.1:23793 \
+  "$@"

@@ -1,0 +1,291 @@
+//! `edgefabric-loadgen`: drives EdgeFabric and etcd with the same workload, side by side in one
+//! run, and prints throughput and latency for each and the EdgeFabric/etcd ratio.
+//!
+//! Workload (issue 3): puts of `--value-size` bytes over `--keys` keys, and linearizable gets,
+//! at each of `--clients` concurrency levels, each cell for `--duration` seconds. Both systems
+//! are driven over gRPC (EdgeFabric's `edgefabric.v1.Kv`, etcd's `etcdserverpb.KV`), with
+//! clients spread over every endpoint of each cluster, so both forward to their leaders alike.
+//! Cells alternate between the systems, so machine noise hits both.
+//!
+//! Example (what `benches/etcd-vs-edgefabric.sh` runs):
+//!   edgefabric-loadgen --edgefabric http://127.0.0.1:9100,... --token-file DIR/admin.token \
+//!       --etcd http://127.0.0.1:23791,... --clients 1,16,256 --duration 10
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::{Channel, Endpoint};
+
+mod ef {
+    tonic::include_proto!("edgefabric.v1");
+}
+mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
+#[derive(Parser)]
+#[command(about = "Side-by-side load: EdgeFabric vs etcd")]
+struct Args {
+    /// EdgeFabric gRPC endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    edgefabric: Vec<String>,
+    /// EdgeFabric admin token file.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// etcd client endpoints, comma-separated (optional: EdgeFabric alone without it).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    clients: Vec<usize>,
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Seconds per cell.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Operations: put, get.
+    #[arg(long, value_delimiter = ',', default_value = "put,get")]
+    ops: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Put,
+    Get,
+}
+
+#[derive(Clone)]
+enum Target {
+    EdgeFabric { channels: Vec<Channel>, auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii> },
+    Etcd { channels: Vec<Channel> },
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::EdgeFabric { .. } => "EdgeFabric",
+            Target::Etcd { .. } => "etcd",
+        }
+    }
+
+    fn channel(&self, i: usize) -> Channel {
+        match self {
+            Target::EdgeFabric { channels, .. } | Target::Etcd { channels } => channels[i % channels.len()].clone(),
+        }
+    }
+
+    async fn op(&self, ch: Channel, op: Op, key: u64, value: &[u8]) -> Result<()> {
+        let key = format!("bench/{key:08}");
+        match self {
+            Target::EdgeFabric { auth, .. } => {
+                let mut c = ef::kv_client::KvClient::new(ch);
+                match op {
+                    Op::Put => {
+                        let mut req = tonic::Request::new(ef::PutRequest {
+                            ns: "default".into(),
+                            key,
+                            value: value.to_vec(),
+                            cas: None,
+                        });
+                        req.metadata_mut().insert("authorization", auth.clone());
+                        c.put(req).await?;
+                    }
+                    Op::Get => {
+                        let mut req = tonic::Request::new(ef::GetRequest { ns: "default".into(), key, stale: false });
+                        req.metadata_mut().insert("authorization", auth.clone());
+                        c.get(req).await?;
+                    }
+                }
+            }
+            Target::Etcd { .. } => {
+                let mut c = etcd::kv_client::KvClient::new(ch);
+                match op {
+                    Op::Put => {
+                        c.put(etcd::PutRequest { key: key.into_bytes(), value: value.to_vec(), lease: 0, prev_kv: false })
+                            .await?;
+                    }
+                    Op::Get => {
+                        c.range(etcd::RangeRequest { key: key.into_bytes(), ..Default::default() }).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One HTTP/2 connection per 16 clients per endpoint (at least one per endpoint).
+async fn connect(endpoints: &[String], clients: usize) -> Result<Vec<Channel>> {
+    let per = clients.div_ceil(16).max(1);
+    let mut out = vec![];
+    for _ in 0..per {
+        for e in endpoints {
+            let ch = Endpoint::from_shared(e.clone())
+                .with_context(|| format!("endpoint {e:?}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {e}"))?;
+            out.push(ch);
+        }
+    }
+    Ok(out)
+}
+
+struct Cell {
+    target: &'static str,
+    op: Op,
+    clients: usize,
+    ops: u64,
+    errors: u64,
+    secs: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Cell {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+}
+
+async fn run_cell(target: Target, op: Op, clients: usize, args: &Args) -> Result<Cell> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let value = Arc::new(vec![b'v'; args.value_size]);
+    let bar = ProgressBar::new(args.duration);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:28} [{bar:30}] {pos}/{len}s {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {:?} x{}", target.name(), op, clients));
+    let mut tasks = vec![];
+    for i in 0..clients {
+        let (target, stop, done, errors, value) =
+            (target.clone(), stop.clone(), done.clone(), errors.clone(), value.clone());
+        let keys = args.keys;
+        tasks.push(tokio::spawn(async move {
+            let ch = target.channel(i);
+            let mut lat = Vec::with_capacity(1 << 16);
+            // A cheap per-client pseudo-random key sequence (xorshift), different per client.
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let t = Instant::now();
+                match target.op(ch.clone(), op, x % keys, &value).await {
+                    Ok(()) => {
+                        lat.push(t.elapsed());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let start = Instant::now();
+    for s in 1..=args.duration {
+        tokio::time::sleep_until((start + Duration::from_secs(s)).into()).await;
+        bar.set_position(s);
+        bar.set_message(format!("{:.0} ops/s", done.load(Ordering::Relaxed) as f64 / s as f64));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = vec![];
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
+    Ok(Cell {
+        target: target.name(),
+        op,
+        clients,
+        ops: lat.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        secs,
+        p50: pct(0.50).unwrap_or_default(),
+        p99: pct(0.99).unwrap_or_default(),
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.edgefabric.is_empty() {
+        bail!("--edgefabric: give at least one endpoint");
+    }
+    let ops: Vec<Op> = args
+        .ops
+        .iter()
+        .map(|o| match o.as_str() {
+            "put" => Ok(Op::Put),
+            "get" => Ok(Op::Get),
+            other => bail!("--ops: {other:?} is not put or get"),
+        })
+        .collect::<Result<_>>()?;
+    let token = match &args.token_file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_string(),
+        None => bail!("--token-file: EdgeFabric needs its admin token"),
+    };
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().context("token")?;
+    let mut cells = vec![];
+    for op in &ops {
+        for &clients in &args.clients {
+            let ef = Target::EdgeFabric { channels: connect(&args.edgefabric, clients).await?, auth: auth.clone() };
+            cells.push(run_cell(ef, *op, clients, &args).await?);
+            if !args.etcd.is_empty() {
+                let et = Target::Etcd { channels: connect(&args.etcd, clients).await? };
+                cells.push(run_cell(et, *op, clients, &args).await?);
+            }
+        }
+    }
+    println!(
+        "\n{} keys, {}-byte values, {} s per cell\n",
+        args.keys, args.value_size, args.duration
+    );
+    println!(
+        "| op  | clients | system     |    ops/s | p50 ms | p99 ms | errors | EF/etcd ops/s | EF/etcd p99 |"
+    );
+    println!("|-----|--------:|------------|---------:|-------:|-------:|-------:|--------------:|------------:|");
+    for c in &cells {
+        let other = cells.iter().find(|o| o.op == c.op && o.clients == c.clients && o.target != c.target);
+        let (ratio, p99_ratio) = match (c.target, other) {
+            ("EdgeFabric", Some(e)) if e.rate() > 0.0 => (
+                format!("{:.2}x", c.rate() / e.rate()),
+                format!("{:.2}x", c.p99.as_secs_f64() / e.p99.as_secs_f64().max(1e-9)),
+            ),
+            _ => (String::new(), String::new()),
+        };
+        println!(
+            "| {:<3} | {:>7} | {:<10} | {:>8.0} | {:>6} | {:>6} | {:>6} | {:>13} | {:>11} |",
+            format!("{:?}", c.op).to_lowercase(),
+            c.clients,
+            c.target,
+            c.rate(),
+            ms(c.p50),
+            ms(c.p99),
+            c.errors,
+            ratio,
+            p99_ratio
+        );
+    }
+    Ok(())
+}
