@@ -76,7 +76,9 @@ impl Target {
 
     fn channel(&self, i: usize) -> Channel {
         match self {
-            Target::EdgeFabric { channels, .. } | Target::Etcd { channels } => channels[i % channels.len()].clone(),
+            Target::EdgeFabric { channels, .. } | Target::Etcd { channels } => {
+                channels[i % channels.len()].clone()
+            }
         }
     }
 
@@ -97,7 +99,8 @@ impl Target {
                         c.put(req).await?;
                     }
                     Op::Get => {
-                        let mut req = tonic::Request::new(ef::GetRequest { ns: "default".into(), key, stale: false });
+                        let mut req =
+                            tonic::Request::new(ef::GetRequest { ns: "default".into(), key, stale: false });
                         req.metadata_mut().insert("authorization", auth.clone());
                         c.get(req).await?;
                     }
@@ -107,8 +110,13 @@ impl Target {
                 let mut c = etcd::kv_client::KvClient::new(ch);
                 match op {
                     Op::Put => {
-                        c.put(etcd::PutRequest { key: key.into_bytes(), value: value.to_vec(), lease: 0, prev_kv: false })
-                            .await?;
+                        c.put(etcd::PutRequest {
+                            key: key.into_bytes(),
+                            value: value.to_vec(),
+                            lease: 0,
+                            prev_kv: false,
+                        })
+                        .await?;
                     }
                     Op::Get => {
                         c.range(etcd::RangeRequest { key: key.into_bytes(), ..Default::default() }).await?;
@@ -242,14 +250,19 @@ async fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let token = match &args.token_file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_string(),
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_string()
+        }
         None => bail!("--token-file: EdgeFabric needs its admin token"),
     };
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().context("token")?;
     let mut cells = vec![];
     for op in &ops {
         for &clients in &args.clients {
-            let ef = Target::EdgeFabric { channels: connect(&args.edgefabric, clients).await?, auth: auth.clone() };
+            let ef = Target::EdgeFabric {
+                channels: connect(&args.edgefabric, clients).await?,
+                auth: auth.clone(),
+            };
             cells.push(run_cell(ef, *op, clients, &args).await?);
             if !args.etcd.is_empty() {
                 let et = Target::Etcd { channels: connect(&args.etcd, clients).await? };
@@ -257,14 +270,13 @@ async fn main() -> Result<()> {
             }
         }
     }
-    println!(
-        "\n{} keys, {}-byte values, {} s per cell\n",
-        args.keys, args.value_size, args.duration
-    );
+    println!("\n{} keys, {}-byte values, {} s per cell\n", args.keys, args.value_size, args.duration);
     println!(
         "| op  | clients | system     |    ops/s | p50 ms | p99 ms | errors | EF/etcd ops/s | EF/etcd p99 |"
     );
-    println!("|-----|--------:|------------|---------:|-------:|-------:|-------:|--------------:|------------:|");
+    println!(
+        "|-----|--------:|------------|---------:|-------:|-------:|-------:|--------------:|------------:|"
+    );
     for c in &cells {
         let other = cells.iter().find(|o| o.op == c.op && o.clients == c.clients && o.target != c.target);
         let (ratio, p99_ratio) = match (c.target, other) {

@@ -525,14 +525,16 @@ async fn five_nodes_three_sites_spread_shards_and_leaders() {
     assert!(node2["leads"].as_u64().unwrap() >= 3, "node 2 leads its share again: {node2}");
 }
 
-/// `cluster join` and `cluster leave` under a running write load: replicas move onto the new
-/// node until counts are even, the leaving node is drained and removed, and every acknowledged
-/// write is still readable afterwards.
+/// Issue 3's "Done means": on a 5-node, 3-site cluster with 16 shards, under a running write
+/// load, `cluster join` adds a node (replicas move onto it until counts are even) and
+/// `cluster leave` drains and removes another, while the metadata leader, which runs the moves,
+/// is killed mid-way and restarted (a new leader must finish the move it started). Every
+/// acknowledged write is read back afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn join_and_leave_under_load_lose_nothing() {
-    let mut c = Cluster::init(3, "a,b,c", |t| set_toml(t, &[("initial_shards", "8")]));
+    let mut c = Cluster::init(5, "a,b,c,a,b", |t| t);
     c.start_all();
-    c.wait_ready(READY).await;
+    c.wait_ready(Duration::from_secs(60)).await;
     let progress = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(Mutex::new(vec![]));
     let writer =
@@ -541,7 +543,7 @@ async fn join_and_leave_under_load_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // Join node 4 at site a.
+    // Join node 6 at site c, whose only node (3) holds a replica of all 16 shards.
     let port = common::free_base_port(1).to_string();
     let dir = c.cluster_dir().display().to_string();
     let token = c.token_file().display().to_string();
@@ -552,7 +554,7 @@ async fn join_and_leave_under_load_lose_nothing() {
             "--dir",
             &dir,
             "--site",
-            "a",
+            "c",
             "--port",
             &port,
             "--endpoint",
@@ -562,16 +564,35 @@ async fn join_and_leave_under_load_lose_nothing() {
         ])
         .await;
     assert!(ok, "cluster join failed: {out} {err}");
-    assert!(out.contains("node 4 joined"), "{out}");
+    assert!(out.contains("node 6 joined"), "{out}");
     c.refresh_nodes();
-    c.start(4);
-    // Site a's 8 replicas are now shared by nodes 1 and 4.
-    let st = wait_status(&c, 2, "replicas balanced onto the new node", |st| {
+    c.start(6);
+    // Kill the metadata leader while the first moves are under way, then bring it back.
+    wait_status(&c, 2, "a move under way", |st| !st["moving"].is_null()).await;
+    let meta_leader = c.leader(READY).await;
+    c.kill9(meta_leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.start(meta_leader);
+    let via = if meta_leader == 2 { 4 } else { 2 };
+    // Balanced, and every group's voters (as its leader reports them) match the map.
+    wait_status(&c, via, "site c's replicas shared by nodes 3 and 6, groups matching the map", |st| {
         st["moving"].is_null()
-            && st["nodes"].as_array().is_some_and(|n| n.len() == 4 && n[3]["replicas"] == 4)
+            && st["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 6 && n[5]["replicas"] == 8 && n[2]["replicas"] == 8)
+            && st["shards"].as_array().is_some_and(|shards| {
+                shards.iter().all(|s| {
+                    let mut replicas: Vec<u64> =
+                        serde_json::from_value(s["replicas"].clone()).unwrap_or_default();
+                    let mut voters: Vec<u64> =
+                        serde_json::from_value(s["voters"].clone()).unwrap_or_default();
+                    replicas.sort();
+                    voters.sort();
+                    replicas == voters
+                })
+            })
     })
     .await;
-    assert_eq!(st["nodes"][0]["replicas"], 4, "{st}");
     let during_join = progress.load(Ordering::SeqCst);
 
     // Node 1 leaves: the command returns once it is drained and removed.
@@ -579,8 +600,8 @@ async fn join_and_leave_under_load_lose_nothing() {
         c.cli(&["cluster", "leave", "--node", "1", "--endpoint", c.http(3), "--token-file", &token]).await;
     assert!(ok, "cluster leave failed: {out} {err}");
     c.kill9(1);
-    let st = c.status(2).await.unwrap();
-    assert_eq!(st["nodes"].as_array().unwrap().len(), 3, "{st}");
+    let st = c.status(3).await.unwrap();
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 5, "{st}");
     for shard in st["shards"].as_array().unwrap() {
         let replicas: Vec<u64> = serde_json::from_value(shard["replicas"].clone()).unwrap();
         assert!(!replicas.contains(&1), "shard still on node 1: {shard}");
@@ -589,6 +610,9 @@ async fn join_and_leave_under_load_lose_nothing() {
             shard["sites"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
         assert_eq!(sites.len(), 3, "{shard}");
     }
+    // Site a's other node (4) now holds a replica of every shard.
+    let node4 = st["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 4).unwrap();
+    assert_eq!(node4["replicas"], 16, "{st}");
     // Writes keep going after the leave, then stop.
     let after_leave = progress.load(Ordering::SeqCst);
     let until = Instant::now() + Duration::from_secs(20);
@@ -599,7 +623,7 @@ async fn join_and_leave_under_load_lose_nothing() {
     writer.abort();
     let acked = acked.lock().unwrap().clone();
     assert!(during_join > 100 && acked.len() > after_leave, "load ran throughout");
-    for id in [2, 3, 4] {
+    for id in [2, 3, 4, 5, 6] {
         for &i in &acked {
             assert_eq!(
                 c.get(id, "default", &format!("k{i}"), false).await,
@@ -608,9 +632,12 @@ async fn join_and_leave_under_load_lose_nothing() {
             );
         }
     }
-    // The drained node's data directory no longer holds shard data.
-    assert!(
-        !c.data_dir(1).join("group-1").exists()
-            || !c.data_dir(1).join("group-1").join("snapshot.bin").exists()
-    );
+    // The drained node deleted its copies of the shards.
+    let left: Vec<_> = std::fs::read_dir(c.data_dir(1))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("group-") && n != "group-0")
+        .collect();
+    assert!(left.is_empty(), "node 1 still has shard directories: {left:?}");
 }
