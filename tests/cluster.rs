@@ -276,6 +276,27 @@ async fn followers_forward_and_grpc_matches_rest() {
         .await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
 
+    // The gRPC Cluster service agrees with REST.
+    let mut admin = grpc::cluster_client::ClusterClient::connect(c.grpc(other).to_string()).await.unwrap();
+    let st = admin.status(with_token(&token, grpc::ClusterStatusRequest {})).await.unwrap().into_inner();
+    let rest = c.status(other).await.unwrap();
+    assert_eq!(st.nodes.len(), 3);
+    assert_eq!(st.shards.len(), rest["shards"].as_array().unwrap().len());
+    assert_eq!(st.epoch, rest["epoch"].as_u64().unwrap());
+    let route = admin
+        .route(with_token(&token, grpc::RouteRequest { ns: "default".into(), key: "g".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(route.shard, c.shard_of("default", "g").await);
+    let shard = st.shards.iter().find(|s| s.id == route.shard).unwrap();
+    assert!(shard.start <= shard.end && shard.replicas.len() == 3);
+    let denied = admin.status(tonic::Request::new(grpc::ClusterStatusRequest {})).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    let bad =
+        admin.route(with_token(&token, grpc::RouteRequest { ns: "Bad NS".into(), key: "g".into() })).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+
     // Atomic batch over gRPC: one failing cas means nothing is written. The batch's keys must
     // share a shard: find a key in the shard of "g".
     let g_shard = c.shard_of("default", "g").await;

@@ -124,3 +124,85 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::BatchResponse { revision }))
     }
 }
+
+pub fn cluster_service(state: Arc<AppState>) -> pb::cluster_server::ClusterServer<ClusterService> {
+    pb::cluster_server::ClusterServer::new(ClusterService { kv: KvService { state } })
+}
+
+/// The gRPC face of `cluster.rs`.
+pub struct ClusterService {
+    kv: KvService,
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.kv.auth(&req)?;
+        let v = crate::cluster::view(&self.kv.state.node).await?;
+        let hex = |s: &str| u64::from_str_radix(s, 16).unwrap_or_default();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node: v.node,
+            epoch: v.epoch,
+            nodes: v
+                .nodes
+                .into_iter()
+                .map(|n| pb::NodeView {
+                    id: n.id,
+                    site: n.site,
+                    grpc: n.grpc,
+                    http: n.http,
+                    up: n.up,
+                    leaving: n.leaving,
+                    replicas: n.replicas as u32,
+                    leads: n.leads as u32,
+                })
+                .collect(),
+            shards: v
+                .shards
+                .into_iter()
+                .map(|s| pb::ShardView {
+                    id: s.id,
+                    start: hex(&s.range[0]),
+                    end: hex(&s.range[1]),
+                    replicas: s.replicas,
+                    sites: s.sites.into_iter().map(Option::unwrap_or_default).collect(),
+                    leader: s.leader,
+                    voters: s.voters.unwrap_or_default(),
+                    learners: s.learners.unwrap_or_default(),
+                })
+                .collect(),
+            leaving: v.leaving.into_iter().collect(),
+            meta_leader: v.meta.and_then(|m| m.leader),
+            moving_shard: v.moving.map(|m| m.shard),
+        }))
+    }
+
+    async fn route(&self, req: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+        self.kv.auth(&req)?;
+        let r = req.into_inner();
+        let (shard, replicas, epoch) = crate::cluster::route(&self.kv.state.node, &r.ns, &r.key)?;
+        Ok(Response::new(pb::RouteResponse { shard, replicas, epoch }))
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        self.kv.auth(&req)?;
+        let r = req.into_inner();
+        let epoch = crate::cluster::add_node(&self.kv.state.node, r.id, &r.site, &r.grpc, &r.http).await?;
+        Ok(Response::new(pb::AddNodeResponse { epoch }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.kv.auth(&req)?;
+        let epoch = crate::cluster::remove_node(&self.kv.state.node, req.into_inner().id).await?;
+        Ok(Response::new(pb::RemoveNodeResponse { epoch }))
+    }
+}

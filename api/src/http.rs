@@ -363,70 +363,9 @@ async fn batch(
     Ok(Json(json!({"revision": revision})))
 }
 
-/// `GET /v1/cluster/status`: nodes, sites, shards, leaders and replica placement, from the
-/// cluster map and every node's report on its groups.
-async fn cluster_status(State(st): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
-    let map = st.node.map().ok_or_else(|| {
-        ApiError::from(edgefabric_store::Error::Unavailable("the cluster is not initialized yet".into()))
-    })?;
-    let reports = st.node.cluster_statuses().await;
-    // For each group, the leader as reported in the highest term any replica knows.
-    let mut leaders: std::collections::BTreeMap<u64, (u64, Option<u64>)> = Default::default();
-    // Voters and learners as each group's leader reports them.
-    let mut members: std::collections::BTreeMap<u64, (Vec<u64>, Vec<u64>)> = Default::default();
-    let mut meta = None;
-    for groups in reports.values().flatten() {
-        for g in groups {
-            let e = leaders.entry(g.group).or_insert((0, None));
-            if g.term >= e.0 && g.leader.is_some() {
-                *e = (g.term, g.leader);
-            }
-            if g.leader == Some(g.node) {
-                members.insert(g.group, (g.voters.clone(), g.learners.clone()));
-            }
-            if g.group == edgefabric_store::shard::META_GROUP && g.leader == Some(g.node) {
-                meta = Some(
-                    json!({"leader": g.leader, "voters": g.voters, "learners": g.learners, "term": g.term}),
-                );
-            }
-        }
-    }
-    let leader_of = |id: u64| leaders.get(&id).and_then(|l| l.1);
-    let nodes: Vec<_> = map
-        .nodes
-        .values()
-        .map(|n| {
-            let led = map.shards.iter().filter(|s| leader_of(s.id) == Some(n.id)).count();
-            let replicas = map.shards_of(n.id).count();
-            json!({
-                "id": n.id, "site": n.site, "grpc": n.addr, "http": n.http,
-                "up": reports.get(&n.id).is_some_and(|r| r.is_some()),
-                "leaving": map.leaving.contains(&n.id),
-                "leaving": map.leaving.contains(&n.id),
-                "replicas": replicas, "leads": led,
-            })
-        })
-        .collect();
-    let shards: Vec<_> = map
-        .shards
-        .iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "range": [format!("{:016x}", s.start), format!("{:016x}", s.end)],
-                "replicas": s.replicas,
-                "sites": s.replicas.iter().map(|r| map.nodes.get(r).map(|n| n.site.clone())).collect::<Vec<_>>(),
-                "preferred_leader": s.replicas.first(),
-                "leader": leader_of(s.id),
-                "voters": members.get(&s.id).map(|m| m.0.clone()),
-                "learners": members.get(&s.id).map(|m| m.1.clone()),
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "node": st.node.id(), "epoch": map.epoch, "meta": meta, "nodes": nodes, "shards": shards,
-        "leaving": map.leaving, "moving": map.moving,
-    })))
+/// `GET /v1/cluster/status`: nodes, sites, shards, leaders and replica placement.
+async fn cluster_status(State(st): State<Arc<AppState>>) -> ApiResult<Json<crate::cluster::ClusterView>> {
+    Ok(Json(crate::cluster::view(&st.node).await?))
 }
 
 #[derive(Deserialize)]
@@ -442,15 +381,8 @@ async fn cluster_route(
     q: Result<Query<RouteParams>, QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(q) = q.map_err(query_err)?;
-    edgefabric_store::types::validate_namespace(&q.ns)?;
-    edgefabric_store::types::validate_key(&q.key)?;
-    let map = st.node.map().ok_or_else(|| {
-        ApiError::from(edgefabric_store::Error::Unavailable("the cluster is not initialized yet".into()))
-    })?;
-    let shard = map.shard_for(&q.ns, &q.key).ok_or_else(|| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no shard owns the key")
-    })?;
-    Ok(Json(json!({"shard": shard.id, "replicas": shard.replicas, "epoch": map.epoch})))
+    let (shard, replicas, epoch) = crate::cluster::route(&st.node, &q.ns, &q.key)?;
+    Ok(Json(json!({"shard": shard, "replicas": replicas, "epoch": epoch})))
 }
 
 #[derive(Deserialize)]
@@ -458,30 +390,18 @@ async fn cluster_route(
 struct AddNodeBody {
     id: u64,
     site: String,
-    grpc: std::net::SocketAddr,
-    http: std::net::SocketAddr,
+    grpc: String,
+    http: String,
 }
 
 /// `POST /v1/cluster/nodes` `{"id", "site", "grpc", "http"}`: the node joins the cluster map;
 /// replicas then move onto it until replica counts are even. Idempotent.
 async fn add_node(
     State(st): State<Arc<AppState>>,
-    JsonBody(body): JsonBody<AddNodeBody>,
+    JsonBody(b): JsonBody<AddNodeBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    if body.site.is_empty() {
-        return Err(ApiError::bad_request("site: must not be empty"));
-    }
-    let info = edgefabric_store::shard::NodeInfo {
-        id: body.id,
-        site: body.site,
-        addr: body.grpc.to_string(),
-        http: body.http.to_string(),
-    };
-    match st.node.propose(Command::AddNode(info)).await? {
-        SmResponse::Map { epoch } => Ok(Json(json!({"epoch": epoch}))),
-        SmResponse::Rejected(m) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
-        other => Err(unexpected(other)),
-    }
+    let epoch = crate::cluster::add_node(&st.node, b.id, &b.site, &b.grpc, &b.http).await?;
+    Ok(Json(json!({"epoch": epoch})))
 }
 
 /// `DELETE /v1/cluster/nodes/{id}`: start draining the node; `GET /v1/cluster/status` shows
@@ -491,17 +411,6 @@ async fn remove_node(
     id: Result<Path<u64>, PathRejection>,
 ) -> ApiResult<Response> {
     let Path(id) = id.map_err(path_err)?;
-    let map = st.node.map().ok_or_else(|| {
-        ApiError::from(edgefabric_store::Error::Unavailable("the cluster is not initialized yet".into()))
-    })?;
-    if !map.nodes.contains_key(&id) {
-        return Err(ApiError::not_found(format!("node {id} is not a member")));
-    }
-    match st.node.propose(Command::SetLeaving(id)).await? {
-        SmResponse::Map { epoch } => {
-            Ok((StatusCode::ACCEPTED, Json(json!({"epoch": epoch, "draining": id}))).into_response())
-        }
-        SmResponse::Rejected(m) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
-        other => Err(unexpected(other)),
-    }
+    let epoch = crate::cluster::remove_node(&st.node, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"epoch": epoch, "draining": id}))).into_response())
 }

@@ -1,6 +1,7 @@
 //! `edgefabric`: the node (`serve`), cluster setup (`cluster init`) and the client commands.
 
 mod client;
+mod cluster;
 mod config;
 mod error;
 mod grpc;
