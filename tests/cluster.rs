@@ -662,3 +662,86 @@ async fn join_and_leave_under_load_lose_nothing() {
         .collect();
     assert!(left.is_empty(), "node 1 still has shard directories: {left:?}");
 }
+
+/// A shard that grows past `split_keys` splits in two while writes run: the split is invisible
+/// to clients (every acknowledged write reads back from every node, scans see every key once),
+/// and revisions keep growing for keys that moved to the new shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_split_under_load_invisibly() {
+    let tweak = |t| set_toml(t, &[("initial_shards", "2"), ("split_keys", "300")]);
+    let mut c = Cluster::init(3, "a,b,c", tweak);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let before = c.status(1).await.unwrap()["shards"].as_array().unwrap().len();
+    assert_eq!(before, 2);
+    // Revision of a key before any split.
+    let rev_before = c.put(1, "default", "watched", b"1").await.unwrap();
+    let acked = write_keys(c.endpoints(), 0, 1500, 8, Arc::new(AtomicUsize::new(0))).await;
+    assert_eq!(acked.len(), 1500);
+    let st = wait_status(&c, 2, "shards split", |st| {
+        st["splitting"].is_null() && st["shards"].as_array().is_some_and(|s| s.len() >= 4)
+    })
+    .await;
+    let shards = st["shards"].as_array().unwrap();
+    assert!(shards.iter().any(|s| !s["id"].as_u64().is_some_and(|id| id <= 2)), "new shards: {st}");
+    c.wait_ready(READY).await;
+    for id in c.ids() {
+        for &i in &acked {
+            assert_eq!(
+                c.get(id, "default", &format!("k{i}"), false).await,
+                Ok(Some(value_of(i))),
+                "k{i} via {id}"
+            );
+        }
+    }
+    // A paginated scan sees every key exactly once across the split shards.
+    let mut seen = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let q = match &after {
+            Some(a) => format!("/v1/kv/default?prefix=k&limit=200&after={a}"),
+            None => "/v1/kv/default?prefix=k&limit=200".to_string(),
+        };
+        let page = c.request(3, reqwest::Method::GET, &q, None).await.unwrap().json();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["key"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..1500).map(|i| format!("k{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    // Revisions keep growing for keys that moved into a new shard: the child's log continues
+    // from the parent's index at the split (a child counting from 1 would go backwards).
+    let mut checked = 0;
+    for &i in &acked {
+        let key = format!("k{i}");
+        if c.shard_of("default", &key).await <= 2 {
+            continue;
+        }
+        let r1 = c.request(1, reqwest::Method::GET, &format!("/v1/kv/default/{key}"), None).await.unwrap();
+        let r1 = r1.revision.unwrap();
+        let r2 = c.put(3, "default", &key, b"again").await.unwrap();
+        assert!(r2 > r1, "{key}: revision {r2} after the split, {r1} before");
+        checked += 1;
+        if checked == 20 {
+            break;
+        }
+    }
+    assert_eq!(checked, 20, "keys in child shards were checked");
+    let rev_after = c.put(2, "default", "watched", b"2").await.unwrap();
+    assert!(rev_after > rev_before, "revision {rev_after} after the split, {rev_before} before");
+    let r = c
+        .request(
+            1,
+            reqwest::Method::PUT,
+            &format!("/v1/kv/default/watched?cas={rev_after}"),
+            Some(b"3".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}

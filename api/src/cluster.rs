@@ -21,6 +21,7 @@ pub struct ClusterView {
     pub shards: Vec<ShardView>,
     pub leaving: BTreeSet<u64>,
     pub moving: Option<Move>,
+    pub splitting: Option<edgefabric_store::shard::Split>,
 }
 
 #[derive(Serialize)]
@@ -130,6 +131,7 @@ pub async fn view(node: &Node) -> Result<ClusterView, ApiError> {
         shards,
         leaving: map.leaving.clone(),
         moving: map.moving,
+        splitting: map.splitting,
     })
 }
 

@@ -47,11 +47,13 @@ pub struct ClusterSection {
     pub initial_shards: u64,
     /// Replicas per shard, placed on distinct sites where there are enough.
     pub replicas: usize,
+    /// A shard holding more keys than this splits in two (TiKV splits by size the same way).
+    pub split_keys: u64,
 }
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { initial_shards: 16, replicas: 3 }
+        ClusterSection { initial_shards: 16, replicas: 3, split_keys: 1_000_000 }
     }
 }
 
@@ -143,6 +145,9 @@ impl NodeConfig {
         if self.cluster.initial_shards == 0 || self.cluster.initial_shards > 4096 {
             bail!("cluster.initial_shards: must be between 1 and 4096");
         }
+        if self.cluster.split_keys < 100 {
+            bail!("cluster.split_keys: must be at least 100");
+        }
         if self.cluster.replicas == 0 || self.cluster.replicas > 7 {
             bail!("cluster.replicas: must be between 1 and 7");
         }
@@ -171,6 +176,7 @@ impl NodeConfig {
         let mut o = NodeOptions::new(self.id, members, self.data_dir.clone());
         o.initial_shards = self.cluster.initial_shards;
         o.replicas = self.cluster.replicas;
+        o.split_keys = self.cluster.split_keys;
         o.heartbeat = Duration::from_millis(self.raft.heartbeat_ms);
         o.election_timeout_min = Duration::from_millis(self.raft.election_timeout_min_ms);
         o.election_timeout_max = Duration::from_millis(self.raft.election_timeout_max_ms);

@@ -25,6 +25,21 @@ use crate::types::{
 
 const META_KEY: &[u8] = b"mraft";
 const CLUSTER_KEY: &[u8] = b"cmap";
+/// Number of data keys (for split decisions); kept by apply.
+const KEYS_KEY: &[u8] = b"mkeys";
+/// The hash range this group owns, once it has been split; absent: what the map says.
+const RANGE_KEY: &[u8] = b"mrange";
+
+/// (ns, key) of a data key, if it is one.
+fn parse_data_key(k: &[u8]) -> Option<(&str, &str)> {
+    if k.first() != Some(&b'k') {
+        return None;
+    }
+    let n = *k.get(1)? as usize;
+    let ns = std::str::from_utf8(k.get(2..2 + n)?).ok()?;
+    let key = std::str::from_utf8(k.get(2 + n..)?).ok()?;
+    Some((ns, key))
+}
 
 /// A full image of the store: every (key, value) of the tree, in key order.
 pub type Image = Vec<(Vec<u8>, Vec<u8>)>;
@@ -76,6 +91,41 @@ impl KvStore {
         Self::open(&db, 1)
     }
 
+    /// Data keys in this group.
+    pub fn key_count(&self) -> Result<u64> {
+        Ok(self.tree.get(KEYS_KEY)?.map(|v| codec::decode(&v)).transpose()?.unwrap_or(0))
+    }
+
+    /// The hash range this group owns since its last split, if it was split.
+    pub fn range(&self) -> Result<Option<(u64, u64)>> {
+        self.tree.get(RANGE_KEY)?.map(|v| codec::decode(&v)).transpose()
+    }
+
+    /// Whether a key of this hash belongs here, given the range the caller's map gives the
+    /// shard: both the map and this group's own record (after a split) must agree.
+    pub fn owns(&self, hash: u64, map_range: (u64, u64)) -> Result<bool> {
+        let own = self.range()?.unwrap_or(map_range);
+        Ok(own == map_range && (own.0..=own.1).contains(&hash))
+    }
+
+    /// What a child shard starts from when this group splits at `at`: its data keys with
+    /// hashes in `[at, end]`, its key count and range.
+    pub fn split_image(&self, at: u64, end: u64) -> Result<Image> {
+        let mut out = vec![];
+        for kv in self.tree.scan_prefix(b"k") {
+            let (k, v) = kv?;
+            if let Some((ns, key)) = parse_data_key(&k) {
+                let h = crate::shard::key_hash(ns, key);
+                if (at..=end).contains(&h) {
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+            }
+        }
+        out.push((KEYS_KEY.to_vec(), codec::encode(&(out.len() as u64))?));
+        out.push((RANGE_KEY.to_vec(), codec::encode(&(at, end))?));
+        Ok(out)
+    }
+
     /// The cluster map (metadata group only).
     pub fn cluster_map(&self) -> Result<Option<crate::shard::ClusterMap>> {
         match self.tree.get(CLUSTER_KEY)? {
@@ -120,6 +170,10 @@ impl KvStore {
             return Ok(v.clone());
         }
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn count(&self, overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> Result<u64> {
+        Ok(self.read(KEYS_KEY, overlay)?.map(|v| codec::decode(&v)).transpose()?.unwrap_or(0))
     }
 
     fn apply_one(
@@ -175,6 +229,40 @@ impl KvStore {
                 map.leaving.remove(node);
                 Ok(())
             }),
+            Command::Split { start, at, end, .. } => {
+                if self
+                    .read(RANGE_KEY, overlay)?
+                    .is_some_and(|r| codec::decode::<(u64, u64)>(&r).is_ok_and(|(_, e)| e < *at))
+                {
+                    return Ok(Response::None); // applied already
+                }
+                let mut moved = 0u64;
+                for kv in self.tree.scan_prefix(b"k") {
+                    let (k, _) = kv?;
+                    if let Some((ns, key)) = parse_data_key(&k) {
+                        if (*at..=*end).contains(&crate::shard::key_hash(ns, key)) {
+                            overlay.insert(k.to_vec(), None);
+                            moved += 1;
+                        }
+                    }
+                }
+                let keys = self.count(overlay)?.saturating_sub(moved);
+                overlay.insert(KEYS_KEY.to_vec(), Some(codec::encode(&keys)?));
+                overlay.insert(RANGE_KEY.to_vec(), Some(codec::encode(&(*start, *at - 1))?));
+                Ok(Response::None)
+            }
+            Command::SetSplit { split, epoch, done } => self.update_map(overlay, |map| {
+                if *done {
+                    map.apply_split(split)?;
+                    map.splitting = None;
+                    return Ok(());
+                }
+                if map.epoch != *epoch {
+                    return Err(format!("stale map epoch {epoch}, current {}", map.epoch));
+                }
+                map.splitting = Some(*split);
+                Ok(())
+            }),
             Command::ForgetSeen(node) => {
                 overlay.insert(seen_key(*node), None);
                 Ok(Response::None)
@@ -192,6 +280,15 @@ impl KvStore {
             Command::Batch(ops) => {
                 // Check every precondition first: the batch is all or nothing. (Namespaces live
                 // in the metadata group; the node checks them before proposing.)
+                if let Some(r) = self.read(RANGE_KEY, overlay)? {
+                    let (start, end) = codec::decode::<(u64, u64)>(&r)?;
+                    if ops
+                        .iter()
+                        .any(|op| !(start..=end).contains(&crate::shard::key_hash(op.ns(), op.key())))
+                    {
+                        return Ok(Response::WrongShard);
+                    }
+                }
                 let mut existed = Vec::with_capacity(ops.len());
                 for op in ops {
                     let current = match self.read(&data_key(op.ns(), op.key()), overlay)? {
@@ -206,18 +303,23 @@ impl KvStore {
                         }
                     }
                 }
+                let mut keys = self.count(overlay)? as i64;
                 for op in ops {
                     let k = data_key(op.ns(), op.key());
+                    let exists = self.read(&k, overlay)?.is_some();
                     match op {
                         Op::Put { value, .. } => {
+                            keys += (!exists) as i64;
                             let rec = Record { revision: index, value: value.clone() };
                             overlay.insert(k, Some(codec::encode(&rec)?));
                         }
                         Op::Delete { .. } => {
+                            keys -= exists as i64;
                             overlay.insert(k, None);
                         }
                     }
                 }
+                overlay.insert(KEYS_KEY.to_vec(), Some(codec::encode(&(keys.max(0) as u64))?));
                 Ok(Response::Written { revision: index, existed })
             }
         }
@@ -516,6 +618,49 @@ mod tests {
         assert!(matches!(apply1(&kv, 20, &Command::RemoveNode(3)), Response::Map { .. }));
         let map = kv.cluster_map().unwrap().unwrap();
         assert!(!map.nodes.contains_key(&3) && map.leaving.is_empty());
+    }
+
+    #[test]
+    fn split_moves_keys_out_and_fences_the_range() {
+        use crate::shard::key_hash;
+        let kv = KvStore::temporary().unwrap();
+        for i in 0..200 {
+            apply1(&kv, i + 1, &put("default", &format!("k{i}"), "v", None));
+        }
+        apply1(&kv, 300, &del("default", "k0", None));
+        assert_eq!(kv.key_count().unwrap(), 199);
+        let at = 1u64 << 63;
+        let image = kv.split_image(at, u64::MAX).unwrap();
+        let moving: Vec<String> =
+            (1..200).map(|i| format!("k{i}")).filter(|k| key_hash("default", k) >= at).collect();
+        assert!(!moving.is_empty());
+        assert_eq!(image.len(), moving.len() + 2, "data keys plus count and range");
+        assert_eq!(
+            apply1(&kv, 301, &Command::Split { start: 0, at, end: u64::MAX, child: 2 }),
+            Response::None
+        );
+        assert_eq!(kv.key_count().unwrap(), 199 - moving.len() as u64);
+        assert_eq!(kv.range().unwrap(), Some((0, at - 1)));
+        for k in &moving {
+            assert_eq!(kv.get("default", k).unwrap(), None, "{k} moved out");
+            assert!(matches!(apply1(&kv, 302, &put("default", k, "x", None)), Response::WrongShard));
+        }
+        assert!(!kv.owns(1, (0, u64::MAX)).unwrap(), "a map that does not know the split is refused");
+        assert!(kv.owns(1, (0, at - 1)).unwrap());
+        // Applying the split again (a replay) changes nothing but the raft meta.
+        let strip = |mut v: Image| {
+            v.retain(|(k, _)| k.as_slice() != META_KEY);
+            v
+        };
+        let before = strip(kv.export().unwrap());
+        apply1(&kv, 301, &Command::Split { start: 0, at, end: u64::MAX, child: 2 });
+        assert_eq!(before, strip(kv.export().unwrap()));
+        // The child starts from the image.
+        let child = KvStore::temporary().unwrap();
+        child.import(&image).unwrap();
+        assert_eq!(child.key_count().unwrap(), moving.len() as u64);
+        assert_eq!(child.get("default", &moving[0]).unwrap().unwrap().value, b"v");
+        assert_eq!(child.range().unwrap(), Some((at, u64::MAX)));
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct NodeOptions {
     pub initial_shards: u64,
     /// Replicas per shard.
     pub replicas: usize,
+    /// A shard with more keys than this splits in two.
+    pub split_keys: u64,
 }
 
 impl NodeOptions {
@@ -92,6 +94,7 @@ impl NodeOptions {
             max_value_bytes: crate::types::DEFAULT_MAX_VALUE_BYTES,
             initial_shards: 16,
             replicas: 3,
+            split_keys: 1_000_000,
         }
     }
 }
@@ -122,6 +125,9 @@ pub struct GroupStatus {
     pub rejoining: bool,
     /// The reporting node's data-directory instance.
     pub instance: u64,
+    /// Data keys in the group (this replica's count).
+    #[serde(default)]
+    pub keys: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,7 +135,13 @@ struct ReadRequest {
     ns: String,
     key: String,
     consistency: Consistency,
+    /// The shard's hash range in the sender's map.
+    range: (u64, u64),
 }
+
+/// The message of the retryable error a replica gives for a request routed by a map that does
+/// not know the shard's latest split.
+const WRONG_SHARD: &str = "wrong shard: the shard's range changed";
 
 #[derive(Serialize, Deserialize)]
 struct ScanRequest {
@@ -138,6 +150,7 @@ struct ScanRequest {
     after: Option<String>,
     limit: usize,
     consistency: Consistency,
+    range: (u64, u64),
 }
 
 /// One raft group hosted by this node.
@@ -170,6 +183,7 @@ impl Group {
             seen: self.kv.seen().unwrap_or_default(),
             rejoining: self.rejoining.load(Ordering::SeqCst),
             instance,
+            keys: self.kv.key_count().unwrap_or_default(),
         }
     }
 
@@ -194,6 +208,8 @@ pub struct Node {
     last_elect: Mutex<BTreeMap<GroupId, Instant>>,
     /// A replica move or leave is being carried out by this node (as metadata leader).
     moving: AtomicBool,
+    /// When this node (as metadata leader) last checked shard sizes for splits.
+    last_split_check: Mutex<Option<Instant>>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -230,16 +246,16 @@ impl Node {
             starting: Mutex::new(BTreeSet::new()),
             last_elect: Mutex::new(BTreeMap::new()),
             moving: AtomicBool::new(false),
+            last_split_check: Mutex::new(None),
             shutdown,
         });
         let meta_members = node.meta_voters();
-        node.start_group(META_GROUP, meta_members).await?;
+        node.start_group(META_GROUP, meta_members, true).await?;
         // Data groups this node already hosts start right away (not after the first reconcile
         // pass), so a restarted node serves as soon as it can.
         if let Some(map) = node.map() {
             for shard in map.shards_of(node.opts.id) {
-                let members = members_of(&map, &shard.replicas);
-                node.start_group(shard.id, members).await?;
+                node.start_shard(&map, shard).await?;
             }
         }
         let n = node.clone();
@@ -302,16 +318,41 @@ impl Node {
 
     // ---- groups ----
 
-    async fn start_group(self: &Arc<Self>, id: GroupId, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
+    /// Starts a data shard this node is a replica of. A shard born from a split starts from
+    /// the snapshot its parent's replicas wrote when they applied the split: a replica of the
+    /// parent waits until it has applied it (the snapshot is there), and no replica ever
+    /// initializes such a shard empty (others get it from its leader).
+    async fn start_shard(self: &Arc<Self>, map: &ClusterMap, shard: &crate::shard::ShardInfo) -> Result<()> {
+        if let Some(parent) = shard.parent {
+            let parent_replica = map.shard(parent).is_some_and(|p| p.replicas.contains(&self.opts.id));
+            let snapshot = self.opts.data_dir.join(format!("group-{}", shard.id)).join("snapshot.bin");
+            if parent_replica && !snapshot.exists() && self.engine.last_entry(shard.id)?.is_none() {
+                return Ok(());
+            }
+        }
+        self.start_group(shard.id, members_of(map, &shard.replicas), shard.parent.is_none()).await
+    }
+
+    async fn start_group(
+        self: &Arc<Self>,
+        id: GroupId,
+        members: BTreeMap<NodeId, NodeInfo>,
+        may_initialize: bool,
+    ) -> Result<()> {
         if self.group(id).is_some() || !self.starting.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
             return Ok(());
         }
-        let r = self.open_group(id, members).await;
+        let r = self.open_group(id, members, may_initialize).await;
         self.starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         r
     }
 
-    async fn open_group(self: &Arc<Self>, id: GroupId, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
+    async fn open_group(
+        self: &Arc<Self>,
+        id: GroupId,
+        members: BTreeMap<NodeId, NodeInfo>,
+        may_initialize: bool,
+    ) -> Result<()> {
         let dir = self.opts.data_dir.join(format!("group-{id}"));
         let sm = StateMachineStore::open(&dir, &self.db, id)?;
         let kv = sm.kv();
@@ -336,7 +377,7 @@ impl Node {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, group.clone());
         if fresh || rejoining {
             let n = self.clone();
-            tokio::spawn(async move { n.bootstrap(group, members, fresh).await });
+            tokio::spawn(async move { n.bootstrap(group, members, fresh, may_initialize).await });
         }
         Ok(())
     }
@@ -370,7 +411,7 @@ impl Node {
         };
         for shard in map.shards_of(self.opts.id) {
             if self.group(shard.id).is_none() {
-                self.start_group(shard.id, members_of(&map, &shard.replicas)).await?;
+                self.start_shard(&map, shard).await?;
             }
         }
         // Groups the committed map no longer assigns here were moved away (the map changes
@@ -486,6 +527,9 @@ impl Node {
     /// complete a drained node's removal.
     async fn rebalance_step(self: &Arc<Self>) -> Result<()> {
         let map = self.require_map()?;
+        if let Some(s) = map.splitting {
+            return self.execute_split(s).await;
+        }
         if let Some(m) = map.moving {
             return self.execute_move(m).await;
         }
@@ -497,6 +541,64 @@ impl Node {
         if let Some(id) = map.leaving.iter().copied().find(|id| load.get(id) == Some(&0)) {
             return self.finish_leave(id).await;
         }
+        // Size split: every 2 s, a shard whose leader counts more than `split_keys` keys.
+        let due = {
+            let mut last = self.last_split_check.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() > Duration::from_secs(2));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let reports = self.cluster_statuses().await;
+            let big = reports
+                .values()
+                .flatten()
+                .flatten()
+                .filter(|g| g.leader == Some(g.node) && g.group != META_GROUP)
+                .filter(|g| g.keys > self.opts.split_keys)
+                .max_by_key(|g| g.keys)
+                .map(|g| (g.group, g.keys));
+            if let Some((shard, keys)) = big {
+                if let Some(split) = map.plan_split(shard) {
+                    tracing::info!(shard, keys, child = split.child, "splitting a shard");
+                    return self.execute_split(split).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out a split in three idempotent steps, recorded in the map so a new metadata
+    /// leader resumes: (1) the map records the split under way; (2) the shard's group applies
+    /// `Split` (each replica writes the child's starting snapshot, drops the keys, and refuses
+    /// the child's keys from then on); (3) the map gains the child shard, on the same replicas.
+    async fn execute_split(self: &Arc<Self>, split: crate::shard::Split) -> Result<()> {
+        let meta = self.meta()?;
+        let map = self.require_map()?;
+        if map.shard(split.child).is_some() {
+            return Ok(());
+        }
+        let shard = map
+            .shard(split.shard)
+            .ok_or_else(|| Error::NotFound(format!("no shard {}", split.shard)))?
+            .clone();
+        if map.splitting != Some(split) {
+            let cmd = Command::SetSplit { split, epoch: map.epoch, done: false };
+            expect_map(self.propose_local(&meta, cmd).await?)?;
+        }
+        let cmd = Command::Split { start: shard.start, at: split.at, end: shard.end, child: split.child };
+        match tokio::time::timeout(self.opts.request_timeout, self.propose_routed(split.shard, &cmd)).await {
+            Ok(Ok(Response::None)) => {}
+            Ok(Ok(other)) => return Err(Error::Internal(format!("split: unexpected {other:?}"))),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Error::Unavailable("split not confirmed in time".into())),
+        }
+        let map = self.require_map()?;
+        let cmd = Command::SetSplit { split, epoch: map.epoch, done: true };
+        expect_map(self.propose_local(&meta, cmd).await?)?;
+        tracing::info!(shard = split.shard, child = split.child, "shard split");
         Ok(())
     }
 
@@ -701,8 +803,14 @@ impl Node {
         validate_command(&cmd, self.opts.max_value_bytes)?;
         let timeout = self.opts.request_timeout;
         let routed = async {
-            let group = self.route(&cmd).await?;
-            self.propose_routed(group, &cmd).await
+            loop {
+                let group = self.route(&cmd).await?;
+                match self.propose_routed(group, &cmd).await? {
+                    // The shard was split and this node's map is behind: route again.
+                    Response::WrongShard => tokio::time::sleep(Duration::from_millis(20)).await,
+                    other => return Ok(other),
+                }
+            }
         };
         match tokio::time::timeout(timeout, routed).await {
             Ok(r) => r,
@@ -746,7 +854,9 @@ impl Node {
             | Command::AddNode(_)
             | Command::SetLeaving(_)
             | Command::SetReplicas { .. }
-            | Command::RemoveNode(_) => Ok(META_GROUP),
+            | Command::RemoveNode(_)
+            | Command::SetSplit { .. } => Ok(META_GROUP),
+            Command::Split { .. } => Err(Error::invalid("command", "internal only")),
             Command::MarkSeen { .. } | Command::ForgetSeen(_) => {
                 Err(Error::invalid("command", "internal only"))
             }
@@ -907,18 +1017,51 @@ impl Node {
         validate_namespace(ns)?;
         validate_key(key)?;
         self.require_namespace(ns).await?;
-        let map = self.require_map()?;
-        let shard = map.shard_for(ns, key).ok_or_else(|| Error::Internal("no shard".into()))?.id;
-        match self.group(shard) {
-            Some(g) => {
-                self.barrier(&g, consistency).await?;
-                g.kv.get(ns, key)
-            }
-            None => {
-                let req = ReadRequest { ns: ns.into(), key: key.into(), consistency };
-                self.remote(shard, &req, |mut c, f| async move { c.read(f).await }).await
+        let hash = crate::shard::key_hash(ns, key);
+        let deadline = Instant::now() + self.opts.request_timeout;
+        loop {
+            let map = self.require_map()?;
+            let shard = map.shard_for_hash(hash).ok_or_else(|| Error::Internal("no shard".into()))?;
+            let range = (shard.start, shard.end);
+            let r = match self.group(shard.id) {
+                Some(g) => self.local_get(&g, ns, key, consistency, range).await,
+                None => {
+                    let req = ReadRequest { ns: ns.into(), key: key.into(), consistency, range };
+                    self.remote(shard.id, &req, |mut c, f| async move { c.read(f).await }).await
+                }
+            };
+            match r {
+                // A stale map, or a shard just created by a split and not started everywhere
+                // yet: retry within the request's time.
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
             }
         }
+    }
+
+    async fn local_get(
+        &self,
+        g: &Group,
+        ns: &str,
+        key: &str,
+        consistency: Consistency,
+        range: (u64, u64),
+    ) -> Result<Option<Record>> {
+        self.barrier(g, consistency).await?;
+        if !g.kv.owns(crate::shard::key_hash(ns, key), range)? {
+            return Err(Error::Unavailable(WRONG_SHARD.into()));
+        }
+        g.kv.get(ns, key)
+    }
+
+    async fn local_scan(&self, g: &Group, r: &ScanRequest) -> Result<(Vec<ScanItem>, bool)> {
+        self.barrier(g, r.consistency).await?;
+        if g.kv.range()?.is_some_and(|own| own != r.range) {
+            return Err(Error::Unavailable(WRONG_SHARD.into()));
+        }
+        g.kv.scan(&r.ns, &r.prefix, r.after.as_deref(), r.limit)
     }
 
     /// Asks the replicas of a group this node does not host, in turn, until one answers.
@@ -958,47 +1101,50 @@ impl Node {
             return Err(Error::invalid("limit", format!("{limit} must be between 1 and 10000")));
         }
         self.require_namespace(ns).await?;
-        let map = self.require_map()?;
-        let parts = map.shards.iter().map(|s| self.scan_shard(s.id, ns, prefix, after, limit, consistency));
-        let mut items = vec![];
-        let mut more = false;
-        for r in futures::future::join_all(parts).await {
-            let (part, part_more) = r?;
-            more |= part_more;
-            items.extend(part);
-        }
-        items.sort_by(|a, b| a.key.cmp(&b.key));
-        if items.len() > limit {
-            items.truncate(limit);
-            more = true;
-        }
-        Ok((items, more))
-    }
-
-    async fn scan_shard(
-        &self,
-        shard: GroupId,
-        ns: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        consistency: Consistency,
-    ) -> Result<(Vec<ScanItem>, bool)> {
-        match self.group(shard) {
-            Some(g) => {
-                self.barrier(&g, consistency).await?;
-                g.kv.scan(ns, prefix, after, limit)
-            }
-            None => {
+        let deadline = Instant::now() + self.opts.request_timeout;
+        'again: loop {
+            let map = self.require_map()?;
+            let parts = map.shards.iter().map(|s| {
                 let req = ScanRequest {
                     ns: ns.into(),
                     prefix: prefix.into(),
                     after: after.map(String::from),
                     limit,
                     consistency,
+                    range: (s.start, s.end),
                 };
-                self.remote(shard, &req, |mut c, f| async move { c.scan(f).await }).await
+                self.scan_shard(s.id, req)
+            });
+            let mut items = vec![];
+            let mut more = false;
+            for r in futures::future::join_all(parts).await {
+                match r {
+                    Ok((part, part_more)) => {
+                        more |= part_more;
+                        items.extend(part);
+                    }
+                    // A shard split under this scan (its map was stale), or a new shard not
+                    // started everywhere yet: start again within the request's time.
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue 'again;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
+            items.sort_by(|a, b| a.key.cmp(&b.key));
+            if items.len() > limit {
+                items.truncate(limit);
+                more = true;
+            }
+            return Ok((items, more));
+        }
+    }
+
+    async fn scan_shard(&self, shard: GroupId, req: ScanRequest) -> Result<(Vec<ScanItem>, bool)> {
+        match self.group(shard) {
+            Some(g) => self.local_scan(&g, &req).await,
+            None => self.remote(shard, &req, |mut c, f| async move { c.scan(f).await }).await,
         }
     }
 
@@ -1020,7 +1166,13 @@ impl Node {
 
     /// See the module comment: initialize (majority answering, none initialized), wait to be
     /// replicated to, or rejoin after data loss.
-    async fn bootstrap(self: Arc<Self>, g: Arc<Group>, members: BTreeMap<NodeId, NodeInfo>, fresh: bool) {
+    async fn bootstrap(
+        self: Arc<Self>,
+        g: Arc<Group>,
+        members: BTreeMap<NodeId, NodeInfo>,
+        fresh: bool,
+        may_initialize: bool,
+    ) {
         let me = self.opts.id;
         let n = members.len();
         let mut shutdown = self.shutdown.subscribe();
@@ -1053,6 +1205,11 @@ impl Node {
                     group = g.id,
                     "group already initialized; waiting for the leader to replicate"
                 );
+                g.deciding.store(false, Ordering::SeqCst);
+                return;
+            }
+            if !may_initialize {
+                // Born from a split: it exists already; its leader will send the snapshot.
                 g.deciding.store(false, Ordering::SeqCst);
                 return;
             }
@@ -1278,10 +1435,7 @@ impl Internal for InternalService {
     async fn read(&self, req: tonic::Request<Frame>) -> RpcResult {
         let r: ReadRequest = network::request(req.get_ref())?;
         let out = match self.node.group(req.get_ref().group) {
-            Some(g) => match self.node.barrier(&g, r.consistency).await {
-                Ok(()) => g.kv.get(&r.ns, &r.key),
-                Err(e) => Err(e),
-            },
+            Some(g) => self.node.local_get(&g, &r.ns, &r.key, r.consistency, r.range).await,
             None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
         };
         network::reply(&out)
@@ -1290,10 +1444,7 @@ impl Internal for InternalService {
     async fn scan(&self, req: tonic::Request<Frame>) -> RpcResult {
         let r: ScanRequest = network::request(req.get_ref())?;
         let out = match self.node.group(req.get_ref().group) {
-            Some(g) => match self.node.barrier(&g, r.consistency).await {
-                Ok(()) => g.kv.scan(&r.ns, &r.prefix, r.after.as_deref(), r.limit),
-                Err(e) => Err(e),
-            },
+            Some(g) => self.node.local_scan(&g, &r).await,
             None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
         };
         network::reply(&out)

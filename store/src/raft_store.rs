@@ -245,6 +245,51 @@ impl StateMachineStore {
     }
 }
 
+impl StateMachineStore {
+    fn apply_segment(
+        &self,
+        cmds: &[(u64, Option<&Command>)],
+        last: LogId<NodeId>,
+        membership: &StoredMembership<NodeId, BasicNode>,
+    ) -> Result<Vec<Response>, SErr> {
+        let meta: RaftMeta = (Some(last), membership.clone());
+        let meta = codec::encode(&meta).map_err(|e| StorageIOError::apply(last, any(e)))?;
+        self.kv.apply(cmds, &meta).map_err(|e| StorageIOError::apply(last, any(e)).into())
+    }
+
+    /// Writes the starting snapshot of a child shard split off at `at` (hashes `[at, end]`):
+    /// its keys, at log index `split.index` (so its revisions keep growing), with this group's
+    /// voters. Written (and fsynced) before the split is applied here, so the keys are never
+    /// only in memory. Skipped if the child already has a snapshot: on a replay of the split
+    /// the child may have moved on, and its newer snapshot must not be replaced.
+    fn write_child_snapshot(
+        &self,
+        split: LogId<NodeId>,
+        at: u64,
+        end: u64,
+        child: GroupId,
+        membership: &StoredMembership<NodeId, BasicNode>,
+    ) -> Result<(), crate::Error> {
+        let dir = self.dir.parent().unwrap_or(&self.dir).join(format!("group-{child}"));
+        if dir.join(SNAPSHOT_FILE).exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        let image = self.kv.split_image(at, end)?;
+        // Term 0: the child's first leader (term >= 1) appends after it.
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(0, 0), split.index);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: StoredMembership::new(Some(log_id), membership.membership().clone()),
+            snapshot_id: format!("split-{}-{}", split.index, child),
+        };
+        write_snapshot_file(&dir, &SnapshotFile { meta, data: codec::encode(&image)? })
+    }
+}
+
 pub struct SnapshotBuilder {
     dir: PathBuf,
     meta: RaftMeta,
@@ -289,20 +334,41 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(vec![]);
         };
         let (_, mut membership) = self.meta().map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        let mut out = Vec::with_capacity(entries.len());
         let mut cmds = Vec::with_capacity(entries.len());
+        let mut seg_last = None;
         for e in &entries {
             match &e.payload {
                 EntryPayload::Blank => cmds.push((e.log_id.index, None)),
+                EntryPayload::Normal(Command::Split { at, end, child, .. }) => {
+                    // Everything before the split first, so the child's image reflects it.
+                    if let Some(l) = seg_last.take() {
+                        out.extend(self.apply_segment(&cmds, l, &membership)?);
+                        cmds.clear();
+                    }
+                    self.write_child_snapshot(e.log_id, *at, *end, *child, &membership)
+                        .map_err(|err| StorageIOError::apply(e.log_id, any(err)))?;
+                    let payload = match &e.payload {
+                        EntryPayload::Normal(cmd) => Some(cmd),
+                        _ => None,
+                    };
+                    out.extend(self.apply_segment(&[(e.log_id.index, payload)], e.log_id, &membership)?);
+                    continue;
+                }
                 EntryPayload::Normal(cmd) => cmds.push((e.log_id.index, Some(cmd))),
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(e.log_id), m.clone());
                     cmds.push((e.log_id.index, None));
                 }
             }
+            seg_last = Some(e.log_id);
         }
-        let meta: RaftMeta = (Some(last), membership);
-        let meta = codec::encode(&meta).map_err(|e| StorageIOError::apply(last, any(e)))?;
-        self.kv.apply(&cmds, &meta).map_err(|e| StorageIOError::apply(last, any(e)).into())
+        if let Some(l) = seg_last {
+            out.extend(self.apply_segment(&cmds, l, &membership)?);
+        }
+        debug_assert_eq!(out.len(), entries.len());
+        let _ = last;
+        Ok(out)
     }
 
     /// Takes the image here, on the state-machine task, so it is consistent with `meta`; the

@@ -39,6 +39,10 @@ pub struct ShardInfo {
     pub end: u64,
     /// Replicas; the first is the preferred leader.
     pub replicas: Vec<NodeId>,
+    /// Set for a shard born from a split: it starts from the snapshot its parent's replicas
+    /// wrote when they applied the split, and is never initialized empty.
+    #[serde(default)]
+    pub parent: Option<GroupId>,
 }
 
 /// Everything a node needs to route: kept in the metadata group, changed only through it.
@@ -56,6 +60,17 @@ pub struct ClusterMap {
     /// metadata leader finishes a move its predecessor started.
     #[serde(default)]
     pub moving: Option<Move>,
+    /// The split under way, if any; recorded for the same reason.
+    #[serde(default)]
+    pub splitting: Option<Split>,
+}
+
+/// A split of `shard` at hash `at`: `child` takes `[at, shard.end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    pub shard: GroupId,
+    pub at: u64,
+    pub child: GroupId,
 }
 
 /// FNV-1a over `len(ns) ‖ ns ‖ key` (the length keeps ("ab","c") apart from ("a","bc")).
@@ -176,9 +191,9 @@ pub fn initial_map(nodes: &[NodeInfo], count: u64, replicas: usize) -> ClusterMa
             replicas.swap(0, pos);
         }
         *leaders.entry(replicas[0]).or_default() += 1;
-        shards.push(ShardInfo { id: i + 1, start, end, replicas });
+        shards.push(ShardInfo { id: i + 1, start, end, replicas, parent: None });
     }
-    ClusterMap { epoch: 1, nodes, shards, leaving: BTreeSet::new(), moving: None }
+    ClusterMap { epoch: 1, nodes, shards, leaving: BTreeSet::new(), moving: None, splitting: None }
 }
 
 /// One replica move: `shard`'s replica on `from` goes to `to`.
@@ -190,6 +205,44 @@ pub struct Move {
 }
 
 impl ClusterMap {
+    /// Plans splitting `shard` in the middle of its hash range; `None` if it is one hash wide.
+    pub fn plan_split(&self, shard: GroupId) -> Option<Split> {
+        let s = self.shard(shard)?;
+        if s.start == s.end {
+            return None;
+        }
+        let at = s.start + (s.end - s.start) / 2 + 1;
+        let child = self.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+        Some(Split { shard, at, child })
+    }
+
+    /// The map after `split`: the parent keeps `[start, at - 1]`, the child (same replicas)
+    /// takes `[at, end]`. Idempotent: a map that already has the child is returned unchanged.
+    pub fn apply_split(&mut self, split: &Split) -> Result<(), String> {
+        if self.shard(split.child).is_some() {
+            return Ok(());
+        }
+        let i = self
+            .shards
+            .iter()
+            .position(|s| s.id == split.shard)
+            .ok_or(format!("no shard {}", split.shard))?;
+        let parent = self.shards[i].clone();
+        if split.at <= parent.start || split.at > parent.end {
+            return Err(format!("split point {:x} is outside shard {}", split.at, parent.id));
+        }
+        self.shards[i].end = split.at - 1;
+        let child = ShardInfo {
+            id: split.child,
+            start: split.at,
+            end: parent.end,
+            replicas: parent.replicas.clone(),
+            parent: Some(parent.id),
+        };
+        self.shards.insert(i + 1, child);
+        Ok(())
+    }
+
     /// Replicas per node (every node listed, zero included).
     pub fn load(&self) -> BTreeMap<NodeId, usize> {
         let mut load: BTreeMap<NodeId, usize> = self.nodes.keys().map(|id| (*id, 0)).collect();
@@ -400,6 +453,29 @@ mod tests {
         map.leaving.insert(3); // site c's only node
         settle(&mut map);
         assert!(map.shards.iter().all(|s| s.replicas.len() == 3 && !s.replicas.contains(&3)));
+    }
+
+    #[test]
+    fn a_split_halves_the_range_and_keeps_replicas() {
+        let mut map = initial_map(&nodes(&["a", "b", "c"]), 2, 3);
+        let split = map.plan_split(1).unwrap();
+        assert_eq!(split.child, 3);
+        let parent = map.shard(1).unwrap().clone();
+        map.apply_split(&split).unwrap();
+        map.validate().unwrap();
+        let (p, c) = (map.shard(1).unwrap(), map.shard(3).unwrap());
+        assert_eq!((p.start, p.end + 1, c.start, c.end), (parent.start, split.at, split.at, parent.end));
+        assert_eq!((c.replicas.clone(), c.parent), (parent.replicas.clone(), Some(1)));
+        // Keys route to one side or the other, never lost.
+        for i in 0..2000 {
+            let s = map.shard_for("default", &format!("k{i}")).unwrap().id;
+            assert!([1, 2, 3].contains(&s));
+        }
+        let again = map.clone();
+        map.apply_split(&split).unwrap();
+        assert_eq!(map, again, "idempotent");
+        let bad = Split { shard: 2, at: 0, child: 9 };
+        assert!(map.apply_split(&bad).is_err());
     }
 
     #[test]

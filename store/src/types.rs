@@ -111,6 +111,22 @@ pub enum Command {
     /// Forget that a node replicated this group (it was removed from it), so that if it is
     /// added again later it joins as a new replica, not as one that lost its data.
     ForgetSeen(u64),
+    /// Data group: give up hashes `[at, end]` to a child shard; this group keeps
+    /// `[start, at - 1]` and refuses keys outside it from then on. (The raft glue writes the
+    /// child's starting snapshot before applying this.)
+    Split {
+        start: u64,
+        at: u64,
+        end: u64,
+        child: u64,
+    },
+    /// Metadata group: record the split under way (compare-and-set on the epoch), or finish it
+    /// (`done`: the map gains the child shard).
+    SetSplit {
+        split: crate::shard::Split,
+        epoch: u64,
+        done: bool,
+    },
 }
 
 /// The result of applying a command. Determinism contract: the outcome depends only on the
@@ -130,6 +146,8 @@ pub enum Response {
     Rejected(String),
     /// The cluster map changed to this epoch.
     Map { epoch: u64 },
+    /// A key of the batch is outside this shard's range (it was split): route again.
+    WrongShard,
 }
 
 /// A stored value with its revision.
@@ -210,10 +228,15 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
         Command::SetReplicas { replicas, .. } if replicas.is_empty() => {
             Err(Error::invalid("replicas", "a shard needs at least one replica"))
         }
+        Command::Split { start, at, end, .. } if !(start < at && at <= end) => {
+            Err(Error::invalid("split", "needs start < at <= end"))
+        }
         Command::SetLeaving(_)
         | Command::SetReplicas { .. }
         | Command::RemoveNode(_)
-        | Command::ForgetSeen(_) => Ok(()),
+        | Command::ForgetSeen(_)
+        | Command::Split { .. }
+        | Command::SetSplit { .. } => Ok(()),
     }
 }
 
