@@ -68,7 +68,7 @@ async fn write_keys_into(
 /// local replica once it has caught up.
 async fn check_all_readable(c: &Cluster, id: u64, keys: &[usize]) {
     for &i in keys {
-        let got = c.get(id, "default", &format!("k{i}"), false).await;
+        let got = c.read_back(id, "default", &format!("k{i}")).await;
         assert_eq!(got, Ok(Some(value_of(i))), "linearizable read of k{i} via node {id}");
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -177,7 +177,7 @@ async fn kill_all_nodes_at_once_loses_nothing() {
     c.wait_ready(READY).await;
     for id in c.ids() {
         for &i in &acked {
-            let got = c.get(id, "default", &format!("k{i}"), false).await;
+            let got = c.read_back(id, "default", &format!("k{i}")).await;
             assert_eq!(got, Ok(Some(value_of(i))), "acknowledged k{i} lost (read via node {id})");
         }
     }
@@ -499,7 +499,7 @@ async fn five_nodes_three_sites_spread_shards_and_leaders() {
     for id in c.ids() {
         for &i in acked.iter().step_by(7) {
             assert_eq!(
-                c.get(id, "default", &format!("k{i}"), false).await,
+                c.read_back(id, "default", &format!("k{i}")).await,
                 Ok(Some(value_of(i))),
                 "k{i} via {id}"
             );
@@ -647,7 +647,7 @@ async fn join_and_leave_under_load_lose_nothing() {
     for id in [2, 3, 4, 5, 6] {
         for &i in &acked {
             assert_eq!(
-                c.get(id, "default", &format!("k{i}"), false).await,
+                c.read_back(id, "default", &format!("k{i}")).await,
                 Ok(Some(value_of(i))),
                 "k{i} via {id}"
             );
@@ -688,7 +688,7 @@ async fn shards_split_under_load_invisibly() {
     for id in c.ids() {
         for &i in &acked {
             assert_eq!(
-                c.get(id, "default", &format!("k{i}"), false).await,
+                c.read_back(id, "default", &format!("k{i}")).await,
                 Ok(Some(value_of(i))),
                 "k{i} via {id}"
             );

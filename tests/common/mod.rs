@@ -38,7 +38,29 @@ pub struct Node {
     starts: u32,
 }
 
+/// One cluster at a time per test binary: on 2 cores, two clusters side by side starve each
+/// other's elections, and the tests check durability and correctness, not starvation.
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+struct Slot;
+
+impl Slot {
+    fn acquire() -> Slot {
+        while RUNNING.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        RUNNING.store(false, Ordering::SeqCst);
+    }
+}
+
 pub struct Cluster {
+    _slot: Slot,
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, Node>,
     pub token: String,
@@ -64,6 +86,7 @@ impl HttpReply {
 impl Cluster {
     /// `cluster init` for `n` nodes over `sites`; `tweak` edits each node's TOML before start.
     pub fn init(n: u16, sites: &str, tweak: impl Fn(String) -> String) -> Cluster {
+        let slot = Slot::acquire();
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_base_port(n);
         let out = dir.path().join("cluster");
@@ -100,7 +123,7 @@ impl Cluster {
         }
         let token = std::fs::read_to_string(out.join("admin.token")).unwrap().trim().to_string();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-        Cluster { dir, nodes, token, client }
+        Cluster { _slot: slot, dir, nodes, token, client }
     }
 
     /// The directory `cluster init` wrote.
@@ -239,6 +262,20 @@ impl Cluster {
         }
     }
 
+    /// A get that retries `503`s (no leader confirmed yet) for up to 30 s: for checks that an
+    /// acknowledged write is still there, which is about durability, not availability.
+    pub async fn read_back(&self, id: u64, ns: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.get(id, ns, key, false).await {
+                Err(e) if e.starts_with("503") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A get through node `id`: Ok(Some(value)) / Ok(None) on 404.
     pub async fn get(&self, id: u64, ns: &str, key: &str, stale: bool) -> Result<Option<Vec<u8>>, String> {
         let q = if stale { "?consistency=stale" } else { "" };
@@ -300,6 +337,14 @@ impl Cluster {
     }
 
     pub fn dump_logs(&self) {
+        // Keep the full logs of a failed run (the cluster directory is deleted on drop).
+        let keep = std::env::temp_dir().join(format!("edgefabric-failed-{}", std::process::id()));
+        if std::fs::create_dir_all(&keep).is_ok() {
+            for node in self.nodes.values() {
+                let _ = std::fs::copy(&node.log, keep.join(format!("node{}.log", node.id)));
+            }
+            eprintln!("full node logs kept in {}", keep.display());
+        }
         for node in self.nodes.values() {
             let text = std::fs::read_to_string(&node.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
