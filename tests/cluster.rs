@@ -446,6 +446,26 @@ mod grpc {
     tonic::include_proto!("edgefabric.v1");
 }
 
+/// Every key of `default` with `prefix`, paging through `GET /v1/kv/default` via node `via`.
+async fn scan_all(c: &Cluster, via: u64, prefix: &str, limit: usize) -> Vec<String> {
+    let mut seen = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = format!("/v1/kv/default?prefix={prefix}&limit={limit}");
+        if let Some(a) = &after {
+            q.push_str(&format!("&after={a}"));
+        }
+        let page = c.request(via, reqwest::Method::GET, &q, None).await.unwrap().json();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["key"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => return seen,
+        }
+    }
+}
+
 /// Polls the cluster status until `ok` holds, or panics with the last status.
 async fn wait_status(
     c: &Cluster,
@@ -511,22 +531,7 @@ async fn five_nodes_three_sites_spread_shards_and_leaders() {
         }
     }
     // A paginated scan returns every key exactly once, in order, across all 16 shards.
-    let mut seen = vec![];
-    let mut after: Option<String> = None;
-    loop {
-        let q = match &after {
-            Some(a) => format!("/v1/kv/default?prefix=k&limit=37&after={a}"),
-            None => "/v1/kv/default?prefix=k&limit=37".to_string(),
-        };
-        let page = c.request(4, reqwest::Method::GET, &q, None).await.unwrap().json();
-        for item in page["items"].as_array().unwrap() {
-            seen.push(item["key"].as_str().unwrap().to_string());
-        }
-        match page["next"].as_str() {
-            Some(n) => after = Some(n.to_string()),
-            None => break,
-        }
-    }
+    let seen = scan_all(&c, 4, "k", 37).await;
     let mut expected: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
     expected.sort();
     assert_eq!(seen, expected);
@@ -695,22 +700,7 @@ async fn shards_split_under_load_invisibly() {
         }
     }
     // A paginated scan sees every key exactly once across the split shards.
-    let mut seen = vec![];
-    let mut after: Option<String> = None;
-    loop {
-        let q = match &after {
-            Some(a) => format!("/v1/kv/default?prefix=k&limit=200&after={a}"),
-            None => "/v1/kv/default?prefix=k&limit=200".to_string(),
-        };
-        let page = c.request(3, reqwest::Method::GET, &q, None).await.unwrap().json();
-        for item in page["items"].as_array().unwrap() {
-            seen.push(item["key"].as_str().unwrap().to_string());
-        }
-        match page["next"].as_str() {
-            Some(n) => after = Some(n.to_string()),
-            None => break,
-        }
-    }
+    let seen = scan_all(&c, 3, "k", 200).await;
     let mut expected: Vec<String> = (0..1500).map(|i| format!("k{i}")).collect();
     expected.sort();
     assert_eq!(seen, expected);

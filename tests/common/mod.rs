@@ -59,6 +59,23 @@ impl Drop for Slot {
     }
 }
 
+impl Node {
+    /// A node of `cluster.json` (in `out`, the `cluster init` directory), not started.
+    fn from_cluster_json(out: &Path, n: &serde_json::Value) -> Node {
+        let id = n["id"].as_u64().unwrap();
+        Node {
+            id,
+            config: out.join(format!("node{id}.toml")),
+            data_dir: out.join(format!("node{id}")),
+            http: format!("http://{}", n["http"].as_str().unwrap()),
+            grpc: format!("http://{}", n["grpc"].as_str().unwrap()),
+            child: None,
+            log: out.join(format!("node{id}.log")),
+            starts: 0,
+        }
+    }
+}
+
 pub struct Cluster {
     _slot: Slot,
     pub dir: tempfile::TempDir,
@@ -107,19 +124,7 @@ impl Cluster {
             let config = out.join(format!("node{id}.toml"));
             let text = std::fs::read_to_string(&config).unwrap();
             std::fs::write(&config, tweak(text)).unwrap();
-            nodes.insert(
-                id,
-                Node {
-                    id,
-                    config,
-                    data_dir: out.join(format!("node{id}")),
-                    http: format!("http://{}", n["http"].as_str().unwrap()),
-                    grpc: format!("http://{}", n["grpc"].as_str().unwrap()),
-                    child: None,
-                    log: out.join(format!("node{id}.log")),
-                    starts: 0,
-                },
-            );
+            nodes.insert(id, Node::from_cluster_json(&out, n));
         }
         let token = std::fs::read_to_string(out.join("admin.token")).unwrap().trim().to_string();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
@@ -142,16 +147,7 @@ impl Cluster {
             serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
         for n in cluster["nodes"].as_array().unwrap() {
             let id = n["id"].as_u64().unwrap();
-            self.nodes.entry(id).or_insert_with(|| Node {
-                id,
-                config: out.join(format!("node{id}.toml")),
-                data_dir: out.join(format!("node{id}")),
-                http: format!("http://{}", n["http"].as_str().unwrap()),
-                grpc: format!("http://{}", n["grpc"].as_str().unwrap()),
-                child: None,
-                log: out.join(format!("node{id}.log")),
-                starts: 0,
-            });
+            self.nodes.entry(id).or_insert_with(|| Node::from_cluster_json(&out, n));
         }
     }
 
