@@ -1,3 +1,7 @@
-//! The attestation ledger (issue 4): signed entries, hash-chained blocks, RFC 6962 proofs and
-//! C2SP checkpoints, as plain synchronous code. Not built yet: this crate only reserves its
-//! place in the workspace.
+//! The attestation ledger (issue 4), as plain synchronous code. So far: the RFC 6962 Merkle
+//! tree (`merkle`) with inclusion and consistency proofs and their verification. Entries,
+//! blocks, checkpoints and the chain store come next.
+
+pub mod merkle;
+
+pub use merkle::{Hash, ProofError};
