@@ -126,6 +126,16 @@ impl PublicKey {
         STANDARD.encode(self.0.as_bytes())
     }
 
+    pub fn to_bytes(&self) -> [u8; 32] {
+        *self.0.as_bytes()
+    }
+
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self> {
+        ed25519_dalek::VerifyingKey::from_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|e| Error::Invalid { what: "public key", message: e.to_string() })
+    }
+
     pub fn from_base64(s: &str) -> Result<Self> {
         let bytes = STANDARD
             .decode(s.trim())

@@ -3,5 +3,6 @@
 //! blocks, checkpoints and the chain store come next.
 
 pub mod merkle;
+pub mod note;
 
 pub use merkle::{Hash, ProofError};
