@@ -61,7 +61,7 @@ pub struct ShardView {
     pub learners: Option<Vec<u64>>,
 }
 
-fn require_map(node: &Node) -> Result<ClusterMap, ApiError> {
+fn require_map(node: &Node) -> Result<std::sync::Arc<ClusterMap>, ApiError> {
     node.map().ok_or_else(|| {
         ApiError::from(edgefabric_store::Error::Unavailable("the cluster is not initialized yet".into()))
     })

@@ -46,6 +46,10 @@ pub type Image = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub struct KvStore {
     tree: sled::Tree,
+    /// The decoded cluster map (metadata group), read on every request's routing. Outer
+    /// `None`: not loaded yet. Loaded and replaced only under the write lock, so a lazy load
+    /// can never store a map older than one an apply has installed.
+    map_cache: std::sync::RwLock<Option<Option<std::sync::Arc<crate::shard::ClusterMap>>>>,
     /// Limit re-checked on apply; must be the same on every node (it is part of the
     /// determinism contract), so it is fixed here, not taken from node config.
     max_apply_value: usize,
@@ -82,7 +86,7 @@ impl KvStore {
     /// per node, so many groups share its cache and flusher).
     pub fn open(db: &sled::Db, group: u64) -> Result<Self> {
         let tree = db.open_tree(format!("group-{group}"))?;
-        Ok(KvStore { tree, max_apply_value: APPLY_MAX_VALUE_BYTES })
+        Ok(KvStore { tree, map_cache: std::sync::RwLock::new(None), max_apply_value: APPLY_MAX_VALUE_BYTES })
     }
 
     /// A throwaway in-memory store, for tests.
@@ -126,12 +130,20 @@ impl KvStore {
         Ok(out)
     }
 
-    /// The cluster map (metadata group only).
-    pub fn cluster_map(&self) -> Result<Option<crate::shard::ClusterMap>> {
-        match self.tree.get(CLUSTER_KEY)? {
-            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
-            None => Ok(None),
+    /// The cluster map (metadata group only), decoded once per change.
+    pub fn cluster_map(&self) -> Result<Option<std::sync::Arc<crate::shard::ClusterMap>>> {
+        if let Some(cached) = &*self.map_cache.read().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(cached.clone());
         }
+        let mut cache = self.map_cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.is_none() {
+            let loaded = match self.tree.get(CLUSTER_KEY)? {
+                Some(bytes) => Some(std::sync::Arc::new(codec::decode(&bytes)?)),
+                None => None,
+            };
+            *cache = Some(loaded);
+        }
+        Ok(cache.clone().flatten())
     }
 
     /// The raft glue's opaque state saved by the last apply or import.
@@ -154,6 +166,10 @@ impl KvStore {
             };
             out.push(resp);
         }
+        let new_map = match overlay.get(CLUSTER_KEY) {
+            Some(Some(bytes)) => Some(std::sync::Arc::new(codec::decode(bytes)?)),
+            _ => None,
+        };
         for (k, v) in overlay {
             match v {
                 Some(v) => batch.insert(k, v),
@@ -162,6 +178,9 @@ impl KvStore {
         }
         batch.insert(META_KEY, raft_meta);
         self.tree.apply_batch(batch)?;
+        if let Some(map) = new_map {
+            *self.map_cache.write().unwrap_or_else(|p| p.into_inner()) = Some(Some(map));
+        }
         Ok(out)
     }
 
@@ -447,12 +466,7 @@ impl KvStore {
         }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
-        Ok(())
-    }
-
-    /// Best-effort flush of sled's buffers (not a durability point: see the module comment).
-    pub fn flush(&self) -> Result<()> {
-        self.tree.flush()?;
+        *self.map_cache.write().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
 }
@@ -569,6 +583,7 @@ mod tests {
         use crate::shard::{initial_map, NodeInfo};
         let kv = KvStore::temporary().unwrap();
         assert_eq!(kv.cluster_map().unwrap(), None);
+        assert!(kv.cluster_map().unwrap().is_none(), "an absent map is cached as absent");
         let nodes: Vec<NodeInfo> = (1..=3)
             .map(|i| NodeInfo { id: i, site: format!("s{i}"), addr: format!("a{i}"), http: String::new() })
             .collect();
@@ -576,7 +591,7 @@ mod tests {
         let second = initial_map(&nodes, 8, 3);
         apply1(&kv, 1, &Command::InitCluster(first.clone()));
         apply1(&kv, 2, &Command::InitCluster(second));
-        assert_eq!(kv.cluster_map().unwrap(), Some(first));
+        assert_eq!(kv.cluster_map().unwrap().as_deref(), Some(&first));
         let mut broken = initial_map(&nodes, 4, 3);
         broken.shards.pop();
         assert!(matches!(apply1(&kv, 3, &Command::InitCluster(broken)), Response::Rejected(_)));
@@ -618,6 +633,14 @@ mod tests {
         assert!(matches!(apply1(&kv, 20, &Command::RemoveNode(3)), Response::Map { .. }));
         let map = kv.cluster_map().unwrap().unwrap();
         assert!(!map.nodes.contains_key(&3) && map.leaving.is_empty());
+        // Import replaces the map the cache holds.
+        let other = KvStore::temporary().unwrap();
+        apply1(&other, 1, &Command::InitCluster(initial_map(&nodes, 3, 3)));
+        let before = kv.cluster_map().unwrap().unwrap();
+        kv.import(&other.export().unwrap()).unwrap();
+        let after = kv.cluster_map().unwrap().unwrap();
+        assert_ne!(before, after);
+        assert_eq!(after.shards.len(), 3);
     }
 
     #[test]

@@ -301,11 +301,11 @@ impl Node {
     }
 
     /// The cluster map as this node's metadata replica has it.
-    pub fn map(&self) -> Option<ClusterMap> {
+    pub fn map(&self) -> Option<Arc<ClusterMap>> {
         self.group(META_GROUP).and_then(|g| g.kv.cluster_map().ok().flatten())
     }
 
-    fn require_map(&self) -> Result<ClusterMap> {
+    fn require_map(&self) -> Result<Arc<ClusterMap>> {
         self.map().ok_or_else(|| Error::Unavailable("the cluster is not initialized yet".into()))
     }
 

@@ -330,9 +330,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let Some(last) = entries.last().map(|e| e.log_id) else {
+        if entries.is_empty() {
             return Ok(vec![]);
-        };
+        }
         let (_, mut membership) = self.meta().map_err(|e| StorageIOError::read_state_machine(any(e)))?;
         let mut out = Vec::with_capacity(entries.len());
         let mut cmds = Vec::with_capacity(entries.len());
@@ -367,7 +367,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             out.extend(self.apply_segment(&cmds, l, &membership)?);
         }
         debug_assert_eq!(out.len(), entries.len());
-        let _ = last;
         Ok(out)
     }
 
