@@ -293,6 +293,13 @@ async fn followers_forward_and_grpc_matches_rest() {
     assert!(shard.start <= shard.end && shard.replicas.len() == 3);
     let denied = admin.status(tonic::Request::new(grpc::ClusterStatusRequest {})).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    let bad_addr =
+        grpc::AddNodeRequest { id: 9, site: "a".into(), grpc: "nowhere".into(), http: "127.0.0.1:2".into() };
+    let e = admin.add_node(with_token(&token, bad_addr)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("grpc"), "{}", e.message());
+    let e = admin.remove_node(with_token(&token, grpc::RemoveNodeRequest { id: 99 })).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     let bad =
         admin.route(with_token(&token, grpc::RouteRequest { ns: "Bad NS".into(), key: "g".into() })).await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
@@ -416,6 +423,24 @@ async fn bad_input_is_a_clear_json_error() {
         ),
         (Method::POST, "/v1/batch".into(), Some(br#"{"ops":[]}"#.to_vec()), 400, "ops"),
         (Method::GET, "/v1/nothing-here".into(), None, 404, "route"),
+        (Method::GET, "/v1/cluster/route?ns=default".into(), None, 400, "key"),
+        (Method::GET, "/v1/cluster/route?ns=default&key=".into(), None, 400, "key"),
+        (
+            Method::POST,
+            "/v1/cluster/nodes".into(),
+            Some(br#"{"id":9,"site":"","grpc":"127.0.0.1:1","http":"127.0.0.1:2"}"#.to_vec()),
+            400,
+            "site",
+        ),
+        (
+            Method::POST,
+            "/v1/cluster/nodes".into(),
+            Some(br#"{"id":9,"site":"a","grpc":"nowhere","http":"127.0.0.1:2"}"#.to_vec()),
+            400,
+            "grpc",
+        ),
+        (Method::DELETE, "/v1/cluster/nodes/99".into(), None, 404, "node 99"),
+        (Method::DELETE, "/v1/cluster/nodes/x".into(), None, 400, "path"),
     ];
     for id in c.ids() {
         for (method, path, body, status, needle) in &cases {
@@ -434,6 +459,14 @@ async fn bad_input_is_a_clear_json_error() {
     assert_eq!(r.status(), 401);
     let r = c.client.get(format!("{}/healthz", c.http(1))).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // Nothing above changed the cluster map: no node was added or marked leaving.
+    let st = c.status(1).await.unwrap();
+    assert_eq!((st["nodes"].as_array().unwrap().len(), st["leaving"].as_array().unwrap().len()), (3, 0));
+    // /metrics needs no token and reports the node's groups.
+    let m = c.client.get(format!("{}/metrics", c.http(2))).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("edgefabric_raft_groups 17"), "{m}");
+    assert!(m.contains("edgefabric_raft_groups_without_leader 0"), "{m}");
+    assert!(m.contains("edgefabric_raft_term{group=\"0\"}"), "{m}");
 }
 
 fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {

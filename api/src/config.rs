@@ -473,6 +473,38 @@ mod tests {
     }
 
     #[test]
+    fn join_writes_the_next_node_and_updates_cluster_and_trust_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("c");
+        let spec = InitSpec {
+            nodes: 3,
+            sites: vec!["a".into(), "b".into(), "c".into()],
+            host: "127.0.0.1".into(),
+            base_port: 9000,
+            out: out.clone(),
+        };
+        cluster_init(&spec).unwrap();
+        assert!(prepare_join(&out, "", "127.0.0.1", 9100).is_err(), "an empty site is refused");
+        assert!(prepare_join(&out, "a", "not-an-ip", 9100).is_err());
+        let joined = prepare_join(&out, "a", "127.0.0.1", 9100).unwrap();
+        assert_eq!((joined.id, joined.grpc.port(), joined.http.port()), (4, 9100, 9101));
+        let cfg = NodeConfig::load(&joined.config).unwrap();
+        assert_eq!((cfg.id, cfg.site.as_str(), cfg.members.len()), (4, "a", 4));
+        let cluster: ClusterFile =
+            serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
+        assert_eq!(cluster.nodes.iter().map(|n| n.id).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        let trust: TrustFile =
+            serde_json::from_str(&std::fs::read_to_string(out.join("trust.json")).unwrap()).unwrap();
+        let key = Identity::read(&cfg.key_file).unwrap();
+        assert_eq!(
+            trust.nodes.last().map(|n| (n.id, n.public_key.clone())),
+            Some((4, key.public_key().to_base64()))
+        );
+        // The next join gets the next id.
+        assert_eq!(prepare_join(&out, "b", "127.0.0.1", 9102).unwrap().id, 5);
+    }
+
+    #[test]
     fn bad_specs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let spec = |nodes, sites: &[&str], host: &str, port| InitSpec {
@@ -502,6 +534,12 @@ mod tests {
         assert!(format!("{:#}", NodeConfig::load(&p).unwrap_err()).contains("bogus"));
         let mut bad = cfg.clone();
         bad.raft.election_timeout_min_ms = 50;
+        assert!(bad.validate().is_err());
+        let mut bad = cfg.clone();
+        bad.cluster.split_keys = 99;
+        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("split_keys"));
+        let mut bad = cfg.clone();
+        bad.cluster.initial_shards = 0;
         assert!(bad.validate().is_err());
         let mut bad = cfg;
         bad.members.clear();
