@@ -65,40 +65,47 @@ struct Consistency {
     want_err: bool,
 }
 
-#[test]
-fn inclusion_vectors() {
-    let Some(dir) = vectors() else { return };
-    let files = cases(&dir.join("inclusion"));
-    assert!(files.len() > 50, "found only {} inclusion cases", files.len());
+/// Runs every case under `kind`; `check` gives (wants an error, verification result, desc).
+/// `None` when the vectors are absent (a notice is printed).
+fn run<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    check: impl Fn(&T) -> (bool, Result<(), edgefabric_ledger::ProofError>, String),
+) -> Option<(usize, usize)> {
+    let dir = vectors()?;
+    let files = cases(&dir.join(kind));
+    assert!(files.len() > 50, "found only {} {kind} cases", files.len());
     let (mut ok, mut bad) = (0, 0);
     for f in files {
-        let c: Inclusion = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-        let r = verify_inclusion(c.leaf_idx, c.tree_size, &b64(&c.leaf_hash), &b64s(&c.proof), &b64(&c.root));
-        assert_eq!(r.is_err(), c.want_err, "{} ({}): {r:?}", f.display(), c.desc);
-        if c.want_err {
+        let case: T = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let (want_err, r, desc) = check(&case);
+        assert_eq!(r.is_err(), want_err, "{} ({desc}): {r:?}", f.display());
+        if want_err {
             bad += 1
         } else {
             ok += 1
         }
     }
+    Some((ok, bad))
+}
+
+#[test]
+fn inclusion_vectors() {
+    let Some((ok, bad)) = run("inclusion", |c: &Inclusion| {
+        let r = verify_inclusion(c.leaf_idx, c.tree_size, &b64(&c.leaf_hash), &b64s(&c.proof), &b64(&c.root));
+        (c.want_err, r, c.desc.clone())
+    }) else {
+        return;
+    };
     assert!(ok > 5 && bad > 40, "{ok} positive, {bad} negative");
 }
 
 #[test]
 fn consistency_vectors() {
-    let Some(dir) = vectors() else { return };
-    let files = cases(&dir.join("consistency"));
-    assert!(files.len() > 50, "found only {} consistency cases", files.len());
-    let (mut ok, mut bad) = (0, 0);
-    for f in files {
-        let c: Consistency = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+    let Some((ok, bad)) = run("consistency", |c: &Consistency| {
         let r = verify_consistency(c.size1, c.size2, &b64s(&c.proof), &b64(&c.root1), &b64(&c.root2));
-        assert_eq!(r.is_err(), c.want_err, "{} ({}): {r:?}", f.display(), c.desc);
-        if c.want_err {
-            bad += 1
-        } else {
-            ok += 1
-        }
-    }
+        (c.want_err, r, c.desc.clone())
+    }) else {
+        return;
+    };
     assert!(ok > 3 && bad > 40, "{ok} positive, {bad} negative");
 }
