@@ -157,6 +157,23 @@ impl PublicKey {
     }
 }
 
+/// Verifies many (message, signature, key) triples at once, about twice as fast per signature
+/// as one by one. All-or-nothing: on `Err` the caller finds the bad one with
+/// [`PublicKey::verify`]. The batch equation is the cofactored one, so it accepts everything
+/// `verify` accepts; callers that need `verify`'s strictness check new signatures with it first.
+pub fn verify_batch(messages: &[&[u8]], signatures: &[[u8; 64]], keys: &[PublicKey]) -> Result<()> {
+    if messages.len() != signatures.len() || messages.len() != keys.len() {
+        return Err(Error::Invalid { what: "batch", message: "lengths differ".into() });
+    }
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let sigs: Vec<ed25519_dalek::Signature> =
+        signatures.iter().map(ed25519_dalek::Signature::from_bytes).collect();
+    let keys: Vec<ed25519_dalek::VerifyingKey> = keys.iter().map(|k| k.0).collect();
+    ed25519_dalek::verify_batch(messages, &sigs, &keys).map_err(|_| Error::BadSignature)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

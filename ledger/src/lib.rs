@@ -1,8 +1,20 @@
-//! The attestation ledger (issue 4), as plain synchronous code. So far: the RFC 6962 Merkle
-//! tree (`merkle`) with inclusion and consistency proofs and their verification. Entries,
-//! blocks, checkpoints and the chain store come next.
+//! The attestation ledger (issue 4), as plain synchronous code with no networking:
+//! - `merkle`: the RFC 6962 log tree: hashes, reference proofs, proof verification;
+//! - `note`: C2SP signed notes and tlog checkpoints;
+//! - `entry`: typed, signed entries and their canonical encodings;
+//! - `block`: block headers, the per-block merkle-cbt entry root and its multi-proofs;
+//! - `chain`: validation rules, the chain store and its indexes, fast proofs over stored
+//!   subtree hashes, and full re-verification of a stored chain (tamper detection).
+//!
+//! The node's replication runtime (store/) orders blocks with raft and calls
+//! [`chain::apply_block`] on every node; the API crate serves proofs and checkpoints.
 
+pub mod block;
+pub mod chain;
+pub mod entry;
+pub mod error;
 pub mod merkle;
 pub mod note;
 
+pub use error::{Invalid, LedgerError, Result};
 pub use merkle::{Hash, ProofError};

@@ -1,0 +1,462 @@
+//! The chain engine end to end over a real sled tree: the rules (each with a negative case),
+//! proofs against checkpoints, and tamper detection (every way of altering the stored chain is
+//! caught and the first bad block named).
+
+use std::collections::BTreeMap;
+
+use edgefabric_crypto::Identity;
+use edgefabric_ledger::block::Block;
+use edgefabric_ledger::chain::{self, Signatures};
+use edgefabric_ledger::entry::{image_message, revocation_message, Author, Entry, EntryKind};
+use edgefabric_ledger::{merkle, Invalid, LedgerError};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    tree: sled::Tree,
+    nodes: Vec<Identity>,
+    publisher: Identity,
+    genesis: Vec<Entry>,
+}
+
+fn digest(i: u64) -> String {
+    format!("sha256:{}", hex(&merkle::sha256(&[&i.to_be_bytes()])))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn commit(tree: &sled::Tree, writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+    let mut batch = sled::Batch::default();
+    for (k, v) in writes {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+    tree.apply_batch(batch).unwrap();
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let tree = db.open_tree("ledger").unwrap();
+        let nodes: Vec<Identity> = (1..=3u8).map(|i| Identity::from_seed(&[i; 32])).collect();
+        let members: Vec<(u64, String, [u8; 32])> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (i as u64 + 1, format!("site{i}"), id.public_key().to_bytes()))
+            .collect();
+        let genesis = chain::genesis_entries(&members);
+        let f = Fixture { _dir: dir, tree, nodes, publisher: Identity::from_seed(&[9; 32]), genesis };
+        f.append_ok(f.genesis.clone());
+        f
+    }
+
+    fn node_entry(&self, node: u64, kind: EntryKind) -> Entry {
+        Entry::by_node(node, kind, &self.nodes[node as usize - 1]).unwrap()
+    }
+
+    fn add_publisher(&self) -> Entry {
+        self.node_entry(
+            1,
+            EntryKind::PublisherAdded {
+                id: "acme".into(),
+                public_key: self.publisher.public_key().to_bytes(),
+                by: "admin".into(),
+            },
+        )
+    }
+
+    fn register(&self, i: u64) -> Entry {
+        let (name, digest) = (format!("app-{i}"), digest(i));
+        Entry {
+            signature: self.publisher.sign(&image_message(&name, &digest)).to_vec(),
+            kind: EntryKind::ImageRegistered { name, digest, publisher: "acme".into() },
+            author: Author::Publisher("acme".into()),
+        }
+    }
+
+    /// Builds the next block from `entries` (all must be valid), applies and stores it.
+    fn append_ok(&self, entries: Vec<Entry>) -> Block {
+        let (block, results) = chain::build_block(&self.tree, &entries, 1000, 1).unwrap();
+        for r in &results {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        let block = block.expect("a block");
+        let (writes, _) =
+            chain::apply_block(&self.tree, &block, Some(&self.genesis), Signatures::Batch).unwrap();
+        commit(&self.tree, writes);
+        block
+    }
+
+    fn apply(&self, block: &Block) -> Result<(), LedgerError> {
+        chain::apply_block(&self.tree, block, Some(&self.genesis), Signatures::Batch).map(|_| ())
+    }
+
+    /// A chain of 6 blocks: genesis, publisher, 3 blocks of registrations, a revocation.
+    fn populated() -> Fixture {
+        let f = Fixture::new();
+        f.append_ok(vec![f.add_publisher()]);
+        for b in 0..3u64 {
+            f.append_ok((0..4).map(|i| f.register(b * 4 + i)).collect());
+        }
+        let reason = "CVE-2026-0001".to_string();
+        f.append_ok(vec![Entry {
+            signature: f.publisher.sign(&revocation_message(&digest(5), &reason)).to_vec(),
+            kind: EntryKind::ImageRevoked { digest: digest(5), reason, by: "acme".into() },
+            author: Author::Publisher("acme".into()),
+        }]);
+        f
+    }
+
+    fn verify(&self) -> Result<Option<chain::Head>, LedgerError> {
+        chain::verify_chain(&self.tree, Some(&self.genesis))
+    }
+}
+
+fn invalid(r: Result<(), LedgerError>) -> Invalid {
+    match r {
+        Err(LedgerError::InvalidBlock { reason, .. }) => reason,
+        other => panic!("expected an invalid block, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_valid_chain_builds_indexes_and_verifies() {
+    let f = Fixture::populated();
+    let head = f.verify().unwrap().unwrap();
+    assert_eq!(head.height, 5);
+    assert_eq!(head.log_size, 3 + 1 + 12 + 1);
+    assert_eq!(chain::verify_head(&f.tree).unwrap(), Some(head.clone()));
+    let img = chain::image(&f.tree, &digest(5)).unwrap().unwrap();
+    assert_eq!(img.publisher, "acme");
+    assert_eq!(img.registered_index, 4 + 5);
+    assert_eq!(img.revoked_index, Some(16));
+    assert!(chain::image(&f.tree, &digest(6)).unwrap().unwrap().revoked_index.is_none());
+    assert!(chain::image(&f.tree, &digest(99)).unwrap().is_none());
+    // The head's root is the RFC 6962 root of every leaf.
+    let leaves: Vec<merkle::Hash> =
+        (0..head.log_size).map(|i| merkle::leaf_hash(&chain::leaf(&f.tree, i).unwrap().unwrap())).collect();
+    assert_eq!(merkle::root(&leaves), head.log_root);
+    // And a stored block's entries prove against its entry root with a multi-proof.
+    let b = chain::stored_block(&f.tree, 3).unwrap().unwrap();
+    let hashes: Vec<merkle::Hash> =
+        b.entries.iter().map(|e| merkle::leaf_hash(&e.leaf_bytes().unwrap())).collect();
+    let p = edgefabric_ledger::block::multi_proof(&hashes, &[0, 3]).unwrap();
+    edgefabric_ledger::block::verify_multi_proof(
+        &b.header.entry_root,
+        4,
+        &[(0, hashes[0]), (3, hashes[3])],
+        &p,
+    )
+    .unwrap();
+}
+
+#[test]
+fn rules_reject_each_kind_of_bad_entry() {
+    let f = Fixture::new();
+    // A publisher that is not registered yet.
+    let (_, r) = chain::build_block(&f.tree, &[f.register(1)], 0, 1).unwrap();
+    assert!(
+        matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::UnknownAuthor { .. }, .. })),
+        "{r:?}"
+    );
+    f.append_ok(vec![f.add_publisher()]);
+    // Twice the same publisher.
+    let (_, r) = chain::build_block(&f.tree, &[f.add_publisher()], 0, 1).unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Rule { .. }, .. })), "{r:?}");
+    // A forged signature.
+    let mut forged = f.register(1);
+    forged.signature[5] ^= 1;
+    let (_, r) = chain::build_block(&f.tree, &[forged], 0, 1).unwrap();
+    assert!(
+        matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Signature { .. }, .. })),
+        "{r:?}"
+    );
+    // A node key signing for another node.
+    let mut e = Entry::by_node(2, EntryKind::NodeRemoved { id: 3 }, &f.nodes[0]).unwrap();
+    let (_, r) = chain::build_block(&f.tree, &[e.clone()], 0, 1).unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Signature { .. }, .. })));
+    // A node that is not a member.
+    e = Entry::by_node(7, EntryKind::NodeRemoved { id: 3 }, &Identity::from_seed(&[7; 32])).unwrap();
+    let (_, r) = chain::build_block(&f.tree, &[e], 0, 1).unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::UnknownAuthor { .. }, .. })));
+    // A publisher writing a membership entry: wrong role.
+    let kind = EntryKind::NodeRemoved { id: 3 };
+    let e = Entry { kind, author: Author::Publisher("acme".into()), signature: vec![0; 64] };
+    let (_, r) = chain::build_block(&f.tree, &[e], 0, 1).unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Role { .. }, .. })));
+    // A node registering an image: wrong role.
+    let kind = EntryKind::ImageRegistered { name: "x".into(), digest: digest(1), publisher: "acme".into() };
+    let e = f.node_entry(1, kind);
+    let (_, r) = chain::build_block(&f.tree, &[e], 0, 1).unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Role { .. }, .. })));
+    // Revoking an image that was never registered.
+    let kind = EntryKind::ImageRevoked { digest: digest(1), reason: "x".into(), by: "admin".into() };
+    let (_, r) = chain::build_block(&f.tree, &[f.node_entry(1, kind)], 0, 1).unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Rule { .. }, .. })));
+    // A genesis-style entry after genesis.
+    let (_, r) = chain::build_block(&f.tree, &f.genesis[..1], 0, 1).unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Role { .. }, .. })));
+    // Duplicate registration within one block: the second is left out, the first kept.
+    let (block, r) = chain::build_block(&f.tree, &[f.register(1), f.register(1)], 0, 1).unwrap();
+    assert!(r[0].is_ok() && r[1].is_err(), "{r:?}");
+    assert_eq!(block.unwrap().entries.len(), 1);
+    // An audit record claiming another node.
+    let rec = edgefabric_ledger::entry::AuditRecord {
+        actor: "app".into(),
+        node: 2,
+        ns: "default".into(),
+        key: Some("k".into()),
+        key_hash: None,
+        action: "kv.put".into(),
+        result: "allowed".into(),
+        status: 200,
+        time_ms: 1,
+    };
+    let (_, r) =
+        chain::build_block(&f.tree, &[f.node_entry(1, EntryKind::Audit(rec.clone()))], 0, 1).unwrap();
+    assert!(r[0].is_err());
+    let (_, r) = chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(rec))], 0, 1).unwrap();
+    assert!(r[0].is_ok());
+}
+
+#[test]
+fn invalid_blocks_are_refused_and_leave_no_trace() {
+    let f = Fixture::new();
+    f.append_ok(vec![f.add_publisher()]);
+    let (good, _) = chain::build_block(&f.tree, &[f.register(1), f.register(2)], 0, 1).unwrap();
+    let good = good.unwrap();
+    let before: Vec<_> = f.tree.iter().collect::<Result<_, _>>().unwrap();
+    type Case = (Block, fn(&Invalid) -> bool);
+    let mut cases: Vec<Case> = vec![];
+    let mut b = good.clone();
+    b.header.height = 5;
+    cases.push((b, |r| matches!(r, Invalid::Height { expected: 2, got: 5 })));
+    let mut b = good.clone();
+    b.header.prev[0] ^= 1;
+    cases.push((b, |r| matches!(r, Invalid::PrevHash { .. })));
+    let mut b = good.clone();
+    b.header.entry_root[0] ^= 1;
+    cases.push((b, |r| matches!(r, Invalid::EntryRoot)));
+    let mut b = good.clone();
+    b.header.log_root[0] ^= 1;
+    cases.push((b, |r| matches!(r, Invalid::LogRoot)));
+    let mut b = good.clone();
+    b.header.log_size += 1;
+    cases.push((b, |r| matches!(r, Invalid::LogSize { .. })));
+    let mut b = good.clone();
+    b.entries.swap(0, 1);
+    cases.push((b, |r| matches!(r, Invalid::EntryRoot)));
+    let mut b = good.clone();
+    b.entries[1].signature[0] ^= 1;
+    cases.push((b, |r| matches!(r, Invalid::Signature { entry: 1 })));
+    let mut b = good.clone();
+    b.entries.pop();
+    cases.push((b, |r| matches!(r, Invalid::EntryCount { .. })));
+    let mut b = good.clone();
+    b.entries.clear();
+    b.header.entry_count = 0;
+    cases.push((b, |r| matches!(r, Invalid::EntryCount { .. })));
+    for (i, (block, check)) in cases.iter().enumerate() {
+        let reason = invalid(f.apply(block));
+        assert!(check(&reason), "case {i}: {reason:?}");
+    }
+    let after: Vec<_> = f.tree.iter().collect::<Result<_, _>>().unwrap();
+    assert_eq!(before, after);
+    f.apply(&good).unwrap();
+}
+
+#[test]
+fn genesis_must_match_the_configured_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let tree = db.open_tree("t").unwrap();
+    let key = |i: u8| Identity::from_seed(&[i; 32]).public_key().to_bytes();
+    let expected = chain::genesis_entries(&[(1, "a".into(), key(1)), (2, "b".into(), key(2))]);
+    let other = chain::genesis_entries(&[(1, "a".into(), key(1)), (2, "b".into(), key(3))]);
+    let (block, _) = chain::build_block(&tree, &other, 0, 1).unwrap();
+    let block = block.unwrap();
+    let r = chain::apply_block(&tree, &block, Some(&expected), Signatures::Batch).map(|_| ());
+    assert!(matches!(invalid(r), Invalid::Genesis(_)));
+    // Without an expectation (a node that joined later) a well-formed genesis is accepted.
+    chain::apply_block(&tree, &block, None, Signatures::Batch).unwrap();
+    // A signed entry in genesis is not well-formed.
+    let signed = Entry::by_node(1, EntryKind::NodeRemoved { id: 1 }, &Identity::from_seed(&[1; 32])).unwrap();
+    let (_, r) = chain::build_block(&tree, &[signed], 0, 1).unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Genesis(_), .. })));
+}
+
+#[test]
+fn proofs_from_the_store_verify_against_the_head() {
+    let f = Fixture::populated();
+    let head = chain::head(&f.tree).unwrap().unwrap();
+    for index in 0..head.log_size {
+        let leaf = chain::leaf(&f.tree, index).unwrap().unwrap();
+        for size in index + 1..=head.log_size {
+            let proof: Vec<Vec<u8>> =
+                chain::inclusion_proof(&f.tree, index, size).unwrap().iter().map(|h| h.to_vec()).collect();
+            let root = chain::root_at(&f.tree, size).unwrap();
+            merkle::verify_inclusion(index, size, &merkle::leaf_hash(&leaf), &proof, &root).unwrap();
+        }
+    }
+    let old = chain::header(&f.tree, 2).unwrap().unwrap();
+    let proof: Vec<Vec<u8>> = chain::consistency_proof(&f.tree, old.log_size, head.log_size)
+        .unwrap()
+        .iter()
+        .map(|h| h.to_vec())
+        .collect();
+    merkle::verify_consistency(old.log_size, head.log_size, &proof, &old.log_root, &head.log_root).unwrap();
+}
+
+// ---- tampering: every case is caught, and the first bad block named ----
+
+fn corrupt_at(r: Result<Option<chain::Head>, LedgerError>) -> u64 {
+    match r {
+        Err(LedgerError::Corrupt { height, .. }) => height,
+        other => panic!("tampering went unnoticed: {other:?}"),
+    }
+}
+
+fn flip(tree: &sled::Tree, key: &[u8], byte: usize) {
+    let mut v = tree.get(key).unwrap().unwrap().to_vec();
+    let i = byte % v.len();
+    v[i] ^= 0x40;
+    tree.insert(key, v).unwrap();
+}
+
+#[test]
+fn flipped_bytes_in_a_header_are_caught() {
+    for byte in [0usize, 3, 20, 40, 60, 80] {
+        let f = Fixture::populated();
+        flip(&f.tree, &chain::block_key(2), byte);
+        assert_eq!(corrupt_at(f.verify()), 2, "byte {byte}");
+    }
+}
+
+#[test]
+fn flipped_bytes_in_an_entry_are_caught() {
+    for byte in [0usize, 2, 10, 30, 50, 100] {
+        let f = Fixture::populated();
+        flip(&f.tree, &chain::leaf_key(9), byte); // entry 9 is in block 3
+        assert_eq!(corrupt_at(f.verify()), 3, "byte {byte}");
+    }
+}
+
+#[test]
+fn dropped_blocks_and_entries_are_caught() {
+    let f = Fixture::populated();
+    f.tree.remove(chain::block_key(3)).unwrap();
+    assert_eq!(corrupt_at(f.verify()), 3);
+    let f = Fixture::populated();
+    f.tree.remove(chain::leaf_key(12)).unwrap();
+    assert_eq!(corrupt_at(f.verify()), 4);
+    // The last block dropped and the head rewritten to the block before: a consistent-looking
+    // shorter chain, except the tree nodes and leaves it leaves behind.
+    let f = Fixture::populated();
+    let prev = chain::header(&f.tree, 4).unwrap().unwrap();
+    f.tree.remove(chain::block_key(5)).unwrap();
+    let head = chain::Head {
+        height: 4,
+        hash: prev.hash().unwrap(),
+        log_size: prev.log_size,
+        log_root: prev.log_root,
+    };
+    f.tree
+        .insert(chain::HEAD_KEY, bincode::serde::encode_to_vec(&head, bincode::config::standard()).unwrap())
+        .unwrap();
+    assert!(matches!(f.verify(), Err(LedgerError::Corrupt { .. })));
+}
+
+#[test]
+fn reordered_blocks_are_caught() {
+    let f = Fixture::populated();
+    let b2 = f.tree.get(chain::block_key(2)).unwrap().unwrap();
+    let b3 = f.tree.get(chain::block_key(3)).unwrap().unwrap();
+    f.tree.insert(chain::block_key(2), b3).unwrap();
+    f.tree.insert(chain::block_key(3), b2).unwrap();
+    assert_eq!(corrupt_at(f.verify()), 2);
+    // Reordered entries inside a block.
+    let f = Fixture::populated();
+    let a = f.tree.get(chain::leaf_key(8)).unwrap().unwrap();
+    let b = f.tree.get(chain::leaf_key(9)).unwrap().unwrap();
+    f.tree.insert(chain::leaf_key(8), b).unwrap();
+    f.tree.insert(chain::leaf_key(9), a).unwrap();
+    assert_eq!(corrupt_at(f.verify()), 3);
+}
+
+#[test]
+fn a_replaced_block_is_caught_even_when_validly_signed() {
+    // Another chain from the same genesis, with different (validly signed) registrations.
+    let f = Fixture::populated();
+    let g = Fixture::new();
+    g.append_ok(vec![g.add_publisher()]);
+    g.append_ok((0..4).map(|i| g.register(100 + i)).collect());
+    let replacement = chain::stored_block(&g.tree, 2).unwrap().unwrap();
+    f.tree.insert(chain::block_key(2), replacement.header.to_bytes().unwrap()).unwrap();
+    for (i, e) in replacement.entries.iter().enumerate() {
+        f.tree
+            .insert(chain::leaf_key(replacement.header.first_index() + i as u64), e.leaf_bytes().unwrap())
+            .unwrap();
+    }
+    // Block 2 is valid in isolation and links to block 1; the stored log tree still commits to
+    // the original entries, so the replay of block 2 disagrees with it.
+    assert_eq!(corrupt_at(f.verify()), 2);
+    // With the tree nodes rewritten to match too, the link from block 3 breaks.
+    let f = Fixture::populated();
+    let before: Vec<(Vec<u8>, Vec<u8>)> = g
+        .tree
+        .scan_prefix(b"Lt")
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect();
+    f.tree.insert(chain::block_key(2), replacement.header.to_bytes().unwrap()).unwrap();
+    for (i, e) in replacement.entries.iter().enumerate() {
+        f.tree
+            .insert(chain::leaf_key(replacement.header.first_index() + i as u64), e.leaf_bytes().unwrap())
+            .unwrap();
+    }
+    for (k, v) in before {
+        f.tree.insert(k, v).unwrap();
+    }
+    assert_eq!(corrupt_at(f.verify()), 3);
+}
+
+#[test]
+fn altered_indexes_and_tree_nodes_are_caught() {
+    let f = Fixture::populated();
+    flip(&f.tree, &chain::node_key(1, 2), 0);
+    assert!(matches!(f.verify(), Err(LedgerError::Corrupt { .. })));
+    // The start-up check reads only the nodes the head's root is made of (17 leaves: the
+    // perfect subtree of the first 16, and leaf 16).
+    let f = Fixture::populated();
+    flip(&f.tree, &chain::node_key(4, 0), 0);
+    assert!(matches!(chain::verify_head(&f.tree), Err(LedgerError::Corrupt { .. })));
+    assert!(matches!(f.verify(), Err(LedgerError::Corrupt { .. })));
+    // An image marked as not revoked (an index, not a block).
+    let f = Fixture::populated();
+    let mut key = b"Li".to_vec();
+    key.extend_from_slice(digest(5).as_bytes());
+    let mut rec = chain::image(&f.tree, &digest(5)).unwrap().unwrap();
+    rec.revoked_index = None;
+    f.tree.insert(key, bincode::serde::encode_to_vec(&rec, bincode::config::standard()).unwrap()).unwrap();
+    assert!(matches!(f.verify(), Err(LedgerError::Corrupt { .. })));
+    // An extra entry past the head.
+    let f = Fixture::populated();
+    f.tree.insert(chain::leaf_key(500), f.register(77).leaf_bytes().unwrap()).unwrap();
+    assert!(matches!(f.verify(), Err(LedgerError::Corrupt { .. })));
+}
+
+#[test]
+fn the_head_check_catches_a_rewritten_tip() {
+    let f = Fixture::populated();
+    flip(&f.tree, &chain::block_key(5), 12);
+    assert!(matches!(chain::verify_head(&f.tree), Err(LedgerError::Corrupt { height: 5, .. })));
+    let f = Fixture::populated();
+    f.tree.remove(chain::block_key(4)).unwrap();
+    assert!(matches!(chain::verify_head(&f.tree), Err(LedgerError::Corrupt { height: 4, .. })));
+}
