@@ -293,8 +293,13 @@ async fn followers_forward_and_grpc_matches_rest() {
     assert!(shard.start <= shard.end && shard.replicas.len() == 3);
     let denied = admin.status(tonic::Request::new(grpc::ClusterStatusRequest {})).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::Unauthenticated);
-    let bad_addr =
-        grpc::AddNodeRequest { id: 9, site: "a".into(), grpc: "nowhere".into(), http: "127.0.0.1:2".into() };
+    let bad_addr = grpc::AddNodeRequest {
+        id: 9,
+        site: "a".into(),
+        grpc: "nowhere".into(),
+        http: "127.0.0.1:2".into(),
+        public_key: String::new(),
+    };
     let e = admin.add_node(with_token(&token, bad_addr)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("grpc"), "{}", e.message());

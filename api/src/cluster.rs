@@ -157,15 +157,32 @@ fn map_epoch(r: Response) -> Result<u64, ApiError> {
 }
 
 /// A node joins the map; replicas then move onto it. Idempotent for the same node.
-pub async fn add_node(node: &Node, id: u64, site: &str, grpc: &str, http: &str) -> Result<u64, ApiError> {
+pub async fn add_node(
+    node: &Node,
+    id: u64,
+    site: &str,
+    grpc: &str,
+    http: &str,
+    public_key: &str,
+) -> Result<u64, ApiError> {
     if site.is_empty() {
         return Err(ApiError::bad_request("site: must not be empty"));
+    }
+    if !public_key.is_empty() {
+        edgefabric_crypto::PublicKey::from_base64(public_key)
+            .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
     }
     for (field, addr) in [("grpc", grpc), ("http", http)] {
         addr.parse::<std::net::SocketAddr>()
             .map_err(|e| ApiError::bad_request(format!("{field}: {addr:?} is not host:port: {e}")))?;
     }
-    let info = NodeInfo { id, site: site.into(), addr: grpc.into(), http: http.into() };
+    let info = NodeInfo {
+        id,
+        site: site.into(),
+        addr: grpc.into(),
+        http: http.into(),
+        public_key: public_key.into(),
+    };
     map_epoch(node.propose(Command::AddNode(info)).await?)
 }
 

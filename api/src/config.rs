@@ -36,7 +36,27 @@ pub struct NodeConfig {
     pub raft: RaftSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub ledger: LedgerSection,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSection {
+    /// The checkpoint origin line, the same on every node (`cluster init` makes a unique one;
+    /// verifiers find it in trust.json).
+    pub origin: String,
+    /// Re-verify the whole stored ledger at start-up (always: the head and the checkpoint).
+    pub verify_full_at_start: bool,
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection { origin: DEFAULT_ORIGIN.into(), verify_full_at_start: false }
+    }
+}
+
+pub const DEFAULT_ORIGIN: &str = "edgefabric/ledger";
 
 /// How the cluster is sharded at creation. Must be the same on every node (`cluster init`
 /// writes the same values everywhere): the first map is derived from it.
@@ -64,6 +84,10 @@ pub struct Member {
     pub site: String,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The node's public key (base64). `cluster init` lists every founder's, and then every
+    /// node checks the ledger's genesis block against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +172,15 @@ impl NodeConfig {
         if self.cluster.split_keys < 100 {
             bail!("cluster.split_keys: must be at least 100");
         }
+        if self.ledger.origin.is_empty() || self.ledger.origin.chars().any(|c| c.is_control()) {
+            bail!("ledger.origin: must be a non-empty line");
+        }
+        for m in &self.members {
+            if let Some(k) = &m.public_key {
+                edgefabric_crypto::PublicKey::from_base64(k)
+                    .with_context(|| format!("members: node {}'s public_key", m.id))?;
+            }
+        }
         if self.cluster.replicas == 0 || self.cluster.replicas > 7 {
             bail!("cluster.replicas: must be between 1 and 7");
         }
@@ -162,8 +195,17 @@ impl NodeConfig {
         Ok(())
     }
 
-    pub fn node_options(&self) -> NodeOptions {
-        let members = self
+    /// The node's options; `identity` is its key (read from `key_file`).
+    pub fn node_options(&self, identity: std::sync::Arc<Identity>) -> Result<NodeOptions> {
+        let own_key = identity.public_key().to_base64();
+        if let Some(listed) =
+            self.members.iter().find(|m| m.id == self.id).and_then(|m| m.public_key.as_ref())
+        {
+            if *listed != own_key {
+                bail!("members: node {}'s public_key is not the key in {}", self.id, self.key_file.display());
+            }
+        }
+        let members: Vec<NodeInfo> = self
             .members
             .iter()
             .map(|m| NodeInfo {
@@ -171,9 +213,30 @@ impl NodeConfig {
                 site: m.site.clone(),
                 addr: m.grpc.to_string(),
                 http: m.http.to_string(),
+                public_key: if m.id == self.id {
+                    own_key.clone()
+                } else {
+                    m.public_key.clone().unwrap_or_default()
+                },
             })
             .collect();
-        let mut o = NodeOptions::new(self.id, members, self.data_dir.clone());
+        // A founding configuration lists every founder's key: the genesis block must match it.
+        let genesis = if self.members.iter().all(|m| m.public_key.is_some()) {
+            let founders: Vec<(u64, String, [u8; 32])> = members
+                .iter()
+                .map(|m| {
+                    edgefabric_crypto::PublicKey::from_base64(&m.public_key)
+                        .map(|k| (m.id, m.site.clone(), k.to_bytes()))
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            Some(edgefabric_ledger::chain::genesis_entries(&founders))
+        } else {
+            None
+        };
+        let mut o = NodeOptions::new(self.id, members, self.data_dir.clone(), identity);
+        o.ledger_origin = self.ledger.origin.clone();
+        o.ledger_genesis = genesis;
+        o.verify_ledger_full = self.ledger.verify_full_at_start;
         o.initial_shards = self.cluster.initial_shards;
         o.replicas = self.cluster.replicas;
         o.split_keys = self.cluster.split_keys;
@@ -184,13 +247,16 @@ impl NodeConfig {
         o.keep_logs = self.raft.keep_logs;
         o.request_timeout = Duration::from_millis(self.limits.request_timeout_ms);
         o.max_value_bytes = self.limits.max_value_bytes;
-        o
+        Ok(o)
     }
 }
 
 #[derive(Serialize, Deserialize)]
 pub struct TrustFile {
     pub nodes: Vec<TrustedNode>,
+    /// The ledger's checkpoint origin, when known: a verifier refuses checkpoints of others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -266,6 +332,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
         bail!("--base-port: {} nodes need ports up to {last_port}, past 65535", spec.nodes);
     }
     std::fs::create_dir_all(&spec.out).with_context(|| format!("creating {}", spec.out.display()))?;
+    let origin = format!("edgefabric/{}", hex::encode(edgefabric_crypto::random_bytes::<8>()?));
     let mut members = vec![];
     for k in 1..=spec.nodes {
         let grpc_port = spec.base_port as u64 + 2 * (k - 1);
@@ -273,15 +340,19 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             format!("{}:{grpc_port}", spec.host).parse().context("--host: not an IP address")?;
         let http: SocketAddr = format!("{}:{}", spec.host, grpc_port + 1).parse().context("--host")?;
         let site = spec.sites[((k - 1) as usize) % spec.sites.len()].clone();
-        members.push(Member { id: k, site, grpc, http });
+        members.push(Member { id: k, site, grpc, http, public_key: None });
     }
     write_token(&spec.out.join("admin.token"))?;
     let mut trust = vec![];
+    // Every key first: each node's config lists all founders' keys.
+    for m in members.iter_mut() {
+        let id = Identity::generate()?;
+        id.write(&spec.out.join(format!("node{}.key", m.id)))?;
+        m.public_key = Some(id.public_key().to_base64());
+        trust.push(TrustedNode { id: m.id, public_key: id.public_key().to_base64() });
+    }
     for m in &members {
         let key_name = format!("node{}.key", m.id);
-        let id = Identity::generate()?;
-        id.write(&spec.out.join(&key_name))?;
-        trust.push(TrustedNode { id: m.id, public_key: id.public_key().to_base64() });
         let cfg = NodeConfig {
             id: m.id,
             site: m.site.clone(),
@@ -294,6 +365,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             cluster: ClusterSection::default(),
             raft: RaftSection::default(),
             limits: LimitsSection::default(),
+            ledger: LedgerSection { origin: origin.clone(), ..Default::default() },
         };
         let text = format!(
             "# EdgeFabric node {} at site {:?}. Start it with: edgefabric serve --config node{}.toml\n\
@@ -305,7 +377,8 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
         );
         write_new(&spec.out.join(format!("node{}.toml", m.id)), &text)?;
     }
-    write_new(&spec.out.join("trust.json"), &serde_json::to_string_pretty(&TrustFile { nodes: trust })?)?;
+    let trust = TrustFile { nodes: trust, origin: Some(origin) };
+    write_new(&spec.out.join("trust.json"), &serde_json::to_string_pretty(&trust)?)?;
     let cluster = ClusterFile {
         nodes: members
             .iter()
@@ -322,6 +395,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
 }
 
 pub struct Joined {
+    pub public_key: String,
     pub id: u64,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
@@ -350,11 +424,24 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
             site: n.site.clone(),
             grpc: n.grpc.parse().with_context(|| format!("cluster.json: node {} grpc", n.id))?,
             http: n.http.parse().with_context(|| format!("cluster.json: node {} http", n.id))?,
+            public_key: None,
         });
     }
-    members.push(Member { id, site: site.to_string(), grpc, http });
     let key_name = format!("node{id}.key");
     let identity = Identity::generate()?;
+    members.push(Member {
+        id,
+        site: site.to_string(),
+        grpc,
+        http,
+        public_key: Some(identity.public_key().to_base64()),
+    });
+    let trust_path = dir.join("trust.json");
+    let mut trust: Option<TrustFile> = match std::fs::read_to_string(&trust_path) {
+        Ok(text) => Some(serde_json::from_str(&text).context("parsing trust.json")?),
+        Err(_) => None,
+    };
+    let origin = trust.as_ref().and_then(|t| t.origin.clone()).unwrap_or_else(|| DEFAULT_ORIGIN.into());
     identity.write(&dir.join(&key_name))?;
     let cfg = NodeConfig {
         id,
@@ -368,6 +455,7 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         cluster: ClusterSection::default(),
         raft: RaftSection::default(),
         limits: LimitsSection::default(),
+        ledger: LedgerSection { origin, ..Default::default() },
     };
     let config = dir.join(format!("node{id}.toml"));
     let text = format!(
@@ -382,13 +470,11 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         http: http.to_string(),
     });
     std::fs::write(&cluster_path, serde_json::to_string_pretty(&cluster)?)?;
-    let trust_path = dir.join("trust.json");
-    if let Ok(text) = std::fs::read_to_string(&trust_path) {
-        let mut trust: TrustFile = serde_json::from_str(&text).context("parsing trust.json")?;
+    if let Some(trust) = trust.as_mut() {
         trust.nodes.push(TrustedNode { id, public_key: identity.public_key().to_base64() });
         std::fs::write(&trust_path, serde_json::to_string_pretty(&trust)?)?;
     }
-    Ok(Joined { id, grpc, http, config })
+    Ok(Joined { id, grpc, http, config, public_key: identity.public_key().to_base64() })
 }
 
 /// `serve --dev`: a one-node cluster under `dir`, creating its key, token and trust file on
@@ -396,12 +482,22 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
 pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<NodeConfig> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let key_file = dir.join("node.key");
+    let trust_path = dir.join("trust.json");
     if !key_file.exists() {
         let id = Identity::generate()?;
         id.write(&key_file)?;
-        let trust = TrustFile { nodes: vec![TrustedNode { id: 1, public_key: id.public_key().to_base64() }] };
-        std::fs::write(dir.join("trust.json"), serde_json::to_string_pretty(&trust)?)?;
+        let trust = TrustFile {
+            nodes: vec![TrustedNode { id: 1, public_key: id.public_key().to_base64() }],
+            origin: Some(format!("edgefabric/dev-{}", hex::encode(edgefabric_crypto::random_bytes::<8>()?))),
+        };
+        std::fs::write(&trust_path, serde_json::to_string_pretty(&trust)?)?;
     }
+    let public_key = Identity::read(&key_file)?.public_key().to_base64();
+    let origin = std::fs::read_to_string(&trust_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<TrustFile>(&t).ok())
+        .and_then(|t| t.origin)
+        .unwrap_or_else(|| DEFAULT_ORIGIN.into());
     let token_file = dir.join("admin.token");
     if !token_file.exists() {
         write_token(&token_file)?;
@@ -414,10 +510,11 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
         http,
         key_file,
         admin_token_file: token_file,
-        members: vec![Member { id: 1, site: "dev".into(), grpc, http }],
+        members: vec![Member { id: 1, site: "dev".into(), grpc, http, public_key: Some(public_key) }],
         cluster: ClusterSection::default(),
         raft: RaftSection::default(),
         limits: LimitsSection::default(),
+        ledger: LedgerSection { origin, ..Default::default() },
     };
     cfg.validate()?;
     Ok(cfg)

@@ -193,7 +193,9 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
         self.kv.auth(&req)?;
         let r = req.into_inner();
-        let epoch = crate::cluster::add_node(&self.kv.state.node, r.id, &r.site, &r.grpc, &r.http).await?;
+        let epoch =
+            crate::cluster::add_node(&self.kv.state.node, r.id, &r.site, &r.grpc, &r.http, &r.public_key)
+                .await?;
         Ok(Response::new(pb::AddNodeResponse { epoch }))
     }
 

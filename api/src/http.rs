@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::ledger;
 use crate::server::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -34,12 +35,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/route", get(cluster_route))
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
+        .route("/v1/publishers", post(ledger::add_publisher))
+        .route("/v1/images", post(ledger::register_image))
+        .route("/v1/images/{digest}/revoke", post(ledger::revoke_image))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Ledger reads need no token: what they return is verified by the client against the
+    // node keys it pins (see ledger.rs).
+    let ledger_reads = Router::new()
+        .route("/v1/images/{digest}", get(ledger::get_image))
+        .route("/v1/publishers/{id}", get(ledger::get_publisher))
+        .route("/v1/ledger/checkpoint", get(ledger::checkpoint))
+        .route("/v1/ledger/proof/consistency", get(ledger::consistency))
+        .route("/v1/ledger/proof/inclusion", get(ledger::inclusion))
+        .route("/v1/ledger/entries/{index}", get(ledger::get_entry))
+        .route("/v1/ledger/blocks/{height}", get(ledger::get_block))
+        .route("/v1/ledger/status", get(ledger::status));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .merge(ledger_reads)
         .fallback(|| async { ApiError::not_found("no such route") })
         // Bodies are read with our own limit so that an oversized one gets the JSON error.
         .layer(DefaultBodyLimit::disable())
@@ -115,7 +131,7 @@ fn query_err(e: QueryRejection) -> ApiError {
 
 /// A JSON body, parsed whatever its Content-Type says (curl's `-d` sends a form type), with
 /// serde's message (field, line, column) in the 400.
-struct JsonBody<T>(T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
@@ -392,15 +408,17 @@ struct AddNodeBody {
     site: String,
     grpc: String,
     http: String,
+    #[serde(default)]
+    public_key: String,
 }
 
-/// `POST /v1/cluster/nodes` `{"id", "site", "grpc", "http"}`: the node joins the cluster map;
+/// `POST /v1/cluster/nodes` `{"id", "site", "grpc", "http", "public_key"}`: the node joins the cluster map;
 /// replicas then move onto it until replica counts are even. Idempotent.
 async fn add_node(
     State(st): State<Arc<AppState>>,
     JsonBody(b): JsonBody<AddNodeBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let epoch = crate::cluster::add_node(&st.node, b.id, &b.site, &b.grpc, &b.http).await?;
+    let epoch = crate::cluster::add_node(&st.node, b.id, &b.site, &b.grpc, &b.http, &b.public_key).await?;
     Ok(Json(json!({"epoch": epoch})))
 }
 

@@ -6,6 +6,8 @@ mod config;
 mod error;
 mod grpc;
 mod http;
+mod ledger;
+mod ledger_cli;
 mod server;
 
 use std::io::{Read, Write};
@@ -65,6 +67,21 @@ enum Cmd {
     Keygen {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// App images: sign, register, revoke, and verify offline against pinned node keys.
+    Image {
+        #[command(subcommand)]
+        cmd: ledger_cli::ImageCmd,
+    },
+    /// Publishers of app images (admin).
+    Publisher {
+        #[command(subcommand)]
+        cmd: ledger_cli::PublisherCmd,
+    },
+    /// The attestation ledger: verify a stopped node's store, fetch and check checkpoints.
+    Ledger {
+        #[command(subcommand)]
+        cmd: ledger_cli::LedgerCmd,
     },
 }
 
@@ -199,7 +216,7 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn print_json(v: &serde_json::Value) -> Result<()> {
+pub(crate) fn print_json(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -244,6 +261,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let body = json!({
                 "id": joined.id, "site": site,
                 "grpc": joined.grpc.to_string(), "http": joined.http.to_string(),
+                "public_key": joined.public_key,
             });
             c.json(Method::POST, "/v1/cluster/nodes", Some(body)).await?;
             println!("node {} joined the cluster map; start it with:", joined.id);
@@ -290,6 +308,9 @@ async fn run(cli: Cli) -> Result<i32> {
                 &c.json(Method::GET, &format!("/v1/namespaces/{}", encode_segment(&ns)), None).await?,
             )?;
         }
+        Cmd::Image { cmd } => return ledger_cli::image(cmd).await,
+        Cmd::Publisher { cmd } => return ledger_cli::publisher(cmd).await,
+        Cmd::Ledger { cmd } => return ledger_cli::ledger(cmd).await,
         Cmd::Keygen { out } => {
             let id = edgefabric_crypto::Identity::generate()?;
             id.write(&out)?;

@@ -41,14 +41,14 @@ async fn shutdown_signal() {
 
 pub async fn run(cfg: NodeConfig) -> Result<()> {
     let admin_token = read_token(&cfg.admin_token_file)?;
-    let identity = Identity::read(&cfg.key_file).context("node key")?;
+    let identity = Arc::new(Identity::read(&cfg.key_file).context("node key")?);
     // Bind first, so a port in use is reported before anything starts.
     let grpc_listener =
         TcpListener::bind(cfg.grpc).await.with_context(|| format!("binding gRPC {}", cfg.grpc))?;
     let http_listener =
         TcpListener::bind(cfg.http).await.with_context(|| format!("binding HTTP {}", cfg.http))?;
 
-    let node = Node::start(cfg.node_options()).await.context("starting the node")?;
+    let node = Node::start(cfg.node_options(identity.clone())?).await.context("starting the node")?;
     let state = Arc::new(AppState { node: node.clone(), admin_token });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -59,6 +59,13 @@ pub struct Identity {
     key: ed25519_dalek::SigningKey,
 }
 
+/// Shows the public key only: the secret never reaches a log.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.public_key().to_base64())
+    }
+}
+
 impl Identity {
     pub fn generate() -> Result<Self> {
         let seed = Zeroizing::new(random_bytes::<32>()?);

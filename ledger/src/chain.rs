@@ -328,9 +328,13 @@ fn check_entry(
     e: &Entry,
 ) -> std::result::Result<Option<SigCheck>, LedgerError> {
     let rule = |message: String| Invalid::Rule { entry: pos, message };
+    let dup = |message: String| Invalid::Duplicate { entry: pos, message };
     e.validate_fields().map_err(|err| rule(err.to_string()))?;
-    let role =
-        |author: &Author| Invalid::Role { entry: pos, author: author.to_string(), kind: e.kind.name() };
+    let role = |author: &Author| Invalid::Role {
+        entry: pos,
+        author: author.to_string(),
+        kind: e.kind.name().to_string(),
+    };
     let key = match &e.author {
         Author::Genesis => {
             if height != 0 {
@@ -354,7 +358,7 @@ fn check_entry(
             match &e.kind {
                 EntryKind::NodeAdded { id: new, public_key: k, .. } => {
                     if member(st, *new)?.is_some() {
-                        return Err(rule(format!("node {new} is already a member")).into());
+                        return Err(dup(format!("node {new} is already a member")).into());
                     }
                     public_key(k, pos)?;
                 }
@@ -365,7 +369,7 @@ fn check_entry(
                 }
                 EntryKind::PublisherAdded { id: p, public_key: k, .. } => {
                     if publisher(st, p)?.is_some() {
-                        return Err(rule(format!("publisher {p:?} is already registered")).into());
+                        return Err(dup(format!("publisher {p:?} is already registered")).into());
                     }
                     public_key(k, pos)?;
                 }
@@ -396,7 +400,7 @@ fn check_entry(
                         return Err(rule(format!("signed by publisher {p:?} but names {named:?}")).into());
                     }
                     if image(st, digest)?.is_some() {
-                        return Err(rule(format!("image {digest} is already registered")).into());
+                        return Err(dup(format!("image {digest} is already registered")).into());
                     }
                 }
                 EntryKind::ImageRevoked { digest, .. } => check_revocable(st, pos, digest, Some(p))?,
@@ -415,7 +419,9 @@ fn check_revocable(st: &dyn Store, pos: usize, digest: &str, by: Option<&str>) -
         return Err(rule(format!("image {digest} is not registered")));
     };
     if img.revoked_index.is_some() {
-        return Err(rule(format!("image {digest} is already revoked")));
+        return Err(
+            Invalid::Duplicate { entry: pos, message: format!("image {digest} is already revoked") }.into()
+        );
     }
     if let Some(p) = by {
         if img.publisher != p {

@@ -7,7 +7,7 @@ use crate::note::NoteError;
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 /// Why a block or an entry is not valid. `entry` is the entry's position within its block.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Invalid {
     #[error("height {got}, expected {expected}")]
     Height { expected: u64, got: u64 },
@@ -24,11 +24,15 @@ pub enum Invalid {
     #[error("entry {entry}: {author} is not a current member")]
     UnknownAuthor { entry: usize, author: String },
     #[error("entry {entry}: {author} may not write {kind} entries")]
-    Role { entry: usize, author: String, kind: &'static str },
+    Role { entry: usize, author: String, kind: String },
     #[error("entry {entry}: the signature does not verify")]
     Signature { entry: usize },
     #[error("entry {entry}: {message}")]
     Rule { entry: usize, message: String },
+    /// The entry would record again what is already recorded (a member, an image, a
+    /// revocation): a conflict, not malformed input.
+    #[error("entry {entry}: {message}")]
+    Duplicate { entry: usize, message: String },
     #[error("genesis: {0}")]
     Genesis(String),
 }

@@ -15,6 +15,7 @@ pub mod entry;
 pub mod error;
 pub mod merkle;
 pub mod note;
+pub mod verify;
 
 pub use error::{Invalid, LedgerError, Result};
 pub use merkle::{Hash, ProofError};

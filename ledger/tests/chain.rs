@@ -166,7 +166,10 @@ fn rules_reject_each_kind_of_bad_entry() {
     f.append_ok(vec![f.add_publisher()]);
     // Twice the same publisher.
     let (_, r) = chain::build_block(&f.tree, &[f.add_publisher()], 0, 1).unwrap();
-    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Rule { .. }, .. })), "{r:?}");
+    assert!(
+        matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Duplicate { .. }, .. })),
+        "{r:?}"
+    );
     // A forged signature.
     let mut forged = f.register(1);
     forged.signature[5] ^= 1;

@@ -53,6 +53,51 @@ pub struct KvStore {
     /// Limit re-checked on apply; must be the same on every node (it is part of the
     /// determinism contract), so it is fixed here, not taken from node config.
     max_apply_value: usize,
+    /// Set on the ledger group's store: it applies `LedgerBlock` commands.
+    ledger: Option<std::sync::Arc<LedgerCtx>>,
+}
+
+/// What the ledger group's state machine needs beyond its state.
+pub struct LedgerCtx {
+    /// The founding members' entries this node's configuration lists (block 0 must equal
+    /// them), or `None` if its configuration does not carry every founder's key.
+    pub genesis: Option<Vec<edgefabric_ledger::entry::Entry>>,
+    /// Hashes of blocks this node built (and so already checked strictly, signatures and
+    /// all): applying them skips the second signature check. Entries are removed on apply.
+    built: std::sync::Mutex<std::collections::HashSet<edgefabric_ledger::Hash>>,
+    /// Blocks refused on apply (they broke a rule), for /metrics.
+    pub rejected: std::sync::atomic::AtomicU64,
+}
+
+impl LedgerCtx {
+    pub fn new(genesis: Option<Vec<edgefabric_ledger::entry::Entry>>) -> Self {
+        LedgerCtx { genesis, built: Default::default(), rejected: Default::default() }
+    }
+
+    /// Records that this node built (and validated) the block with this header hash.
+    pub fn built(&self, hash: edgefabric_ledger::Hash) {
+        let mut b = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() > 1024 {
+            b.clear(); // Never applied (lost leadership): forget, they only cost a re-check.
+        }
+        b.insert(hash);
+    }
+
+    fn take_built(&self, hash: &edgefabric_ledger::Hash) -> bool {
+        self.built.lock().unwrap_or_else(|p| p.into_inner()).remove(hash)
+    }
+}
+
+/// The ledger's view of the state during an apply: the tree under this apply's earlier writes.
+struct OverlayView<'a> {
+    kv: &'a KvStore,
+    overlay: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl edgefabric_ledger::chain::Store for OverlayView<'_> {
+    fn get(&self, key: &[u8]) -> edgefabric_ledger::Result<Option<Vec<u8>>> {
+        self.kv.read(key, self.overlay).map_err(|e| edgefabric_ledger::LedgerError::Storage(e.to_string()))
+    }
 }
 
 fn data_key(ns: &str, key: &str) -> Vec<u8> {
@@ -86,7 +131,27 @@ impl KvStore {
     /// per node, so many groups share its cache and flusher).
     pub fn open(db: &sled::Db, group: u64) -> Result<Self> {
         let tree = db.open_tree(format!("group-{group}"))?;
-        Ok(KvStore { tree, map_cache: std::sync::RwLock::new(None), max_apply_value: APPLY_MAX_VALUE_BYTES })
+        Ok(KvStore {
+            tree,
+            map_cache: std::sync::RwLock::new(None),
+            max_apply_value: APPLY_MAX_VALUE_BYTES,
+            ledger: None,
+        })
+    }
+
+    /// Makes this the ledger group's store.
+    pub fn with_ledger(mut self, ctx: std::sync::Arc<LedgerCtx>) -> Self {
+        self.ledger = Some(ctx);
+        self
+    }
+
+    pub fn ledger_ctx(&self) -> Option<&std::sync::Arc<LedgerCtx>> {
+        self.ledger.as_ref()
+    }
+
+    /// The sled tree, for the ledger's readers (proofs, lookups, verification).
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
     }
 
     /// A throwaway in-memory store, for tests.
@@ -182,6 +247,35 @@ impl KvStore {
             *self.map_cache.write().unwrap_or_else(|p| p.into_inner()) = Some(Some(map));
         }
         Ok(out)
+    }
+
+    /// Validates and appends a ledger block. An invalid block is refused identically on every
+    /// node (the rules are deterministic) and logged as an error: it means a faulty or hostile
+    /// proposer, or (if only this node refuses) a damaged local chain.
+    fn apply_ledger_block(
+        &self,
+        block: &edgefabric_ledger::block::Block,
+        overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<Response> {
+        use edgefabric_ledger::chain::{self, Signatures};
+        let Some(ctx) = &self.ledger else {
+            return Ok(Response::Rejected("this group does not hold the ledger".into()));
+        };
+        let hash = block.header.hash().map_err(|e| Error::Internal(e.to_string()))?;
+        let sigs = if ctx.take_built(&hash) { Signatures::Skip } else { Signatures::Batch };
+        let view = OverlayView { kv: self, overlay };
+        match chain::apply_block(&view, block, ctx.genesis.as_deref(), sigs) {
+            Ok((writes, head)) => {
+                overlay.extend(writes);
+                Ok(Response::Block { height: head.height, log_size: head.log_size })
+            }
+            Err(e @ edgefabric_ledger::LedgerError::InvalidBlock { .. }) => {
+                ctx.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(height = block.header.height, proposer = block.header.proposer, error = %e, "REFUSED an invalid ledger block");
+                Ok(Response::Rejected(e.to_string()))
+            }
+            Err(e) => Err(Error::Storage(format!("ledger: {e}"))),
+        }
     }
 
     fn read(&self, key: &[u8], overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> Result<Option<Vec<u8>>> {
@@ -286,6 +380,8 @@ impl KvStore {
                 overlay.insert(seen_key(*node), None);
                 Ok(Response::None)
             }
+            Command::LedgerBlock(block) => self.apply_ledger_block(block, overlay),
+            Command::LedgerSubmit(_) => Ok(Response::Rejected("ledger submissions are not proposed".into())),
             Command::MarkSeen { node, instance } => {
                 overlay.insert(seen_key(*node), Some(instance.to_be_bytes().to_vec()));
                 Ok(Response::None)
@@ -585,7 +681,13 @@ mod tests {
         assert_eq!(kv.cluster_map().unwrap(), None);
         assert!(kv.cluster_map().unwrap().is_none(), "an absent map is cached as absent");
         let nodes: Vec<NodeInfo> = (1..=3)
-            .map(|i| NodeInfo { id: i, site: format!("s{i}"), addr: format!("a{i}"), http: String::new() })
+            .map(|i| NodeInfo {
+                id: i,
+                site: format!("s{i}"),
+                addr: format!("a{i}"),
+                http: String::new(),
+                public_key: String::new(),
+            })
             .collect();
         let first = initial_map(&nodes, 4, 3);
         let second = initial_map(&nodes, 8, 3);
@@ -601,8 +703,13 @@ mod tests {
     fn map_changes_are_checked_and_epoch_guarded() {
         use crate::shard::{initial_map, NodeInfo};
         let kv = KvStore::temporary().unwrap();
-        let info =
-            |i: u64| NodeInfo { id: i, site: format!("s{i}"), addr: format!("a{i}"), http: String::new() };
+        let info = |i: u64| NodeInfo {
+            id: i,
+            site: format!("s{i}"),
+            addr: format!("a{i}"),
+            http: String::new(),
+            public_key: String::new(),
+        };
         let nodes: Vec<NodeInfo> = (1..=3).map(info).collect();
         assert!(matches!(apply1(&kv, 1, &Command::AddNode(info(4))), Response::Rejected(_)), "no map yet");
         apply1(&kv, 2, &Command::InitCluster(initial_map(&nodes, 2, 3)));

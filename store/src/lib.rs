@@ -1,6 +1,6 @@
 //! EdgeFabric's replicated store: the raft log (`log`), the KV state machine (`kv`), the
-//! openraft glue (`raft_store`), the node-to-node transport (`network`) and the node runtime
-//! that ties them together (`node`).
+//! openraft glue (`raft_store`), the node-to-node transport (`network`), the node runtime
+//! that ties them together (`node`), and the ledger's runtime on a node (`ledger`).
 
 // openraft's `StorageError` is large and is the error type its traits require; boxing it at
 // every call site would only add allocations.
@@ -9,6 +9,7 @@
 pub mod codec;
 mod error;
 pub mod kv;
+pub mod ledger;
 pub mod log;
 pub mod network;
 pub mod node;

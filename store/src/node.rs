@@ -43,7 +43,7 @@ use crate::kv::KvStore;
 use crate::log::{GroupId, LogEngine};
 use crate::network::{self, call, Channels, Frame, Internal, InternalServer, NetworkFactory, TransportError};
 use crate::raft_store::{LogStore, NodeId, Raft, StateMachineStore};
-use crate::shard::{initial_map, ClusterMap, Move, NodeInfo, META_GROUP};
+use crate::shard::{initial_map, ClusterMap, Move, NodeInfo, LEDGER_GROUP, META_GROUP};
 use crate::types::{
     validate_command, validate_key, validate_namespace, Command, NamespaceConfig, Record, Response, ScanItem,
     DEFAULT_NAMESPACE,
@@ -77,10 +77,24 @@ pub struct NodeOptions {
     pub replicas: usize,
     /// A shard with more keys than this splits in two.
     pub split_keys: u64,
+    /// The node's key: signs its ledger entries and checkpoints.
+    pub identity: Arc<edgefabric_crypto::Identity>,
+    /// The ledger's checkpoint origin line (the same on every node of a cluster).
+    pub ledger_origin: String,
+    /// The founding members' genesis entries, when this node's configuration lists every
+    /// founder's key (block 0 must then equal them).
+    pub ledger_genesis: Option<Vec<edgefabric_ledger::entry::Entry>>,
+    /// Re-verify the whole stored ledger at start-up, not just its head and checkpoint.
+    pub verify_ledger_full: bool,
 }
 
 impl NodeOptions {
-    pub fn new(id: NodeId, members: Vec<NodeInfo>, data_dir: PathBuf) -> Self {
+    pub fn new(
+        id: NodeId,
+        members: Vec<NodeInfo>,
+        data_dir: PathBuf,
+        identity: Arc<edgefabric_crypto::Identity>,
+    ) -> Self {
         NodeOptions {
             id,
             members,
@@ -95,6 +109,10 @@ impl NodeOptions {
             initial_shards: 16,
             replicas: 3,
             split_keys: 1_000_000,
+            identity,
+            ledger_origin: "edgefabric/ledger".into(),
+            ledger_genesis: None,
+            verify_ledger_full: false,
         }
     }
 }
@@ -157,7 +175,7 @@ struct ScanRequest {
 pub struct Group {
     pub id: GroupId,
     pub raft: Raft,
-    kv: Arc<KvStore>,
+    pub(crate) kv: Arc<KvStore>,
     dir: PathBuf,
     rejoining: AtomicBool,
     /// A fresh replica does not vote until it knows whether it is new or lost its data.
@@ -187,20 +205,20 @@ impl Group {
         }
     }
 
-    fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 }
 
 pub struct Node {
-    opts: NodeOptions,
+    pub(crate) opts: NodeOptions,
     /// Random, made with the data directory: tells this incarnation of the node's data from
     /// an earlier one that was lost (see the module comment).
     instance: u64,
     engine: LogEngine,
     db: sled::Db,
     config: Arc<Config>,
-    channels: Channels,
+    pub(crate) channels: Channels,
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     /// Groups being started (so two reconcile passes never open one twice).
     starting: Mutex<BTreeSet<GroupId>>,
@@ -210,7 +228,10 @@ pub struct Node {
     moving: AtomicBool,
     /// When this node (as metadata leader) last checked shard sizes for splits.
     last_split_check: Mutex<Option<Instant>>,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    /// The ledger's membership upkeep is running (as ledger leader).
+    ledger_busy: AtomicBool,
+    pub(crate) ledger: crate::ledger::LedgerRuntime,
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -235,6 +256,7 @@ impl Node {
         .validate()
         .map_err(|e| Error::invalid("raft config", e))?;
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let ledger_genesis = opts.ledger_genesis.clone();
         let node = Arc::new(Node {
             opts,
             instance,
@@ -247,10 +269,14 @@ impl Node {
             last_elect: Mutex::new(BTreeMap::new()),
             moving: AtomicBool::new(false),
             last_split_check: Mutex::new(None),
+            ledger_busy: AtomicBool::new(false),
+            ledger: crate::ledger::LedgerRuntime::new(ledger_genesis),
             shutdown,
         });
         let meta_members = node.meta_voters();
-        node.start_group(META_GROUP, meta_members, true).await?;
+        node.start_group(META_GROUP, meta_members.clone(), true).await?;
+        node.start_group(LEDGER_GROUP, meta_members, true).await?;
+        node.start_ledger();
         // Data groups this node already hosts start right away (not after the first reconcile
         // pass), so a restarted node serves as soon as it can.
         if let Some(map) = node.map() {
@@ -292,7 +318,7 @@ impl Node {
         }
     }
 
-    fn group(&self, id: GroupId) -> Option<Arc<Group>> {
+    pub(crate) fn group(&self, id: GroupId) -> Option<Arc<Group>> {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
@@ -354,7 +380,8 @@ impl Node {
         may_initialize: bool,
     ) -> Result<()> {
         let dir = self.opts.data_dir.join(format!("group-{id}"));
-        let sm = StateMachineStore::open(&dir, &self.db, id)?;
+        let ledger = (id == LEDGER_GROUP).then(|| self.ledger.ctx.clone());
+        let sm = StateMachineStore::open(&dir, &self.db, id, ledger)?;
         let kv = sm.kv();
         let fresh = self.engine.last_entry(id)?.is_none()
             && self.engine.purged(id).is_none()
@@ -424,6 +451,16 @@ impl Node {
                 self.drop_group(id).await?;
             }
         }
+        if self.group(LEDGER_GROUP).is_some_and(|g| g.is_leader())
+            && !self.ledger_busy.swap(true, Ordering::SeqCst)
+        {
+            let n = self.clone();
+            let map = map.clone();
+            tokio::spawn(async move {
+                n.reconcile_ledger(&map).await;
+                n.ledger_busy.store(false, Ordering::SeqCst);
+            });
+        }
         if meta.is_leader() && !self.moving.swap(true, Ordering::SeqCst) {
             let n = self.clone();
             tokio::spawn(async move {
@@ -440,7 +477,7 @@ impl Node {
             if m.state == ServerState::Leader {
                 self.mark_seen(&g, &m).await;
                 if g.id == META_GROUP {
-                    self.add_meta_learners(&g, &map).await;
+                    self.add_learners(&g, &map).await;
                 }
             }
             // Leadership balance: the preferred replica takes its shard back once it is a
@@ -495,13 +532,42 @@ impl Node {
         }
     }
 
-    /// Members of the map that are not in the metadata group yet join it as learners.
-    async fn add_meta_learners(&self, g: &Group, map: &ClusterMap) {
+    /// Members of the map that are not in a group every node replicates (metadata, ledger) yet
+    /// join it as learners.
+    pub(crate) async fn add_learners(&self, g: &Group, map: &ClusterMap) {
         let m = g.raft.metrics().borrow().clone();
         let known: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
         for n in map.nodes.values().filter(|n| !known.contains(&n.id) && !map.leaving.contains(&n.id)) {
             if let Err(e) = g.raft.add_learner(n.id, BasicNode::new(&n.addr), false).await {
                 tracing::debug!(node = n.id, error = %e, "add metadata learner");
+            }
+        }
+    }
+
+    /// Nodes that left the map, or are leaving it, leave the group (a voter's seat goes to a
+    /// learner first). For the ledger group; the metadata group does this in `finish_leave`.
+    pub(crate) async fn remove_departed(&self, g: &Group, map: &ClusterMap) {
+        let membership = g.raft.metrics().borrow().membership_config.membership().clone();
+        let gone = |id: &NodeId| !map.nodes.contains_key(id) || map.leaving.contains(id);
+        // One change per pass: the membership read above is stale after it.
+        let departed = membership.nodes().map(|(id, _)| *id).find(|id| gone(id));
+        if let Some(id) = departed {
+            let r = if membership.voter_ids().any(|v| v == id) {
+                if let Some(l) = membership.learner_ids().find(|l| !gone(l)) {
+                    if let Err(e) =
+                        g.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([l])), false).await
+                    {
+                        tracing::debug!(group = g.id, error = %e, "promote learner");
+                        return;
+                    }
+                }
+                g.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await
+            } else {
+                g.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await
+            };
+            match r {
+                Ok(_) => tracing::info!(group = g.id, node = id, "removed a departed node from the group"),
+                Err(e) => tracing::debug!(group = g.id, node = id, error = %e, "remove departed node"),
             }
         }
     }
@@ -757,7 +823,7 @@ impl Node {
     pub fn is_ready(&self) -> bool {
         let Some(map) = self.map() else { return false };
         let hosted: Vec<GroupId> =
-            std::iter::once(META_GROUP).chain(map.shards_of(self.opts.id).map(|s| s.id)).collect();
+            [META_GROUP, LEDGER_GROUP].into_iter().chain(map.shards_of(self.opts.id).map(|s| s.id)).collect();
         hosted.iter().all(|id| match self.group(*id) {
             Some(g) => {
                 let m = g.raft.metrics().borrow().clone();
@@ -857,9 +923,10 @@ impl Node {
             | Command::RemoveNode(_)
             | Command::SetSplit { .. } => Ok(META_GROUP),
             Command::Split { .. } => Err(Error::invalid("command", "internal only")),
-            Command::MarkSeen { .. } | Command::ForgetSeen(_) => {
+            Command::MarkSeen { .. } | Command::ForgetSeen(_) | Command::LedgerBlock(_) => {
                 Err(Error::invalid("command", "internal only"))
             }
+            Command::LedgerSubmit(_) => Ok(LEDGER_GROUP),
         }
     }
 
@@ -874,6 +941,20 @@ impl Node {
         let mut attempt = 0usize;
         loop {
             let target = match self.group(group) {
+                // Ledger entries go to the leader's block builder, never straight into the log.
+                Some(g) if matches!(cmd, Command::LedgerSubmit(_)) => {
+                    if g.is_leader() {
+                        match self.propose_local(&g, cmd.clone()).await {
+                            Err(Error::Unavailable(_)) => None,
+                            other => return other,
+                        }
+                    } else {
+                        let m = g.raft.metrics().borrow().clone();
+                        m.current_leader.and_then(|l| {
+                            m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone()))
+                        })
+                    }
+                }
                 Some(g) => match g.raft.client_write(cmd.clone()).await {
                     Ok(resp) => return Ok(resp.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -915,8 +996,14 @@ impl Node {
     }
 
     /// Proposes only if this node leads the group (the `Forward` handler): never forwards.
-    async fn propose_local(&self, g: &Group, cmd: Command) -> Result<Response> {
+    pub(crate) async fn propose_local(&self, g: &Group, cmd: Command) -> Result<Response> {
         validate_command(&cmd, crate::kv::APPLY_MAX_VALUE_BYTES)?;
+        if let Command::LedgerSubmit(entries) = cmd {
+            if g.id != LEDGER_GROUP || !g.is_leader() {
+                return Err(Error::Unavailable("not the leader".into()));
+            }
+            return self.ledger_enqueue(entries).await;
+        }
         match g.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -930,7 +1017,7 @@ impl Node {
     // ---- reads ----
 
     /// Returns once this replica of `g` has applied everything committed before the call.
-    async fn read_barrier(&self, g: &Group) -> Result<()> {
+    pub(crate) async fn read_barrier(&self, g: &Group) -> Result<()> {
         let timeout = self.opts.request_timeout;
         let deadline = Instant::now() + timeout;
         match tokio::time::timeout_at(deadline, self.read_barrier_inner(g, deadline)).await {
@@ -1439,6 +1526,11 @@ impl Internal for InternalService {
             None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
         };
         network::reply(&out)
+    }
+
+    async fn ledger_cosign(&self, req: tonic::Request<Frame>) -> RpcResult {
+        let (size, root): (u64, edgefabric_ledger::Hash) = network::request(req.get_ref())?;
+        network::reply(&self.node.ledger_cosign(size, root).await)
     }
 
     async fn scan(&self, req: tonic::Request<Frame>) -> RpcResult {

@@ -209,9 +209,18 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens the state machine of `group`: its tree in the node's sled database, its snapshot at
     /// `dir/snapshot.bin`; re-imports the snapshot if sled is behind it.
-    pub fn open(dir: &Path, db: &sled::Db, group: GroupId) -> Result<Self, crate::Error> {
+    pub fn open(
+        dir: &Path,
+        db: &sled::Db,
+        group: GroupId,
+        ledger: Option<Arc<crate::kv::LedgerCtx>>,
+    ) -> Result<Self, crate::Error> {
         std::fs::create_dir_all(dir)?;
-        let kv = Arc::new(KvStore::open(db, group)?);
+        let mut kv = KvStore::open(db, group)?;
+        if let Some(ctx) = ledger {
+            kv = kv.with_ledger(ctx);
+        }
+        let kv = Arc::new(kv);
         let sm = StateMachineStore { kv, dir: dir.to_path_buf(), snapshot_seq: 0 };
         if let Some(snap) = read_snapshot_file(dir)? {
             let (applied, _) = sm.meta()?;
@@ -241,7 +250,16 @@ impl StateMachineStore {
         image.retain(|(k, _)| k.as_slice() != b"mraft");
         let raft_meta: RaftMeta = (meta.last_log_id, meta.last_membership.clone());
         image.push((b"mraft".to_vec(), codec::encode(&raft_meta)?));
-        self.kv.import(&image)
+        self.kv.import(&image)?;
+        // A ledger snapshot is a whole chain from another node: validate every block of it, as
+        // if it had been applied here, before serving from it.
+        if let Some(ctx) = self.kv.ledger_ctx() {
+            edgefabric_ledger::chain::verify_chain(self.kv.tree(), ctx.genesis.as_deref()).map_err(|e| {
+                tracing::error!(error = %e, "REFUSED a ledger snapshot that does not verify");
+                crate::Error::Storage(format!("ledger snapshot: {e}"))
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -19,6 +19,10 @@ use crate::raft_store::NodeId;
 /// The metadata group: nodes, sites, shards and namespaces.
 pub const META_GROUP: GroupId = 0;
 
+/// The ledger group: replicated by every node, like the metadata group (voters up to 5, the
+/// rest learners). Far from the shard ids, which count up from 1.
+pub const LEDGER_GROUP: GroupId = u64::MAX - 1;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: NodeId,
@@ -28,6 +32,10 @@ pub struct NodeInfo {
     /// REST address, for clients and tools.
     #[serde(default)]
     pub http: String,
+    /// The node's ed25519 public key (base64), which signs its ledger entries and checkpoints;
+    /// empty if unknown.
+    #[serde(default)]
+    pub public_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +331,7 @@ mod tests {
                 site: s.to_string(),
                 addr: format!("127.0.0.1:{}", 9000 + i),
                 http: String::new(),
+                public_key: String::new(),
             })
             .collect()
     }

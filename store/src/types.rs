@@ -127,6 +127,23 @@ pub enum Command {
         epoch: u64,
         done: bool,
     },
+    /// Ledger group: append this block. Every node validates it as it applies it and refuses
+    /// (a `Rejected` response, logged as an error) one that breaks a rule.
+    LedgerBlock(edgefabric_ledger::block::Block),
+    /// Ledger group: entries for the leader's next block. Never proposed as such: the leader's
+    /// block builder takes them, and answers with `Admitted`.
+    LedgerSubmit(Vec<edgefabric_ledger::entry::Entry>),
+}
+
+/// What became of one submitted ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Admission {
+    /// Appended at this log index (committed and applied on the leader).
+    Index(u64),
+    /// Refused by a ledger rule.
+    Refused(edgefabric_ledger::Invalid),
+    /// Not appended for another reason (e.g. the block was not committed); may be retried.
+    Failed(String),
 }
 
 /// The result of applying a command. Determinism contract: the outcome depends only on the
@@ -148,6 +165,10 @@ pub enum Response {
     Map { epoch: u64 },
     /// A key of the batch is outside this shard's range (it was split): route again.
     WrongShard,
+    /// A ledger block was appended: its height and the log's size after it.
+    Block { height: u64, log_size: u64 },
+    /// Per submitted ledger entry, in order.
+    Admitted(Vec<Admission>),
 }
 
 /// A stored value with its revision.
@@ -217,6 +238,19 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             Ok(())
         }
         Command::PutNamespace(cfg) => validate_namespace_config(cfg),
+        Command::LedgerSubmit(entries) => {
+            let max = edgefabric_ledger::block::MAX_BLOCK_ENTRIES;
+            if entries.is_empty() || entries.len() > max {
+                return Err(Error::invalid("entries", format!("submit between 1 and {max} entries")));
+            }
+            for e in entries {
+                e.validate_fields().map_err(|e| Error::invalid("entry", e.to_string()))?;
+            }
+            Ok(())
+        }
+        Command::LedgerBlock(b) if b.entries.len() > edgefabric_ledger::block::MAX_BLOCK_ENTRIES => {
+            Err(Error::invalid("block", "too many entries"))
+        }
         Command::MarkSeen { .. } => Ok(()),
         Command::InitCluster(map) => map.validate().map_err(|e| Error::invalid("cluster map", e)),
         Command::AddNode(n) => {
@@ -236,7 +270,8 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
         | Command::RemoveNode(_)
         | Command::ForgetSeen(_)
         | Command::Split { .. }
-        | Command::SetSplit { .. } => Ok(()),
+        | Command::SetSplit { .. }
+        | Command::LedgerBlock(_) => Ok(()),
     }
 }
 

@@ -13,7 +13,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = LogEngine::open(&dir.path().join("log")).expect("open log");
         let db = sled::open(dir.path().join("db")).expect("open sled");
-        let sm = StateMachineStore::open(&dir.path().join("sm"), &db, 1).expect("open sm");
+        let sm = StateMachineStore::open(&dir.path().join("sm"), &db, 1, None).expect("open sm");
         Ok((dir, LogStore::new(engine, 1), sm))
     }
 }

@@ -1,0 +1,420 @@
+//! Ledger REST routes: publishers, the image registry, checkpoints, proofs, entries and blocks.
+//!
+//! Reads of the ledger (image status with its proof, checkpoints, proofs, entries, blocks)
+//! answer without a token, as a transparency log's do: everything they return is checked by
+//! the client against the node keys it pins, so they reveal nothing a verifier must not see
+//! and trust nothing the server says. Writes need the admin token (issue 6 adds the
+//! `publisher` role).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use edgefabric_ledger::entry::{self, Author, Entry, EntryKind};
+use edgefabric_ledger::Invalid;
+use edgefabric_store::types::Admission;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::server::AppState;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn path_err(e: PathRejection) -> ApiError {
+    ApiError::bad_request(format!("path: {}", e.body_text()))
+}
+
+fn query_err(e: QueryRejection) -> ApiError {
+    ApiError::bad_request(format!("query: {}", e.body_text()))
+}
+
+/// An entry as JSON: its type, author, signature and fields.
+pub fn entry_json(e: &Entry) -> Value {
+    let author = match &e.author {
+        Author::Genesis => json!("genesis"),
+        Author::Node(id) => json!({"node": id}),
+        Author::Publisher(p) => json!({"publisher": p}),
+    };
+    let mut v = json!({"type": e.kind.name(), "author": author, "signature": STANDARD.encode(&e.signature)});
+    let fields = match &e.kind {
+        EntryKind::NodeAdded { id, site, public_key } => {
+            json!({"id": id, "site": site, "public_key": STANDARD.encode(public_key)})
+        }
+        EntryKind::NodeRemoved { id } => json!({"id": id}),
+        EntryKind::PublisherAdded { id, public_key, by } => {
+            json!({"id": id, "public_key": STANDARD.encode(public_key), "by": by})
+        }
+        EntryKind::PublisherRemoved { id, by } => json!({"id": id, "by": by}),
+        EntryKind::ImageRegistered { name, digest, publisher } => {
+            json!({"name": name, "digest": digest, "publisher": publisher})
+        }
+        EntryKind::ImageRevoked { digest, reason, by } => {
+            json!({"digest": digest, "reason": reason, "by": by})
+        }
+        EntryKind::Audit(a) => serde_json::to_value(a).unwrap_or(Value::Null),
+    };
+    if let (Some(obj), Some(f)) = (v.as_object_mut(), fields.as_object()) {
+        for (k, x) in f {
+            obj.insert(k.clone(), x.clone());
+        }
+    }
+    v
+}
+
+fn hexes(hs: &[edgefabric_ledger::Hash]) -> Vec<String> {
+    hs.iter().map(hex::encode).collect()
+}
+
+/// One submitted entry's fate, as the API reports it.
+fn admitted(a: Vec<Admission>) -> ApiResult<u64> {
+    match a.into_iter().next() {
+        Some(Admission::Index(i)) => Ok(i),
+        Some(Admission::Refused(reason)) => Err(refused(reason)),
+        Some(Admission::Failed(why)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why))
+        }
+        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no answer for the entry")),
+    }
+}
+
+fn refused(reason: Invalid) -> ApiError {
+    match reason {
+        Invalid::Duplicate { message, .. } => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+        Invalid::UnknownAuthor { author, .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, "permission_denied", format!("{author} is not registered"))
+        }
+        Invalid::Role { author, kind, .. } => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!("{author} may not write {kind} entries"),
+        ),
+        Invalid::Signature { .. } => ApiError::bad_request("signature: does not verify for this entry"),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+fn decode_key(field: &'static str, b64: &str) -> ApiResult<[u8; 32]> {
+    edgefabric_crypto::PublicKey::from_base64(b64)
+        .map(|k| k.to_bytes())
+        .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+}
+
+fn decode_signature(b64: &str) -> ApiResult<Vec<u8>> {
+    let sig = STANDARD
+        .decode(b64.trim())
+        .map_err(|e| ApiError::bad_request(format!("signature: not base64: {e}")))?;
+    if sig.len() != 64 {
+        return Err(ApiError::bad_request(format!(
+            "signature: {} bytes, an ed25519 signature is 64",
+            sig.len()
+        )));
+    }
+    Ok(sig)
+}
+
+fn bad(e: edgefabric_ledger::LedgerError) -> ApiError {
+    match e {
+        edgefabric_ledger::LedgerError::Invalid { field, message } => {
+            ApiError::bad_request(format!("{field}: {message}"))
+        }
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherBody {
+    id: String,
+    public_key: String,
+}
+
+/// `POST /v1/publishers` (admin): registers a publisher's key in the ledger.
+pub async fn add_publisher(
+    State(st): State<Arc<AppState>>,
+    crate::http::JsonBody(b): crate::http::JsonBody<PublisherBody>,
+) -> ApiResult<Response> {
+    entry::check_id("id", &b.id).map_err(bad)?;
+    let public_key = decode_key("public_key", &b.public_key)?;
+    let kind = EntryKind::PublisherAdded { id: b.id.clone(), public_key, by: "admin".into() };
+    let e = Entry::by_node(st.node.id(), kind, &st.node.options().identity).map_err(bad)?;
+    match admitted(st.node.ledger_submit(vec![e]).await?) {
+        Ok(i) => Ok((StatusCode::CREATED, Json(json!({"id": b.id, "log_index": i}))).into_response()),
+        // The same publisher with the same key again: done already (a retried request).
+        Err(err) if err.status == StatusCode::CONFLICT => match st.node.ledger_publisher(&b.id).await? {
+            Some(p) if p.public_key == public_key => {
+                Ok(Json(json!({"id": b.id, "log_index": p.added_index})).into_response())
+            }
+            _ => Err(err),
+        },
+        Err(err) => Err(err),
+    }
+}
+
+/// `GET /v1/publishers/{id}`.
+pub async fn get_publisher(
+    State(st): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path(id) = id.map_err(path_err)?;
+    entry::check_id("id", &id).map_err(bad)?;
+    let p = st
+        .node
+        .ledger_publisher(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("publisher {id:?} is not registered")))?;
+    Ok(Json(json!({"id": id, "public_key": STANDARD.encode(p.public_key), "log_index": p.added_index})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBody {
+    name: String,
+    digest: String,
+    publisher: String,
+    signature: String,
+}
+
+/// `POST /v1/images`: registers an image digest signed by its publisher → 201. The same
+/// registration again answers 200 with the original entry's index (idempotent); the digest
+/// registered differently answers 409.
+pub async fn register_image(
+    State(st): State<Arc<AppState>>,
+    crate::http::JsonBody(b): crate::http::JsonBody<ImageBody>,
+) -> ApiResult<Response> {
+    entry::check_name(&b.name).map_err(bad)?;
+    entry::check_digest(&b.digest).map_err(bad)?;
+    entry::check_id("publisher", &b.publisher).map_err(bad)?;
+    let signature = decode_signature(&b.signature)?;
+    let e = Entry {
+        kind: EntryKind::ImageRegistered {
+            name: b.name.clone(),
+            digest: b.digest.clone(),
+            publisher: b.publisher.clone(),
+        },
+        author: Author::Publisher(b.publisher.clone()),
+        signature,
+    };
+    match admitted(st.node.ledger_submit(vec![e]).await?) {
+        Ok(i) => Ok((StatusCode::CREATED, Json(json!({"status": "registered", "digest": b.digest, "log_index": i})))
+            .into_response()),
+        Err(err) if err.status == StatusCode::CONFLICT => match st.node.ledger_image(&b.digest).await? {
+            Some(s) if s.record.publisher == b.publisher && s.record.name == b.name && s.record.revoked_index.is_none() => {
+                Ok(Json(json!({"status": "registered", "digest": b.digest, "log_index": s.record.registered_index}))
+                    .into_response())
+            }
+            _ => Err(err),
+        },
+        Err(err) => Err(err),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    reason: String,
+    /// With `signature`: the image's publisher revokes it (signing the revocation message).
+    /// Without: the admin revokes it, recorded by this node.
+    #[serde(default)]
+    publisher: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+}
+
+/// `POST /v1/images/{digest}/revoke` (admin): revokes an image, for good.
+pub async fn revoke_image(
+    State(st): State<Arc<AppState>>,
+    digest: Result<Path<String>, PathRejection>,
+    crate::http::JsonBody(b): crate::http::JsonBody<RevokeBody>,
+) -> ApiResult<Response> {
+    let Path(digest) = digest.map_err(path_err)?;
+    entry::check_digest(&digest).map_err(bad)?;
+    let e = match (&b.publisher, &b.signature) {
+        (Some(p), Some(sig)) => {
+            entry::check_id("publisher", p).map_err(bad)?;
+            Entry {
+                kind: EntryKind::ImageRevoked {
+                    digest: digest.clone(),
+                    reason: b.reason.clone(),
+                    by: p.clone(),
+                },
+                author: Author::Publisher(p.clone()),
+                signature: decode_signature(sig)?,
+            }
+        }
+        (None, None) => {
+            let kind = EntryKind::ImageRevoked {
+                digest: digest.clone(),
+                reason: b.reason.clone(),
+                by: "admin".into(),
+            };
+            Entry::by_node(st.node.id(), kind, &st.node.options().identity).map_err(bad)?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "publisher and signature: give both, or neither (admin revocation)",
+            ))
+        }
+    };
+    e.validate_fields().map_err(bad)?;
+    let i = admitted(st.node.ledger_submit(vec![e]).await?)?;
+    Ok(Json(json!({"status": "revoked", "digest": digest, "log_index": i})).into_response())
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], body).into_response()
+}
+
+/// `GET /v1/images/{digest}`: the image's status, its entry and leaf, an RFC 6962 inclusion
+/// proof against the checkpoint's root, and the cosigned checkpoint. For a revoked image the
+/// entry is the revocation (and `registration` holds the registration with its own proof).
+pub async fn get_image(
+    State(st): State<Arc<AppState>>,
+    digest: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let Path(digest) = digest.map_err(path_err)?;
+    entry::check_digest(&digest).map_err(bad)?;
+    let Some(status) = st.node.ledger_image(&digest).await? else {
+        let body = json!({
+            "status": "unknown",
+            "digest": digest,
+            "error": {"code": "not_found", "message": format!("image {digest} is not registered")},
+        });
+        return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
+    };
+    let (note, cp) = st.node.ledger_checkpoint().await?;
+    let proof_of = |index: u64, e: &Entry| {
+        let st = st.clone();
+        let e = e.clone();
+        async move {
+            let hashes = st.node.ledger_inclusion_proof(index, cp.size).await?;
+            let leaf = e.leaf_bytes().map_err(bad)?;
+            Ok::<_, ApiError>((
+                STANDARD.encode(leaf),
+                json!({"log_index": index, "tree_size": cp.size, "root_hash": hex::encode(cp.root), "hashes": hexes(&hashes)}),
+            ))
+        }
+    };
+    let (reg_leaf, reg_proof) = proof_of(status.record.registered_index, &status.registration).await?;
+    let mut body = match (&status.revocation, status.record.revoked_index) {
+        (Some(rev), Some(i)) => {
+            let (leaf, proof) = proof_of(i, rev).await?;
+            json!({
+                "status": "revoked", "entry": entry_json(rev), "leaf_base64": leaf, "inclusion_proof": proof,
+                "registration": {"entry": entry_json(&status.registration), "leaf_base64": reg_leaf, "inclusion_proof": reg_proof},
+            })
+        }
+        _ => {
+            json!({"status": "registered", "entry": entry_json(&status.registration), "leaf_base64": reg_leaf, "inclusion_proof": reg_proof})
+        }
+    };
+    body["digest"] = json!(digest);
+    body["name"] = json!(status.record.name);
+    body["publisher"] = json!(status.record.publisher);
+    body["checkpoint"] = json!(note);
+    Ok(Json(body).into_response())
+}
+
+/// `GET /v1/ledger/checkpoint`: the latest checkpoint as a C2SP signed note, with every
+/// cosignature collected.
+pub async fn checkpoint(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(text(st.node.ledger_checkpoint().await?.0))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+/// `GET /v1/ledger/proof/consistency?from=N&to=M` (`to` defaults to the current size).
+pub async fn consistency(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<ConsistencyQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(query_err)?;
+    let to = match q.to {
+        Some(t) => t,
+        None => st.node.ledger_head().await?.log_size,
+    };
+    let (hashes, r1, r2) = st.node.ledger_consistency_proof(q.from, to).await?;
+    Ok(Json(json!({
+        "from": q.from, "to": to, "root_from": hex::encode(r1), "root_to": hex::encode(r2), "hashes": hexes(&hashes),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    index: u64,
+    size: Option<u64>,
+}
+
+/// `GET /v1/ledger/proof/inclusion?index=N[&size=M]`.
+pub async fn inclusion(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<InclusionQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(query_err)?;
+    let size = match q.size {
+        Some(s) => s,
+        None => st.node.ledger_head().await?.log_size,
+    };
+    let hashes = st.node.ledger_inclusion_proof(q.index, size).await?;
+    let r = st.node.ledger_root(size).await?;
+    Ok(Json(
+        json!({"log_index": q.index, "tree_size": size, "root_hash": hex::encode(r), "hashes": hexes(&hashes)}),
+    ))
+}
+
+/// `GET /v1/ledger/entries/{index}`.
+pub async fn get_entry(
+    State(st): State<Arc<AppState>>,
+    index: Result<Path<u64>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path(index) = index.map_err(path_err)?;
+    let (e, leaf) = st.node.ledger_entry(index).await?;
+    Ok(Json(json!({"log_index": index, "entry": entry_json(&e), "leaf_base64": STANDARD.encode(leaf)})))
+}
+
+/// `GET /v1/ledger/blocks/{height}`: the header and its entries.
+pub async fn get_block(
+    State(st): State<Arc<AppState>>,
+    height: Result<Path<u64>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path(height) = height.map_err(path_err)?;
+    let b = st.node.ledger_block(height).await?;
+    let h = &b.header;
+    Ok(Json(json!({
+        "height": h.height, "hash": hex::encode(h.hash().map_err(bad)?), "prev": hex::encode(h.prev),
+        "time_ms": h.time_ms, "proposer": h.proposer, "entry_count": h.entry_count,
+        "entry_root": hex::encode(h.entry_root), "log_size": h.log_size, "log_root": hex::encode(h.log_root),
+        "first_index": h.first_index(),
+        "entries": b.entries.iter().map(entry_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /v1/ledger/status`: this node's view of the ledger.
+pub async fn status(State(st): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+    let health = match st.node.ledger_health() {
+        edgefabric_store::ledger::Health::Verified => json!("verified"),
+        edgefabric_store::ledger::Health::Verifying => json!("verifying"),
+        edgefabric_store::ledger::Health::Corrupt(why) => json!({"corrupt": why}),
+    };
+    let head = st.node.ledger_local_head();
+    Ok(Json(json!({
+        "health": health,
+        "height": head.as_ref().map(|h| h.height),
+        "log_size": head.as_ref().map_or(0, |h| h.log_size),
+        "log_root": head.as_ref().map(|h| hex::encode(h.log_root)),
+        "head_hash": head.as_ref().map(|h| hex::encode(h.hash)),
+        "rejected_blocks": st.node.ledger_rejected_blocks(),
+        "origin": st.node.options().ledger_origin,
+    })))
+}
