@@ -469,7 +469,9 @@ async fn bad_input_is_a_clear_json_error() {
     assert_eq!((st["nodes"].as_array().unwrap().len(), st["leaving"].as_array().unwrap().len()), (3, 0));
     // /metrics needs no token and reports the node's groups.
     let m = c.client.get(format!("{}/metrics", c.http(2))).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("edgefabric_raft_groups 17"), "{m}");
+    // The metadata group, 16 shards (3 replicas on 3 nodes: every node has all) and the ledger.
+    assert!(m.contains("edgefabric_raft_groups 18"), "{m}");
+    assert!(m.contains("edgefabric_ledger_verified 1"), "{m}");
     assert!(m.contains("edgefabric_raft_groups_without_leader 0"), "{m}");
     assert!(m.contains("edgefabric_raft_term{group=\"0\"}"), "{m}");
 }
@@ -696,12 +698,14 @@ async fn join_and_leave_under_load_lose_nothing() {
             );
         }
     }
-    // The drained node deleted its copies of the shards.
+    // The drained node deleted its copies of the shards. (It keeps its copies of the metadata
+    // and the ledger, which every member replicates: the ledger copy is the record it attested.)
+    let ledger = format!("group-{}", u64::MAX - 1);
     let left: Vec<_> = std::fs::read_dir(c.data_dir(1))
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("group-") && n != "group-0")
+        .filter(|n| n.starts_with("group-") && n != "group-0" && *n != ledger)
         .collect();
     assert!(left.is_empty(), "node 1 still has shard directories: {left:?}");
 }

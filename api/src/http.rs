@@ -118,6 +118,30 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         per_group.push_str(&format!("edgefabric_raft_term{{group=\"{}\"}} {}\n", g.group, g.term));
     }
     out.push_str(&per_group);
+    let head = st.node.ledger_local_head();
+    let mut gauge = |name: &str, help: &str, v: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
+    };
+    gauge(
+        "edgefabric_ledger_height",
+        "Height of this node's ledger head block.",
+        head.as_ref().map_or(0, |h| h.height),
+    );
+    gauge(
+        "edgefabric_ledger_entries",
+        "Entries in this node's ledger.",
+        head.as_ref().map_or(0, |h| h.log_size),
+    );
+    gauge(
+        "edgefabric_ledger_verified",
+        "1 if this node's stored ledger passed its start-up verification.",
+        u64::from(st.node.ledger_health() == edgefabric_store::ledger::Health::Verified),
+    );
+    out.push_str(&format!(
+        "# HELP edgefabric_ledger_rejected_blocks_total Ledger blocks this node refused as invalid.\n\
+         # TYPE edgefabric_ledger_rejected_blocks_total counter\nedgefabric_ledger_rejected_blocks_total {}\n",
+        st.node.ledger_rejected_blocks()
+    ));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], out).into_response()
 }
 

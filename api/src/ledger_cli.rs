@@ -214,7 +214,8 @@ fn base(endpoint: &str) -> Result<String> {
 
 /// A GET without a token; the body (JSON or text) whatever the status.
 async fn get(url: &str) -> Result<(reqwest::StatusCode, Vec<u8>)> {
-    let r = reqwest::get(url).await.with_context(|| format!("cannot reach {url}"))?;
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+    let r = client.get(url).send().await.with_context(|| format!("cannot reach {url}"))?;
     let status = r.status();
     let body = r.bytes().await.context("reading the answer")?.to_vec();
     // Bound what a hostile server can make us parse.

@@ -47,6 +47,10 @@ enum Cmd {
         /// gRPC address (with --dev).
         #[arg(long, default_value = "127.0.0.1:7400")]
         grpc: SocketAddr,
+        /// Re-validate the whole stored ledger before serving ledger reads (always checked:
+        /// its head and the node's last signed checkpoint).
+        #[arg(long)]
+        verify_ledger: bool,
     },
     /// Create a local cluster's files, and inspect a running cluster.
     Cluster {
@@ -239,13 +243,14 @@ fn kv_path(ns: &str, key: &str) -> String {
 
 async fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Serve { dev, config, data, http, grpc } => {
-            let cfg = if dev {
+        Cmd::Serve { dev, config, data, http, grpc, verify_ledger } => {
+            let mut cfg = if dev {
                 config::dev_config(&data, http, grpc)?
             } else {
                 let path = config.context("--config is required without --dev")?;
                 config::NodeConfig::load(&path)?
             };
+            cfg.ledger.verify_full_at_start |= verify_ledger;
             server::run(cfg).await?;
         }
         Cmd::Cluster { cmd: ClusterCmd::Init { nodes, sites, host, base_port, out } } => {

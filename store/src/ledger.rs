@@ -487,6 +487,9 @@ impl Node {
         let path = self.opts.data_dir.join(CHECKPOINT_FILE);
         let stored = read_own_checkpoint(&path, self.opts.id, &self.opts.identity).ok().flatten();
         if stored.is_none_or(|s| s.size < cp.size) {
+            // The chain first: sled is not flushed on apply, and a checkpoint file ahead of
+            // the stored chain would read as truncation to `ledger verify` after a crash.
+            self.db.flush()?;
             write_durably(&path, format!("{text}\n{line}").as_bytes())?;
         }
         Ok(line)

@@ -216,7 +216,7 @@ pub struct Node {
     /// an earlier one that was lost (see the module comment).
     instance: u64,
     engine: LogEngine,
-    db: sled::Db,
+    pub(crate) db: sled::Db,
     config: Arc<Config>,
     pub(crate) channels: Channels,
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
