@@ -703,7 +703,7 @@ async fn tampering_with_a_stopped_node_is_caught_offline_and_at_start_up() {
     // reads (KV keeps serving).
     let copy = root.path().join("tip");
     copy_dir(&dev.data, &copy);
-    tamper(&copy, &flip(block_key(6), 12));
+    tamper(&copy, flip(block_key(6), 12));
     let node = Dev::start(&copy, &[]);
     let client = reqwest::Client::new();
     let v = eventually(READY, "the start-up verdict", || async {
@@ -721,7 +721,7 @@ async fn tampering_with_a_stopped_node_is_caught_offline_and_at_start_up() {
     // A damaged middle block passes the quick check but not the full one (--verify-ledger).
     let copy = root.path().join("middle");
     copy_dir(&dev.data, &copy);
-    tamper(&copy, &flip(edgefabric_ledger::chain::leaf_key(3), 30));
+    tamper(&copy, flip(edgefabric_ledger::chain::leaf_key(3), 30));
     let node = Dev::start(&copy, &["--verify-ledger"]);
     let v = eventually(READY, "the full verdict", || async {
         let (st, v) = get_json(&client, &format!("{}/v1/ledger/status", node.http)).await;
