@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/publishers", post(ledger::add_publisher))
         .route("/v1/images", post(ledger::register_image))
+        .route("/v1/images/batch", post(ledger::register_images))
         .route("/v1/images/{digest}/revoke", post(ledger::revoke_image))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     // Ledger reads need no token: what they return is verified by the client against the

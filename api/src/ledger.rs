@@ -216,6 +216,58 @@ pub async fn register_image(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ImageBatchBody {
+    images: Vec<ImageBody>,
+}
+
+/// `POST /v1/images/batch` `{"images": [...]}`: many registrations in one request (the app
+/// store's bulk import, and the load generator). Each is checked and admitted on its own;
+/// the answer lists each one's outcome in order, with its HTTP status.
+pub async fn register_images(
+    State(st): State<Arc<AppState>>,
+    crate::http::JsonBody(b): crate::http::JsonBody<ImageBatchBody>,
+) -> ApiResult<Json<Value>> {
+    // 1,000 keeps a batch well inside the 1 MiB JSON body limit (and one block).
+    let max = 1000;
+    if b.images.is_empty() || b.images.len() > max {
+        return Err(ApiError::bad_request(format!("images: give between 1 and {max}")));
+    }
+    let mut entries = Vec::with_capacity(b.images.len());
+    for (i, img) in b.images.iter().enumerate() {
+        let at = |e: ApiError| ApiError::bad_request(format!("images[{i}].{}", e.message));
+        entry::check_name(&img.name).map_err(bad).map_err(at)?;
+        entry::check_digest(&img.digest).map_err(bad).map_err(at)?;
+        entry::check_id("publisher", &img.publisher).map_err(bad).map_err(at)?;
+        entries.push(Entry {
+            kind: EntryKind::ImageRegistered {
+                name: img.name.clone(),
+                digest: img.digest.clone(),
+                publisher: img.publisher.clone(),
+            },
+            author: Author::Publisher(img.publisher.clone()),
+            signature: decode_signature(&img.signature).map_err(at)?,
+        });
+    }
+    let admitted = st.node.ledger_submit(entries).await?;
+    let results: Vec<Value> = admitted
+        .into_iter()
+        .zip(&b.images)
+        .map(|(a, img)| match a {
+            Admission::Index(i) => json!({"digest": img.digest, "status": 201, "log_index": i}),
+            Admission::Refused(r) => {
+                let e = refused(r);
+                json!({"digest": img.digest, "status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}})
+            }
+            Admission::Failed(why) => {
+                json!({"digest": img.digest, "status": 503, "error": {"code": "unavailable", "message": why}})
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     reason: String,
     /// With `signature`: the image's publisher revokes it (signing the revocation message).

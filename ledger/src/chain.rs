@@ -496,6 +496,18 @@ pub fn apply_block(
     genesis: GenesisCheck,
     sigs: Signatures,
 ) -> Result<(Writes, Head)> {
+    let (writes, head, _) = apply_block_inner(s, block, genesis, sigs == Signatures::Batch)?;
+    Ok((writes, head))
+}
+
+/// `apply_block`, checking the signatures itself (`verify`) or returning them unchecked for
+/// the caller to check (full verification checks them on other threads).
+fn apply_block_inner(
+    s: &dyn Store,
+    block: &Block,
+    genesis: GenesisCheck,
+    verify: bool,
+) -> Result<(Writes, Head, Vec<SigCheck>)> {
     let h = &block.header;
     let bad = |reason: Invalid| LedgerError::InvalidBlock { height: h.height, reason };
     let with_height = |e: LedgerError| match e {
@@ -533,7 +545,7 @@ pub fn apply_block(
         }
         leaf_hashes.push(admit(&mut st, e, base_size + pos as u64)?);
     }
-    if sigs == Signatures::Batch {
+    if verify {
         verify_signatures(&checks).map_err(bad)?;
     }
     if block::entry_root(&leaf_hashes) != h.entry_root {
@@ -549,7 +561,7 @@ pub fn apply_block(
     let new_head = Head { height: h.height, hash: h.hash()?, log_size: size, log_root: h.log_root };
     st.put(block_key(h.height), h.to_bytes()?);
     st.put(HEAD_KEY.to_vec(), entry::encode(&new_head)?);
-    Ok((st.writes, new_head))
+    Ok((st.writes, new_head, checks))
 }
 
 /// Batch-verifies; on failure, finds the first bad signature one by one (strictly).
@@ -699,10 +711,84 @@ pub fn verify_chain(tree: &sled::Tree, genesis: GenesisCheck) -> Result<Option<H
         }
         return Ok(None);
     };
+    // Signatures are checked on worker threads while this thread replays the rules; the first
+    // bad block is the lowest height either side reports.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SigBatch>(workers * 2);
+    let rx = std::sync::Mutex::new(rx);
+    let bad_sig: std::sync::Mutex<Option<(u64, Invalid)>> = std::sync::Mutex::new(None);
+    let replayed = std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let batch = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                    Ok(b) => b,
+                    Err(_) => return,
+                };
+                if let Some((height, reason)) = batch.first_bad() {
+                    let mut b = bad_sig.lock().unwrap_or_else(|p| p.into_inner());
+                    if b.as_ref().is_none_or(|(h, _)| height < *h) {
+                        *b = Some((height, reason));
+                    }
+                }
+            });
+        }
+        let r = replay_chain(tree, genesis, target, &tx, &bad_sig);
+        drop(tx);
+        r
+    });
+    if let Some((height, reason)) = bad_sig.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        let replay_height = match &replayed {
+            Err(LedgerError::Corrupt { height, .. }) => *height,
+            _ => u64::MAX,
+        };
+        if height <= replay_height {
+            return Err(corrupt(height, format!("block {height} is invalid: {reason}")));
+        }
+    }
+    replayed
+}
+
+/// Signatures to check, from consecutive blocks: (height, check).
+struct SigBatch(Vec<(u64, SigCheck)>);
+
+impl SigBatch {
+    /// The first bad signature, if any (batch-verified; one by one only on failure).
+    fn first_bad(&self) -> Option<(u64, Invalid)> {
+        let msgs: Vec<&[u8]> = self.0.iter().map(|(_, c)| c.1.as_slice()).collect();
+        let sigs: Vec<[u8; 64]> = self.0.iter().map(|(_, c)| c.2).collect();
+        let keys: Vec<PublicKey> = self.0.iter().map(|(_, c)| c.3).collect();
+        if edgefabric_crypto::verify_batch(&msgs, &sigs, &keys).is_ok() {
+            return None;
+        }
+        for (height, (pos, msg, sig, key)) in &self.0 {
+            if key.verify(msg, sig).is_err() {
+                return Some((*height, Invalid::Signature { entry: *pos }));
+            }
+        }
+        self.0.first().map(|(h, c)| (*h, Invalid::Signature { entry: c.0 }))
+    }
+}
+
+/// Signatures per batch handed to a worker.
+const SIG_BATCH: usize = 2048;
+
+fn replay_chain(
+    tree: &sled::Tree,
+    genesis: GenesisCheck,
+    target: u64,
+    tx: &std::sync::mpsc::SyncSender<SigBatch>,
+    bad_sig: &std::sync::Mutex<Option<(u64, Invalid)>>,
+) -> Result<Option<Head>> {
+    let corrupt = |height: u64, reason: String| LedgerError::Corrupt { height, reason };
     let mut replay = Replay { tree, mem: HashMap::new() };
     let mut tree_nodes = 0u64;
     let mut head_now: Option<Head> = None;
+    let mut pending: Vec<(u64, SigCheck)> = Vec::with_capacity(SIG_BATCH);
     for height in 0..=target {
+        // A worker found a bad signature already: everything after it is moot.
+        if bad_sig.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|(h, _)| *h < height) {
+            return Ok(None);
+        }
         let bytes =
             tree.get(block_key(height))?.ok_or_else(|| corrupt(height, "the block is missing".into()))?;
         let header = BlockHeader::from_bytes(&bytes).map_err(|e| corrupt(height, e.to_string()))?;
@@ -720,8 +806,15 @@ pub fn verify_chain(tree: &sled::Tree, genesis: GenesisCheck) -> Result<Option<H
             entries.push(Entry::from_leaf(&leaf).map_err(|e| corrupt(height, format!("entry {i}: {e}")))?);
         }
         let block = Block { header, entries };
-        let (writes, new_head) = apply_block(&replay, &block, genesis, Signatures::Batch)
-            .map_err(|e| corrupt(height, e.to_string()))?;
+        let (writes, new_head, checks) =
+            apply_block_inner(&replay, &block, genesis, false).map_err(|e| corrupt(height, e.to_string()))?;
+        pending.extend(checks.into_iter().map(|c| (height, c)));
+        if pending.len() >= SIG_BATCH {
+            let batch = SigBatch(std::mem::replace(&mut pending, Vec::with_capacity(SIG_BATCH)));
+            if tx.send(batch).is_err() {
+                return Err(LedgerError::Storage("signature workers stopped".into()));
+            }
+        }
         for (k, v) in writes {
             if k.starts_with(b"Lt") || k.starts_with(b"Ll") || k.starts_with(b"Lb") {
                 if k.starts_with(b"Lt") {
@@ -741,6 +834,9 @@ pub fn verify_chain(tree: &sled::Tree, genesis: GenesisCheck) -> Result<Option<H
             }
         }
         head_now = Some(new_head);
+    }
+    if !pending.is_empty() && tx.send(SigBatch(pending)).is_err() {
+        return Err(LedgerError::Storage("signature workers stopped".into()));
     }
     let head_now = head_now.ok_or_else(|| corrupt(0, "no block".into()))?;
     // The indexes and head must be exactly the replay's, and nothing may be stored beyond it.

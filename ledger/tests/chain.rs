@@ -463,3 +463,34 @@ fn the_head_check_catches_a_rewritten_tip() {
     f.tree.remove(chain::block_key(4)).unwrap();
     assert!(matches!(chain::verify_head(&f.tree), Err(LedgerError::Corrupt { height: 4, .. })));
 }
+
+#[test]
+fn a_bad_signature_stored_in_an_otherwise_consistent_chain_is_caught() {
+    // A block whose roots and links are all right but one signature is forged (as a faulty
+    // node could have stored it, skipping the check): only signature verification finds it.
+    let f = Fixture::new();
+    f.append_ok(vec![f.add_publisher()]);
+    let (block, _) = chain::build_block(&f.tree, &[f.register(1), f.register(2)], 0, 1).unwrap();
+    let mut block = block.unwrap();
+    block.entries[1].signature[10] ^= 1;
+    let before = block.header.first_index(); // genesis (3 nodes) and the publisher
+    let leaves: Vec<merkle::Hash> = (0..before)
+        .map(|i| merkle::leaf_hash(&chain::leaf(&f.tree, i).unwrap().unwrap()))
+        .chain(block.entries.iter().map(|e| merkle::leaf_hash(&e.leaf_bytes().unwrap())))
+        .collect();
+    block.header.entry_root = edgefabric_ledger::block::entry_root(&leaves[before as usize..]);
+    block.header.log_root = merkle::root(&leaves);
+    // Applied with the check skipped, and then more valid blocks on top of it.
+    let r = chain::apply_block(&f.tree, &block, Some(&f.genesis), Signatures::Batch).map(|_| ());
+    assert!(matches!(invalid(r), Invalid::Signature { entry: 1 }));
+    let (writes, _) = chain::apply_block(&f.tree, &block, Some(&f.genesis), Signatures::Skip).unwrap();
+    commit(&f.tree, writes);
+    for i in 3..8 {
+        f.append_ok(vec![f.register(i)]);
+    }
+    match f.verify() {
+        Err(LedgerError::Corrupt { height: 2, reason }) => assert!(reason.contains("signature"), "{reason}"),
+        other => panic!("the forged signature went unnoticed: {other:?}"),
+    }
+    assert!(chain::verify_head(&f.tree).is_ok(), "the quick check does not look at signatures");
+}
