@@ -177,6 +177,30 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 }
 
 fn benches(c: &mut Criterion) {
+    // LEDGER_BENCH_ONLY=verify runs only the full verification (for profiling it).
+    let only_verify = std::env::var("LEDGER_BENCH_ONLY").is_ok_and(|v| v == "verify");
+    if !only_verify {
+        append_and_proofs(c);
+    }
+    let n: u64 = std::env::var("LEDGER_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let (_db, big) = big_chain(n);
+    let head = chain::head(&big).unwrap().unwrap();
+    let size = head.log_size;
+    // 3. Full verification of the whole chain (replay, every rule and signature).
+    let t = Instant::now();
+    let verified = chain::verify_chain(&big, None).unwrap().unwrap();
+    let took = t.elapsed();
+    assert_eq!(verified, head);
+    eprintln!(
+        "full verification of {} entries in {} blocks: {:.1} s, {:.0} entries/s",
+        size,
+        head.height + 1,
+        took.as_secs_f64(),
+        size as f64 / took.as_secs_f64()
+    );
+}
+
+fn append_and_proofs(c: &mut Criterion) {
     // 1. Validate + append: blocks of 1,000 signed registrations, as a follower applies them
     //    (batch signature verification) and as the leader builds them (strict, one by one).
     let dir = tempfile::tempdir().unwrap();
@@ -247,19 +271,6 @@ fn benches(c: &mut Criterion) {
         percentile(lat, 0.99),
         percentile(clat.clone(), 0.5),
         percentile(clat, 0.99)
-    );
-
-    // 3. Full verification of the whole chain (replay, every rule and signature).
-    let t = Instant::now();
-    let verified = chain::verify_chain(&big, None).unwrap().unwrap();
-    let took = t.elapsed();
-    assert_eq!(verified, head);
-    eprintln!(
-        "full verification of {} entries in {} blocks: {:.1} s, {:.0} entries/s",
-        size,
-        head.height + 1,
-        took.as_secs_f64(),
-        size as f64 / took.as_secs_f64()
     );
 }
 

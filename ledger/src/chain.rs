@@ -315,8 +315,66 @@ pub fn consistency_proof(s: &dyn Store, size1: u64, size2: u64) -> Result<Vec<Ha
 /// A signature to check: (message, signature, key).
 type SigCheck = (usize, Vec<u8>, [u8; 64], PublicKey);
 
+/// A key, decompressed (an elliptic-curve square root: the costliest step of checking an entry
+/// apart from its signature, so decompressed keys are kept per thread; few authors sign many
+/// entries).
 fn public_key(bytes: &[u8; 32], entry: usize) -> std::result::Result<PublicKey, Invalid> {
-    PublicKey::from_bytes(bytes).map_err(|e| Invalid::Rule { entry, message: format!("bad public key: {e}") })
+    thread_local! {
+        static KEYS: std::cell::RefCell<HashMap<[u8; 32], PublicKey>> = std::cell::RefCell::new(HashMap::new());
+    }
+    if let Some(k) = KEYS.with(|c| c.borrow().get(bytes).copied()) {
+        return Ok(k);
+    }
+    let k = PublicKey::from_bytes(bytes)
+        .map_err(|e| Invalid::Rule { entry, message: format!("bad public key: {e}") })?;
+    KEYS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 4096 {
+            c.clear();
+        }
+        c.insert(*bytes, k);
+    });
+    Ok(k)
+}
+
+/// Strict signature checks of many candidates, spread over the cores, against the authors'
+/// keys in `s`: per candidate, the key checked against and the outcome (`None` where the author
+/// is not in `s`, e.g. a publisher added earlier in the same block).
+fn preverify(s: &dyn Store, candidates: &[Entry]) -> Result<Vec<Option<([u8; 32], bool)>>> {
+    let keys: Vec<Option<[u8; 32]>> = candidates
+        .iter()
+        .map(|e| {
+            Ok(match &e.author {
+                Author::Publisher(p) => publisher(s, p)?.map(|r| r.public_key),
+                Author::Node(id) => member(s, *id)?.map(|m| m.public_key),
+                Author::Genesis => None,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = candidates.len().div_ceil(threads).max(1);
+    Ok(std::thread::scope(|scope| {
+        let handles: Vec<_> = candidates
+            .chunks(chunk)
+            .zip(keys.chunks(chunk))
+            .map(|(es, ks)| {
+                scope.spawn(move || {
+                    es.iter()
+                        .zip(ks)
+                        .map(|(e, k)| {
+                            let k = (*k)?;
+                            let ok = match (public_key(&k, 0), e.signed_message()) {
+                                (Ok(pk), Ok(msg)) => pk.verify(&msg, &e.signature).is_ok(),
+                                _ => false,
+                            };
+                            Some((k, ok))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    }))
 }
 
 /// Checks entry `pos` of a block at `height` against the state in `st` (which includes the
@@ -597,17 +655,28 @@ pub fn build_block(
     let mut results = Vec::with_capacity(candidates.len());
     let mut entries = vec![];
     let mut leaf_hashes = vec![];
-    for e in candidates {
+    // The strict signature checks, in parallel first where the author's key is already known.
+    let pre = if candidates.len() >= 64 { preverify(s, candidates)? } else { vec![None; candidates.len()] };
+    for (i, e) in candidates.iter().enumerate() {
         if entries.len() == MAX_BLOCK_ENTRIES {
             results.push(Err(LedgerError::Storage("block full; submit again".into())));
             continue;
         }
         let pos = entries.len();
         let checked = check_entry(&st, height, pos, e).and_then(|c| match c {
-            Some((_, msg, sig, key)) if key.verify(&msg, &sig).is_err() => {
-                Err(Invalid::Signature { entry: pos }.into())
+            Some((_, msg, sig, key)) => {
+                let ok = match pre.get(i).copied().flatten() {
+                    // Checked against the same key the rules resolved now.
+                    Some((k, ok)) if k == key.to_bytes() => ok,
+                    _ => key.verify(&msg, &sig).is_ok(),
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Invalid::Signature { entry: pos }.into())
+                }
             }
-            _ => Ok(()),
+            None => Ok(()),
         });
         match checked {
             Ok(()) => {
@@ -820,7 +889,7 @@ fn replay_chain(
                 if k.starts_with(b"Lt") {
                     tree_nodes += 1;
                 }
-                if tree.get(&k)?.map(|s| s.to_vec()) != v {
+                if tree.get(&k)?.as_deref() != v.as_deref() {
                     return Err(corrupt(
                         height,
                         format!("stored record {} differs from the replay", show_key(&k)),

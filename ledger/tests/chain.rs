@@ -494,3 +494,51 @@ fn a_bad_signature_stored_in_an_otherwise_consistent_chain_is_caught() {
     }
     assert!(chain::verify_head(&f.tree).is_ok(), "the quick check does not look at signatures");
 }
+
+#[test]
+fn large_batches_check_signatures_in_parallel_with_the_same_outcome() {
+    let f = Fixture::new();
+    f.append_ok(vec![f.add_publisher()]);
+    // A second publisher added inside the batch: its entries cannot be pre-checked.
+    let beta = Identity::from_seed(&[21; 32]);
+    let mut batch = vec![f.node_entry(
+        2,
+        EntryKind::PublisherAdded {
+            id: "beta".into(),
+            public_key: beta.public_key().to_bytes(),
+            by: "admin".into(),
+        },
+    )];
+    for i in 0..80 {
+        batch.push(f.register(1000 + i));
+    }
+    let mut forged = f.register(2000);
+    forged.signature[3] ^= 1;
+    batch.push(forged);
+    for i in 0..10u64 {
+        let (name, digest) = (format!("b-{i}"), digest(3000 + i));
+        let mut e = Entry {
+            signature: beta.sign(&image_message(&name, &digest)).to_vec(),
+            kind: EntryKind::ImageRegistered { name, digest, publisher: "beta".into() },
+            author: Author::Publisher("beta".into()),
+        };
+        if i == 7 {
+            e.signature[0] ^= 1;
+        }
+        batch.push(e);
+    }
+    let (block, results) = chain::build_block(&f.tree, &batch, 0, 1).unwrap();
+    let bad: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_err()).map(|(i, _)| i).collect();
+    assert_eq!(bad, vec![81, 89], "{results:?}");
+    for i in &bad {
+        assert!(matches!(
+            &results[*i],
+            Err(LedgerError::InvalidBlock { reason: Invalid::Signature { .. }, .. })
+        ));
+    }
+    let block = block.unwrap();
+    assert_eq!(block.entries.len(), batch.len() - 2);
+    let (w, _) = chain::apply_block(&f.tree, &block, Some(&f.genesis), Signatures::Batch).unwrap();
+    commit(&f.tree, w);
+    assert!(f.verify().is_ok());
+}
