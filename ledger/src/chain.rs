@@ -337,10 +337,13 @@ fn public_key(bytes: &[u8; 32], entry: usize) -> std::result::Result<PublicKey, 
     Ok(k)
 }
 
+/// A signature checked ahead: the key it was checked against, and whether it verified.
+type Prechecked = ([u8; 32], bool);
+
 /// Strict signature checks of many candidates, spread over the cores, against the authors'
 /// keys in `s`: per candidate, the key checked against and the outcome (`None` where the author
 /// is not in `s`, e.g. a publisher added earlier in the same block).
-fn preverify(s: &dyn Store, candidates: &[Entry]) -> Result<Vec<Option<([u8; 32], bool)>>> {
+fn preverify(s: &dyn Store, candidates: &[Entry]) -> Result<Vec<Option<Prechecked>>> {
     let keys: Vec<Option<[u8; 32]>> = candidates
         .iter()
         .map(|e| {
