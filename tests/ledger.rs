@@ -212,6 +212,57 @@ async fn app_store_flow_and_identical_chains_on_three_nodes() {
         run(&["image", "verify", "--digest", &digest(99), "--endpoint", &ep(1), "--trust", s(&trust)]);
     assert_eq!(code, 1, "an unknown image is not genuine");
 
+    // The same over gRPC (edgefabric.v1.Ledger): the proof verifies offline with the pinned keys.
+    let mut ledger = grpc::ledger_client::LedgerClient::connect(c.grpc(3).to_string()).await.unwrap();
+    let img = ledger.get_image(grpc::GetImageRequest { digest: d1.clone() }).await.unwrap().into_inner();
+    assert_eq!((img.status.as_str(), img.name.as_str()), ("registered", "camera-ai:2.1"));
+    let e = img.entry.unwrap();
+    let p = e.inclusion_proof.unwrap();
+    let keys = pinned_keys(&trust);
+    let proven = edgefabric_ledger::verify::verify_entry(
+        &keys,
+        None,
+        3,
+        &edgefabric_ledger::verify::Presented {
+            leaf: &e.leaf,
+            log_index: p.log_index,
+            tree_size: p.tree_size,
+            root_hash: Some(&p.root_hash),
+            proof: &p.hashes,
+            checkpoint: &img.checkpoint,
+        },
+    )
+    .unwrap();
+    assert_eq!(edgefabric_ledger::verify::image_record(&proven.entry, &d1, None), Ok(None));
+    let missing = ledger.get_image(grpc::GetImageRequest { digest: digest(99) }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let mut unauth = grpc::RegisterImageRequest {
+        name: "g".into(),
+        digest: digest(4),
+        publisher: "acme".into(),
+        signature: vec![0; 64],
+    };
+    let err = ledger.register_image(unauth.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut req = tonic::Request::new(unauth.clone());
+    req.metadata_mut().insert("authorization", format!("Bearer {}", c.token).parse().unwrap());
+    let err = ledger.register_image(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let (_, sig4, _) = run(&["image", "sign", "--key", s(&key), "--name", "g", "--digest", &digest(4)]);
+    unauth.signature =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sig4.trim()).unwrap();
+    let mut req = tonic::Request::new(unauth);
+    req.metadata_mut().insert("authorization", format!("Bearer {}", c.token).parse().unwrap());
+    let r = ledger.register_image(req).await.unwrap().into_inner();
+    assert!(r.created);
+    let cons = ledger
+        .consistency_proof(grpc::ConsistencyProofRequest { from: 1, to: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    edgefabric_ledger::merkle::verify_consistency(1, cons.to, &cons.hashes, &cons.root_from, &cons.root_to)
+        .unwrap();
+
     // A checkpoint to check consistency against later.
     let (st, old_note) = get_text(&c.client, &format!("{}/v1/ledger/checkpoint", ep(1))).await;
     assert_eq!(st, 200);
@@ -287,6 +338,28 @@ async fn app_store_flow_and_identical_chains_on_three_nodes() {
         run(&["image", "verify", "--digest", &digest(12), "--endpoint", &ep(1), "--trust", s(&trust)]);
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("REVOKED"), "{out}");
+    // The publisher revokes its own image; a second revocation is a conflict.
+    let d13 = digest(13);
+    let revoke = [
+        "image",
+        "revoke",
+        "--digest",
+        &d13,
+        "--reason",
+        "withdrawn",
+        "--key",
+        s(&key),
+        "--publisher",
+        "acme",
+    ];
+    let (code, out, err) = run(&[&revoke[..], &["--endpoint", &ep(3), "--token-file", s(&token)]].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(&[&revoke[..], &["--endpoint", &ep(1), "--token-file", s(&token)]].concat());
+    assert_ne!(code, 0);
+    assert!(err.contains("409"), "{err}");
+    let (code, out, _) =
+        run(&["image", "verify", "--digest", &d13, "--endpoint", &ep(2), "--trust", s(&trust)]);
+    assert_eq!((code, out.starts_with("REVOKED")), (1, true), "{out}");
 
     // Every node ends with the identical chain.
     let heads = eventually(READY, "identical heads", || async {
@@ -353,6 +426,23 @@ async fn app_store_flow_and_identical_chains_on_three_nodes() {
         verified.push(out.split("head ").nth(1).unwrap_or_default().trim().to_string());
     }
     assert!(verified.iter().all(|h| *h == verified[0] && !h.is_empty()), "{verified:?}");
+}
+
+mod grpc {
+    tonic::include_proto!("edgefabric.v1");
+}
+
+fn pinned_keys(trust: &Path) -> Vec<edgefabric_ledger::note::TrustedKey> {
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(trust).unwrap()).unwrap();
+    t["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| edgefabric_ledger::note::TrustedKey {
+            name: format!("node-{}", n["id"]),
+            key: edgefabric_crypto::PublicKey::from_base64(n["public_key"].as_str().unwrap()).unwrap(),
+        })
+        .collect()
 }
 
 // ---- single dev nodes ----

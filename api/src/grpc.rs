@@ -208,3 +208,115 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::RemoveNodeResponse { epoch }))
     }
 }
+
+pub fn ledger_service(state: Arc<AppState>) -> pb::ledger_server::LedgerServer<LedgerService> {
+    pb::ledger_server::LedgerServer::new(LedgerService { kv: KvService { state } })
+}
+
+/// The ledger over gRPC: thin glue over the same functions as the REST routes.
+pub struct LedgerService {
+    kv: KvService,
+}
+
+fn proven(p: &crate::ledger::ProvenEntry, cp: &edgefabric_ledger::note::Checkpoint) -> pb::ProvenEntry {
+    pb::ProvenEntry {
+        entry_json: crate::ledger::entry_json(&p.entry).to_string(),
+        leaf: p.leaf.clone(),
+        inclusion_proof: Some(pb::InclusionProof {
+            log_index: p.log_index,
+            tree_size: cp.size,
+            root_hash: cp.root.to_vec(),
+            hashes: p.hashes.iter().map(|h| h.to_vec()).collect(),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerService {
+    async fn add_publisher(
+        &self,
+        req: Request<pb::AddPublisherRequest>,
+    ) -> Result<Response<pb::AddPublisherResponse>, Status> {
+        self.kv.auth(&req)?;
+        let r = req.into_inner();
+        let key: [u8; 32] = r
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("public_key: must be 32 bytes"))?;
+        edgefabric_crypto::PublicKey::from_bytes(&key)
+            .map_err(|e| Status::invalid_argument(format!("public_key: {e}")))?;
+        let (log_index, created) = crate::ledger::add_publisher_core(&self.kv.state, &r.id, key).await?;
+        Ok(Response::new(pb::AddPublisherResponse { log_index, created }))
+    }
+
+    async fn register_image(
+        &self,
+        req: Request<pb::RegisterImageRequest>,
+    ) -> Result<Response<pb::RegisterImageResponse>, Status> {
+        self.kv.auth(&req)?;
+        let r = req.into_inner();
+        let (log_index, created) =
+            crate::ledger::register_core(&self.kv.state, &r.name, &r.digest, &r.publisher, r.signature)
+                .await?;
+        Ok(Response::new(pb::RegisterImageResponse { log_index, created }))
+    }
+
+    async fn revoke_image(
+        &self,
+        req: Request<pb::RevokeImageRequest>,
+    ) -> Result<Response<pb::RevokeImageResponse>, Status> {
+        self.kv.auth(&req)?;
+        let r = req.into_inner();
+        let by = match (r.publisher.is_empty(), r.signature.is_empty()) {
+            (false, false) => Some((r.publisher.as_str(), r.signature)),
+            (true, true) => None,
+            _ => return Err(Status::invalid_argument("publisher and signature: give both, or neither")),
+        };
+        let log_index = crate::ledger::revoke_core(&self.kv.state, &r.digest, &r.reason, by).await?;
+        Ok(Response::new(pb::RevokeImageResponse { log_index }))
+    }
+
+    async fn get_image(
+        &self,
+        req: Request<pb::GetImageRequest>,
+    ) -> Result<Response<pb::GetImageResponse>, Status> {
+        let digest = req.into_inner().digest;
+        let Some(v) = crate::ledger::image_core(&self.kv.state, &digest).await? else {
+            return Err(Status::not_found(format!("image {digest} is not registered")));
+        };
+        Ok(Response::new(pb::GetImageResponse {
+            status: if v.revoked { "revoked" } else { "registered" }.into(),
+            name: v.name.clone(),
+            publisher: v.publisher.clone(),
+            entry: Some(proven(&v.latest, &v.checkpoint)),
+            registration: v.registration.as_ref().map(|r| proven(r, &v.checkpoint)),
+            checkpoint: v.note.clone(),
+        }))
+    }
+
+    async fn checkpoint(
+        &self,
+        _req: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let (note, _) = self.kv.state.node.ledger_checkpoint().await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::CheckpointResponse { note }))
+    }
+
+    async fn consistency_proof(
+        &self,
+        req: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
+        let r = req.into_inner();
+        let node = &self.kv.state.node;
+        let to = if r.to == 0 { node.ledger_head().await.map_err(ApiError::from)?.log_size } else { r.to };
+        let (hashes, r1, r2) = node.ledger_consistency_proof(r.from, to).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ConsistencyProofResponse {
+            from: r.from,
+            to,
+            root_from: r1.to_vec(),
+            root_to: r2.to_vec(),
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+}

@@ -134,26 +134,32 @@ pub struct PublisherBody {
     public_key: String,
 }
 
+/// Registers a publisher's key (admin); the same key again is a no-op. Returns (log index,
+/// created).
+pub async fn add_publisher_core(st: &AppState, id: &str, public_key: [u8; 32]) -> ApiResult<(u64, bool)> {
+    entry::check_id("id", id).map_err(bad)?;
+    let kind = EntryKind::PublisherAdded { id: id.to_string(), public_key, by: "admin".into() };
+    let e = Entry::by_node(st.node.id(), kind, &st.node.options().identity).map_err(bad)?;
+    match admitted(st.node.ledger_submit(vec![e]).await?) {
+        Ok(i) => Ok((i, true)),
+        // The same publisher with the same key again: done already (a retried request).
+        Err(err) if err.status == StatusCode::CONFLICT => match st.node.ledger_publisher(id).await? {
+            Some(p) if p.public_key == public_key => Ok((p.added_index, false)),
+            _ => Err(err),
+        },
+        Err(err) => Err(err),
+    }
+}
+
 /// `POST /v1/publishers` (admin): registers a publisher's key in the ledger.
 pub async fn add_publisher(
     State(st): State<Arc<AppState>>,
     crate::http::JsonBody(b): crate::http::JsonBody<PublisherBody>,
 ) -> ApiResult<Response> {
-    entry::check_id("id", &b.id).map_err(bad)?;
     let public_key = decode_key("public_key", &b.public_key)?;
-    let kind = EntryKind::PublisherAdded { id: b.id.clone(), public_key, by: "admin".into() };
-    let e = Entry::by_node(st.node.id(), kind, &st.node.options().identity).map_err(bad)?;
-    match admitted(st.node.ledger_submit(vec![e]).await?) {
-        Ok(i) => Ok((StatusCode::CREATED, Json(json!({"id": b.id, "log_index": i}))).into_response()),
-        // The same publisher with the same key again: done already (a retried request).
-        Err(err) if err.status == StatusCode::CONFLICT => match st.node.ledger_publisher(&b.id).await? {
-            Some(p) if p.public_key == public_key => {
-                Ok(Json(json!({"id": b.id, "log_index": p.added_index})).into_response())
-            }
-            _ => Err(err),
-        },
-        Err(err) => Err(err),
-    }
+    let (i, created) = add_publisher_core(&st, &b.id, public_key).await?;
+    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((code, Json(json!({"id": b.id, "log_index": i}))).into_response())
 }
 
 /// `GET /v1/publishers/{id}`.
@@ -180,6 +186,49 @@ pub struct ImageBody {
     signature: String,
 }
 
+/// Registers an image digest signed by its publisher. The same registration again is
+/// idempotent; the digest registered differently is a conflict. Returns (log index, created).
+pub async fn register_core(
+    st: &AppState,
+    name: &str,
+    digest: &str,
+    publisher: &str,
+    signature: Vec<u8>,
+) -> ApiResult<(u64, bool)> {
+    entry::check_name(name).map_err(bad)?;
+    entry::check_digest(digest).map_err(bad)?;
+    entry::check_id("publisher", publisher).map_err(bad)?;
+    if signature.len() != 64 {
+        return Err(ApiError::bad_request(format!(
+            "signature: {} bytes, an ed25519 signature is 64",
+            signature.len()
+        )));
+    }
+    let e = Entry {
+        kind: EntryKind::ImageRegistered {
+            name: name.into(),
+            digest: digest.into(),
+            publisher: publisher.into(),
+        },
+        author: Author::Publisher(publisher.into()),
+        signature,
+    };
+    match admitted(st.node.ledger_submit(vec![e]).await?) {
+        Ok(i) => Ok((i, true)),
+        Err(err) if err.status == StatusCode::CONFLICT => match st.node.ledger_image(digest).await? {
+            Some(s)
+                if s.record.publisher == publisher
+                    && s.record.name == name
+                    && s.record.revoked_index.is_none() =>
+            {
+                Ok((s.record.registered_index, false))
+            }
+            _ => Err(err),
+        },
+        Err(err) => Err(err),
+    }
+}
+
 /// `POST /v1/images`: registers an image digest signed by its publisher → 201. The same
 /// registration again answers 200 with the original entry's index (idempotent); the digest
 /// registered differently answers 409.
@@ -187,31 +236,10 @@ pub async fn register_image(
     State(st): State<Arc<AppState>>,
     crate::http::JsonBody(b): crate::http::JsonBody<ImageBody>,
 ) -> ApiResult<Response> {
-    entry::check_name(&b.name).map_err(bad)?;
-    entry::check_digest(&b.digest).map_err(bad)?;
-    entry::check_id("publisher", &b.publisher).map_err(bad)?;
     let signature = decode_signature(&b.signature)?;
-    let e = Entry {
-        kind: EntryKind::ImageRegistered {
-            name: b.name.clone(),
-            digest: b.digest.clone(),
-            publisher: b.publisher.clone(),
-        },
-        author: Author::Publisher(b.publisher.clone()),
-        signature,
-    };
-    match admitted(st.node.ledger_submit(vec![e]).await?) {
-        Ok(i) => Ok((StatusCode::CREATED, Json(json!({"status": "registered", "digest": b.digest, "log_index": i})))
-            .into_response()),
-        Err(err) if err.status == StatusCode::CONFLICT => match st.node.ledger_image(&b.digest).await? {
-            Some(s) if s.record.publisher == b.publisher && s.record.name == b.name && s.record.revoked_index.is_none() => {
-                Ok(Json(json!({"status": "registered", "digest": b.digest, "log_index": s.record.registered_index}))
-                    .into_response())
-            }
-            _ => Err(err),
-        },
-        Err(err) => Err(err),
-    }
+    let (i, created) = register_core(&st, &b.name, &b.digest, &b.publisher, signature).await?;
+    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((code, Json(json!({"status": "registered", "digest": b.digest, "log_index": i}))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -278,6 +306,35 @@ pub struct RevokeBody {
     signature: Option<String>,
 }
 
+/// Revokes an image for good: by its publisher (with the publisher's signature over the
+/// revocation message) or, without one, by the admin (recorded by this node). Returns the log
+/// index.
+pub async fn revoke_core(
+    st: &AppState,
+    digest: &str,
+    reason: &str,
+    publisher: Option<(&str, Vec<u8>)>,
+) -> ApiResult<u64> {
+    entry::check_digest(digest).map_err(bad)?;
+    let e = match publisher {
+        Some((p, signature)) => {
+            entry::check_id("publisher", p).map_err(bad)?;
+            Entry {
+                kind: EntryKind::ImageRevoked { digest: digest.into(), reason: reason.into(), by: p.into() },
+                author: Author::Publisher(p.into()),
+                signature,
+            }
+        }
+        None => {
+            let kind =
+                EntryKind::ImageRevoked { digest: digest.into(), reason: reason.into(), by: "admin".into() };
+            Entry::by_node(st.node.id(), kind, &st.node.options().identity).map_err(bad)?
+        }
+    };
+    e.validate_fields().map_err(bad)?;
+    admitted(st.node.ledger_submit(vec![e]).await?)
+}
+
 /// `POST /v1/images/{digest}/revoke` (admin): revokes an image, for good.
 pub async fn revoke_image(
     State(st): State<Arc<AppState>>,
@@ -285,41 +342,78 @@ pub async fn revoke_image(
     crate::http::JsonBody(b): crate::http::JsonBody<RevokeBody>,
 ) -> ApiResult<Response> {
     let Path(digest) = digest.map_err(path_err)?;
-    entry::check_digest(&digest).map_err(bad)?;
-    let e = match (&b.publisher, &b.signature) {
-        (Some(p), Some(sig)) => {
-            entry::check_id("publisher", p).map_err(bad)?;
-            Entry {
-                kind: EntryKind::ImageRevoked {
-                    digest: digest.clone(),
-                    reason: b.reason.clone(),
-                    by: p.clone(),
-                },
-                author: Author::Publisher(p.clone()),
-                signature: decode_signature(sig)?,
-            }
-        }
-        (None, None) => {
-            let kind = EntryKind::ImageRevoked {
-                digest: digest.clone(),
-                reason: b.reason.clone(),
-                by: "admin".into(),
-            };
-            Entry::by_node(st.node.id(), kind, &st.node.options().identity).map_err(bad)?
-        }
+    let by = match (&b.publisher, &b.signature) {
+        (Some(p), Some(sig)) => Some((p.as_str(), decode_signature(sig)?)),
+        (None, None) => None,
         _ => {
             return Err(ApiError::bad_request(
                 "publisher and signature: give both, or neither (admin revocation)",
             ))
         }
     };
-    e.validate_fields().map_err(bad)?;
-    let i = admitted(st.node.ledger_submit(vec![e]).await?)?;
+    let i = revoke_core(&st, &digest, &b.reason, by).await?;
     Ok(Json(json!({"status": "revoked", "digest": digest, "log_index": i})).into_response())
 }
 
 fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], body).into_response()
+}
+
+/// One proven entry: the entry, its leaf bytes and its inclusion proof at the checkpoint.
+pub struct ProvenEntry {
+    pub entry: Entry,
+    pub leaf: Vec<u8>,
+    pub log_index: u64,
+    pub hashes: Vec<edgefabric_ledger::Hash>,
+}
+
+/// What `GET /v1/images/{digest}` (and gRPC `GetImage`) answers for a known image.
+pub struct ImageView {
+    pub revoked: bool,
+    pub name: String,
+    pub publisher: String,
+    /// The revocation if revoked, else the registration.
+    pub latest: ProvenEntry,
+    /// The registration, when `latest` is the revocation.
+    pub registration: Option<ProvenEntry>,
+    pub note: String,
+    pub checkpoint: edgefabric_ledger::note::Checkpoint,
+}
+
+/// An image's record with inclusion proofs against the cosigned checkpoint; `None`: unknown.
+pub async fn image_core(st: &AppState, digest: &str) -> ApiResult<Option<ImageView>> {
+    entry::check_digest(digest).map_err(bad)?;
+    let Some(status) = st.node.ledger_image(digest).await? else { return Ok(None) };
+    let (note, cp) = st.node.ledger_checkpoint().await?;
+    let prove = |index: u64, e: Entry| async move {
+        let hashes = st.node.ledger_inclusion_proof(index, cp.size).await?;
+        let leaf = e.leaf_bytes().map_err(bad)?;
+        Ok::<_, ApiError>(ProvenEntry { entry: e, leaf, log_index: index, hashes })
+    };
+    let registration = prove(status.record.registered_index, status.registration.clone()).await?;
+    let (latest, registration) = match (status.revocation, status.record.revoked_index) {
+        (Some(rev), Some(i)) => (prove(i, rev).await?, Some(registration)),
+        _ => (registration, None),
+    };
+    Ok(Some(ImageView {
+        revoked: registration.is_some(),
+        name: status.record.name,
+        publisher: status.record.publisher,
+        latest,
+        registration,
+        note,
+        checkpoint: cp,
+    }))
+}
+
+fn proven_json(p: &ProvenEntry, cp: &edgefabric_ledger::note::Checkpoint) -> Value {
+    json!({
+        "entry": entry_json(&p.entry),
+        "leaf_base64": STANDARD.encode(&p.leaf),
+        "inclusion_proof": {
+            "log_index": p.log_index, "tree_size": cp.size, "root_hash": hex::encode(cp.root), "hashes": hexes(&p.hashes),
+        },
+    })
 }
 
 /// `GET /v1/images/{digest}`: the image's status, its entry and leaf, an RFC 6962 inclusion
@@ -330,8 +424,7 @@ pub async fn get_image(
     digest: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let Path(digest) = digest.map_err(path_err)?;
-    entry::check_digest(&digest).map_err(bad)?;
-    let Some(status) = st.node.ledger_image(&digest).await? else {
+    let Some(v) = image_core(&st, &digest).await? else {
         let body = json!({
             "status": "unknown",
             "digest": digest,
@@ -339,36 +432,15 @@ pub async fn get_image(
         });
         return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
     };
-    let (note, cp) = st.node.ledger_checkpoint().await?;
-    let proof_of = |index: u64, e: &Entry| {
-        let st = st.clone();
-        let e = e.clone();
-        async move {
-            let hashes = st.node.ledger_inclusion_proof(index, cp.size).await?;
-            let leaf = e.leaf_bytes().map_err(bad)?;
-            Ok::<_, ApiError>((
-                STANDARD.encode(leaf),
-                json!({"log_index": index, "tree_size": cp.size, "root_hash": hex::encode(cp.root), "hashes": hexes(&hashes)}),
-            ))
-        }
-    };
-    let (reg_leaf, reg_proof) = proof_of(status.record.registered_index, &status.registration).await?;
-    let mut body = match (&status.revocation, status.record.revoked_index) {
-        (Some(rev), Some(i)) => {
-            let (leaf, proof) = proof_of(i, rev).await?;
-            json!({
-                "status": "revoked", "entry": entry_json(rev), "leaf_base64": leaf, "inclusion_proof": proof,
-                "registration": {"entry": entry_json(&status.registration), "leaf_base64": reg_leaf, "inclusion_proof": reg_proof},
-            })
-        }
-        _ => {
-            json!({"status": "registered", "entry": entry_json(&status.registration), "leaf_base64": reg_leaf, "inclusion_proof": reg_proof})
-        }
-    };
+    let mut body = proven_json(&v.latest, &v.checkpoint);
+    body["status"] = json!(if v.revoked { "revoked" } else { "registered" });
+    if let Some(r) = &v.registration {
+        body["registration"] = proven_json(r, &v.checkpoint);
+    }
     body["digest"] = json!(digest);
-    body["name"] = json!(status.record.name);
-    body["publisher"] = json!(status.record.publisher);
-    body["checkpoint"] = json!(note);
+    body["name"] = json!(v.name);
+    body["publisher"] = json!(v.publisher);
+    body["checkpoint"] = json!(v.note);
     Ok(Json(body).into_response())
 }
 

@@ -64,6 +64,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .add_service(node.internal_service())
         .add_service(grpc::service(state.clone()))
         .add_service(grpc::cluster_service(state.clone()))
+        .add_service(grpc::ledger_service(state.clone()))
         .add_service(reflection)
         // No Nagle: raft and client replies are small, and Nagle with delayed ACKs adds ~40 ms.
         .serve_with_incoming_shutdown(
