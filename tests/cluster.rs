@@ -708,6 +708,34 @@ async fn join_and_leave_under_load_lose_nothing() {
         .filter(|n| n.starts_with("group-") && n != "group-0" && *n != ledger)
         .collect();
     assert!(left.is_empty(), "node 1 still has shard directories: {left:?}");
+
+    // The ledger's membership followed the map: node 6 was added (signed by a member), node 1
+    // removed, and node 6 now cosigns checkpoints.
+    let deadline = Instant::now() + READY;
+    loop {
+        let st = c.request(3, reqwest::Method::GET, "/v1/ledger/status", None).await.map(|r| r.json());
+        let size = st.as_ref().ok().and_then(|s| s["log_size"].as_u64()).unwrap_or(0);
+        let mut kinds = vec![];
+        for i in 0..size {
+            let r = c.request(3, reqwest::Method::GET, &format!("/v1/ledger/entries/{i}"), None).await;
+            if let Ok(r) = r {
+                let e = r.json()["entry"].clone();
+                kinds.push((
+                    e["type"].as_str().unwrap_or_default().to_string(),
+                    e["id"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+        let note = c.request(3, reqwest::Method::GET, "/v1/ledger/checkpoint", None).await.map(|r| r.text());
+        let done = kinds.contains(&("node_added".into(), 6))
+            && kinds.contains(&("node_removed".into(), 1))
+            && note.as_ref().is_ok_and(|n| n.contains("\u{2014} node-6 ") && !n.contains("\u{2014} node-1 "));
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ledger membership did not follow the map: {kinds:?} {note:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A shard that grows past `split_keys` splits in two while writes run: the split is invisible
