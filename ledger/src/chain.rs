@@ -851,9 +851,122 @@ fn replay_chain(
     tx: &std::sync::mpsc::SyncSender<SigBatch>,
     bad_sig: &std::sync::Mutex<Option<(u64, Invalid)>>,
 ) -> Result<Option<Head>> {
+    let mut nodes = MemTree::default();
+    let replayed = replay_blocks(tree, genesis, target, tx, bad_sig, &mut nodes);
+    let replay_bad = match &replayed {
+        Ok(_) => None,
+        Err(LedgerError::Corrupt { height, .. }) => Some(*height),
+        Err(_) => return replayed,
+    };
+    // The stored log tree against the replay's, wherever the replay got to; the first bad
+    // block is the lower of the two findings.
+    if let Some((height, reason)) = nodes.compare(tree, replay_bad.is_none())? {
+        if replay_bad.is_none_or(|b| height <= b) {
+            return Err(LedgerError::Corrupt { height, reason });
+        }
+    }
+    replayed
+}
+
+/// The log tree as the replay computes it: every perfect subtree hash by level (~64 MB for a
+/// million entries), and where each block ends, to name the block a tree node belongs to.
+#[derive(Default)]
+struct MemTree {
+    levels: Vec<Vec<Hash>>,
+    block_ends: Vec<u64>,
+}
+
+impl MemTree {
+    fn get(&self, level: u8, index: u64) -> Option<&Hash> {
+        self.levels.get(level as usize)?.get(usize::try_from(index).ok()?)
+    }
+
+    fn push(&mut self, level: u8, index: u64, hash: Hash) -> Result<()> {
+        let l = level as usize;
+        while self.levels.len() <= l {
+            self.levels.push(vec![]);
+        }
+        if self.levels[l].len() as u64 != index {
+            return Err(LedgerError::Storage(format!(
+                "log tree node ({level}, {index}) computed out of order"
+            )));
+        }
+        self.levels[l].push(hash);
+        Ok(())
+    }
+
+    /// The block that completed the node (the block holding its last leaf).
+    fn block_of(&self, level: u8, index: u64) -> u64 {
+        let last_leaf = ((index + 1) << level) - 1;
+        self.block_ends.partition_point(|end| *end <= last_leaf) as u64
+    }
+
+    /// Compares the stored tree nodes with the computed ones (in one sequential scan). With
+    /// `complete`, the stored nodes must be exactly the computed ones; otherwise only the
+    /// computed ones are checked. Returns the first bad block and why.
+    fn compare(&self, tree: &sled::Tree, complete: bool) -> Result<Option<(u64, String)>> {
+        let mut first: Option<(u64, String)> = None;
+        let mut note = |h: u64, why: String| {
+            if first.as_ref().is_none_or(|(f, _)| h < *f) {
+                first = Some((h, why));
+            }
+        };
+        let mut next: Vec<u64> = vec![0; self.levels.len()];
+        let last_block = self.block_ends.len().saturating_sub(1) as u64;
+        for kv in tree.scan_prefix(b"Lt") {
+            let (k, v) = kv?;
+            let (level, index) = match (k.get(2), k.get(3..11).and_then(|b| <[u8; 8]>::try_from(b).ok())) {
+                (Some(l), Some(i)) if k.len() == 11 => (*l, u64::from_be_bytes(i)),
+                _ => {
+                    note(last_block, format!("a malformed log tree key {}", show_key(&k)));
+                    continue;
+                }
+            };
+            match self.get(level, index) {
+                Some(h) => {
+                    let want = next[level as usize];
+                    if index > want {
+                        note(
+                            self.block_of(level, want),
+                            format!("log tree node (level {level}, index {want}) is missing"),
+                        );
+                    }
+                    next[level as usize] = index + 1;
+                    if h.as_slice() != v.as_ref() {
+                        note(
+                            self.block_of(level, index),
+                            format!("stored {} differs from the replay", show_key(&k)),
+                        );
+                    }
+                }
+                None if complete => note(last_block, "records are stored beyond the chain's head".into()),
+                None => {}
+            }
+        }
+        if complete {
+            for (l, hashes) in self.levels.iter().enumerate() {
+                if next[l] < hashes.len() as u64 {
+                    note(
+                        self.block_of(l as u8, next[l]),
+                        format!("log tree node (level {l}, index {}) is missing", next[l]),
+                    );
+                }
+            }
+        }
+        Ok(first)
+    }
+}
+
+fn replay_blocks(
+    tree: &sled::Tree,
+    genesis: GenesisCheck,
+    target: u64,
+    tx: &std::sync::mpsc::SyncSender<SigBatch>,
+    bad_sig: &std::sync::Mutex<Option<(u64, Invalid)>>,
+    nodes: &mut MemTree,
+) -> Result<Option<Head>> {
     let corrupt = |height: u64, reason: String| LedgerError::Corrupt { height, reason };
-    let mut replay = Replay { tree, mem: HashMap::new() };
-    let mut tree_nodes = 0u64;
+    let mut mem: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut head_now: Option<Head> = None;
     let mut pending: Vec<(u64, SigCheck)> = Vec::with_capacity(SIG_BATCH);
     for height in 0..=target {
@@ -871,15 +984,28 @@ fn replay_chain(
         if header.log_size < base || header.log_size - base != u64::from(header.entry_count) {
             return Err(corrupt(height, "the header's log size and entry count disagree".into()));
         }
-        let mut entries = Vec::with_capacity(header.entry_count as usize);
-        for i in base..header.log_size {
-            let leaf =
-                tree.get(leaf_key(i))?.ok_or_else(|| corrupt(height, format!("entry {i} is missing")))?;
-            entries.push(Entry::from_leaf(&leaf).map_err(|e| corrupt(height, format!("entry {i}: {e}")))?);
+        // The block's leaves, in one range scan.
+        let mut leaves = Vec::with_capacity(header.entry_count as usize);
+        for kv in tree.range(leaf_key(base)..leaf_key(header.log_size)) {
+            let (k, v) = kv?;
+            let i = base + leaves.len() as u64;
+            if k.as_ref() != leaf_key(i).as_slice() {
+                return Err(corrupt(height, format!("entry {i} is missing")));
+            }
+            leaves.push(v);
+        }
+        if (leaves.len() as u64) < u64::from(header.entry_count) {
+            return Err(corrupt(height, format!("entry {} is missing", base + leaves.len() as u64)));
+        }
+        let mut entries = Vec::with_capacity(leaves.len());
+        for (j, leaf) in leaves.iter().enumerate() {
+            let i = base + j as u64;
+            entries.push(Entry::from_leaf(leaf).map_err(|e| corrupt(height, format!("entry {i}: {e}")))?);
         }
         let block = Block { header, entries };
+        let view = Replay { nodes, mem: &mem };
         let (writes, new_head, checks) =
-            apply_block_inner(&replay, &block, genesis, false).map_err(|e| corrupt(height, e.to_string()))?;
+            apply_block_inner(&view, &block, genesis, false).map_err(|e| corrupt(height, e.to_string()))?;
         pending.extend(checks.into_iter().map(|c| (height, c)));
         if pending.len() >= SIG_BATCH {
             let batch = SigBatch(std::mem::replace(&mut pending, Vec::with_capacity(SIG_BATCH)));
@@ -888,23 +1014,30 @@ fn replay_chain(
             }
         }
         for (k, v) in writes {
-            if k.starts_with(b"Lt") || k.starts_with(b"Ll") || k.starts_with(b"Lb") {
-                if k.starts_with(b"Lt") {
-                    tree_nodes += 1;
+            let v_ref = v.as_deref();
+            if k.starts_with(b"Lt") {
+                let (level, index) = (k[2], u64::from_be_bytes(k[3..11].try_into().unwrap_or_default()));
+                let hash: Hash = v_ref
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| LedgerError::Storage("the replay wrote a malformed tree node".into()))?;
+                nodes.push(level, index, hash)?;
+            } else if k.starts_with(b"Ll") {
+                let i = u64::from_be_bytes(k[2..10].try_into().unwrap_or_default());
+                if leaves.get((i - base) as usize).map(|l| l.as_ref()) != v_ref {
+                    return Err(corrupt(height, format!("stored entry {i} is not in canonical form")));
                 }
-                if tree.get(&k)?.as_deref() != v.as_deref() {
-                    return Err(corrupt(
-                        height,
-                        format!("stored record {} differs from the replay", show_key(&k)),
-                    ));
+            } else if k.starts_with(b"Lb") {
+                if Some(bytes.as_ref()) != v_ref {
+                    return Err(corrupt(height, "the stored header is not in canonical form".into()));
                 }
             } else {
                 match v {
-                    Some(v) => replay.mem.insert(k, v),
-                    None => replay.mem.remove(&k),
+                    Some(v) => mem.insert(k, v),
+                    None => mem.remove(&k),
                 };
             }
         }
+        nodes.block_ends.push(new_head.log_size);
         head_now = Some(new_head);
     }
     if !pending.is_empty() && tx.send(SigBatch(pending)).is_err() {
@@ -917,12 +1050,8 @@ fn replay_chain(
             .scan_prefix(prefix)
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<_, _>>()?;
-        let mut replayed: Vec<(Vec<u8>, Vec<u8>)> = replay
-            .mem
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut replayed: Vec<(Vec<u8>, Vec<u8>)> =
+            mem.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
         replayed.sort();
         if stored != replayed {
             return Err(corrupt(
@@ -931,9 +1060,7 @@ fn replay_chain(
             ));
         }
     }
-    let leaves = tree.scan_prefix(b"Ll").count() as u64;
-    let nodes = tree.scan_prefix(b"Lt").count() as u64;
-    if leaves != head_now.log_size || nodes != tree_nodes {
+    if tree.scan_prefix(b"Ll").count() as u64 != head_now.log_size {
         return Err(corrupt(target, "records are stored beyond the chain's head".into()));
     }
     Ok(Some(head_now))
@@ -956,20 +1083,19 @@ fn show_key(k: &[u8]) -> String {
     }
 }
 
-/// The replay's view: indexes from memory, leaves and tree nodes from the store (each is
-/// compared with the replay when the replay writes it, before anything reads it).
+/// The replay's view: the indexes and the log tree as replayed so far (in memory).
 struct Replay<'a> {
-    tree: &'a sled::Tree,
-    mem: HashMap<Vec<u8>, Vec<u8>>,
+    nodes: &'a MemTree,
+    mem: &'a HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Store for Replay<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if key.starts_with(b"Lt") || key.starts_with(b"Ll") {
-            Store::get(self.tree, key)
-        } else {
-            Ok(self.mem.get(key).cloned())
+        if key.starts_with(b"Lt") && key.len() == 11 {
+            let index = u64::from_be_bytes(key[3..11].try_into().unwrap_or_default());
+            return Ok(self.nodes.get(key[2], index).map(|h| h.to_vec()));
         }
+        Ok(self.mem.get(key).cloned())
     }
 }
 

@@ -448,6 +448,13 @@ fn altered_indexes_and_tree_nodes_are_caught() {
     rec.revoked_index = None;
     f.tree.insert(key, bincode::serde::encode_to_vec(&rec, bincode::config::standard()).unwrap()).unwrap();
     assert!(matches!(f.verify(), Err(LedgerError::Corrupt { .. })));
+    // A missing tree node (leaf 9's hash: block 3), and an extra one past the head.
+    let f = Fixture::populated();
+    f.tree.remove(chain::node_key(0, 9)).unwrap();
+    assert_eq!(corrupt_at(f.verify()), 3);
+    let f = Fixture::populated();
+    f.tree.insert(chain::node_key(0, 900), vec![0u8; 32]).unwrap();
+    assert!(matches!(f.verify(), Err(LedgerError::Corrupt { .. })));
     // An extra entry past the head.
     let f = Fixture::populated();
     f.tree.insert(chain::leaf_key(500), f.register(77).leaf_bytes().unwrap()).unwrap();
