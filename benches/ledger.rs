@@ -17,6 +17,10 @@ use edgefabric_ledger::chain::{self, Signatures};
 use edgefabric_ledger::entry::{image_message, Author, Entry, EntryKind};
 use edgefabric_ledger::merkle::{self, Hash};
 
+// The allocator the node binary uses (see api/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BLOCK: usize = 4096;
 
 fn digest(i: u64) -> String {

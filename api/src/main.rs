@@ -21,6 +21,12 @@ use serde_json::json;
 
 use crate::client::{encode_segment, Client, ClientOpts};
 
+/// mimalloc rather than glibc's malloc: the ledger's apply and verification paths allocate
+/// many small, short-lived buffers, and glibc's fastbin consolidation showed up as ~15 % of a
+/// full verification's time (benches/RESULTS.md: 24 s → 15 s for 1M entries).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "edgefabric", version, about = "EdgeFabric: the data and security fabric for 5G edge sites")]
 struct Cli {
