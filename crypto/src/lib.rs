@@ -1,6 +1,9 @@
 //! EdgeFabric's cryptography: SHA-256, ed25519 node and publisher identities with key files,
-//! random tokens. Everything random comes from the OS (`ring::rand::SystemRandom`); secrets
+//! random tokens, and (`envelope`) AES-256-GCM envelope encryption of values with data keys
+//! wrapped for nodes (X25519 + HKDF-SHA256 + AES-256-GCM). Everything random comes from the OS (`ring::rand::SystemRandom`); secrets
 //! are zeroized on drop.
+
+pub mod envelope;
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +25,10 @@ pub enum Error {
     Invalid { what: &'static str, message: String },
     #[error("bad signature")]
     BadSignature,
+    /// A sealed value or wrapped key that does not open: altered, moved to another key or
+    /// namespace, or under another data key.
+    #[error("the ciphertext does not decrypt with this key and context")]
+    BadCiphertext,
     #[error("the system random generator failed")]
     Random,
 }
