@@ -34,6 +34,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             StoreError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             StoreError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unimplemented"),
+            StoreError::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_denied"),
             StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             StoreError::Storage(_) | StoreError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -186,9 +186,9 @@ async fn put_namespace(
     JsonBody(body): JsonBody<NamespaceBody>,
 ) -> ApiResult<Response> {
     let Path(ns) = ns.map_err(path_err)?;
-    if body.class != DataClass::Public {
-        // Encrypt-before-replicate and site pinning are not built yet; accepting the class
-        // without them would promise a protection the node does not give.
+    if body.class == DataClass::SiteLocal {
+        // Site pinning is not built yet; accepting the class without it would promise a
+        // protection the node does not give.
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "unimplemented",
@@ -204,13 +204,14 @@ async fn put_namespace(
         home_site: body.home_site,
         key_sites: body.key_sites,
         replicas: body.replicas.unwrap_or(3),
+        keys: vec![],
     };
-    edgefabric_store::types::validate_namespace_config(&cfg)?;
-    match st.node.propose(Command::PutNamespace(cfg.clone())).await? {
+    match st.node.put_namespace(cfg.clone()).await? {
         SmResponse::Namespace { created } => {
             let code = if created { StatusCode::CREATED } else { StatusCode::OK };
             Ok((code, Json(namespace_json(&cfg))).into_response())
         }
+        SmResponse::Rejected(why) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
         other => Err(unexpected(other)),
     }
 }

@@ -18,6 +18,9 @@ pub enum Error {
     Conflict { key: String, expected: u64, current: u64 },
     #[error("{0}")]
     Unsupported(String),
+    /// Not allowed here: e.g. a confidential namespace at a node outside its key sites.
+    #[error("{0}")]
+    Forbidden(String),
     /// No leader, no quorum, or no answer within the deadline. Retryable. For writes, the
     /// outcome is unknown: the write may still be applied later.
     #[error("unavailable: {0}")]

@@ -388,9 +388,27 @@ impl KvStore {
             }
             Command::PutNamespace(cfg) => {
                 let k = ns_key(&cfg.name);
-                let created = self.read(&k, overlay)?.is_none();
-                overlay.insert(k, Some(codec::encode(cfg)?));
-                Ok(Response::Namespace { created })
+                let existing: Option<NamespaceConfig> =
+                    self.read(&k, overlay)?.map(|b| codec::decode(&b)).transpose()?;
+                let mut cfg = cfg.clone();
+                if let Some(old) = &existing {
+                    // A namespace's class never changes (a public namespace made confidential
+                    // would still hold plaintext), and its data keys, once set, are kept: a
+                    // second creation racing the first must not replace the key values were
+                    // sealed with.
+                    if old.class != cfg.class {
+                        return Ok(Response::Rejected(format!(
+                            "namespace {:?} is {}; its class cannot change",
+                            cfg.name,
+                            old.class.as_str()
+                        )));
+                    }
+                    if !old.keys.is_empty() {
+                        cfg.keys = old.keys.clone();
+                    }
+                }
+                overlay.insert(k, Some(codec::encode(&cfg)?));
+                Ok(Response::Namespace { created: existing.is_none() })
             }
             Command::Batch(ops) => {
                 // Check every precondition first: the batch is all or nothing. (Namespaces live

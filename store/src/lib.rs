@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod confidential;
 mod error;
 pub mod kv;
 pub mod ledger;

@@ -231,6 +231,8 @@ pub struct Node {
     /// The ledger's membership upkeep is running (as ledger leader).
     ledger_busy: AtomicBool,
     pub(crate) ledger: crate::ledger::LedgerRuntime,
+    /// Data keys of confidential namespaces this node has unwrapped.
+    pub(crate) keys: crate::confidential::KeyCache,
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -271,6 +273,7 @@ impl Node {
             last_split_check: Mutex::new(None),
             ledger_busy: AtomicBool::new(false),
             ledger: crate::ledger::LedgerRuntime::new(ledger_genesis),
+            keys: Default::default(),
             shutdown,
         });
         let meta_members = node.meta_voters();
@@ -867,6 +870,11 @@ impl Node {
     /// Proposes a command through consensus from any node, within the request timeout.
     pub async fn propose(&self, cmd: Command) -> Result<Response> {
         validate_command(&cmd, self.opts.max_value_bytes)?;
+        // Values of confidential namespaces are sealed here, before they reach consensus.
+        let cmd = match cmd {
+            Command::Batch(ops) => Command::Batch(self.seal_ops(ops).await?),
+            other => other,
+        };
         let timeout = self.opts.request_timeout;
         let routed = async {
             loop {
@@ -1071,6 +1079,32 @@ impl Node {
         }
     }
 
+    /// Creates or updates a namespace. A new confidential namespace gets its data key here
+    /// (made at a key site, wrapped for every node of its key sites).
+    pub async fn put_namespace(&self, mut cfg: NamespaceConfig) -> Result<Response> {
+        crate::types::validate_namespace_config(&cfg)?;
+        cfg.keys.clear();
+        if cfg.class == crate::types::DataClass::Confidential {
+            let existing = match self.namespace(&cfg.name, Consistency::Linearizable).await {
+                Ok(c) => Some(c),
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            match existing {
+                Some(old) if old.key_sites != cfg.key_sites => {
+                    return Err(Error::Unsupported(format!(
+                        "namespace {:?}: changing key_sites needs key rotation, which is not built yet",
+                        cfg.name
+                    )))
+                }
+                // The state machine keeps the existing keys.
+                Some(_) => {}
+                None => cfg.keys.push(self.make_namespace_key(&cfg)?),
+            }
+        }
+        self.propose(Command::PutNamespace(cfg)).await
+    }
+
     pub async fn namespace(&self, ns: &str, consistency: Consistency) -> Result<NamespaceConfig> {
         let meta = self.meta()?;
         self.barrier(&meta, consistency).await?;
@@ -1100,10 +1134,18 @@ impl Node {
         }
     }
 
+    /// Reads a key; values of confidential namespaces are opened here (at a key site only).
     pub async fn get(&self, ns: &str, key: &str, consistency: Consistency) -> Result<Option<Record>> {
         validate_namespace(ns)?;
         validate_key(key)?;
         self.require_namespace(ns).await?;
+        self.check_readable(ns).await?;
+        let r = self.get_stored(ns, key, consistency).await?;
+        self.open_record(ns, key, r).await
+    }
+
+    /// A key's record as stored (sealed, for confidential namespaces).
+    async fn get_stored(&self, ns: &str, key: &str, consistency: Consistency) -> Result<Option<Record>> {
         let hash = crate::shard::key_hash(ns, key);
         let deadline = Instant::now() + self.opts.request_timeout;
         loop {
@@ -1175,6 +1217,7 @@ impl Node {
     }
 
     /// Keys of `ns` with `prefix` after `after`, in key order, from every shard.
+    /// Scans keys by prefix; values of confidential namespaces are opened here.
     pub async fn scan(
         &self,
         ns: &str,
@@ -1188,6 +1231,19 @@ impl Node {
             return Err(Error::invalid("limit", format!("{limit} must be between 1 and 10000")));
         }
         self.require_namespace(ns).await?;
+        self.check_readable(ns).await?;
+        let (items, more) = self.scan_stored(ns, prefix, after, limit, consistency).await?;
+        Ok((self.open_items(ns, items).await?, more))
+    }
+
+    async fn scan_stored(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<(Vec<ScanItem>, bool)> {
         let deadline = Instant::now() + self.opts.request_timeout;
         'again: loop {
             let map = self.require_map()?;

@@ -37,6 +37,27 @@ pub struct NamespaceConfig {
     pub home_site: Option<String>,
     pub key_sites: Vec<String>,
     pub replicas: u32,
+    /// Confidential namespaces: the data key's versions, each wrapped for every node of the key
+    /// sites (never stored in the clear). Set once when the namespace is created; the state
+    /// machine keeps the existing keys when a namespace is updated.
+    #[serde(default)]
+    pub keys: Vec<NamespaceKey>,
+}
+
+/// One version of a namespace's data key, wrapped for each node that may hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceKey {
+    pub version: u32,
+    /// node id → the data key wrapped for that node's key (`edgefabric_crypto::envelope`).
+    pub wrapped: std::collections::BTreeMap<u64, Vec<u8>>,
+}
+
+/// The context a namespace's data key version is wrapped under: `ns ‖ 0 ‖ version (u32 BE)`.
+pub fn key_context(ns: &str, version: u32) -> Vec<u8> {
+    let mut c = ns.as_bytes().to_vec();
+    c.push(0);
+    c.extend_from_slice(&version.to_be_bytes());
+    c
 }
 
 impl NamespaceConfig {
@@ -47,6 +68,7 @@ impl NamespaceConfig {
             home_site: None,
             key_sites: vec![],
             replicas: 3,
+            keys: vec![],
         }
     }
 }

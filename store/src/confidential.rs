@@ -1,0 +1,168 @@
+//! Confidential namespaces on a node: values are sealed (AES-256-GCM, `edgefabric_crypto::
+//! envelope`) by the node that accepts the write, *before* the write is proposed, so raft logs,
+//! snapshots and every replica hold only ciphertext. Only nodes at the namespace's key sites
+//! hold the data key (wrapped for each of them in the namespace's config, in the metadata
+//! group) and can seal or open values; other nodes refuse reads and writes of the namespace
+//! with `Forbidden`, naming the key sites.
+//!
+//! Keys (the names) are not encrypted: they route writes to shards. Only values are.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use edgefabric_crypto::envelope::{self, DataKey};
+use edgefabric_crypto::PublicKey;
+
+use crate::error::{Error, Result};
+use crate::node::{Consistency, Node};
+use crate::types::{key_context, DataClass, NamespaceConfig, NamespaceKey, Op, Record, ScanItem};
+
+/// Data keys this node has unwrapped, by (namespace, version). Zeroized on drop.
+#[derive(Default)]
+pub struct KeyCache(Mutex<BTreeMap<(String, u32), DataKey>>);
+
+impl Node {
+    /// This node's site, as the cluster map (or its configuration) has it.
+    pub fn site(&self) -> String {
+        self.map()
+            .and_then(|m| m.nodes.get(&self.id()).map(|n| n.site.clone()))
+            .or_else(|| self.options().members.iter().find(|m| m.id == self.id()).map(|m| m.site.clone()))
+            .unwrap_or_default()
+    }
+
+    fn require_key_site(&self, cfg: &NamespaceConfig) -> Result<()> {
+        let site = self.site();
+        if cfg.key_sites.iter().any(|s| *s == site) {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "namespace {:?} is confidential: only nodes at its key sites ({}) can read or write its values; this node is at site {site:?}",
+            cfg.name,
+            cfg.key_sites.join(", ")
+        )))
+    }
+
+    /// A new confidential namespace's first data key, wrapped for every node of its key sites.
+    /// Made only at a key site: the key never exists in the clear anywhere else.
+    pub(crate) fn make_namespace_key(&self, cfg: &NamespaceConfig) -> Result<NamespaceKey> {
+        self.require_key_site(cfg)?;
+        let map =
+            self.map().ok_or_else(|| Error::Unavailable("the cluster is not initialized yet".into()))?;
+        let dk = DataKey::generate().map_err(|e| Error::Internal(e.to_string()))?;
+        let version = 1;
+        let context = key_context(&cfg.name, version);
+        let mut wrapped = BTreeMap::new();
+        for n in map.nodes.values().filter(|n| cfg.key_sites.contains(&n.site)) {
+            let pk = PublicKey::from_base64(&n.public_key).map_err(|_| {
+                Error::Unavailable(format!("node {}'s public key is not known yet; retry shortly", n.id))
+            })?;
+            let w = envelope::wrap(&dk, &pk, &context).map_err(|e| Error::Internal(e.to_string()))?;
+            wrapped.insert(n.id, w);
+        }
+        if !wrapped.contains_key(&self.id()) {
+            return Err(Error::Unavailable("this node is not in the cluster map yet".into()));
+        }
+        Ok(NamespaceKey { version, wrapped })
+    }
+
+    /// The namespace's config, from this node's metadata replica (a barrier only if it is not
+    /// there yet: class and keys never change once set).
+    async fn namespace_config(&self, ns: &str) -> Result<NamespaceConfig> {
+        match self.namespace(ns, Consistency::Stale).await {
+            Ok(cfg) => Ok(cfg),
+            Err(Error::NotFound(_)) => self.namespace(ns, Consistency::Linearizable).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    fn data_key(&self, cfg: &NamespaceConfig, version: u32) -> Result<DataKey> {
+        let cache_key = (cfg.name.clone(), version);
+        if let Some(k) = self.keys.0.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+            return Ok(k.clone());
+        }
+        let entry = cfg.keys.iter().find(|k| k.version == version).ok_or_else(|| {
+            Error::Storage(format!("namespace {:?} has no data key version {version}", cfg.name))
+        })?;
+        let wrapped = entry.wrapped.get(&self.id()).ok_or_else(|| {
+            Error::Forbidden(format!(
+                "namespace {:?}: no data key is wrapped for node {} (it joined its key site after the key was made)",
+                cfg.name,
+                self.id()
+            ))
+        })?;
+        let dk = envelope::unwrap(wrapped, &self.options().identity, &key_context(&cfg.name, version))
+            .map_err(|e| {
+                Error::Storage(format!("namespace {:?}: unwrapping data key {version}: {e}", cfg.name))
+            })?;
+        self.keys.0.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, dk.clone());
+        Ok(dk)
+    }
+
+    /// Seals the values of puts into confidential namespaces (refusing them away from the key
+    /// sites); other ops pass through.
+    pub(crate) async fn seal_ops(&self, ops: Vec<Op>) -> Result<Vec<Op>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let cfg = self.namespace_config(op.ns()).await?;
+            if cfg.class != DataClass::Confidential {
+                out.push(op);
+                continue;
+            }
+            self.require_key_site(&cfg)?;
+            match op {
+                Op::Put { ns, key, value, cas } => {
+                    let current = cfg.keys.iter().map(|k| k.version).max().ok_or_else(|| {
+                        Error::Storage(format!("confidential namespace {ns:?} has no data key"))
+                    })?;
+                    let dk = self.data_key(&cfg, current)?;
+                    let sealed = envelope::seal(&dk, current, &ns, &key, &value)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    out.push(Op::Put { ns, key, value: sealed, cas });
+                }
+                other => out.push(other),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens a confidential value read from `ns` (and refuses the read away from key sites).
+    pub(crate) async fn open_value(&self, ns: &str, key: &str, sealed: Vec<u8>) -> Result<Vec<u8>> {
+        let cfg = self.namespace_config(ns).await?;
+        if cfg.class != DataClass::Confidential {
+            return Ok(sealed);
+        }
+        self.require_key_site(&cfg)?;
+        let version = envelope::sealed_version(&sealed)
+            .map_err(|e| Error::Storage(format!("{ns}/{key}: stored value is not sealed: {e}")))?;
+        let dk = self.data_key(&cfg, version)?;
+        envelope::open(&dk, ns, key, &sealed).map_err(|e| Error::Storage(format!("{ns}/{key}: {e}")))
+    }
+
+    /// Refuses reads of a confidential namespace away from its key sites before any work.
+    pub(crate) async fn check_readable(&self, ns: &str) -> Result<()> {
+        let cfg = self.namespace_config(ns).await?;
+        if cfg.class == DataClass::Confidential {
+            self.require_key_site(&cfg)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn open_record(&self, ns: &str, key: &str, r: Option<Record>) -> Result<Option<Record>> {
+        match r {
+            Some(mut rec) => {
+                rec.value = self.open_value(ns, key, rec.value).await?;
+                Ok(Some(rec))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn open_items(&self, ns: &str, items: Vec<ScanItem>) -> Result<Vec<ScanItem>> {
+        let mut out = Vec::with_capacity(items.len());
+        for mut it in items {
+            it.value = self.open_value(ns, &it.key, it.value).await?;
+            out.push(it);
+        }
+        Ok(out)
+    }
+}
