@@ -32,7 +32,7 @@ impl Node {
 
     fn require_key_site(&self, cfg: &NamespaceConfig) -> Result<()> {
         let site = self.site();
-        if cfg.key_sites.iter().any(|s| *s == site) {
+        if cfg.key_sites.contains(&site) {
             return Ok(());
         }
         Err(Error::Forbidden(format!(
