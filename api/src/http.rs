@@ -28,6 +28,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/namespaces", get(list_namespaces))
         .route("/v1/namespaces/{ns}", put(put_namespace).get(get_namespace))
+        .route("/v1/namespaces/{ns}/rotate-key", post(rotate_key))
+        .route("/v1/namespaces/{ns}/rotation", get(rotation))
         .route("/v1/kv/{ns}", get(scan))
         .route("/v1/kv/{ns}/{*key}", put(kv_put).get(kv_get).delete(kv_delete))
         .route("/v1/batch", post(batch))
@@ -216,6 +218,33 @@ async fn put_namespace(
     }
 }
 
+/// `POST /v1/namespaces/{ns}/rotate-key`: a confidential namespace's next data key version;
+/// new writes use it at once, and this node re-encrypts older values in the background
+/// (`GET /v1/namespaces/{ns}/rotation` on the same node shows the progress).
+async fn rotate_key(
+    State(st): State<Arc<AppState>>,
+    ns: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let Path(ns) = ns.map_err(path_err)?;
+    edgefabric_store::types::validate_namespace(&ns)?;
+    let version = st.node.rotate_key(&ns).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"namespace": ns, "key_version": version, "reencrypting": true})))
+        .into_response())
+}
+
+/// `GET /v1/namespaces/{ns}/rotation`: the progress of the last key rotation this node ran.
+async fn rotation(
+    State(st): State<Arc<AppState>>,
+    ns: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(ns) = ns.map_err(path_err)?;
+    let r = st
+        .node
+        .rotation(&ns)
+        .ok_or_else(|| ApiError::not_found(format!("no key rotation of {ns:?} was run by this node")))?;
+    Ok(Json(serde_json::to_value(r).unwrap_or_default()))
+}
+
 fn namespace_json(cfg: &NamespaceConfig) -> serde_json::Value {
     json!({
         "name": cfg.name,
@@ -223,6 +252,8 @@ fn namespace_json(cfg: &NamespaceConfig) -> serde_json::Value {
         "home_site": cfg.home_site,
         "key_sites": cfg.key_sites,
         "replicas": cfg.replicas,
+        // The versions only: the keys themselves are wrapped for the key sites' nodes.
+        "key_versions": cfg.keys.iter().map(|k| k.version).collect::<Vec<_>>(),
     })
 }
 

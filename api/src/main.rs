@@ -217,6 +217,16 @@ enum NsCmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Rotate a confidential namespace's data key: new writes use the new version, older
+    /// values are re-encrypted in the background (at the node at --endpoint, a key site).
+    RotateKey {
+        ns: String,
+        /// Wait until the re-encryption is done, printing progress.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 fn init_tracing() {
@@ -312,6 +322,26 @@ async fn run(cli: Cli) -> Result<i32> {
             print_json(
                 &c.json(Method::PUT, &format!("/v1/namespaces/{}", encode_segment(&ns)), Some(body)).await?,
             )?;
+        }
+        Cmd::Ns { cmd: NsCmd::RotateKey { ns, wait, client } } => {
+            let c = Client::new(&client)?;
+            let path = format!("/v1/namespaces/{}", encode_segment(&ns));
+            print_json(&c.json(Method::POST, &format!("{path}/rotate-key"), None).await?)?;
+            while wait {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let p = c.json(Method::GET, &format!("{path}/rotation"), None).await?;
+                eprintln!(
+                    "scanned {} re-encrypted {} skipped {}",
+                    p["scanned"], p["reencrypted"], p["skipped"]
+                );
+                if p["done"] == true {
+                    print_json(&p)?;
+                    if !p["error"].is_null() || p["remaining_old"].as_u64() != Some(0) {
+                        return Ok(1);
+                    }
+                    break;
+                }
+            }
         }
         Cmd::Ns { cmd: NsCmd::Get { ns, client } } => {
             let c = Client::new(&client)?;

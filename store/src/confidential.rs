@@ -21,6 +21,26 @@ use crate::types::{key_context, DataClass, NamespaceConfig, NamespaceKey, Op, Re
 #[derive(Default)]
 pub struct KeyCache(Mutex<BTreeMap<(String, u32), DataKey>>);
 
+/// A key rotation's re-encryption, as the node running it reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rotation {
+    /// The key version values are re-encrypted to.
+    pub version: u32,
+    pub scanned: u64,
+    pub reencrypted: u64,
+    /// Values rewritten by clients meanwhile (already under a newer key) or deleted.
+    pub skipped: u64,
+    /// Once done: values still under an older version (0 unless writes with an older key
+    /// raced the job; rotate again to finish them).
+    pub remaining_old: u64,
+    pub done: bool,
+    pub error: Option<String>,
+}
+
+/// Rotations run (or last run) by this node, by namespace.
+#[derive(Default)]
+pub struct Rotations(pub(crate) Mutex<BTreeMap<String, Rotation>>);
+
 impl Node {
     /// This node's site, as the cluster map (or its configuration) has it.
     pub fn site(&self) -> String {
@@ -42,14 +62,13 @@ impl Node {
         )))
     }
 
-    /// A new confidential namespace's first data key, wrapped for every node of its key sites.
-    /// Made only at a key site: the key never exists in the clear anywhere else.
-    pub(crate) fn make_namespace_key(&self, cfg: &NamespaceConfig) -> Result<NamespaceKey> {
+    /// A data key version for a confidential namespace, wrapped for every node of its key
+    /// sites. Made only at a key site: the key never exists in the clear anywhere else.
+    pub(crate) fn make_namespace_key(&self, cfg: &NamespaceConfig, version: u32) -> Result<NamespaceKey> {
         self.require_key_site(cfg)?;
         let map =
             self.map().ok_or_else(|| Error::Unavailable("the cluster is not initialized yet".into()))?;
         let dk = DataKey::generate().map_err(|e| Error::Internal(e.to_string()))?;
-        let version = 1;
         let context = key_context(&cfg.name, version);
         let mut wrapped = BTreeMap::new();
         for n in map.nodes.values().filter(|n| cfg.key_sites.contains(&n.site)) {
@@ -62,7 +81,116 @@ impl Node {
         if !wrapped.contains_key(&self.id()) {
             return Err(Error::Unavailable("this node is not in the cluster map yet".into()));
         }
+        // Cached now: this node made it, and is about to use it.
+        self.keys.0.lock().unwrap_or_else(|p| p.into_inner()).insert((cfg.name.clone(), version), dk);
         Ok(NamespaceKey { version, wrapped })
+    }
+
+    /// Adds the next data key version to a confidential namespace (new writes use it at once)
+    /// and starts re-encrypting the values under older versions in the background; progress in
+    /// [`Node::rotation`]. Only at a key site.
+    pub async fn rotate_key(self: &std::sync::Arc<Self>, ns: &str) -> Result<u32> {
+        let cfg = self.namespace(ns, Consistency::Linearizable).await?;
+        if cfg.class != DataClass::Confidential {
+            return Err(Error::invalid(
+                "namespace",
+                format!("{ns:?} is {}, not confidential", cfg.class.as_str()),
+            ));
+        }
+        self.require_key_site(&cfg)?;
+        if self.rotation(ns).is_some_and(|r| !r.done) {
+            return Err(Error::Unavailable(format!(
+                "a key rotation of {ns:?} is still re-encrypting; retry when it is done"
+            )));
+        }
+        let version = cfg.keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+        let key = self.make_namespace_key(&cfg, version)?;
+        match self.propose(crate::types::Command::AddNamespaceKey { ns: ns.into(), key }).await? {
+            crate::types::Response::Namespace { .. } => {}
+            crate::types::Response::Rejected(why) => {
+                return Err(Error::Unavailable(format!("the key version was not added: {why}")))
+            }
+            other => return Err(Error::Internal(format!("unexpected {other:?}"))),
+        }
+        self.rotations
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ns.into(), Rotation { version, ..Default::default() });
+        let node = self.clone();
+        let ns = ns.to_string();
+        tokio::spawn(async move {
+            let r = node.reencrypt(&ns, version).await;
+            node.progress(&ns, |p| {
+                match r {
+                    Ok(remaining) => p.remaining_old = remaining,
+                    Err(e) => p.error = Some(e.to_string()),
+                }
+                p.done = true;
+            });
+        });
+        Ok(version)
+    }
+
+    /// The rotation this node last ran for `ns`.
+    pub fn rotation(&self, ns: &str) -> Option<Rotation> {
+        self.rotations.0.lock().unwrap_or_else(|p| p.into_inner()).get(ns).cloned()
+    }
+
+    fn progress(&self, ns: &str, f: impl FnOnce(&mut Rotation)) {
+        if let Some(p) = self.rotations.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(ns) {
+            f(p);
+        }
+    }
+
+    /// Re-seals every value of `ns` under a version older than `version`, each with a
+    /// compare-and-set on the revision it read (so a client's newer write always wins), then
+    /// counts what is left under older versions.
+    async fn reencrypt(&self, ns: &str, version: u32) -> Result<u64> {
+        let cfg = self.namespace(ns, Consistency::Linearizable).await?;
+        let new_key = self.data_key(&cfg, version)?;
+        let mut after: Option<String> = None;
+        loop {
+            let (items, more) =
+                self.scan_stored(ns, "", after.as_deref(), 500, Consistency::Linearizable).await?;
+            for it in &items {
+                self.progress(ns, |p| p.scanned += 1);
+                let old = envelope::sealed_version(&it.value).map_err(|e| Error::Storage(e.to_string()))?;
+                if old >= version {
+                    continue;
+                }
+                let plain = self.open_value(ns, &it.key, it.value.clone()).await?;
+                let sealed = envelope::seal(&new_key, version, ns, &it.key, &plain)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                let op =
+                    Op::Put { ns: ns.into(), key: it.key.clone(), value: sealed, cas: Some(it.revision) };
+                match self.propose_sealed(crate::types::Command::Batch(vec![op])).await? {
+                    crate::types::Response::Written { .. } => self.progress(ns, |p| p.reencrypted += 1),
+                    crate::types::Response::Conflict { .. } => self.progress(ns, |p| p.skipped += 1),
+                    other => return Err(Error::Internal(format!("unexpected {other:?}"))),
+                }
+            }
+            match (more, items.last()) {
+                (true, Some(last)) => after = Some(last.key.clone()),
+                _ => break,
+            }
+        }
+        // What is left under older versions (only writes that raced the key change).
+        let mut remaining = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let (items, more) =
+                self.scan_stored(ns, "", after.as_deref(), 1000, Consistency::Linearizable).await?;
+            remaining += items
+                .iter()
+                .filter(|it| envelope::sealed_version(&it.value).is_ok_and(|v| v < version))
+                .count() as u64;
+            match (more, items.last()) {
+                (true, Some(last)) => after = Some(last.key.clone()),
+                _ => break,
+            }
+        }
+        Ok(remaining)
     }
 
     /// The namespace's config, from this node's metadata replica (a barrier only if it is not
@@ -134,6 +262,12 @@ impl Node {
         self.require_key_site(&cfg)?;
         let version = envelope::sealed_version(&sealed)
             .map_err(|e| Error::Storage(format!("{ns}/{key}: stored value is not sealed: {e}")))?;
+        // A version newer than this replica's config: a rotation it has not seen yet.
+        let cfg = if cfg.keys.iter().any(|k| k.version == version) {
+            cfg
+        } else {
+            self.namespace(ns, Consistency::Linearizable).await?
+        };
         let dk = self.data_key(&cfg, version)?;
         envelope::open(&dk, ns, key, &sealed).map_err(|e| Error::Storage(format!("{ns}/{key}: {e}")))
     }

@@ -381,6 +381,24 @@ impl KvStore {
                 Ok(Response::None)
             }
             Command::LedgerBlock(block) => self.apply_ledger_block(block, overlay),
+            Command::AddNamespaceKey { ns, key } => {
+                let k = ns_key(ns);
+                let Some(mut cfg) =
+                    self.read(&k, overlay)?.map(|b| codec::decode::<NamespaceConfig>(&b)).transpose()?
+                else {
+                    return Ok(Response::Rejected(format!("namespace {ns:?} does not exist")));
+                };
+                let newest = cfg.keys.iter().map(|k| k.version).max().unwrap_or(0);
+                if cfg.class != crate::types::DataClass::Confidential || key.version != newest + 1 {
+                    return Ok(Response::Rejected(format!(
+                        "namespace {ns:?}: key version {} does not follow {newest} (or the namespace is not confidential)",
+                        key.version
+                    )));
+                }
+                cfg.keys.push(key.clone());
+                overlay.insert(k, Some(codec::encode(&cfg)?));
+                Ok(Response::Namespace { created: false })
+            }
             Command::LedgerSubmit(_) => Ok(Response::Rejected("ledger submissions are not proposed".into())),
             Command::MarkSeen { node, instance } => {
                 overlay.insert(seen_key(*node), Some(instance.to_be_bytes().to_vec()));

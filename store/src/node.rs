@@ -233,6 +233,7 @@ pub struct Node {
     pub(crate) ledger: crate::ledger::LedgerRuntime,
     /// Data keys of confidential namespaces this node has unwrapped.
     pub(crate) keys: crate::confidential::KeyCache,
+    pub(crate) rotations: crate::confidential::Rotations,
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -274,6 +275,7 @@ impl Node {
             ledger_busy: AtomicBool::new(false),
             ledger: crate::ledger::LedgerRuntime::new(ledger_genesis),
             keys: Default::default(),
+            rotations: Default::default(),
             shutdown,
         });
         let meta_members = node.meta_voters();
@@ -875,6 +877,11 @@ impl Node {
             Command::Batch(ops) => Command::Batch(self.seal_ops(ops).await?),
             other => other,
         };
+        self.propose_sealed(cmd).await
+    }
+
+    /// `propose` for a command whose values are already sealed (re-encryption).
+    pub(crate) async fn propose_sealed(&self, cmd: Command) -> Result<Response> {
         let timeout = self.opts.request_timeout;
         let routed = async {
             loop {
@@ -924,6 +931,7 @@ impl Node {
                 Ok(first.id)
             }
             Command::PutNamespace(_)
+            | Command::AddNamespaceKey { .. }
             | Command::InitCluster(_)
             | Command::AddNode(_)
             | Command::SetLeaving(_)
@@ -1099,7 +1107,7 @@ impl Node {
                 }
                 // The state machine keeps the existing keys.
                 Some(_) => {}
-                None => cfg.keys.push(self.make_namespace_key(&cfg)?),
+                None => cfg.keys.push(self.make_namespace_key(&cfg, 1)?),
             }
         }
         self.propose(Command::PutNamespace(cfg)).await
@@ -1236,7 +1244,7 @@ impl Node {
         Ok((self.open_items(ns, items).await?, more))
     }
 
-    async fn scan_stored(
+    pub(crate) async fn scan_stored(
         &self,
         ns: &str,
         prefix: &str,

@@ -149,6 +149,12 @@ pub enum Command {
         epoch: u64,
         done: bool,
     },
+    /// Metadata group: a confidential namespace's next data key version (its number must be
+    /// one more than the newest).
+    AddNamespaceKey {
+        ns: String,
+        key: NamespaceKey,
+    },
     /// Ledger group: append this block. Every node validates it as it applies it and refuses
     /// (a `Rejected` response, logged as an error) one that breaks a rule.
     LedgerBlock(edgefabric_ledger::block::Block),
@@ -260,6 +266,13 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             Ok(())
         }
         Command::PutNamespace(cfg) => validate_namespace_config(cfg),
+        Command::AddNamespaceKey { ns, key } => {
+            validate_namespace(ns)?;
+            if key.wrapped.is_empty() {
+                return Err(Error::invalid("key", "must be wrapped for at least one node"));
+            }
+            Ok(())
+        }
         Command::LedgerSubmit(entries) => {
             let max = edgefabric_ledger::block::MAX_BLOCK_ENTRIES;
             if entries.is_empty() || entries.len() > max {
