@@ -91,7 +91,7 @@ async fn confidential_values_are_ciphertext_on_every_disk_and_closed_outside_key
         let mut acked = vec![];
         let mut i = 0u64;
         while !s2.load(std::sync::atomic::Ordering::SeqCst) {
-            let via = if i % 2 == 0 { 1 } else { 4 };
+            let via = if i.is_multiple_of(2) { 1 } else { 4 };
             let value = [&secret2[..], format!("-load-{i}").as_bytes()].concat();
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             if api.put_until_acked(via, "med", &format!("load/{i}"), &value, deadline).await {

@@ -327,19 +327,21 @@ async fn run(cli: Cli) -> Result<i32> {
             let c = Client::new(&client)?;
             let path = format!("/v1/namespaces/{}", encode_segment(&ns));
             print_json(&c.json(Method::POST, &format!("{path}/rotate-key"), None).await?)?;
-            while wait {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                let p = c.json(Method::GET, &format!("{path}/rotation"), None).await?;
-                eprintln!(
-                    "scanned {} re-encrypted {} skipped {}",
-                    p["scanned"], p["reencrypted"], p["skipped"]
-                );
-                if p["done"] == true {
-                    print_json(&p)?;
-                    if !p["error"].is_null() || p["remaining_old"].as_u64() != Some(0) {
-                        return Ok(1);
+            if wait {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let p = c.json(Method::GET, &format!("{path}/rotation"), None).await?;
+                    eprintln!(
+                        "scanned {} re-encrypted {} skipped {}",
+                        p["scanned"], p["reencrypted"], p["skipped"]
+                    );
+                    if p["done"] == true {
+                        print_json(&p)?;
+                        if !p["error"].is_null() || p["remaining_old"].as_u64() != Some(0) {
+                            return Ok(1);
+                        }
+                        break;
                     }
-                    break;
                 }
             }
         }
