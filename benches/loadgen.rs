@@ -52,6 +52,10 @@ struct Args {
     /// Operations: put, get.
     #[arg(long, value_delimiter = ',', default_value = "put,get")]
     ops: Vec<String>,
+    /// EdgeFabric namespaces to run each cell against, side by side (e.g. `default,conf` to
+    /// compare a public namespace with a confidential one). The first is the baseline.
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    ns: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -62,15 +66,22 @@ enum Op {
 
 #[derive(Clone)]
 enum Target {
-    EdgeFabric { channels: Vec<Channel>, auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii> },
-    Etcd { channels: Vec<Channel> },
+    EdgeFabric {
+        channels: Vec<Channel>,
+        auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        ns: String,
+    },
+    Etcd {
+        channels: Vec<Channel>,
+    },
 }
 
 impl Target {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> String {
         match self {
-            Target::EdgeFabric { .. } => "EdgeFabric",
-            Target::Etcd { .. } => "etcd",
+            Target::EdgeFabric { ns, .. } if ns == "default" => "EdgeFabric".into(),
+            Target::EdgeFabric { ns, .. } => format!("EF ns={ns}"),
+            Target::Etcd { .. } => "etcd".into(),
         }
     }
 
@@ -85,12 +96,12 @@ impl Target {
     async fn op(&self, ch: Channel, op: Op, key: u64, value: &[u8]) -> Result<()> {
         let key = format!("bench/{key:08}");
         match self {
-            Target::EdgeFabric { auth, .. } => {
+            Target::EdgeFabric { auth, ns, .. } => {
                 let mut c = ef::kv_client::KvClient::new(ch);
                 match op {
                     Op::Put => {
                         let mut req = tonic::Request::new(ef::PutRequest {
-                            ns: "default".into(),
+                            ns: ns.clone(),
                             key,
                             value: value.to_vec(),
                             cas: None,
@@ -100,7 +111,7 @@ impl Target {
                     }
                     Op::Get => {
                         let mut req =
-                            tonic::Request::new(ef::GetRequest { ns: "default".into(), key, stale: false });
+                            tonic::Request::new(ef::GetRequest { ns: ns.clone(), key, stale: false });
                         req.metadata_mut().insert("authorization", auth.clone());
                         c.get(req).await?;
                     }
@@ -147,7 +158,7 @@ async fn connect(endpoints: &[String], clients: usize) -> Result<Vec<Channel>> {
 }
 
 struct Cell {
-    target: &'static str,
+    target: String,
     op: Op,
     clients: usize,
     ops: u64,
@@ -259,11 +270,14 @@ async fn main() -> Result<()> {
     let mut cells = vec![];
     for op in &ops {
         for &clients in &args.clients {
-            let ef = Target::EdgeFabric {
-                channels: connect(&args.edgefabric, clients).await?,
-                auth: auth.clone(),
-            };
-            cells.push(run_cell(ef, *op, clients, &args).await?);
+            for ns in &args.ns {
+                let ef = Target::EdgeFabric {
+                    channels: connect(&args.edgefabric, clients).await?,
+                    auth: auth.clone(),
+                    ns: ns.clone(),
+                };
+                cells.push(run_cell(ef, *op, clients, &args).await?);
+            }
             if !args.etcd.is_empty() {
                 let et = Target::Etcd { channels: connect(&args.etcd, clients).await? };
                 cells.push(run_cell(et, *op, clients, &args).await?);
@@ -271,16 +285,22 @@ async fn main() -> Result<()> {
         }
     }
     println!("\n{} keys, {}-byte values, {} s per cell\n", args.keys, args.value_size, args.duration);
+    // Ratios against etcd when it ran, else against the first namespace's cells.
+    let baseline = if args.etcd.is_empty() {
+        Target::EdgeFabric { channels: vec![], auth: auth.clone(), ns: args.ns[0].clone() }.name()
+    } else {
+        "etcd".to_string()
+    };
     println!(
-        "| op  | clients | system     |    ops/s | p50 ms | p99 ms | errors | EF/etcd ops/s | EF/etcd p99 |"
+        "| op  | clients | system     |    ops/s | p50 ms | p99 ms | errors | ops/s vs {baseline} | p99 vs {baseline} |"
     );
     println!(
         "|-----|--------:|------------|---------:|-------:|-------:|-------:|--------------:|------------:|"
     );
     for c in &cells {
-        let other = cells.iter().find(|o| o.op == c.op && o.clients == c.clients && o.target != c.target);
-        let (ratio, p99_ratio) = match (c.target, other) {
-            ("EdgeFabric", Some(e)) if e.rate() > 0.0 => (
+        let base = cells.iter().find(|o| o.op == c.op && o.clients == c.clients && o.target == baseline);
+        let (ratio, p99_ratio) = match base {
+            Some(e) if e.rate() > 0.0 && c.target != baseline => (
                 format!("{:.2}x", c.rate() / e.rate()),
                 format!("{:.2}x", c.p99.as_secs_f64() / e.p99.as_secs_f64().max(1e-9)),
             ),
