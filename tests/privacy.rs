@@ -167,3 +167,74 @@ async fn confidential_values_are_ciphertext_on_every_disk_and_closed_outside_key
         assert!(leaks.is_empty(), "node {id}: confidential plaintext on disk in {leaks:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn site_local_bytes_stay_at_their_home_site() {
+    // Sites a, b, c, a, b: the home site b has nodes 2 and 5.
+    let mut c = Cluster::init(5, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let body = br#"{"class":"site-local","home_site":"b","replicas":3}"#.to_vec();
+    let r = c.request(1, reqwest::Method::PUT, "/v1/namespaces/cams", Some(body)).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    // Its shard lives at site b only (two replicas: the site has two nodes).
+    let route = c.request(3, reqwest::Method::GET, "/v1/cluster/route?ns=cams&key=any", None).await.unwrap();
+    let mut replicas: Vec<u64> = serde_json::from_value(route.json()["replicas"].clone()).unwrap();
+    replicas.sort();
+    assert_eq!(replicas, vec![2, 5], "{}", route.text());
+    // A home site with no node is refused; the home site cannot change.
+    let r = c
+        .request(
+            1,
+            reqwest::Method::PUT,
+            "/v1/namespaces/nowhere",
+            Some(br#"{"class":"site-local","home_site":"z"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.json()["error"]["message"].as_str().unwrap_or_default().contains("site \"z\""), "{}", r.text());
+    let r = c
+        .request(
+            1,
+            reqwest::Method::PUT,
+            "/v1/namespaces/cams",
+            Some(br#"{"class":"site-local","home_site":"a"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    let marker = format!("LOCAL-{}", std::process::id()).into_bytes();
+    for i in 0..30u64 {
+        let via = if i.is_multiple_of(2) { 2 } else { 5 };
+        let v = [&marker[..], format!("-{i}").as_bytes()].concat();
+        c.put(via, "cams", &format!("frame/{i}"), &v).await.unwrap();
+    }
+    assert_eq!(c.get(5, "cams", "frame/4", false).await.unwrap().unwrap(), [&marker[..], b"-4"].concat());
+    let r = c.request(2, reqwest::Method::GET, "/v1/kv/cams?prefix=frame/&limit=100", None).await.unwrap();
+    assert_eq!(r.json()["items"].as_array().map(Vec::len), Some(30), "{}", r.text());
+    // Other sites: refused, naming the home site.
+    for id in [1, 3, 4] {
+        let r = c.request(id, reqwest::Method::GET, "/v1/kv/cams/frame/4", None).await.unwrap();
+        assert_eq!(r.status, 403, "{}", r.text());
+        let msg = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains("site-local to site \"b\""), "{msg}");
+        let r = c.request(id, reqwest::Method::PUT, "/v1/kv/cams/x", Some(marker.clone())).await.unwrap();
+        assert_eq!(r.status, 403, "{}", r.text());
+        let r = c.request(id, reqwest::Method::GET, "/v1/kv/cams?prefix=f", None).await.unwrap();
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in c.ids() {
+        c.kill9(id);
+    }
+    for id in c.ids() {
+        let found = files_containing(c.data_dir(id), &marker);
+        if [2, 5].contains(&id) {
+            assert!(!found.is_empty(), "node {id} (site b) should hold the namespace");
+        } else {
+            assert!(found.is_empty(), "node {id}: site-local bytes outside site b in {found:?}");
+        }
+    }
+}

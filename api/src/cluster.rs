@@ -106,12 +106,11 @@ pub async fn view(node: &Node) -> Result<ClusterView, ApiError> {
             up: reports.get(&n.id).is_some_and(|r| r.is_some()),
             leaving: map.leaving.contains(&n.id),
             replicas: map.shards_of(n.id).count(),
-            leads: map.shards.iter().filter(|s| leader_of(s.id) == Some(n.id)).count(),
+            leads: map.all_shards().filter(|s| leader_of(s.id) == Some(n.id)).count(),
         })
         .collect();
     let shards = map
-        .shards
-        .iter()
+        .all_shards()
         .map(|s| ShardView {
             id: s.id,
             range: [format!("{:016x}", s.start), format!("{:016x}", s.end)],

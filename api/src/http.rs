@@ -188,18 +188,6 @@ async fn put_namespace(
     JsonBody(body): JsonBody<NamespaceBody>,
 ) -> ApiResult<Response> {
     let Path(ns) = ns.map_err(path_err)?;
-    if body.class == DataClass::SiteLocal {
-        // Site pinning is not built yet; accepting the class without it would promise a
-        // protection the node does not give.
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "unimplemented",
-            format!(
-                "class: {:?} namespaces are not supported by this release yet; use \"public\"",
-                body.class.as_str()
-            ),
-        ));
-    }
     let cfg = NamespaceConfig {
         name: ns,
         class: body.class,

@@ -50,6 +50,20 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Site-local namespaces are served only at their home site: a request elsewhere would
+    /// carry the namespace's bytes off the site (the value in, or out).
+    fn require_home_site(&self, cfg: &NamespaceConfig) -> Result<()> {
+        let home = cfg.home_site.as_deref().unwrap_or_default();
+        let site = self.site();
+        if site == home {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "namespace {:?} is site-local to site {home:?}: send its requests to a node at site {home:?} (this node is at site {site:?})",
+            cfg.name
+        )))
+    }
+
     fn require_key_site(&self, cfg: &NamespaceConfig) -> Result<()> {
         let site = self.site();
         if cfg.key_sites.contains(&site) {
@@ -232,6 +246,9 @@ impl Node {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             let cfg = self.namespace_config(op.ns()).await?;
+            if cfg.class == DataClass::SiteLocal {
+                self.require_home_site(&cfg)?;
+            }
             if cfg.class != DataClass::Confidential {
                 out.push(op);
                 continue;
@@ -275,10 +292,11 @@ impl Node {
     /// Refuses reads of a confidential namespace away from its key sites before any work.
     pub(crate) async fn check_readable(&self, ns: &str) -> Result<()> {
         let cfg = self.namespace_config(ns).await?;
-        if cfg.class == DataClass::Confidential {
-            self.require_key_site(&cfg)?;
+        match cfg.class {
+            DataClass::Confidential => self.require_key_site(&cfg),
+            DataClass::SiteLocal => self.require_home_site(&cfg),
+            DataClass::Public => Ok(()),
         }
-        Ok(())
     }
 
     pub(crate) async fn open_record(&self, ns: &str, key: &str, r: Option<Record>) -> Result<Option<Record>> {

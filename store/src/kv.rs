@@ -329,13 +329,19 @@ impl KvStore {
                 if map.epoch != *epoch {
                     return Err(format!("stale map epoch {epoch}, current {}", map.epoch));
                 }
-                let s = map.shards.iter_mut().find(|s| s.id == *shard).ok_or(format!("no shard {shard}"))?;
+                let pinned = map.pinned_site(*shard).map(str::to_string);
+                if let Some(site) = &pinned {
+                    if replicas.iter().any(|r| map.nodes.get(r).is_some_and(|n| n.site != *site)) {
+                        return Err(format!("shard {shard} is pinned to site {site:?}"));
+                    }
+                }
+                let s = map.shard_mut(*shard).ok_or(format!("no shard {shard}"))?;
                 s.replicas = replicas.clone();
                 map.moving = *moving;
                 Ok(())
             }),
             Command::RemoveNode(node) => self.update_map(overlay, |map| {
-                if map.shards.iter().any(|s| s.replicas.contains(node)) {
+                if map.all_shards().any(|s| s.replicas.contains(node)) {
                     return Err(format!("node {node} still holds replicas"));
                 }
                 map.nodes.remove(node);
@@ -424,6 +430,25 @@ impl KvStore {
                     if !old.keys.is_empty() {
                         cfg.keys = old.keys.clone();
                     }
+                    if old.home_site != cfg.home_site {
+                        return Ok(Response::Rejected(format!(
+                            "namespace {:?}: its home site cannot change",
+                            cfg.name
+                        )));
+                    }
+                }
+                // A new site-local namespace gets its own shard, pinned to its home site, in
+                // the same apply: no write can ever reach a shared shard.
+                if existing.is_none() && cfg.class == crate::types::DataClass::SiteLocal {
+                    let site = cfg.home_site.clone().unwrap_or_default();
+                    let Some(bytes) = self.read(CLUSTER_KEY, overlay)? else {
+                        return Ok(Response::Rejected("the cluster map is not installed yet".into()));
+                    };
+                    let mut map: crate::shard::ClusterMap = codec::decode(&bytes)?;
+                    if let Err(e) = map.pin_namespace(&cfg.name, &site, cfg.replicas as usize) {
+                        return Ok(Response::Rejected(e));
+                    }
+                    overlay.insert(CLUSTER_KEY.to_vec(), Some(codec::encode(&map)?));
                 }
                 overlay.insert(k, Some(codec::encode(&cfg)?));
                 Ok(Response::Namespace { created: existing.is_none() })

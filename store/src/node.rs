@@ -1154,11 +1154,10 @@ impl Node {
 
     /// A key's record as stored (sealed, for confidential namespaces).
     async fn get_stored(&self, ns: &str, key: &str, consistency: Consistency) -> Result<Option<Record>> {
-        let hash = crate::shard::key_hash(ns, key);
         let deadline = Instant::now() + self.opts.request_timeout;
         loop {
             let map = self.require_map()?;
-            let shard = map.shard_for_hash(hash).ok_or_else(|| Error::Internal("no shard".into()))?;
+            let shard = map.shard_for(ns, key).ok_or_else(|| Error::Internal("no shard".into()))?;
             let range = (shard.start, shard.end);
             let r = match self.group(shard.id) {
                 Some(g) => self.local_get(&g, ns, key, consistency, range).await,
@@ -1255,7 +1254,7 @@ impl Node {
         let deadline = Instant::now() + self.opts.request_timeout;
         'again: loop {
             let map = self.require_map()?;
-            let parts = map.shards.iter().map(|s| {
+            let parts = map.shards_for_ns(ns).into_iter().map(|s| {
                 let req = ScanRequest {
                     ns: ns.into(),
                     prefix: prefix.into(),

@@ -71,6 +71,18 @@ pub struct ClusterMap {
     /// The split under way, if any; recorded for the same reason.
     #[serde(default)]
     pub splitting: Option<Split>,
+    /// Site-local namespaces' own shards, by namespace: each covers the namespace's whole hash
+    /// range and has every replica at the namespace's home site (so its raft traffic, logs and
+    /// snapshots never leave the site). Never split; moved only within the site.
+    #[serde(default)]
+    pub pinned: BTreeMap<String, PinnedShard>,
+}
+
+/// A shard pinned to one site (a site-local namespace's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedShard {
+    pub site: String,
+    pub shard: ShardInfo,
 }
 
 /// A split of `shard` at hash `at`: `child` takes `[at, shard.end]`.
@@ -102,17 +114,73 @@ impl ClusterMap {
         self.shards.get(i).filter(|s| s.start <= hash)
     }
 
+    /// The shard holding `key` of `ns`: the namespace's pinned shard if it has one, else the
+    /// shared shard owning the key's hash.
     pub fn shard_for(&self, ns: &str, key: &str) -> Option<&ShardInfo> {
-        self.shard_for_hash(key_hash(ns, key))
+        match self.pinned.get(ns) {
+            Some(p) => Some(&p.shard),
+            None => self.shard_for_hash(key_hash(ns, key)),
+        }
+    }
+
+    /// The shards a scan of `ns` must ask.
+    pub fn shards_for_ns(&self, ns: &str) -> Vec<&ShardInfo> {
+        match self.pinned.get(ns) {
+            Some(p) => vec![&p.shard],
+            None => self.shards.iter().collect(),
+        }
+    }
+
+    /// Every shard: the shared ones, then the pinned ones.
+    pub fn all_shards(&self) -> impl Iterator<Item = &ShardInfo> {
+        self.shards.iter().chain(self.pinned.values().map(|p| &p.shard))
+    }
+
+    /// The site a shard is pinned to, if it is a pinned shard.
+    pub fn pinned_site(&self, id: GroupId) -> Option<&str> {
+        self.pinned.values().find(|p| p.shard.id == id).map(|p| p.site.as_str())
     }
 
     pub fn shard(&self, id: GroupId) -> Option<&ShardInfo> {
-        self.shards.iter().find(|s| s.id == id)
+        self.all_shards().find(|s| s.id == id)
+    }
+
+    pub fn shard_mut(&mut self, id: GroupId) -> Option<&mut ShardInfo> {
+        self.shards.iter_mut().chain(self.pinned.values_mut().map(|p| &mut p.shard)).find(|s| s.id == id)
+    }
+
+    /// The next free shard id.
+    pub fn next_shard_id(&self) -> GroupId {
+        self.all_shards().map(|s| s.id).max().unwrap_or(0) + 1
+    }
+
+    /// Pins a new shard for site-local namespace `ns` at `site`: up to `replicas` of the site's
+    /// active nodes, least loaded first. Deterministic (every replica of the metadata group
+    /// computes the same). An error if the site has no active node.
+    pub fn pin_namespace(&mut self, ns: &str, site: &str, replicas: usize) -> Result<(), String> {
+        if self.pinned.contains_key(ns) {
+            return Ok(());
+        }
+        let at_site: BTreeMap<NodeId, NodeInfo> = self
+            .nodes
+            .values()
+            .filter(|n| n.site == site && !self.leaving.contains(&n.id))
+            .map(|n| (n.id, n.clone()))
+            .collect();
+        if at_site.is_empty() {
+            return Err(format!("no active node at site {site:?} to hold namespace {ns:?}"));
+        }
+        let id = self.next_shard_id();
+        let chosen = place(&at_site, &self.load(), replicas.min(at_site.len()), id);
+        let shard = ShardInfo { id, start: 0, end: u64::MAX, replicas: chosen, parent: None };
+        self.pinned.insert(ns.to_string(), PinnedShard { site: site.to_string(), shard });
+        self.epoch += 1;
+        Ok(())
     }
 
     /// Shards this node replicates.
     pub fn shards_of(&self, node: NodeId) -> impl Iterator<Item = &ShardInfo> {
-        self.shards.iter().filter(move |s| s.replicas.contains(&node))
+        self.all_shards().filter(move |s| s.replicas.contains(&node))
     }
 
     /// Checks the invariants every node relies on.
@@ -128,8 +196,16 @@ impl ClusterMap {
                 return Err(format!("shards {} and {} leave a gap or overlap", w[0].id, w[1].id));
             }
         }
+        for (ns, p) in &self.pinned {
+            if p.shard.start != 0 || p.shard.end != u64::MAX {
+                return Err(format!("namespace {ns:?}'s pinned shard must cover its whole hash space"));
+            }
+            if p.shard.replicas.iter().any(|r| self.nodes.get(r).is_some_and(|n| n.site != p.site)) {
+                return Err(format!("namespace {ns:?}'s shard has a replica outside site {:?}", p.site));
+            }
+        }
         let mut ids = BTreeSet::new();
-        for s in &self.shards {
+        for s in self.all_shards() {
             if s.id == META_GROUP || !ids.insert(s.id) {
                 return Err(format!("shard id {} is reserved or repeated", s.id));
             }
@@ -201,7 +277,15 @@ pub fn initial_map(nodes: &[NodeInfo], count: u64, replicas: usize) -> ClusterMa
         *leaders.entry(replicas[0]).or_default() += 1;
         shards.push(ShardInfo { id: i + 1, start, end, replicas, parent: None });
     }
-    ClusterMap { epoch: 1, nodes, shards, leaving: BTreeSet::new(), moving: None, splitting: None }
+    ClusterMap {
+        epoch: 1,
+        nodes,
+        shards,
+        leaving: BTreeSet::new(),
+        moving: None,
+        splitting: None,
+        pinned: BTreeMap::new(),
+    }
 }
 
 /// One replica move: `shard`'s replica on `from` goes to `to`.
@@ -215,12 +299,13 @@ pub struct Move {
 impl ClusterMap {
     /// Plans splitting `shard` in the middle of its hash range; `None` if it is one hash wide.
     pub fn plan_split(&self, shard: GroupId) -> Option<Split> {
-        let s = self.shard(shard)?;
+        // Pinned shards are not split (one per site-local namespace).
+        let s = self.shards.iter().find(|s| s.id == shard)?;
         if s.start == s.end {
             return None;
         }
         let at = s.start + (s.end - s.start) / 2 + 1;
-        let child = self.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+        let child = self.next_shard_id();
         Some(Split { shard, at, child })
     }
 
@@ -254,7 +339,7 @@ impl ClusterMap {
     /// Replicas per node (every node listed, zero included).
     pub fn load(&self) -> BTreeMap<NodeId, usize> {
         let mut load: BTreeMap<NodeId, usize> = self.nodes.keys().map(|id| (*id, 0)).collect();
-        for s in &self.shards {
+        for s in self.all_shards() {
             for r in &s.replicas {
                 *load.entry(*r).or_default() += 1;
             }
@@ -288,6 +373,19 @@ impl ClusterMap {
             for from in shard.replicas.iter().filter(|r| self.leaving.contains(r)) {
                 if let Some(to) = best_target(shard, *from) {
                     return Some(Move { shard: shard.id, from: *from, to });
+                }
+            }
+        }
+        // A pinned shard's replica on a leaving node moves to another node of the same site
+        // (never elsewhere: the namespace's bytes stay at its site).
+        for p in self.pinned.values() {
+            for from in p.shard.replicas.iter().filter(|r| self.leaving.contains(r)) {
+                let to = active
+                    .iter()
+                    .filter(|n| n.site == p.site && !p.shard.replicas.contains(&n.id))
+                    .min_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id));
+                if let Some(to) = to {
+                    return Some(Move { shard: p.shard.id, from: *from, to: to.id });
                 }
             }
         }
