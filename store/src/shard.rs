@@ -513,7 +513,7 @@ mod tests {
     fn settle(map: &mut ClusterMap) -> usize {
         let mut n = 0;
         while let Some(m) = map.plan_move() {
-            let s = map.shards.iter_mut().find(|s| s.id == m.shard).unwrap();
+            let s = map.shard_mut(m.shard).unwrap();
             let pos = s.replicas.iter().position(|r| *r == m.from).unwrap();
             s.replicas[pos] = m.to;
             n += 1;
@@ -552,6 +552,38 @@ mod tests {
         }
         // Node 1 is site a's only remaining node: it holds a replica of every shard.
         assert_eq!(load[&1], 16);
+    }
+
+    #[test]
+    fn pinned_shards_stay_at_their_site() {
+        let mut map = initial_map(&nodes(&["a", "b", "c", "a", "b", "b"]), 4, 3);
+        map.pin_namespace("cams", "b", 2).unwrap();
+        let p = map.pinned["cams"].shard.clone();
+        assert_eq!(p.replicas.len(), 2);
+        assert!(p.replicas.iter().all(|r| map.nodes[r].site == "b"), "{p:?}");
+        assert_eq!(map.shard_for("cams", "anything").map(|s| s.id), Some(p.id));
+        assert_ne!(map.shard_for("default", "anything").map(|s| s.id), Some(p.id));
+        assert_eq!(map.shards_for_ns("cams").len(), 1);
+        assert_eq!(map.shards_for_ns("default").len(), 4);
+        assert!(map.plan_split(p.id).is_none(), "pinned shards are not split");
+        assert!(map.pin_namespace("x", "z", 3).is_err(), "no node at site z");
+        map.validate().unwrap();
+        // Draining a replica moves it to the site's third node, never to another site.
+        let leaving = p.replicas[0];
+        map.leaving.insert(leaving);
+        settle(&mut map);
+        let after = &map.pinned["cams"].shard;
+        assert!(!after.replicas.contains(&leaving));
+        assert!(after.replicas.iter().all(|r| map.nodes[r].site == "b"), "{after:?}");
+        // With no other node at the site, the replica stays (the node cannot finish leaving).
+        let mut map = initial_map(&nodes(&["a", "b", "c"]), 2, 3);
+        map.pin_namespace("cams", "b", 3).unwrap();
+        map.leaving.insert(2);
+        settle(&mut map);
+        assert_eq!(map.pinned["cams"].shard.replicas, vec![2]);
+        // A map with a pinned replica off its site is invalid.
+        map.pinned.get_mut("cams").unwrap().shard.replicas = vec![1];
+        assert!(map.validate().is_err());
     }
 
     #[test]
