@@ -137,6 +137,29 @@ async fn confidential_values_are_ciphertext_on_every_disk_and_closed_outside_key
             assert_eq!(c.read_back(id, "med", &format!("patient/{i}")).await, Ok(Some(want)));
         }
     }
+    // Retiring: version 1 is unused after the rotations; the newest cannot be retired.
+    let retire = |v: u32| format!("{{\"version\":{v}}}").into_bytes();
+    let r =
+        c.request(1, reqwest::Method::POST, "/v1/namespaces/med/retire-key", Some(retire(3))).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r =
+        c.request(4, reqwest::Method::POST, "/v1/namespaces/med/retire-key", Some(retire(1))).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.request(2, reqwest::Method::GET, "/v1/namespaces/med", None).await.unwrap();
+    assert_eq!(r.json()["key_versions"], serde_json::json!([2, 3]), "{}", r.text());
+    // Adding site b opens the namespace to node 2; removing it again closes it (and rotates).
+    let ab = br#"{"class":"confidential","key_sites":["a","b"]}"#.to_vec();
+    let r = c.request(1, reqwest::Method::PUT, "/v1/namespaces/med", Some(ab)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(c.read_back(2, "med", "patient/5").await.unwrap().unwrap(), [&secret[..], b"-5"].concat());
+    let a_only = br#"{"class":"confidential","key_sites":["a"]}"#.to_vec();
+    let r = c.request(4, reqwest::Method::PUT, "/v1/namespaces/med", Some(a_only)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.request(2, reqwest::Method::GET, "/v1/kv/med/patient/5", None).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = c.request(1, reqwest::Method::GET, "/v1/namespaces/med", None).await.unwrap();
+    assert_eq!(r.json()["key_versions"], serde_json::json!([2, 3, 4]), "{}", r.text());
+    assert_eq!(c.read_back(1, "med", "patient/5").await.unwrap().unwrap(), [&secret[..], b"-5"].concat());
     // Rotation is refused where the key is not, and for a public namespace.
     let r = c.request(2, reqwest::Method::POST, "/v1/namespaces/med/rotate-key", None).await.unwrap();
     assert_eq!(r.status, 403, "{}", r.text());

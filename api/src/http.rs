@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/namespaces/{ns}", put(put_namespace).get(get_namespace))
         .route("/v1/namespaces/{ns}/rotate-key", post(rotate_key))
         .route("/v1/namespaces/{ns}/rotation", get(rotation))
+        .route("/v1/namespaces/{ns}/retire-key", post(retire_key))
         .route("/v1/kv/{ns}", get(scan))
         .route("/v1/kv/{ns}/{*key}", put(kv_put).get(kv_get).delete(kv_delete))
         .route("/v1/batch", post(batch))
@@ -218,6 +219,25 @@ async fn rotate_key(
     let version = st.node.rotate_key(&ns).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"namespace": ns, "key_version": version, "reencrypting": true})))
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetireBody {
+    version: u32,
+}
+
+/// `POST /v1/namespaces/{ns}/retire-key` `{"version": N}`: drops a key version once no value
+/// uses it (403 while some still do; never the newest).
+async fn retire_key(
+    State(st): State<Arc<AppState>>,
+    ns: Result<Path<String>, PathRejection>,
+    JsonBody(b): JsonBody<RetireBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(ns) = ns.map_err(path_err)?;
+    edgefabric_store::types::validate_namespace(&ns)?;
+    st.node.retire_key(&ns, b.version).await?;
+    Ok(Json(json!({"namespace": ns, "retired": b.version})))
 }
 
 /// `GET /v1/namespaces/{ns}/rotation`: the progress of the last key rotation this node ran.

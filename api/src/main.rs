@@ -217,6 +217,14 @@ enum NsCmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Retire a confidential namespace's key version once no value uses it any more.
+    RetireKey {
+        ns: String,
+        #[arg(long)]
+        version: u32,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Rotate a confidential namespace's data key: new writes use the new version, older
     /// values are re-encrypted in the background (at the node at --endpoint, a key site).
     RotateKey {
@@ -344,6 +352,11 @@ async fn run(cli: Cli) -> Result<i32> {
                     }
                 }
             }
+        }
+        Cmd::Ns { cmd: NsCmd::RetireKey { ns, version, client } } => {
+            let c = Client::new(&client)?;
+            let path = format!("/v1/namespaces/{}/retire-key", encode_segment(&ns));
+            print_json(&c.json(Method::POST, &path, Some(json!({ "version": version }))).await?)?;
         }
         Cmd::Ns { cmd: NsCmd::Get { ns, client } } => {
             let c = Client::new(&client)?;

@@ -146,6 +146,105 @@ impl Node {
         Ok(version)
     }
 
+    /// Re-wraps every key version of `old` for the nodes now at `new_sites` (adding a site opens
+    /// the namespace to it; a node that joined a key site later gets the keys), then, if a site
+    /// was removed, rotates so that later data is closed to it (its nodes may still hold the
+    /// older versions). Run at a node of a site in both the old and the new key sites.
+    pub(crate) async fn update_key_sites(
+        self: &std::sync::Arc<Self>,
+        old: &NamespaceConfig,
+        new_sites: &[String],
+    ) -> Result<()> {
+        let map =
+            self.map().ok_or_else(|| Error::Unavailable("the cluster is not initialized yet".into()))?;
+        let targets: Vec<&crate::shard::NodeInfo> =
+            map.nodes.values().filter(|n| new_sites.contains(&n.site)).collect();
+        let complete = old.keys.iter().all(|k| targets.iter().all(|n| k.wrapped.contains_key(&n.id)))
+            && old.keys.iter().all(|k| k.wrapped.keys().all(|id| targets.iter().any(|n| n.id == *id)));
+        if old.key_sites == new_sites && complete {
+            return Ok(());
+        }
+        self.require_key_site(old)?;
+        let new_cfg = NamespaceConfig { key_sites: new_sites.to_vec(), ..old.clone() };
+        self.require_key_site(&new_cfg)?;
+        let mut keys = Vec::with_capacity(old.keys.len());
+        for k in &old.keys {
+            let dk = self.data_key(old, k.version)?;
+            let context = key_context(&old.name, k.version);
+            let mut wrapped = BTreeMap::new();
+            for n in &targets {
+                let pk = PublicKey::from_base64(&n.public_key).map_err(|_| {
+                    Error::Unavailable(format!("node {}'s public key is not known yet; retry shortly", n.id))
+                })?;
+                wrapped.insert(
+                    n.id,
+                    envelope::wrap(&dk, &pk, &context).map_err(|e| Error::Internal(e.to_string()))?,
+                );
+            }
+            keys.push(NamespaceKey { version: k.version, wrapped });
+        }
+        let expected_versions = old.keys.iter().map(|k| k.version).collect();
+        let cmd = crate::types::Command::SetNamespaceKeys {
+            ns: old.name.clone(),
+            key_sites: new_sites.to_vec(),
+            keys,
+            expected_versions,
+        };
+        match self.propose(cmd).await? {
+            crate::types::Response::Namespace { .. } => {}
+            crate::types::Response::Rejected(why) => return Err(Error::Unavailable(why)),
+            other => return Err(Error::Internal(format!("unexpected {other:?}"))),
+        }
+        if old.key_sites.iter().any(|s| !new_sites.contains(s)) {
+            self.rotate_key(&old.name).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops key version `version` of `ns` once no stored value uses it (never the newest).
+    pub async fn retire_key(&self, ns: &str, version: u32) -> Result<()> {
+        let cfg = self.namespace(ns, Consistency::Linearizable).await?;
+        if cfg.class != DataClass::Confidential {
+            return Err(Error::invalid(
+                "namespace",
+                format!("{ns:?} is {}, not confidential", cfg.class.as_str()),
+            ));
+        }
+        self.require_key_site(&cfg)?;
+        let versions: Vec<u32> = cfg.keys.iter().map(|k| k.version).collect();
+        let newest = versions.iter().copied().max().unwrap_or(0);
+        if version == newest || !versions.contains(&version) {
+            return Err(Error::invalid(
+                "version",
+                format!("{version} is the newest version or does not exist (versions {versions:?})"),
+            ));
+        }
+        let mut in_use = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let (items, more) =
+                self.scan_stored(ns, "", after.as_deref(), 1000, Consistency::Linearizable).await?;
+            in_use += items
+                .iter()
+                .filter(|it| envelope::sealed_version(&it.value).is_ok_and(|v| v == version))
+                .count() as u64;
+            match (more, items.last()) {
+                (true, Some(last)) => after = Some(last.key.clone()),
+                _ => break,
+            }
+        }
+        if in_use > 0 {
+            return Err(Error::Forbidden(format!(
+                "{in_use} values of {ns:?} still use key version {version}; rotate to re-encrypt them first"
+            )));
+        }
+        match self.propose(crate::types::Command::RetireNamespaceKey { ns: ns.into(), version }).await? {
+            crate::types::Response::Namespace { .. } => Ok(()),
+            crate::types::Response::Rejected(why) => Err(Error::invalid("version", why)),
+            other => Err(Error::Internal(format!("unexpected {other:?}"))),
+        }
+    }
+
     /// The rotation this node last ran for `ns`.
     pub fn rotation(&self, ns: &str) -> Option<Rotation> {
         self.rotations.0.lock().unwrap_or_else(|p| p.into_inner()).get(ns).cloned()

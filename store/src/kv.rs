@@ -387,6 +387,45 @@ impl KvStore {
                 Ok(Response::None)
             }
             Command::LedgerBlock(block) => self.apply_ledger_block(block, overlay),
+            Command::SetNamespaceKeys { ns, key_sites, keys, expected_versions } => {
+                let k = ns_key(ns);
+                let Some(mut cfg) =
+                    self.read(&k, overlay)?.map(|b| codec::decode::<NamespaceConfig>(&b)).transpose()?
+                else {
+                    return Ok(Response::Rejected(format!("namespace {ns:?} does not exist")));
+                };
+                let versions: Vec<u32> = cfg.keys.iter().map(|k| k.version).collect();
+                let given: Vec<u32> = keys.iter().map(|k| k.version).collect();
+                if cfg.class != crate::types::DataClass::Confidential
+                    || versions != *expected_versions
+                    || given != versions
+                {
+                    return Ok(Response::Rejected(format!(
+                        "namespace {ns:?}: its key versions changed meanwhile (now {versions:?}); retry"
+                    )));
+                }
+                cfg.key_sites = key_sites.clone();
+                cfg.keys = keys.clone();
+                overlay.insert(k, Some(codec::encode(&cfg)?));
+                Ok(Response::Namespace { created: false })
+            }
+            Command::RetireNamespaceKey { ns, version } => {
+                let k = ns_key(ns);
+                let Some(mut cfg) =
+                    self.read(&k, overlay)?.map(|b| codec::decode::<NamespaceConfig>(&b)).transpose()?
+                else {
+                    return Ok(Response::Rejected(format!("namespace {ns:?} does not exist")));
+                };
+                let newest = cfg.keys.iter().map(|k| k.version).max().unwrap_or(0);
+                if *version == newest || !cfg.keys.iter().any(|k| k.version == *version) {
+                    return Ok(Response::Rejected(format!(
+                        "namespace {ns:?}: version {version} is the newest or does not exist"
+                    )));
+                }
+                cfg.keys.retain(|k| k.version != *version);
+                overlay.insert(k, Some(codec::encode(&cfg)?));
+                Ok(Response::Namespace { created: false })
+            }
             Command::AddNamespaceKey { ns, key } => {
                 let k = ns_key(ns);
                 let Some(mut cfg) =

@@ -932,6 +932,8 @@ impl Node {
             }
             Command::PutNamespace(_)
             | Command::AddNamespaceKey { .. }
+            | Command::SetNamespaceKeys { .. }
+            | Command::RetireNamespaceKey { .. }
             | Command::InitCluster(_)
             | Command::AddNode(_)
             | Command::SetLeaving(_)
@@ -1089,7 +1091,7 @@ impl Node {
 
     /// Creates or updates a namespace. A new confidential namespace gets its data key here
     /// (made at a key site, wrapped for every node of its key sites).
-    pub async fn put_namespace(&self, mut cfg: NamespaceConfig) -> Result<Response> {
+    pub async fn put_namespace(self: &Arc<Self>, mut cfg: NamespaceConfig) -> Result<Response> {
         crate::types::validate_namespace_config(&cfg)?;
         cfg.keys.clear();
         if cfg.class == crate::types::DataClass::Confidential {
@@ -1099,13 +1101,10 @@ impl Node {
                 Err(e) => return Err(e),
             };
             match existing {
-                Some(old) if old.key_sites != cfg.key_sites => {
-                    return Err(Error::Unsupported(format!(
-                        "namespace {:?}: changing key_sites needs key rotation, which is not built yet",
-                        cfg.name
-                    )))
-                }
-                // The state machine keeps the existing keys.
+                // Key sites changed, or a node joined a key site since the keys were wrapped:
+                // re-wrap (and rotate if a site was removed). The state machine keeps the keys
+                // on the PutNamespace below.
+                Some(old) if old.class == cfg.class => self.update_key_sites(&old, &cfg.key_sites).await?,
                 Some(_) => {}
                 None => cfg.keys.push(self.make_namespace_key(&cfg, 1)?),
             }

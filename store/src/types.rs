@@ -155,6 +155,20 @@ pub enum Command {
         ns: String,
         key: NamespaceKey,
     },
+    /// Metadata group: a confidential namespace's key sites and the wrapped copies of its key
+    /// versions (re-wrapped for the new set of nodes), applied only if its versions are still
+    /// `expected_versions` (a rotation in between makes the wrapping stale).
+    SetNamespaceKeys {
+        ns: String,
+        key_sites: Vec<String>,
+        keys: Vec<NamespaceKey>,
+        expected_versions: Vec<u32>,
+    },
+    /// Metadata group: drop a key version nothing uses any more (never the newest).
+    RetireNamespaceKey {
+        ns: String,
+        version: u32,
+    },
     /// Ledger group: append this block. Every node validates it as it applies it and refuses
     /// (a `Rejected` response, logged as an error) one that breaks a rule.
     LedgerBlock(edgefabric_ledger::block::Block),
@@ -266,6 +280,17 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             Ok(())
         }
         Command::PutNamespace(cfg) => validate_namespace_config(cfg),
+        Command::SetNamespaceKeys { ns, key_sites, keys, .. } => {
+            validate_namespace(ns)?;
+            if key_sites.is_empty() || key_sites.iter().any(|s| s.is_empty()) {
+                return Err(Error::invalid("key_sites", "must name at least one site"));
+            }
+            if keys.is_empty() {
+                return Err(Error::invalid("keys", "at least one key version"));
+            }
+            Ok(())
+        }
+        Command::RetireNamespaceKey { ns, .. } => validate_namespace(ns),
         Command::AddNamespaceKey { ns, key } => {
             validate_namespace(ns)?;
             if key.wrapped.is_empty() {
