@@ -104,14 +104,7 @@ impl Node {
     /// and starts re-encrypting the values under older versions in the background; progress in
     /// [`Node::rotation`]. Only at a key site.
     pub async fn rotate_key(self: &std::sync::Arc<Self>, ns: &str) -> Result<u32> {
-        let cfg = self.namespace(ns, Consistency::Linearizable).await?;
-        if cfg.class != DataClass::Confidential {
-            return Err(Error::invalid(
-                "namespace",
-                format!("{ns:?} is {}, not confidential", cfg.class.as_str()),
-            ));
-        }
-        self.require_key_site(&cfg)?;
+        let cfg = self.confidential_config(ns).await?;
         if self.rotation(ns).is_some_and(|r| !r.done) {
             return Err(Error::Unavailable(format!(
                 "a key rotation of {ns:?} is still re-encrypting; retry when it is done"
@@ -203,14 +196,7 @@ impl Node {
 
     /// Drops key version `version` of `ns` once no stored value uses it (never the newest).
     pub async fn retire_key(&self, ns: &str, version: u32) -> Result<()> {
-        let cfg = self.namespace(ns, Consistency::Linearizable).await?;
-        if cfg.class != DataClass::Confidential {
-            return Err(Error::invalid(
-                "namespace",
-                format!("{ns:?} is {}, not confidential", cfg.class.as_str()),
-            ));
-        }
-        self.require_key_site(&cfg)?;
+        let cfg = self.confidential_config(ns).await?;
         let versions: Vec<u32> = cfg.keys.iter().map(|k| k.version).collect();
         let newest = versions.iter().copied().max().unwrap_or(0);
         if version == newest || !versions.contains(&version) {
@@ -219,20 +205,7 @@ impl Node {
                 format!("{version} is the newest version or does not exist (versions {versions:?})"),
             ));
         }
-        let mut in_use = 0u64;
-        let mut after: Option<String> = None;
-        loop {
-            let (items, more) =
-                self.scan_stored(ns, "", after.as_deref(), 1000, Consistency::Linearizable).await?;
-            in_use += items
-                .iter()
-                .filter(|it| envelope::sealed_version(&it.value).is_ok_and(|v| v == version))
-                .count() as u64;
-            match (more, items.last()) {
-                (true, Some(last)) => after = Some(last.key.clone()),
-                _ => break,
-            }
-        }
+        let in_use = self.count_stored(ns, |v| v == version).await?;
         if in_use > 0 {
             return Err(Error::Forbidden(format!(
                 "{in_use} values of {ns:?} still use key version {version}; rotate to re-encrypt them first"
@@ -243,6 +216,36 @@ impl Node {
             crate::types::Response::Rejected(why) => Err(Error::invalid("version", why)),
             other => Err(Error::Internal(format!("unexpected {other:?}"))),
         }
+    }
+
+    /// A confidential namespace's config, read linearizably, at a key site only.
+    async fn confidential_config(&self, ns: &str) -> Result<NamespaceConfig> {
+        let cfg = self.namespace(ns, Consistency::Linearizable).await?;
+        if cfg.class != DataClass::Confidential {
+            return Err(Error::invalid(
+                "namespace",
+                format!("{ns:?} is {}, not confidential", cfg.class.as_str()),
+            ));
+        }
+        self.require_key_site(&cfg)?;
+        Ok(cfg)
+    }
+
+    /// How many stored values of `ns` are sealed under a key version matching `which`.
+    async fn count_stored(&self, ns: &str, which: impl Fn(u32) -> bool) -> Result<u64> {
+        let mut count = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let (items, more) =
+                self.scan_stored(ns, "", after.as_deref(), 1000, Consistency::Linearizable).await?;
+            count += items.iter().filter(|it| envelope::sealed_version(&it.value).is_ok_and(&which)).count()
+                as u64;
+            match (more, items.last()) {
+                (true, Some(last)) => after = Some(last.key.clone()),
+                _ => break,
+            }
+        }
+        Ok(count)
     }
 
     /// The rotation this node last ran for `ns`.
@@ -289,20 +292,7 @@ impl Node {
             }
         }
         // What is left under older versions (only writes that raced the key change).
-        let mut remaining = 0;
-        let mut after: Option<String> = None;
-        loop {
-            let (items, more) =
-                self.scan_stored(ns, "", after.as_deref(), 1000, Consistency::Linearizable).await?;
-            remaining += items
-                .iter()
-                .filter(|it| envelope::sealed_version(&it.value).is_ok_and(|v| v < version))
-                .count() as u64;
-            match (more, items.last()) {
-                (true, Some(last)) => after = Some(last.key.clone()),
-                _ => break,
-            }
-        }
+        let remaining = self.count_stored(ns, |v| v < version).await?;
         Ok(remaining)
     }
 

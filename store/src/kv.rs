@@ -278,6 +278,30 @@ impl KvStore {
         }
     }
 
+    /// Changes a confidential namespace's key configuration with `f` (an `Err` is the refusal's
+    /// reason, recorded as `Rejected` on every replica).
+    fn update_namespace(
+        &self,
+        overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+        ns: &str,
+        f: impl FnOnce(&mut NamespaceConfig) -> std::result::Result<(), String>,
+    ) -> Result<Response> {
+        let k = ns_key(ns);
+        let Some(mut cfg) =
+            self.read(&k, overlay)?.map(|b| codec::decode::<NamespaceConfig>(&b)).transpose()?
+        else {
+            return Ok(Response::Rejected(format!("namespace {ns:?} does not exist")));
+        };
+        if cfg.class != crate::types::DataClass::Confidential {
+            return Ok(Response::Rejected(format!("namespace {ns:?} is not confidential")));
+        }
+        if let Err(why) = f(&mut cfg) {
+            return Ok(Response::Rejected(format!("namespace {ns:?}: {why}")));
+        }
+        overlay.insert(k, Some(codec::encode(&cfg)?));
+        Ok(Response::Namespace { created: false })
+    }
+
     fn read(&self, key: &[u8], overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> Result<Option<Vec<u8>>> {
         if let Some(v) = overlay.get(key) {
             return Ok(v.clone());
@@ -388,62 +412,33 @@ impl KvStore {
             }
             Command::LedgerBlock(block) => self.apply_ledger_block(block, overlay),
             Command::SetNamespaceKeys { ns, key_sites, keys, expected_versions } => {
-                let k = ns_key(ns);
-                let Some(mut cfg) =
-                    self.read(&k, overlay)?.map(|b| codec::decode::<NamespaceConfig>(&b)).transpose()?
-                else {
-                    return Ok(Response::Rejected(format!("namespace {ns:?} does not exist")));
-                };
-                let versions: Vec<u32> = cfg.keys.iter().map(|k| k.version).collect();
-                let given: Vec<u32> = keys.iter().map(|k| k.version).collect();
-                if cfg.class != crate::types::DataClass::Confidential
-                    || versions != *expected_versions
-                    || given != versions
-                {
-                    return Ok(Response::Rejected(format!(
-                        "namespace {ns:?}: its key versions changed meanwhile (now {versions:?}); retry"
-                    )));
-                }
-                cfg.key_sites = key_sites.clone();
-                cfg.keys = keys.clone();
-                overlay.insert(k, Some(codec::encode(&cfg)?));
-                Ok(Response::Namespace { created: false })
+                self.update_namespace(overlay, ns, |cfg| {
+                    let versions: Vec<u32> = cfg.keys.iter().map(|k| k.version).collect();
+                    let given: Vec<u32> = keys.iter().map(|k| k.version).collect();
+                    if versions != *expected_versions || given != versions {
+                        return Err(format!("its key versions changed meanwhile (now {versions:?}); retry"));
+                    }
+                    cfg.key_sites = key_sites.clone();
+                    cfg.keys = keys.clone();
+                    Ok(())
+                })
             }
-            Command::RetireNamespaceKey { ns, version } => {
-                let k = ns_key(ns);
-                let Some(mut cfg) =
-                    self.read(&k, overlay)?.map(|b| codec::decode::<NamespaceConfig>(&b)).transpose()?
-                else {
-                    return Ok(Response::Rejected(format!("namespace {ns:?} does not exist")));
-                };
+            Command::RetireNamespaceKey { ns, version } => self.update_namespace(overlay, ns, |cfg| {
                 let newest = cfg.keys.iter().map(|k| k.version).max().unwrap_or(0);
                 if *version == newest || !cfg.keys.iter().any(|k| k.version == *version) {
-                    return Ok(Response::Rejected(format!(
-                        "namespace {ns:?}: version {version} is the newest or does not exist"
-                    )));
+                    return Err(format!("version {version} is the newest or does not exist"));
                 }
                 cfg.keys.retain(|k| k.version != *version);
-                overlay.insert(k, Some(codec::encode(&cfg)?));
-                Ok(Response::Namespace { created: false })
-            }
-            Command::AddNamespaceKey { ns, key } => {
-                let k = ns_key(ns);
-                let Some(mut cfg) =
-                    self.read(&k, overlay)?.map(|b| codec::decode::<NamespaceConfig>(&b)).transpose()?
-                else {
-                    return Ok(Response::Rejected(format!("namespace {ns:?} does not exist")));
-                };
+                Ok(())
+            }),
+            Command::AddNamespaceKey { ns, key } => self.update_namespace(overlay, ns, |cfg| {
                 let newest = cfg.keys.iter().map(|k| k.version).max().unwrap_or(0);
-                if cfg.class != crate::types::DataClass::Confidential || key.version != newest + 1 {
-                    return Ok(Response::Rejected(format!(
-                        "namespace {ns:?}: key version {} does not follow {newest} (or the namespace is not confidential)",
-                        key.version
-                    )));
+                if key.version != newest + 1 {
+                    return Err(format!("key version {} does not follow {newest}", key.version));
                 }
                 cfg.keys.push(key.clone());
-                overlay.insert(k, Some(codec::encode(&cfg)?));
-                Ok(Response::Namespace { created: false })
-            }
+                Ok(())
+            }),
             Command::LedgerSubmit(_) => Ok(Response::Rejected("ledger submissions are not proposed".into())),
             Command::MarkSeen { node, instance } => {
                 overlay.insert(seen_key(*node), Some(instance.to_be_bytes().to_vec()));
@@ -797,6 +792,108 @@ mod tests {
         let mut broken = initial_map(&nodes, 4, 3);
         broken.shards.pop();
         assert!(matches!(apply1(&kv, 3, &Command::InitCluster(broken)), Response::Rejected(_)));
+    }
+
+    #[test]
+    fn namespace_keys_and_classes_are_guarded() {
+        use crate::types::{DataClass, NamespaceKey};
+        let kv = KvStore::temporary().unwrap();
+        let key =
+            |v: u32| NamespaceKey { version: v, wrapped: [(1u64, vec![v as u8; 80])].into_iter().collect() };
+        let mut med = NamespaceConfig {
+            name: "med".into(),
+            class: DataClass::Confidential,
+            home_site: None,
+            key_sites: vec!["a".into()],
+            replicas: 3,
+            keys: vec![key(1)],
+        };
+        assert_eq!(
+            apply1(&kv, 1, &Command::PutNamespace(med.clone())),
+            Response::Namespace { created: true }
+        );
+        // A second creation with another key keeps the first key; the class cannot change.
+        med.keys = vec![key(9)];
+        assert_eq!(
+            apply1(&kv, 2, &Command::PutNamespace(med.clone())),
+            Response::Namespace { created: false }
+        );
+        assert_eq!(kv.namespace("med").unwrap().unwrap().keys, vec![key(1)]);
+        let mut public = med.clone();
+        public.class = DataClass::Public;
+        assert!(matches!(apply1(&kv, 3, &Command::PutNamespace(public)), Response::Rejected(_)));
+        // Versions must follow each other.
+        let add = |v| Command::AddNamespaceKey { ns: "med".into(), key: key(v) };
+        assert!(matches!(apply1(&kv, 4, &add(3)), Response::Rejected(_)));
+        assert_eq!(apply1(&kv, 5, &add(2)), Response::Namespace { created: false });
+        // The newest version cannot be retired; an older one can.
+        let retire = |v| Command::RetireNamespaceKey { ns: "med".into(), version: v };
+        assert!(matches!(apply1(&kv, 6, &retire(2)), Response::Rejected(_)));
+        assert_eq!(apply1(&kv, 7, &retire(1)), Response::Namespace { created: false });
+        // Re-wrapping applies only over the versions it was made for.
+        let set = |expected: Vec<u32>| Command::SetNamespaceKeys {
+            ns: "med".into(),
+            key_sites: vec!["a".into(), "b".into()],
+            keys: vec![key(2)],
+            expected_versions: expected,
+        };
+        assert!(matches!(apply1(&kv, 8, &set(vec![1, 2])), Response::Rejected(_)));
+        assert_eq!(apply1(&kv, 9, &set(vec![2])), Response::Namespace { created: false });
+        let cfg = kv.namespace("med").unwrap().unwrap();
+        assert_eq!((cfg.key_sites.len(), cfg.keys.len()), (2, 1));
+        // None of these apply to a public namespace.
+        assert!(matches!(
+            apply1(&kv, 10, &Command::AddNamespaceKey { ns: "default".into(), key: key(1) }),
+            Response::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn a_site_local_namespace_gets_a_pinned_shard_in_the_same_apply() {
+        use crate::shard::{initial_map, NodeInfo};
+        use crate::types::DataClass;
+        let kv = KvStore::temporary().unwrap();
+        let cams = NamespaceConfig {
+            name: "cams".into(),
+            class: DataClass::SiteLocal,
+            home_site: Some("b".into()),
+            key_sites: vec![],
+            replicas: 3,
+            keys: vec![],
+        };
+        // No map yet: refused, and nothing is created.
+        assert!(matches!(apply1(&kv, 1, &Command::PutNamespace(cams.clone())), Response::Rejected(_)));
+        assert!(kv.namespace("cams").unwrap().is_none());
+        let nodes: Vec<NodeInfo> = ["a", "b", "c", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| NodeInfo {
+                id: i as u64 + 1,
+                site: s.to_string(),
+                addr: format!("n{i}"),
+                http: String::new(),
+                public_key: String::new(),
+            })
+            .collect();
+        apply1(&kv, 2, &Command::InitCluster(initial_map(&nodes, 4, 3)));
+        assert_eq!(
+            apply1(&kv, 3, &Command::PutNamespace(cams.clone())),
+            Response::Namespace { created: true }
+        );
+        let map = kv.cluster_map().unwrap().unwrap();
+        let mut replicas = map.shard_for("cams", "k").unwrap().replicas.clone();
+        replicas.sort();
+        assert_eq!(replicas, vec![2, 4]);
+        // Its home site cannot change.
+        let mut moved = cams.clone();
+        moved.home_site = Some("a".into());
+        assert!(matches!(apply1(&kv, 4, &Command::PutNamespace(moved)), Response::Rejected(_)));
+        // A home site without nodes is refused.
+        let mut z = cams;
+        z.name = "z".into();
+        z.home_site = Some("z".into());
+        assert!(matches!(apply1(&kv, 5, &Command::PutNamespace(z)), Response::Rejected(_)));
+        assert!(kv.namespace("z").unwrap().is_none());
     }
 
     #[test]
