@@ -6,6 +6,9 @@
 //! with `Forbidden`, naming the key sites.
 //!
 //! Keys (the names) are not encrypted: they route writes to shards. Only values are.
+//!
+//! Site-local namespaces are gated here too: served only by nodes at their home site (their
+//! shard's placement is in `shard.rs`, `ClusterMap::pin_namespace`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
