@@ -4,6 +4,7 @@
 //! are zeroized on drop.
 
 pub mod envelope;
+pub mod paseto;
 
 use std::fs;
 use std::io::Write;
