@@ -1,0 +1,201 @@
+//! Access tokens and roles (issue 6, first part; not wired into the routes yet): PASETO
+//! v4.public tokens signed by the cluster's admin key, carrying a subject, roles, an expiry, an
+//! issue time and a token id; and the rules of what each role allows, as pure functions.
+//!
+//! Roles (CONTRACT.md): `reader:NS`, `writer:NS`, `admin:NS`, `auditor`, `publisher`, `admin`.
+//! `admin` allows everything; `admin:NS` ⊇ `writer:NS` ⊇ `reader:NS` within one namespace;
+//! `auditor` reads the audit log, `publisher` registers images.
+
+use edgefabric_crypto::{paseto, Identity, PublicKey};
+use serde::{Deserialize, Serialize};
+
+/// The implicit assertion every EdgeFabric token is bound to (not carried in the token), so a
+/// PASETO made for another purpose with the same key cannot pass as an access token.
+const IMPLICIT: &[u8] = b"edgefabric-access-token-v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The token's subject (who the audit log names).
+    pub sub: String,
+    pub roles: Vec<String>,
+    /// Issued at and expires at, seconds since the Unix epoch.
+    pub iat: u64,
+    pub exp: u64,
+    /// Token id, for revocation.
+    pub jti: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Reader(String),
+    Writer(String),
+    NsAdmin(String),
+    Auditor,
+    Publisher,
+    Admin,
+}
+
+/// What an operation needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permission {
+    Read(String),
+    Write(String),
+    /// Create or change the namespace, rotate its keys.
+    ManageNamespace(String),
+    Audit,
+    Publish,
+    /// Cluster membership, publishers, tokens.
+    ClusterAdmin,
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Permission::Read(ns) => write!(f, "reader:{ns}"),
+            Permission::Write(ns) => write!(f, "writer:{ns}"),
+            Permission::ManageNamespace(ns) => write!(f, "admin:{ns}"),
+            Permission::Audit => f.write_str("auditor"),
+            Permission::Publish => f.write_str("publisher"),
+            Permission::ClusterAdmin => f.write_str("admin"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid role {0:?}: use reader:NS, writer:NS, admin:NS, auditor, publisher or admin")]
+    BadRole(String),
+    #[error("the token is malformed or not signed by this cluster")]
+    BadToken,
+    #[error("the token expired")]
+    Expired,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Role, AuthError> {
+        let bad = || AuthError::BadRole(s.to_string());
+        let ns = |n: &str| -> Result<String, AuthError> {
+            edgefabric_store::types::validate_namespace(n).map_err(|_| bad())?;
+            Ok(n.to_string())
+        };
+        match s.split_once(':') {
+            Some(("reader", n)) => Ok(Role::Reader(ns(n)?)),
+            Some(("writer", n)) => Ok(Role::Writer(ns(n)?)),
+            Some(("admin", n)) => Ok(Role::NsAdmin(ns(n)?)),
+            None if s == "auditor" => Ok(Role::Auditor),
+            None if s == "publisher" => Ok(Role::Publisher),
+            None if s == "admin" => Ok(Role::Admin),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Whether this role alone grants `p`.
+    pub fn grants(&self, p: &Permission) -> bool {
+        match (self, p) {
+            (Role::Admin, _) => true,
+            (
+                Role::NsAdmin(a),
+                Permission::Read(b) | Permission::Write(b) | Permission::ManageNamespace(b),
+            ) => a == b,
+            (Role::Writer(a), Permission::Read(b) | Permission::Write(b)) => a == b,
+            (Role::Reader(a), Permission::Read(b)) => a == b,
+            (Role::Auditor, Permission::Audit) => true,
+            (Role::Publisher, Permission::Publish) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether any of `roles` grants `p` (unparseable roles grant nothing).
+pub fn allows(roles: &[String], p: &Permission) -> bool {
+    roles.iter().filter_map(|r| Role::parse(r).ok()).any(|r| r.grants(p))
+}
+
+/// Issues a token for `claims`, signed by the cluster's admin key.
+pub fn issue(admin: &Identity, claims: &Claims) -> Result<String, AuthError> {
+    for r in &claims.roles {
+        Role::parse(r)?;
+    }
+    let payload = serde_json::to_vec(claims).map_err(|_| AuthError::BadToken)?;
+    Ok(paseto::sign(admin, &payload, b"", IMPLICIT))
+}
+
+/// Verifies a token and its expiry at `now` (seconds since the epoch); returns its claims.
+pub fn verify(admin: &PublicKey, token: &str, now: u64) -> Result<Claims, AuthError> {
+    let payload = paseto::verify(admin, token, b"", IMPLICIT).map_err(|_| AuthError::BadToken)?;
+    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| AuthError::BadToken)?;
+    if now >= claims.exp {
+        return Err(AuthError::Expired);
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(roles: &[&str], exp: u64) -> Claims {
+        Claims {
+            sub: "app-1".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            iat: 100,
+            exp,
+            jti: "t1".into(),
+        }
+    }
+
+    #[test]
+    fn roles_parse_strictly() {
+        assert_eq!(Role::parse("reader:med"), Ok(Role::Reader("med".into())));
+        assert_eq!(Role::parse("admin"), Ok(Role::Admin));
+        assert_eq!(Role::parse("admin:med"), Ok(Role::NsAdmin("med".into())));
+        for bad in ["", "reader", "reader:", "reader:Bad NS", "root", "auditor:med", "writer:a:b"] {
+            assert!(Role::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The matrix of roles × permissions × namespaces.
+    #[test]
+    fn what_each_role_allows() {
+        use Permission::*;
+        let perms = |ns: &str| {
+            vec![Read(ns.into()), Write(ns.into()), ManageNamespace(ns.into()), Audit, Publish, ClusterAdmin]
+        };
+        let table: [(&str, [bool; 6]); 6] = [
+            ("reader:med", [true, false, false, false, false, false]),
+            ("writer:med", [true, true, false, false, false, false]),
+            ("admin:med", [true, true, true, false, false, false]),
+            ("auditor", [false, false, false, true, false, false]),
+            ("publisher", [false, false, false, false, true, false]),
+            ("admin", [true, true, true, true, true, true]),
+        ];
+        for (role, want) in table {
+            for (p, w) in perms("med").iter().zip(want) {
+                assert_eq!(allows(&[role.to_string()], p), w, "{role} for {p}");
+            }
+            // Namespace roles do not reach another namespace.
+            if role.contains(':') {
+                for p in perms("other").iter().take(3) {
+                    assert!(!allows(&[role.to_string()], p), "{role} for {p}");
+                }
+            }
+        }
+        assert!(!allows(&["bogus".to_string()], &Read("med".into())));
+        assert!(allows(&["bogus".to_string(), "reader:med".to_string()], &Read("med".into())));
+    }
+
+    #[test]
+    fn tokens_verify_until_they_expire_and_only_under_the_cluster_key() {
+        let admin = Identity::from_seed(&[1; 32]);
+        let t = issue(&admin, &claims(&["writer:med"], 1000)).unwrap();
+        assert!(t.starts_with("v4.public."));
+        assert_eq!(verify(&admin.public_key(), &t, 999).unwrap(), claims(&["writer:med"], 1000));
+        assert_eq!(verify(&admin.public_key(), &t, 1000), Err(AuthError::Expired));
+        let other = Identity::from_seed(&[2; 32]).public_key();
+        assert_eq!(verify(&other, &t, 10), Err(AuthError::BadToken));
+        // A PASETO by the same key without the access-token assertion is not a token.
+        let plain = paseto::sign(&admin, &serde_json::to_vec(&claims(&["admin"], 1000)).unwrap(), b"", b"");
+        assert_eq!(verify(&admin.public_key(), &plain, 10), Err(AuthError::BadToken));
+        assert!(matches!(issue(&admin, &claims(&["root"], 1000)), Err(AuthError::BadRole(_))));
+    }
+}
