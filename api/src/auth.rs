@@ -1,4 +1,4 @@
-//! Access tokens and roles (issue 6, first part; not wired into the routes yet): PASETO
+//! Access tokens and roles (issue 6, first part): PASETO
 //! v4.public tokens signed by the cluster's admin key, carrying a subject, roles, an expiry, an
 //! issue time and a token id; and the rules of what each role allows, as pure functions.
 //!
@@ -42,6 +42,8 @@ pub enum Permission {
     Write(String),
     /// Create or change the namespace, rotate its keys.
     ManageNamespace(String),
+    /// For `/v1/audit` (issue 6, next).
+    #[allow(dead_code)]
     Audit,
     Publish,
     /// Cluster membership, publishers, tokens.
@@ -109,6 +111,36 @@ impl Role {
 /// Whether any of `roles` grants `p` (unparseable roles grant nothing).
 pub fn allows(roles: &[String], p: &Permission) -> bool {
     roles.iter().filter_map(|r| Role::parse(r).ok()).any(|r| r.grants(p))
+}
+
+/// The cluster's token-signing key, derived from the admin token every node holds (the root
+/// credential already: whoever has it is admin), so every node can issue and check tokens
+/// without another secret to distribute.
+pub fn signing_key(admin_token: &str) -> Identity {
+    let seed =
+        edgefabric_crypto::sha256(format!("edgefabric-token-signing-key-v1\0{admin_token}").as_bytes());
+    Identity::from_seed(&seed)
+}
+
+/// The permission a REST request needs, from its method and path (`None`: any valid token).
+/// `batch_namespaces` are the namespaces of a `/v1/batch` body's operations.
+pub fn permission_for(method: &str, path: &str, batch_namespaces: &[String]) -> Vec<Permission> {
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let write = matches!(method, "PUT" | "POST" | "DELETE");
+    match seg.as_slice() {
+        ["v1", "kv", ns, ..] => {
+            let ns = ns.to_string();
+            vec![if write { Permission::Write(ns) } else { Permission::Read(ns) }]
+        }
+        ["v1", "batch"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
+        ["v1", "namespaces"] => vec![],
+        ["v1", "namespaces", ns] if !write => vec![Permission::Read(ns.to_string())],
+        ["v1", "namespaces", ns, ..] => vec![Permission::ManageNamespace(ns.to_string())],
+        ["v1", "images", ..] => vec![Permission::Publish],
+        ["v1", "cluster", "status" | "route"] => vec![],
+        // Cluster membership, publishers, tokens, and anything not listed: the admin.
+        _ => vec![Permission::ClusterAdmin],
+    }
 }
 
 /// Issues a token for `claims`, signed by the cluster's admin key.

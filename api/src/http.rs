@@ -38,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/route", get(cluster_route))
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
+        .route("/v1/tokens", post(issue_token))
         .route("/v1/publishers", post(ledger::add_publisher))
         .route("/v1/images", post(ledger::register_image))
         .route("/v1/images/batch", post(ledger::register_images))
@@ -66,16 +67,106 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Authentication (401) and authorization (403, naming the missing permission) of every
+/// `/v1` route but the ledger's public reads: the admin token, or an access token whose roles
+/// grant what the route needs (`auth::permission_for`).
 async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return ApiError::unauthenticated("missing Authorization: Bearer <token> header").into_response();
     };
-    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-    match token {
-        Some(t) if st.check_token(t) => next.run(req).await,
-        Some(_) => ApiError::unauthenticated("invalid token").into_response(),
-        None => ApiError::unauthenticated("Authorization header must be 'Bearer <token>'").into_response(),
+    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
+        return ApiError::unauthenticated("Authorization header must be 'Bearer <token>'").into_response();
+    };
+    let roles = match st.roles(token) {
+        Ok(r) => r,
+        Err(crate::auth::AuthError::Expired) => {
+            return ApiError::unauthenticated("the token expired").into_response()
+        }
+        Err(_) => return ApiError::unauthenticated("invalid token").into_response(),
+    };
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    // A batch's namespaces are in its body: read it (bounded), then hand it on unchanged.
+    let (req, batch_ns) =
+        if path == "/v1/batch" && !crate::auth::allows(&roles, &crate::auth::Permission::ClusterAdmin) {
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_argument",
+                    "body: larger than 1 MiB",
+                )
+                .into_response();
+            };
+            let ns: Vec<String> = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    v["ops"]
+                        .as_array()
+                        .map(|ops| ops.iter().filter_map(|o| o["ns"].as_str().map(String::from)).collect())
+                })
+                .unwrap_or_default();
+            (Request::from_parts(parts, Body::from(bytes)), ns)
+        } else {
+            (req, vec![])
+        };
+    for p in crate::auth::permission_for(&method, &path, &batch_ns) {
+        if !crate::auth::allows(&roles, &p) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                format!("this needs the role {p}"),
+            )
+            .into_response();
+        }
     }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    subject: String,
+    roles: Vec<String>,
+    /// Seconds until it expires (default one day).
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /v1/tokens` (admin): an access token for `subject` with `roles`.
+async fn issue_token(
+    State(st): State<Arc<AppState>>,
+    JsonBody(b): JsonBody<TokenBody>,
+) -> ApiResult<Response> {
+    if b.subject.is_empty() || b.subject.len() > 256 || b.subject.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("subject: 1 to 256 characters, no control characters"));
+    }
+    if b.roles.is_empty() {
+        return Err(ApiError::bad_request("roles: give at least one"));
+    }
+    let ttl = b.ttl_secs.unwrap_or(86_400);
+    if ttl == 0 || ttl > 366 * 86_400 {
+        return Err(ApiError::bad_request("ttl_secs: between 1 and 366 days"));
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let jti = edgefabric_crypto::random_token()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let claims = crate::auth::Claims {
+        sub: b.subject.clone(),
+        roles: b.roles.clone(),
+        iat: now,
+        exp: now + ttl,
+        jti: jti.clone(),
+    };
+    let token = crate::auth::issue(&st.token_key, &claims)
+        .map_err(|e| ApiError::bad_request(format!("roles: {e}")))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"token": token, "subject": b.subject, "roles": b.roles, "expires": now + ttl, "id": jti}),
+        ),
+    )
+        .into_response())
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {

@@ -1,6 +1,5 @@
 //! `edgefabric`: the node (`serve`), cluster setup (`cluster init`) and the client commands.
 
-#[allow(dead_code)] // issue 6: wired into the routes next
 mod auth;
 mod client;
 mod cluster;
@@ -80,6 +79,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Access tokens: `token issue` asks the cluster for one (admin token needed).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// App images: sign, register, revoke, and verify offline against pinned node keys.
     Image {
         #[command(subcommand)]
@@ -95,6 +99,37 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ledger_cli::LedgerCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issue an access token; prints it as the last word of standard output.
+    Issue {
+        #[arg(long)]
+        subject: String,
+        /// reader:NS, writer:NS, admin:NS, auditor, publisher or admin; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// How long it is valid: e.g. 30s, 15m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+/// "30s", "15m", "24h", "7d" → seconds.
+fn parse_ttl(s: &str) -> Result<u64> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().with_context(|| format!("--ttl {s:?}: expected a number and s, m, h or d"))?;
+    let mult = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("--ttl {s:?}: the unit must be s, m, h or d"),
+    };
+    Ok(n * mult)
 }
 
 #[derive(Subcommand)]
@@ -365,6 +400,16 @@ async fn run(cli: Cli) -> Result<i32> {
             print_json(
                 &c.json(Method::GET, &format!("/v1/namespaces/{}", encode_segment(&ns)), None).await?,
             )?;
+        }
+        Cmd::Token { cmd: TokenCmd::Issue { subject, roles, ttl, client } } => {
+            for r in &roles {
+                auth::Role::parse(r).with_context(|| "--role".to_string())?;
+            }
+            let c = Client::new(&client)?;
+            let body = json!({"subject": subject, "roles": roles, "ttl_secs": parse_ttl(&ttl)?});
+            let v = c.json(Method::POST, "/v1/tokens", Some(body)).await?;
+            eprintln!("token for {subject} ({}), expires at {} (Unix time)", roles.join(", "), v["expires"]);
+            println!("{}", v["token"].as_str().unwrap_or_default());
         }
         Cmd::Image { cmd } => return ledger_cli::image(cmd).await,
         Cmd::Publisher { cmd } => return ledger_cli::publisher(cmd).await,

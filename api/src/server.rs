@@ -15,11 +15,29 @@ use crate::grpc;
 pub struct AppState {
     pub node: Arc<Node>,
     admin_token: String,
+    /// Signs and checks access tokens (derived from the admin token; see `auth.rs`).
+    pub token_key: edgefabric_crypto::Identity,
 }
 
 impl AppState {
+    pub fn new(node: Arc<Node>, admin_token: String) -> Self {
+        let token_key = crate::auth::signing_key(&admin_token);
+        AppState { node, admin_token, token_key }
+    }
+
     pub fn check_token(&self, presented: &str) -> bool {
         edgefabric_crypto::constant_time_eq(presented.as_bytes(), self.admin_token.as_bytes())
+    }
+
+    /// The roles a bearer token carries: the admin token is `admin`; an access token, its roles
+    /// (if signed by this cluster and not expired).
+    pub fn roles(&self, presented: &str) -> Result<Vec<String>, crate::auth::AuthError> {
+        if self.check_token(presented) {
+            return Ok(vec!["admin".into()]);
+        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(crate::auth::verify(&self.token_key.public_key(), presented, now)?.roles)
     }
 }
 
@@ -49,7 +67,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         TcpListener::bind(cfg.http).await.with_context(|| format!("binding HTTP {}", cfg.http))?;
 
     let node = Node::start(cfg.node_options(identity.clone())?).await.context("starting the node")?;
-    let state = Arc::new(AppState { node: node.clone(), admin_token });
+    let state = Arc::new(AppState::new(node.clone(), admin_token));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {

@@ -1,0 +1,120 @@
+//! Access tokens against a real node (issue 6, first part): `token issue`, and what each role
+//! may do over REST (200/403/401).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use reqwest::Method;
+
+const READY: Duration = Duration::from_secs(30);
+
+async fn call(c: &Cluster, token: &str, method: Method, path: &str, body: Option<&str>) -> u16 {
+    let mut req = c.client.request(method, format!("{}{path}", c.http(1))).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_carry_roles_and_every_route_checks_them() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let admin = c.token.clone();
+    let token_file = c.token_file();
+    let token_file = token_file.to_str().unwrap().to_string();
+    assert_eq!(call(&c, &admin, Method::PUT, "/v1/namespaces/med", Some(r#"{"class":"public"}"#)).await, 201);
+    assert_eq!(call(&c, &admin, Method::PUT, "/v1/namespaces/ops", Some(r#"{"class":"public"}"#)).await, 201);
+    let issue = |roles: &[&str], ttl: &str| {
+        let mut args: Vec<String> = vec!["token".into(), "issue".into(), "--subject".into(), "app-1".into()];
+        for r in roles {
+            args.push("--role".into());
+            args.push(r.to_string());
+        }
+        args.extend([
+            "--ttl".into(),
+            ttl.into(),
+            "--endpoint".into(),
+            c.http(1).into(),
+            "--token-file".into(),
+            token_file.clone(),
+        ]);
+        args
+    };
+    let mut tokens = std::collections::BTreeMap::new();
+    for role in ["reader:med", "writer:med", "admin:med", "auditor", "publisher"] {
+        let args = issue(&[role], "1h");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = c.cli(&args).await;
+        assert!(ok, "{out} {err}");
+        let token = out.split_whitespace().last().unwrap().to_string();
+        assert!(token.starts_with("v4.public."), "{out}");
+        tokens.insert(role, token);
+    }
+    // Bad roles are refused before anything is issued; only the admin may issue.
+    let args = issue(&["root"], "1h");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(!c.cli(&args).await.0);
+    let body = r#"{"subject":"x","roles":["admin"]}"#;
+    assert_eq!(call(&c, &tokens["writer:med"], Method::POST, "/v1/tokens", Some(body)).await, 403);
+
+    // (role, method, path, body) → expected status.
+    let cases: [(&str, Method, &str, Option<&str>, u16); 17] = [
+        ("reader:med", Method::GET, "/v1/kv/med/k", None, 404),
+        ("reader:med", Method::PUT, "/v1/kv/med/k", Some("v"), 403),
+        ("reader:med", Method::GET, "/v1/kv/ops/k", None, 403),
+        ("writer:med", Method::PUT, "/v1/kv/med/k", Some("v"), 200),
+        ("writer:med", Method::GET, "/v1/kv/med/k", None, 200),
+        ("writer:med", Method::DELETE, "/v1/kv/ops/k", None, 403),
+        ("writer:med", Method::PUT, "/v1/namespaces/med", Some(r#"{"class":"public"}"#), 403),
+        (
+            "writer:med",
+            Method::POST,
+            "/v1/batch",
+            Some(r#"{"ops":[{"op":"delete","ns":"med","key":"k"}]}"#),
+            200,
+        ),
+        (
+            "writer:med",
+            Method::POST,
+            "/v1/batch",
+            Some(r#"{"ops":[{"op":"delete","ns":"ops","key":"k"}]}"#),
+            403,
+        ),
+        ("admin:med", Method::PUT, "/v1/namespaces/med", Some(r#"{"class":"public"}"#), 200),
+        ("admin:med", Method::PUT, "/v1/kv/med/k2", Some("v"), 200),
+        ("admin:med", Method::POST, "/v1/cluster/nodes", Some("{}"), 403),
+        ("auditor", Method::GET, "/v1/kv/med/k", None, 403),
+        ("publisher", Method::GET, "/v1/kv/med/k", None, 403),
+        ("publisher", Method::POST, "/v1/publishers", Some(r#"{"id":"p","public_key":"x"}"#), 403),
+        ("reader:med", Method::GET, "/v1/cluster/status", None, 200),
+        (
+            "publisher",
+            Method::POST,
+            "/v1/images",
+            Some(r#"{"name":"n","digest":"sha256:00","publisher":"p","signature":""}"#),
+            400,
+        ),
+    ];
+    for (role, method, path, body, want) in cases {
+        let got = call(&c, &tokens[role], method.clone(), path, body).await;
+        assert_eq!(got, want, "{role} {method} {path}");
+    }
+    // The admin token still does everything; garbage and tampered tokens are 401.
+    assert_eq!(call(&c, &admin, Method::GET, "/v1/kv/ops/k", None).await, 404);
+    assert_eq!(call(&c, "v4.public.AAAA", Method::GET, "/v1/kv/med/k", None).await, 401);
+    let mut t = tokens["admin:med"].clone();
+    t.insert(20, if t.as_bytes()[20] == b'A' { 'B' } else { 'A' });
+    assert_eq!(call(&c, &t, Method::GET, "/v1/kv/med/k", None).await, 401);
+    // An expired token is 401.
+    let args = issue(&["reader:med"], "1s");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, _) = c.cli(&args).await;
+    assert!(ok);
+    let short = out.split_whitespace().last().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(call(&c, &short, Method::GET, "/v1/kv/med/k", None).await, 401);
+}
