@@ -10,6 +10,16 @@ use reqwest::Method;
 
 const READY: Duration = Duration::from_secs(30);
 
+mod grpc {
+    tonic::include_proto!("edgefabric.v1");
+}
+
+fn with<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
 async fn call(c: &Cluster, token: &str, method: Method, path: &str, body: Option<&str>) -> u16 {
     let mut req = c.client.request(method, format!("{}{path}", c.http(1))).bearer_auth(token);
     if let Some(b) = body {
@@ -109,6 +119,22 @@ async fn tokens_carry_roles_and_every_route_checks_them() {
     let mut t = tokens["admin:med"].clone();
     t.insert(20, if t.as_bytes()[20] == b'A' { 'B' } else { 'A' });
     assert_eq!(call(&c, &t, Method::GET, "/v1/kv/med/k", None).await, 401);
+    // The same rules over gRPC.
+    let mut kv = grpc::kv_client::KvClient::connect(c.grpc(1).to_string()).await.unwrap();
+    let get = grpc::GetRequest { ns: "med".into(), key: "k2".into(), stale: false };
+    assert!(kv.get(with(&tokens["reader:med"], get.clone())).await.is_ok());
+    let put = grpc::PutRequest { ns: "med".into(), key: "g".into(), value: b"v".to_vec(), cas: None };
+    let err = kv.put(with(&tokens["reader:med"], put.clone())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("writer:med"), "{err}");
+    assert!(kv.put(with(&tokens["writer:med"], put)).await.is_ok());
+    let err = kv.get(with("v4.public.AAAA", get)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut cluster = grpc::cluster_client::ClusterClient::connect(c.grpc(1).to_string()).await.unwrap();
+    let rm = grpc::RemoveNodeRequest { id: 1 };
+    let err = cluster.remove_node(with(&tokens["admin:med"], rm)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
     // An expired token is 401.
     let args = issue(&["reader:med"], "1s");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

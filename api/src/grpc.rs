@@ -6,6 +6,7 @@ use edgefabric_store::node::Consistency;
 use edgefabric_store::types::{Command, Op, Response as SmResponse};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Permission;
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -24,15 +25,22 @@ pub struct KvService {
 }
 
 impl KvService {
-    fn auth<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Authenticates the call (the admin token or an access token) and checks that its roles
+    /// grant every permission in `needs` — the same rules as the REST routes (`auth.rs`).
+    fn auth<T>(&self, req: &Request<T>, needs: &[Permission]) -> Result<(), Status> {
         let Some(v) = req.metadata().get("authorization") else {
             return Err(Status::unauthenticated("missing authorization: Bearer <token> metadata"));
         };
-        let token = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-        match token {
-            Some(t) if self.state.check_token(t) => Ok(()),
-            _ => Err(Status::unauthenticated("invalid token")),
+        let Some(token) = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
+            return Err(Status::unauthenticated("authorization must be 'Bearer <token>'"));
+        };
+        let roles = self.state.roles(token).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        for p in needs {
+            if !crate::auth::allows(&roles, p) {
+                return Err(Status::permission_denied(format!("this needs the role {p}")));
+            }
         }
+        Ok(())
     }
 
     async fn write(&self, ops: Vec<Op>) -> Result<(u64, Vec<bool>), Status> {
@@ -63,7 +71,7 @@ fn consistency(stale: bool) -> Consistency {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        self.auth(&req)?;
+        self.auth(&req, &[Permission::Write(req.get_ref().ns.clone())])?;
         let r = req.into_inner();
         self.check_value(&r.value)?;
         let (revision, _) =
@@ -72,7 +80,7 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.auth(&req)?;
+        self.auth(&req, &[Permission::Read(req.get_ref().ns.clone())])?;
         let r = req.into_inner();
         let rec = self.state.node.get(&r.ns, &r.key, consistency(r.stale)).await.map_err(ApiError::from)?;
         Ok(Response::new(match rec {
@@ -82,14 +90,14 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.auth(&req)?;
+        self.auth(&req, &[Permission::Write(req.get_ref().ns.clone())])?;
         let r = req.into_inner();
         let (revision, existed) = self.write(vec![Op::Delete { ns: r.ns, key: r.key, cas: r.cas }]).await?;
         Ok(Response::new(pb::DeleteResponse { revision, deleted: existed.first().copied().unwrap_or(false) }))
     }
 
     async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
-        self.auth(&req)?;
+        self.auth(&req, &[Permission::Read(req.get_ref().ns.clone())])?;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };
         let after = (!r.after.is_empty()).then_some(r.after.as_str());
@@ -108,7 +116,17 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        self.auth(&req)?;
+        let needs: Vec<Permission> = req
+            .get_ref()
+            .ops
+            .iter()
+            .filter_map(|o| match &o.op {
+                Some(pb::batch_op::Op::Put(p)) => Some(Permission::Write(p.ns.clone())),
+                Some(pb::batch_op::Op::Delete(d)) => Some(Permission::Write(d.ns.clone())),
+                None => None,
+            })
+            .collect();
+        self.auth(&req, &needs)?;
         let mut ops = vec![];
         for (i, op) in req.into_inner().ops.into_iter().enumerate() {
             ops.push(match op.op {
@@ -140,7 +158,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        self.kv.auth(&req)?;
+        self.kv.auth(&req, &[])?;
         let v = crate::cluster::view(&self.kv.state.node).await?;
         let hex = |s: &str| u64::from_str_radix(s, 16).unwrap_or_default();
         Ok(Response::new(pb::ClusterStatusResponse {
@@ -181,7 +199,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn route(&self, req: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
-        self.kv.auth(&req)?;
+        self.kv.auth(&req, &[])?;
         let r = req.into_inner();
         let (shard, replicas, epoch) = crate::cluster::route(&self.kv.state.node, &r.ns, &r.key)?;
         Ok(Response::new(pb::RouteResponse { shard, replicas, epoch }))
@@ -191,7 +209,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
-        self.kv.auth(&req)?;
+        self.kv.auth(&req, &[Permission::ClusterAdmin])?;
         let r = req.into_inner();
         let epoch =
             crate::cluster::add_node(&self.kv.state.node, r.id, &r.site, &r.grpc, &r.http, &r.public_key)
@@ -203,7 +221,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        self.kv.auth(&req)?;
+        self.kv.auth(&req, &[Permission::ClusterAdmin])?;
         let epoch = crate::cluster::remove_node(&self.kv.state.node, req.into_inner().id).await?;
         Ok(Response::new(pb::RemoveNodeResponse { epoch }))
     }
@@ -237,7 +255,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::AddPublisherRequest>,
     ) -> Result<Response<pb::AddPublisherResponse>, Status> {
-        self.kv.auth(&req)?;
+        self.kv.auth(&req, &[Permission::ClusterAdmin])?;
         let r = req.into_inner();
         let key: [u8; 32] = r
             .public_key
@@ -254,7 +272,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::RegisterImageRequest>,
     ) -> Result<Response<pb::RegisterImageResponse>, Status> {
-        self.kv.auth(&req)?;
+        self.kv.auth(&req, &[Permission::Publish])?;
         let r = req.into_inner();
         let (log_index, created) =
             crate::ledger::register_core(&self.kv.state, &r.name, &r.digest, &r.publisher, r.signature)
@@ -266,7 +284,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::RevokeImageRequest>,
     ) -> Result<Response<pb::RevokeImageResponse>, Status> {
-        self.kv.auth(&req)?;
+        self.kv.auth(&req, &[Permission::Publish])?;
         let r = req.into_inner();
         let by = match (r.publisher.is_empty(), r.signature.is_empty()) {
             (false, false) => Some((r.publisher.as_str(), r.signature)),
