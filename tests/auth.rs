@@ -135,6 +135,25 @@ async fn tokens_carry_roles_and_every_route_checks_them() {
     let err = cluster.remove_node(with(&tokens["admin:med"], rm)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
+    // A revoked token stops working at once (one node here; the metadata group carries it).
+    let id = {
+        let claims_b64 = tokens["writer:med"].trim_start_matches("v4.public.").to_string();
+        let body =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims_b64).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&body[..body.len() - 64]).unwrap();
+        claims["jti"].as_str().unwrap().to_string()
+    };
+    assert_eq!(call(&c, &tokens["writer:med"], Method::GET, "/v1/kv/med/k2", None).await, 200);
+    let (ok, out, err) =
+        c.cli(&["token", "revoke", "--id", &id, "--endpoint", c.http(1), "--token-file", &token_file]).await;
+    assert!(ok, "{out} {err}");
+    assert_eq!(call(&c, &tokens["writer:med"], Method::GET, "/v1/kv/med/k2", None).await, 401);
+    assert_eq!(
+        call(&c, &tokens["reader:med"], Method::GET, "/v1/kv/med/k2", None).await,
+        200,
+        "others still work"
+    );
+
     // An expired token is 401.
     let args = issue(&["reader:med"], "1s");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -192,6 +192,14 @@ async fn no_quorum_is_a_clear_503_not_a_hang() {
     c.start_all();
     c.wait_ready(READY).await;
     c.put(1, "default", "before", b"1").await.unwrap();
+    // The write is acknowledged once a quorum has it; node 1's own replica may still lag (the
+    // shard's leader may be elsewhere). Wait until it has applied it, so the stale read below
+    // has something local to serve.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get(1, "default", "before", true).await != Ok(Some(b"1".to_vec())) {
+        assert!(Instant::now() < deadline, "node 1 never applied the acknowledged write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.kill9(2);
     c.kill9(3);
     let started = Instant::now();

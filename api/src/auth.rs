@@ -71,6 +71,8 @@ pub enum AuthError {
     BadToken,
     #[error("the token expired")]
     Expired,
+    #[error("the token was revoked")]
+    Revoked,
 }
 
 impl Role {

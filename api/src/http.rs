@@ -39,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/tokens", post(issue_token))
+        .route("/v1/tokens/revoke", post(revoke_token))
         .route("/v1/publishers", post(ledger::add_publisher))
         .route("/v1/images", post(ledger::register_image))
         .route("/v1/images/batch", post(ledger::register_images))
@@ -79,8 +80,8 @@ async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next
     };
     let roles = match st.roles(token) {
         Ok(r) => r,
-        Err(crate::auth::AuthError::Expired) => {
-            return ApiError::unauthenticated("the token expired").into_response()
+        Err(e @ (crate::auth::AuthError::Expired | crate::auth::AuthError::Revoked)) => {
+            return ApiError::unauthenticated(e.to_string()).into_response()
         }
         Err(_) => return ApiError::unauthenticated("invalid token").into_response(),
     };
@@ -131,6 +132,23 @@ struct TokenBody {
     /// Seconds until it expires (default one day).
     #[serde(default)]
     ttl_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeTokenBody {
+    id: String,
+}
+
+/// `POST /v1/tokens/revoke` `{"id": "..."}` (admin): the token stops working on every node.
+async fn revoke_token(
+    State(st): State<Arc<AppState>>,
+    JsonBody(b): JsonBody<RevokeTokenBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    // Kept for at most the longest lifetime a token can have.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    st.node.propose(Command::RevokeToken { id: b.id.clone(), expires: now + 366 * 86_400 }).await?;
+    Ok(Json(json!({"revoked": b.id})))
 }
 
 /// `POST /v1/tokens` (admin): an access token for `subject` with `roles`.

@@ -116,6 +116,13 @@ enum TokenCmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Revoke a token by its id (printed by `token issue` on standard error).
+    Revoke {
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 /// "30s", "15m", "24h", "7d" → seconds.
@@ -408,8 +415,17 @@ async fn run(cli: Cli) -> Result<i32> {
             let c = Client::new(&client)?;
             let body = json!({"subject": subject, "roles": roles, "ttl_secs": parse_ttl(&ttl)?});
             let v = c.json(Method::POST, "/v1/tokens", Some(body)).await?;
-            eprintln!("token for {subject} ({}), expires at {} (Unix time)", roles.join(", "), v["expires"]);
+            eprintln!(
+                "token {} for {subject} ({}), expires at {} (Unix time)",
+                v["id"].as_str().unwrap_or_default(),
+                roles.join(", "),
+                v["expires"]
+            );
             println!("{}", v["token"].as_str().unwrap_or_default());
+        }
+        Cmd::Token { cmd: TokenCmd::Revoke { id, client } } => {
+            let c = Client::new(&client)?;
+            print_json(&c.json(Method::POST, "/v1/tokens/revoke", Some(json!({ "id": id }))).await?)?;
         }
         Cmd::Image { cmd } => return ledger_cli::image(cmd).await,
         Cmd::Publisher { cmd } => return ledger_cli::publisher(cmd).await,

@@ -37,7 +37,11 @@ impl AppState {
         }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(crate::auth::verify(&self.token_key.public_key(), presented, now)?.roles)
+        let claims = crate::auth::verify(&self.token_key.public_key(), presented, now)?;
+        if self.node.token_revoked(&claims.jti) {
+            return Err(crate::auth::AuthError::Revoked);
+        }
+        Ok(claims.roles)
     }
 }
 

@@ -109,6 +109,12 @@ fn data_key(ns: &str, key: &str) -> Vec<u8> {
     k
 }
 
+fn revoked_key(id: &str) -> Vec<u8> {
+    let mut k = vec![b't'];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 fn seen_key(node: u64) -> Vec<u8> {
     let mut k = vec![b's'];
     k.extend_from_slice(&node.to_be_bytes());
@@ -411,6 +417,10 @@ impl KvStore {
                 Ok(Response::None)
             }
             Command::LedgerBlock(block) => self.apply_ledger_block(block, overlay),
+            Command::RevokeToken { id, expires } => {
+                overlay.insert(revoked_key(id), Some(expires.to_be_bytes().to_vec()));
+                Ok(Response::None)
+            }
             Command::SetNamespaceKeys { ns, key_sites, keys, expected_versions } => {
                 self.update_namespace(overlay, ns, |cfg| {
                     let versions: Vec<u32> = cfg.keys.iter().map(|k| k.version).collect();
@@ -566,6 +576,11 @@ impl KvStore {
 
     /// Nodes recorded by `Command::MarkSeen`.
     /// Nodes recorded by `Command::MarkSeen`, with the data-directory instance seen.
+    /// Whether the access token with this id was revoked (metadata group).
+    pub fn token_revoked(&self, id: &str) -> Result<bool> {
+        Ok(self.tree.get(revoked_key(id))?.is_some())
+    }
+
     pub fn seen(&self) -> Result<Vec<(u64, u64)>> {
         let mut out = vec![];
         for kv in self.tree.scan_prefix(b"s") {

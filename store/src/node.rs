@@ -934,6 +934,7 @@ impl Node {
             | Command::AddNamespaceKey { .. }
             | Command::SetNamespaceKeys { .. }
             | Command::RetireNamespaceKey { .. }
+            | Command::RevokeToken { .. }
             | Command::InitCluster(_)
             | Command::AddNode(_)
             | Command::SetLeaving(_)
@@ -1110,6 +1111,13 @@ impl Node {
             }
         }
         self.propose(Command::PutNamespace(cfg)).await
+    }
+
+    /// Whether an access token was revoked, as this node's metadata replica knows (a revocation
+    /// reaches every node as fast as the metadata group replicates: well within seconds).
+    pub fn token_revoked(&self, id: &str) -> bool {
+        // Fail closed: if the metadata replica cannot be read, treat the token as revoked.
+        self.meta().map(|m| m.kv.token_revoked(id).unwrap_or(true)).unwrap_or(true)
     }
 
     pub async fn namespace(&self, ns: &str, consistency: Consistency) -> Result<NamespaceConfig> {

@@ -164,6 +164,12 @@ pub enum Command {
         keys: Vec<NamespaceKey>,
         expected_versions: Vec<u32>,
     },
+    /// Metadata group: revoke an access token by its id (`expires`: when it would have
+    /// expired anyway, so the entry can be forgotten after).
+    RevokeToken {
+        id: String,
+        expires: u64,
+    },
     /// Metadata group: drop a key version nothing uses any more (never the newest).
     RetireNamespaceKey {
         ns: String,
@@ -291,6 +297,12 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             Ok(())
         }
         Command::RetireNamespaceKey { ns, .. } => validate_namespace(ns),
+        Command::RevokeToken { id, .. } => {
+            if id.is_empty() || id.len() > 128 {
+                return Err(Error::invalid("id", "a token id is 1 to 128 characters"));
+            }
+            Ok(())
+        }
         Command::AddNamespaceKey { ns, key } => {
             validate_namespace(ns)?;
             if key.wrapped.is_empty() {
