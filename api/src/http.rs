@@ -309,7 +309,9 @@ async fn put_namespace(
     match st.node.put_namespace(cfg.clone()).await? {
         SmResponse::Namespace { created } => {
             let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok((code, Json(namespace_json(&cfg))).into_response())
+            // As stored (with its key versions), not as sent.
+            let stored = st.node.namespace(&cfg.name, Consistency::Linearizable).await.unwrap_or(cfg);
+            Ok((code, Json(namespace_json(&stored))).into_response())
         }
         SmResponse::Rejected(why) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
         other => Err(unexpected(other)),
