@@ -385,14 +385,15 @@ pub async fn image_core(st: &AppState, digest: &str) -> ApiResult<Option<ImageVi
     entry::check_digest(digest).map_err(bad)?;
     let Some(status) = st.node.ledger_image(digest).await? else { return Ok(None) };
     let (note, cp) = st.node.ledger_checkpoint().await?;
-    let prove = |index: u64, e: Entry| async move {
-        let hashes = st.node.ledger_inclusion_proof(index, cp.size).await?;
+    let prove = |index: u64, e: Entry| {
+        // The checkpoint is of this node's applied head: no second read barrier.
+        let hashes = st.node.ledger_inclusion_proof_applied(index, cp.size)?;
         let leaf = e.leaf_bytes().map_err(bad)?;
         Ok::<_, ApiError>(ProvenEntry { entry: e, leaf, log_index: index, hashes })
     };
-    let registration = prove(status.record.registered_index, status.registration.clone()).await?;
+    let registration = prove(status.record.registered_index, status.registration.clone())?;
     let (latest, registration) = match (status.revocation, status.record.revoked_index) {
-        (Some(rev), Some(i)) => (prove(i, rev).await?, Some(registration)),
+        (Some(rev), Some(i)) => (prove(i, rev)?, Some(registration)),
         _ => (registration, None),
     };
     Ok(Some(ImageView {

@@ -278,7 +278,7 @@ impl Node {
                 if old >= version {
                     continue;
                 }
-                let plain = self.open_value(ns, &it.key, it.value.clone()).await?;
+                let plain = self.open_value(&cfg, &it.key, it.value.clone()).await?;
                 let sealed = envelope::seal(&new_key, version, ns, &it.key, &plain)
                     .map_err(|e| Error::Internal(e.to_string()))?;
                 let op =
@@ -362,49 +362,67 @@ impl Node {
         Ok(out)
     }
 
-    /// Opens a confidential value read from `ns` (and refuses the read away from key sites).
-    pub(crate) async fn open_value(&self, ns: &str, key: &str, sealed: Vec<u8>) -> Result<Vec<u8>> {
-        let cfg = self.namespace_config(ns).await?;
+    /// Opens a value read from a namespace whose access `check_readable` granted (public and
+    /// site-local values are stored as they are).
+    pub(crate) async fn open_value(
+        &self,
+        cfg: &NamespaceConfig,
+        key: &str,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         if cfg.class != DataClass::Confidential {
             return Ok(sealed);
         }
-        self.require_key_site(&cfg)?;
+        let ns = &cfg.name;
         let version = envelope::sealed_version(&sealed)
             .map_err(|e| Error::Storage(format!("{ns}/{key}: stored value is not sealed: {e}")))?;
         // A version newer than this replica's config: a rotation it has not seen yet.
-        let cfg = if cfg.keys.iter().any(|k| k.version == version) {
-            cfg
+        let dk = if cfg.keys.iter().any(|k| k.version == version) {
+            self.data_key(cfg, version)?
         } else {
-            self.namespace(ns, Consistency::Linearizable).await?
+            self.data_key(&self.namespace(ns, Consistency::Linearizable).await?, version)?
         };
-        let dk = self.data_key(&cfg, version)?;
         envelope::open(&dk, ns, key, &sealed).map_err(|e| Error::Storage(format!("{ns}/{key}: {e}")))
     }
 
-    /// Refuses reads of a confidential namespace away from its key sites before any work.
-    pub(crate) async fn check_readable(&self, ns: &str) -> Result<()> {
+    /// The namespace's config if this node may serve its reads: confidential ones only at key
+    /// sites, site-local ones only at the home site (an error naming them otherwise).
+    pub(crate) async fn check_readable(&self, ns: &str) -> Result<NamespaceConfig> {
         let cfg = self.namespace_config(ns).await?;
         match cfg.class {
-            DataClass::Confidential => self.require_key_site(&cfg),
-            DataClass::SiteLocal => self.require_home_site(&cfg),
-            DataClass::Public => Ok(()),
+            DataClass::Confidential => self.require_key_site(&cfg)?,
+            DataClass::SiteLocal => self.require_home_site(&cfg)?,
+            DataClass::Public => {}
         }
+        Ok(cfg)
     }
 
-    pub(crate) async fn open_record(&self, ns: &str, key: &str, r: Option<Record>) -> Result<Option<Record>> {
+    pub(crate) async fn open_record(
+        &self,
+        cfg: &NamespaceConfig,
+        key: &str,
+        r: Option<Record>,
+    ) -> Result<Option<Record>> {
         match r {
             Some(mut rec) => {
-                rec.value = self.open_value(ns, key, rec.value).await?;
+                rec.value = self.open_value(cfg, key, rec.value).await?;
                 Ok(Some(rec))
             }
             None => Ok(None),
         }
     }
 
-    pub(crate) async fn open_items(&self, ns: &str, items: Vec<ScanItem>) -> Result<Vec<ScanItem>> {
+    pub(crate) async fn open_items(
+        &self,
+        cfg: &NamespaceConfig,
+        items: Vec<ScanItem>,
+    ) -> Result<Vec<ScanItem>> {
+        if cfg.class != DataClass::Confidential {
+            return Ok(items);
+        }
         let mut out = Vec::with_capacity(items.len());
         for mut it in items {
-            it.value = self.open_value(ns, &it.key, it.value).await?;
+            it.value = self.open_value(cfg, &it.key, it.value).await?;
             out.push(it);
         }
         Ok(out)

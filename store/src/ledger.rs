@@ -383,6 +383,13 @@ impl Node {
         chain::inclusion_proof(g.kv.tree(), index, size).map_err(ledger_err)
     }
 
+    /// An inclusion proof for a size this node has already applied (e.g. that of a checkpoint
+    /// it just made): no read barrier, the log is append-only up to that size.
+    pub fn ledger_inclusion_proof_applied(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        let g = self.ledger_readable()?;
+        chain::inclusion_proof(g.kv.tree(), index, size).map_err(ledger_err)
+    }
+
     pub async fn ledger_consistency_proof(&self, from: u64, to: u64) -> Result<(Vec<Hash>, Hash, Hash)> {
         let g = self.ledger_read().await?;
         let tree = g.kv.tree();

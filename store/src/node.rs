@@ -1153,10 +1153,10 @@ impl Node {
     pub async fn get(&self, ns: &str, key: &str, consistency: Consistency) -> Result<Option<Record>> {
         validate_namespace(ns)?;
         validate_key(key)?;
-        self.require_namespace(ns).await?;
-        self.check_readable(ns).await?;
+        // The namespace's existence, class and site rules in one lookup.
+        let cfg = self.check_readable(ns).await?;
         let r = self.get_stored(ns, key, consistency).await?;
-        self.open_record(ns, key, r).await
+        self.open_record(&cfg, key, r).await
     }
 
     /// A key's record as stored (sealed, for confidential namespaces).
@@ -1244,10 +1244,9 @@ impl Node {
         if limit == 0 || limit > 10_000 {
             return Err(Error::invalid("limit", format!("{limit} must be between 1 and 10000")));
         }
-        self.require_namespace(ns).await?;
-        self.check_readable(ns).await?;
+        let cfg = self.check_readable(ns).await?;
         let (items, more) = self.scan_stored(ns, prefix, after, limit, consistency).await?;
-        Ok((self.open_items(ns, items).await?, more))
+        Ok((self.open_items(&cfg, items).await?, more))
     }
 
     pub(crate) async fn scan_stored(
