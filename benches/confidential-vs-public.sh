@@ -12,29 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release -q -p edgefabric --bin edgefabric --bin edgefabric-loadgen
-BIN=target/release
-WORK=$(mktemp -d /tmp/ef-conf.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-"$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port 24400 --out "$WORK/ef" >/dev/null
-for k in 1 2 3; do
-  EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$WORK/ef/node$k.toml" >"$WORK/ef$k.log" 2>&1 &
-  PIDS+=($!)
-done
-for k in 1 2 3; do
-  url="http://127.0.0.1:$((24400 + 2 * (k - 1) + 1))"
-  for _ in $(seq 1 120); do curl -sf "$url/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
-  curl -sf "$url/readyz" >/dev/null || { echo "node $k not ready" >&2; exit 1; }
-done
+source benches/cluster.sh
+start_cluster 24400
 "$BIN/edgefabric" ns create conf --class confidential --key-sites a,b,c \
-  --endpoint http://127.0.0.1:24401 --token-file "$WORK/ef/admin.token" >/dev/null
+  --endpoint "${HTTP[0]}" --token-file "$EF_DIR/admin.token" >/dev/null
 
 "$BIN/edgefabric-loadgen" \
-  --edgefabric http://127.0.0.1:24400,http://127.0.0.1:24402,http://127.0.0.1:24404 \
-  --token-file "$WORK/ef/admin.token" --ns default,conf --value-size 1024 "$@"
+  --edgefabric "$(IFS=,; echo "${GRPC[*]}")" \
+  --token-file "$EF_DIR/admin.token" --ns default,conf --value-size 1024 "$@"

@@ -11,30 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release -q -p edgefabric --bin edgefabric --bin edgefabric-ledger-load
-BIN=target/release
-WORK=$(mktemp -d /tmp/ef-ledger-load.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source benches/cluster.sh
+start_cluster 24200
 
-"$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port 24200 --out "$WORK/ef" >/dev/null
-for k in 1 2 3; do
-  EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$WORK/ef/node$k.toml" >"$WORK/ef$k.log" 2>&1 &
-  PIDS+=($!)
-done
-HTTP=()
-for k in 1 2 3; do
-  url="http://127.0.0.1:$((24200 + 2 * (k - 1) + 1))"
-  HTTP+=("$url")
-  for _ in $(seq 1 120); do curl -sf "$url/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
-  curl -sf "$url/readyz" >/dev/null || { echo "node $k not ready" >&2; exit 1; }
-done
-
-"$BIN/edgefabric-ledger-load" --http "$(IFS=,; echo "${HTTP[*]}")" --token-file "$WORK/ef/admin.token" "$@"
+"$BIN/edgefabric-ledger-load" --http "$(IFS=,; echo "${HTTP[*]}")" --token-file "$EF_DIR/admin.token" "$@"
 
 echo
 head_of() { curl -sf "$1/v1/ledger/status" | grep -o '"head_hash":"[0-9a-f]*"'; }
@@ -46,4 +26,4 @@ done
 for url in "${HTTP[@]}"; do echo "$url: $(curl -sf "$url/v1/ledger/status")"; done
 [ "$h1" = "$h2" ] && [ "$h2" = "$h3" ] || { echo "the nodes' chains differ" >&2; exit 1; }
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
-"$BIN/edgefabric" ledger verify --data "$WORK/ef/node1" --config "$WORK/ef/node1.toml"
+"$BIN/edgefabric" ledger verify --data "$EF_DIR/node1" --config "$EF_DIR/node1.toml"

@@ -113,6 +113,13 @@ async fn tokens_carry_roles_and_every_route_checks_them() {
         let got = call(&c, &tokens[role], method.clone(), path, body).await;
         assert_eq!(got, want, "{role} {method} {path}");
     }
+    // Reads of a namespace that does not exist are 404 naming it (get and scan).
+    for path in ["/v1/kv/nope/k", "/v1/kv/nope?prefix=a"] {
+        let r = c.client.get(format!("{}{path}", c.http(1))).bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("namespace") && body.contains("nope"), "{path}: {body}");
+    }
     // The admin token still does everything; garbage and tampered tokens are 401.
     assert_eq!(call(&c, &admin, Method::GET, "/v1/kv/ops/k", None).await, 404);
     assert_eq!(call(&c, "v4.public.AAAA", Method::GET, "/v1/kv/med/k", None).await, 401);

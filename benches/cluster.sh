@@ -1,0 +1,29 @@
+# Shared by the benchmark scripts: a 3-node release EdgeFabric cluster on loopback.
+#   source benches/cluster.sh; start_cluster BASE_PORT   → $WORK, $EF_DIR, $HTTP (array), $GRPC (array)
+# Sites a, b, c; node K uses gRPC BASE+2(K-1) and HTTP BASE+2(K-1)+1. Stopped on exit.
+BIN=target/release
+WORK=$(mktemp -d /tmp/ef-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+start_cluster() { # base port
+  local base=$1
+  EF_DIR="$WORK/ef"
+  "$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port "$base" --out "$EF_DIR" >/dev/null
+  HTTP=(); GRPC=()
+  for k in 1 2 3; do
+    EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$EF_DIR/node$k.toml" >"$WORK/ef$k.log" 2>&1 &
+    PIDS+=($!)
+    GRPC+=("http://127.0.0.1:$((base + 2 * (k - 1)))")
+    HTTP+=("http://127.0.0.1:$((base + 2 * (k - 1) + 1))")
+  done
+  for url in "${HTTP[@]}"; do
+    for _ in $(seq 1 120); do curl -sf "$url/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
+    curl -sf "$url/readyz" >/dev/null || { echo "not ready: $url" >&2; exit 1; }
+  done
+}
