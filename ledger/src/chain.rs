@@ -12,6 +12,10 @@
 //!   hashes per entry; every proof is a handful of lookups.
 //! - `Ln` ‖ node id (u64 BE) → [`NodeMember`]; `Lp` ‖ publisher id → [`PublisherRecord`];
 //!   `Li` ‖ digest → [`ImageRecord`]: the current state the rules check against.
+//! - `Las` ‖ node ‖ instance (u64 BE each) → the last admitted audit sequence number (u64 BE).
+//! - Audit indexes, built on apply, value empty: `LaT` ‖ time ‖ index, `LaN` ‖ namespace ‖ 0 ‖
+//!   time ‖ index, `LaA` ‖ actor ‖ 0 ‖ time ‖ index (time in ms, u64 BE; names hold no 0 byte,
+//!   the field rules refuse control characters). [`audit_query`] walks one of them.
 //!
 //! Determinism contract: [`apply_block`] decides validity from the stored state and the block
 //! alone, and returns the writes instead of making them, so a rejected block changes nothing.
@@ -54,6 +58,44 @@ fn publisher_key(id: &str) -> Vec<u8> {
 
 fn image_key(digest: &str) -> Vec<u8> {
     key2(b"Li", digest.as_bytes())
+}
+
+fn audit_seq_key(node: u64, instance: u64) -> Vec<u8> {
+    let mut k = b"Las".to_vec();
+    k.extend_from_slice(&node.to_be_bytes());
+    k.extend_from_slice(&instance.to_be_bytes());
+    k
+}
+
+/// An audit index's key prefix: by time alone, or by a name (namespace or actor) then time.
+pub(crate) fn audit_index_prefix(tag: &[u8], name: Option<&str>) -> Vec<u8> {
+    let mut k = tag.to_vec();
+    if let Some(n) = name {
+        k.extend_from_slice(n.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+pub(crate) fn audit_index_key(prefix: &[u8], time_ms: u64, index: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&time_ms.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The last audit sequence number admitted for a node's data-directory instance (0: none).
+pub fn audit_last_seq(s: &dyn Store, node: u64, instance: u64) -> Result<u64> {
+    match s.get(&audit_seq_key(node, instance))? {
+        None => Ok(0),
+        Some(v) => {
+            let b: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| LedgerError::Storage("audit sequence: not 8 bytes".into()))?;
+            Ok(u64::from_be_bytes(b))
+        }
+    }
 }
 
 fn key2(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -446,6 +488,24 @@ fn check_entry(
                             rule(format!("an audit record of node {} written by node {id}", a.node)).into()
                         );
                     }
+                    let last = audit_last_seq(st, a.node, a.instance)?;
+                    if a.seq <= last {
+                        return Err(dup(format!(
+                            "audit record {} of node {} (instance {}) is already recorded",
+                            a.seq, a.node, a.instance
+                        ))
+                        .into());
+                    }
+                    if a.seq != last + 1 {
+                        return Err(rule(format!(
+                            "audit record {} of node {} (instance {}) skips ahead: the next is {}",
+                            a.seq,
+                            a.node,
+                            a.instance,
+                            last + 1
+                        ))
+                        .into());
+                    }
                 }
                 EntryKind::ImageRegistered { .. } => return Err(role(&e.author).into()),
             }
@@ -527,7 +587,16 @@ fn admit(st: &mut Staged, e: &Entry, index: u64) -> Result<Hash> {
             img.revoked_index = Some(index);
             st.put(image_key(digest), entry::encode(&img)?);
         }
-        EntryKind::Audit(_) => {}
+        EntryKind::Audit(a) => {
+            st.put(audit_seq_key(a.node, a.instance), a.seq.to_be_bytes().to_vec());
+            for prefix in [
+                audit_index_prefix(b"LaT", None),
+                audit_index_prefix(b"LaN", Some(&a.ns)),
+                audit_index_prefix(b"LaA", Some(&a.actor)),
+            ] {
+                st.put(audit_index_key(&prefix, a.time_ms, index), vec![]);
+            }
+        }
     }
     let leaf = e.leaf_bytes()?;
     let h = merkle::leaf_hash(&leaf);

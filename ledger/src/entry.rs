@@ -61,7 +61,20 @@ pub struct AuditRecord {
     pub status: u16,
     /// Milliseconds since the Unix epoch, at the serving node.
     pub time_ms: u64,
+    /// The serving node's data-directory instance: a node whose disk was replaced starts a new
+    /// sequence.
+    pub instance: u64,
+    /// Position in the serving node's audit queue for this instance: 1, 2, 3, ... The chain
+    /// admits each (node, instance) sequence in order and without gaps, so a record cannot be
+    /// recorded twice, and a missing one would stop the node's later records (never silently
+    /// skipped).
+    pub seq: u64,
 }
+
+/// The `result` of an access that was served.
+pub const AUDIT_ALLOWED: &str = "allowed";
+/// The `result` of an access that was refused (authentication or authorization).
+pub const AUDIT_DENIED: &str = "denied";
 
 /// What an entry records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +225,18 @@ impl Entry {
                     if let Some(v) = v {
                         check(field, v)?;
                     }
+                }
+                if a.key.is_some() && a.key_hash.is_some() {
+                    return Err(LedgerError::invalid(
+                        "key_hash",
+                        "a record names the key or its hash, not both",
+                    ));
+                }
+                if a.result != AUDIT_ALLOWED && a.result != AUDIT_DENIED {
+                    return Err(LedgerError::invalid("result", "must be \"allowed\" or \"denied\""));
+                }
+                if a.seq == 0 {
+                    return Err(LedgerError::invalid("seq", "audit sequences start at 1"));
                 }
             }
         }

@@ -4,11 +4,13 @@
 //! - `entry`: typed, signed entries and their canonical encodings;
 //! - `block`: block headers, the per-block merkle-cbt entry root and its multi-proofs;
 //! - `chain`: validation rules, the chain store and its indexes, fast proofs over stored
-//!   subtree hashes, and full re-verification of a stored chain (tamper detection).
+//!   subtree hashes, and full re-verification of a stored chain (tamper detection);
+//! - `audit`: auditors' queries over the audit records, from the chain's indexes.
 //!
 //! The node's replication runtime (store/) orders blocks with raft and calls
 //! [`chain::apply_block`] on every node; the API crate serves proofs and checkpoints.
 
+pub mod audit;
 pub mod block;
 pub mod chain;
 pub mod entry;

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use edgefabric_crypto::Identity;
+use edgefabric_ledger::audit::{audit_query, AuditPage, AuditQuery, Cursor};
 use edgefabric_ledger::block::Block;
 use edgefabric_ledger::chain::{self, Signatures};
-use edgefabric_ledger::entry::{image_message, revocation_message, Author, Entry, EntryKind};
+use edgefabric_ledger::entry::{image_message, revocation_message, AuditRecord, Author, Entry, EntryKind};
 use edgefabric_ledger::{merkle, Invalid, LedgerError};
 
 struct Fixture {
@@ -208,7 +209,7 @@ fn rules_reject_each_kind_of_bad_entry() {
     assert!(r[0].is_ok() && r[1].is_err(), "{r:?}");
     assert_eq!(block.unwrap().entries.len(), 1);
     // An audit record claiming another node.
-    let rec = edgefabric_ledger::entry::AuditRecord {
+    let rec = AuditRecord {
         actor: "app".into(),
         node: 2,
         ns: "default".into(),
@@ -218,6 +219,8 @@ fn rules_reject_each_kind_of_bad_entry() {
         result: "allowed".into(),
         status: 200,
         time_ms: 1,
+        instance: 7,
+        seq: 1,
     };
     let (_, r) =
         chain::build_block(&f.tree, &[f.node_entry(1, EntryKind::Audit(rec.clone()))], 0, 1).unwrap();
@@ -548,4 +551,144 @@ fn large_batches_check_signatures_in_parallel_with_the_same_outcome() {
     let (w, _) = chain::apply_block(&f.tree, &block, Some(&f.genesis), Signatures::Batch).unwrap();
     commit(&f.tree, w);
     assert!(f.verify().is_ok());
+}
+
+fn audit(node: u64, instance: u64, seq: u64, ns: &str, actor: &str, action: &str, time_ms: u64) -> EntryKind {
+    EntryKind::Audit(AuditRecord {
+        actor: actor.into(),
+        node,
+        ns: ns.into(),
+        key: Some(format!("k{seq}")),
+        key_hash: None,
+        action: action.into(),
+        result: if action == "kv.delete" { "denied".into() } else { "allowed".into() },
+        status: if action == "kv.delete" { 403 } else { 200 },
+        time_ms,
+        instance,
+        seq,
+    })
+}
+
+#[test]
+fn audit_sequences_are_admitted_in_order_once_and_without_gaps() {
+    let f = Fixture::new();
+    // Two records of one node in one block: in order, both admitted.
+    f.append_ok(vec![
+        f.node_entry(2, audit(2, 7, 1, "a", "app", "kv.put", 10)),
+        f.node_entry(2, audit(2, 7, 2, "a", "app", "kv.put", 11)),
+    ]);
+    assert_eq!(chain::audit_last_seq(&f.tree, 2, 7).unwrap(), 2);
+    // The same record again (a retried submission) is a duplicate and left out.
+    let (block, r) =
+        chain::build_block(&f.tree, &[f.node_entry(2, audit(2, 7, 2, "a", "app", "kv.put", 11))], 0, 1)
+            .unwrap();
+    assert!(block.is_none());
+    assert!(
+        matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Duplicate { .. }, .. })),
+        "{r:?}"
+    );
+    // Skipping ahead is refused: a lost record would show, not vanish.
+    let (_, r) =
+        chain::build_block(&f.tree, &[f.node_entry(2, audit(2, 7, 4, "a", "app", "kv.put", 12))], 0, 1)
+            .unwrap();
+    assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Rule { .. }, .. })), "{r:?}");
+    // Sequence 0 never exists.
+    let (_, r) =
+        chain::build_block(&f.tree, &[f.node_entry(2, audit(2, 8, 0, "a", "app", "kv.put", 12))], 0, 1)
+            .unwrap();
+    assert!(r[0].is_err());
+    // A new instance (the node's disk was replaced) starts its own sequence; other nodes have theirs.
+    f.append_ok(vec![
+        f.node_entry(2, audit(2, 8, 1, "a", "app", "kv.put", 12)),
+        f.node_entry(3, audit(3, 1, 1, "a", "app", "kv.put", 12)),
+    ]);
+    // The first instance's sequence goes on where it was.
+    f.append_ok(vec![f.node_entry(2, audit(2, 7, 3, "a", "app", "kv.put", 13))]);
+    assert_eq!(chain::audit_last_seq(&f.tree, 2, 7).unwrap(), 3);
+    assert_eq!(chain::audit_last_seq(&f.tree, 2, 8).unwrap(), 1);
+    // Both a key and its hash is malformed.
+    let mut both = audit(2, 7, 4, "a", "app", "kv.put", 14);
+    if let EntryKind::Audit(a) = &mut both {
+        a.key_hash = Some("h".into());
+    }
+    let (_, r) = chain::build_block(&f.tree, &[f.node_entry(2, both)], 0, 1).unwrap();
+    assert!(r[0].is_err());
+    assert!(chain::verify_chain(&f.tree, Some(&f.genesis)).unwrap().is_some());
+}
+
+#[test]
+fn audit_queries_filter_page_and_stop_at_their_budget() {
+    let f = Fixture::new();
+    let mut entries = vec![];
+    // 60 records: namespaces a/b alternate, actors x/y/z rotate, every 5th a denied delete.
+    for seq in 1..=60u64 {
+        let ns = if seq % 2 == 0 { "a" } else { "b" };
+        let actor = ["x", "y", "z"][(seq % 3) as usize];
+        let action = if seq % 5 == 0 { "kv.delete" } else { "kv.put" };
+        entries.push(f.node_entry(1, audit(1, 1, seq, ns, actor, action, 1000 + seq)));
+    }
+    f.append_ok(entries);
+    let q = |ns: Option<&str>, actor: Option<&str>, action: Option<&str>, result: Option<&str>| AuditQuery {
+        ns: ns.map(Into::into),
+        actor: actor.map(Into::into),
+        action: action.map(Into::into),
+        result: result.map(Into::into),
+        from_ms: 0,
+        to_ms: u64::MAX,
+        after: None,
+        limit: 1000,
+    };
+    let seqs = |p: &AuditPage| p.records.iter().map(|h| h.record.seq).collect::<Vec<_>>();
+    let expect = |pred: &dyn Fn(u64) -> bool| (1..=60u64).filter(|s| pred(*s)).collect::<Vec<_>>();
+    let all = audit_query(&f.tree, &q(None, None, None, None), usize::MAX).unwrap();
+    assert_eq!(seqs(&all), expect(&|_| true));
+    assert!(all.next.is_none());
+    let a = audit_query(&f.tree, &q(Some("a"), None, None, None), usize::MAX).unwrap();
+    assert_eq!(seqs(&a), expect(&|s| s % 2 == 0));
+    let ay = audit_query(&f.tree, &q(Some("a"), Some("y"), None, None), usize::MAX).unwrap();
+    assert_eq!(seqs(&ay), expect(&|s| s % 2 == 0 && s % 3 == 1));
+    let z = audit_query(&f.tree, &q(None, Some("z"), None, None), usize::MAX).unwrap();
+    assert_eq!(seqs(&z), expect(&|s| s % 3 == 2));
+    let denied = audit_query(&f.tree, &q(None, None, None, Some("denied")), usize::MAX).unwrap();
+    assert_eq!(seqs(&denied), expect(&|s| s % 5 == 0));
+    let deletes_b = audit_query(&f.tree, &q(Some("b"), None, Some("kv.delete"), None), usize::MAX).unwrap();
+    assert_eq!(seqs(&deletes_b), expect(&|s| s % 5 == 0 && s % 2 == 1));
+    assert!(audit_query(&f.tree, &q(Some("nope"), None, None, None), usize::MAX).unwrap().records.is_empty());
+    // Time range, inclusive at both ends.
+    let mut tq = q(None, None, None, None);
+    tq.from_ms = 1010;
+    tq.to_ms = 1020;
+    assert_eq!(seqs(&audit_query(&f.tree, &tq, usize::MAX).unwrap()), expect(&|s| (10..=20).contains(&s)));
+    // Paging with limit 7 visits every record once, in order.
+    let mut pq = q(Some("a"), None, None, None);
+    pq.limit = 7;
+    let mut seen = vec![];
+    loop {
+        let page = audit_query(&f.tree, &pq, usize::MAX).unwrap();
+        assert!(page.records.len() <= 7);
+        seen.extend(seqs(&page));
+        match page.next {
+            Some(c) => pq.after = Some(Cursor::parse(&c.to_string()).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expect(&|s| s % 2 == 0));
+    // A small budget stops early with a cursor, even with fewer matches than the limit.
+    let page = audit_query(&f.tree, &q(None, None, None, Some("denied")), 10).unwrap();
+    assert_eq!(seqs(&page), vec![5, 10]);
+    assert_eq!(page.next.map(|c| c.time_ms), Some(1010));
+    // Each hit carries the entry that proves it (its leaf is at the hit's log index).
+    let h = &all.records[0];
+    assert_eq!(chain::entry(&f.tree, h.index).unwrap().as_ref(), Some(&h.entry));
+    // Bad queries.
+    let mut bad = q(None, None, None, None);
+    bad.limit = 0;
+    assert!(audit_query(&f.tree, &bad, 10).is_err());
+    bad.limit = 1001;
+    assert!(audit_query(&f.tree, &bad, 10).is_err());
+    let mut bad = q(None, None, None, None);
+    bad.from_ms = 5;
+    bad.to_ms = 4;
+    assert!(audit_query(&f.tree, &bad, 10).is_err());
+    assert!(Cursor::parse("12").is_err() && Cursor::parse("a-1").is_err());
 }
