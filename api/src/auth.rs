@@ -139,10 +139,110 @@ pub fn permission_for(method: &str, path: &str, batch_namespaces: &[String]) -> 
         ["v1", "namespaces", ns] if !write => vec![Permission::Read(ns.to_string())],
         ["v1", "namespaces", ns, ..] => vec![Permission::ManageNamespace(ns.to_string())],
         ["v1", "images", ..] => vec![Permission::Publish],
+        ["v1", "audit"] => vec![Permission::Audit],
         ["v1", "cluster", "status" | "route"] => vec![],
         // Cluster membership, publishers, tokens, and anything not listed: the admin.
         _ => vec![Permission::ClusterAdmin],
     }
+}
+
+/// What one access touched, for its audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `kv.put`, `kv.get`, `ns.put`, `token.issue`, ... (`<area>.<verb>`).
+    pub action: String,
+    /// Empty for operations outside any namespace.
+    pub ns: String,
+    pub key: Option<String>,
+}
+
+impl Target {
+    pub fn new(action: &str, ns: &str, key: Option<&str>) -> Target {
+        Target { action: action.into(), ns: ns.into(), key: key.map(Into::into) }
+    }
+}
+
+/// The audit targets of a REST call: one per key a batch touches (`batch_ops`: (op, ns, key)),
+/// else one. Paths are matched as `permission_for` does; keys are percent-decoded.
+pub fn targets_for(method: &str, path: &str, batch_ops: &[(String, String, String)]) -> Vec<Target> {
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let verb = match method {
+        "GET" | "HEAD" => "get",
+        "PUT" => "put",
+        "DELETE" => "delete",
+        _ => "post",
+    };
+    let one = |action: String, ns: &str, key: Option<String>| vec![Target { action, ns: ns.into(), key }];
+    match seg.as_slice() {
+        ["v1", "kv", ns] => one("kv.scan".into(), &percent_decode(ns), None),
+        ["v1", "kv", ns, key @ ..] => {
+            let key = percent_decode(&key.join("/"));
+            one(format!("kv.{verb}"), &percent_decode(ns), Some(key))
+        }
+        ["v1", "batch"] if !batch_ops.is_empty() => batch_ops
+            .iter()
+            .map(|(op, ns, key)| Target {
+                action: format!("kv.{op}"),
+                ns: ns.clone(),
+                key: Some(key.clone()),
+            })
+            .collect(),
+        ["v1", "batch"] => one("kv.batch".into(), "", None),
+        ["v1", "namespaces"] => one("ns.list".into(), "", None),
+        ["v1", "namespaces", ns] => one(format!("ns.{verb}"), &percent_decode(ns), None),
+        ["v1", "namespaces", ns, what, ..] => one(format!("ns.{what}"), &percent_decode(ns), None),
+        ["v1", "tokens"] => one("token.issue".into(), "", None),
+        ["v1", "tokens", "revoke"] => one("token.revoke".into(), "", None),
+        ["v1", "cluster", "nodes"] => one("cluster.add-node".into(), "", None),
+        ["v1", "cluster", "nodes", _] => one("cluster.remove-node".into(), "", None),
+        ["v1", "cluster", what] => one(format!("cluster.{what}"), "", None),
+        ["v1", "publishers"] => one("publisher.add".into(), "", None),
+        ["v1", "images"] => one("image.register".into(), "", None),
+        ["v1", "images", "batch"] => one("image.register-batch".into(), "", None),
+        ["v1", "images", _, "revoke"] => one("image.revoke".into(), "", None),
+        ["v1", "audit"] => one("audit.query".into(), "", None),
+        ["v1", area, ..] => one(format!("{area}.{verb}"), "", None),
+        _ => one(format!("http.{verb}"), "", None),
+    }
+}
+
+/// `%XX` sequences decoded; anything malformed is kept as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
+/// The keyed hash that stands for a key in the audit records of namespaces whose key names must
+/// not travel in clear (confidential and site-local: the ledger is replicated everywhere).
+/// HMAC-SHA256 under a cluster secret, so whoever holds the secret can check whether a given
+/// key was accessed, and nobody else can test guesses.
+pub fn audit_key_hash(secret: &[u8; 32], ns: &str, key: &str) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut ctx = ring::hmac::Context::with_key(&k);
+    ctx.update(ns.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(key.as_bytes());
+    format!("hmac-sha256:{}", hex::encode(ctx.sign().as_ref()))
+}
+
+/// The audit key-hash secret, derived from the admin token (every node holds it).
+pub fn audit_hash_secret(admin_token: &str) -> [u8; 32] {
+    edgefabric_crypto::sha256(
+        &[b"edgefabric audit key-hash v1\0".as_slice(), admin_token.as_bytes()].concat(),
+    )
 }
 
 /// Issues a token for `claims`, signed by the cluster's admin key.

@@ -38,6 +38,22 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub ledger: LedgerSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Record every access in the ledger. Turn off only to measure what auditing costs: with
+    /// it off, accesses leave no trace, and the node says so at start-up.
+    pub enabled: bool,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,6 +253,7 @@ impl NodeConfig {
         o.ledger_origin = self.ledger.origin.clone();
         o.ledger_genesis = genesis;
         o.verify_ledger_full = self.ledger.verify_full_at_start;
+        o.audit = self.audit.enabled;
         o.initial_shards = self.cluster.initial_shards;
         o.replicas = self.cluster.replicas;
         o.split_keys = self.cluster.split_keys;
@@ -366,6 +383,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             raft: RaftSection::default(),
             limits: LimitsSection::default(),
             ledger: LedgerSection { origin: origin.clone(), ..Default::default() },
+            audit: AuditSection::default(),
         };
         let text = format!(
             "# EdgeFabric node {} at site {:?}. Start it with: edgefabric serve --config node{}.toml\n\
@@ -456,6 +474,7 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         raft: RaftSection::default(),
         limits: LimitsSection::default(),
         ledger: LedgerSection { origin, ..Default::default() },
+        audit: AuditSection::default(),
     };
     let config = dir.join(format!("node{id}.toml"));
     let text = format!(
@@ -515,6 +534,7 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
         raft: RaftSection::default(),
         limits: LimitsSection::default(),
         ledger: LedgerSection { origin, ..Default::default() },
+        audit: AuditSection::default(),
     };
     cfg.validate()?;
     Ok(cfg)

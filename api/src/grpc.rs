@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use edgefabric_store::node::Consistency;
 use edgefabric_store::types::{Command, Op, Response as SmResponse};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Permission;
+use crate::auth::{Permission, Target};
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::server::{AppState, ANONYMOUS};
 
 pub mod pb {
     tonic::include_proto!("edgefabric.v1");
@@ -21,26 +22,63 @@ pub fn service(state: Arc<AppState>) -> pb::kv_server::KvServer<KvService> {
 }
 
 pub struct KvService {
-    state: Arc<AppState>,
+    pub(crate) state: Arc<AppState>,
 }
 
 impl KvService {
+    pub fn new(state: Arc<AppState>) -> KvService {
+        KvService { state }
+    }
+
     /// Authenticates the call (the admin token or an access token) and checks that its roles
     /// grant every permission in `needs` — the same rules as the REST routes (`auth.rs`).
-    fn auth<T>(&self, req: &Request<T>, needs: &[Permission]) -> Result<(), Status> {
-        let Some(v) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated("missing authorization: Bearer <token> metadata"));
+    /// Returns the subject, or the actor to record and the refusal.
+    fn authorize(&self, meta: &MetadataMap, needs: &[Permission]) -> Result<String, (String, Status)> {
+        let anon = |s: Status| (ANONYMOUS.to_string(), s);
+        let Some(v) = meta.get("authorization") else {
+            return Err(anon(Status::unauthenticated("missing authorization: Bearer <token> metadata")));
         };
         let Some(token) = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
-            return Err(Status::unauthenticated("authorization must be 'Bearer <token>'"));
+            return Err(anon(Status::unauthenticated("authorization must be 'Bearer <token>'")));
         };
-        let roles = self.state.roles(token).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let who = self.state.principal(token).map_err(|e| anon(Status::unauthenticated(e.to_string())))?;
         for p in needs {
-            if !crate::auth::allows(&roles, p) {
-                return Err(Status::permission_denied(format!("this needs the role {p}")));
+            if !crate::auth::allows(&who.roles, p) {
+                return Err((who.subject, Status::permission_denied(format!("this needs the role {p}"))));
             }
         }
-        Ok(())
+        Ok(who.subject)
+    }
+
+    /// Runs one call: authorization, then `call` if allowed, then the audit record (durable
+    /// before the answer, as for REST; a call that cannot be recorded answers `unavailable`).
+    pub(crate) async fn audited<T, F, Fut>(
+        &self,
+        meta: &MetadataMap,
+        needs: &[Permission],
+        targets: Vec<Target>,
+        call: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let (actor, out, allowed) = match self.authorize(meta, needs) {
+            Ok(subject) => (subject.clone(), call(subject).await, true),
+            Err((actor, refusal)) => (actor, Err(refusal), false),
+        };
+        let status = match &out {
+            Ok(_) => 200,
+            Err(s) => http_status(s.code()),
+        };
+        if let Err(e) = self.state.record(&actor, targets, allowed, status).await {
+            tracing::error!(error = %e.message, "an access could not be recorded in the audit trail");
+            return Err(Status::unavailable(format!(
+                "the access could not be recorded in the audit trail: {}",
+                e.message
+            )));
+        }
+        out
     }
 
     async fn write(&self, ops: Vec<Op>) -> Result<(u64, Vec<bool>), Status> {
@@ -60,6 +98,25 @@ impl KvService {
     }
 }
 
+/// The HTTP status an audit record shows for a gRPC outcome (the REST route's for the same).
+fn http_status(code: tonic::Code) -> u16 {
+    use tonic::Code::*;
+    match code {
+        Ok => 200,
+        InvalidArgument | OutOfRange => 400,
+        Unauthenticated => 401,
+        PermissionDenied => 403,
+        NotFound => 404,
+        AlreadyExists | Aborted | FailedPrecondition => 409,
+        ResourceExhausted => 429,
+        Cancelled => 499,
+        Unimplemented => 501,
+        Unavailable => 503,
+        DeadlineExceeded => 504,
+        _ => 500,
+    }
+}
+
 fn consistency(stale: bool) -> Consistency {
     if stale {
         Consistency::Stale
@@ -71,34 +128,73 @@ fn consistency(stale: bool) -> Consistency {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        self.auth(&req, &[Permission::Write(req.get_ref().ns.clone())])?;
-        let r = req.into_inner();
-        self.check_value(&r.value)?;
-        let (revision, _) =
-            self.write(vec![Op::Put { ns: r.ns, key: r.key, value: r.value, cas: r.cas }]).await?;
-        Ok(Response::new(pb::PutResponse { revision }))
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("kv.put", &r.ns, Some(&r.key))];
+        self.audited(&meta, &[Permission::Write(r.ns.clone())], targets, |_| async move {
+            self.check_value(&r.value)?;
+            let (revision, _) =
+                self.write(vec![Op::Put { ns: r.ns, key: r.key, value: r.value, cas: r.cas }]).await?;
+            Ok(Response::new(pb::PutResponse { revision }))
+        })
+        .await
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.auth(&req, &[Permission::Read(req.get_ref().ns.clone())])?;
-        let r = req.into_inner();
-        let rec = self.state.node.get(&r.ns, &r.key, consistency(r.stale)).await.map_err(ApiError::from)?;
-        Ok(Response::new(match rec {
-            Some(rec) => pb::GetResponse { found: true, value: rec.value, revision: rec.revision },
-            None => pb::GetResponse { found: false, value: vec![], revision: 0 },
-        }))
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("kv.get", &r.ns, Some(&r.key))];
+        self.audited(&meta, &[Permission::Read(r.ns.clone())], targets, |_| async move {
+            let rec =
+                self.state.node.get(&r.ns, &r.key, consistency(r.stale)).await.map_err(ApiError::from)?;
+            Ok(Response::new(match rec {
+                Some(rec) => pb::GetResponse { found: true, value: rec.value, revision: rec.revision },
+                None => pb::GetResponse { found: false, value: vec![], revision: 0 },
+            }))
+        })
+        .await
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.auth(&req, &[Permission::Write(req.get_ref().ns.clone())])?;
-        let r = req.into_inner();
-        let (revision, existed) = self.write(vec![Op::Delete { ns: r.ns, key: r.key, cas: r.cas }]).await?;
-        Ok(Response::new(pb::DeleteResponse { revision, deleted: existed.first().copied().unwrap_or(false) }))
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("kv.delete", &r.ns, Some(&r.key))];
+        self.audited(&meta, &[Permission::Write(r.ns.clone())], targets, |_| async move {
+            let (revision, existed) =
+                self.write(vec![Op::Delete { ns: r.ns, key: r.key, cas: r.cas }]).await?;
+            Ok(Response::new(pb::DeleteResponse {
+                revision,
+                deleted: existed.first().copied().unwrap_or(false),
+            }))
+        })
+        .await
     }
 
     async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
-        self.auth(&req, &[Permission::Read(req.get_ref().ns.clone())])?;
-        let r = req.into_inner();
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("kv.scan", &r.ns, None)];
+        let needs = [Permission::Read(r.ns.clone())];
+        self.audited(&meta, &needs, targets, |_| self.scan_inner(r)).await
+    }
+
+    async fn batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let (mut needs, mut targets) = (vec![], vec![]);
+        for o in &r.ops {
+            let (verb, ns, key) = match &o.op {
+                Some(pb::batch_op::Op::Put(p)) => ("kv.put", &p.ns, &p.key),
+                Some(pb::batch_op::Op::Delete(d)) => ("kv.delete", &d.ns, &d.key),
+                None => continue,
+            };
+            needs.push(Permission::Write(ns.clone()));
+            targets.push(Target::new(verb, ns, Some(key)));
+        }
+        if targets.is_empty() {
+            targets.push(Target::new("kv.batch", "", None));
+        }
+        self.audited(&meta, &needs, targets, |_| self.batch_inner(r)).await
+    }
+}
+
+impl KvService {
+    async fn scan_inner(&self, r: pb::ScanRequest) -> Result<Response<pb::ScanResponse>, Status> {
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };
         let after = (!r.after.is_empty()).then_some(r.after.as_str());
         let (items, more) = self
@@ -115,20 +211,9 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::ScanResponse { items, next }))
     }
 
-    async fn batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        let needs: Vec<Permission> = req
-            .get_ref()
-            .ops
-            .iter()
-            .filter_map(|o| match &o.op {
-                Some(pb::batch_op::Op::Put(p)) => Some(Permission::Write(p.ns.clone())),
-                Some(pb::batch_op::Op::Delete(d)) => Some(Permission::Write(d.ns.clone())),
-                None => None,
-            })
-            .collect();
-        self.auth(&req, &needs)?;
+    async fn batch_inner(&self, r: pb::BatchRequest) -> Result<Response<pb::BatchResponse>, Status> {
         let mut ops = vec![];
-        for (i, op) in req.into_inner().ops.into_iter().enumerate() {
+        for (i, op) in r.ops.into_iter().enumerate() {
             ops.push(match op.op {
                 Some(pb::batch_op::Op::Put(p)) => {
                     self.check_value(&p.value)?;
@@ -158,7 +243,55 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        self.kv.auth(&req, &[])?;
+        let (meta, _, _) = req.into_parts();
+        let targets = vec![Target::new("cluster.status", "", None)];
+        self.kv.audited(&meta, &[], targets, |_| self.status_inner()).await
+    }
+
+    async fn route(&self, req: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("cluster.route", "", None)];
+        self.kv
+            .audited(&meta, &[], targets, |_| async move {
+                let (shard, replicas, epoch) = crate::cluster::route(&self.kv.state.node, &r.ns, &r.key)?;
+                Ok(Response::new(pb::RouteResponse { shard, replicas, epoch }))
+            })
+            .await
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("cluster.add-node", "", None)];
+        self.kv
+            .audited(&meta, &[Permission::ClusterAdmin], targets, |_| async move {
+                let node = &self.kv.state.node;
+                let epoch =
+                    crate::cluster::add_node(node, r.id, &r.site, &r.grpc, &r.http, &r.public_key).await?;
+                Ok(Response::new(pb::AddNodeResponse { epoch }))
+            })
+            .await
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("cluster.remove-node", "", None)];
+        self.kv
+            .audited(&meta, &[Permission::ClusterAdmin], targets, |_| async move {
+                let epoch = crate::cluster::remove_node(&self.kv.state.node, r.id).await?;
+                Ok(Response::new(pb::RemoveNodeResponse { epoch }))
+            })
+            .await
+    }
+}
+
+impl ClusterService {
+    async fn status_inner(&self) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let v = crate::cluster::view(&self.kv.state.node).await?;
         let hex = |s: &str| u64::from_str_radix(s, 16).unwrap_or_default();
         Ok(Response::new(pb::ClusterStatusResponse {
@@ -197,34 +330,6 @@ impl pb::cluster_server::Cluster for ClusterService {
             moving_shard: v.moving.map(|m| m.shard),
         }))
     }
-
-    async fn route(&self, req: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
-        self.kv.auth(&req, &[])?;
-        let r = req.into_inner();
-        let (shard, replicas, epoch) = crate::cluster::route(&self.kv.state.node, &r.ns, &r.key)?;
-        Ok(Response::new(pb::RouteResponse { shard, replicas, epoch }))
-    }
-
-    async fn add_node(
-        &self,
-        req: Request<pb::AddNodeRequest>,
-    ) -> Result<Response<pb::AddNodeResponse>, Status> {
-        self.kv.auth(&req, &[Permission::ClusterAdmin])?;
-        let r = req.into_inner();
-        let epoch =
-            crate::cluster::add_node(&self.kv.state.node, r.id, &r.site, &r.grpc, &r.http, &r.public_key)
-                .await?;
-        Ok(Response::new(pb::AddNodeResponse { epoch }))
-    }
-
-    async fn remove_node(
-        &self,
-        req: Request<pb::RemoveNodeRequest>,
-    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        self.kv.auth(&req, &[Permission::ClusterAdmin])?;
-        let epoch = crate::cluster::remove_node(&self.kv.state.node, req.into_inner().id).await?;
-        Ok(Response::new(pb::RemoveNodeResponse { epoch }))
-    }
 }
 
 pub fn ledger_service(state: Arc<AppState>) -> pb::ledger_server::LedgerServer<LedgerService> {
@@ -255,44 +360,66 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::AddPublisherRequest>,
     ) -> Result<Response<pb::AddPublisherResponse>, Status> {
-        self.kv.auth(&req, &[Permission::ClusterAdmin])?;
-        let r = req.into_inner();
-        let key: [u8; 32] = r
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Status::invalid_argument("public_key: must be 32 bytes"))?;
-        edgefabric_crypto::PublicKey::from_bytes(&key)
-            .map_err(|e| Status::invalid_argument(format!("public_key: {e}")))?;
-        let (log_index, created) = crate::ledger::add_publisher_core(&self.kv.state, &r.id, key).await?;
-        Ok(Response::new(pb::AddPublisherResponse { log_index, created }))
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("publisher.add", "", None)];
+        self.kv
+            .audited(&meta, &[Permission::ClusterAdmin], targets, |_| async move {
+                let key: [u8; 32] = r
+                    .public_key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Status::invalid_argument("public_key: must be 32 bytes"))?;
+                edgefabric_crypto::PublicKey::from_bytes(&key)
+                    .map_err(|e| Status::invalid_argument(format!("public_key: {e}")))?;
+                let (log_index, created) =
+                    crate::ledger::add_publisher_core(&self.kv.state, &r.id, key).await?;
+                Ok(Response::new(pb::AddPublisherResponse { log_index, created }))
+            })
+            .await
     }
 
     async fn register_image(
         &self,
         req: Request<pb::RegisterImageRequest>,
     ) -> Result<Response<pb::RegisterImageResponse>, Status> {
-        self.kv.auth(&req, &[Permission::Publish])?;
-        let r = req.into_inner();
-        let (log_index, created) =
-            crate::ledger::register_core(&self.kv.state, &r.name, &r.digest, &r.publisher, r.signature)
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("image.register", "", None)];
+        self.kv
+            .audited(&meta, &[Permission::Publish], targets, |_| async move {
+                let (log_index, created) = crate::ledger::register_core(
+                    &self.kv.state,
+                    &r.name,
+                    &r.digest,
+                    &r.publisher,
+                    r.signature,
+                )
                 .await?;
-        Ok(Response::new(pb::RegisterImageResponse { log_index, created }))
+                Ok(Response::new(pb::RegisterImageResponse { log_index, created }))
+            })
+            .await
     }
 
     async fn revoke_image(
         &self,
         req: Request<pb::RevokeImageRequest>,
     ) -> Result<Response<pb::RevokeImageResponse>, Status> {
-        self.kv.auth(&req, &[Permission::Publish])?;
-        let r = req.into_inner();
-        let by = match (r.publisher.is_empty(), r.signature.is_empty()) {
-            (false, false) => Some((r.publisher.as_str(), r.signature)),
-            (true, true) => None,
-            _ => return Err(Status::invalid_argument("publisher and signature: give both, or neither")),
-        };
-        let log_index = crate::ledger::revoke_core(&self.kv.state, &r.digest, &r.reason, by).await?;
-        Ok(Response::new(pb::RevokeImageResponse { log_index }))
+        let (meta, _, r) = req.into_parts();
+        let targets = vec![Target::new("image.revoke", "", None)];
+        self.kv
+            .audited(&meta, &[Permission::Publish], targets, |_| async move {
+                let by = match (r.publisher.is_empty(), r.signature.is_empty()) {
+                    (false, false) => Some((r.publisher.as_str(), r.signature)),
+                    (true, true) => None,
+                    _ => {
+                        return Err(Status::invalid_argument(
+                            "publisher and signature: give both, or neither",
+                        ))
+                    }
+                };
+                let log_index = crate::ledger::revoke_core(&self.kv.state, &r.digest, &r.reason, by).await?;
+                Ok(Response::new(pb::RevokeImageResponse { log_index }))
+            })
+            .await
     }
 
     async fn get_image(

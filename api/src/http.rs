@@ -11,6 +11,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+
+use crate::server::ANONYMOUS;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use edgefabric_store::node::Consistency;
@@ -38,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/route", get(cluster_route))
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
+        .route("/v1/audit", get(crate::audit::query))
         .route("/v1/tokens", post(issue_token))
         .route("/v1/tokens/revoke", post(revoke_token))
         .route("/v1/publishers", post(ledger::add_publisher))
@@ -70,58 +73,101 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Authentication (401) and authorization (403, naming the missing permission) of every
 /// `/v1` route but the ledger's public reads: the admin token, or an access token whose roles
-/// grant what the route needs (`auth::permission_for`).
+/// grant what the route needs (`auth::permission_for`). Then the audit: every request that got
+/// here, allowed or denied, is recorded durably before its response leaves (`AppState::record`);
+/// if it cannot be recorded the client gets 503, never an unrecorded answer.
 async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return ApiError::unauthenticated("missing Authorization: Bearer <token> header").into_response();
-    };
-    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
-        return ApiError::unauthenticated("Authorization header must be 'Bearer <token>'").into_response();
-    };
-    let roles = match st.roles(token) {
-        Ok(r) => r,
-        Err(e @ (crate::auth::AuthError::Expired | crate::auth::AuthError::Revoked)) => {
-            return ApiError::unauthenticated(e.to_string()).into_response()
-        }
-        Err(_) => return ApiError::unauthenticated("invalid token").into_response(),
-    };
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
-    // A batch's namespaces are in its body: read it (bounded), then hand it on unchanged.
-    let (req, batch_ns) =
-        if path == "/v1/batch" && !crate::auth::allows(&roles, &crate::auth::Permission::ClusterAdmin) {
-            let (parts, body) = req.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-                return ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_argument",
-                    "body: larger than 1 MiB",
-                )
-                .into_response();
-            };
-            let ns: Vec<String> = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| {
-                    v["ops"]
-                        .as_array()
-                        .map(|ops| ops.iter().filter_map(|o| o["ns"].as_str().map(String::from)).collect())
-                })
-                .unwrap_or_default();
-            (Request::from_parts(parts, Body::from(bytes)), ns)
-        } else {
-            (req, vec![])
+    let (actor, req, verdict, targets) = authorize(&st, req, &method, &path).await;
+    let (response, allowed) = match verdict {
+        Ok(()) => (next.run(req).await, true),
+        Err(refusal) => (refusal, false),
+    };
+    let status = response.status().as_u16();
+    if let Err(e) = st.record(&actor, targets, allowed, status).await {
+        tracing::error!(error = %e.message, "an access could not be recorded in the audit trail");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the access could not be recorded in the audit trail: {}", e.message),
+        )
+        .into_response();
+    }
+    response
+}
+
+/// Authenticates and authorizes a request. Returns the actor, the request (a batch's body read
+/// and put back), the verdict (a refusal is the response to send) and the audit targets.
+async fn authorize(
+    st: &AppState,
+    req: Request,
+    method: &str,
+    path: &str,
+) -> (String, Request, Result<(), Response>, Vec<crate::auth::Target>) {
+    let whole = |req, actor: &str, refusal: ApiError| {
+        (actor.to_string(), req, Err(refusal.into_response()), crate::auth::targets_for(method, path, &[]))
+    };
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return whole(
+            req,
+            ANONYMOUS,
+            ApiError::unauthenticated("missing Authorization: Bearer <token> header"),
+        );
+    };
+    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
+        return whole(
+            req,
+            ANONYMOUS,
+            ApiError::unauthenticated("Authorization header must be 'Bearer <token>'"),
+        );
+    };
+    let who = match st.principal(token) {
+        Ok(p) => p,
+        Err(e @ (crate::auth::AuthError::Expired | crate::auth::AuthError::Revoked)) => {
+            return whole(req, ANONYMOUS, ApiError::unauthenticated(e.to_string()))
+        }
+        Err(_) => return whole(req, ANONYMOUS, ApiError::unauthenticated("invalid token")),
+    };
+    // A batch's namespaces and keys are in its body: read it (bounded), then hand it on unchanged.
+    let (req, batch) = if path == "/v1/batch" && method == "POST" {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+            let refusal =
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_argument", "body: larger than 1 MiB");
+            return whole(Request::from_parts(parts, Body::empty()), &who.subject, refusal);
         };
-    for p in crate::auth::permission_for(&method, &path, &batch_ns) {
-        if !crate::auth::allows(&roles, &p) {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_denied",
-                format!("this needs the role {p}"),
-            )
-            .into_response();
+        (Request::from_parts(parts, Body::from(bytes.clone())), batch_ops(&bytes))
+    } else {
+        (req, vec![])
+    };
+    let targets = crate::auth::targets_for(method, path, &batch);
+    let namespaces: Vec<String> = batch.iter().map(|(_, ns, _)| ns.clone()).collect();
+    for p in crate::auth::permission_for(method, path, &namespaces) {
+        if !crate::auth::allows(&who.roles, &p) {
+            let refusal =
+                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", format!("this needs the role {p}"));
+            return (who.subject, req, Err(refusal.into_response()), targets);
         }
     }
-    next.run(req).await
+    (who.subject, req, Ok(()), targets)
+}
+
+/// (op, ns, key) of each operation of a batch body, as far as it parses (the handler reports
+/// what does not).
+fn batch_ops(body: &[u8]) -> Vec<(String, String, String)> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return vec![] };
+    let Some(ops) = v["ops"].as_array() else { return vec![] };
+    ops.iter()
+        .filter_map(|o| {
+            let op = match o["op"].as_str()? {
+                "put" => "put",
+                "delete" => "delete",
+                _ => return None,
+            };
+            Some((op.to_string(), o["ns"].as_str()?.to_string(), o["key"].as_str()?.to_string()))
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,10 @@
 //! `edgefabric`: the node (`serve`), cluster setup (`cluster init`) and the client commands.
 
+// The audited gRPC handlers nest async blocks (handler → audit wrapper → store calls) deeper
+// than the default query depth allows when rustc computes their layouts.
+#![recursion_limit = "256"]
+
+mod audit;
 mod auth;
 mod client;
 mod cluster;
@@ -98,6 +103,12 @@ enum Cmd {
     Ledger {
         #[command(subcommand)]
         cmd: ledger_cli::LedgerCmd,
+    },
+    /// The audit trail (role auditor): list records, or verify them offline against pinned
+    /// node keys.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
     },
 }
 
@@ -430,6 +441,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Image { cmd } => return ledger_cli::image(cmd).await,
         Cmd::Publisher { cmd } => return ledger_cli::publisher(cmd).await,
         Cmd::Ledger { cmd } => return ledger_cli::ledger(cmd).await,
+        Cmd::Audit { cmd } => return audit::run(cmd).await,
         Cmd::Keygen { out } => {
             let id = edgefabric_crypto::Identity::generate()?;
             id.write(&out)?;

@@ -17,12 +17,25 @@ pub struct AppState {
     admin_token: String,
     /// Signs and checks access tokens (derived from the admin token; see `auth.rs`).
     pub token_key: edgefabric_crypto::Identity,
+    /// Keys the hashes that stand for key names in audit records (`auth::audit_key_hash`).
+    audit_secret: [u8; 32],
 }
+
+/// Who made a request: the token's subject and roles.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub subject: String,
+    pub roles: Vec<String>,
+}
+
+/// The actor recorded for a request without a valid token.
+pub const ANONYMOUS: &str = "anonymous";
 
 impl AppState {
     pub fn new(node: Arc<Node>, admin_token: String) -> Self {
         let token_key = crate::auth::signing_key(&admin_token);
-        AppState { node, admin_token, token_key }
+        let audit_secret = crate::auth::audit_hash_secret(&admin_token);
+        AppState { node, admin_token, token_key, audit_secret }
     }
 
     pub fn check_token(&self, presented: &str) -> bool {
@@ -31,9 +44,9 @@ impl AppState {
 
     /// The roles a bearer token carries: the admin token is `admin`; an access token, its roles
     /// (if signed by this cluster and not expired).
-    pub fn roles(&self, presented: &str) -> Result<Vec<String>, crate::auth::AuthError> {
+    pub fn principal(&self, presented: &str) -> Result<Principal, crate::auth::AuthError> {
         if self.check_token(presented) {
-            return Ok(vec!["admin".into()]);
+            return Ok(Principal { subject: "admin".into(), roles: vec!["admin".into()] });
         }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -41,7 +54,51 @@ impl AppState {
         if self.node.token_revoked(&claims.jti) {
             return Err(crate::auth::AuthError::Revoked);
         }
-        Ok(claims.roles)
+        Ok(Principal { subject: claims.sub, roles: claims.roles })
+    }
+
+    /// Records one request's accesses in the audit trail, durably, before its answer goes out
+    /// (see `edgefabric_store::audit`). Key names of confidential and site-local namespaces are
+    /// replaced by their keyed hash: the ledger is replicated to every site.
+    pub async fn record(
+        &self,
+        actor: &str,
+        targets: Vec<crate::auth::Target>,
+        allowed: bool,
+        status: u16,
+    ) -> Result<(), crate::error::ApiError> {
+        use edgefabric_store::types::DataClass;
+        let mut out = Vec::with_capacity(targets.len());
+        let mut classes: std::collections::HashMap<String, bool> = Default::default();
+        for t in targets {
+            let hidden = match (&t.key, classes.get(&t.ns)) {
+                (None, _) => false,
+                (Some(_), Some(h)) => *h,
+                (Some(_), None) => {
+                    let h = match self.node.namespace(&t.ns, edgefabric_store::node::Consistency::Stale).await
+                    {
+                        Ok(cfg) => !matches!(cfg.class, DataClass::Public),
+                        Err(_) => false,
+                    };
+                    classes.insert(t.ns.clone(), h);
+                    h
+                }
+            };
+            let (key, key_hash) = match t.key {
+                Some(k) if hidden => (None, Some(crate::auth::audit_key_hash(&self.audit_secret, &t.ns, &k))),
+                k => (k, None),
+            };
+            out.push(edgefabric_store::audit::Access {
+                actor: actor.to_string(),
+                ns: t.ns,
+                key,
+                key_hash,
+                action: t.action,
+                allowed,
+                status,
+            });
+        }
+        self.node.audit(out).await.map_err(crate::error::ApiError::from)
     }
 }
 
@@ -71,6 +128,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         TcpListener::bind(cfg.http).await.with_context(|| format!("binding HTTP {}", cfg.http))?;
 
     let node = Node::start(cfg.node_options(identity.clone())?).await.context("starting the node")?;
+    if !cfg.audit.enabled {
+        tracing::warn!("auditing is OFF ([audit] enabled = false): accesses leave no record in the ledger");
+    }
     let state = Arc::new(AppState::new(node.clone(), admin_token));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -87,6 +147,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .add_service(grpc::service(state.clone()))
         .add_service(grpc::cluster_service(state.clone()))
         .add_service(grpc::ledger_service(state.clone()))
+        .add_service(crate::audit::service(state.clone()))
         .add_service(reflection)
         // No Nagle: raft and client replies are small, and Nagle with delayed ACKs adds ~40 ms.
         .serve_with_incoming_shutdown(

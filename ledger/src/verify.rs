@@ -15,7 +15,7 @@
 //! consistency proofs, narrows that; EdgeFabric does not have a verifiable map of current
 //! status (yet).
 
-use crate::entry::{Entry, EntryKind};
+use crate::entry::{AuditRecord, Author, Entry, EntryKind};
 use crate::merkle::{self, Hash, ProofError};
 use crate::note::{self, Checkpoint, NoteError, TrustedKey};
 
@@ -37,6 +37,32 @@ pub enum VerifyError {
     Name { expected: String, got: String },
     #[error("inclusion proof: {0}")]
     Proof(#[from] ProofError),
+    #[error("the entry is a {0} entry, not an audit record")]
+    NotAudit(String),
+    #[error("audit record of node {node} signed by {author}")]
+    AuditAuthor { node: u64, author: String },
+    #[error("node {0}'s key is not pinned")]
+    UnknownNode(u64),
+    #[error("the audit record's signature does not verify under node {0}'s pinned key")]
+    AuditSignature(u64),
+}
+
+/// The audit record an entry proves, after checking that the node it names wrote and signed it
+/// (its key pinned in `trusted` as `node-<id>`).
+pub fn audit_record<'a>(entry: &'a Entry, trusted: &[TrustedKey]) -> Result<&'a AuditRecord, VerifyError> {
+    let EntryKind::Audit(a) = &entry.kind else {
+        return Err(VerifyError::NotAudit(entry.kind.name().to_string()));
+    };
+    if entry.author != Author::Node(a.node) {
+        return Err(VerifyError::AuditAuthor { node: a.node, author: entry.author.to_string() });
+    }
+    let name = format!("node-{}", a.node);
+    let key = trusted.iter().find(|k| k.name == name).ok_or(VerifyError::UnknownNode(a.node))?;
+    let msg = entry.signed_message().map_err(|e| VerifyError::Leaf(e.to_string()))?;
+    let sig: [u8; 64] =
+        entry.signature.as_slice().try_into().map_err(|_| VerifyError::AuditSignature(a.node))?;
+    key.key.verify(&msg, &sig).map_err(|_| VerifyError::AuditSignature(a.node))?;
+    Ok(a)
 }
 
 /// What the server presented for one entry.

@@ -314,7 +314,7 @@ impl Node {
 
     // ---- reads ----
 
-    fn ledger_readable(&self) -> Result<Arc<Group>> {
+    pub(crate) fn ledger_readable(&self) -> Result<Arc<Group>> {
         match self.ledger.health() {
             Health::Verified => self.ledger_group(),
             Health::Verifying => Err(Error::Unavailable("the ledger store is still being verified".into())),

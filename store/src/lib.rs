@@ -1,11 +1,13 @@
 //! EdgeFabric's replicated store: the raft log (`log`), the KV state machine (`kv`), the
 //! openraft glue (`raft_store`), the node-to-node transport (`network`), the node runtime
-//! that ties them together (`node`), and the ledger's runtime on a node (`ledger`).
+//! that ties them together (`node`), the ledger's runtime on a node (`ledger`), and the audit
+//! trail's durable queue and shipper (`audit`).
 
 // openraft's `StorageError` is large and is the error type its traits require; boxing it at
 // every call site would only add allocations.
 #![allow(clippy::result_large_err)]
 
+pub mod audit;
 pub mod codec;
 pub mod confidential;
 mod error;

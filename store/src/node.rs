@@ -86,6 +86,9 @@ pub struct NodeOptions {
     pub ledger_genesis: Option<Vec<edgefabric_ledger::entry::Entry>>,
     /// Re-verify the whole stored ledger at start-up, not just its head and checkpoint.
     pub verify_ledger_full: bool,
+    /// Record every access in the ledger (`audit.rs`). Off only for benchmarks that measure
+    /// what auditing costs.
+    pub audit: bool,
 }
 
 impl NodeOptions {
@@ -113,6 +116,7 @@ impl NodeOptions {
             ledger_origin: "edgefabric/ledger".into(),
             ledger_genesis: None,
             verify_ledger_full: false,
+            audit: true,
         }
     }
 }
@@ -214,8 +218,8 @@ pub struct Node {
     pub(crate) opts: NodeOptions,
     /// Random, made with the data directory: tells this incarnation of the node's data from
     /// an earlier one that was lost (see the module comment).
-    instance: u64,
-    engine: LogEngine,
+    pub(crate) instance: u64,
+    pub(crate) engine: LogEngine,
     pub(crate) db: sled::Db,
     config: Arc<Config>,
     pub(crate) channels: Channels,
@@ -231,6 +235,7 @@ pub struct Node {
     /// The ledger's membership upkeep is running (as ledger leader).
     ledger_busy: AtomicBool,
     pub(crate) ledger: crate::ledger::LedgerRuntime,
+    pub(crate) audit: crate::audit::AuditQueue,
     /// Data keys of confidential namespaces this node has unwrapped.
     pub(crate) keys: crate::confidential::KeyCache,
     pub(crate) rotations: crate::confidential::Rotations,
@@ -260,6 +265,7 @@ impl Node {
         .map_err(|e| Error::invalid("raft config", e))?;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let ledger_genesis = opts.ledger_genesis.clone();
+        let audit = crate::audit::AuditQueue::open(&engine, opts.audit)?;
         let node = Arc::new(Node {
             opts,
             instance,
@@ -274,6 +280,7 @@ impl Node {
             last_split_check: Mutex::new(None),
             ledger_busy: AtomicBool::new(false),
             ledger: crate::ledger::LedgerRuntime::new(ledger_genesis),
+            audit,
             keys: Default::default(),
             rotations: Default::default(),
             shutdown,
@@ -282,6 +289,7 @@ impl Node {
         node.start_group(META_GROUP, meta_members.clone(), true).await?;
         node.start_group(LEDGER_GROUP, meta_members, true).await?;
         node.start_ledger();
+        node.start_audit_shipper();
         // Data groups this node already hosts start right away (not after the first reconcile
         // pass), so a restarted node serves as soon as it can.
         if let Some(map) = node.map() {

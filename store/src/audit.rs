@@ -1,0 +1,282 @@
+//! The audit trail's node side: a durable local queue of access records, and the shipper that
+//! moves them into the ledger.
+//!
+//! Durability contract: [`Node::audit`] returns only once its records are `fdatasync`ed in the
+//! node's write-ahead file (the raft log's, under a group id no raft group uses, so one
+//! group-committed sync serves raft and audit appends alike). The API layer calls it before it
+//! answers, so every access a client saw answered is on this node's disk, whatever happens next.
+//!
+//! Exactly once: each record carries (node, data-directory instance, seq) with seq 1, 2, 3, ...
+//! in queue order. The chain admits a node's records only in that order and only once
+//! (`ledger::chain` refuses a repeat as a duplicate and a gap as a rule violation), so the
+//! shipper can resend freely: after a crash, a lost leader or a partition it asks the ledger
+//! where the sequence stands and goes on from there. Records leave the queue (are purged) only
+//! once the ledger holds them. A cut-off site keeps queueing; the records follow when the
+//! ledger is reachable again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgefabric_ledger::chain;
+use edgefabric_ledger::entry::{AuditRecord, Author, Entry, EntryKind};
+use edgefabric_ledger::Invalid;
+use tokio::sync::{oneshot, Notify};
+
+use crate::error::{Error, Result};
+use crate::log::{GroupId, LogEngine};
+use crate::node::{Consistency, Node};
+use crate::types::Admission;
+
+/// The queue's id in the write-ahead file (never a raft group's: shard ids count up from 1,
+/// the metadata and ledger groups are `u64::MAX` and `u64::MAX - 1`).
+pub const AUDIT_QUEUE: GroupId = u64::MAX - 2;
+
+/// Most records shipped in one ledger submission.
+const SHIP_BATCH: usize = 1000;
+
+/// One access as the API layer saw it. `key` is already replaced by `key_hash` where the
+/// namespace's class requires it (the API layer holds the hashing secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub actor: String,
+    pub ns: String,
+    pub key: Option<String>,
+    pub key_hash: Option<String>,
+    pub action: String,
+    pub allowed: bool,
+    pub status: u16,
+}
+
+pub(crate) struct AuditQueue {
+    /// Records queued until now: the next record's seq is `last + 1`. The lock also keeps file
+    /// order equal to seq order.
+    last: Mutex<u64>,
+    /// The highest seq known durable (synced). Only durable records are shipped: a record that
+    /// reached the ledger but not this disk would have its seq reused after a crash, and the
+    /// chain would take the new record for a duplicate.
+    durable: AtomicU64,
+    /// The highest seq the ledger is known to hold (0: none, or not asked yet).
+    shipped: AtomicU64,
+    /// Whether `shipped` came from the ledger (after start-up it must be asked first).
+    synced: std::sync::atomic::AtomicBool,
+    wake: Notify,
+    pub(crate) enabled: bool,
+}
+
+impl AuditQueue {
+    pub(crate) fn open(engine: &LogEngine, enabled: bool) -> Result<AuditQueue> {
+        let last_entry = engine.last_entry(AUDIT_QUEUE)?.map_or(0, |(i, _)| i);
+        let purged = engine.purged(AUDIT_QUEUE).map_or(0, |(i, _)| i);
+        // What survived in the file may still be only in the page cache (a killed process):
+        // make it durable before any of it is shipped.
+        engine.sync_blocking().map_err(|e| Error::Storage(format!("syncing the log at start: {e}")))?;
+        let last = last_entry.max(purged);
+        Ok(AuditQueue {
+            last: Mutex::new(last),
+            durable: AtomicU64::new(last),
+            shipped: AtomicU64::new(purged),
+            synced: std::sync::atomic::AtomicBool::new(false),
+            wake: Notify::new(),
+            enabled,
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// Records accesses durably (see the module comment); returns once they are on disk.
+    /// With auditing disabled (benchmarks only) it records nothing.
+    pub async fn audit(&self, accesses: Vec<Access>) -> Result<()> {
+        if !self.audit.enabled || accesses.is_empty() {
+            return Ok(());
+        }
+        let time_ms = now_ms();
+        let end = {
+            let mut last = self.audit.last.lock().unwrap_or_else(|p| p.into_inner());
+            let mut batch = Vec::with_capacity(accesses.len());
+            let mut seq = *last;
+            for a in accesses {
+                seq += 1;
+                let rec = AuditRecord {
+                    actor: a.actor,
+                    node: self.opts.id,
+                    ns: a.ns,
+                    key: a.key,
+                    key_hash: a.key_hash,
+                    action: a.action,
+                    result: if a.allowed { "allowed" } else { "denied" }.into(),
+                    status: a.status,
+                    time_ms,
+                    instance: self.instance,
+                    seq,
+                };
+                // The record is checked here, not only when shipped: one the chain would refuse
+                // would block every later record of this node.
+                let probe = Entry {
+                    kind: EntryKind::Audit(rec.clone()),
+                    author: Author::Node(self.opts.id),
+                    signature: vec![0; 64],
+                };
+                probe.validate_fields().map_err(|e| Error::invalid("audit record", e.to_string()))?;
+                batch.push((seq, crate::codec::encode(&rec)?));
+            }
+            self.engine.append(AUDIT_QUEUE, batch)?;
+            *last = seq;
+            seq
+        };
+        let (tx, rx) = oneshot::channel();
+        self.engine.sync(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await
+            .map_err(|_| Error::Storage("the log syncer stopped".into()))?
+            .map_err(|e| Error::Storage(format!("audit queue sync: {e}")))?;
+        // Syncs complete in file order: everything up to `end` is durable.
+        self.audit.durable.fetch_max(end, Ordering::SeqCst);
+        self.audit.wake.notify_one();
+        Ok(())
+    }
+
+    /// (records queued, records the ledger is known to hold) for this node's current instance.
+    pub fn audit_backlog(&self) -> (u64, u64) {
+        (
+            *self.audit.last.lock().unwrap_or_else(|p| p.into_inner()),
+            self.audit.shipped.load(Ordering::SeqCst),
+        )
+    }
+
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    pub(crate) fn start_audit_shipper(self: &Arc<Self>) {
+        let n = self.clone();
+        tokio::spawn(async move { n.ship_loop().await });
+    }
+
+    async fn ship_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let pending = self.audit.durable.load(Ordering::SeqCst)
+                > self.audit.shipped.load(Ordering::SeqCst)
+                || !self.audit.synced.load(Ordering::SeqCst);
+            if !pending {
+                tokio::select! {
+                    _ = self.audit.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            match self.ship_once().await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::debug!(error = %e, "audit records not shipped yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Where the ledger's sequence for this node's instance stands (linearizable).
+    pub async fn audit_ledger_seq(&self) -> Result<u64> {
+        let g = self.ledger_readable()?;
+        self.read_barrier(&g).await?;
+        chain::audit_last_seq(g.kv.tree(), self.opts.id, self.instance)
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// Ships the next batch: records after what the ledger holds, in order.
+    async fn ship_once(&self) -> Result<()> {
+        if !self.audit.synced.load(Ordering::SeqCst) {
+            let at = self.audit_ledger_seq().await?;
+            self.mark_shipped(at)?;
+            self.audit.synced.store(true, Ordering::SeqCst);
+        }
+        let from = self.audit.shipped.load(Ordering::SeqCst) + 1;
+        let to = self.audit.durable.load(Ordering::SeqCst).min(from + SHIP_BATCH as u64 - 1);
+        if to < from {
+            return Ok(());
+        }
+        let queued = self.engine.entries(AUDIT_QUEUE, from..=to)?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let identity = self.opts.identity.clone();
+        let id = self.opts.id;
+        let entries = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Entry)>> {
+            queued
+                .into_iter()
+                .map(|(seq, bytes)| {
+                    let rec: AuditRecord = crate::codec::decode(&bytes)?;
+                    let e = Entry::by_node(id, EntryKind::Audit(rec), &identity)
+                        .map_err(|e| Error::Internal(format!("signing an audit record: {e}")))?;
+                    Ok((seq, e))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("audit signer: {e}")))??;
+        let seqs: Vec<u64> = entries.iter().map(|(s, _)| *s).collect();
+        let results = self.ledger_submit(entries.into_iter().map(|(_, e)| e).collect()).await?;
+        // The longest prefix the ledger now holds: admitted, or already there (a resend).
+        let mut held = from - 1;
+        for (seq, r) in seqs.iter().zip(&results) {
+            match r {
+                Admission::Index(_) | Admission::Refused(Invalid::Duplicate { .. }) => held = *seq,
+                Admission::Refused(why) => {
+                    // Out of step with the ledger (e.g. a resend raced an earlier one): ask again.
+                    self.audit.synced.store(false, Ordering::SeqCst);
+                    self.mark_shipped(held)?;
+                    return Err(Error::Unavailable(format!("audit record {seq} refused: {why}")));
+                }
+                Admission::Failed(why) => {
+                    self.mark_shipped(held)?;
+                    return Err(Error::Unavailable(format!("audit record {seq} not appended: {why}")));
+                }
+            }
+        }
+        self.mark_shipped(held)
+    }
+
+    /// The ledger holds every record up to `seq`: they may leave the queue.
+    fn mark_shipped(&self, seq: u64) -> Result<()> {
+        let before = self.audit.shipped.load(Ordering::SeqCst);
+        if seq > before {
+            self.audit.shipped.store(seq, Ordering::SeqCst);
+            // Not synced on purpose: a purge lost in a crash only means a resend, which the
+            // chain's sequence rule turns into a no-op.
+            self.engine.purge(AUDIT_QUEUE, seq, vec![])?;
+        }
+        Ok(())
+    }
+
+    /// Audit records for auditors, from the ledger's indexes (see `edgefabric_ledger::audit`).
+    pub async fn audit_query(
+        &self,
+        q: edgefabric_ledger::audit::AuditQuery,
+        consistency: Consistency,
+    ) -> Result<edgefabric_ledger::audit::AuditPage> {
+        let g = self.ledger_readable()?;
+        if consistency == Consistency::Linearizable {
+            self.read_barrier(&g).await?;
+        }
+        let tree = g.kv.tree().clone();
+        tokio::task::spawn_blocking(move || edgefabric_ledger::audit::audit_query(&tree, &q, 100_000))
+            .await
+            .map_err(|e| Error::Internal(format!("audit query: {e}")))?
+            .map_err(|e| match e {
+                edgefabric_ledger::LedgerError::Invalid { field, message } => Error::invalid(field, message),
+                other => Error::Storage(other.to_string()),
+            })
+    }
+}
