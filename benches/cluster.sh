@@ -1,6 +1,9 @@
 # Shared by the benchmark scripts: a 3-node release EdgeFabric cluster on loopback.
-#   source benches/cluster.sh; start_cluster BASE_PORT   → $WORK, $EF_DIR, $HTTP (array), $GRPC (array)
+#   source benches/cluster.sh; start_cluster BASE_PORT [audit_off]
+#     → $WORK, $EF_DIR, $HTTP (array), $GRPC (array)
 # Sites a, b, c; node K uses gRPC BASE+2(K-1) and HTTP BASE+2(K-1)+1. Stopped on exit.
+# `audit_off` starts the nodes with `[audit] enabled = false` (for the audit benchmark only).
+# Several clusters may run at once (different base ports); each call sets the variables anew.
 BIN=target/release
 WORK=$(mktemp -d /tmp/ef-bench.XXXXXX)
 PIDS=()
@@ -11,13 +14,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_cluster() { # base port
+start_cluster() { # base port [audit_off]
   local base=$1
-  EF_DIR="$WORK/ef"
+  EF_DIR="$WORK/ef-$base"
   "$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port "$base" --out "$EF_DIR" >/dev/null
+  if [ "${2:-}" = audit_off ]; then
+    for k in 1 2 3; do
+      awk '/^\[/{s=$0} s=="[audit]" && /^enabled *=/{$0="enabled = false"} {print}' "$EF_DIR/node$k.toml" >"$EF_DIR/tmp.toml"
+      mv "$EF_DIR/tmp.toml" "$EF_DIR/node$k.toml"
+      grep -q '^enabled = false' "$EF_DIR/node$k.toml" || { echo "could not turn auditing off" >&2; exit 1; }
+    done
+  fi
   HTTP=(); GRPC=()
   for k in 1 2 3; do
-    EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$EF_DIR/node$k.toml" >"$WORK/ef$k.log" 2>&1 &
+    EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$EF_DIR/node$k.toml" >"$WORK/ef-$base-$k.log" 2>&1 &
     PIDS+=($!)
     GRPC+=("http://127.0.0.1:$((base + 2 * (k - 1)))")
     HTTP+=("http://127.0.0.1:$((base + 2 * (k - 1) + 1))")

@@ -56,6 +56,16 @@ struct Args {
     /// compare a public namespace with a confidential one). The first is the baseline.
     #[arg(long, value_delimiter = ',', default_value = "default")]
     ns: Vec<String>,
+    /// A second EdgeFabric cluster's gRPC endpoints, run after the first in every cell (e.g.
+    /// the same build with a setting changed), so the two compare side by side in one run.
+    #[arg(long, value_delimiter = ',')]
+    compare: Vec<String>,
+    /// The second cluster's admin token file.
+    #[arg(long, requires = "compare")]
+    compare_token_file: Option<std::path::PathBuf>,
+    /// Names for the first and the second cluster in the table.
+    #[arg(long, value_delimiter = ',', default_value = "A,B")]
+    labels: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,6 +80,8 @@ enum Target {
         channels: Vec<Channel>,
         auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
         ns: String,
+        /// Set when two clusters are compared: its name in the table.
+        label: Option<String>,
     },
     Etcd {
         channels: Vec<Channel>,
@@ -79,6 +91,7 @@ enum Target {
 impl Target {
     fn name(&self) -> String {
         match self {
+            Target::EdgeFabric { label: Some(l), .. } => l.clone(),
             Target::EdgeFabric { ns, .. } if ns == "default" => "EdgeFabric".into(),
             Target::EdgeFabric { ns, .. } => format!("EF ns={ns}"),
             Target::Etcd { .. } => "etcd".into(),
@@ -260,13 +273,27 @@ async fn main() -> Result<()> {
             other => bail!("--ops: {other:?} is not put or get"),
         })
         .collect::<Result<_>>()?;
-    let token = match &args.token_file {
-        Some(f) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_string()
+    let read_auth =
+        |file: &Option<std::path::PathBuf>, flag: &str| -> Result<tonic::metadata::MetadataValue<_>> {
+            let token = match file {
+                Some(f) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim()
+                    .to_string(),
+                None => bail!("{flag}: EdgeFabric needs its admin token"),
+            };
+            format!("Bearer {token}").parse().context("token")
+        };
+    let auth = read_auth(&args.token_file, "--token-file")?;
+    let compare = if args.compare.is_empty() {
+        None
+    } else {
+        if args.labels.len() != 2 {
+            bail!("--labels: give two names, for the first and the second cluster");
         }
-        None => bail!("--token-file: EdgeFabric needs its admin token"),
+        Some(read_auth(&args.compare_token_file, "--compare-token-file")?)
     };
-    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().context("token")?;
+    let label = |i: usize| compare.as_ref().map(|_| args.labels[i].clone());
     let mut cells = vec![];
     for op in &ops {
         for &clients in &args.clients {
@@ -275,8 +302,18 @@ async fn main() -> Result<()> {
                     channels: connect(&args.edgefabric, clients).await?,
                     auth: auth.clone(),
                     ns: ns.clone(),
+                    label: label(0),
                 };
                 cells.push(run_cell(ef, *op, clients, &args).await?);
+                if let Some(auth2) = &compare {
+                    let ef = Target::EdgeFabric {
+                        channels: connect(&args.compare, clients).await?,
+                        auth: auth2.clone(),
+                        ns: ns.clone(),
+                        label: label(1),
+                    };
+                    cells.push(run_cell(ef, *op, clients, &args).await?);
+                }
             }
             if !args.etcd.is_empty() {
                 let et = Target::Etcd { channels: connect(&args.etcd, clients).await? };
@@ -287,7 +324,8 @@ async fn main() -> Result<()> {
     println!("\n{} keys, {}-byte values, {} s per cell\n", args.keys, args.value_size, args.duration);
     // Ratios against etcd when it ran, else against the first namespace's cells.
     let baseline = if args.etcd.is_empty() {
-        Target::EdgeFabric { channels: vec![], auth: auth.clone(), ns: args.ns[0].clone() }.name()
+        Target::EdgeFabric { channels: vec![], auth: auth.clone(), ns: args.ns[0].clone(), label: label(0) }
+            .name()
     } else {
         "etcd".to_string()
     };

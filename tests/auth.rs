@@ -170,3 +170,60 @@ async fn tokens_carry_roles_and_every_route_checks_them() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(call(&c, &short, Method::GET, "/v1/kv/med/k", None).await, 401);
 }
+
+/// Node-to-node traffic is authenticated with the node keys: a process that does not hold a
+/// member's key cannot speak raft (or any internal RPC) to the cluster, whatever id it claims;
+/// the member's own key works; a captured frame cannot be replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_rpcs_need_a_members_node_key() {
+    use edgefabric_store::link::LinkAuth;
+    use edgefabric_store::network::{Frame, InternalClient};
+    use std::sync::Arc;
+
+    let mut c = Cluster::init(3, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let node2_key = Arc::new(edgefabric_crypto::Identity::read(&c.cluster_dir().join("node2.key")).unwrap());
+    let node1_pub =
+        edgefabric_crypto::Identity::read(&c.cluster_dir().join("node1.key")).unwrap().public_key();
+    let keys: std::collections::HashMap<u64, [u8; 32]> =
+        [(1, node1_pub.to_bytes()), (2, node2_key.public_key().to_bytes())].into();
+    let client = InternalClient::connect(c.grpc(1).to_string()).await.unwrap();
+    // The metadata group's status, asked as node 2 (a harmless read: what matters is whether
+    // the frame is let in).
+    let status = |f: Frame| {
+        let mut client = client.clone();
+        async move { client.status(f).await }
+    };
+    let data = bincode::serde::encode_to_vec((), bincode::config::standard()).unwrap();
+
+    // No authentication at all.
+    let bare = Frame { group: 0, data: data.clone(), from: 2, to: 1, time_ms: 0, nonce: 1, mac: vec![] };
+    assert_eq!(status(bare).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // Well formed, but made with a key that is not node 2's.
+    let impostor = LinkAuth::new(2, Arc::new(edgefabric_crypto::Identity::generate().unwrap()), keys.clone());
+    let forged = impostor.request("status", 1, 0, data.clone()).unwrap();
+    let e = status(forged).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    // An id that is no member.
+    let stranger = LinkAuth::new(9, Arc::new(edgefabric_crypto::Identity::generate().unwrap()), keys.clone());
+    let e = status(stranger.request("status", 1, 0, data.clone()).unwrap()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("not a member"), "{e:?}");
+    // Vote requests from the impostor, for every group: refused, so it cannot disturb raft.
+    let vote = impostor.request("vote", 1, 0, data.clone()).unwrap();
+    assert_eq!(client.clone().vote(vote).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // With node 2's real key the same request is answered, and the reply is authentic.
+    let genuine = LinkAuth::new(2, node2_key.clone(), keys.clone());
+    let req = genuine.request("status", 1, 0, data.clone()).unwrap();
+    let reply = status(req.clone()).await.expect("a member's frame is let in").into_inner();
+    genuine.accept_reply("status", &req, &reply).expect("the reply is node 1's");
+    // The same frame again is a replay.
+    let e = status(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("replay"), "{e:?}");
+    // The refusals are in node 1's log, and the cluster is unaffected.
+    assert!(c.log_text(1).contains("refused an internal request"));
+    assert_eq!(call(&c, &c.token, Method::PUT, "/v1/kv/default/after", Some("v")).await, 200);
+}

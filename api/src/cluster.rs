@@ -167,14 +167,16 @@ pub async fn add_node(
     if site.is_empty() {
         return Err(ApiError::bad_request("site: must not be empty"));
     }
-    if !public_key.is_empty() {
-        edgefabric_crypto::PublicKey::from_base64(public_key)
-            .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
-    }
     for (field, addr) in [("grpc", grpc), ("http", http)] {
         addr.parse::<std::net::SocketAddr>()
             .map_err(|e| ApiError::bad_request(format!("{field}: {addr:?} is not host:port: {e}")))?;
     }
+    // Nodes authenticate each other with their keys: a node without one could never speak.
+    if public_key.is_empty() {
+        return Err(ApiError::bad_request("public_key: required (the new node's base64 ed25519 key)"));
+    }
+    edgefabric_crypto::PublicKey::from_base64(public_key)
+        .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
     let info = NodeInfo {
         id,
         site: site.into(),

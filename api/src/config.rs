@@ -28,7 +28,13 @@ pub struct NodeConfig {
     pub key_file: PathBuf,
     /// The admin bearer token.
     pub admin_token_file: PathBuf,
-    /// Every member of the cluster at its creation, this node included.
+    /// Set by `cluster join`: this node joined a running cluster, so `members` are the nodes it
+    /// first talks to (with their keys, to authenticate them), not the founders the ledger's
+    /// genesis block lists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joined: bool,
+    /// Every member of the cluster at its creation (or at this node's joining), this node
+    /// included.
     pub members: Vec<Member>,
     #[serde(default)]
     pub cluster: ClusterSection,
@@ -192,9 +198,18 @@ impl NodeConfig {
             bail!("ledger.origin: must be a non-empty line");
         }
         for m in &self.members {
-            if let Some(k) = &m.public_key {
-                edgefabric_crypto::PublicKey::from_base64(k)
-                    .with_context(|| format!("members: node {}'s public_key", m.id))?;
+            match &m.public_key {
+                Some(k) => {
+                    edgefabric_crypto::PublicKey::from_base64(k)
+                        .with_context(|| format!("members: node {}'s public_key", m.id))?;
+                }
+                // Nodes authenticate every frame between them with their keys (store/src/link.rs).
+                None if m.id != self.id => bail!(
+                    "members: node {} has no public_key: nodes authenticate each other with their keys \
+                     (`cluster init` and `cluster join` write them; trust.json lists them)",
+                    m.id
+                ),
+                None => {}
             }
         }
         if self.cluster.replicas == 0 || self.cluster.replicas > 7 {
@@ -237,7 +252,7 @@ impl NodeConfig {
             })
             .collect();
         // A founding configuration lists every founder's key: the genesis block must match it.
-        let genesis = if self.members.iter().all(|m| m.public_key.is_some()) {
+        let genesis = if !self.joined && self.members.iter().all(|m| m.public_key.is_some()) {
             let founders: Vec<(u64, String, [u8; 32])> = members
                 .iter()
                 .map(|m| {
@@ -378,6 +393,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             http: m.http,
             key_file: PathBuf::from(key_name),
             admin_token_file: PathBuf::from("admin.token"),
+            joined: false,
             members: members.clone(),
             cluster: ClusterSection::default(),
             raft: RaftSection::default(),
@@ -435,14 +451,23 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
     let id = cluster.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
     let grpc: SocketAddr = format!("{host}:{port}").parse().context("--host/--port")?;
     let http: SocketAddr = format!("{host}:{}", port.checked_add(1).context("--port: too large")?).parse()?;
+    // The joining node authenticates the nodes it first talks to by their keys.
+    let trust_path = dir.join("trust.json");
+    let mut trust: TrustFile = serde_json::from_str(
+        &std::fs::read_to_string(&trust_path)
+            .with_context(|| format!("reading {} (the members' keys)", trust_path.display()))?,
+    )
+    .context("parsing trust.json")?;
     let mut members = vec![];
     for n in &cluster.nodes {
+        let key = trust.nodes.iter().find(|t| t.id == n.id).map(|t| t.public_key.clone());
+        let key = key.with_context(|| format!("trust.json: no key for node {}", n.id))?;
         members.push(Member {
             id: n.id,
             site: n.site.clone(),
             grpc: n.grpc.parse().with_context(|| format!("cluster.json: node {} grpc", n.id))?,
             http: n.http.parse().with_context(|| format!("cluster.json: node {} http", n.id))?,
-            public_key: None,
+            public_key: Some(key),
         });
     }
     let key_name = format!("node{id}.key");
@@ -454,12 +479,7 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         http,
         public_key: Some(identity.public_key().to_base64()),
     });
-    let trust_path = dir.join("trust.json");
-    let mut trust: Option<TrustFile> = match std::fs::read_to_string(&trust_path) {
-        Ok(text) => Some(serde_json::from_str(&text).context("parsing trust.json")?),
-        Err(_) => None,
-    };
-    let origin = trust.as_ref().and_then(|t| t.origin.clone()).unwrap_or_else(|| DEFAULT_ORIGIN.into());
+    let origin = trust.origin.clone().unwrap_or_else(|| DEFAULT_ORIGIN.into());
     identity.write(&dir.join(&key_name))?;
     let cfg = NodeConfig {
         id,
@@ -469,6 +489,7 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         http,
         key_file: PathBuf::from(key_name),
         admin_token_file: PathBuf::from("admin.token"),
+        joined: true,
         members,
         cluster: ClusterSection::default(),
         raft: RaftSection::default(),
@@ -489,10 +510,8 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         http: http.to_string(),
     });
     std::fs::write(&cluster_path, serde_json::to_string_pretty(&cluster)?)?;
-    if let Some(trust) = trust.as_mut() {
-        trust.nodes.push(TrustedNode { id, public_key: identity.public_key().to_base64() });
-        std::fs::write(&trust_path, serde_json::to_string_pretty(&trust)?)?;
-    }
+    trust.nodes.push(TrustedNode { id, public_key: identity.public_key().to_base64() });
+    std::fs::write(&trust_path, serde_json::to_string_pretty(&trust)?)?;
     Ok(Joined { id, grpc, http, config, public_key: identity.public_key().to_base64() })
 }
 
@@ -529,6 +548,7 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
         http,
         key_file,
         admin_token_file: token_file,
+        joined: false,
         members: vec![Member { id: 1, site: "dev".into(), grpc, http, public_key: Some(public_key) }],
         cluster: ClusterSection::default(),
         raft: RaftSection::default(),

@@ -28,6 +28,28 @@ pub struct Principal {
     pub roles: Vec<String>,
 }
 
+/// Whether the ledger takes `s` as an audit field as it is.
+fn audit_text_ok(s: &str) -> bool {
+    s.len() <= edgefabric_ledger::entry::MAX_FIELD_BYTES && !s.chars().any(char::is_control)
+}
+
+/// `s` as an audit field: as it is if the ledger takes it, else escaped and cut to fit (names
+/// from a refused request can be anything).
+fn audit_text(s: &str) -> String {
+    if audit_text_ok(s) {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    for c in s.escape_debug() {
+        if out.len() + c.len_utf8() > edgefabric_ledger::entry::MAX_FIELD_BYTES - 3 {
+            out.push_str("...");
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The actor recorded for a request without a valid token.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -84,13 +106,17 @@ impl AppState {
                     h
                 }
             };
+            // A key the ledger cannot hold as text (too long, control characters) is recorded by
+            // its keyed hash too.
             let (key, key_hash) = match t.key {
-                Some(k) if hidden => (None, Some(crate::auth::audit_key_hash(&self.audit_secret, &t.ns, &k))),
+                Some(k) if hidden || !audit_text_ok(&k) => {
+                    (None, Some(crate::auth::audit_key_hash(&self.audit_secret, &t.ns, &k)))
+                }
                 k => (k, None),
             };
             out.push(edgefabric_store::audit::Access {
-                actor: actor.to_string(),
-                ns: t.ns,
+                actor: audit_text(actor),
+                ns: audit_text(&t.ns),
                 key,
                 key_hash,
                 action: t.action,

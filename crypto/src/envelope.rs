@@ -141,6 +141,35 @@ fn kek(
     Ok(out)
 }
 
+/// The key two nodes share for authenticating the frames between them (`store/src/link.rs`):
+/// static-static X25519 between their node keys, then HKDF-SHA256 bound to both (id, key)
+/// pairs in a canonical order, so both ends derive the same key and nobody else can.
+/// Refuses a peer key of small order (a shared secret of zero would be a key everyone knows).
+pub fn link_key(me: &Identity, my_id: u64, peer: &PublicKey, peer_id: u64) -> Result<Zeroizing<[u8; 32]>> {
+    let peer_x = x25519_dalek::PublicKey::from(x25519_public(peer));
+    let shared = x25519_secret(me).diffie_hellman(&peer_x);
+    if !shared.was_contributory() {
+        return Err(Error::Invalid { what: "peer key", message: "of small order: no shared secret".into() });
+    }
+    let mine = (my_id, me.public_key().to_bytes());
+    let theirs = (peer_id, peer.to_bytes());
+    let (a, b) = if mine <= theirs { (mine, theirs) } else { (theirs, mine) };
+    let mut info = b"edgefabric-link-v1\0".to_vec();
+    for (id, key) in [a, b] {
+        info.extend_from_slice(&id.to_be_bytes());
+        info.extend_from_slice(&key);
+    }
+    let prk =
+        ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"edgefabric-link-v1").extract(shared.as_bytes());
+    let info_parts = [info.as_slice()];
+    let okm = prk
+        .expand(&info_parts, ring::hkdf::HKDF_SHA256)
+        .map_err(|_| Error::Invalid { what: "hkdf", message: "expand failed".into() })?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    okm.fill(out.as_mut()).map_err(|_| Error::Invalid { what: "hkdf", message: "fill failed".into() })?;
+    Ok(out)
+}
+
 /// Wraps `dk` for the node with ed25519 public key `node`; `context` (e.g. namespace and key
 /// version) must be given again to unwrap.
 pub fn wrap(dk: &DataKey, node: &PublicKey, context: &[u8]) -> Result<Vec<u8>> {
@@ -337,5 +366,19 @@ mod tests {
             let other = format!("{k}x");
             prop_assert!(open(&dk, &ns, &other, &sealed).is_err());
         }
+    }
+
+    #[test]
+    fn both_ends_derive_the_same_link_key_and_nobody_else_does() {
+        let a = Identity::from_seed(&[1; 32]);
+        let b = Identity::from_seed(&[2; 32]);
+        let c = Identity::from_seed(&[3; 32]);
+        let ab = link_key(&a, 1, &b.public_key(), 2).unwrap();
+        let ba = link_key(&b, 2, &a.public_key(), 1).unwrap();
+        assert_eq!(*ab, *ba);
+        // A third key, or the right keys under other ids, give another key.
+        assert_ne!(*link_key(&c, 1, &b.public_key(), 2).unwrap(), *ab);
+        assert_ne!(*link_key(&a, 1, &b.public_key(), 3).unwrap(), *ab);
+        assert_ne!(*link_key(&a, 1, &c.public_key(), 2).unwrap(), *ab);
     }
 }

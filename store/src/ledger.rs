@@ -438,12 +438,13 @@ impl Node {
             .map(|m| m.nodes.values().filter(|n| n.id != self.opts.id).cloned().collect())
             .unwrap_or_default();
         let calls = peers.iter().map(|n| async move {
-            let Ok(client) = self.channels.client(&n.addr) else { return None };
+            let Ok(client) = self.channels.client(n.id, &n.addr) else { return None };
             let r = call::<_, String, Error, _, _>(
                 client,
                 LEDGER_GROUP,
                 &(head.log_size, head.log_root),
                 Duration::from_millis(1500),
+                "ledger_cosign",
                 |mut c, f| async move { c.ledger_cosign(f).await },
             )
             .await;

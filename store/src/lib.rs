@@ -13,6 +13,7 @@ pub mod confidential;
 mod error;
 pub mod kv;
 pub mod ledger;
+pub mod link;
 pub mod log;
 pub mod network;
 pub mod node;

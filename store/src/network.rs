@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::link::LinkAuth;
 use crate::log::GroupId;
 use crate::raft_store::{NodeId, TypeConfig};
 
@@ -32,14 +33,32 @@ pub use pb::Frame;
 /// Largest gRPC message either side accepts (raft batches, snapshot chunks).
 pub const MAX_MESSAGE_BYTES: usize = codec::MAX_DECODE_BYTES;
 
-/// Channels by peer address, shared by raft replication and request forwarding.
-#[derive(Clone, Default)]
+/// Channels by peer address, shared by raft replication and request forwarding, and the
+/// link authentication every frame goes through.
+#[derive(Clone)]
 pub struct Channels {
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+    pub(crate) auth: Arc<LinkAuth>,
+}
+
+/// A client for one peer node, with what authenticates frames to it.
+pub struct Peer {
+    client: InternalClient<Channel>,
+    id: NodeId,
+    auth: Arc<LinkAuth>,
 }
 
 impl Channels {
-    pub fn client(&self, addr: &str) -> Result<InternalClient<Channel>> {
+    pub fn new(auth: Arc<LinkAuth>) -> Self {
+        Channels { by_addr: Default::default(), auth }
+    }
+
+    /// A client for node `id` at `addr`.
+    pub fn client(&self, id: NodeId, addr: &str) -> Result<Peer> {
+        Ok(Peer { client: self.channel(addr)?, id, auth: self.auth.clone() })
+    }
+
+    fn channel(&self, addr: &str) -> Result<InternalClient<Channel>> {
         let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match map.get(addr) {
             Some(c) => c.clone(),
@@ -60,13 +79,16 @@ impl Channels {
     }
 }
 
-/// Calls one internal RPC: encodes `req`, decodes the peer's `Result<Resp, E>`.
-/// Outer error: transport failure (the peer did not answer); inner: the peer's answer.
+/// Calls one internal RPC (`name`: the rpc, as the server checks it): encodes `req` into an
+/// authenticated frame, checks the reply came from the peer for this request, decodes the
+/// peer's `Result<Resp, E>`. Outer error: transport failure (the peer did not answer, or not
+/// authentically); inner: the peer's answer.
 pub async fn call<Req, Resp, E, F, Fut>(
-    client: InternalClient<Channel>,
+    peer: Peer,
     group: GroupId,
     req: &Req,
     timeout: Duration,
+    name: &'static str,
     rpc: F,
 ) -> std::result::Result<std::result::Result<Resp, E>, TransportError>
 where
@@ -77,13 +99,17 @@ where
     Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
 {
     let data = codec::encode(req).map_err(|e| TransportError::Other(e.to_string()))?;
-    let mut request = tonic::Request::new(Frame { group, data });
-    request.set_timeout(timeout);
-    let reply = match tokio::time::timeout(timeout, rpc(client, request.into_inner())).await {
+    let frame =
+        peer.auth.request(name, peer.id, group, data).map_err(|e| TransportError::Other(e.to_string()))?;
+    let sent = frame.clone();
+    let reply = match tokio::time::timeout(timeout, rpc(peer.client, frame)).await {
         Err(_) => return Err(TransportError::Timeout),
         Ok(Err(status)) => return Err(TransportError::from_status(status)),
         Ok(Ok(r)) => r.into_inner(),
     };
+    peer.auth
+        .accept_reply(name, &sent, &reply)
+        .map_err(|e| TransportError::Other(format!("reply from node {}: {e}", peer.id)))?;
     codec::decode(&reply.data).map_err(|e| TransportError::Other(format!("bad reply: {e}")))
 }
 
@@ -113,10 +139,15 @@ impl From<TransportError> for Error {
     }
 }
 
-/// Encodes a handler's answer into a reply frame.
-pub fn reply<T: Serialize>(value: &T) -> std::result::Result<tonic::Response<Frame>, tonic::Status> {
+/// Encodes a handler's answer to `req` (rpc `name`) into an authenticated reply frame.
+pub fn reply<T: Serialize>(
+    auth: &LinkAuth,
+    name: &str,
+    req: &Frame,
+    value: &T,
+) -> std::result::Result<tonic::Response<Frame>, tonic::Status> {
     let data = codec::encode(value).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    Ok(tonic::Response::new(Frame { group: 0, data }))
+    Ok(tonic::Response::new(auth.reply(name, req, data)?))
 }
 
 /// Decodes a request frame; a bad frame is the caller's error.
@@ -153,6 +184,7 @@ impl Network {
         &self,
         req: &Req,
         ttl: Duration,
+        name: &'static str,
         rpc: F,
     ) -> std::result::Result<Resp, RpcErr<E>>
     where
@@ -162,9 +194,11 @@ impl Network {
         F: FnOnce(InternalClient<Channel>, Frame) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
     {
-        let client =
-            self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        match call::<Req, Resp, RaftError<NodeId, E>, _, _>(client, self.group, req, ttl, rpc).await {
+        let peer = self
+            .channels
+            .client(self.target, &self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        match call::<Req, Resp, RaftError<NodeId, E>, _, _>(peer, self.group, req, ttl, name, rpc).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(e @ TransportError::Unreachable(_)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
@@ -179,7 +213,13 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> std::result::Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.append_entries(f).await }).await
+        self.send(
+            &rpc,
+            option.hard_ttl(),
+            "append_entries",
+            |mut c, f| async move { c.append_entries(f).await },
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -187,7 +227,10 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> std::result::Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.install_snapshot(f).await }).await
+        self.send(&rpc, option.hard_ttl(), "install_snapshot", |mut c, f| async move {
+            c.install_snapshot(f).await
+        })
+        .await
     }
 
     async fn vote(
@@ -195,6 +238,6 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> std::result::Result<VoteResponse<NodeId>, RpcErr> {
-        self.send(&rpc, option.hard_ttl(), |mut c, f| async move { c.vote(f).await }).await
+        self.send(&rpc, option.hard_ttl(), "vote", |mut c, f| async move { c.vote(f).await }).await
     }
 }

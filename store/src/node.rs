@@ -266,13 +266,21 @@ impl Node {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let ledger_genesis = opts.ledger_genesis.clone();
         let audit = crate::audit::AuditQueue::open(&engine, opts.audit)?;
+        let configured = opts
+            .members
+            .iter()
+            .filter_map(|m| {
+                Some((m.id, edgefabric_crypto::PublicKey::from_base64(&m.public_key).ok()?.to_bytes()))
+            })
+            .collect();
+        let link = Arc::new(crate::link::LinkAuth::new(opts.id, opts.identity.clone(), configured));
         let node = Arc::new(Node {
             opts,
             instance,
             engine,
             db,
             config: Arc::new(config),
-            channels: Channels::default(),
+            channels: Channels::new(link),
             groups: RwLock::new(BTreeMap::new()),
             starting: Mutex::new(BTreeSet::new()),
             last_elect: Mutex::new(BTreeMap::new()),
@@ -285,6 +293,13 @@ impl Node {
             rotations: Default::default(),
             shutdown,
         });
+        // Keys of nodes added after the cluster's creation come from the cluster map.
+        let weak = Arc::downgrade(&node);
+        node.channels.auth.set_directory(Box::new(move |id| {
+            let map = weak.upgrade()?.map()?;
+            let info = map.nodes.get(&id)?;
+            Some(edgefabric_crypto::PublicKey::from_base64(&info.public_key).ok()?.to_bytes())
+        }));
         let meta_members = node.meta_voters();
         node.start_group(META_GROUP, meta_members.clone(), true).await?;
         node.start_group(LEDGER_GROUP, meta_members, true).await?;
@@ -533,7 +548,7 @@ impl Node {
                 Some(self.instance)
             } else {
                 match membership.get_node(&id) {
-                    Some(n) => self.peer_status(g.id, &n.addr).await.map(|s| s.instance),
+                    Some(n) => self.peer_status(g.id, id, &n.addr).await.map(|s| s.instance),
                     None => None,
                 }
             };
@@ -737,13 +752,14 @@ impl Node {
         // The source of the move last: once removed it may still think it leads.
         let mut replicas = self.replicas_of(group)?;
         replicas.sort_by_key(|(id, _)| *id == req.2);
-        for (_, addr) in replicas {
-            let client = self.channels.client(&addr)?;
+        for (id, addr) in replicas {
+            let client = self.channels.client(id, &addr)?;
             let r = call::<_, (), Error, _, _>(
                 client,
                 group,
                 req,
                 Duration::from_secs(150),
+                "change_replica",
                 |mut c, f| async move { c.change_replica(f).await },
             )
             .await;
@@ -858,12 +874,13 @@ impl Node {
             if n.id == self.opts.id {
                 return (n.id, Some(self.group_statuses()));
             }
-            let Ok(client) = self.channels.client(&n.addr) else { return (n.id, None) };
+            let Ok(client) = self.channels.client(n.id, &n.addr) else { return (n.id, None) };
             let r = call::<_, Vec<GroupStatus>, Error, _, _>(
                 client,
                 ALL_GROUPS,
                 &(),
                 Duration::from_millis(800),
+                "status",
                 |mut c, f| async move { c.status(f).await },
             )
             .await;
@@ -997,12 +1014,13 @@ impl Node {
             };
             attempt += 1;
             if let Some((leader, addr)) = target {
-                let client = self.channels.client(&addr)?;
+                let client = self.channels.client(leader, &addr)?;
                 let r = call::<_, Response, Error, _, _>(
                     client,
                     group,
                     cmd,
                     self.opts.request_timeout,
+                    "forward",
                     |mut c, f| async move { c.forward(f).await },
                 )
                 .await;
@@ -1061,13 +1079,14 @@ impl Node {
             match g.raft.ensure_linearizable().await {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    if let Some(leader) = f.leader_node {
-                        let client = self.channels.client(&leader.addr)?;
+                    if let (Some(leader_id), Some(leader)) = (f.leader_id, f.leader_node) {
+                        let client = self.channels.client(leader_id, &leader.addr)?;
                         let r = call::<_, u64, Error, _, _>(
                             client,
                             g.id,
                             &(),
                             self.opts.request_timeout,
+                            "read_index",
                             |mut c, f| async move { c.read_index(f).await },
                         )
                         .await;
@@ -1178,7 +1197,7 @@ impl Node {
                 Some(g) => self.local_get(&g, ns, key, consistency, range).await,
                 None => {
                     let req = ReadRequest { ns: ns.into(), key: key.into(), consistency, range };
-                    self.remote(shard.id, &req, |mut c, f| async move { c.read(f).await }).await
+                    self.remote(shard.id, &req, "read", |mut c, f| async move { c.read(f).await }).await
                 }
             };
             match r {
@@ -1216,7 +1235,13 @@ impl Node {
     }
 
     /// Asks the replicas of a group this node does not host, in turn, until one answers.
-    async fn remote<Req, Resp, F, Fut>(&self, group: GroupId, req: &Req, rpc: F) -> Result<Resp>
+    async fn remote<Req, Resp, F, Fut>(
+        &self,
+        group: GroupId,
+        req: &Req,
+        name: &'static str,
+        rpc: F,
+    ) -> Result<Resp>
     where
         Req: Serialize,
         Resp: serde::de::DeserializeOwned,
@@ -1225,9 +1250,16 @@ impl Node {
     {
         let mut last = Error::Unavailable(format!("no replica of shard {group} answered"));
         for (id, addr) in self.replicas_of(group)? {
-            let client = self.channels.client(&addr)?;
-            match call::<_, Resp, Error, _, _>(client, group, req, self.opts.request_timeout, rpc.clone())
-                .await
+            let client = self.channels.client(id, &addr)?;
+            match call::<_, Resp, Error, _, _>(
+                client,
+                group,
+                req,
+                self.opts.request_timeout,
+                name,
+                rpc.clone(),
+            )
+            .await
             {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
@@ -1308,19 +1340,20 @@ impl Node {
     async fn scan_shard(&self, shard: GroupId, req: ScanRequest) -> Result<(Vec<ScanItem>, bool)> {
         match self.group(shard) {
             Some(g) => self.local_scan(&g, &req).await,
-            None => self.remote(shard, &req, |mut c, f| async move { c.scan(f).await }).await,
+            None => self.remote(shard, &req, "scan", |mut c, f| async move { c.scan(f).await }).await,
         }
     }
 
     // ---- membership ----
 
-    async fn peer_status(&self, group: GroupId, addr: &str) -> Option<GroupStatus> {
-        let client = self.channels.client(addr).ok()?;
+    async fn peer_status(&self, group: GroupId, id: NodeId, addr: &str) -> Option<GroupStatus> {
+        let client = self.channels.client(id, addr).ok()?;
         call::<_, GroupStatus, Error, _, _>(
             client,
             group,
             &(),
             Duration::from_millis(800),
+            "status",
             |mut c, f| async move { c.status(f).await },
         )
         .await
@@ -1350,7 +1383,7 @@ impl Node {
                 if *id == me {
                     continue;
                 }
-                if let Some(st) = self.peer_status(g.id, &info.addr).await {
+                if let Some(st) = self.peer_status(g.id, info.id, &info.addr).await {
                     answered += 1;
                     if st.initialized {
                         initialized.push(st);
@@ -1411,12 +1444,13 @@ impl Node {
                 return;
             }
             for info in members.values().filter(|m| m.id != self.opts.id) {
-                let Ok(client) = self.channels.client(&info.addr) else { continue };
+                let Ok(client) = self.channels.client(info.id, &info.addr) else { continue };
                 let r = call::<_, (), Error, _, _>(
                     client,
                     g.id,
                     &(self.opts.id, self.instance),
                     Duration::from_secs(120),
+                    "rejoin",
                     |mut c, f| async move { c.rejoin(f).await },
                 )
                 .await;
@@ -1528,6 +1562,20 @@ pub struct InternalService {
 type RpcResult = std::result::Result<tonic::Response<Frame>, tonic::Status>;
 
 impl InternalService {
+    /// Authenticates a request frame (`link.rs`); an unauthenticated one is logged and refused.
+    fn accept(&self, rpc: &str, req: tonic::Request<Frame>) -> std::result::Result<Frame, tonic::Status> {
+        let f = req.into_inner();
+        if let Err(e) = self.node.channels.auth.accept(rpc, &f) {
+            tracing::warn!(rpc, from = f.from, error = %e, "refused an internal request");
+            return Err(e.into());
+        }
+        Ok(f)
+    }
+
+    fn reply<T: serde::Serialize>(&self, rpc: &str, req: &Frame, value: &T) -> RpcResult {
+        network::reply(&self.node.channels.auth, rpc, req, value)
+    }
+
     fn group(&self, frame: &Frame) -> std::result::Result<Arc<Group>, tonic::Status> {
         self.node.group(frame.group).ok_or_else(|| {
             tonic::Status::unavailable(format!("group {} is not hosted here (yet)", frame.group))
@@ -1538,84 +1586,106 @@ impl InternalService {
 #[tonic::async_trait]
 impl Internal for InternalService {
     async fn append_entries(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let g = self.group(req.get_ref())?;
-        let rpc = network::request(req.get_ref())?;
-        network::reply(&g.raft.append_entries(rpc).await)
+        const RPC: &str = "append_entries";
+        let f = self.accept(RPC, req)?;
+        let g = self.group(&f)?;
+        let rpc = network::request(&f)?;
+        self.reply(RPC, &f, &g.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let g = self.group(req.get_ref())?;
+        const RPC: &str = "vote";
+        let f = self.accept(RPC, req)?;
+        let g = self.group(&f)?;
         if g.rejoining.load(Ordering::SeqCst) || g.deciding.load(Ordering::SeqCst) {
             return Err(tonic::Status::unavailable("fresh or rejoining after data loss: not voting yet"));
         }
-        let rpc = network::request(req.get_ref())?;
-        network::reply(&g.raft.vote(rpc).await)
+        let rpc = network::request(&f)?;
+        self.reply(RPC, &f, &g.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let g = self.group(req.get_ref())?;
-        let rpc = network::request(req.get_ref())?;
-        network::reply(&g.raft.install_snapshot(rpc).await)
+        const RPC: &str = "install_snapshot";
+        let f = self.accept(RPC, req)?;
+        let g = self.group(&f)?;
+        let rpc = network::request(&f)?;
+        self.reply(RPC, &f, &g.raft.install_snapshot(rpc).await)
     }
 
     async fn forward(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let cmd: Command = network::request(req.get_ref())?;
-        let r = match self.node.group(req.get_ref().group) {
+        const RPC: &str = "forward";
+        let f = self.accept(RPC, req)?;
+        let cmd: Command = network::request(&f)?;
+        let r = match self.node.group(f.group) {
             Some(g) => self.node.propose_local(&g, cmd).await,
-            None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
+            None => Err(Error::Unavailable(format!("group {} is not hosted here", f.group))),
         };
-        network::reply(&r)
+        self.reply(RPC, &f, &r)
     }
 
     async fn read_index(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let g = self.group(req.get_ref())?;
+        const RPC: &str = "read_index";
+        let f = self.accept(RPC, req)?;
+        let g = self.group(&f)?;
         let r: Result<u64> = match g.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
             Err(e) => Err(Error::Unavailable(e.to_string())),
         };
-        network::reply(&r)
+        self.reply(RPC, &f, &r)
     }
 
     async fn status(&self, req: tonic::Request<Frame>) -> RpcResult {
-        if req.get_ref().group == ALL_GROUPS {
-            return network::reply(&Ok::<_, Error>(self.node.group_statuses()));
+        const RPC: &str = "status";
+        let f = self.accept(RPC, req)?;
+        if f.group == ALL_GROUPS {
+            return self.reply(RPC, &f, &Ok::<_, Error>(self.node.group_statuses()));
         }
-        let g = self.group(req.get_ref())?;
-        network::reply(&Ok::<_, Error>(g.status(self.node.opts.id, self.node.instance)))
+        let g = self.group(&f)?;
+        self.reply(RPC, &f, &Ok::<_, Error>(g.status(self.node.opts.id, self.node.instance)))
     }
 
     async fn rejoin(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let g = self.group(req.get_ref())?;
-        let (id, instance): (NodeId, u64) = network::request(req.get_ref())?;
-        network::reply(&self.node.readmit(&g, id, instance).await)
+        const RPC: &str = "rejoin";
+        let f = self.accept(RPC, req)?;
+        let g = self.group(&f)?;
+        let (id, instance): (NodeId, u64) = network::request(&f)?;
+        self.reply(RPC, &f, &self.node.readmit(&g, id, instance).await)
     }
 
     async fn change_replica(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let g = self.group(req.get_ref())?;
-        let (to, addr, from): (NodeId, String, NodeId) = network::request(req.get_ref())?;
-        network::reply(&self.node.change_replica(&g, to, &addr, from).await)
+        const RPC: &str = "change_replica";
+        let f = self.accept(RPC, req)?;
+        let g = self.group(&f)?;
+        let (to, addr, from): (NodeId, String, NodeId) = network::request(&f)?;
+        self.reply(RPC, &f, &self.node.change_replica(&g, to, &addr, from).await)
     }
 
     async fn read(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let r: ReadRequest = network::request(req.get_ref())?;
-        let out = match self.node.group(req.get_ref().group) {
+        const RPC: &str = "read";
+        let f = self.accept(RPC, req)?;
+        let r: ReadRequest = network::request(&f)?;
+        let out = match self.node.group(f.group) {
             Some(g) => self.node.local_get(&g, &r.ns, &r.key, r.consistency, r.range).await,
-            None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
+            None => Err(Error::Unavailable(format!("group {} is not hosted here", f.group))),
         };
-        network::reply(&out)
+        self.reply(RPC, &f, &out)
     }
 
     async fn ledger_cosign(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let (size, root): (u64, edgefabric_ledger::Hash) = network::request(req.get_ref())?;
-        network::reply(&self.node.ledger_cosign(size, root).await)
+        const RPC: &str = "ledger_cosign";
+        let f = self.accept(RPC, req)?;
+        let (size, root): (u64, edgefabric_ledger::Hash) = network::request(&f)?;
+        self.reply(RPC, &f, &self.node.ledger_cosign(size, root).await)
     }
 
     async fn scan(&self, req: tonic::Request<Frame>) -> RpcResult {
-        let r: ScanRequest = network::request(req.get_ref())?;
-        let out = match self.node.group(req.get_ref().group) {
+        const RPC: &str = "scan";
+        let f = self.accept(RPC, req)?;
+        let r: ScanRequest = network::request(&f)?;
+        let out = match self.node.group(f.group) {
             Some(g) => self.node.local_scan(&g, &r).await,
-            None => Err(Error::Unavailable(format!("group {} is not hosted here", req.get_ref().group))),
+            None => Err(Error::Unavailable(format!("group {} is not hosted here", f.group))),
         };
-        network::reply(&out)
+        self.reply(RPC, &f, &out)
     }
 }

@@ -197,6 +197,23 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP: the process freezes with its sockets open, as a node behind a partition looks
+    /// to the others (connections hang instead of being refused).
+    pub fn pause(&mut self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&mut self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, sig: &str) {
+        let pid = self.nodes[&id].child.as_ref().expect("node running").id();
+        let ok = Command::new("kill").arg(sig).arg(pid.to_string()).status().expect("run kill").success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes[&id].child.is_some()
     }
