@@ -23,6 +23,106 @@ pub struct Claims {
     pub exp: u64,
     /// Token id, for revocation.
     pub jti: String,
+    /// The client key (base64 ed25519) the token is bound to, if any: then every request made
+    /// with it must be signed by that key (`request_message`), so a token lifted off the wire
+    /// is useless on its own, and a signed request cannot be replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<String>,
+}
+
+/// Header: when a signed request was made, ms since the Unix epoch.
+pub const SIG_DATE: &str = "x-ef-date";
+/// Header: a fresh random value per signed request (16 to 64 of `[A-Za-z0-9_-]`).
+pub const SIG_NONCE: &str = "x-ef-nonce";
+/// Header: base64 ed25519 signature over `request_message`.
+pub const SIG_SIGNATURE: &str = "x-ef-signature";
+/// How far a signed request's date may be from the node's clock.
+pub const SIG_WINDOW_MS: u64 = 30_000;
+
+/// What a client bound to a key signs for each request (README, "Signed requests"):
+/// `edgefabric-request-v1\n<METHOD>\n<path and query>\n<date>\n<nonce>\n<hex sha256 of body>\n`.
+pub fn request_message(method: &str, path_and_query: &str, date: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
+    format!(
+        "edgefabric-request-v1\n{method}\n{path_and_query}\n{date}\n{nonce}\n{}\n",
+        hex::encode(edgefabric_crypto::sha256(body))
+    )
+    .into_bytes()
+}
+
+/// Why a signed request was refused (each a 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("this token is bound to a client key: the request must be signed (headers {SIG_DATE}, {SIG_NONCE}, {SIG_SIGNATURE}); {0} is missing")]
+    Missing(&'static str),
+    #[error("{0}: {1}")]
+    Malformed(&'static str, String),
+    #[error(
+        "{SIG_DATE}: the request was signed {0} ms away from this node's clock (allowed: {SIG_WINDOW_MS} ms)"
+    )]
+    Stale(i64),
+    #[error("{SIG_SIGNATURE}: does not verify under the token's client key for this request")]
+    BadSignature,
+    #[error("replayed request: this nonce was already used")]
+    Replay,
+}
+
+/// Checks a signed request's headers and signature (not the nonce's freshness: `NonceCache`).
+pub fn check_signed(
+    key: &PublicKey,
+    method: &str,
+    path_and_query: &str,
+    header: impl Fn(&'static str) -> Option<String>,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<String, SignatureError> {
+    let get = |h: &'static str| header(h).ok_or(SignatureError::Missing(h));
+    let (date, nonce, sig) = (get(SIG_DATE)?, get(SIG_NONCE)?, get(SIG_SIGNATURE)?);
+    let t: u64 =
+        date.parse().map_err(|_| SignatureError::Malformed(SIG_DATE, "not ms since the epoch".into()))?;
+    if !(16..=64).contains(&nonce.len())
+        || !nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(SignatureError::Malformed(SIG_NONCE, "16 to 64 of [A-Za-z0-9_-]".into()));
+    }
+    let skew = now_ms as i64 - t as i64;
+    if skew.unsigned_abs() > SIG_WINDOW_MS {
+        return Err(SignatureError::Stale(skew));
+    }
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(sig.trim())
+        .map_err(|_| SignatureError::Malformed(SIG_SIGNATURE, "not base64".into()))?;
+    let sig: [u8; 64] =
+        raw.try_into().map_err(|_| SignatureError::Malformed(SIG_SIGNATURE, "not 64 bytes".into()))?;
+    key.verify(&request_message(method, path_and_query, &date, &nonce, body), &sig)
+        .map_err(|_| SignatureError::BadSignature)?;
+    Ok(nonce)
+}
+
+/// Nonces of signed requests this node accepted, remembered for longer than a request stays
+/// acceptable (two generations of `2 * SIG_WINDOW_MS`). Per node: a request is bound to its
+/// date, so a copy replayed to another node is refused there once the window has passed.
+#[derive(Default)]
+pub struct NonceCache {
+    inner: std::sync::Mutex<(
+        std::collections::HashSet<(String, String)>,
+        std::collections::HashSet<(String, String)>,
+        u64,
+    )>,
+}
+
+impl NonceCache {
+    /// Records (client key, nonce); false if it was seen already.
+    pub fn first_use(&self, key: &str, nonce: &str, now_ms: u64) -> bool {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (current, previous, since) = &mut *g;
+        if now_ms.saturating_sub(*since) > 2 * SIG_WINDOW_MS {
+            *previous = std::mem::take(current);
+            *since = now_ms;
+        }
+        let id = (key.to_string(), nonce.to_string());
+        !previous.contains(&id) && current.insert(id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,7 +375,62 @@ mod tests {
             iat: 100,
             exp,
             jti: "t1".into(),
+            cnf: None,
         }
+    }
+
+    #[test]
+    fn signed_requests_verify_once_within_the_window() {
+        use base64::Engine;
+        let client = Identity::from_seed(&[5; 32]);
+        let key = client.public_key();
+        let nonce = "abcdefghijklmnop";
+        let sign = |date: &str, body: &[u8]| {
+            let m = request_message("PUT", "/v1/kv/med/k?cas=0", date, nonce, body);
+            base64::engine::general_purpose::STANDARD.encode(client.sign(&m))
+        };
+        let now = 1_000_000u64;
+        let sig = sign("1000000", b"v");
+        let headers = |date: &str, sig: &str| {
+            let (date, sig) = (date.to_string(), sig.to_string());
+            move |h: &'static str| match h {
+                SIG_DATE => Some(date.clone()),
+                SIG_NONCE => Some(nonce.to_string()),
+                SIG_SIGNATURE => Some(sig.clone()),
+                _ => None,
+            }
+        };
+        let ok = check_signed(&key, "PUT", "/v1/kv/med/k?cas=0", headers("1000000", &sig), b"v", now);
+        assert_eq!(ok.as_deref(), Ok(nonce));
+        // Another body, path, method or date: the signature no longer fits.
+        for (m, p, body) in [
+            ("PUT", "/v1/kv/med/k?cas=0", b"w"),
+            ("PUT", "/v1/kv/med/j?cas=0", b"v"),
+            ("GET", "/v1/kv/med/k?cas=0", b"v"),
+        ] {
+            let r = check_signed(&key, m, p, headers("1000000", &sig), body, now);
+            assert_eq!(r, Err(SignatureError::BadSignature), "{m} {p}");
+        }
+        assert_eq!(
+            check_signed(&key, "PUT", "/v1/kv/med/k?cas=0", headers("1000001", &sig), b"v", now),
+            Err(SignatureError::BadSignature)
+        );
+        // Too old (or too far ahead), even when correctly signed.
+        let old = sign("900000", b"v");
+        assert!(matches!(
+            check_signed(&key, "PUT", "/v1/kv/med/k?cas=0", headers("900000", &old), b"v", now),
+            Err(SignatureError::Stale(_))
+        ));
+        // Missing headers name the header.
+        let none = |_: &'static str| None;
+        assert_eq!(check_signed(&key, "PUT", "/", none, b"", now), Err(SignatureError::Missing(SIG_DATE)));
+        // A nonce counts once.
+        let cache = NonceCache::default();
+        assert!(cache.first_use("k", nonce, now));
+        assert!(!cache.first_use("k", nonce, now + 1));
+        assert!(cache.first_use("other-key", nonce, now + 1));
+        // Still remembered after the window has rolled once.
+        assert!(!cache.first_use("k", nonce, now + 2 * SIG_WINDOW_MS + 1));
     }
 
     #[test]

@@ -42,6 +42,13 @@ impl KvService {
             return Err(anon(Status::unauthenticated("authorization must be 'Bearer <token>'")));
         };
         let who = self.state.principal(token).map_err(|e| anon(Status::unauthenticated(e.to_string())))?;
+        if who.cnf.is_some() {
+            // Request signing is REST-only for now; a key-bound token must not work unsigned.
+            return Err((
+                who.subject,
+                Status::unauthenticated("this token is bound to a client key: use signed REST requests"),
+            ));
+        }
         for p in needs {
             if !crate::auth::allows(&who.roles, p) {
                 return Err((who.subject, Status::permission_denied(format!("this needs the role {p}"))));

@@ -129,6 +129,40 @@ async fn authorize(
         }
         Err(_) => return whole(req, ANONYMOUS, ApiError::unauthenticated("invalid token")),
     };
+    // A token bound to a client key: the request must be signed by it, and be fresh and new.
+    let req = match &who.cnf {
+        None => req,
+        Some(key) => {
+            let (parts, body) = req.into_parts();
+            let limit = st.node.options().max_value_bytes.max(1 << 20) + 1;
+            let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+                let refusal =
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_argument", "body: too large");
+                return whole(Request::from_parts(parts, Body::empty()), &who.subject, refusal);
+            };
+            let path_and_query = parts.uri.path_and_query().map_or(path, |p| p.as_str()).to_string();
+            let header =
+                |h: &'static str| parts.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let checked = edgefabric_crypto::PublicKey::from_base64(key)
+                .map_err(|_| crate::auth::SignatureError::BadSignature)
+                .and_then(|k| crate::auth::check_signed(&k, method, &path_and_query, header, &bytes, now))
+                .and_then(|nonce| {
+                    if st.nonces.first_use(key, &nonce, now) {
+                        Ok(())
+                    } else {
+                        Err(crate::auth::SignatureError::Replay)
+                    }
+                });
+            let req = Request::from_parts(parts, Body::from(bytes));
+            if let Err(e) = checked {
+                return whole(req, &who.subject, ApiError::unauthenticated(e.to_string()));
+            }
+            req
+        }
+    };
     // A batch's namespaces and keys are in its body: read it (bounded), then hand it on unchanged.
     let (req, batch) = if path == "/v1/batch" && method == "POST" {
         let (parts, body) = req.into_parts();
@@ -178,6 +212,9 @@ struct TokenBody {
     /// Seconds until it expires (default one day).
     #[serde(default)]
     ttl_secs: Option<u64>,
+    /// Bind the token to this client key (base64 ed25519): requests with it must be signed.
+    #[serde(default)]
+    client_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,12 +252,17 @@ async fn issue_token(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let jti = edgefabric_crypto::random_token()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if let Some(k) = &b.client_key {
+        edgefabric_crypto::PublicKey::from_base64(k)
+            .map_err(|e| ApiError::bad_request(format!("client_key: {e}")))?;
+    }
     let claims = crate::auth::Claims {
         sub: b.subject.clone(),
         roles: b.roles.clone(),
         iat: now,
         exp: now + ttl,
         jti: jti.clone(),
+        cnf: b.client_key.clone(),
     };
     let token = crate::auth::issue(&st.token_key, &claims)
         .map_err(|e| ApiError::bad_request(format!("roles: {e}")))?;

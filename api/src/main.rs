@@ -124,6 +124,10 @@ enum TokenCmd {
         /// How long it is valid: e.g. 30s, 15m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// Bind the token to a client key (`KEY.pub` from `edgefabric keygen`): every request
+        /// made with it must then be signed by that key (README, "Signed requests").
+        #[arg(long)]
+        client_key: Option<std::path::PathBuf>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -419,12 +423,19 @@ async fn run(cli: Cli) -> Result<i32> {
                 &c.json(Method::GET, &format!("/v1/namespaces/{}", encode_segment(&ns)), None).await?,
             )?;
         }
-        Cmd::Token { cmd: TokenCmd::Issue { subject, roles, ttl, client } } => {
+        Cmd::Token { cmd: TokenCmd::Issue { subject, roles, ttl, client_key, client } } => {
             for r in &roles {
                 auth::Role::parse(r).with_context(|| "--role".to_string())?;
             }
             let c = Client::new(&client)?;
-            let body = json!({"subject": subject, "roles": roles, "ttl_secs": parse_ttl(&ttl)?});
+            let mut body = json!({"subject": subject, "roles": roles, "ttl_secs": parse_ttl(&ttl)?});
+            if let Some(f) = client_key {
+                let text =
+                    std::fs::read_to_string(&f).with_context(|| format!("--client-key {}", f.display()))?;
+                edgefabric_crypto::PublicKey::from_base64(text.trim())
+                    .with_context(|| format!("--client-key {}", f.display()))?;
+                body["client_key"] = json!(text.trim());
+            }
             let v = c.json(Method::POST, "/v1/tokens", Some(body)).await?;
             eprintln!(
                 "token {} for {subject} ({}), expires at {} (Unix time)",

@@ -19,6 +19,8 @@ pub struct AppState {
     pub token_key: edgefabric_crypto::Identity,
     /// Keys the hashes that stand for key names in audit records (`auth::audit_key_hash`).
     audit_secret: [u8; 32],
+    /// Nonces of signed requests seen (anti-replay).
+    pub nonces: crate::auth::NonceCache,
 }
 
 /// Who made a request: the token's subject and roles.
@@ -26,6 +28,8 @@ pub struct AppState {
 pub struct Principal {
     pub subject: String,
     pub roles: Vec<String>,
+    /// The client key the token is bound to (its requests must be signed).
+    pub cnf: Option<String>,
 }
 
 /// Whether the ledger takes `s` as an audit field as it is.
@@ -57,7 +61,7 @@ impl AppState {
     pub fn new(node: Arc<Node>, admin_token: String) -> Self {
         let token_key = crate::auth::signing_key(&admin_token);
         let audit_secret = crate::auth::audit_hash_secret(&admin_token);
-        AppState { node, admin_token, token_key, audit_secret }
+        AppState { node, admin_token, token_key, audit_secret, nonces: Default::default() }
     }
 
     pub fn check_token(&self, presented: &str) -> bool {
@@ -68,7 +72,7 @@ impl AppState {
     /// (if signed by this cluster and not expired).
     pub fn principal(&self, presented: &str) -> Result<Principal, crate::auth::AuthError> {
         if self.check_token(presented) {
-            return Ok(Principal { subject: "admin".into(), roles: vec!["admin".into()] });
+            return Ok(Principal { subject: "admin".into(), roles: vec!["admin".into()], cnf: None });
         }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -76,7 +80,7 @@ impl AppState {
         if self.node.token_revoked(&claims.jti) {
             return Err(crate::auth::AuthError::Revoked);
         }
-        Ok(Principal { subject: claims.sub, roles: claims.roles })
+        Ok(Principal { subject: claims.sub, roles: claims.roles, cnf: claims.cnf })
     }
 
     /// Records one request's accesses in the audit trail, durably, before its answer goes out
