@@ -6,6 +6,8 @@
 //! `admin` allows everything; `admin:NS` ⊇ `writer:NS` ⊇ `reader:NS` within one namespace;
 //! `auditor` reads the audit log, `publisher` registers images.
 
+use std::collections::HashSet;
+
 use edgefabric_crypto::{paseto, Identity, PublicKey};
 use serde::{Deserialize, Serialize};
 
@@ -104,12 +106,11 @@ pub fn check_signed(
 /// date, so a copy replayed to another node is refused there once the window has passed.
 #[derive(Default)]
 pub struct NonceCache {
-    inner: std::sync::Mutex<(
-        std::collections::HashSet<(String, String)>,
-        std::collections::HashSet<(String, String)>,
-        u64,
-    )>,
+    inner: std::sync::Mutex<Generations>,
 }
+
+/// (current generation, previous generation, when the current one started in ms).
+type Generations = (HashSet<(String, String)>, HashSet<(String, String)>, u64);
 
 impl NonceCache {
     /// Records (client key, nonce); false if it was seen already.
