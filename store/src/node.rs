@@ -815,6 +815,27 @@ impl Node {
             |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| Error::Unavailable(e.to_string());
         let membership = meta.raft.metrics().borrow().membership_config.membership().clone();
         let map = self.require_map()?;
+        // The leaving node learns that its last replicas moved away (and deletes them) from the
+        // metadata log: let it catch up with it before it stops receiving that log. Bounded: a
+        // node that is down cannot hold the leave up.
+        if meta.is_leader() && membership.get_node(&id).is_some() {
+            let target = meta.raft.metrics().borrow().last_log_index;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let matched = meta
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index);
+                if matched >= target || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         if membership.voter_ids().any(|v| v == id) {
             let replacement = membership.learner_ids().find(|l| !map.leaving.contains(l));
             if let Some(l) = replacement {
