@@ -35,7 +35,9 @@ const DEFAULT_LIMIT: usize = 100;
 
 /// A record with what proves it.
 pub struct ProvenRecord {
+    /// The ledger entry (a batch of the node's records) holding it, and its place there.
     pub log_index: u64,
+    pub position: u32,
     pub record: AuditRecord,
     pub leaf: Vec<u8>,
     pub proof: Vec<edgefabric_ledger::Hash>,
@@ -63,7 +65,13 @@ pub async fn query_core(st: &AppState, q: AuditQuery) -> Result<AuditAnswer, Api
                 format!("encoding entry {}: {e}", hit.index),
             )
         })?;
-        records.push(ProvenRecord { log_index: hit.index, record: hit.record, leaf, proof });
+        records.push(ProvenRecord {
+            log_index: hit.index,
+            position: hit.pos,
+            record: hit.record,
+            leaf,
+            proof,
+        });
     }
     Ok(AuditAnswer { records, next: page.next.map(|c| c.to_string()), checkpoint_note: note, checkpoint: cp })
 }
@@ -149,7 +157,7 @@ fn record_json(r: &ProvenRecord, size: u64, root: &[u8]) -> Value {
     let a = &r.record;
     let mut v = json!({
         "actor": a.actor, "node": a.node, "ns": a.ns, "action": a.action, "result": a.result,
-        "status": a.status, "time": rfc3339(a.time_ms), "log_index": r.log_index,
+        "status": a.status, "time": rfc3339(a.time_ms), "log_index": r.log_index, "position": r.position,
         "instance": a.instance, "seq": a.seq, "leaf_base64": STANDARD.encode(&r.leaf),
         "inclusion_proof": {
             "log_index": r.log_index, "tree_size": size, "root_hash": hex::encode(root),
@@ -222,6 +230,7 @@ impl pb::audit_server::Audit for AuditService {
                         status: u32::from(p.record.status),
                         time: rfc3339(p.record.time_ms),
                         log_index: p.log_index,
+                        position: p.position,
                         instance: p.record.instance,
                         seq: p.record.seq,
                         leaf: p.leaf,
@@ -442,7 +451,8 @@ fn verify_one(
         checkpoint: note,
     };
     let proven = verify::verify_entry(keys, origin, min, &presented)?;
-    let a = verify::audit_record(&proven.entry, keys)?;
+    let pos = r["position"].as_u64().context("position: missing")?;
+    let a = verify::audit_record(&proven.entry, usize::try_from(pos).context("position")?, keys)?;
     // What the server states must be what the node signed.
     let stated = [
         ("actor", json!(a.actor)),

@@ -57,7 +57,7 @@ pub fn entry_json(e: &Entry) -> Value {
         EntryKind::ImageRevoked { digest, reason, by } => {
             json!({"digest": digest, "reason": reason, "by": by})
         }
-        EntryKind::Audit(a) => serde_json::to_value(a).unwrap_or(Value::Null),
+        EntryKind::Audit(batch) => json!({"records": batch}),
     };
     if let (Some(obj), Some(f)) = (v.as_object_mut(), fields.as_object()) {
         for (k, x) in f {

@@ -13,9 +13,10 @@
 //! - `Ln` ‖ node id (u64 BE) → [`NodeMember`]; `Lp` ‖ publisher id → [`PublisherRecord`];
 //!   `Li` ‖ digest → [`ImageRecord`]: the current state the rules check against.
 //! - `Las` ‖ node ‖ instance (u64 BE each) → the last admitted audit sequence number (u64 BE).
-//! - Audit indexes, built on apply, value empty: `LaT` ‖ time ‖ index, `LaN` ‖ namespace ‖ 0 ‖
-//!   time ‖ index, `LaA` ‖ actor ‖ 0 ‖ time ‖ index (time in ms, u64 BE; names hold no 0 byte,
-//!   the field rules refuse control characters). [`audit_query`] walks one of them.
+//! - Audit indexes, one key per record, built on apply, value empty: `LaT` ‖ time ‖ index ‖ pos,
+//!   `LaN` ‖ namespace ‖ 0 ‖ time ‖ index ‖ pos, `LaA` ‖ actor ‖ 0 ‖ time ‖ index ‖ pos (time in
+//!   ms and the entry's log index u64 BE, the record's position in its batch u32 BE; names hold
+//!   no 0 byte, the field rules refuse control characters). `audit::audit_query` walks one.
 //!
 //! Determinism contract: [`apply_block`] decides validity from the stored state and the block
 //! alone, and returns the writes instead of making them, so a rejected block changes nothing.
@@ -77,10 +78,11 @@ pub(crate) fn audit_index_prefix(tag: &[u8], name: Option<&str>) -> Vec<u8> {
     k
 }
 
-pub(crate) fn audit_index_key(prefix: &[u8], time_ms: u64, index: u64) -> Vec<u8> {
+pub(crate) fn audit_index_key(prefix: &[u8], time_ms: u64, index: u64, pos: u32) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&time_ms.to_be_bytes());
     k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(&pos.to_be_bytes());
     k
 }
 
@@ -482,7 +484,9 @@ fn check_entry(
                     }
                 }
                 EntryKind::ImageRevoked { digest, .. } => check_revocable(st, pos, digest, None)?,
-                EntryKind::Audit(a) => {
+                EntryKind::Audit(batch) => {
+                    // validate_fields checked: non-empty, one node's instance, consecutive seqs.
+                    let a = &batch[0];
                     if a.node != *id {
                         return Err(
                             rule(format!("an audit record of node {} written by node {id}", a.node)).into()
@@ -491,7 +495,7 @@ fn check_entry(
                     let last = audit_last_seq(st, a.node, a.instance)?;
                     if a.seq <= last {
                         return Err(dup(format!(
-                            "audit record {} of node {} (instance {}) is already recorded",
+                            "audit record {} of node {} (instance {}) is already recorded (up to {last})",
                             a.seq, a.node, a.instance
                         ))
                         .into());
@@ -587,14 +591,18 @@ fn admit(st: &mut Staged, e: &Entry, index: u64) -> Result<Hash> {
             img.revoked_index = Some(index);
             st.put(image_key(digest), entry::encode(&img)?);
         }
-        EntryKind::Audit(a) => {
-            st.put(audit_seq_key(a.node, a.instance), a.seq.to_be_bytes().to_vec());
-            for prefix in [
-                audit_index_prefix(b"LaT", None),
-                audit_index_prefix(b"LaN", Some(&a.ns)),
-                audit_index_prefix(b"LaA", Some(&a.actor)),
-            ] {
-                st.put(audit_index_key(&prefix, a.time_ms, index), vec![]);
+        EntryKind::Audit(batch) => {
+            if let Some(last) = batch.last() {
+                st.put(audit_seq_key(last.node, last.instance), last.seq.to_be_bytes().to_vec());
+            }
+            for (pos, a) in batch.iter().enumerate() {
+                for prefix in [
+                    audit_index_prefix(b"LaT", None),
+                    audit_index_prefix(b"LaN", Some(&a.ns)),
+                    audit_index_prefix(b"LaA", Some(&a.actor)),
+                ] {
+                    st.put(audit_index_key(&prefix, a.time_ms, index, pos as u32), vec![]);
+                }
             }
         }
     }

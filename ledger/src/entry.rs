@@ -44,7 +44,11 @@ impl std::fmt::Display for Author {
     }
 }
 
-/// One storage access, as recorded for auditors (issue 6 writes these).
+/// Most records in one audit entry.
+pub const MAX_AUDIT_BATCH: usize = 1024;
+
+/// One storage access, as recorded for auditors (issue 6 writes these). A node writes them in
+/// batches (`EntryKind::Audit`): one signature and one leaf for many accesses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// The token subject that made the request.
@@ -109,7 +113,8 @@ pub enum EntryKind {
         reason: String,
         by: String,
     },
-    Audit(AuditRecord),
+    /// A batch of one node's audit records: consecutive seqs of one (node, instance).
+    Audit(Vec<AuditRecord>),
 }
 
 impl EntryKind {
@@ -215,28 +220,27 @@ impl Entry {
                 check("reason", reason)?;
                 check("by", by)?;
             }
-            EntryKind::Audit(a) => {
-                for (field, v) in
-                    [("actor", &a.actor), ("ns", &a.ns), ("action", &a.action), ("result", &a.result)]
-                {
-                    check(field, v)?;
-                }
-                for (field, v) in [("key", &a.key), ("key_hash", &a.key_hash)] {
-                    if let Some(v) = v {
-                        check(field, v)?;
-                    }
-                }
-                if a.key.is_some() && a.key_hash.is_some() {
+            EntryKind::Audit(batch) => {
+                let Some(first) = batch.first() else {
+                    return Err(LedgerError::invalid("audit", "an audit entry holds at least one record"));
+                };
+                if batch.len() > MAX_AUDIT_BATCH {
                     return Err(LedgerError::invalid(
-                        "key_hash",
-                        "a record names the key or its hash, not both",
+                        "audit",
+                        format!("more than {MAX_AUDIT_BATCH} records"),
                     ));
                 }
-                if a.result != AUDIT_ALLOWED && a.result != AUDIT_DENIED {
-                    return Err(LedgerError::invalid("result", "must be \"allowed\" or \"denied\""));
-                }
-                if a.seq == 0 {
-                    return Err(LedgerError::invalid("seq", "audit sequences start at 1"));
+                for (i, a) in batch.iter().enumerate() {
+                    if a.node != first.node
+                        || a.instance != first.instance
+                        || Some(a.seq) != first.seq.checked_add(i as u64)
+                    {
+                        return Err(LedgerError::invalid(
+                            "audit",
+                            "records of one entry are consecutive seqs of one node's instance",
+                        ));
+                    }
+                    check_audit_record(a)?;
                 }
             }
         }
@@ -260,6 +264,27 @@ impl Entry {
         }
         Ok(())
     }
+}
+
+fn check_audit_record(a: &AuditRecord) -> Result<()> {
+    for (field, v) in [("actor", &a.actor), ("ns", &a.ns), ("action", &a.action), ("result", &a.result)] {
+        check_text(field, v)?;
+    }
+    for (field, v) in [("key", &a.key), ("key_hash", &a.key_hash)] {
+        if let Some(v) = v {
+            check_text(field, v)?;
+        }
+    }
+    if a.key.is_some() && a.key_hash.is_some() {
+        return Err(LedgerError::invalid("key_hash", "a record names the key or its hash, not both"));
+    }
+    if a.result != AUDIT_ALLOWED && a.result != AUDIT_DENIED {
+        return Err(LedgerError::invalid("result", "must be \"allowed\" or \"denied\""));
+    }
+    if a.seq == 0 {
+        return Err(LedgerError::invalid("seq", "audit sequences start at 1"));
+    }
+    Ok(())
 }
 
 fn check_text(field: &'static str, v: &str) -> Result<()> {

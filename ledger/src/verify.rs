@@ -47,12 +47,19 @@ pub enum VerifyError {
     AuditSignature(u64),
 }
 
-/// The audit record an entry proves, after checking that the node it names wrote and signed it
-/// (its key pinned in `trusted` as `node-<id>`).
-pub fn audit_record<'a>(entry: &'a Entry, trusted: &[TrustedKey]) -> Result<&'a AuditRecord, VerifyError> {
-    let EntryKind::Audit(a) = &entry.kind else {
+/// The audit record at `pos` of an entry, after checking that the node it names wrote and
+/// signed the entry (its key pinned in `trusted` as `node-<id>`).
+pub fn audit_record<'a>(
+    entry: &'a Entry,
+    pos: usize,
+    trusted: &[TrustedKey],
+) -> Result<&'a AuditRecord, VerifyError> {
+    let EntryKind::Audit(batch) = &entry.kind else {
         return Err(VerifyError::NotAudit(entry.kind.name().to_string()));
     };
+    let a = batch.get(pos).ok_or_else(|| {
+        VerifyError::NotAudit(format!("batch of {} audit records, without record {pos}", batch.len()))
+    })?;
     if entry.author != Author::Node(a.node) {
         return Err(VerifyError::AuditAuthor { node: a.node, author: entry.author.to_string() });
     }

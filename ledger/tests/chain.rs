@@ -223,9 +223,9 @@ fn rules_reject_each_kind_of_bad_entry() {
         seq: 1,
     };
     let (_, r) =
-        chain::build_block(&f.tree, &[f.node_entry(1, EntryKind::Audit(rec.clone()))], 0, 1).unwrap();
+        chain::build_block(&f.tree, &[f.node_entry(1, EntryKind::Audit(vec![rec.clone()]))], 0, 1).unwrap();
     assert!(r[0].is_err());
-    let (_, r) = chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(rec))], 0, 1).unwrap();
+    let (_, r) = chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(vec![rec]))], 0, 1).unwrap();
     assert!(r[0].is_ok());
 }
 
@@ -554,7 +554,19 @@ fn large_batches_check_signatures_in_parallel_with_the_same_outcome() {
 }
 
 fn audit(node: u64, instance: u64, seq: u64, ns: &str, actor: &str, action: &str, time_ms: u64) -> EntryKind {
-    EntryKind::Audit(AuditRecord {
+    EntryKind::Audit(vec![record(node, instance, seq, ns, actor, action, time_ms)])
+}
+
+fn record(
+    node: u64,
+    instance: u64,
+    seq: u64,
+    ns: &str,
+    actor: &str,
+    action: &str,
+    time_ms: u64,
+) -> AuditRecord {
+    AuditRecord {
         actor: actor.into(),
         node,
         ns: ns.into(),
@@ -566,7 +578,7 @@ fn audit(node: u64, instance: u64, seq: u64, ns: &str, actor: &str, action: &str
         time_ms,
         instance,
         seq,
-    })
+    }
 }
 
 #[test]
@@ -609,7 +621,7 @@ fn audit_sequences_are_admitted_in_order_once_and_without_gaps() {
     // Both a key and its hash is malformed.
     let mut both = audit(2, 7, 4, "a", "app", "kv.put", 14);
     if let EntryKind::Audit(a) = &mut both {
-        a.key_hash = Some("h".into());
+        a[0].key_hash = Some("h".into());
     }
     let (_, r) = chain::build_block(&f.tree, &[f.node_entry(2, both)], 0, 1).unwrap();
     assert!(r[0].is_err());
@@ -619,14 +631,17 @@ fn audit_sequences_are_admitted_in_order_once_and_without_gaps() {
 #[test]
 fn audit_queries_filter_page_and_stop_at_their_budget() {
     let f = Fixture::new();
-    let mut entries = vec![];
-    // 60 records: namespaces a/b alternate, actors x/y/z rotate, every 5th a denied delete.
-    for seq in 1..=60u64 {
-        let ns = if seq % 2 == 0 { "a" } else { "b" };
-        let actor = ["x", "y", "z"][(seq % 3) as usize];
-        let action = if seq % 5 == 0 { "kv.delete" } else { "kv.put" };
-        entries.push(f.node_entry(1, audit(1, 1, seq, ns, actor, action, 1000 + seq)));
-    }
+    // 60 records in batches of up to 7: namespaces a/b alternate, actors x/y/z rotate, every
+    // 5th a denied delete.
+    let recs: Vec<AuditRecord> = (1..=60u64)
+        .map(|seq| {
+            let ns = if seq % 2 == 0 { "a" } else { "b" };
+            let actor = ["x", "y", "z"][(seq % 3) as usize];
+            let action = if seq % 5 == 0 { "kv.delete" } else { "kv.put" };
+            record(1, 1, seq, ns, actor, action, 1000 + seq)
+        })
+        .collect();
+    let entries: Vec<Entry> = recs.chunks(7).map(|c| f.node_entry(1, EntryKind::Audit(c.to_vec()))).collect();
     f.append_ok(entries);
     let q = |ns: Option<&str>, actor: Option<&str>, action: Option<&str>, result: Option<&str>| AuditQuery {
         ns: ns.map(Into::into),
@@ -677,9 +692,14 @@ fn audit_queries_filter_page_and_stop_at_their_budget() {
     let page = audit_query(&f.tree, &q(None, None, None, Some("denied")), 10).unwrap();
     assert_eq!(seqs(&page), vec![5, 10]);
     assert_eq!(page.next.map(|c| c.time_ms), Some(1010));
-    // Each hit carries the entry that proves it (its leaf is at the hit's log index).
-    let h = &all.records[0];
-    assert_eq!(chain::entry(&f.tree, h.index).unwrap().as_ref(), Some(&h.entry));
+    // Each hit carries the entry that proves it (its leaf is at the hit's log index), holding
+    // the record at the hit's position.
+    for h in &all.records {
+        assert_eq!(chain::entry(&f.tree, h.index).unwrap().as_ref(), Some(&h.entry));
+        let EntryKind::Audit(batch) = &h.entry.kind else { panic!("not an audit entry") };
+        assert_eq!(batch[h.pos as usize], h.record);
+    }
+    assert_eq!((all.records[8].pos, all.records[8].record.seq), (1, 9));
     // Bad queries.
     let mut bad = q(None, None, None, None);
     bad.limit = 0;
@@ -690,5 +710,37 @@ fn audit_queries_filter_page_and_stop_at_their_budget() {
     bad.from_ms = 5;
     bad.to_ms = 4;
     assert!(audit_query(&f.tree, &bad, 10).is_err());
-    assert!(Cursor::parse("12").is_err() && Cursor::parse("a-1").is_err());
+    assert!(Cursor::parse("12").is_err() && Cursor::parse("1-2").is_err() && Cursor::parse("a-1-0").is_err());
+    assert!(Cursor::parse("1-2-3-4").is_err());
+}
+
+#[test]
+fn an_audit_batch_is_consecutive_records_of_one_node() {
+    let f = Fixture::new();
+    let r = |seq| record(2, 5, seq, "a", "app", "kv.get", 10 + seq);
+    // In order, several per entry, and entries following each other in one block.
+    f.append_ok(vec![
+        f.node_entry(2, EntryKind::Audit(vec![r(1), r(2), r(3)])),
+        f.node_entry(2, EntryKind::Audit(vec![r(4), r(5)])),
+    ]);
+    assert_eq!(chain::audit_last_seq(&f.tree, 2, 5).unwrap(), 5);
+    let bad: Vec<(&str, Vec<AuditRecord>)> = vec![
+        ("empty", vec![]),
+        ("a gap inside", vec![r(6), r(8)]),
+        ("out of order", vec![r(7), r(6)]),
+        ("another node's record", vec![r(6), record(3, 5, 7, "a", "app", "kv.get", 1)]),
+        ("another instance's record", vec![r(6), record(2, 6, 7, "a", "app", "kv.get", 1)]),
+        ("overlapping what is recorded", vec![r(5), r(6)]),
+        ("skipping ahead", vec![r(7), r(8)]),
+    ];
+    for (what, batch) in bad {
+        let (block, res) =
+            chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(batch))], 0, 1).unwrap();
+        assert!(block.is_none() && res[0].is_err(), "{what}: {res:?}");
+    }
+    // u64 seqs at the edge do not overflow.
+    let edge =
+        vec![record(2, 9, u64::MAX, "a", "app", "kv.get", 1), record(2, 9, 0, "a", "app", "kv.get", 1)];
+    let (_, res) = chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(edge))], 0, 1).unwrap();
+    assert!(res[0].is_err());
 }

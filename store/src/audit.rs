@@ -33,7 +33,10 @@ use crate::types::Admission;
 pub const AUDIT_QUEUE: GroupId = u64::MAX - 2;
 
 /// Most records shipped in one ledger submission.
-const SHIP_BATCH: usize = 1000;
+const SHIP_BATCH: usize = 4096;
+/// Most records in one ledger entry, and the most bytes of records (the leaf limit is 16 KiB).
+const ENTRY_RECORDS: usize = 512;
+const ENTRY_BYTES: usize = 14 * 1024;
 
 /// One access as the API layer saw it. `key` is already replaced by `key_hash` where the
 /// namespace's class requires it (the API layer holds the hashing secret).
@@ -117,7 +120,7 @@ impl Node {
                 // The record is checked here, not only when shipped: one the chain would refuse
                 // would block every later record of this node.
                 let probe = Entry {
-                    kind: EntryKind::Audit(rec.clone()),
+                    kind: EntryKind::Audit(vec![rec.clone()]),
                     author: Author::Node(self.opts.id),
                     signature: vec![0; 64],
                 };
@@ -213,35 +216,60 @@ impl Node {
         }
         let identity = self.opts.identity.clone();
         let id = self.opts.id;
+        // Records go into the ledger as batches, one signed entry each: the signature, the
+        // leaf and its checks are paid once per batch, not per access.
         let entries = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Entry)>> {
-            queued
-                .into_iter()
-                .map(|(seq, bytes)| {
-                    let rec: AuditRecord = crate::codec::decode(&bytes)?;
-                    let e = Entry::by_node(id, EntryKind::Audit(rec), &identity)
-                        .map_err(|e| Error::Internal(format!("signing an audit record: {e}")))?;
-                    Ok((seq, e))
-                })
-                .collect()
+            let mut out = vec![];
+            let mut batch: Vec<AuditRecord> = vec![];
+            let mut bytes = 0;
+            let mut seal = |batch: &mut Vec<AuditRecord>| -> Result<()> {
+                let last = batch.last().map_or(0, |r| r.seq);
+                let e = Entry::by_node(id, EntryKind::Audit(std::mem::take(batch)), &identity)
+                    .map_err(|e| Error::Internal(format!("signing audit records: {e}")))?;
+                out.push((last, e));
+                Ok(())
+            };
+            for (seq, raw) in queued {
+                let rec: AuditRecord = crate::codec::decode(&raw)?;
+                if rec.seq != seq {
+                    return Err(Error::Storage(format!("audit queue entry {seq} holds record {}", rec.seq)));
+                }
+                if !batch.is_empty() && (batch.len() == ENTRY_RECORDS || bytes + raw.len() > ENTRY_BYTES) {
+                    seal(&mut batch)?;
+                    bytes = 0;
+                }
+                bytes += raw.len();
+                batch.push(rec);
+            }
+            if !batch.is_empty() {
+                seal(&mut batch)?;
+            }
+            Ok(out)
         })
         .await
         .map_err(|e| Error::Internal(format!("audit signer: {e}")))??;
-        let seqs: Vec<u64> = entries.iter().map(|(s, _)| *s).collect();
+        let lasts: Vec<u64> = entries.iter().map(|(s, _)| *s).collect();
         let results = self.ledger_submit(entries.into_iter().map(|(_, e)| e).collect()).await?;
-        // The longest prefix the ledger now holds: admitted, or already there (a resend).
+        // The longest prefix the ledger now holds.
         let mut held = from - 1;
-        for (seq, r) in seqs.iter().zip(&results) {
+        for (last, r) in lasts.iter().zip(&results) {
             match r {
-                Admission::Index(_) | Admission::Refused(Invalid::Duplicate { .. }) => held = *seq,
+                Admission::Index(_) => held = *last,
                 Admission::Refused(why) => {
-                    // Out of step with the ledger (e.g. a resend raced an earlier one): ask again.
+                    // Out of step with the ledger (e.g. a resend of records it already holds):
+                    // ask it where the sequence stands, and go on from there.
                     self.audit.synced.store(false, Ordering::SeqCst);
                     self.mark_shipped(held)?;
-                    return Err(Error::Unavailable(format!("audit record {seq} refused: {why}")));
+                    if matches!(why, Invalid::Duplicate { .. }) {
+                        return Ok(());
+                    }
+                    return Err(Error::Unavailable(format!("audit records up to {last} refused: {why}")));
                 }
                 Admission::Failed(why) => {
                     self.mark_shipped(held)?;
-                    return Err(Error::Unavailable(format!("audit record {seq} not appended: {why}")));
+                    return Err(Error::Unavailable(format!(
+                        "audit records up to {last} not appended: {why}"
+                    )));
                 }
             }
         }
