@@ -186,8 +186,8 @@ async fn internal_rpcs_need_a_members_node_key() {
     let node2_key = Arc::new(edgefabric_crypto::Identity::read(&c.cluster_dir().join("node2.key")).unwrap());
     let node1_pub =
         edgefabric_crypto::Identity::read(&c.cluster_dir().join("node1.key")).unwrap().public_key();
-    let keys: std::collections::HashMap<u64, [u8; 32]> =
-        [(1, node1_pub.to_bytes()), (2, node2_key.public_key().to_bytes())].into();
+    let keys: std::collections::HashMap<u64, String> =
+        [(1, node1_pub.to_base64()), (2, node2_key.public_key().to_base64())].into();
     let client = InternalClient::connect(c.grpc(1).to_string()).await.unwrap();
     // The metadata group's status, asked as node 2 (a harmless read: what matters is whether
     // the frame is let in).
@@ -218,7 +218,7 @@ async fn internal_rpcs_need_a_members_node_key() {
     let genuine = LinkAuth::new(2, node2_key.clone(), keys.clone());
     let req = genuine.request("status", 1, 0, data.clone()).unwrap();
     let reply = status(req.clone()).await.expect("a member's frame is let in").into_inner();
-    genuine.accept_reply("status", &req, &reply).expect("the reply is node 1's");
+    genuine.accept_reply("status", 1, req.nonce, &reply).expect("the reply is node 1's");
     // The same frame again is a replay.
     let e = status(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);

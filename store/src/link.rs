@@ -31,17 +31,18 @@ use crate::raft_store::NodeId;
 /// How far a frame's time may be from the receiver's clock.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
-/// Looks a node's ed25519 key up (the cluster map), for ids the configuration does not list.
-pub type Directory = Box<dyn Fn(NodeId) -> Option<[u8; 32]> + Send + Sync>;
+/// Looks a node's ed25519 key (base64, as the cluster map holds it) up by id.
+pub type Directory = Box<dyn Fn(NodeId) -> Option<String> + Send + Sync>;
 
 pub struct LinkAuth {
     id: NodeId,
     identity: Arc<Identity>,
-    /// Keys from the configuration.
-    configured: HashMap<NodeId, [u8; 32]>,
+    /// Keys from the configuration (base64).
+    configured: HashMap<NodeId, String>,
     directory: OnceLock<Directory>,
-    /// Per peer: the key it was derived for, and the link key.
-    links: Mutex<HashMap<NodeId, ([u8; 32], hmac::Key)>>,
+    /// Per peer: the key (base64) it was derived for, and the link key. Looked up per frame, so
+    /// the key is compared as text: parsing it (a curve point decompression) is paid once.
+    links: Mutex<HashMap<NodeId, (String, hmac::Key)>>,
     seen: Mutex<Seen>,
 }
 
@@ -96,7 +97,7 @@ fn mac_input(ctx: &mut hmac::Context, rpc: &str, reply: bool, f: &Frame) {
 }
 
 impl LinkAuth {
-    pub fn new(id: NodeId, identity: Arc<Identity>, configured: HashMap<NodeId, [u8; 32]>) -> Self {
+    pub fn new(id: NodeId, identity: Arc<Identity>, configured: HashMap<NodeId, String>) -> Self {
         LinkAuth {
             id,
             identity,
@@ -112,9 +113,13 @@ impl LinkAuth {
         let _ = self.directory.set(d);
     }
 
-    fn peer_key(&self, peer: NodeId) -> Option<[u8; 32]> {
+    fn peer_key(&self, peer: NodeId) -> Option<String> {
         // The map is the authority once it lists the node (a founder's key is in both).
-        self.directory.get().and_then(|d| d(peer)).or_else(|| self.configured.get(&peer).copied())
+        self.directory
+            .get()
+            .and_then(|d| d(peer))
+            .filter(|k| !k.is_empty())
+            .or_else(|| self.configured.get(&peer).cloned())
     }
 
     fn link(&self, peer: NodeId) -> Result<hmac::Key, LinkError> {
@@ -125,7 +130,7 @@ impl LinkAuth {
                 return Ok(link.clone());
             }
         }
-        let pk = PublicKey::from_bytes(&key).map_err(|e| LinkError::Key(peer, e.to_string()))?;
+        let pk = PublicKey::from_base64(&key).map_err(|e| LinkError::Key(peer, e.to_string()))?;
         let secret = edgefabric_crypto::envelope::link_key(&self.identity, self.id, &pk, peer)
             .map_err(|e| LinkError::Key(peer, e.to_string()))?;
         let link = hmac::Key::new(hmac::HMAC_SHA256, secret.as_ref());
@@ -201,9 +206,9 @@ impl LinkAuth {
         Ok(f)
     }
 
-    /// Checks a reply to `req`: made by the peer asked, and for this request.
-    pub fn accept_reply(&self, rpc: &str, req: &Frame, f: &Frame) -> Result<(), LinkError> {
-        if f.from != req.to || f.nonce != req.nonce {
+    /// Checks a reply to the request sent to `to` with `nonce`: made by that peer, for it.
+    pub fn accept_reply(&self, rpc: &str, to: NodeId, nonce: u64, f: &Frame) -> Result<(), LinkError> {
+        if f.from != to || f.nonce != nonce {
             return Err(LinkError::NotOurReply);
         }
         self.check_mac(rpc, true, f)
@@ -221,8 +226,8 @@ mod tests {
     fn pair() -> (LinkAuth, LinkAuth) {
         let a = Arc::new(Identity::from_seed(&[1; 32]));
         let b = Arc::new(Identity::from_seed(&[2; 32]));
-        let keys: HashMap<NodeId, [u8; 32]> =
-            [(1, a.public_key().to_bytes()), (2, b.public_key().to_bytes())].into_iter().collect();
+        let keys: HashMap<NodeId, String> =
+            [(1, a.public_key().to_base64()), (2, b.public_key().to_base64())].into_iter().collect();
         (LinkAuth::new(1, a, keys.clone()), LinkAuth::new(2, b, keys))
     }
 
@@ -235,9 +240,9 @@ mod tests {
         assert_eq!(b.accept("vote", &req), Err(LinkError::Replay(1)));
         // The reply is bound to its request and its sender.
         let rep = b.reply("vote", &req, b"ok".to_vec()).unwrap();
-        a.accept_reply("vote", &req, &rep).unwrap();
+        a.accept_reply("vote", 2, req.nonce, &rep).unwrap();
         let other = a.request("vote", 2, 7, b"hello".to_vec()).unwrap();
-        assert_eq!(a.accept_reply("vote", &other, &rep), Err(LinkError::NotOurReply));
+        assert_eq!(a.accept_reply("vote", 2, other.nonce, &rep), Err(LinkError::NotOurReply));
         // Any change to what the MAC covers is caught.
         for change in 0..5 {
             let mut f = a.request("vote", 2, 7, b"hello".to_vec()).unwrap();
@@ -262,8 +267,8 @@ mod tests {
     fn an_outsider_or_an_old_frame_is_refused() {
         let (a, b) = pair();
         // A process with a key the cluster does not know, claiming to be node 1.
-        let keys: HashMap<NodeId, [u8; 32]> =
-            [(2, Identity::from_seed(&[2; 32]).public_key().to_bytes())].into();
+        let keys: HashMap<NodeId, String> =
+            [(2, Identity::from_seed(&[2; 32]).public_key().to_base64())].into();
         let outsider = LinkAuth::new(1, Arc::new(Identity::from_seed(&[9; 32])), keys);
         let f = outsider.request("append_entries", 2, 1, b"entries".to_vec()).unwrap();
         assert_eq!(b.accept("append_entries", &f), Err(LinkError::BadMac(1)));
@@ -278,9 +283,9 @@ mod tests {
         assert!(matches!(b.accept("vote", &f), Err(LinkError::Stale { .. })));
         // Keys from the directory (the cluster map) count too.
         let c_id = Arc::new(Identity::from_seed(&[3; 32]));
-        let c_key = c_id.public_key().to_bytes();
-        b.set_directory(Box::new(move |id| (id == 3).then_some(c_key)));
-        let c = LinkAuth::new(3, c_id, [(2, Identity::from_seed(&[2; 32]).public_key().to_bytes())].into());
+        let c_key = c_id.public_key().to_base64();
+        b.set_directory(Box::new(move |id| (id == 3).then(|| c_key.clone())));
+        let c = LinkAuth::new(3, c_id, [(2, Identity::from_seed(&[2; 32]).public_key().to_base64())].into());
         b.accept("vote", &c.request("vote", 2, 1, vec![]).unwrap()).unwrap();
     }
 }

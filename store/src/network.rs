@@ -101,14 +101,14 @@ where
     let data = codec::encode(req).map_err(|e| TransportError::Other(e.to_string()))?;
     let frame =
         peer.auth.request(name, peer.id, group, data).map_err(|e| TransportError::Other(e.to_string()))?;
-    let sent = frame.clone();
+    let (to, nonce) = (frame.to, frame.nonce);
     let reply = match tokio::time::timeout(timeout, rpc(peer.client, frame)).await {
         Err(_) => return Err(TransportError::Timeout),
         Ok(Err(status)) => return Err(TransportError::from_status(status)),
         Ok(Ok(r)) => r.into_inner(),
     };
     peer.auth
-        .accept_reply(name, &sent, &reply)
+        .accept_reply(name, to, nonce, &reply)
         .map_err(|e| TransportError::Other(format!("reply from node {}: {e}", peer.id)))?;
     codec::decode(&reply.data).map_err(|e| TransportError::Other(format!("bad reply: {e}")))
 }

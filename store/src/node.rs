@@ -269,9 +269,8 @@ impl Node {
         let configured = opts
             .members
             .iter()
-            .filter_map(|m| {
-                Some((m.id, edgefabric_crypto::PublicKey::from_base64(&m.public_key).ok()?.to_bytes()))
-            })
+            .filter(|m| !m.public_key.is_empty())
+            .map(|m| (m.id, m.public_key.clone()))
             .collect();
         let link = Arc::new(crate::link::LinkAuth::new(opts.id, opts.identity.clone(), configured));
         let node = Arc::new(Node {
@@ -297,8 +296,7 @@ impl Node {
         let weak = Arc::downgrade(&node);
         node.channels.auth.set_directory(Box::new(move |id| {
             let map = weak.upgrade()?.map()?;
-            let info = map.nodes.get(&id)?;
-            Some(edgefabric_crypto::PublicKey::from_base64(&info.public_key).ok()?.to_bytes())
+            Some(map.nodes.get(&id)?.public_key.clone())
         }));
         let meta_members = node.meta_voters();
         node.start_group(META_GROUP, meta_members.clone(), true).await?;
