@@ -3,12 +3,17 @@
 //! position) order with the log index of the entry (batch) that holds them and their position
 //! in it, so each can be proven against a checkpoint with that entry's inclusion proof.
 //!
+//! Index keys stand for a batch's records of one namespace (or actor, or all of them), at the
+//! earliest of their times; a batch spans at most `AUDIT_BATCH_SPAN_MS`, so a query starts that
+//! much before its range and checks each record's own time. Order: (key time, log index,
+//! position), which is time order up to that span.
+//!
 //! Cost contract: a query walks one index over its time range and stops after `limit` matches
-//! or `scan_budget` index keys, whichever comes first; either way `next` says where to resume,
-//! so a sparse filter never turns one request into a scan of the whole ledger.
+//! or `scan_budget` records examined, whichever comes first; either way `next` says where to
+//! resume, so a sparse filter never turns one request into a scan of the whole ledger.
 
 use crate::chain::{self, audit_index_key, audit_index_prefix};
-use crate::entry::{AuditRecord, Entry, EntryKind};
+use crate::entry::{AuditRecord, Entry, EntryKind, AUDIT_BATCH_SPAN_MS};
 use crate::error::{LedgerError, Result};
 
 /// Largest page a query returns.
@@ -90,52 +95,63 @@ pub fn audit_query(tree: &sled::Tree, q: &AuditQuery, scan_budget: usize) -> Res
         (None, Some(actor)) => audit_index_prefix(b"LaA", Some(actor)),
         (None, None) => audit_index_prefix(b"LaT", None),
     };
-    let mut start = audit_index_key(&prefix, q.from_ms, 0, 0);
+    // A key's time is its records' earliest; the rest are at most AUDIT_BATCH_SPAN_MS later.
+    let mut start = audit_index_key(&prefix, q.from_ms.saturating_sub(AUDIT_BATCH_SPAN_MS), 0);
     if let Some(c) = q.after {
-        // Strictly after the cursor: its key with one more byte sorts right after it.
-        let mut resume = audit_index_key(&prefix, c.time_ms, c.index, c.pos);
-        resume.push(0);
-        start = start.max(resume);
+        start = start.max(audit_index_key(&prefix, c.time_ms, c.index));
     }
-    let end = audit_index_key(&prefix, q.to_ms, u64::MAX, u32::MAX);
+    let end = audit_index_key(&prefix, q.to_ms, u64::MAX);
     let mut page = AuditPage::default();
     if start > end {
         return Ok(page);
     }
     let mut scanned = 0usize;
-    for kv in tree.range(start..=end.clone()) {
-        let (k, _) = kv?;
-        let cursor = cursor_of(&k, prefix.len())?;
-        scanned += 1;
-        let entry = chain::entry(tree, cursor.index)?.ok_or_else(|| {
-            LedgerError::Storage(format!("audit index names log index {} which is not stored", cursor.index))
+    'keys: for kv in tree.range(start..=end.clone()) {
+        let (k, v) = kv?;
+        let (time_ms, index) = key_of(&k, prefix.len())?;
+        let entry = chain::entry(tree, index)?.ok_or_else(|| {
+            LedgerError::Storage(format!("audit index names log index {index} which is not stored"))
         })?;
-        let record = match &entry.kind {
-            EntryKind::Audit(batch) => batch.get(cursor.pos as usize),
-            _ => None,
-        };
-        let Some(record) = record else {
+        let EntryKind::Audit(batch) = &entry.kind else {
             return Err(LedgerError::Storage(format!(
-                "audit index names record {} of log index {}, which holds no such audit record",
-                cursor.pos, cursor.index
+                "audit index names log index {index}, not an audit entry"
             )));
         };
-        let keep = q.ns.as_ref().is_none_or(|v| *v == record.ns)
-            && q.actor.as_ref().is_none_or(|v| *v == record.actor)
-            && q.action.as_ref().is_none_or(|v| *v == record.action)
-            && q.result.as_ref().is_none_or(|v| *v == record.result);
-        if keep {
-            let record = record.clone();
-            page.records.push(AuditHit { index: cursor.index, pos: cursor.pos, record, entry });
-        }
-        if page.records.len() == q.limit || scanned >= scan_budget.max(1) {
-            page.next = Some(cursor);
-            break;
+        for pos in positions(&v)? {
+            let here = Cursor { time_ms, index, pos };
+            if q.after.is_some_and(|c| here <= c) {
+                continue;
+            }
+            let record = batch.get(pos as usize).ok_or_else(|| {
+                LedgerError::Storage(format!(
+                    "audit index names record {pos} of log index {index}, which has none"
+                ))
+            })?;
+            scanned += 1;
+            let keep = (q.from_ms..=q.to_ms).contains(&record.time_ms)
+                && q.ns.as_ref().is_none_or(|v| *v == record.ns)
+                && q.actor.as_ref().is_none_or(|v| *v == record.actor)
+                && q.action.as_ref().is_none_or(|v| *v == record.action)
+                && q.result.as_ref().is_none_or(|v| *v == record.result);
+            if keep {
+                page.records.push(AuditHit { index, pos, record: record.clone(), entry: entry.clone() });
+            }
+            if page.records.len() == q.limit || scanned >= scan_budget.max(1) {
+                page.next = Some(here);
+                break 'keys;
+            }
         }
     }
     // A page that ended exactly at the range's end has nothing after it.
     if let Some(n) = page.next {
-        let more = tree.range(audit_index_key(&prefix, n.time_ms, n.index, n.pos)..=end).nth(1).is_some();
+        let more = tree.range(audit_index_key(&prefix, n.time_ms, n.index)..=end).take(2).try_fold(
+            false,
+            |more, kv| -> Result<bool> {
+                let (k, v) = kv?;
+                let (t, i) = key_of(&k, prefix.len())?;
+                Ok(more || positions(&v)?.into_iter().any(|p| Cursor { time_ms: t, index: i, pos: p } > n))
+            },
+        )?;
         if !more {
             page.next = None;
         }
@@ -143,12 +159,20 @@ pub fn audit_query(tree: &sled::Tree, q: &AuditQuery, scan_budget: usize) -> Res
     Ok(page)
 }
 
-fn cursor_of(key: &[u8], prefix_len: usize) -> Result<Cursor> {
+/// (time, log index) of an index key.
+fn key_of(key: &[u8], prefix_len: usize) -> Result<(u64, u64)> {
     let rest = &key[prefix_len.min(key.len())..];
-    if rest.len() != 20 {
+    if rest.len() != 16 {
         return Err(LedgerError::Storage(format!("audit index key of {} bytes", key.len())));
     }
     let num = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
-    let pos = u32::from_be_bytes(rest[16..20].try_into().unwrap_or([0; 4]));
-    Ok(Cursor { time_ms: num(&rest[..8]), index: num(&rest[8..16]), pos })
+    Ok((num(&rest[..8]), num(&rest[8..16])))
+}
+
+/// An index value: the positions (u16 BE each) of the entry's records the key stands for.
+fn positions(v: &[u8]) -> Result<Vec<u32>> {
+    if v.len() & 1 == 1 {
+        return Err(LedgerError::Storage(format!("audit index value of {} bytes", v.len())));
+    }
+    Ok(v.chunks_exact(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).collect())
 }

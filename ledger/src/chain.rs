@@ -13,10 +13,12 @@
 //! - `Ln` ‖ node id (u64 BE) → [`NodeMember`]; `Lp` ‖ publisher id → [`PublisherRecord`];
 //!   `Li` ‖ digest → [`ImageRecord`]: the current state the rules check against.
 //! - `Las` ‖ node ‖ instance (u64 BE each) → the last admitted audit sequence number (u64 BE).
-//! - Audit indexes, one key per record, built on apply, value empty: `LaT` ‖ time ‖ index ‖ pos,
-//!   `LaN` ‖ namespace ‖ 0 ‖ time ‖ index ‖ pos, `LaA` ‖ actor ‖ 0 ‖ time ‖ index ‖ pos (time in
-//!   ms and the entry's log index u64 BE, the record's position in its batch u32 BE; names hold
-//!   no 0 byte, the field rules refuse control characters). `audit::audit_query` walks one.
+//! - Audit indexes, built on apply, one key per audit entry (batch) and name: `LaT` ‖ time ‖
+//!   index, `LaN` ‖ namespace ‖ 0 ‖ time ‖ index, `LaA` ‖ actor ‖ 0 ‖ time ‖ index → the
+//!   positions (u16 BE each) of the batch's records with that namespace / actor (all, for
+//!   `LaT`); time is the earliest of those records' (ms, u64 BE), index the entry's log index;
+//!   names hold no 0 byte, the field rules refuse control characters. `audit::audit_query` walks
+//!   one.
 //!
 //! Determinism contract: [`apply_block`] decides validity from the stored state and the block
 //! alone, and returns the writes instead of making them, so a rejected block changes nothing.
@@ -78,11 +80,10 @@ pub(crate) fn audit_index_prefix(tag: &[u8], name: Option<&str>) -> Vec<u8> {
     k
 }
 
-pub(crate) fn audit_index_key(prefix: &[u8], time_ms: u64, index: u64, pos: u32) -> Vec<u8> {
+pub(crate) fn audit_index_key(prefix: &[u8], time_ms: u64, index: u64) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&time_ms.to_be_bytes());
     k.extend_from_slice(&index.to_be_bytes());
-    k.extend_from_slice(&pos.to_be_bytes());
     k
 }
 
@@ -595,14 +596,22 @@ fn admit(st: &mut Staged, e: &Entry, index: u64) -> Result<Hash> {
             if let Some(last) = batch.last() {
                 st.put(audit_seq_key(last.node, last.instance), last.seq.to_be_bytes().to_vec());
             }
+            // One key per (index, name) for the whole batch, not per record: sled pays per
+            // insert, and a batch holds hundreds of records of few namespaces and actors.
+            let mut keys: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
             for (pos, a) in batch.iter().enumerate() {
                 for prefix in [
                     audit_index_prefix(b"LaT", None),
                     audit_index_prefix(b"LaN", Some(&a.ns)),
                     audit_index_prefix(b"LaA", Some(&a.actor)),
                 ] {
-                    st.put(audit_index_key(&prefix, a.time_ms, index, pos as u32), vec![]);
+                    let (time, positions) = keys.entry(prefix).or_insert((a.time_ms, vec![]));
+                    *time = (*time).min(a.time_ms);
+                    positions.extend_from_slice(&(pos as u16).to_be_bytes());
                 }
+            }
+            for (prefix, (time, positions)) in keys {
+                st.put(audit_index_key(&prefix, time, index), positions);
             }
         }
     }

@@ -46,6 +46,9 @@ impl std::fmt::Display for Author {
 
 /// Most records in one audit entry.
 pub const MAX_AUDIT_BATCH: usize = 1024;
+/// Most time between the earliest and the latest record of one audit entry (the indexes rely
+/// on it to find a batch's records by time).
+pub const AUDIT_BATCH_SPAN_MS: u64 = 60_000;
 
 /// One storage access, as recorded for auditors (issue 6 writes these). A node writes them in
 /// batches (`EntryKind::Audit`): one signature and one leaf for many accesses.
@@ -241,6 +244,14 @@ impl Entry {
                         ));
                     }
                     check_audit_record(a)?;
+                }
+                let (lo, hi) =
+                    batch.iter().fold((u64::MAX, 0), |(lo, hi), a| (lo.min(a.time_ms), hi.max(a.time_ms)));
+                if hi - lo > AUDIT_BATCH_SPAN_MS {
+                    return Err(LedgerError::invalid(
+                        "audit",
+                        format!("records of one entry span more than {AUDIT_BATCH_SPAN_MS} ms"),
+                    ));
                 }
             }
         }

@@ -691,7 +691,13 @@ fn audit_queries_filter_page_and_stop_at_their_budget() {
     // A small budget stops early with a cursor, even with fewer matches than the limit.
     let page = audit_query(&f.tree, &q(None, None, None, Some("denied")), 10).unwrap();
     assert_eq!(seqs(&page), vec![5, 10]);
-    assert_eq!(page.next.map(|c| c.time_ms), Some(1010));
+    // The cursor is at record 10 (position 2 of the batch of records 8..=14): resuming goes on
+    // from there.
+    let next = page.next.expect("a cursor");
+    assert_eq!(next.pos, 2);
+    let mut rest = q(None, None, None, Some("denied"));
+    rest.after = Some(next);
+    assert_eq!(seqs(&audit_query(&f.tree, &rest, usize::MAX).unwrap()), expect(&|s| s % 5 == 0 && s > 10));
     // Each hit carries the entry that proves it (its leaf is at the hit's log index), holding
     // the record at the hit's position.
     for h in &all.records {
@@ -738,6 +744,10 @@ fn an_audit_batch_is_consecutive_records_of_one_node() {
             chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(batch))], 0, 1).unwrap();
         assert!(block.is_none() && res[0].is_err(), "{what}: {res:?}");
     }
+    // A batch spanning more than a minute is refused (the indexes rely on the bound).
+    let wide = vec![record(2, 5, 6, "a", "app", "kv.get", 0), record(2, 5, 7, "a", "app", "kv.get", 60_001)];
+    let (_, res) = chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(wide))], 0, 1).unwrap();
+    assert!(res[0].is_err());
     // u64 seqs at the edge do not overflow.
     let edge =
         vec![record(2, 9, u64::MAX, "a", "app", "kv.get", 1), record(2, 9, 0, "a", "app", "kv.get", 1)];

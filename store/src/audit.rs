@@ -181,7 +181,8 @@ impl Node {
             // Linger a moment unless a full entry's worth is waiting: fewer, larger ledger
             // blocks (each costs a raft round and a block check on every node), at the price
             // of records reaching the ledger up to LINGER later (they are durable meanwhile).
-            let waiting = self.audit.durable.load(Ordering::SeqCst) - self.audit.shipped.load(Ordering::SeqCst);
+            let waiting =
+                self.audit.durable.load(Ordering::SeqCst) - self.audit.shipped.load(Ordering::SeqCst);
             if waiting < ENTRY_RECORDS as u64 {
                 tokio::select! {
                     _ = tokio::time::sleep(LINGER) => {}
@@ -234,6 +235,7 @@ impl Node {
             let mut out = vec![];
             let mut batch: Vec<AuditRecord> = vec![];
             let mut bytes = 0;
+            let (mut lo, mut hi) = (u64::MAX, 0u64);
             let mut seal = |batch: &mut Vec<AuditRecord>| -> Result<()> {
                 let last = batch.last().map_or(0, |r| r.seq);
                 let e = Entry::by_node(id, EntryKind::Audit(std::mem::take(batch)), &identity)
@@ -246,11 +248,17 @@ impl Node {
                 if rec.seq != seq {
                     return Err(Error::Storage(format!("audit queue entry {seq} holds record {}", rec.seq)));
                 }
-                if !batch.is_empty() && (batch.len() == ENTRY_RECORDS || bytes + raw.len() > ENTRY_BYTES) {
+                let span = hi.max(rec.time_ms) - lo.min(rec.time_ms);
+                if !batch.is_empty()
+                    && (batch.len() == ENTRY_RECORDS
+                        || bytes + raw.len() > ENTRY_BYTES
+                        || span > edgefabric_ledger::entry::AUDIT_BATCH_SPAN_MS)
+                {
                     seal(&mut batch)?;
-                    bytes = 0;
+                    (bytes, lo, hi) = (0, u64::MAX, 0);
                 }
                 bytes += raw.len();
+                (lo, hi) = (lo.min(rec.time_ms), hi.max(rec.time_ms));
                 batch.push(rec);
             }
             if !batch.is_empty() {
