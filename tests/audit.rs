@@ -186,7 +186,13 @@ async fn every_acknowledged_access_is_in_the_ledger_exactly_once_after_a_crash()
         assert_ne!(status, 0, "{actor} {action} {key}: no answer");
         assert_ne!(status, 503, "{actor} {action} {key}: not served");
         match actor {
-            "app-7" => *want7.entry((action.into(), ns.into(), key, u64::from(status))).or_default() += 1,
+            "app-7" => {
+                // A write is recorded twice: received (status 0) before it runs, then its outcome.
+                if action == "kv.put" {
+                    *want7.entry((action.into(), ns.into(), key.clone(), 0)).or_default() += 1;
+                }
+                *want7.entry((action.into(), ns.into(), key, u64::from(status))).or_default() += 1
+            }
             "app-8" => {
                 assert_eq!(status, 200);
                 vault_hashes += 1;
@@ -210,15 +216,20 @@ async fn every_acknowledged_access_is_in_the_ledger_exactly_once_after_a_crash()
     let deadline = Instant::now() + Duration::from_secs(30);
     let recs8 = loop {
         let r = records(&c, 1, &auditor, "app-8").await.unwrap();
-        if r.len() >= vault_hashes || Instant::now() > deadline {
+        if r.len() >= 2 * vault_hashes || Instant::now() > deadline {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(recs8.len(), vault_hashes, "exactly one record per acknowledged vault write");
+    assert_eq!(
+        recs8.len(),
+        2 * vault_hashes,
+        "received and outcome, once each, per acknowledged vault write"
+    );
     let hashes: std::collections::BTreeSet<&str> =
         recs8.iter().map(|r| r["key_hash"].as_str().expect("a key hash")).collect();
     assert_eq!(hashes.len(), vault_hashes);
+    assert_eq!(recs8.iter().filter(|r| r["status"] == 0).count(), vault_hashes);
     assert!(recs8.iter().all(|r| r.get("key").is_none()));
     let text = serde_json::to_string(&recs8).unwrap();
     assert!(!text.contains("secret-"), "a confidential key name leaked into the audit trail");
@@ -234,11 +245,17 @@ async fn every_acknowledged_access_is_in_the_ledger_exactly_once_after_a_crash()
         .await
         .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["records"].as_array().unwrap().len(), vault_hashes);
+    assert_eq!(v["records"].as_array().unwrap().len(), 2 * vault_hashes);
     assert_eq!(send(&c, 1, Some(&writer), Method::GET, "/v1/audit", "").await, 403);
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?limit=0", "").await, 400);
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?from=yesterday", "").await, 400);
 
+    // The refused look at the trail is app-7's record too; wait until it has been shipped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while records(&c, 3, &auditor, "app-7").await.unwrap().len() < recs7.len() + 1 {
+        assert!(Instant::now() < deadline, "app-7's refused audit query was never recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // An auditor proves them offline against the pinned node keys.
     let trust = c.cluster_dir().join("trust.json");
     let auditor_file = c.cluster_dir().join("auditor.token");
@@ -298,6 +315,7 @@ async fn a_cut_off_node_queues_its_records_and_ships_them_when_the_partition_hea
     c.pause(2);
     c.pause(3);
     let mut want = Tally::new();
+    want.insert(("kv.put".into(), "default".into(), "seen".into(), 0), 1);
     want.insert(("kv.put".into(), "default".into(), "seen".into(), 200), 1);
     for i in 0..20 {
         // Local reads of its replica, and refusals, are answered — and so recorded — alone.

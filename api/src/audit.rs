@@ -202,7 +202,7 @@ impl pb::audit_server::Audit for AuditService {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("audit.query", "", None)];
         self.kv
-            .audited(&meta, &[Permission::Audit], targets, |_| async move {
+            .audited(&meta, &[Permission::Audit], targets, false, |_| async move {
                 let opt = |s: String| (!s.is_empty()).then_some(s);
                 let q = build_query(AuditParams {
                     ns: opt(r.ns),

@@ -247,6 +247,15 @@ pub fn permission_for(method: &str, path: &str, batch_namespaces: &[String]) -> 
     }
 }
 
+/// The status of the audit record a state-changing request gets once authorized and before it
+/// can take effect; its outcome follows in a second record with the final status.
+pub const RECEIVED: u16 = 0;
+
+/// Whether a REST method may change state (and so is recorded before it runs, too).
+pub fn mutates(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
 /// What one access touched, for its audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -59,11 +59,14 @@ impl KvService {
 
     /// Runs one call: authorization, then `call` if allowed, then the audit record (durable
     /// before the answer, as for REST; a call that cannot be recorded answers `unavailable`).
+    /// `mutates`: the call may change state, so it is recorded as received (status 0) before
+    /// it runs, as REST does.
     pub(crate) async fn audited<T, F, Fut>(
         &self,
         meta: &MetadataMap,
         needs: &[Permission],
         targets: Vec<Target>,
+        mutates: bool,
         call: F,
     ) -> Result<Response<T>, Status>
     where
@@ -71,7 +74,19 @@ impl KvService {
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let (actor, out, allowed) = match self.authorize(meta, needs) {
-            Ok(subject) => (subject.clone(), call(subject).await, true),
+            Ok(subject) => {
+                if mutates {
+                    if let Err(e) =
+                        self.state.record(&subject, targets.clone(), true, crate::auth::RECEIVED).await
+                    {
+                        return Err(Status::unavailable(format!(
+                            "the access could not be recorded in the audit trail: {}",
+                            e.message
+                        )));
+                    }
+                }
+                (subject.clone(), call(subject).await, true)
+            }
             Err((actor, refusal)) => (actor, Err(refusal), false),
         };
         let status = match &out {
@@ -137,7 +152,7 @@ impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("kv.put", &r.ns, Some(&r.key))];
-        self.audited(&meta, &[Permission::Write(r.ns.clone())], targets, |_| async move {
+        self.audited(&meta, &[Permission::Write(r.ns.clone())], targets, true, |_| async move {
             self.check_value(&r.value)?;
             let (revision, _) =
                 self.write(vec![Op::Put { ns: r.ns, key: r.key, value: r.value, cas: r.cas }]).await?;
@@ -149,7 +164,7 @@ impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("kv.get", &r.ns, Some(&r.key))];
-        self.audited(&meta, &[Permission::Read(r.ns.clone())], targets, |_| async move {
+        self.audited(&meta, &[Permission::Read(r.ns.clone())], targets, false, |_| async move {
             let rec =
                 self.state.node.get(&r.ns, &r.key, consistency(r.stale)).await.map_err(ApiError::from)?;
             Ok(Response::new(match rec {
@@ -163,7 +178,7 @@ impl pb::kv_server::Kv for KvService {
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("kv.delete", &r.ns, Some(&r.key))];
-        self.audited(&meta, &[Permission::Write(r.ns.clone())], targets, |_| async move {
+        self.audited(&meta, &[Permission::Write(r.ns.clone())], targets, true, |_| async move {
             let (revision, existed) =
                 self.write(vec![Op::Delete { ns: r.ns, key: r.key, cas: r.cas }]).await?;
             Ok(Response::new(pb::DeleteResponse {
@@ -178,7 +193,7 @@ impl pb::kv_server::Kv for KvService {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("kv.scan", &r.ns, None)];
         let needs = [Permission::Read(r.ns.clone())];
-        self.audited(&meta, &needs, targets, |_| self.scan_inner(r)).await
+        self.audited(&meta, &needs, targets, false, |_| self.scan_inner(r)).await
     }
 
     async fn batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
@@ -196,7 +211,7 @@ impl pb::kv_server::Kv for KvService {
         if targets.is_empty() {
             targets.push(Target::new("kv.batch", "", None));
         }
-        self.audited(&meta, &needs, targets, |_| self.batch_inner(r)).await
+        self.audited(&meta, &needs, targets, true, |_| self.batch_inner(r)).await
     }
 }
 
@@ -252,14 +267,14 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let (meta, _, _) = req.into_parts();
         let targets = vec![Target::new("cluster.status", "", None)];
-        self.kv.audited(&meta, &[], targets, |_| self.status_inner()).await
+        self.kv.audited(&meta, &[], targets, false, |_| self.status_inner()).await
     }
 
     async fn route(&self, req: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("cluster.route", "", None)];
         self.kv
-            .audited(&meta, &[], targets, |_| async move {
+            .audited(&meta, &[], targets, false, |_| async move {
                 let (shard, replicas, epoch) = crate::cluster::route(&self.kv.state.node, &r.ns, &r.key)?;
                 Ok(Response::new(pb::RouteResponse { shard, replicas, epoch }))
             })
@@ -273,7 +288,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("cluster.add-node", "", None)];
         self.kv
-            .audited(&meta, &[Permission::ClusterAdmin], targets, |_| async move {
+            .audited(&meta, &[Permission::ClusterAdmin], targets, true, |_| async move {
                 let node = &self.kv.state.node;
                 let epoch =
                     crate::cluster::add_node(node, r.id, &r.site, &r.grpc, &r.http, &r.public_key).await?;
@@ -289,7 +304,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("cluster.remove-node", "", None)];
         self.kv
-            .audited(&meta, &[Permission::ClusterAdmin], targets, |_| async move {
+            .audited(&meta, &[Permission::ClusterAdmin], targets, true, |_| async move {
                 let epoch = crate::cluster::remove_node(&self.kv.state.node, r.id).await?;
                 Ok(Response::new(pb::RemoveNodeResponse { epoch }))
             })
@@ -370,7 +385,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("publisher.add", "", None)];
         self.kv
-            .audited(&meta, &[Permission::ClusterAdmin], targets, |_| async move {
+            .audited(&meta, &[Permission::ClusterAdmin], targets, true, |_| async move {
                 let key: [u8; 32] = r
                     .public_key
                     .as_slice()
@@ -392,7 +407,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("image.register", "", None)];
         self.kv
-            .audited(&meta, &[Permission::Publish], targets, |_| async move {
+            .audited(&meta, &[Permission::Publish], targets, true, |_| async move {
                 let (log_index, created) = crate::ledger::register_core(
                     &self.kv.state,
                     &r.name,
@@ -413,7 +428,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("image.revoke", "", None)];
         self.kv
-            .audited(&meta, &[Permission::Publish], targets, |_| async move {
+            .audited(&meta, &[Permission::Publish], targets, true, |_| async move {
                 let by = match (r.publisher.is_empty(), r.signature.is_empty()) {
                     (false, false) => Some((r.publisher.as_str(), r.signature)),
                     (true, true) => None,

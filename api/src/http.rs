@@ -80,19 +80,32 @@ async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let (actor, req, verdict, targets) = authorize(&st, req, &method, &path).await;
-    let (response, allowed) = match verdict {
-        Ok(()) => (next.run(req).await, true),
-        Err(refusal) => (refusal, false),
-    };
-    let status = response.status().as_u16();
-    if let Err(e) = st.record(&actor, targets, allowed, status).await {
+    let unrecorded = |e: ApiError| {
         tracing::error!(error = %e.message, "an access could not be recorded in the audit trail");
-        return ApiError::new(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!("the access could not be recorded in the audit trail: {}", e.message),
         )
-        .into_response();
+        .into_response()
+    };
+    let (response, allowed) = match verdict {
+        Ok(()) => {
+            // A request that may change state is recorded as received (status 0) before it
+            // can take effect: a crash between the change and its outcome record still
+            // leaves the change in the trail.
+            if crate::auth::mutates(&method) {
+                if let Err(e) = st.record(&actor, targets.clone(), true, crate::auth::RECEIVED).await {
+                    return unrecorded(e);
+                }
+            }
+            (next.run(req).await, true)
+        }
+        Err(refusal) => (refusal, false),
+    };
+    let status = response.status().as_u16();
+    if let Err(e) = st.record(&actor, targets, allowed, status).await {
+        return unrecorded(e);
     }
     response
 }

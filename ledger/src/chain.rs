@@ -436,6 +436,11 @@ fn check_entry(
     let rule = |message: String| Invalid::Rule { entry: pos, message };
     let dup = |message: String| Invalid::Duplicate { entry: pos, message };
     e.validate_fields().map_err(|err| rule(err.to_string()))?;
+    // Every admitted leaf must be readable back (`Entry::from_leaf` refuses larger ones).
+    let size = e.leaf_bytes()?.len();
+    if size > entry::MAX_LEAF_BYTES {
+        return Err(rule(format!("the entry is {size} bytes, the limit is {}", entry::MAX_LEAF_BYTES)).into());
+    }
     let role = |author: &Author| Invalid::Role {
         entry: pos,
         author: author.to_string(),

@@ -65,6 +65,8 @@ pub struct AuditRecord {
     pub action: String,
     /// "allowed" or "denied".
     pub result: String,
+    /// The answer's HTTP status; 0 for "received": a state-changing request, authorized and
+    /// about to take effect (its outcome follows in a second record).
     pub status: u16,
     /// Milliseconds since the Unix epoch, at the serving node.
     pub time_ms: u64,
@@ -143,8 +145,13 @@ pub struct Entry {
     pub signature: Vec<u8>,
 }
 
+/// What decoding one leaf may allocate. bincode's limit counts the memory a decode claims
+/// (in-memory sizes of the containers it reads), not input bytes: a 16 KiB leaf holding 1,024
+/// audit records claims about 200 KiB. The input itself is bounded by `MAX_LEAF_BYTES` first.
+const DECODE_CLAIM_BYTES: usize = 1 << 20;
+
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ MAX_LEAF_BYTES }>()
+    bincode::config::standard().with_limit::<{ DECODE_CLAIM_BYTES }>()
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -291,6 +298,9 @@ fn check_audit_record(a: &AuditRecord) -> Result<()> {
     }
     if a.result != AUDIT_ALLOWED && a.result != AUDIT_DENIED {
         return Err(LedgerError::invalid("result", "must be \"allowed\" or \"denied\""));
+    }
+    if a.status == 0 && a.result != AUDIT_ALLOWED {
+        return Err(LedgerError::invalid("status", "0 (received) is for allowed requests only"));
     }
     if a.seq == 0 {
         return Err(LedgerError::invalid("seq", "audit sequences start at 1"));

@@ -748,6 +748,35 @@ fn an_audit_batch_is_consecutive_records_of_one_node() {
     let wide = vec![record(2, 5, 6, "a", "app", "kv.get", 0), record(2, 5, 7, "a", "app", "kv.get", 60_001)];
     let (_, res) = chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(wide))], 0, 1).unwrap();
     assert!(res[0].is_err());
+    // A full batch of records with long keys is larger than a leaf may be: refused, not stored
+    // unreadable. The same records in smaller batches are admitted and read back.
+    let long = |seq| {
+        let mut r = r(seq);
+        r.key = Some("k".repeat(500));
+        r
+    };
+    let big: Vec<AuditRecord> = (6..6 + 64).map(long).collect();
+    let (_, res) =
+        chain::build_block(&f.tree, &[f.node_entry(2, EntryKind::Audit(big.clone()))], 0, 1).unwrap();
+    assert!(res[0].is_err(), "{res:?}");
+    let entries: Vec<Entry> = big.chunks(16).map(|c| f.node_entry(2, EntryKind::Audit(c.to_vec()))).collect();
+    f.append_ok(entries);
+    // A batch of 400 small records (about 12 KiB) decodes: the decoder claims their in-memory
+    // size, far more than the input bytes, and its bound fits it.
+    let many: Vec<AuditRecord> = (70..70 + 400)
+        .map(|seq| {
+            let mut r = r(seq);
+            r.actor = "a".into();
+            r.key = None;
+            r.ns = "n".into();
+            r
+        })
+        .collect();
+    let block = f.append_ok(vec![f.node_entry(2, EntryKind::Audit(many))]);
+    let first = block.header.log_size - 1;
+    assert!(
+        matches!(chain::entry(&f.tree, first).unwrap().unwrap().kind, EntryKind::Audit(ref b) if b.len() == 400)
+    );
     // u64 seqs at the edge do not overflow.
     let edge =
         vec![record(2, 9, u64::MAX, "a", "app", "kv.get", 1), record(2, 9, 0, "a", "app", "kv.get", 1)];
