@@ -476,7 +476,16 @@ async fn bad_input_is_a_clear_json_error() {
     let st = c.status(1).await.unwrap();
     assert_eq!((st["nodes"].as_array().unwrap().len(), st["leaving"].as_array().unwrap().len()), (3, 0));
     // /metrics needs no token and reports the node's groups.
-    let m = c.client.get(format!("{}/metrics", c.http(2))).send().await.unwrap().text().await.unwrap();
+    // Leadership may be moving back to preferred replicas right after start-up (a group is
+    // briefly without a known leader then): wait for it to settle.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        let m = c.client.get(format!("{}/metrics", c.http(2))).send().await.unwrap().text().await.unwrap();
+        if m.contains("edgefabric_raft_groups_without_leader 0") || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     // The metadata group, 16 shards (3 replicas on 3 nodes: every node has all) and the ledger.
     assert!(m.contains("edgefabric_raft_groups 18"), "{m}");
     assert!(m.contains("edgefabric_ledger_verified 1"), "{m}");
