@@ -351,6 +351,17 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "1 if this node's stored ledger passed its start-up verification.",
         u64::from(st.node.ledger_health() == edgefabric_store::ledger::Health::Verified),
     );
+    let (queued, shipped) = st.node.audit_backlog();
+    gauge(
+        "edgefabric_audit_records_queued",
+        "Audit records this node has recorded durably (this data directory's sequence).",
+        queued,
+    );
+    gauge(
+        "edgefabric_audit_records_pending",
+        "Audit records recorded here and not yet known to be in the ledger.",
+        queued.saturating_sub(shipped),
+    );
     out.push_str(&format!(
         "# HELP edgefabric_ledger_rejected_blocks_total Ledger blocks this node refused as invalid.\n\
          # TYPE edgefabric_ledger_rejected_blocks_total counter\nedgefabric_ledger_rejected_blocks_total {}\n",

@@ -192,7 +192,14 @@ impl Node {
             match self.ship_once().await {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
-                    tracing::debug!(error = %e, "audit records not shipped yet; retrying");
+                    // Short outages (a leader change) are routine; a failure that outlasts the
+                    // backoff's growth (a cut-off site, a refusing ledger) is worth a warning.
+                    let (queued, shipped) = self.audit_backlog();
+                    if backoff >= Duration::from_secs(2) {
+                        tracing::warn!(error = %e, queued, shipped, "audit records not shipped yet; retrying");
+                    } else {
+                        tracing::debug!(error = %e, "audit records not shipped yet; retrying");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => return,
