@@ -249,6 +249,10 @@ async fn every_acknowledged_access_is_in_the_ledger_exactly_once_after_a_crash()
     assert_eq!(send(&c, 1, Some(&writer), Method::GET, "/v1/audit", "").await, 403);
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?limit=0", "").await, 400);
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?from=yesterday", "").await, 400);
+    assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?limit=many", "").await, 400);
+    // The route as CONTRACT.md writes it, every parameter empty: the defaults.
+    let path = "/v1/audit?ns=&actor=&action=&from=&to=&limit=";
+    assert_eq!(send(&c, 1, Some(&auditor), Method::GET, path, "").await, 200);
 
     // The refused look at the trail is app-7's record too; wait until it has been shipped.
     let deadline = Instant::now() + Duration::from_secs(30);

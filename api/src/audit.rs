@@ -115,7 +115,8 @@ pub struct AuditParams {
     result: Option<String>,
     from: Option<String>,
     to: Option<String>,
-    limit: Option<usize>,
+    /// Text, so that an empty `limit=` means the default like the other empty parameters.
+    limit: Option<String>,
     /// The previous page's `next`.
     after: Option<String>,
 }
@@ -127,12 +128,17 @@ fn build_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
             return Err(ApiError::bad_request(format!("result: {r:?} is not \"allowed\" or \"denied\"")));
         }
     }
-    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = match p.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(s) => s.parse().map_err(|_| ApiError::bad_request(format!("limit: {s:?} is not a number")))?,
+    };
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!("limit: must be between 1 and {MAX_LIMIT}")));
     }
-    let from_ms = p.from.as_deref().map(|s| parse_time("from", s)).transpose()?.unwrap_or(0);
-    let to_ms = p.to.as_deref().map(|s| parse_time("to", s)).transpose()?.unwrap_or(u64::MAX);
+    // Empty parameters (`?ns=&from=`, as CONTRACT.md writes the route) mean "not given".
+    let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
+    let from_ms = given(&p.from).map(|s| parse_time("from", &s)).transpose()?.unwrap_or(0);
+    let to_ms = given(&p.to).map(|s| parse_time("to", &s)).transpose()?.unwrap_or(u64::MAX);
     if from_ms > to_ms {
         return Err(ApiError::bad_request("from: is after to"));
     }
@@ -211,7 +217,7 @@ impl pb::audit_server::Audit for AuditService {
                     result: opt(r.result),
                     from: (r.from_ms != 0).then(|| r.from_ms.to_string()),
                     to: (r.to_ms != 0).then(|| r.to_ms.to_string()),
-                    limit: (r.limit != 0).then_some(r.limit as usize),
+                    limit: (r.limit != 0).then(|| r.limit.to_string()),
                     after: opt(r.after),
                 })?;
                 let a = query_core(&self.kv.state, q).await?;
