@@ -56,7 +56,21 @@ pub async fn query_core(st: &AppState, q: AuditQuery) -> Result<AuditAnswer, Api
     let page = st.node.audit_query(q, Consistency::Linearizable).await?;
     let (note, cp) = st.node.ledger_checkpoint().await?;
     let mut records = Vec::with_capacity(page.records.len());
+    // Hits of one batch share its leaf and proof: encode and prove each entry once.
+    let mut proven: std::collections::HashMap<u64, (Vec<u8>, Vec<edgefabric_ledger::Hash>)> =
+        Default::default();
     for hit in page.records {
+        if let Some((leaf, proof)) = proven.get(&hit.index) {
+            let (leaf, proof) = (leaf.clone(), proof.clone());
+            records.push(ProvenRecord {
+                log_index: hit.index,
+                position: hit.pos,
+                record: hit.record,
+                leaf,
+                proof,
+            });
+            continue;
+        }
         let proof = st.node.ledger_inclusion_proof_applied(hit.index, cp.size)?;
         let leaf = hit.entry.leaf_bytes().map_err(|e| {
             ApiError::new(
@@ -65,6 +79,7 @@ pub async fn query_core(st: &AppState, q: AuditQuery) -> Result<AuditAnswer, Api
                 format!("encoding entry {}: {e}", hit.index),
             )
         })?;
+        proven.insert(hit.index, (leaf.clone(), proof.clone()));
         records.push(ProvenRecord {
             log_index: hit.index,
             position: hit.pos,

@@ -131,8 +131,13 @@ fn kek(
     salt[32..].copy_from_slice(recipient);
     let mut info = b"edgefabric-wrap-v1\0".to_vec();
     info.extend_from_slice(context);
-    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &salt).extract(shared);
-    let info_parts = [info.as_slice()];
+    hkdf32(&salt, shared, &info)
+}
+
+/// HKDF-SHA256 (RFC 5869) of `ikm` with `salt` and `info`, 32 bytes out.
+fn hkdf32(salt: &[u8], ikm: &[u8], info: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt).extract(ikm);
+    let info_parts = [info];
     let okm = prk
         .expand(&info_parts, ring::hkdf::HKDF_SHA256)
         .map_err(|_| Error::Invalid { what: "hkdf", message: "expand failed".into() })?;
@@ -159,15 +164,7 @@ pub fn link_key(me: &Identity, my_id: u64, peer: &PublicKey, peer_id: u64) -> Re
         info.extend_from_slice(&id.to_be_bytes());
         info.extend_from_slice(&key);
     }
-    let prk =
-        ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"edgefabric-link-v1").extract(shared.as_bytes());
-    let info_parts = [info.as_slice()];
-    let okm = prk
-        .expand(&info_parts, ring::hkdf::HKDF_SHA256)
-        .map_err(|_| Error::Invalid { what: "hkdf", message: "expand failed".into() })?;
-    let mut out = Zeroizing::new([0u8; 32]);
-    okm.fill(out.as_mut()).map_err(|_| Error::Invalid { what: "hkdf", message: "fill failed".into() })?;
-    Ok(out)
+    hkdf32(b"edgefabric-link-v1", shared.as_bytes(), &info)
 }
 
 /// Wraps `dk` for the node with ed25519 public key `node`; `context` (e.g. namespace and key

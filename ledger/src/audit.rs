@@ -71,7 +71,8 @@ pub struct AuditHit {
     pub index: u64,
     pub pos: u32,
     pub record: AuditRecord,
-    pub entry: Entry,
+    /// Shared by the hits of one entry (a batch holds up to 512 records).
+    pub entry: std::sync::Arc<Entry>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -112,6 +113,7 @@ pub fn audit_query(tree: &sled::Tree, q: &AuditQuery, scan_budget: usize) -> Res
         let entry = chain::entry(tree, index)?.ok_or_else(|| {
             LedgerError::Storage(format!("audit index names log index {index} which is not stored"))
         })?;
+        let entry = std::sync::Arc::new(entry);
         let EntryKind::Audit(batch) = &entry.kind else {
             return Err(LedgerError::Storage(format!(
                 "audit index names log index {index}, not an audit entry"
@@ -134,7 +136,12 @@ pub fn audit_query(tree: &sled::Tree, q: &AuditQuery, scan_budget: usize) -> Res
                 && q.action.as_ref().is_none_or(|v| *v == record.action)
                 && q.result.as_ref().is_none_or(|v| *v == record.result);
             if keep {
-                page.records.push(AuditHit { index, pos, record: record.clone(), entry: entry.clone() });
+                page.records.push(AuditHit {
+                    index,
+                    pos,
+                    record: record.clone(),
+                    entry: std::sync::Arc::clone(&entry),
+                });
             }
             if page.records.len() == q.limit || scanned >= scan_budget.max(1) {
                 page.next = Some(here);

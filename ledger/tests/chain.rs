@@ -701,7 +701,7 @@ fn audit_queries_filter_page_and_stop_at_their_budget() {
     // Each hit carries the entry that proves it (its leaf is at the hit's log index), holding
     // the record at the hit's position.
     for h in &all.records {
-        assert_eq!(chain::entry(&f.tree, h.index).unwrap().as_ref(), Some(&h.entry));
+        assert_eq!(chain::entry(&f.tree, h.index).unwrap().as_ref(), Some(&*h.entry));
         let EntryKind::Audit(batch) = &h.entry.kind else { panic!("not an audit entry") };
         assert_eq!(batch[h.pos as usize], h.record);
     }
