@@ -246,6 +246,16 @@ async fn every_acknowledged_access_is_in_the_ledger_exactly_once_after_a_crash()
         .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["records"].as_array().unwrap().len(), 2 * vault_hashes);
+    // Each ledger entry the records sit in comes once, with its leaf and proof; none is extra.
+    let entries = v["entries"].as_object().expect("entries");
+    let cited: std::collections::BTreeSet<String> =
+        v["records"].as_array().unwrap().iter().map(|r| r["log_index"].to_string()).collect();
+    assert_eq!(entries.keys().cloned().collect::<std::collections::BTreeSet<_>>(), cited);
+    for (index, e) in entries {
+        assert_eq!(e["inclusion_proof"]["log_index"].to_string(), *index);
+        assert!(e["leaf_base64"].as_str().is_some_and(|l| !l.is_empty()));
+    }
+    assert!(v["records"][0].get("leaf_base64").is_none(), "records no longer repeat their entry");
     assert_eq!(send(&c, 1, Some(&writer), Method::GET, "/v1/audit", "").await, 403);
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?limit=0", "").await, 400);
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?from=yesterday", "").await, 400);

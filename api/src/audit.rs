@@ -33,18 +33,27 @@ use crate::server::AppState;
 /// Default page size.
 const DEFAULT_LIMIT: usize = 100;
 
-/// A record with what proves it.
-pub struct ProvenRecord {
-    /// The ledger entry (a batch of the node's records) holding it, and its place there.
+/// A record and where it sits: the ledger entry (a batch of the node's records) and its place there.
+pub struct FoundRecord {
     pub log_index: u64,
     pub position: u32,
     pub record: AuditRecord,
+}
+
+/// A ledger entry with what proves it: its leaf bytes and an inclusion proof against the answer's
+/// checkpoint. A page carries each entry once, however many of its records the page lists (a
+/// batch holds up to hundreds of records; repeating its leaf and proof per record made pages
+/// of a thousand records megabytes long).
+pub struct ProvenEntry {
+    pub log_index: u64,
     pub leaf: Vec<u8>,
     pub proof: Vec<edgefabric_ledger::Hash>,
 }
 
 pub struct AuditAnswer {
-    pub records: Vec<ProvenRecord>,
+    pub records: Vec<FoundRecord>,
+    /// In log order, one per distinct `log_index` of `records`.
+    pub entries: Vec<ProvenEntry>,
     pub next: Option<String>,
     pub checkpoint_note: String,
     pub checkpoint: edgefabric_ledger::note::Checkpoint,
@@ -56,39 +65,29 @@ pub async fn query_core(st: &AppState, q: AuditQuery) -> Result<AuditAnswer, Api
     let page = st.node.audit_query(q, Consistency::Linearizable).await?;
     let (note, cp) = st.node.ledger_checkpoint().await?;
     let mut records = Vec::with_capacity(page.records.len());
-    // Hits of one batch share its leaf and proof: encode and prove each entry once.
-    let mut proven: std::collections::HashMap<u64, (Vec<u8>, Vec<edgefabric_ledger::Hash>)> =
-        Default::default();
+    // Hits of one batch share its entry: encode and prove each entry once.
+    let mut entries = std::collections::BTreeMap::new();
     for hit in page.records {
-        if let Some((leaf, proof)) = proven.get(&hit.index) {
-            let (leaf, proof) = (leaf.clone(), proof.clone());
-            records.push(ProvenRecord {
-                log_index: hit.index,
-                position: hit.pos,
-                record: hit.record,
-                leaf,
-                proof,
-            });
-            continue;
+        if let std::collections::btree_map::Entry::Vacant(slot) = entries.entry(hit.index) {
+            let proof = st.node.ledger_inclusion_proof_applied(hit.index, cp.size)?;
+            let leaf = hit.entry.leaf_bytes().map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("encoding entry {}: {e}", hit.index),
+                )
+            })?;
+            slot.insert(ProvenEntry { log_index: hit.index, leaf, proof });
         }
-        let proof = st.node.ledger_inclusion_proof_applied(hit.index, cp.size)?;
-        let leaf = hit.entry.leaf_bytes().map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("encoding entry {}: {e}", hit.index),
-            )
-        })?;
-        proven.insert(hit.index, (leaf.clone(), proof.clone()));
-        records.push(ProvenRecord {
-            log_index: hit.index,
-            position: hit.pos,
-            record: hit.record,
-            leaf,
-            proof,
-        });
+        records.push(FoundRecord { log_index: hit.index, position: hit.pos, record: hit.record });
     }
-    Ok(AuditAnswer { records, next: page.next.map(|c| c.to_string()), checkpoint_note: note, checkpoint: cp })
+    Ok(AuditAnswer {
+        records,
+        entries: entries.into_values().collect(),
+        next: page.next.map(|c| c.to_string()),
+        checkpoint_note: note,
+        checkpoint: cp,
+    })
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -173,17 +172,13 @@ fn build_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
     })
 }
 
-/// One record as REST shows it (CONTRACT.md), with its proof.
-fn record_json(r: &ProvenRecord, size: u64, root: &[u8]) -> Value {
+/// One record as REST shows it (CONTRACT.md); its proof is in the page's `entries`.
+fn record_json(r: &FoundRecord) -> Value {
     let a = &r.record;
     let mut v = json!({
         "actor": a.actor, "node": a.node, "ns": a.ns, "action": a.action, "result": a.result,
         "status": a.status, "time": rfc3339(a.time_ms), "log_index": r.log_index, "position": r.position,
-        "instance": a.instance, "seq": a.seq, "leaf_base64": STANDARD.encode(&r.leaf),
-        "inclusion_proof": {
-            "log_index": r.log_index, "tree_size": size, "root_hash": hex::encode(root),
-            "hashes": r.proof.iter().map(hex::encode).collect::<Vec<_>>(),
-        },
+        "instance": a.instance, "seq": a.seq,
     });
     if let Some(k) = &a.key {
         v["key"] = json!(k);
@@ -201,9 +196,27 @@ pub async fn query(
 ) -> Result<Json<Value>, ApiError> {
     let Query(p) = q.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
     let a = query_core(&st, build_query(p)?).await?;
-    let records: Vec<Value> =
-        a.records.iter().map(|r| record_json(r, a.checkpoint.size, &a.checkpoint.root)).collect();
-    Ok(Json(json!({"records": records, "next": a.next, "checkpoint": a.checkpoint_note})))
+    let records: Vec<Value> = a.records.iter().map(record_json).collect();
+    // Keyed by log index (as text: JSON keys are strings), each with the leaf and the proof every
+    // record at that index is verified with.
+    let entries: serde_json::Map<String, Value> = a
+        .entries
+        .iter()
+        .map(|e| {
+            let v = json!({
+                "leaf_base64": STANDARD.encode(&e.leaf),
+                "inclusion_proof": {
+                    "log_index": e.log_index, "tree_size": a.checkpoint.size,
+                    "root_hash": hex::encode(a.checkpoint.root),
+                    "hashes": e.proof.iter().map(hex::encode).collect::<Vec<_>>(),
+                },
+            });
+            (e.log_index.to_string(), v)
+        })
+        .collect();
+    Ok(Json(json!({
+        "records": records, "entries": entries, "next": a.next, "checkpoint": a.checkpoint_note,
+    })))
 }
 
 pub fn service(state: Arc<AppState>) -> pb::audit_server::AuditServer<AuditService> {
@@ -254,17 +267,25 @@ impl pb::audit_server::Audit for AuditService {
                         position: p.position,
                         instance: p.record.instance,
                         seq: p.record.seq,
-                        leaf: p.leaf,
+                    })
+                    .collect();
+                let entries = a
+                    .entries
+                    .into_iter()
+                    .map(|e| pb::AuditEntry {
+                        log_index: e.log_index,
+                        leaf: e.leaf,
                         inclusion_proof: Some(pb::InclusionProof {
-                            log_index: p.log_index,
+                            log_index: e.log_index,
                             tree_size: cp.size,
                             root_hash: cp.root.to_vec(),
-                            hashes: p.proof.iter().map(|h| h.to_vec()).collect(),
+                            hashes: e.proof.iter().map(|h| h.to_vec()).collect(),
                         }),
                     })
                     .collect();
                 Ok(Response::new(pb::AuditQueryResponse {
                     records,
+                    entries,
                     next: a.next,
                     checkpoint: a.checkpoint_note,
                 }))
@@ -366,11 +387,6 @@ pub async fn run(cmd: AuditCmd) -> Result<i32> {
             let mut n = 0usize;
             each_page(&c, &filters, |page| {
                 for r in page["records"].as_array().into_iter().flatten() {
-                    let mut r = r.clone();
-                    if let Some(o) = r.as_object_mut() {
-                        o.remove("leaf_base64");
-                        o.remove("inclusion_proof");
-                    }
                     println!("{r}");
                     n += 1;
                 }
@@ -394,9 +410,12 @@ pub async fn run(cmd: AuditCmd) -> Result<i32> {
             let mut sizes = std::collections::BTreeSet::new();
             each_page(&c, &filters, |page| {
                 let note = page["checkpoint"].as_str().context("checkpoint: missing")?;
+                // Each entry's signatures and proof are checked once per page, whatever the
+                // number of its records listed.
+                let mut checked = std::collections::HashMap::new();
                 for r in page["records"].as_array().into_iter().flatten() {
                     n += 1;
-                    match verify_one(r, note, &keys, origin.as_deref(), min_signatures) {
+                    match verify_one(r, page, note, &keys, origin.as_deref(), min_signatures, &mut checked) {
                         Ok(size) => {
                             sizes.insert(size);
                         }
@@ -437,41 +456,23 @@ async fn each_page(c: &Client, filters: &Filters, mut f: impl FnMut(&Value) -> R
     }
 }
 
-/// Verifies one record; returns the checkpoint size it is proven under.
+/// Verifies one record against its entry in the page's `entries`; returns the checkpoint size
+/// it is proven under. `checked` caches the entries of this page already proven.
 fn verify_one(
     r: &Value,
+    page: &Value,
     note: &str,
     keys: &[edgefabric_ledger::note::TrustedKey],
     origin: Option<&str>,
     min: usize,
+    checked: &mut std::collections::HashMap<u64, verify::Proven>,
 ) -> Result<u64> {
-    let leaf =
-        STANDARD.decode(r["leaf_base64"].as_str().context("leaf_base64: missing")?).context("leaf_base64")?;
-    let p = &r["inclusion_proof"];
-    let hex32 = |v: &Value, what: &str| -> Result<Vec<u8>> {
-        hex::decode(v.as_str().with_context(|| format!("{what}: missing"))?)
-            .with_context(|| format!("{what}: not hex"))
-    };
-    let hashes = p["hashes"]
-        .as_array()
-        .context("inclusion_proof.hashes: missing")?
-        .iter()
-        .map(|h| hex32(h, "inclusion_proof.hashes[]"))
-        .collect::<Result<Vec<_>>>()?;
-    let root = hex32(&p["root_hash"], "inclusion_proof.root_hash")?;
     let index = r["log_index"].as_u64().context("log_index: missing")?;
-    if p["log_index"].as_u64() != Some(index) {
-        bail!("the proof is for another log index");
+    if !checked.contains_key(&index) {
+        let proven = verify_entry_of(page, index, note, keys, origin, min)?;
+        checked.insert(index, proven);
     }
-    let presented = Presented {
-        leaf: &leaf,
-        log_index: index,
-        tree_size: p["tree_size"].as_u64().context("inclusion_proof.tree_size: missing")?,
-        root_hash: Some(&root),
-        proof: &hashes,
-        checkpoint: note,
-    };
-    let proven = verify::verify_entry(keys, origin, min, &presented)?;
+    let proven = &checked[&index];
     let pos = r["position"].as_u64().context("position: missing")?;
     let a = verify::audit_record(&proven.entry, usize::try_from(pos).context("position")?, keys)?;
     // What the server states must be what the node signed.
@@ -494,4 +495,45 @@ fn verify_one(
         }
     }
     Ok(proven.checkpoint.size)
+}
+
+/// Checks the signatures and the inclusion proof of the entry at `index` in a page's `entries`.
+fn verify_entry_of(
+    page: &Value,
+    index: u64,
+    note: &str,
+    keys: &[edgefabric_ledger::note::TrustedKey],
+    origin: Option<&str>,
+    min: usize,
+) -> Result<verify::Proven> {
+    let e = &page["entries"][index.to_string()];
+    if e.is_null() {
+        bail!("entries[\"{index}\"]: missing");
+    }
+    let leaf =
+        STANDARD.decode(e["leaf_base64"].as_str().context("leaf_base64: missing")?).context("leaf_base64")?;
+    let p = &e["inclusion_proof"];
+    let hex32 = |v: &Value, what: &str| -> Result<Vec<u8>> {
+        hex::decode(v.as_str().with_context(|| format!("{what}: missing"))?)
+            .with_context(|| format!("{what}: not hex"))
+    };
+    let hashes = p["hashes"]
+        .as_array()
+        .context("inclusion_proof.hashes: missing")?
+        .iter()
+        .map(|h| hex32(h, "inclusion_proof.hashes[]"))
+        .collect::<Result<Vec<_>>>()?;
+    let root = hex32(&p["root_hash"], "inclusion_proof.root_hash")?;
+    if p["log_index"].as_u64() != Some(index) {
+        bail!("the proof is for another log index");
+    }
+    let presented = Presented {
+        leaf: &leaf,
+        log_index: index,
+        tree_size: p["tree_size"].as_u64().context("inclusion_proof.tree_size: missing")?,
+        root_hash: Some(&root),
+        proof: &hashes,
+        checkpoint: note,
+    };
+    Ok(verify::verify_entry(keys, origin, min, &presented)?)
 }
