@@ -468,11 +468,12 @@ fn verify_one(
     checked: &mut std::collections::HashMap<u64, verify::Proven>,
 ) -> Result<u64> {
     let index = r["log_index"].as_u64().context("log_index: missing")?;
-    if !checked.contains_key(&index) {
-        let proven = verify_entry_of(page, index, note, keys, origin, min)?;
-        checked.insert(index, proven);
-    }
-    let proven = &checked[&index];
+    let proven = match checked.entry(index) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(verify_entry_of(page, index, note, keys, origin, min)?)
+        }
+    };
     let pos = r["position"].as_u64().context("position: missing")?;
     let a = verify::audit_record(&proven.entry, usize::try_from(pos).context("position")?, keys)?;
     // What the server states must be what the node signed.
