@@ -1,3 +1,21 @@
-//! The time-series engine (issue 7): Gorilla-compressed chunks on sled, an inverted label
-//! index, line-protocol and remote-write ingest, and a PromQL subset. Not built yet: this crate
-//! only reserves its place in the workspace.
+//! The time-series engine: Gorilla-style compressed chunks on sled, an inverted label index,
+//! InfluxDB line-protocol parsing and a PromQL subset evaluated with Prometheus's semantics.
+//!
+//! Plain synchronous code with no networking: the node (store/, api/) replicates write batches
+//! through raft and calls in here to apply them and to answer queries.
+
+pub mod bits;
+pub mod codec;
+
+/// Everything the engine can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Stored data that does not decode: a damaged disk or a bug, never bad client input.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// Client input that is wrong, with what and where.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+}

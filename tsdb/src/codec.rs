@@ -1,0 +1,410 @@
+//! Chunk encoding of one series' samples: Gorilla-style delta-of-delta timestamps, and values
+//! either as Gorilla XOR floats or — when every value of the chunk is a decimal with a few
+//! digits (counters, integers, gauges with two decimals) — as scaled integers with bucketed
+//! deltas or deltas-of-deltas, whichever is smaller (the idea VictoriaMetrics uses).
+//!
+//! Contract: `decode(encode(s)) == s` bit for bit, for every f64 including NaNs (Prometheus's
+//! staleness marker is a NaN with a particular payload), -0.0 and infinities. Decimal scaling is
+//! used only when it reproduces every value exactly; otherwise the chunk is XOR-encoded.
+//!
+//! Layout: `format u8 | n uvarint | t0 varint | [t1-t0 varint]` then, by format,
+//! XOR: `v0 as 8 bytes BE`; decimal: `exponent u8 | value mode u8 | m0 varint`; then one bit
+//! stream holding the timestamps' delta-of-deltas (i ≥ 2) followed by the values (i ≥ 1).
+
+use crate::bits::{get_uvarint, get_varint, put_uvarint, put_varint, BitReader, BitWriter};
+use crate::Error;
+
+const FORMAT_XOR: u8 = 1;
+const FORMAT_DECIMAL: u8 = 2;
+const MODE_DELTA: u8 = 0;
+const MODE_DOD: u8 = 1;
+
+/// Largest decimal exponent tried: values with up to 12 digits after the point.
+const MAX_EXPONENT: u32 = 12;
+/// Scaled values stay where f64 holds every integer exactly.
+const MAX_MANTISSA: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// Bucket widths for timestamp delta-of-deltas (prefix `0` is zero, `10` the first width, ...);
+/// the widths Prometheus uses for millisecond timestamps.
+const TS_WIDTHS: [u32; 4] = [14, 17, 20, 64];
+/// Bucket widths for scaled-integer deltas.
+const INT_WIDTHS: [u32; 5] = [7, 12, 20, 32, 64];
+
+/// A sample: timestamp in milliseconds since the epoch, value.
+pub type Sample = (i64, f64);
+
+/// Encodes samples (timestamps strictly increasing; the caller guarantees it).
+pub fn encode(samples: &[Sample]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + samples.len() * 2);
+    match decimal_exponent(samples) {
+        Some(k) => encode_decimal(samples, k, &mut out),
+        None => encode_xor(samples, &mut out),
+    }
+    out
+}
+
+fn header(samples: &[Sample], format: u8, out: &mut Vec<u8>) {
+    out.push(format);
+    put_uvarint(out, samples.len() as u64);
+    if let Some(&(t0, _)) = samples.first() {
+        put_varint(out, t0);
+    }
+    if samples.len() > 1 {
+        put_varint(out, samples[1].0.wrapping_sub(samples[0].0));
+    }
+}
+
+fn write_timestamps(samples: &[Sample], w: &mut BitWriter) {
+    if samples.len() < 3 {
+        return;
+    }
+    let mut delta = samples[1].0.wrapping_sub(samples[0].0);
+    for pair in samples[1..].windows(2) {
+        let d = pair[1].0.wrapping_sub(pair[0].0);
+        write_bucketed(w, d.wrapping_sub(delta), &TS_WIDTHS);
+        delta = d;
+    }
+}
+
+fn encode_xor(samples: &[Sample], out: &mut Vec<u8>) {
+    header(samples, FORMAT_XOR, out);
+    let Some(&(_, v0)) = samples.first() else { return };
+    out.extend_from_slice(&v0.to_bits().to_be_bytes());
+    let mut w = BitWriter::with_capacity(samples.len() * 4);
+    write_timestamps(samples, &mut w);
+    let mut prev = v0.to_bits();
+    // The previous window of meaningful bits, reused when the next XOR fits in it.
+    let (mut lead, mut trail) = (u32::MAX, 0u32);
+    for &(_, v) in &samples[1..] {
+        let bits = v.to_bits();
+        let x = bits ^ prev;
+        prev = bits;
+        if x == 0 {
+            w.write_bit(false);
+            continue;
+        }
+        w.write_bit(true);
+        let l = x.leading_zeros().min(31);
+        let t = x.trailing_zeros();
+        if lead != u32::MAX && l >= lead && t >= trail {
+            w.write_bit(false);
+            w.write_bits(x >> trail, 64 - lead - trail);
+        } else {
+            w.write_bit(true);
+            let sig = 64 - l - t;
+            w.write_bits(u64::from(l), 5);
+            // 64 significant bits is stored as 0 (it does not fit 6 bits; 0 cannot occur).
+            w.write_bits(u64::from(sig & 63), 6);
+            w.write_bits(x >> t, sig);
+            lead = l;
+            trail = t;
+        }
+    }
+    out.extend_from_slice(&w.into_bytes());
+}
+
+/// The smallest exponent k such that every value is exactly `m / 10^k` for an integer m with
+/// |m| ≤ 2^53, or None.
+fn decimal_exponent(samples: &[Sample]) -> Option<u32> {
+    let mut k = 0u32;
+    for &(_, v) in samples {
+        if !v.is_finite() {
+            return None;
+        }
+        while k <= MAX_EXPONENT && scaled(v, k).is_none() {
+            k += 1;
+        }
+        if k > MAX_EXPONENT {
+            return None;
+        }
+    }
+    // A larger exponent found later must also reproduce the earlier values.
+    samples.iter().all(|&(_, v)| scaled(v, k).is_some()).then_some(k)
+}
+
+/// `v * 10^k` as an integer if dividing it back gives `v` bit for bit.
+fn scaled(v: f64, k: u32) -> Option<i64> {
+    let p = 10f64.powi(k as i32);
+    let m = (v * p).round();
+    if m.abs() > MAX_MANTISSA {
+        return None;
+    }
+    // Through the integer, as the decoder goes: -0.0 becomes 0 and must not pass.
+    let m = m as i64;
+    ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
+}
+
+fn encode_decimal(samples: &[Sample], k: u32, out: &mut Vec<u8>) {
+    header(samples, FORMAT_DECIMAL, out);
+    let ms: Vec<i64> = samples.iter().map(|&(_, v)| scaled(v, k).unwrap_or_default()).collect();
+    let deltas: Vec<i64> = ms.windows(2).map(|p| p[1].wrapping_sub(p[0])).collect();
+    let dods: Vec<i64> = std::iter::once(deltas.first().copied().unwrap_or(0))
+        .chain(deltas.windows(2).map(|p| p[1].wrapping_sub(p[0])))
+        .take(deltas.len())
+        .collect();
+    let cost = |xs: &[i64]| xs.iter().map(|&x| bucketed_cost(x, &INT_WIDTHS)).sum::<u64>();
+    let (mode, xs) = if cost(&dods) < cost(&deltas) { (MODE_DOD, dods) } else { (MODE_DELTA, deltas) };
+    out.push(k as u8);
+    out.push(mode);
+    put_varint(out, ms.first().copied().unwrap_or(0));
+    let mut w = BitWriter::with_capacity(samples.len() * 2);
+    write_timestamps(samples, &mut w);
+    for x in xs {
+        write_bucketed(&mut w, x, &INT_WIDTHS);
+    }
+    out.extend_from_slice(&w.into_bytes());
+}
+
+/// Whether `x` fits `bits` bits as two's complement.
+fn fits(x: i64, bits: u32) -> bool {
+    bits >= 64 || (-(1i64 << (bits - 1))..(1i64 << (bits - 1))).contains(&x)
+}
+
+fn bucketed_cost(x: i64, widths: &[u32]) -> u64 {
+    if x == 0 {
+        return 1;
+    }
+    for (i, &b) in widths.iter().enumerate() {
+        if fits(x, b) {
+            let prefix = if i + 1 == widths.len() { i + 1 } else { i + 2 };
+            return (prefix as u64) + u64::from(b);
+        }
+    }
+    unreachable!("the last width is 64")
+}
+
+/// `0` for zero; else i ones, a zero (omitted for the last bucket), and x in widths[i] bits.
+fn write_bucketed(w: &mut BitWriter, x: i64, widths: &[u32]) {
+    if x == 0 {
+        w.write_bit(false);
+        return;
+    }
+    for (i, &b) in widths.iter().enumerate() {
+        if fits(x, b) {
+            for _ in 0..=i {
+                w.write_bit(true);
+            }
+            if i + 1 < widths.len() {
+                w.write_bit(false);
+            }
+            let mask = if b == 64 { u64::MAX } else { (1u64 << b) - 1 };
+            w.write_bits(x as u64 & mask, b);
+            return;
+        }
+    }
+}
+
+fn read_bucketed(r: &mut BitReader, widths: &[u32]) -> Result<i64, Error> {
+    let ones = r.read_unary(widths.len() as u32)?;
+    if ones == 0 {
+        return Ok(0);
+    }
+    let b = widths[ones as usize - 1];
+    let raw = r.read_bits(b)?;
+    // Sign-extend from b bits.
+    Ok(if b == 64 { raw as i64 } else { ((raw << (64 - b)) as i64) >> (64 - b) })
+}
+
+/// Number of samples in a chunk, read from its header.
+pub fn count(buf: &[u8]) -> Result<usize, Error> {
+    let mut pos = 1;
+    Ok(get_uvarint(buf, &mut pos)? as usize)
+}
+
+/// Decodes a chunk. Corrupt input is an error, never a panic.
+pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
+    let format = *buf.first().ok_or_else(|| Error::Corrupt("empty chunk".into()))?;
+    let mut pos = 1;
+    let n = get_uvarint(buf, &mut pos)?;
+    // Every sample after the first takes at least two bits: a bound on what a header may claim.
+    if n > 1 + (buf.len() as u64) * 4 {
+        return Err(Error::Corrupt(format!("chunk claims {n} samples in {} bytes", buf.len())));
+    }
+    let n = n as usize;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let t0 = get_varint(buf, &mut pos)?;
+    let d1 = if n > 1 { get_varint(buf, &mut pos)? } else { 0 };
+    let mut ts = Vec::with_capacity(n);
+    ts.push(t0);
+    match format {
+        FORMAT_XOR => {
+            let raw = buf.get(pos..pos + 8).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?;
+            let v0 = u64::from_be_bytes(raw.try_into().map_err(|_| Error::Corrupt("chunk ends early".into()))?);
+            pos += 8;
+            let mut r = BitReader::new(&buf[pos..]);
+            read_timestamps(&mut r, n, d1, &mut ts)?;
+            let mut vs = Vec::with_capacity(n);
+            vs.push(v0);
+            let (mut lead, mut trail) = (0u32, 0u32);
+            let mut prev = v0;
+            for _ in 1..n {
+                if r.read_bit()? {
+                    if r.read_bit()? {
+                        lead = r.read_bits(5)? as u32;
+                        let mut sig = r.read_bits(6)? as u32;
+                        if sig == 0 {
+                            sig = 64;
+                        }
+                        if lead + sig > 64 {
+                            return Err(Error::Corrupt("XOR window wider than 64 bits".into()));
+                        }
+                        trail = 64 - lead - sig;
+                    }
+                    let sig = 64 - lead - trail;
+                    prev ^= r.read_bits(sig)? << trail;
+                }
+                vs.push(prev);
+            }
+            Ok(ts.into_iter().zip(vs.into_iter().map(f64::from_bits)).collect())
+        }
+        FORMAT_DECIMAL => {
+            let k = u32::from(*buf.get(pos).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?);
+            let mode = *buf.get(pos + 1).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?;
+            pos += 2;
+            if k > MAX_EXPONENT || mode > MODE_DOD {
+                return Err(Error::Corrupt(format!("decimal chunk with exponent {k}, mode {mode}")));
+            }
+            let m0 = get_varint(buf, &mut pos)?;
+            let mut r = BitReader::new(&buf[pos..]);
+            read_timestamps(&mut r, n, d1, &mut ts)?;
+            let p = 10f64.powi(k as i32);
+            let mut out = Vec::with_capacity(n);
+            out.push((t0, m0 as f64 / p));
+            let (mut m, mut delta) = (m0, 0i64);
+            for &t in &ts[1..] {
+                let x = read_bucketed(&mut r, &INT_WIDTHS)?;
+                delta = if mode == MODE_DOD { delta.wrapping_add(x) } else { x };
+                m = m.wrapping_add(delta);
+                out.push((t, m as f64 / p));
+            }
+            Ok(out)
+        }
+        other => Err(Error::Corrupt(format!("unknown chunk format {other}"))),
+    }
+}
+
+fn read_timestamps(r: &mut BitReader, n: usize, d1: i64, ts: &mut Vec<i64>) -> Result<(), Error> {
+    if n < 2 {
+        return Ok(());
+    }
+    let mut t = ts[0].wrapping_add(d1);
+    ts.push(t);
+    let mut delta = d1;
+    for _ in 2..n {
+        delta = delta.wrapping_add(read_bucketed(r, &TS_WIDTHS)?);
+        t = t.wrapping_add(delta);
+        ts.push(t);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn same(a: &[Sample], b: &[Sample]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits())
+    }
+
+    fn sorted_ts(mut ts: Vec<i64>) -> Vec<i64> {
+        ts.sort_unstable();
+        ts.dedup();
+        ts
+    }
+
+    proptest! {
+        #[test]
+        fn any_floats_round_trip(ts in proptest::collection::vec(any::<i64>(), 0..300), seed in any::<u64>()) {
+            let ts = sorted_ts(ts);
+            let mut x = seed;
+            let s: Vec<Sample> = ts.iter().map(|&t| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (t, f64::from_bits(x))
+            }).collect();
+            prop_assert!(same(&decode(&encode(&s)).unwrap(), &s));
+        }
+
+        #[test]
+        fn decimals_round_trip(start in -1_000_000_000i64..1_000_000_000, step in 1i64..100_000,
+                               jitter in proptest::collection::vec(-50i64..50, 1..300),
+                               cents in proptest::collection::vec(-100_000i64..100_000, 1..300),
+                               k in 0u32..4) {
+            let n = jitter.len().min(cents.len());
+            let s: Vec<Sample> = (0..n).map(|i| {
+                let t = start + step * 100 * i as i64 + jitter[i];
+                (t, cents[i] as f64 / 10f64.powi(k as i32))
+            }).collect();
+            let e = encode(&s);
+            prop_assert!(same(&decode(&e).unwrap(), &s));
+        }
+
+        #[test]
+        fn counters_round_trip(incs in proptest::collection::vec(0u32..1000, 1..500)) {
+            let mut c = 0f64;
+            let s: Vec<Sample> = incs.iter().enumerate().map(|(i, &d)| {
+                c += f64::from(d);
+                (1_700_000_000_000 + 15_000 * i as i64, c)
+            }).collect();
+            prop_assert!(same(&decode(&encode(&s)).unwrap(), &s));
+        }
+
+        #[test]
+        fn corrupt_chunks_are_errors_not_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_chunks_are_errors(cut in 1usize..40) {
+            let s: Vec<Sample> = (0..50).map(|i| (i * 10_000, (i as f64).sin())).collect();
+            let e = encode(&s);
+            let cut = cut.min(e.len() - 1);
+            prop_assert!(decode(&e[..e.len() - cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn special_values_survive() {
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        let s = vec![
+            (0, 1.0),
+            (1, f64::NAN),
+            (2, stale),
+            (3, f64::INFINITY),
+            (4, f64::NEG_INFINITY),
+            (5, -0.0),
+            (6, f64::MIN_POSITIVE),
+            (7, f64::MAX),
+        ];
+        assert!(same(&decode(&encode(&s)).unwrap(), &s));
+        // -0.0 is not a decimal (scaling loses its sign): that chunk must be XOR.
+        let z = vec![(0, 1.0), (1, -0.0)];
+        assert_eq!(encode(&z)[0], FORMAT_XOR);
+        assert!(same(&decode(&encode(&z)).unwrap(), &z));
+    }
+
+    #[test]
+    fn regular_series_are_small() {
+        // A constant series at a fixed interval: about two bits per sample.
+        let s: Vec<Sample> = (0..1000).map(|i| (1_700_000_000_000 + i * 10_000, 42.0)).collect();
+        let e = encode(&s);
+        assert_eq!(e[0], FORMAT_DECIMAL);
+        assert!(e.len() < 1000 / 4 + 32, "{} bytes", e.len());
+        // A gauge with two decimals.
+        let g: Vec<Sample> =
+            (0..1000).map(|i| (1_700_000_000_000 + i * 10_000, (2000 + (i * 37) % 500) as f64 / 100.0)).collect();
+        let e = encode(&g);
+        assert_eq!(e[0], FORMAT_DECIMAL);
+        assert!(same(&decode(&e).unwrap(), &g));
+    }
+
+    #[test]
+    fn a_header_claiming_too_many_samples_is_refused() {
+        let mut e = encode(&[(0, 1.0), (1, 2.0)]);
+        e[1] = 0xff;
+        e.insert(2, 0x7f);
+        assert!(decode(&e).is_err());
+    }
+}
