@@ -6,6 +6,7 @@
 
 pub mod bits;
 pub mod codec;
+pub mod line;
 
 /// Everything the engine can fail with.
 #[derive(Debug, thiserror::Error)]
