@@ -231,7 +231,8 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
     match format {
         FORMAT_XOR => {
             let raw = buf.get(pos..pos + 8).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?;
-            let v0 = u64::from_be_bytes(raw.try_into().map_err(|_| Error::Corrupt("chunk ends early".into()))?);
+            let v0 =
+                u64::from_be_bytes(raw.try_into().map_err(|_| Error::Corrupt("chunk ends early".into()))?);
             pos += 8;
             let mut r = BitReader::new(&buf[pos..]);
             read_timestamps(&mut r, n, d1, &mut ts)?;
@@ -393,8 +394,9 @@ mod tests {
         assert_eq!(e[0], FORMAT_DECIMAL);
         assert!(e.len() < 1000 / 4 + 32, "{} bytes", e.len());
         // A gauge with two decimals.
-        let g: Vec<Sample> =
-            (0..1000).map(|i| (1_700_000_000_000 + i * 10_000, (2000 + (i * 37) % 500) as f64 / 100.0)).collect();
+        let g: Vec<Sample> = (0..1000)
+            .map(|i| (1_700_000_000_000 + i * 10_000, (2000 + (i * 37) % 500) as f64 / 100.0))
+            .collect();
         let e = encode(&g);
         assert_eq!(e[0], FORMAT_DECIMAL);
         assert!(same(&decode(&e).unwrap(), &g));

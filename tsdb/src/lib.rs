@@ -4,9 +4,12 @@
 //! Plain synchronous code with no networking: the node (store/, api/) replicates write batches
 //! through raft and calls in here to apply them and to answer queries.
 
+pub mod batch;
 pub mod bits;
 pub mod codec;
+pub mod engine;
 pub mod line;
+pub mod matcher;
 
 /// Everything the engine can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -302,7 +302,8 @@ impl Parser<'_> {
             return num.parse().map(FieldValue::UInt).or_else(|_| bad("an unsigned 64-bit integer"));
         }
         // Rust's float parser also takes "inf", "NaN" and "infinity", which line protocol does not.
-        let numeric = text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+        let numeric =
+            text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
         match text.parse::<f64>() {
             Ok(v) if numeric && v.is_finite() => Ok(FieldValue::Float(v)),
             _ => bad("a number, an integer (`1i`), a string (`\"...\"`) or a boolean"),
@@ -331,7 +332,10 @@ mod tests {
         assert_eq!(l.tags, vec![("host".into(), "a".into()), ("region".into(), "eu".into())]);
         assert_eq!(
             l.fields,
-            vec![("usage_idle".into(), FieldValue::Float(99.5)), ("usage_user".into(), FieldValue::Float(0.5))]
+            vec![
+                ("usage_idle".into(), FieldValue::Float(99.5)),
+                ("usage_user".into(), FieldValue::Float(0.5))
+            ]
         );
         assert_eq!(l.time_ms, 1_700_000_000_000);
         // No tags, no timestamp: the default time.
@@ -342,7 +346,8 @@ mod tests {
 
     #[test]
     fn every_field_type() {
-        let l = one(r#"m a=1,b=-2.5e3,c=3i,d=4u,e="x y, \"z\" \\",f=t,g=FALSE,h=True,i=-9223372036854775808i"#);
+        let l =
+            one(r#"m a=1,b=-2.5e3,c=3i,d=4u,e="x y, \"z\" \\",f=t,g=FALSE,h=True,i=-9223372036854775808i"#);
         let v: Vec<FieldValue> = l.fields.into_iter().map(|(_, v)| v).collect();
         assert_eq!(
             v,

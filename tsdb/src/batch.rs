@@ -1,0 +1,222 @@
+//! A write batch: samples for many series of one namespace, as ingest builds it and as it travels
+//! through raft. Its encoding compresses each series' samples with the chunk codec, so a raft
+//! entry of thousands of samples stays small.
+
+use std::collections::BTreeMap;
+
+use crate::bits::{get_uvarint, put_uvarint};
+use crate::codec::{self, Sample};
+use crate::line::Point;
+use crate::Error;
+
+/// Label pairs sorted by name, `__name__` included; no empty names or values, no duplicates.
+pub type Labels = Vec<(String, String)>;
+
+/// Bounds that keep one batch (a raft entry) and one series reasonable.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_BYTES: usize = 4096;
+pub const MAX_NS_BYTES: usize = 255;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesSamples {
+    pub labels: Labels,
+    /// Strictly increasing timestamps.
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteBatch {
+    pub ns: String,
+    pub series: Vec<SeriesSamples>,
+}
+
+impl WriteBatch {
+    /// Groups points by series, sorts each series' samples and keeps the last value written for a
+    /// timestamp (as a later write of the same sample replaces it). Labels with empty values are
+    /// dropped (Prometheus: an empty label is an absent label). Checks every label set.
+    pub fn from_points(ns: &str, points: Vec<Point>) -> Result<WriteBatch, Error> {
+        check_ns(ns)?;
+        let mut by: BTreeMap<Labels, Vec<(usize, Sample)>> = BTreeMap::new();
+        for (i, p) in points.into_iter().enumerate() {
+            let labels = normalize(p.labels)?;
+            by.entry(labels).or_default().push((i, (p.time_ms, p.value)));
+        }
+        let series = by
+            .into_iter()
+            .map(|(labels, mut v)| {
+                // Order by time, then by arrival so that the last write of a timestamp wins.
+                v.sort_by_key(|&(i, (t, _))| (t, i));
+                let mut samples: Vec<Sample> = Vec::with_capacity(v.len());
+                for (_, s) in v {
+                    match samples.last_mut() {
+                        Some(last) if last.0 == s.0 => *last = s,
+                        _ => samples.push(s),
+                    }
+                }
+                SeriesSamples { labels, samples }
+            })
+            .collect();
+        Ok(WriteBatch { ns: ns.to_string(), series })
+    }
+
+    pub fn samples(&self) -> usize {
+        self.series.iter().map(|s| s.samples.len()).sum()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.samples() * 2);
+        put_str(&mut out, &self.ns);
+        put_uvarint(&mut out, self.series.len() as u64);
+        for s in &self.series {
+            put_uvarint(&mut out, s.labels.len() as u64);
+            for (k, v) in &s.labels {
+                put_str(&mut out, k);
+                put_str(&mut out, v);
+            }
+            let chunk = codec::encode(&s.samples);
+            put_uvarint(&mut out, chunk.len() as u64);
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    /// Decodes and checks a batch (it may come from another node: nothing is trusted).
+    pub fn decode(buf: &[u8]) -> Result<WriteBatch, Error> {
+        let mut pos = 0;
+        let ns = get_str(buf, &mut pos)?;
+        let n = get_uvarint(buf, &mut pos)?;
+        let mut series = Vec::new();
+        for _ in 0..n {
+            let nl = get_uvarint(buf, &mut pos)?;
+            if nl as usize > MAX_LABELS + 1 {
+                return Err(Error::Corrupt(format!("batch series with {nl} labels")));
+            }
+            let mut labels = Vec::with_capacity(nl as usize);
+            for _ in 0..nl {
+                labels.push((get_str(buf, &mut pos)?, get_str(buf, &mut pos)?));
+            }
+            let len = get_uvarint(buf, &mut pos)? as usize;
+            let chunk = buf
+                .get(pos..pos.saturating_add(len))
+                .ok_or_else(|| Error::Corrupt("batch ends inside a series".into()))?;
+            pos += len;
+            let samples = codec::decode(chunk)?;
+            if samples.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(Error::Corrupt("batch series samples out of order".into()));
+            }
+            let labels = normalize(labels).map_err(|e| Error::Corrupt(e.to_string()))?;
+            series.push(SeriesSamples { labels, samples });
+        }
+        if pos != buf.len() {
+            return Err(Error::Corrupt("trailing bytes after a batch".into()));
+        }
+        check_ns(&ns).map_err(|e| Error::Corrupt(e.to_string()))?;
+        Ok(WriteBatch { ns, series })
+    }
+}
+
+fn check_ns(ns: &str) -> Result<(), Error> {
+    if ns.is_empty() || ns.len() > MAX_NS_BYTES {
+        return Err(Error::Invalid(format!("ns: must be 1 to {MAX_NS_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// Sorts labels, drops empty values, and checks names, sizes and duplicates.
+pub fn normalize(mut labels: Labels) -> Result<Labels, Error> {
+    labels.retain(|(_, v)| !v.is_empty());
+    labels.sort();
+    if labels.len() > MAX_LABELS {
+        return Err(Error::Invalid(format!("a series has {} labels; at most {MAX_LABELS}", labels.len())));
+    }
+    for w in labels.windows(2) {
+        if w[0].0 == w[1].0 {
+            return Err(Error::Invalid(format!("label `{}` appears twice", w[0].0)));
+        }
+    }
+    let mut named = false;
+    for (k, v) in &labels {
+        if k.is_empty() {
+            return Err(Error::Invalid("a label name is empty".into()));
+        }
+        if k.len() + v.len() > MAX_LABEL_BYTES {
+            return Err(Error::Invalid(format!("label `{k}`: longer than {MAX_LABEL_BYTES} bytes")));
+        }
+        named |= k == "__name__";
+    }
+    if !named {
+        return Err(Error::Invalid("a series has no name (`__name__`)".into()));
+    }
+    Ok(labels)
+}
+
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_uvarint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub(crate) fn get_str(buf: &[u8], pos: &mut usize) -> Result<String, Error> {
+    let len = get_uvarint(buf, pos)? as usize;
+    let b =
+        buf.get(*pos..pos.saturating_add(len)).ok_or_else(|| Error::Corrupt("string ends early".into()))?;
+    *pos += len;
+    String::from_utf8(b.to_vec()).map_err(|_| Error::Corrupt("string is not UTF-8".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str, extra: &[(&str, &str)], t: i64, v: f64) -> Point {
+        let mut labels = vec![("__name__".to_string(), name.to_string())];
+        labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Point { labels, time_ms: t, value: v }
+    }
+
+    #[test]
+    fn groups_sorts_and_keeps_the_last_write() {
+        let b = WriteBatch::from_points(
+            "ns",
+            vec![
+                p("a", &[("z", "1"), ("b", "2")], 20, 1.0),
+                p("a", &[("b", "2"), ("z", "1")], 10, 2.0),
+                p("a", &[("b", "2"), ("z", "1")], 20, 3.0),
+                p("c", &[("e", "")], 5, 4.0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(b.series.len(), 2);
+        assert_eq!(b.series[0].samples, vec![(10, 2.0), (20, 3.0)]);
+        assert_eq!(b.series[1].labels, vec![("__name__".to_string(), "c".to_string())]);
+        let d = WriteBatch::decode(&b.encode()).unwrap();
+        assert_eq!(d, b);
+    }
+
+    #[test]
+    fn bad_label_sets_are_refused() {
+        let dup = Point {
+            labels: vec![("__name__".into(), "a".into()), ("x".into(), "1".into()), ("x".into(), "2".into())],
+            time_ms: 0,
+            value: 0.0,
+        };
+        assert!(WriteBatch::from_points("ns", vec![dup])
+            .unwrap_err()
+            .to_string()
+            .contains("`x` appears twice"));
+        let unnamed = Point { labels: vec![("x".into(), "1".into())], time_ms: 0, value: 0.0 };
+        assert!(WriteBatch::from_points("ns", vec![unnamed]).unwrap_err().to_string().contains("no name"));
+        assert!(WriteBatch::from_points("", vec![]).is_err());
+    }
+
+    #[test]
+    fn corrupt_batches_are_errors() {
+        let b = WriteBatch::from_points("ns", vec![p("a", &[], 1, 1.0), p("a", &[], 2, 2.0)]).unwrap();
+        let e = b.encode();
+        for cut in 1..e.len() {
+            assert!(WriteBatch::decode(&e[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = e.clone();
+        longer.push(0);
+        assert!(WriteBatch::decode(&longer).is_err());
+    }
+}

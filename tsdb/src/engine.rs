@@ -1,0 +1,886 @@
+//! The storage engine: series, an inverted label index, a head of recent samples per series, and
+//! compressed chunks on sled.
+//!
+//! Layout, all under one key prefix in one sled tree (the node gives each raft group's engine the
+//! group's tree, so a raft snapshot of the tree carries the time series with the KV data):
+//!
+//! - `P s ‖ id` → `ns ‖ labels` — one key per series; ids are a hash of the series, probed
+//!   forward on collision, so every replica applying the same batches assigns the same ids.
+//! - `P c ‖ id ‖ end` → `start ‖ chunk` — compressed samples of `[start, end]`, keyed by their
+//!   end time so a range scan from `mint` finds the first chunk that overlaps.
+//! - `P w ‖ index` → write batch — the head log: the batches whose samples are (partly) still
+//!   only in memory. Deleted once every sample of theirs is in a chunk.
+//! - `P m applied`, `P m floor` — the last batch applied, the head log's deleted prefix.
+//!
+//! Contracts:
+//! - Each `apply` is one atomic sled batch, and records the batch's index: after a crash sled
+//!   holds a prefix of the applied batches, the head is rebuilt from the head log, and a batch
+//!   applied again (raft re-applies entries after the state machine's last persisted index) is
+//!   recognised by its index and skipped.
+//! - The same batches in the same order give the same series ids and the same samples on every
+//!   replica. (Chunk boundaries may differ; queries do not see them.)
+//! - A later write of a sample's timestamp replaces its value.
+//! - A sample older than the newest sample of its series minus the out-of-order window, and
+//!   older than everything still in the head, is refused (and counted): accepting it would
+//!   mean rewriting old chunks without bound.
+//!
+//! The index and the series table are kept in memory (like Prometheus's head) and rebuilt at
+//! open from the series keys.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use crate::batch::{get_str, put_str, Labels, WriteBatch};
+use crate::bits::{get_varint, put_varint};
+use crate::codec::{self, Sample};
+use crate::matcher::Matcher;
+use crate::Error;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Samples per chunk before the head is cut.
+    pub chunk_samples: usize,
+    /// How far behind a series' newest sample a sample may arrive and still be stored.
+    pub ooo_window_ms: i64,
+    /// A head whose oldest sample came this many batches ago is cut even if not full, so the
+    /// head log stays bounded when series stop receiving samples.
+    pub max_head_lag: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { chunk_samples: 240, ooo_window_ms: 3_600_000, max_head_lag: 20_000 }
+    }
+}
+
+/// One series and its samples in the asked range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub labels: Arc<Labels>,
+    pub samples: Vec<Sample>,
+}
+
+/// What an apply did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub written: usize,
+    /// Samples refused: older than the out-of-order window.
+    pub too_old: usize,
+    /// The batch had been applied before (a replay after a crash).
+    pub duplicate: bool,
+}
+
+struct SeriesState {
+    ns: Arc<str>,
+    labels: Arc<Labels>,
+    /// Samples after the last chunk, sorted by time.
+    head: Vec<Sample>,
+    /// The batch that put the oldest sample now in the head.
+    head_index: u64,
+    last_chunk_end: Option<i64>,
+    min_t: i64,
+    max_t: i64,
+}
+
+#[derive(Default)]
+struct NsIndex {
+    /// label name → value → series ids.
+    postings: HashMap<String, BTreeMap<String, BTreeSet<u64>>>,
+}
+
+#[derive(Default)]
+struct State {
+    ids: HashMap<Vec<u8>, u64>,
+    series: HashMap<u64, SeriesState>,
+    index: HashMap<Arc<str>, NsIndex>,
+    /// (head_index, id) of every non-empty head: the oldest bounds the head log.
+    pending: BTreeSet<(u64, u64)>,
+    floor: u64,
+    applied: u64,
+    /// A storage error left memory ahead of disk: refuse work until reopened.
+    poisoned: bool,
+}
+
+pub struct Engine {
+    tree: sled::Tree,
+    prefix: Vec<u8>,
+    opts: Options,
+    state: RwLock<State>,
+}
+
+const SERIES: u8 = b's';
+const CHUNK: u8 = b'c';
+const WAL: u8 = b'w';
+const META: u8 = b'm';
+
+/// Order-preserving encoding of a signed time.
+fn flip(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn unflip(b: &[u8]) -> Result<i64, Error> {
+    let a: [u8; 8] = b.try_into().map_err(|_| Error::Corrupt("bad time in a key".into()))?;
+    Ok((u64::from_be_bytes(a) ^ (1 << 63)) as i64)
+}
+
+/// FNV-1a: a fixed hash, the same on every build and every node.
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3))
+}
+
+fn series_key(ns: &str, labels: &Labels) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + labels.iter().map(|(a, b)| a.len() + b.len() + 2).sum::<usize>());
+    put_str(&mut k, ns);
+    for (n, v) in labels {
+        put_str(&mut k, n);
+        put_str(&mut k, v);
+    }
+    k
+}
+
+fn parse_series_key(b: &[u8]) -> Result<(String, Labels), Error> {
+    let mut pos = 0;
+    let ns = get_str(b, &mut pos)?;
+    let mut labels = Vec::new();
+    while pos < b.len() {
+        labels.push((get_str(b, &mut pos)?, get_str(b, &mut pos)?));
+    }
+    Ok((ns, labels))
+}
+
+/// Inserts into a sorted sample vector; an equal timestamp replaces the value.
+fn insert_sorted(v: &mut Vec<Sample>, s: Sample) {
+    match v.last() {
+        Some(last) if last.0 < s.0 => v.push(s),
+        None => v.push(s),
+        _ => match v.binary_search_by_key(&s.0, |x| x.0) {
+            Ok(i) => v[i] = s,
+            Err(i) => v.insert(i, s),
+        },
+    }
+}
+
+impl Engine {
+    /// Opens the engine stored under `prefix` in `tree`, rebuilding the index and the heads.
+    pub fn open(tree: sled::Tree, prefix: &[u8], opts: Options) -> Result<Engine, Error> {
+        let e = Engine { tree, prefix: prefix.to_vec(), opts, state: RwLock::new(State::default()) };
+        e.reload()?;
+        Ok(e)
+    }
+
+    fn key(&self, kind: u8, rest: &[&[u8]]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 1 + rest.iter().map(|r| r.len()).sum::<usize>());
+        k.extend_from_slice(&self.prefix);
+        k.push(kind);
+        for r in rest {
+            k.extend_from_slice(r);
+        }
+        k
+    }
+
+    fn chunk_key(&self, id: u64, end: i64) -> Vec<u8> {
+        self.key(CHUNK, &[&id.to_be_bytes(), &flip(end)])
+    }
+
+    fn read_meta(&self, name: &str) -> Result<u64, Error> {
+        match self.tree.get(self.key(META, &[name.as_bytes()]))? {
+            None => Ok(0),
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| Error::Corrupt(format!("tsdb meta `{name}`")))?,
+            )),
+        }
+    }
+
+    /// Rebuilds the in-memory state from the tree (at open, and after a raft snapshot replaced
+    /// the tree's contents).
+    pub fn reload(&self) -> Result<(), Error> {
+        let mut st = State {
+            applied: self.read_meta("applied")?,
+            floor: self.read_meta("floor")?,
+            ..State::default()
+        };
+        for kv in self.tree.scan_prefix(self.key(SERIES, &[])) {
+            let (k, v) = kv?;
+            let id = u64::from_be_bytes(
+                k.get(self.prefix.len() + 1..)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| Error::Corrupt("series key".into()))?,
+            );
+            let (ns, labels) = parse_series_key(&v)?;
+            Self::index_series(&mut st, id, v.to_vec(), Arc::from(ns), Arc::new(labels));
+        }
+        // Chunk bounds: the first start and the last end of each series.
+        let mut last: Option<u64> = None;
+        let cp = self.key(CHUNK, &[]);
+        for kv in self.tree.scan_prefix(&cp) {
+            let (k, v) = kv?;
+            let rest = &k[cp.len()..];
+            if rest.len() != 16 {
+                return Err(Error::Corrupt("chunk key".into()));
+            }
+            let id =
+                u64::from_be_bytes(rest[..8].try_into().map_err(|_| Error::Corrupt("chunk key".into()))?);
+            let end = unflip(&rest[8..])?;
+            let start = get_varint(&v, &mut 0)?;
+            let s = st
+                .series
+                .get_mut(&id)
+                .ok_or_else(|| Error::Corrupt(format!("chunk of unknown series {id}")))?;
+            if last != Some(id) {
+                s.min_t = start;
+            }
+            s.last_chunk_end = Some(end);
+            s.max_t = s.max_t.max(end);
+            last = Some(id);
+        }
+        // The head log: samples newer than their series' last chunk are the head.
+        for kv in self.tree.scan_prefix(self.key(WAL, &[])) {
+            let (k, v) = kv?;
+            let index = u64::from_be_bytes(
+                k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("head log key".into()))?,
+            );
+            let batch = WriteBatch::decode(&v)?;
+            let ns: Arc<str> = Arc::from(batch.ns.as_str());
+            for s in batch.series {
+                let key = series_key(&ns, &s.labels);
+                let id = *st
+                    .ids
+                    .get(&key)
+                    .ok_or_else(|| Error::Corrupt("head log names an unknown series".into()))?;
+                let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
+                let was_empty = ser.head.is_empty();
+                for smp in s.samples {
+                    if ser.last_chunk_end.is_some_and(|end| smp.0 <= end) {
+                        continue;
+                    }
+                    insert_sorted(&mut ser.head, smp);
+                    ser.min_t = ser.min_t.min(smp.0);
+                    ser.max_t = ser.max_t.max(smp.0);
+                }
+                if was_empty && !ser.head.is_empty() {
+                    ser.head_index = index;
+                    st.pending.insert((index, id));
+                }
+            }
+        }
+        *self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))? = st;
+        Ok(())
+    }
+
+    fn index_series(st: &mut State, id: u64, key: Vec<u8>, ns: Arc<str>, labels: Arc<Labels>) {
+        let idx = st.index.entry(ns.clone()).or_default();
+        for (n, v) in labels.iter() {
+            idx.postings.entry(n.clone()).or_default().entry(v.clone()).or_default().insert(id);
+        }
+        st.ids.insert(key, id);
+        st.series.insert(
+            id,
+            SeriesState {
+                ns,
+                labels,
+                head: Vec::new(),
+                head_index: 0,
+                last_chunk_end: None,
+                min_t: i64::MAX,
+                max_t: i64::MIN,
+            },
+        );
+    }
+
+    /// The last batch index applied.
+    pub fn applied(&self) -> u64 {
+        self.state.read().map_or(0, |s| s.applied)
+    }
+
+    /// Applies a batch with raft log index `index` (strictly increasing across calls; an index
+    /// at or below the last applied one is a replay and is skipped).
+    pub fn apply(&self, index: u64, batch: &WriteBatch) -> Result<ApplyOutcome, Error> {
+        let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+        let st = &mut *guard;
+        if st.poisoned {
+            return Err(Error::Corrupt("an earlier storage error: reopen the engine".into()));
+        }
+        if index <= st.applied {
+            return Ok(ApplyOutcome { duplicate: true, ..Default::default() });
+        }
+        let mut out = ApplyOutcome::default();
+        let mut b = sled::Batch::default();
+        let ns: Arc<str> = match st.index.get_key_value(batch.ns.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(batch.ns.as_str()),
+        };
+        let res = (|| -> Result<(), Error> {
+            for s in &batch.series {
+                let id = self.series_id(st, &ns, &s.labels, &mut b);
+                let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
+                let was_empty = ser.head.is_empty();
+                let mut into_chunks = Vec::new();
+                for &smp in &s.samples {
+                    match ser.last_chunk_end {
+                        Some(end) if smp.0 <= end => {
+                            if smp.0 < ser.max_t.saturating_sub(self.opts.ooo_window_ms) {
+                                out.too_old += 1;
+                                continue;
+                            }
+                            into_chunks.push(smp);
+                        }
+                        _ => insert_sorted(&mut ser.head, smp),
+                    }
+                    out.written += 1;
+                    ser.min_t = ser.min_t.min(smp.0);
+                    ser.max_t = ser.max_t.max(smp.0);
+                }
+                if was_empty && !ser.head.is_empty() {
+                    ser.head_index = index;
+                    st.pending.insert((index, id));
+                }
+                if !into_chunks.is_empty() {
+                    self.merge_into_chunks(id, &into_chunks, &mut b)?;
+                }
+                if ser.head.len() >= self.opts.chunk_samples {
+                    self.cut(st, id, &mut b)?;
+                }
+            }
+            // Heads that have waited too long are cut, so the head log can be trimmed.
+            while let Some(&(hi, id)) = st.pending.first() {
+                if hi.saturating_add(self.opts.max_head_lag) > index {
+                    break;
+                }
+                self.cut(st, id, &mut b)?;
+            }
+            let floor = st.pending.first().map_or(index, |&(hi, _)| hi - 1);
+            if floor < index {
+                b.insert(self.key(WAL, &[&index.to_be_bytes()]), batch.encode());
+            }
+            if floor > st.floor {
+                let from = self.key(WAL, &[&(st.floor + 1).to_be_bytes()]);
+                let to = self.key(WAL, &[&floor.to_be_bytes()]);
+                for k in self.tree.range(from..=to).keys() {
+                    b.remove(k?);
+                }
+                st.floor = floor;
+                b.insert(self.key(META, &[b"floor"]), &floor.to_be_bytes());
+            }
+            b.insert(self.key(META, &[b"applied"]), &index.to_be_bytes());
+            self.tree.apply_batch(b)?;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {
+                st.applied = index;
+                Ok(out)
+            }
+            Err(e) => {
+                st.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn series_id(&self, st: &mut State, ns: &Arc<str>, labels: &Labels, b: &mut sled::Batch) -> u64 {
+        let key = series_key(ns, labels);
+        if let Some(&id) = st.ids.get(&key) {
+            return id;
+        }
+        let mut id = fnv(&key);
+        while st.series.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        b.insert(self.key(SERIES, &[&id.to_be_bytes()]), key.as_slice());
+        Self::index_series(st, id, key, ns.clone(), Arc::new(labels.clone()));
+        id
+    }
+
+    /// Writes a series' head as chunks of at most `chunk_samples`.
+    fn cut(&self, st: &mut State, id: u64, b: &mut sled::Batch) -> Result<(), Error> {
+        let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
+        for piece in ser.head.chunks(self.opts.chunk_samples.max(1)) {
+            let (Some(first), Some(last)) = (piece.first(), piece.last()) else { continue };
+            let mut v = Vec::with_capacity(piece.len() * 2 + 16);
+            put_varint(&mut v, first.0);
+            v.extend_from_slice(&codec::encode(piece));
+            b.insert(self.chunk_key(id, last.0), v);
+            ser.last_chunk_end = Some(last.0);
+        }
+        ser.head.clear();
+        st.pending.remove(&(ser.head_index, id));
+        Ok(())
+    }
+
+    /// Merges late samples (each at or before the series' last chunk end) into the chunks that
+    /// cover them.
+    fn merge_into_chunks(&self, id: u64, samples: &[Sample], b: &mut sled::Batch) -> Result<(), Error> {
+        let mut rest = samples;
+        let range = self.chunk_key(id, rest[0].0)..=self.chunk_key(id, i64::MAX);
+        for kv in self.tree.range(range) {
+            let (k, v) = kv?;
+            let end = unflip(&k[k.len() - 8..])?;
+            let n = rest.partition_point(|s| s.0 <= end);
+            let (mine, r) = rest.split_at(n);
+            rest = r;
+            if !mine.is_empty() {
+                let mut pos = 0;
+                let start = get_varint(&v, &mut pos)?;
+                let mut all = codec::decode(&v[pos..])?;
+                for &s in mine {
+                    insert_sorted(&mut all, s);
+                }
+                let mut nv = Vec::with_capacity(v.len() + mine.len() * 4);
+                put_varint(&mut nv, start.min(mine[0].0));
+                nv.extend_from_slice(&codec::encode(&all));
+                b.insert(k, nv);
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(Error::Corrupt(format!("series {id}: no chunk covers a late sample")))
+    }
+
+    /// Series of `ns` matching every matcher (at least one of which must not match the empty
+    /// string), with their samples in `[mint, maxt]`. Series without samples there are left out.
+    pub fn select(&self, ns: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, Error> {
+        // Under the lock: the matching series, their heads, and how far their chunks went. A
+        // chunk cut after this (its end beyond `chunk_end`) holds samples the head copy already
+        // has, and is skipped.
+        struct Found {
+            id: u64,
+            labels: Arc<Labels>,
+            chunk_end: Option<i64>,
+            head: Vec<Sample>,
+        }
+        let found: Vec<Found> = {
+            let st = self.state.read().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+            self.matching(&st, ns, matchers)?
+                .into_iter()
+                .filter_map(|id| {
+                    let s = st.series.get(&id)?;
+                    (s.min_t <= maxt && s.max_t >= mint).then(|| {
+                        let lo = s.head.partition_point(|x| x.0 < mint);
+                        let hi = s.head.partition_point(|x| x.0 <= maxt);
+                        Found {
+                            id,
+                            labels: s.labels.clone(),
+                            chunk_end: s.last_chunk_end,
+                            head: s.head[lo..hi].to_vec(),
+                        }
+                    })
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for Found { id, labels, chunk_end, head } in found {
+            let mut samples = Vec::new();
+            if let Some(chunk_end) = chunk_end.filter(|&e| e >= mint) {
+                let range = self.chunk_key(id, mint)..=self.chunk_key(id, chunk_end);
+                for kv in self.tree.range(range) {
+                    let (_, v) = kv?;
+                    let mut pos = 0;
+                    if get_varint(&v, &mut pos)? > maxt {
+                        break;
+                    }
+                    let c = codec::decode(&v[pos..])?;
+                    samples.extend(c.into_iter().filter(|s| s.0 >= mint && s.0 <= maxt));
+                }
+            }
+            samples.extend(head);
+            if !samples.is_empty() {
+                out.push(Series { labels, samples });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    /// Ids of the series of `ns` matching all matchers.
+    fn matching(&self, st: &State, ns: &str, matchers: &[Matcher]) -> Result<Vec<u64>, Error> {
+        let Some(idx) = st.index.get(ns) else { return Ok(Vec::new()) };
+        let mut candidates: Option<BTreeSet<u64>> = None;
+        for m in matchers.iter().filter(|m| !m.matches_empty()) {
+            let mut ids = BTreeSet::new();
+            if let Some(values) = idx.postings.get(&m.name) {
+                match m.op {
+                    crate::matcher::MatchOp::Eq => {
+                        if let Some(s) = values.get(&m.value) {
+                            ids.extend(s.iter().copied());
+                        }
+                    }
+                    _ => {
+                        for (v, s) in values {
+                            if m.matches(v) {
+                                ids.extend(s.iter().copied());
+                            }
+                        }
+                    }
+                }
+            }
+            candidates = Some(match candidates {
+                None => ids,
+                Some(c) => c.intersection(&ids).copied().collect(),
+            });
+        }
+        let Some(candidates) = candidates else {
+            return Err(Error::Invalid(
+                "a selector needs at least one matcher that does not match the empty string".into(),
+            ));
+        };
+        Ok(candidates
+            .into_iter()
+            .filter(|id| {
+                st.series.get(id).is_some_and(|s| matchers.iter().all(|m| m.matches_labels(&s.labels)))
+            })
+            .collect())
+    }
+
+    /// Label sets of the series matching any of the selectors (all series of `ns` if none) with
+    /// samples in `[mint, maxt]`, sorted.
+    pub fn series(
+        &self,
+        ns: &str,
+        selectors: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Arc<Labels>>, Error> {
+        let st = self.state.read().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+        let mut ids = BTreeSet::new();
+        if selectors.is_empty() {
+            ids.extend(st.series.iter().filter(|(_, s)| &*s.ns == ns).map(|(id, _)| *id));
+        }
+        for sel in selectors {
+            ids.extend(self.matching(&st, ns, sel)?);
+        }
+        let mut out: Vec<Arc<Labels>> = ids
+            .into_iter()
+            .filter_map(|id| st.series.get(&id))
+            .filter(|s| s.min_t <= maxt && s.max_t >= mint)
+            .map(|s| s.labels.clone())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Label names of the matching series, sorted.
+    pub fn label_names(
+        &self,
+        ns: &str,
+        selectors: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, Error> {
+        let names: BTreeSet<String> = self
+            .series(ns, selectors, mint, maxt)?
+            .iter()
+            .flat_map(|l| l.iter().map(|(n, _)| n.clone()))
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
+    /// Values of label `name` among the matching series, sorted.
+    pub fn label_values(
+        &self,
+        ns: &str,
+        name: &str,
+        selectors: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, Error> {
+        let values: BTreeSet<String> = self
+            .series(ns, selectors, mint, maxt)?
+            .iter()
+            .filter_map(|l| l.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()))
+            .collect();
+        Ok(values.into_iter().collect())
+    }
+
+    /// Deletes the chunks of `ns` that end before `before_ms`, and series left with no samples.
+    /// Retention: local to each replica (every replica converges), and queries clip at the same
+    /// bound, so the moment it runs does not change answers. Returns the chunks deleted.
+    pub fn expire(&self, ns: &str, before_ms: i64) -> Result<usize, Error> {
+        let mut st = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+        let ids: Vec<u64> = st
+            .series
+            .iter()
+            .filter(|(_, s)| &*s.ns == ns && s.min_t < before_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut b = sled::Batch::default();
+        let mut deleted = 0;
+        let mut gone = Vec::new();
+        for id in ids {
+            let range = self.chunk_key(id, i64::MIN)..self.chunk_key(id, before_ms);
+            for k in self.tree.range(range).keys() {
+                b.remove(k?);
+                deleted += 1;
+            }
+            let next = self.tree.range(self.chunk_key(id, before_ms)..=self.chunk_key(id, i64::MAX)).next();
+            let Some(s) = st.series.get_mut(&id) else { continue };
+            match next {
+                Some(kv) => {
+                    let (_, v) = kv?;
+                    s.min_t = get_varint(&v, &mut 0)?;
+                }
+                None if s.head.is_empty() && s.max_t < before_ms => gone.push(id),
+                None => s.min_t = s.head.first().map_or(s.min_t, |x| x.0),
+            }
+        }
+        for id in gone {
+            b.remove(self.key(SERIES, &[&id.to_be_bytes()]));
+            if let Some(s) = st.series.remove(&id) {
+                st.ids.remove(&series_key(&s.ns, &s.labels));
+                if let Some(idx) = st.index.get_mut(&s.ns) {
+                    for (n, v) in s.labels.iter() {
+                        if let Some(values) = idx.postings.get_mut(n) {
+                            if let Some(set) = values.get_mut(v) {
+                                set.remove(&id);
+                                if set.is_empty() {
+                                    values.remove(v);
+                                }
+                            }
+                            if values.is_empty() {
+                                idx.postings.remove(n);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.tree.apply_batch(b)?;
+        Ok(deleted)
+    }
+
+    /// Series count and samples still in memory (the head).
+    pub fn stats(&self) -> (usize, usize) {
+        self.state.read().map_or((0, 0), |s| (s.series.len(), s.series.values().map(|x| x.head.len()).sum()))
+    }
+
+    /// Cuts every head into a chunk and trims the head log: before measuring storage, or before
+    /// a shutdown that wants a short replay. Recorded with `index`, like an apply.
+    pub fn flush(&self) -> Result<(), Error> {
+        let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+        let st = &mut *guard;
+        let mut b = sled::Batch::default();
+        let ids: Vec<u64> = st.pending.iter().map(|&(_, id)| id).collect();
+        for id in ids {
+            self.cut(st, id, &mut b)?;
+        }
+        let floor = st.applied;
+        if floor > st.floor {
+            let from = self.key(WAL, &[&(st.floor + 1).to_be_bytes()]);
+            let to = self.key(WAL, &[&floor.to_be_bytes()]);
+            for k in self.tree.range(from..=to).keys() {
+                b.remove(k?);
+            }
+            st.floor = floor;
+            b.insert(self.key(META, &[b"floor"]), &floor.to_be_bytes());
+        }
+        self.tree.apply_batch(b)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::SeriesSamples;
+    use crate::matcher::MatchOp;
+    use proptest::prelude::*;
+
+    fn labels(name: &str, extra: &[(&str, &str)]) -> Labels {
+        let mut l = vec![("__name__".to_string(), name.to_string())];
+        l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        l.sort();
+        l
+    }
+
+    fn batch(ns: &str, series: Vec<(Labels, Vec<Sample>)>) -> WriteBatch {
+        WriteBatch {
+            ns: ns.into(),
+            series: series.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect(),
+        }
+    }
+
+    fn small() -> Options {
+        Options { chunk_samples: 4, ooo_window_ms: 100, max_head_lag: 5 }
+    }
+
+    fn open(dir: &std::path::Path, opts: Options) -> (sled::Db, Engine) {
+        let db = sled::open(dir).unwrap();
+        let e = Engine::open(db.open_tree("g1").unwrap(), b"T", opts).unwrap();
+        (db, e)
+    }
+
+    fn all(e: &Engine, ns: &str) -> Vec<Series> {
+        e.select(ns, &[Matcher::new("__name__", MatchOp::Re, ".+").unwrap()], i64::MIN, i64::MAX).unwrap()
+    }
+
+    #[test]
+    fn select_by_matchers_and_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, e) = open(dir.path(), small());
+        let a = labels("cpu", &[("host", "a"), ("dc", "x")]);
+        let b = labels("cpu", &[("host", "b")]);
+        let c = labels("mem", &[("host", "a")]);
+        let s: Vec<Sample> = (0..10).map(|i| (i * 10, i as f64)).collect();
+        e.apply(
+            1,
+            &batch("ns", vec![(a.clone(), s.clone()), (b.clone(), s.clone()), (c.clone(), s.clone())]),
+        )
+        .unwrap();
+        let sel = |ms: Vec<Matcher>, lo, hi| e.select("ns", &ms, lo, hi).unwrap();
+        let r = sel(vec![Matcher::eq("__name__", "cpu")], 0, 100);
+        assert_eq!(r.iter().map(|s| (*s.labels).clone()).collect::<Vec<_>>(), vec![a.clone(), b.clone()]);
+        assert_eq!(r[0].samples, s);
+        let r =
+            sel(vec![Matcher::eq("__name__", "cpu"), Matcher::new("dc", MatchOp::Ne, "x").unwrap()], 0, 100);
+        assert_eq!(r.len(), 1);
+        assert_eq!(*r[0].labels, b);
+        let r = sel(vec![Matcher::new("host", MatchOp::Re, "a|z").unwrap()], 25, 55);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].samples, vec![(30, 3.0), (40, 4.0), (50, 5.0)]);
+        assert!(sel(vec![Matcher::eq("__name__", "cpu")], 200, 300).is_empty());
+        // Other namespaces see nothing; a selector matching everything empty is refused.
+        assert!(e.select("other", &[Matcher::eq("__name__", "cpu")], 0, 100).unwrap().is_empty());
+        assert!(e.select("ns", &[Matcher::new("x", MatchOp::Ne, "1").unwrap()], 0, 100).is_err());
+        assert_eq!(e.label_names("ns", &[], 0, 100).unwrap(), vec!["__name__", "dc", "host"]);
+        assert_eq!(
+            e.label_values("ns", "host", &[vec![Matcher::eq("__name__", "cpu")]], 0, 100).unwrap(),
+            vec!["a", "b"]
+        );
+        assert_eq!(e.series("ns", &[vec![Matcher::eq("host", "a")]], 0, 100).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn late_samples_go_where_they_belong_or_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, e) = open(dir.path(), small());
+        let l = labels("m", &[]);
+        let s: Vec<Sample> = (0..10).map(|i| (i * 10, i as f64)).collect();
+        e.apply(1, &batch("ns", vec![(l.clone(), s)])).unwrap();
+        // 0..70 are in chunks (4 + 4), 80 and 90 in the head. Late: 35 (in a chunk, within the
+        // window), 85 (in the head), a rewrite of 40, and -50 (too old: 90 - 100 > -50).
+        let o = e
+            .apply(2, &batch("ns", vec![(l.clone(), vec![(-50, 0.0), (35, 3.5), (40, 44.0), (85, 8.5)])]))
+            .unwrap();
+        assert_eq!((o.written, o.too_old), (3, 1));
+        let got = &all(&e, "ns")[0].samples;
+        let want: Vec<Sample> = vec![
+            (0, 0.0),
+            (10, 1.0),
+            (20, 2.0),
+            (30, 3.0),
+            (35, 3.5),
+            (40, 44.0),
+            (50, 5.0),
+            (60, 6.0),
+            (70, 7.0),
+            (80, 8.0),
+            (85, 8.5),
+            (90, 9.0),
+        ];
+        assert_eq!(got, &want);
+    }
+
+    #[test]
+    fn the_head_survives_a_reopen_and_replays_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = labels("m", &[("k", "v")]);
+        let b1 = batch("ns", vec![(l.clone(), vec![(1, 1.0), (2, 2.0)])]);
+        {
+            let (_db, e) = open(dir.path(), Options::default());
+            e.apply(1, &b1).unwrap();
+            e.apply(2, &batch("ns", vec![(l.clone(), vec![(3, 3.0)])])).unwrap();
+            assert_eq!(e.stats(), (1, 3), "all in the head");
+        }
+        let (_db, e) = open(dir.path(), Options::default());
+        assert_eq!(e.applied(), 2);
+        assert_eq!(all(&e, "ns")[0].samples, vec![(1, 1.0), (2, 2.0), (3, 3.0)]);
+        // Raft re-applying entry 1 after a crash changes nothing.
+        assert!(e.apply(1, &batch("ns", vec![(l.clone(), vec![(1, 9.0)])])).unwrap().duplicate);
+        assert_eq!(all(&e, "ns")[0].samples[0], (1, 1.0));
+    }
+
+    #[test]
+    fn ids_are_the_same_on_every_replica() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_a, e1) = open(d1.path(), small());
+        let (_b, e2) = open(d2.path(), small());
+        let bt =
+            batch("ns", (0..50).map(|i| (labels("m", &[("i", &i.to_string())]), vec![(1, 1.0)])).collect());
+        e1.apply(1, &bt).unwrap();
+        e2.apply(7, &bt).unwrap();
+        let ids = |e: &Engine| {
+            let st = e.state.read().unwrap();
+            st.ids.values().copied().collect::<BTreeSet<u64>>()
+        };
+        assert_eq!(ids(&e1), ids(&e2));
+    }
+
+    #[test]
+    fn expiry_deletes_old_chunks_and_empty_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, e) = open(dir.path(), small());
+        let old = labels("old", &[]);
+        let live = labels("live", &[]);
+        e.apply(1, &batch("ns", vec![(old, (0..8).map(|i| (i, 1.0)).collect())])).unwrap();
+        e.apply(2, &batch("ns", vec![(live.clone(), (0..10).map(|i| (i * 10, 1.0)).collect())])).unwrap();
+        let n = e.expire("ns", 50).unwrap();
+        assert_eq!(n, 3, "both chunks of `old`, the first chunk of `live`");
+        let left = all(&e, "ns");
+        assert_eq!(left.len(), 1);
+        assert_eq!(*left[0].labels, live);
+        assert_eq!(left[0].samples.first(), Some(&(40, 1.0)));
+        assert_eq!(e.label_values("ns", "__name__", &[], i64::MIN, i64::MAX).unwrap(), vec!["live"]);
+    }
+
+    /// The model: per series, timestamp → value, with the engine's rules for late samples.
+    fn model_apply(m: &mut BTreeMap<Labels, BTreeMap<i64, f64>>, b: &WriteBatch) {
+        for s in &b.series {
+            let e = m.entry(s.labels.clone()).or_default();
+            for &(t, v) in &s.samples {
+                e.insert(t, v);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        /// Any sequence of batches, with reopens in between, reads back as the model says, as
+        /// long as no sample is older than the out-of-order window (the window is wide here).
+        #[test]
+        fn matches_a_model_across_reopens(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0u8..6, proptest::collection::vec((0i64..500, -1e6f64..1e6), 0..20)), 1..6),
+                1..25),
+            reopen_at in proptest::collection::vec(0usize..25, 0..4),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = Options { chunk_samples: 5, ooo_window_ms: 10_000, max_head_lag: 3 };
+            let (mut db, mut e) = open(dir.path(), opts.clone());
+            let mut model = BTreeMap::new();
+            for (i, b) in batches.iter().enumerate() {
+                let points = b.iter().flat_map(|(s, smp)| {
+                    let l = labels("m", &[("s", &s.to_string())]);
+                    smp.iter().map(move |&(t, v)| crate::line::Point { labels: l.clone(), time_ms: t, value: v })
+                }).collect();
+                let wb = WriteBatch::from_points("ns", points).unwrap();
+                let o = e.apply(i as u64 + 1, &wb).unwrap();
+                prop_assert_eq!(o.too_old, 0);
+                model_apply(&mut model, &wb);
+                if reopen_at.contains(&i) {
+                    drop(e);
+                    drop(db);
+                    (db, e) = open(dir.path(), opts.clone());
+                }
+            }
+            let got: BTreeMap<Labels, Vec<Sample>> =
+                all(&e, "ns").into_iter().map(|s| ((*s.labels).clone(), s.samples)).collect();
+            let want: BTreeMap<Labels, Vec<Sample>> = model.into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(l, v)| (l, v.into_iter().collect())).collect();
+            prop_assert_eq!(got, want);
+            // The head log holds no more than the batches not yet cut.
+            let wal = e.tree.scan_prefix(e.key(WAL, &[])).count();
+            prop_assert!(wal <= opts.max_head_lag as usize + 1, "{} head log entries", wal);
+        }
+    }
+}
