@@ -10,6 +10,7 @@ pub mod codec;
 pub mod engine;
 pub mod line;
 pub mod matcher;
+pub mod promql;
 
 /// Everything the engine can fail with.
 #[derive(Debug, thiserror::Error)]
