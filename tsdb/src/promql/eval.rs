@@ -67,9 +67,9 @@ pub fn instant_query(q: &dyn Queryable, expr: &Expr, t: i64, opts: &Options) -> 
     Ok(match ev.eval(expr)? {
         Val::Scalar(v) => QueryResult::Scalar(t, v[0]),
         Val::Str(s) => QueryResult::String(t, s),
-        Val::Vector(rows) => {
-            QueryResult::Vector(rows.into_iter().filter_map(|r| r.vals[0].map(|v| (r.labels, t, v))).collect())
-        }
+        Val::Vector(rows) => QueryResult::Vector(
+            rows.into_iter().filter_map(|r| r.vals[0].map(|v| (r.labels, t, v))).collect(),
+        ),
         Val::Matrix(m) => {
             let (lo_t, hi_t) = m.bounds(&ev, 0);
             let mut out: Vec<(Labels, Vec<Sample>)> = m
@@ -108,6 +108,7 @@ pub fn range_query(
         ));
     }
     let mut ev = Ev::new(q, start, end, step, start, end, opts);
+    ev.query_step = step;
     let v = ev.eval(expr)?;
     let points = |vals: &[Option<f64>]| -> Vec<Sample> {
         vals.iter().enumerate().filter_map(|(i, v)| v.map(|v| (start + i as i64 * step, v))).collect()
@@ -118,8 +119,11 @@ pub fn range_query(
             QueryResult::Matrix(vec![(Vec::new(), points(&vals))])
         }
         Val::Vector(rows) => {
-            let mut out: Vec<(Labels, Vec<Sample>)> =
-                rows.into_iter().map(|r| (r.labels, points(&r.vals))).filter(|(_, p)| !p.is_empty()).collect();
+            let mut out: Vec<(Labels, Vec<Sample>)> = rows
+                .into_iter()
+                .map(|r| (r.labels, points(&r.vals)))
+                .filter(|(_, p)| !p.is_empty())
+                .collect();
             out.sort_by(|a, b| a.0.cmp(&b.0));
             QueryResult::Matrix(out)
         }
@@ -173,6 +177,8 @@ struct Ev<'a> {
     /// The outermost query's range, for `@ start()` and `@ end()`.
     query_start: i64,
     query_end: i64,
+    /// The outermost query's step (0 for an instant query), for `step()`.
+    query_step: i64,
     opts: &'a Options,
     samples: usize,
 }
@@ -276,7 +282,7 @@ impl<'a> Ev<'a> {
         opts: &'a Options,
     ) -> Ev<'a> {
         let n = ((end - start) / step.max(1)) as usize + 1;
-        Ev { q, start, end, step, n, query_start, query_end, opts, samples: 0 }
+        Ev { q, start, end, step, n, query_start, query_end, query_step: 0, opts, samples: 0 }
     }
 
     fn t(&self, i: usize) -> i64 {
@@ -407,8 +413,10 @@ impl<'a> Ev<'a> {
         if start <= from {
             start += step;
         }
-        let mut inner = Ev::new(self.q, start, hi.max(start), step, self.query_start, self.query_end, self.opts);
+        let mut inner =
+            Ev::new(self.q, start, hi.max(start), step, self.query_start, self.query_end, self.opts);
         inner.samples = self.samples;
+        inner.query_step = self.query_step;
         let v = inner.eval(expr)?;
         self.samples = inner.samples;
         let rows = match v {
@@ -452,10 +460,29 @@ impl<'a> Ev<'a> {
         let n = self.n;
         match func {
             "time" => return Ok(Val::Scalar((0..n).map(|i| self.t(i) as f64 / 1000.0).collect())),
+            "step" => return Ok(Val::Scalar(vec![self.query_step as f64 / 1000.0; n])),
+            "range" => return Ok(Val::Scalar(vec![(self.query_end - self.query_start) as f64 / 1000.0; n])),
+            "start" => return Ok(Val::Scalar(vec![self.query_start as f64 / 1000.0; n])),
+            "end" => return Ok(Val::Scalar(vec![self.query_end as f64 / 1000.0; n])),
+            "min_of" | "max_of" => {
+                let a = self.scalar_arg(&args[0])?;
+                let b = self.scalar_arg(&args[1])?;
+                let f = if func == "min_of" { f64::min } else { f64::max };
+                // Go's math.Min/Max: NaN wins.
+                return Ok(Val::Scalar(
+                    a.into_iter()
+                        .zip(b)
+                        .map(|(x, y)| if x.is_nan() || y.is_nan() { f64::NAN } else { f(x, y) })
+                        .collect(),
+                ));
+            }
             "pi" => return Ok(Val::Scalar(vec![std::f64::consts::PI; n])),
             "vector" => {
                 let v = self.scalar_arg(&args[0])?;
-                return Ok(Val::Vector(vec![Row { labels: Vec::new(), vals: v.into_iter().map(Some).collect() }]));
+                return Ok(Val::Vector(vec![Row {
+                    labels: Vec::new(),
+                    vals: v.into_iter().map(Some).collect(),
+                }]));
             }
             "scalar" => {
                 let rows = self.vector_arg(&args[0])?;
@@ -477,19 +504,28 @@ impl<'a> Ev<'a> {
                         let rows = self.vector_arg(other)?;
                         rows.into_iter()
                             .map(|r| Row {
-                                vals: r.vals.iter().enumerate().map(|(i, v)| v.map(|_| self.t(i) as f64 / 1000.0)).collect(),
+                                vals: r
+                                    .vals
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, v)| v.map(|_| self.t(i) as f64 / 1000.0))
+                                    .collect(),
                                 labels: r.labels,
                             })
                             .collect()
                     }
                 };
-                let rows = rows.into_iter().map(|r| Row { labels: drop_name(r.labels), vals: r.vals }).collect();
+                let rows =
+                    rows.into_iter().map(|r| Row { labels: drop_name(r.labels), vals: r.vals }).collect();
                 return Ok(Val::Vector(merge(rows, n)?));
             }
-            "minute" | "hour" | "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "month"
-            | "year" => {
+            "minute" | "hour" | "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month"
+            | "month" | "year" => {
                 let rows = if args.is_empty() {
-                    vec![Row { labels: Vec::new(), vals: (0..n).map(|i| Some(self.t(i) as f64 / 1000.0)).collect() }]
+                    vec![Row {
+                        labels: Vec::new(),
+                        vals: (0..n).map(|i| Some(self.t(i) as f64 / 1000.0)).collect(),
+                    }]
                 } else {
                     self.vector_arg(&args[0])?
                 };
@@ -574,10 +610,13 @@ impl<'a> Ev<'a> {
                 let repl = self.string_arg(&args[2])?;
                 let src = self.string_arg(&args[3])?;
                 let re_src = self.string_arg(&args[4])?;
-                let re = regex::Regex::new(&format!("^(?s:{re_src})$"))
-                    .map_err(|e| Error::Invalid(format!("invalid regular expression in label_replace(): {e}")))?;
+                let re = regex::Regex::new(&format!("^(?s:{re_src})$")).map_err(|e| {
+                    Error::Invalid(format!("invalid regular expression in label_replace(): {e}"))
+                })?;
                 if !valid_label_name(&dst) {
-                    return Err(Error::Invalid(format!("invalid destination label name in label_replace(): {dst}")));
+                    return Err(Error::Invalid(format!(
+                        "invalid destination label name in label_replace(): {dst}"
+                    )));
                 }
                 let rows = rows
                     .into_iter()
@@ -597,9 +636,12 @@ impl<'a> Ev<'a> {
                 let rows = self.vector_arg(&args[0])?;
                 let dst = self.string_arg(&args[1])?;
                 let sep = self.string_arg(&args[2])?;
-                let srcs: Vec<String> = args[3..].iter().map(|a| self.string_arg(a)).collect::<Result<_, _>>()?;
+                let srcs: Vec<String> =
+                    args[3..].iter().map(|a| self.string_arg(a)).collect::<Result<_, _>>()?;
                 if !valid_label_name(&dst) {
-                    return Err(Error::Invalid(format!("invalid destination label name in label_join(): {dst}")));
+                    return Err(Error::Invalid(format!(
+                        "invalid destination label name in label_join(): {dst}"
+                    )));
                 }
                 let rows = rows
                     .into_iter()
@@ -616,7 +658,8 @@ impl<'a> Ev<'a> {
                 let labels = absent_labels(&args[0]);
                 let vals: Vec<Option<f64>> =
                     (0..n).map(|i| (!rows.iter().any(|r| r.vals[i].is_some())).then_some(1.0)).collect();
-                let rows = if vals.iter().any(Option::is_some) { vec![Row { labels, vals }] } else { Vec::new() };
+                let rows =
+                    if vals.iter().any(Option::is_some) { vec![Row { labels, vals }] } else { Vec::new() };
                 return Ok(Val::Vector(rows));
             }
             _ => {}
@@ -670,13 +713,17 @@ impl<'a> Ev<'a> {
                 if a >= b {
                     continue;
                 }
-                let w = Window { samples: &samples[a..b], start: lo, end: hi, range: m.range, eval_t: self.t(i) };
+                let w =
+                    Window { samples: &samples[a..b], start: lo, end: hi, range: m.range, eval_t: self.t(i) };
                 let p = param.as_ref().map_or(0.0, |p| p[i]);
                 *slot = functions::range_fn(func, &w, p);
                 any |= slot.is_some();
             }
             if any {
-                rows.push(Row { labels: if keep { labels.clone() } else { drop_name(labels.clone()) }, vals });
+                rows.push(Row {
+                    labels: if keep { labels.clone() } else { drop_name(labels.clone()) },
+                    vals,
+                });
             }
         }
         Ok(Val::Vector(merge(rows, n)?))
@@ -749,7 +796,10 @@ impl<'a> Ev<'a> {
             for i in 0..n {
                 let kf = k[i];
                 if kf.is_nan() {
-                    return Err(Error::Invalid(format!("Parameter value is NaN for {}", if op == AggOp::Topk { "topk" } else { "bottomk" })));
+                    return Err(Error::Invalid(format!(
+                        "Parameter value is NaN for {}",
+                        if op == AggOp::Topk { "topk" } else { "bottomk" }
+                    )));
                 }
                 if kf < 1.0 {
                     continue;
@@ -764,7 +814,8 @@ impl<'a> Ev<'a> {
                 for members in by_group {
                     let mut m = members;
                     m.sort_by(|&a, &b| {
-                        let (x, y) = (rows[a].vals[i].unwrap_or(f64::NAN), rows[b].vals[i].unwrap_or(f64::NAN));
+                        let (x, y) =
+                            (rows[a].vals[i].unwrap_or(f64::NAN), rows[b].vals[i].unwrap_or(f64::NAN));
                         let c = match (x.is_nan(), y.is_nan()) {
                             (true, true) => std::cmp::Ordering::Equal,
                             (true, false) => std::cmp::Ordering::Greater,
@@ -796,7 +847,8 @@ impl<'a> Ev<'a> {
             }
             return Ok(Val::Vector(rows_out));
         }
-        let mut out: Vec<Row> = groups.iter().map(|g| Row { labels: g.clone(), vals: vec![None; n] }).collect();
+        let mut out: Vec<Row> =
+            groups.iter().map(|g| Row { labels: g.clone(), vals: vec![None; n] }).collect();
         #[derive(Clone, Default)]
         struct Acc {
             seen: bool,
@@ -816,7 +868,11 @@ impl<'a> Ev<'a> {
                     *a = Acc { seen: true, value: f, count: 1.0, mean: f, ..Acc::default() };
                     match op {
                         AggOp::Group => a.value = 1.0,
-                        AggOp::Stddev | AggOp::Stdvar => a.value = 0.0,
+                        AggOp::Stddev | AggOp::Stdvar => {
+                            // Welford's update from zero, so a NaN first value yields NaN.
+                            let mean = f;
+                            (a.count, a.mean, a.value) = (1.0, mean, f * (f - mean));
+                        }
                         AggOp::Quantile => a.values.push(f),
                         _ => {}
                     }
@@ -886,7 +942,9 @@ impl<'a> Ev<'a> {
                     AggOp::Count => a.count,
                     AggOp::Stdvar => a.value / a.count,
                     AggOp::Stddev => (a.value / a.count).sqrt(),
-                    AggOp::Quantile => quantile(scalar_param.as_ref().map_or(f64::NAN, |p| p[i]), &mut a.values),
+                    AggOp::Quantile => {
+                        quantile(scalar_param.as_ref().map_or(f64::NAN, |p| p[i]), &mut a.values)
+                    }
                     _ => a.value,
                 };
                 out[g].vals[i] = Some(v);
@@ -896,7 +954,14 @@ impl<'a> Ev<'a> {
         Ok(Val::Vector(out))
     }
 
-    fn binary(&mut self, op: BinOp, l: Val, r: Val, return_bool: bool, m: Option<&Matching>) -> Result<Val, Error> {
+    fn binary(
+        &mut self,
+        op: BinOp,
+        l: Val,
+        r: Val,
+        return_bool: bool,
+        m: Option<&Matching>,
+    ) -> Result<Val, Error> {
         let n = self.n;
         match (l, r) {
             (Val::Scalar(a), Val::Scalar(b)) => Ok(Val::Scalar(
@@ -964,15 +1029,14 @@ impl<'a> Ev<'a> {
                         let ov = one[oi].vals[i].unwrap_or(f64::NAN);
                         let (x, y) = if swap { (ov, mv) } else { (mv, ov) };
                         let (mut v, keep) = elem(op, x, y);
-                        if return_bool {
-                            v = if keep { 1.0 } else { 0.0 };
-                        } else if !keep {
-                            continue;
-                        }
                         let metric = metric_cache
                             .entry((mi, oi))
-                            .or_insert_with(|| result_metric(&mrow.labels, &one[oi].labels, op, &m, return_bool))
+                            .or_insert_with(|| {
+                                result_metric(&mrow.labels, &one[oi].labels, op, &m, return_bool)
+                            })
                             .clone();
+                        // Matching errors count even for samples a comparison filters out (as
+                        // Prometheus: the error must not depend on the values).
                         let seen = matched.entry(&msig[mi]).or_default();
                         if m.card == Card::OneToOne {
                             if !seen.is_empty() {
@@ -984,8 +1048,14 @@ impl<'a> Ev<'a> {
                             seen.insert(metric.clone());
                         } else if !seen.insert(metric.clone()) {
                             return Err(Error::Invalid(
-                                "multiple matches for labels: grouping labels must ensure unique matches".into(),
+                                "multiple matches for labels: grouping labels must ensure unique matches"
+                                    .into(),
                             ));
+                        }
+                        if return_bool {
+                            v = if keep { 1.0 } else { 0.0 };
+                        } else if !keep {
+                            continue;
                         }
                         out.put(&metric, i, v)?;
                     }
@@ -996,7 +1066,14 @@ impl<'a> Ev<'a> {
         }
     }
 
-    fn vector_scalar(&mut self, op: BinOp, rows: Vec<Row>, s: &[f64], swap: bool, return_bool: bool) -> Result<Val, Error> {
+    fn vector_scalar(
+        &mut self,
+        op: BinOp,
+        rows: Vec<Row>,
+        s: &[f64],
+        swap: bool,
+        return_bool: bool,
+    ) -> Result<Val, Error> {
         let drop = !op.is_comparison() || return_bool;
         let rows = rows
             .into_iter()
@@ -1025,7 +1102,14 @@ impl<'a> Ev<'a> {
         Ok(Val::Vector(merge(rows, self.n)?))
     }
 
-    fn set_op(&mut self, op: BinOp, lhs: Vec<Row>, rhs: Vec<Row>, lsig: &[Labels], rsig: &[Labels]) -> Result<Val, Error> {
+    fn set_op(
+        &mut self,
+        op: BinOp,
+        lhs: Vec<Row>,
+        rhs: Vec<Row>,
+        lsig: &[Labels],
+        rsig: &[Labels],
+    ) -> Result<Val, Error> {
         let n = self.n;
         let mut out = Out::new(n);
         for i in 0..n {
@@ -1115,13 +1199,15 @@ fn absent_labels(e: &Expr) -> Labels {
 
 fn labels_of_equal_matchers(ms: &[Matcher]) -> Labels {
     let mut out: Labels = Vec::new();
+    // A label named by more than one matcher has no single value to report.
     let mut dup: HashSet<String> = HashSet::new();
+    let mut named: HashSet<&str> = HashSet::new();
     for m in ms {
+        if !named.insert(&m.name) {
+            dup.insert(m.name.clone());
+        }
         if m.name == "__name__" || m.op != MatchOp::Eq {
             continue;
-        }
-        if out.iter().any(|(k, _)| *k == m.name) {
-            dup.insert(m.name.clone());
         }
         out.push((m.name.clone(), m.value.clone()));
     }

@@ -46,6 +46,7 @@ static SIGNATURES: &[Signature] = &[
     sig!("deg", [Vector], 1, false, Vector),
     sig!("delta", [Matrix], 1, false, Vector),
     sig!("deriv", [Matrix], 1, false, Vector),
+    sig!("end", [], 0, false, Scalar),
     sig!("exp", [Vector], 1, false, Vector),
     sig!("floor", [Vector], 1, false, Vector),
     sig!("hour", [Vector], 0, false, Vector),
@@ -58,7 +59,9 @@ static SIGNATURES: &[Signature] = &[
     sig!("ln", [Vector], 1, false, Vector),
     sig!("log10", [Vector], 1, false, Vector),
     sig!("log2", [Vector], 1, false, Vector),
+    sig!("max_of", [Scalar, Scalar], 2, false, Scalar),
     sig!("max_over_time", [Matrix], 1, false, Vector),
+    sig!("min_of", [Scalar, Scalar], 2, false, Scalar),
     sig!("min_over_time", [Matrix], 1, false, Vector),
     sig!("minute", [Vector], 0, false, Vector),
     sig!("month", [Vector], 0, false, Vector),
@@ -67,6 +70,7 @@ static SIGNATURES: &[Signature] = &[
     sig!("present_over_time", [Matrix], 1, false, Vector),
     sig!("quantile_over_time", [Scalar, Matrix], 2, false, Vector),
     sig!("rad", [Vector], 1, false, Vector),
+    sig!("range", [], 0, false, Scalar),
     sig!("rate", [Matrix], 1, false, Vector),
     sig!("resets", [Matrix], 1, false, Vector),
     sig!("round", [Vector, Scalar], 1, false, Vector),
@@ -77,7 +81,9 @@ static SIGNATURES: &[Signature] = &[
     sig!("sort", [Vector], 1, false, Vector),
     sig!("sort_desc", [Vector], 1, false, Vector),
     sig!("sqrt", [Vector], 1, false, Vector),
+    sig!("start", [], 0, false, Scalar),
     sig!("stddev_over_time", [Matrix], 1, false, Vector),
+    sig!("step", [], 0, false, Scalar),
     sig!("stdvar_over_time", [Matrix], 1, false, Vector),
     sig!("sum_over_time", [Matrix], 1, false, Vector),
     sig!("tan", [Vector], 1, false, Vector),
@@ -318,7 +324,9 @@ pub fn range_fn(name: &str, w: &Window, param: f64) -> Option<f64> {
         }
         "stddev_over_time" => variance_over_time(s).sqrt(),
         "stdvar_over_time" => variance_over_time(s),
-        "changes" => s.windows(2).filter(|p| p[1].1 != p[0].1 && !(p[1].1.is_nan() && p[0].1.is_nan())).count() as f64,
+        "changes" => {
+            s.windows(2).filter(|p| p[1].1 != p[0].1 && !(p[1].1.is_nan() && p[0].1.is_nan())).count() as f64
+        }
         "resets" => s.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64,
         _ => return None,
     })

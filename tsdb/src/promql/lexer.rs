@@ -123,47 +123,66 @@ pub fn lex(src: &str) -> Result<Vec<Token>, Error> {
 fn string(s: &str) -> Result<(String, usize), String> {
     let b = s.as_bytes();
     let q = b[0];
-    let mut out = String::new();
+    // Bytes, not chars: `\x` and octal escapes write single bytes (as in Go), and the result
+    // must still be valid UTF-8.
+    let mut out: Vec<u8> = Vec::new();
+    let push = |out: &mut Vec<u8>, c: char| {
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    };
     let mut chars = s.char_indices().skip(1);
     while let Some((i, c)) = chars.next() {
         if c as u32 == u32::from(q) {
-            return Ok((out, i + 1));
+            return String::from_utf8(out)
+                .map(|s| (s, i + 1))
+                .map_err(|_| "invalid UTF-8 in string".to_string());
         }
         if q == b'`' {
-            out.push(c);
+            push(&mut out, c);
             continue;
         }
         if c == '\n' {
             return Err("unterminated quoted string".into());
         }
         if c != '\\' {
-            out.push(c);
+            push(&mut out, c);
             continue;
         }
         let Some((_, e)) = chars.next() else { break };
+        let simple = match e {
+            'n' => Some('\n'),
+            't' => Some('\t'),
+            'r' => Some('\r'),
+            'a' => Some('\u{7}'),
+            'b' => Some('\u{8}'),
+            'f' => Some('\u{c}'),
+            'v' => Some('\u{b}'),
+            '\\' => Some('\\'),
+            '"' => Some('"'),
+            '\'' => Some('\''),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            push(&mut out, c);
+            continue;
+        }
         match e {
-            'n' => out.push('\n'),
-            't' => out.push('\t'),
-            'r' => out.push('\r'),
-            'a' => out.push('\u{7}'),
-            'b' => out.push('\u{8}'),
-            'f' => out.push('\u{c}'),
-            'v' => out.push('\u{b}'),
-            '\\' => out.push('\\'),
-            '"' => out.push('"'),
-            '\'' => out.push('\''),
-            'x' | 'u' | 'U' => {
-                let n = match e {
-                    'x' => 2,
-                    'u' => 4,
-                    _ => 8,
-                };
+            'x' => {
+                let mut v = 0u32;
+                for _ in 0..2 {
+                    let (_, h) = chars.next().ok_or("unterminated escape")?;
+                    v = v * 16 + h.to_digit(16).ok_or("invalid escape")?;
+                }
+                out.push(v as u8);
+            }
+            'u' | 'U' => {
+                let n = if e == 'u' { 4 } else { 8 };
                 let mut v = 0u32;
                 for _ in 0..n {
                     let (_, h) = chars.next().ok_or("unterminated escape")?;
                     v = v * 16 + h.to_digit(16).ok_or("invalid escape")?;
                 }
-                out.push(char::from_u32(v).ok_or("invalid escape")?);
+                push(&mut out, char::from_u32(v).ok_or("invalid escape")?);
             }
             '0'..='7' => {
                 let mut v = e.to_digit(8).unwrap_or(0);
@@ -171,7 +190,10 @@ fn string(s: &str) -> Result<(String, usize), String> {
                     let (_, h) = chars.next().ok_or("unterminated escape")?;
                     v = v * 8 + h.to_digit(8).ok_or("invalid escape")?;
                 }
-                out.push(char::from_u32(v).ok_or("invalid escape")?);
+                if v > 255 {
+                    return Err("octal escape value > 255".into());
+                }
+                out.push(v as u8);
             }
             other => return Err(format!("unknown escape sequence `\\{other}`")),
         }
@@ -180,8 +202,15 @@ fn string(s: &str) -> Result<(String, usize), String> {
 }
 
 /// Units by decreasing size; a duration's units must appear in this order ("1h30m").
-const UNITS: [(&str, i64); 7] =
-    [("y", 31_536_000_000), ("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)];
+const UNITS: [(&str, i64); 7] = [
+    ("y", 31_536_000_000),
+    ("w", 604_800_000),
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1000),
+    ("ms", 1),
+];
 
 /// A number (`1`, `1.5e3`, `0x1f`) or a duration (`5m`, `1h30m`, `500ms`).
 fn number_or_duration(s: &str) -> Result<(Tok, usize), String> {
@@ -293,9 +322,13 @@ mod tests {
                 Tok::Eof
             ]
         );
-        assert_eq!(toks("1.5e3 500ms 2d")[..3], [Tok::Number(1500.0), Tok::Duration(500), Tok::Duration(172_800_000)]);
+        assert_eq!(
+            toks("1.5e3 500ms 2d")[..3],
+            [Tok::Number(1500.0), Tok::Duration(500), Tok::Duration(172_800_000)]
+        );
         assert_eq!(toks("a:b:c[1m:30s]")[0], Tok::Ident("a:b:c".into()));
-        assert_eq!(toks(r#""a\"b\n\x41\u00e9""#)[0], Tok::Str("a\"b\nAé".into()));
+        assert_eq!(toks(r#""a\"b\n\x41\u00e9\xc3\xa9""#)[0], Tok::Str("a\"b\nAéé".into()));
+        assert!(lex(r#""\xff""#).is_err());
         assert!(lex("\"abc").is_err());
         assert!(lex("1x").is_err());
         assert!(lex("a $ b").is_err());

@@ -163,7 +163,8 @@ impl Parser {
                     if op.is_set() {
                         return self.err(format!("no grouping allowed for \"{}\" operation", op.as_str()));
                     }
-                    matching.card = if self.is_keyword("group_left") { Card::ManyToOne } else { Card::OneToMany };
+                    matching.card =
+                        if self.is_keyword("group_left") { Card::ManyToOne } else { Card::OneToMany };
                     self.next();
                     if *self.peek() == Tok::LParen {
                         matching.include = self.label_list()?;
@@ -194,7 +195,8 @@ impl Parser {
             return self.err("comparisons between scalars must use BOOL modifier");
         }
         if op.is_set() && (lt == ValueType::Scalar || rt == ValueType::Scalar) {
-            return self.err(format!("set operator \"{}\" not allowed in binary scalar expression", op.as_str()));
+            return self
+                .err(format!("set operator \"{}\" not allowed in binary scalar expression", op.as_str()));
         }
         let both_vectors = lt == ValueType::Vector && rt == ValueType::Vector;
         if !both_vectors && (m.on || !m.labels.is_empty() || m.card != Card::OneToOne && !op.is_set()) {
@@ -247,11 +249,17 @@ impl Parser {
                     let range = self.duration("range")?;
                     if *self.peek() == Tok::Colon {
                         self.next();
-                        let step = if *self.peek() == Tok::RBracket { None } else { Some(self.duration("step")?) };
+                        let step =
+                            if *self.peek() == Tok::RBracket { None } else { Some(self.duration("step")?) };
                         self.expect(Tok::RBracket)?;
                         match e.value_type() {
                             ValueType::Vector => {}
-                            t => return self.err(format!("subquery is only allowed on instant vector, got {} instead", t.name())),
+                            t => {
+                                return self.err(format!(
+                                    "subquery is only allowed on instant vector, got {} instead",
+                                    t.name()
+                                ))
+                            }
                         }
                         e = Expr::Subquery { expr: Box::new(e), range, step, offset: 0, at: None };
                     } else {
@@ -263,7 +271,9 @@ impl Parser {
                                 }
                                 e = Expr::Matrix(s, range)
                             }
-                            Expr::Selector(_) => return self.err("no offset or @ modifiers allowed before range"),
+                            Expr::Selector(_) => {
+                                return self.err("no offset or @ modifiers allowed before range")
+                            }
                             _ => return self.err("ranges only allowed for vector selectors"),
                         }
                     }
@@ -294,9 +304,18 @@ impl Parser {
                 Tok::At => {
                     self.next();
                     let at = match self.next() {
-                        Tok::Number(n) => At::Time(secs_to_ms(n).ok_or(()).or_else(|_| self.err("timestamp out of bounds for @ modifier"))?),
+                        Tok::Number(n) => At::Time(
+                            secs_to_ms(n)
+                                .ok_or(())
+                                .or_else(|_| self.err("timestamp out of bounds for @ modifier"))?,
+                        ),
+                        Tok::Duration(d) => At::Time(d),
                         Tok::Sub => match self.next() {
-                            Tok::Number(n) => At::Time(secs_to_ms(-n).ok_or(()).or_else(|_| self.err("timestamp out of bounds for @ modifier"))?),
+                            Tok::Number(n) => At::Time(
+                                secs_to_ms(-n)
+                                    .ok_or(())
+                                    .or_else(|_| self.err("timestamp out of bounds for @ modifier"))?,
+                            ),
                             _ => return self.err("expected a timestamp after @"),
                         },
                         Tok::Ident(f) if (f == "start" || f == "end") && *self.peek() == Tok::LParen => {
@@ -347,10 +366,17 @@ impl Parser {
                     match self.next() {
                         Tok::Comma => continue,
                         Tok::RParen => return Ok(out),
-                        t => return self.err(format!("unexpected {} in grouping opts, expected \",\" or \")\"", describe(&t))),
+                        t => {
+                            return self.err(format!(
+                                "unexpected {} in grouping opts, expected \",\" or \")\"",
+                                describe(&t)
+                            ))
+                        }
                     }
                 }
-                t => return self.err(format!("unexpected {} in grouping opts, expected label", describe(&t))),
+                t => {
+                    return self.err(format!("unexpected {} in grouping opts, expected label", describe(&t)))
+                }
             }
         }
     }
@@ -426,7 +452,11 @@ impl Parser {
         if args.len() < sig.min_args || args.len() > max {
             return self.err(format!(
                 "expected {} argument(s) in call to \"{}\", got {}",
-                if sig.min_args == sig.args.len() { sig.min_args.to_string() } else { format!("{}..{}", sig.min_args, sig.args.len()) },
+                if sig.min_args == sig.args.len() {
+                    sig.min_args.to_string()
+                } else {
+                    format!("{}..{}", sig.min_args, sig.args.len())
+                },
                 sig.name,
                 args.len()
             ));
@@ -473,9 +503,9 @@ impl Parser {
         }
         if op.takes_param() != param.is_some() {
             return self.err(if op.takes_param() {
-                format!("wrong number of arguments for aggregate expression provided, expected 2, got 1")
+                "wrong number of arguments for aggregate expression provided, expected 2, got 1".to_string()
             } else {
-                format!("wrong number of arguments for aggregate expression provided, expected 1, got 2")
+                "wrong number of arguments for aggregate expression provided, expected 1, got 2".to_string()
             });
         }
         if expr.value_type() != ValueType::Vector {
@@ -524,24 +554,40 @@ impl Parser {
                         }
                         s
                     }
-                    t => return self.err(format!("unexpected {} in label matching, expected label", describe(&t))),
+                    t => {
+                        return self
+                            .err(format!("unexpected {} in label matching, expected label", describe(&t)))
+                    }
                 };
                 let op = match self.next() {
                     Tok::Assign => MatchOp::Eq,
                     Tok::Neq => MatchOp::Ne,
                     Tok::ReMatch => MatchOp::Re,
                     Tok::NotReMatch => MatchOp::Nre,
-                    t => return self.err(format!("unexpected {} in label matching, expected one of \"=\", \"!=\", \"=~\", \"!~\"", describe(&t))),
+                    t => {
+                        return self.err(format!(
+                            "unexpected {} in label matching, expected one of \"=\", \"!=\", \"=~\", \"!~\"",
+                            describe(&t)
+                        ))
+                    }
                 };
                 let value = match self.next() {
                     Tok::Str(s) => s,
-                    t => return self.err(format!("unexpected {} in label matching, expected string", describe(&t))),
+                    t => {
+                        return self
+                            .err(format!("unexpected {} in label matching, expected string", describe(&t)))
+                    }
                 };
                 matchers.push(Matcher::new(&label, op, &value)?);
                 match self.next() {
                     Tok::Comma => continue,
                     Tok::RBrace => break,
-                    t => return self.err(format!("unexpected {} in label matching, expected \",\" or \"}}\"", describe(&t))),
+                    t => {
+                        return self.err(format!(
+                            "unexpected {} in label matching, expected \",\" or \"}}\"",
+                            describe(&t)
+                        ))
+                    }
                 }
             }
         }
@@ -598,7 +644,9 @@ mod tests {
 
     #[test]
     fn selectors_and_modifiers() {
-        let Expr::Matrix(s, r) = p(r#"http_requests{job="api", code=~"5.."}[5m] offset 1h"#) else { panic!() };
+        let Expr::Matrix(s, r) = p(r#"http_requests{job="api", code=~"5.."}[5m] offset 1h"#) else {
+            panic!()
+        };
         assert_eq!((r, s.offset), (300_000, 3_600_000));
         assert_eq!(s.matchers.len(), 3);
         let Expr::Selector(s) = p(r#"{"my.metric", a="b"} @ 100"#) else { panic!() };
@@ -609,9 +657,10 @@ mod tests {
         assert!(matches!(p("sum(x) without (a)"), Expr::Aggregate { without: true, .. }));
         assert!(matches!(p("topk(3, x)"), Expr::Aggregate { param: Some(_), .. }));
         let Expr::Binary { matching: Some(m), .. } = p("a * on(x) group_left(y) b") else { panic!() };
-        assert_eq!((m.card, m.on, m.labels, m.include), (Card::ManyToOne, true, vec!["x".to_string()], vec![
-            "y".to_string()
-        ]));
+        assert_eq!(
+            (m.card, m.on, m.labels, m.include),
+            (Card::ManyToOne, true, vec!["x".to_string()], vec!["y".to_string()])
+        );
         assert!(matches!(p("1 > bool 2"), Expr::Binary { return_bool: true, .. }));
         assert_eq!(p("x[600]"), p("x[10m]"));
     }
