@@ -13,26 +13,6 @@ use reqwest::Method;
 
 const READY: Duration = Duration::from_secs(30);
 
-async fn issue(c: &Cluster, subject: &str, role: &str) -> String {
-    let token_file = c.token_file();
-    let (ok, out, err) = c
-        .cli(&[
-            "token",
-            "issue",
-            "--subject",
-            subject,
-            "--role",
-            role,
-            "--endpoint",
-            c.http(1),
-            "--token-file",
-            token_file.to_str().unwrap(),
-        ])
-        .await;
-    assert!(ok, "token issue: {out} {err}");
-    out.split_whitespace().last().unwrap().to_string()
-}
-
 async fn send(c: &Cluster, via: u64, token: Option<&str>, method: Method, path: &str, body: &str) -> u16 {
     let mut req = c.client.request(method, format!("{}{path}", c.http(via)));
     if let Some(t) = token {
@@ -132,10 +112,10 @@ async fn every_acknowledged_access_is_in_the_ledger_exactly_once_after_a_crash()
     let admin = c.token.clone();
     let body = r#"{"class":"confidential","key_sites":["a","b","c"]}"#;
     assert_eq!(send(&c, 1, Some(&admin), Method::PUT, "/v1/namespaces/vault", body).await, 201);
-    let writer = issue(&c, "app-7", "writer:default").await;
-    let vault = issue(&c, "app-8", "writer:vault").await;
-    let reader = issue(&c, "app-9", "reader:default").await;
-    let auditor = issue(&c, "auditor-1", "auditor").await;
+    let writer = c.issue_token("app-7", "writer:default").await;
+    let vault = c.issue_token("app-8", "writer:vault").await;
+    let reader = c.issue_token("app-9", "reader:default").await;
+    let auditor = c.issue_token("auditor-1", "auditor").await;
 
     // A burst through node 2, many requests in flight at once; every answer is an
     // acknowledgement that its record is durable on node 2.
@@ -321,8 +301,8 @@ async fn a_cut_off_node_queues_its_records_and_ships_them_when_the_partition_hea
     let mut c = Cluster::init(3, "a,b,c", |t| t);
     c.start_all();
     c.wait_ready(READY).await;
-    let writer = issue(&c, "app-1", "writer:default").await;
-    let auditor = issue(&c, "auditor-1", "auditor").await;
+    let writer = c.issue_token("app-1", "writer:default").await;
+    let auditor = c.issue_token("auditor-1", "auditor").await;
     assert_eq!(send(&c, 1, Some(&writer), Method::PUT, "/v1/kv/default/seen", "v").await, 200);
     // Node 1 is cut off: the other two stop answering (SIGSTOP holds their sockets open, as a
     // partition does); node 1 keeps serving what it can alone.

@@ -236,6 +236,9 @@ pub fn permission_for(method: &str, path: &str, batch_namespaces: &[String]) -> 
             vec![if write { Permission::Write(ns) } else { Permission::Read(ns) }]
         }
         ["v1", "batch"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
+        // Time series: the namespace comes from the `ns` parameter (`batch_namespaces`).
+        ["v1", "ts", "write"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
+        ["api", "v1", ..] => batch_namespaces.iter().map(|ns| Permission::Read(ns.clone())).collect(),
         ["v1", "namespaces"] => vec![],
         ["v1", "namespaces", ns] if !write => vec![Permission::Read(ns.to_string())],
         ["v1", "namespaces", ns, ..] => vec![Permission::ManageNamespace(ns.to_string())],
@@ -314,6 +317,19 @@ pub fn targets_for(method: &str, path: &str, batch_ops: &[(String, String, Strin
         ["v1", area, ..] => one(format!("{area}.{verb}"), "", None),
         _ => one(format!("http.{verb}"), "", None),
     }
+}
+
+/// The audit target of a time-series route (`ts.write`, `ts.query`, `ts.query_range`,
+/// `ts.series`, `ts.labels`, `ts.label-values`) in namespace `ns`.
+pub fn ts_targets(path: &str, ns: &str) -> Vec<Target> {
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let action = match seg.as_slice() {
+        ["v1", "ts", "write"] => "ts.write".to_string(),
+        ["api", "v1", "label", _, "values"] => "ts.label-values".to_string(),
+        ["api", "v1", what, ..] => format!("ts.{what}"),
+        _ => "ts.other".to_string(),
+    };
+    vec![Target { action, ns: ns.into(), key: None }]
 }
 
 /// `%XX` sequences decoded; anything malformed is kept as written.

@@ -41,6 +41,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/audit", get(crate::audit::query))
+        .route("/v1/ts/write", post(crate::ts::write))
+        .route("/api/v1/query", get(crate::ts::query).post(crate::ts::query))
+        .route("/api/v1/query_range", get(crate::ts::query_range).post(crate::ts::query_range))
+        .route("/api/v1/series", get(crate::ts::series).post(crate::ts::series))
+        .route("/api/v1/labels", get(crate::ts::labels).post(crate::ts::labels))
+        .route("/api/v1/label/{name}/values", get(crate::ts::label_values))
         .route("/v1/tokens", post(issue_token))
         .route("/v1/tokens/revoke", post(revoke_token))
         .route("/v1/publishers", post(ledger::add_publisher))
@@ -177,6 +183,35 @@ async fn authorize(
         }
     };
     // A batch's namespaces and keys are in its body: read it (bounded), then hand it on unchanged.
+    // Time-series routes name their namespace in the `ns` parameter: the query string, or a
+    // form body (Prometheus clients POST queries as forms). Read the form (bounded) and put it back.
+    let (req, ts_ns) = if path == "/v1/ts/write" || path.starts_with("/api/v1/") {
+        let query = req.uri().query().unwrap_or("").to_string();
+        let mut pairs = crate::ts::form_pairs(&query);
+        let form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let req = if method == "POST" && form {
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+                let refusal = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_argument",
+                    "body: larger than 1 MiB",
+                );
+                return whole(Request::from_parts(parts, Body::empty()), &who.subject, refusal);
+            };
+            pairs.extend(crate::ts::form_pairs(&String::from_utf8_lossy(&bytes)));
+            Request::from_parts(parts, Body::from(bytes))
+        } else {
+            req
+        };
+        (req, Some(crate::ts::ns_of(&pairs)))
+    } else {
+        (req, None)
+    };
     let (req, batch) = if path == "/v1/batch" && method == "POST" {
         let (parts, body) = req.into_parts();
         let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
@@ -188,8 +223,14 @@ async fn authorize(
     } else {
         (req, vec![])
     };
-    let targets = crate::auth::targets_for(method, path, &batch);
-    let namespaces: Vec<String> = batch.iter().map(|(_, ns, _)| ns.clone()).collect();
+    let targets = match &ts_ns {
+        Some(ns) => crate::auth::ts_targets(path, ns),
+        None => crate::auth::targets_for(method, path, &batch),
+    };
+    let namespaces: Vec<String> = match &ts_ns {
+        Some(ns) => vec![ns.clone()],
+        None => batch.iter().map(|(_, ns, _)| ns.clone()).collect(),
+    };
     for p in crate::auth::permission_for(method, path, &namespaces) {
         if !crate::auth::allows(&who.roles, &p) {
             let refusal =

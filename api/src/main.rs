@@ -15,6 +15,7 @@ mod http;
 mod ledger;
 mod ledger_cli;
 mod server;
+mod ts;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

@@ -29,6 +29,8 @@ const CLUSTER_KEY: &[u8] = b"cmap";
 const KEYS_KEY: &[u8] = b"mkeys";
 /// The hash range this group owns, once it has been split; absent: what the map says.
 const RANGE_KEY: &[u8] = b"mrange";
+/// Key prefix of the time-series engine's keys (no other key of the tree starts with `T`).
+const TS_PREFIX: &[u8] = b"T";
 
 /// (ns, key) of a data key, if it is one.
 fn parse_data_key(k: &[u8]) -> Option<(&str, &str)> {
@@ -46,6 +48,8 @@ pub type Image = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub struct KvStore {
     tree: sled::Tree,
+    /// Time series of this group (same tree, `TS_PREFIX`).
+    ts: std::sync::Arc<edgefabric_tsdb::engine::Engine>,
     /// The decoded cluster map (metadata group), read on every request's routing. Outer
     /// `None`: not loaded yet. Loaded and replaced only under the write lock, so a lazy load
     /// can never store a map older than one an apply has installed.
@@ -137,8 +141,15 @@ impl KvStore {
     /// per node, so many groups share its cache and flusher).
     pub fn open(db: &sled::Db, group: u64) -> Result<Self> {
         let tree = db.open_tree(format!("group-{group}"))?;
+        // The group's time series live in the same tree under the `T` prefix, so a raft
+        // snapshot (the tree's image) carries them, and one replica's state is one tree.
+        let ts = std::sync::Arc::new(
+            edgefabric_tsdb::engine::Engine::open(tree.clone(), TS_PREFIX, Default::default())
+                .map_err(|e| Error::Storage(format!("time series: {e}")))?,
+        );
         Ok(KvStore {
             tree,
+            ts,
             map_cache: std::sync::RwLock::new(None),
             max_apply_value: APPLY_MAX_VALUE_BYTES,
             ledger: None,
@@ -153,6 +164,11 @@ impl KvStore {
 
     pub fn ledger_ctx(&self) -> Option<&std::sync::Arc<LedgerCtx>> {
         self.ledger.as_ref()
+    }
+
+    /// The group's time-series engine.
+    pub fn ts(&self) -> &std::sync::Arc<edgefabric_tsdb::engine::Engine> {
+        &self.ts
     }
 
     /// The sled tree, for the ledger's readers (proofs, lookups, verification).
@@ -450,6 +466,15 @@ impl KvStore {
                 Ok(())
             }),
             Command::LedgerSubmit(_) => Ok(Response::Rejected("ledger submissions are not proposed".into())),
+            Command::TsWrite { batch, .. } => match edgefabric_tsdb::batch::WriteBatch::decode(batch) {
+                // Decoding is deterministic: every replica refuses the same batch.
+                Err(e) => Ok(Response::Rejected(format!("time-series batch: {e}"))),
+                Ok(b) => {
+                    let o =
+                        self.ts.apply(index, &b).map_err(|e| Error::Storage(format!("time series: {e}")))?;
+                    Ok(Response::TsWritten { written: o.written as u64, too_old: o.too_old as u64 })
+                }
+            },
             Command::MarkSeen { node, instance } => {
                 overlay.insert(seen_key(*node), Some(instance.to_be_bytes().to_vec()));
                 Ok(Response::None)
@@ -673,6 +698,7 @@ impl KvStore {
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
         *self.map_cache.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.ts.reload().map_err(|e| Error::Storage(format!("time series: {e}")))?;
         Ok(())
     }
 }

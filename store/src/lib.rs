@@ -19,6 +19,7 @@ pub mod network;
 pub mod node;
 pub mod raft_store;
 pub mod shard;
+pub mod ts;
 pub mod types;
 
 pub use error::{Error, Result};

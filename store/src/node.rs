@@ -357,7 +357,7 @@ impl Node {
         self.group(META_GROUP).and_then(|g| g.kv.cluster_map().ok().flatten())
     }
 
-    fn require_map(&self) -> Result<Arc<ClusterMap>> {
+    pub(crate) fn require_map(&self) -> Result<Arc<ClusterMap>> {
         self.map().ok_or_else(|| Error::Unavailable("the cluster is not initialized yet".into()))
     }
 
@@ -990,6 +990,9 @@ impl Node {
                 Err(Error::invalid("command", "internal only"))
             }
             Command::LedgerSubmit(_) => Ok(LEDGER_GROUP),
+            // Time series: the caller picked the shard (store/src/ts.rs); any shard of the
+            // namespace may hold any series (queries ask them all), so a split needs no retry.
+            Command::TsWrite { shard, .. } => Ok(*shard),
         }
     }
 
@@ -1129,7 +1132,7 @@ impl Node {
         }
     }
 
-    async fn barrier(&self, g: &Group, consistency: Consistency) -> Result<()> {
+    pub(crate) async fn barrier(&self, g: &Group, consistency: Consistency) -> Result<()> {
         match consistency {
             Consistency::Linearizable => self.read_barrier(g).await,
             Consistency::Stale => Ok(()),
@@ -1254,7 +1257,7 @@ impl Node {
     }
 
     /// Asks the replicas of a group this node does not host, in turn, until one answers.
-    async fn remote<Req, Resp, F, Fut>(
+    pub(crate) async fn remote<Req, Resp, F, Fut>(
         &self,
         group: GroupId,
         req: &Req,
@@ -1685,6 +1688,28 @@ impl Internal for InternalService {
         let r: ReadRequest = network::request(&f)?;
         let out = match self.node.group(f.group) {
             Some(g) => self.node.local_get(&g, &r.ns, &r.key, r.consistency, r.range).await,
+            None => Err(Error::Unavailable(format!("group {} is not hosted here", f.group))),
+        };
+        self.reply(RPC, &f, &out)
+    }
+
+    async fn ts_select(&self, req: tonic::Request<Frame>) -> RpcResult {
+        const RPC: &str = "ts_select";
+        let f = self.accept(RPC, req)?;
+        let r: crate::ts::TsSelectRequest = network::request(&f)?;
+        let out = match self.node.group(f.group) {
+            Some(g) => self.node.local_ts_select(&g, &r).await,
+            None => Err(Error::Unavailable(format!("group {} is not hosted here", f.group))),
+        };
+        self.reply(RPC, &f, &out)
+    }
+
+    async fn ts_series(&self, req: tonic::Request<Frame>) -> RpcResult {
+        const RPC: &str = "ts_series";
+        let f = self.accept(RPC, req)?;
+        let r: crate::ts::TsSeriesRequest = network::request(&f)?;
+        let out = match self.node.group(f.group) {
+            Some(g) => self.node.local_ts_series(&g, &r).await,
             None => Err(Error::Unavailable(format!("group {} is not hosted here", f.group))),
         };
         self.reply(RPC, &f, &out)

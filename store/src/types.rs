@@ -181,6 +181,12 @@ pub enum Command {
     /// Ledger group: entries for the leader's next block. Never proposed as such: the leader's
     /// block builder takes them, and answers with `Admitted`.
     LedgerSubmit(Vec<edgefabric_ledger::entry::Entry>),
+    /// Time-series samples for the series of `shard` (an encoded `edgefabric_tsdb::batch::
+    /// WriteBatch`: compressed, so one raft entry carries thousands of samples).
+    TsWrite {
+        shard: u64,
+        batch: Vec<u8>,
+    },
 }
 
 /// What became of one submitted ledger entry.
@@ -217,6 +223,8 @@ pub enum Response {
     Block { height: u64, log_size: u64 },
     /// Per submitted ledger entry, in order.
     Admitted(Vec<Admission>),
+    /// Time-series samples stored, and refused as older than the out-of-order window.
+    TsWritten { written: u64, too_old: u64 },
 }
 
 /// A stored value with its revision.
@@ -267,6 +275,10 @@ pub fn validate_value(value: &[u8], max: usize) -> Result<()> {
 }
 
 /// Validates a whole command as the API edge and the state machine both see it.
+/// The largest encoded time-series batch one raft entry may carry (compressed: ~1-2 bytes per
+/// sample, so millions of samples). Ingest splits bigger requests.
+pub const MAX_TS_BATCH_BYTES: usize = 8 << 20;
+
 pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
     match cmd {
         Command::Batch(ops) => {
@@ -324,6 +336,15 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             Err(Error::invalid("block", "too many entries"))
         }
         Command::MarkSeen { .. } => Ok(()),
+        Command::TsWrite { batch, .. } if batch.is_empty() || batch.len() > MAX_TS_BATCH_BYTES => {
+            Err(Error::invalid(
+                "batch",
+                format!(
+                    "{} bytes encoded; a time-series batch is 1 byte to {MAX_TS_BATCH_BYTES}",
+                    batch.len()
+                ),
+            ))
+        }
         Command::InitCluster(map) => map.validate().map_err(|e| Error::invalid("cluster map", e)),
         Command::AddNode(n) => {
             if n.id == 0 || n.site.is_empty() || n.addr.is_empty() {
@@ -343,6 +364,7 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
         | Command::ForgetSeen(_)
         | Command::Split { .. }
         | Command::SetSplit { .. }
+        | Command::TsWrite { .. }
         | Command::LedgerBlock(_) => Ok(()),
     }
 }

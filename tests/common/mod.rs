@@ -263,6 +263,51 @@ impl Cluster {
         Ok(HttpReply { status, body, revision })
     }
 
+    /// An access token for `subject` with one role, issued by the admin through node 1.
+    pub async fn issue_token(&self, subject: &str, role: &str) -> String {
+        let token_file = self.token_file();
+        let (ok, out, err) = self
+            .cli(&[
+                "token",
+                "issue",
+                "--subject",
+                subject,
+                "--role",
+                role,
+                "--endpoint",
+                self.http(1),
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ])
+            .await;
+        assert!(ok, "token issue: {out} {err}");
+        out.split_whitespace().last().unwrap().to_string()
+    }
+
+    /// A request through node `id` with `token` (none: anonymous) and an optional content type.
+    pub async fn call(
+        &self,
+        id: u64,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> HttpReply {
+        let url = format!("{}{}", self.http(id), path);
+        let mut req = self.client.request(method, &url).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        HttpReply { status, body, revision: None }
+    }
+
     /// A put through node `id`: Ok(revision) if acknowledged.
     pub async fn put(&self, id: u64, ns: &str, key: &str, value: &[u8]) -> Result<u64, String> {
         let r = self

@@ -1,0 +1,467 @@
+//! Time-series routes: `POST /v1/ts/write` (InfluxDB line protocol) and the Prometheus HTTP API
+//! (`/api/v1/query`, `query_range`, `series`, `labels`, `label/{name}/values`) that Grafana's
+//! Prometheus data source speaks. The namespace is the `ns` parameter (default `default`); in
+//! Grafana, set it under "Custom query parameters" (`ns=metrics`) and the token as an
+//! `Authorization: Bearer` header.
+//!
+//! Prometheus routes answer in Prometheus's shapes, errors included
+//! (`{"status":"error","errorType":"bad_data","error":"..."}`), so its clients understand them.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use edgefabric_store::node::Consistency;
+use edgefabric_tsdb::batch::WriteBatch;
+use edgefabric_tsdb::engine::Series;
+use edgefabric_tsdb::line::{self, Precision};
+use edgefabric_tsdb::matcher::Matcher;
+use edgefabric_tsdb::promql::{self, eval::format_float, QueryResult, Queryable};
+
+use crate::error::ApiError;
+use crate::server::AppState;
+
+/// The most a write body may hold.
+pub const MAX_WRITE_BYTES: usize = 32 << 20;
+
+/// Decoded `application/x-www-form-urlencoded` pairs (query string or POST body).
+pub fn form_pairs(s: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(s.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+/// The namespace a time-series request names (`ns=`, default `default`).
+pub fn ns_of(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `POST /v1/ts/write?ns=NS&precision=ns|us|ms|s` — line protocol; 204, or 400 naming the line
+/// and column of the first bad line (and nothing of the batch is written).
+pub async fn write(
+    State(st): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let pairs = form_pairs(q.as_deref().unwrap_or(""));
+    for (k, _) in &pairs {
+        if !matches!(k.as_str(), "ns" | "precision" | "db" | "org" | "bucket") {
+            return Err(ApiError::bad_request(format!("query: unknown parameter `{k}`")));
+        }
+    }
+    let ns = ns_of(&pairs);
+    let precision = match pairs.iter().find(|(k, _)| k == "precision") {
+        Some((_, p)) => Precision::parse(p).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        None => Precision::Ns,
+    };
+    let body = axum::body::to_bytes(body, MAX_WRITE_BYTES).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_argument",
+            format!("body: larger than the limit of {MAX_WRITE_BYTES} bytes; split the batch"),
+        )
+    })?;
+    let text =
+        std::str::from_utf8(&body).map_err(|e| ApiError::bad_request(format!("body: not UTF-8: {e}")))?;
+    let points =
+        line::parse_points(text, precision, now_ms()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if points.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let batch = WriteBatch::from_points(&ns, points).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let o = st.node.ts_write(batch).await?;
+    if o.too_old > 0 {
+        // As InfluxDB reports a partial write: the rest of the batch is stored.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "partial_write",
+            format!(
+                "{} samples were older than their series' newest sample minus the out-of-order window and were dropped; {} written",
+                o.too_old, o.written
+            ),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A Prometheus API error.
+struct PromError {
+    status: StatusCode,
+    kind: &'static str,
+    msg: String,
+}
+
+impl PromError {
+    fn bad(msg: impl Into<String>) -> PromError {
+        PromError { status: StatusCode::BAD_REQUEST, kind: "bad_data", msg: msg.into() }
+    }
+}
+
+impl From<edgefabric_store::Error> for PromError {
+    fn from(e: edgefabric_store::Error) -> PromError {
+        let api: ApiError = e.into();
+        let kind = match api.status {
+            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => "bad_data",
+            StatusCode::FORBIDDEN => "bad_data",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => "unavailable",
+            _ => "internal",
+        };
+        let status = if api.status == StatusCode::NOT_FOUND { StatusCode::BAD_REQUEST } else { api.status };
+        PromError { status, kind, msg: api.message }
+    }
+}
+
+impl IntoResponse for PromError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"status": "error", "errorType": self.kind, "error": self.msg});
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    }
+}
+
+fn success(data: String) -> Response {
+    let body = format!(r#"{{"status":"success","data":{data}}}"#);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A form body, bounded.
+async fn read_form(body: Body) -> Result<Bytes, PromError> {
+    axum::body::to_bytes(body, 1 << 20).await.map_err(|_| PromError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        kind: "bad_data",
+        msg: "body: larger than 1 MiB".into(),
+    })
+}
+
+/// Parameters from the query string and, for a form POST, the body (Prometheus reads both).
+fn params(method: &Method, headers: &HeaderMap, q: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
+    let mut p = form_pairs(q.unwrap_or(""));
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if *method == Method::POST && form {
+        p.extend(form_pairs(&String::from_utf8_lossy(body)));
+    }
+    p
+}
+
+fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+/// A time: RFC 3339 or Unix seconds (fractions allowed), as Prometheus accepts.
+pub fn parse_time(field: &str, s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs.abs() < 9.2e15 {
+            return Ok((secs * 1000.0).round() as i64);
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| format!("invalid parameter \"{field}\": cannot parse \"{s}\" to a valid timestamp"))
+}
+
+/// A duration: Prometheus's syntax (`5m`, `1h30m`) or seconds.
+fn parse_duration(field: &str, s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs.abs() < 9.2e15 {
+            return Ok((secs * 1000.0).round() as i64);
+        }
+    }
+    match promql::lexer::duration(s) {
+        Some((ms, n)) if n == s.len() => Ok(ms),
+        _ => Err(format!("invalid parameter \"{field}\": cannot parse \"{s}\" to a valid duration")),
+    }
+}
+
+/// Reads of one namespace through the node (every shard, linearizable).
+struct NodeQuerier<'a> {
+    st: &'a AppState,
+    ns: &'a str,
+    handle: tokio::runtime::Handle,
+}
+
+impl Queryable for NodeQuerier<'_> {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, edgefabric_tsdb::Error> {
+        // The evaluator is synchronous; it runs on a blocking thread and waits here for the
+        // node's (async) fan-out.
+        self.handle
+            .block_on(self.st.node.ts_select(self.ns, matchers, mint, maxt, Consistency::Linearizable))
+            .map_err(|e| edgefabric_tsdb::Error::Invalid(ApiError::from(e).message))
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn fmt_time(ms: i64) -> String {
+    if ms < 0 {
+        return format!("-{}", fmt_time(ms.checked_neg().unwrap_or(i64::MAX)));
+    }
+    let (s, frac) = (ms / 1000, ms % 1000);
+    if frac == 0 {
+        format!("{s}")
+    } else {
+        let f = format!("{frac:03}");
+        format!("{s}.{}", f.trim_end_matches('0'))
+    }
+}
+
+fn fmt_metric(labels: &[(String, String)]) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{}:{}", json_str(k), json_str(v))).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+fn result_json(r: &QueryResult) -> String {
+    let point = |t: i64, v: f64| format!("[{},{}]", fmt_time(t), json_str(&format_float(v)));
+    match r {
+        QueryResult::Scalar(t, v) => format!(r#"{{"resultType":"scalar","result":{}}}"#, point(*t, *v)),
+        QueryResult::String(t, s) => {
+            format!(r#"{{"resultType":"string","result":[{},{}]}}"#, fmt_time(*t), json_str(s))
+        }
+        QueryResult::Vector(rows) => {
+            let items: Vec<String> = rows
+                .iter()
+                .map(|(l, t, v)| format!(r#"{{"metric":{},"value":{}}}"#, fmt_metric(l), point(*t, *v)))
+                .collect();
+            format!(r#"{{"resultType":"vector","result":[{}]}}"#, items.join(","))
+        }
+        QueryResult::Matrix(series) => {
+            let items: Vec<String> = series
+                .iter()
+                .map(|(l, pts)| {
+                    let p: Vec<String> = pts.iter().map(|(t, v)| point(*t, *v)).collect();
+                    format!(r#"{{"metric":{},"values":[{}]}}"#, fmt_metric(l), p.join(","))
+                })
+                .collect();
+            format!(r#"{{"resultType":"matrix","result":[{}]}}"#, items.join(","))
+        }
+    }
+}
+
+fn lookback(p: &[(String, String)]) -> Result<promql::Options, PromError> {
+    let mut o = promql::Options::default();
+    if let Some(lb) = get(p, "lookback_delta") {
+        o.lookback_ms = parse_duration("lookback_delta", lb).map_err(PromError::bad)?;
+        if o.lookback_ms <= 0 {
+            return Err(PromError::bad("invalid parameter \"lookback_delta\": must be positive"));
+        }
+    }
+    Ok(o)
+}
+
+async fn run_query(
+    st: Arc<AppState>,
+    ns: String,
+    expr: promql::ast::Expr,
+    range: Option<(i64, i64, i64)>,
+    t: i64,
+    opts: promql::Options,
+) -> Result<QueryResult, PromError> {
+    let handle = tokio::runtime::Handle::current();
+    let out = tokio::task::spawn_blocking(move || {
+        let q = NodeQuerier { st: &st, ns: &ns, handle };
+        match range {
+            Some((a, b, s)) => promql::range_query(&q, &expr, a, b, s, &opts),
+            None => promql::instant_query(&q, &expr, t, &opts),
+        }
+    })
+    .await
+    .map_err(|e| PromError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "internal",
+        msg: e.to_string(),
+    })?;
+    out.map_err(|e| PromError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        kind: "execution",
+        msg: e.to_string(),
+    })
+}
+
+/// `GET|POST /api/v1/query`.
+pub async fn query(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let inner = async {
+        let body = read_form(body).await?;
+        let p = params(&method, &headers, q.as_deref(), &body);
+        let text = get(&p, "query").ok_or_else(|| PromError::bad("invalid parameter \"query\": missing"))?;
+        let expr =
+            promql::parse(text).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))?;
+        let t = match get(&p, "time") {
+            Some(s) if !s.is_empty() => parse_time("time", s).map_err(PromError::bad)?,
+            _ => now_ms(),
+        };
+        let opts = lookback(&p)?;
+        let r = run_query(st, ns_of(&p), expr, None, t, opts).await?;
+        Ok::<_, PromError>(success(result_json(&r)))
+    };
+    inner.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET|POST /api/v1/query_range`.
+pub async fn query_range(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let inner = async {
+        let body = read_form(body).await?;
+        let p = params(&method, &headers, q.as_deref(), &body);
+        let text = get(&p, "query").ok_or_else(|| PromError::bad("invalid parameter \"query\": missing"))?;
+        let need =
+            |k: &str| get(&p, k).ok_or_else(|| PromError::bad(format!("invalid parameter \"{k}\": missing")));
+        let start = parse_time("start", need("start")?).map_err(PromError::bad)?;
+        let end = parse_time("end", need("end")?).map_err(PromError::bad)?;
+        if end < start {
+            return Err(PromError::bad(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
+        }
+        let step = parse_duration("step", need("step")?).map_err(PromError::bad)?;
+        if step <= 0 {
+            return Err(PromError::bad(
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if (end - start) / step > 11_000 {
+            return Err(PromError::bad(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        let expr =
+            promql::parse(text).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))?;
+        let opts = lookback(&p)?;
+        let r = run_query(st, ns_of(&p), expr, Some((start, end, step)), 0, opts).await?;
+        Ok::<_, PromError>(success(result_json(&r)))
+    };
+    inner.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `match[]` selectors and the optional time range of the metadata routes.
+fn selection(p: &[(String, String)], required: bool) -> Result<(Vec<Vec<Matcher>>, i64, i64), PromError> {
+    let mut sels = Vec::new();
+    for (k, v) in p {
+        if k == "match[]" {
+            sels.push(
+                promql::parse_selector(v)
+                    .map_err(|e| PromError::bad(format!("invalid parameter \"match[]\": {e}")))?,
+            );
+        }
+    }
+    if required && sels.is_empty() {
+        return Err(PromError::bad("no match[] parameter provided"));
+    }
+    let start = match get(p, "start") {
+        Some(s) if !s.is_empty() => parse_time("start", s).map_err(PromError::bad)?,
+        _ => i64::MIN / 2,
+    };
+    let end = match get(p, "end") {
+        Some(s) if !s.is_empty() => parse_time("end", s).map_err(PromError::bad)?,
+        _ => i64::MAX / 2,
+    };
+    Ok((sels, start, end))
+}
+
+/// `GET|POST /api/v1/series`.
+pub async fn series(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let inner = async {
+        let body = read_form(body).await?;
+        let p = params(&method, &headers, q.as_deref(), &body);
+        let (sels, start, end) = selection(&p, true)?;
+        let all = st.node.ts_series(&ns_of(&p), &sels, start, end, Consistency::Linearizable).await?;
+        let items: Vec<String> = all.iter().map(|l| fmt_metric(l)).collect();
+        Ok::<_, PromError>(success(format!("[{}]", items.join(","))))
+    };
+    inner.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET|POST /api/v1/labels`.
+pub async fn labels(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let inner = async {
+        let body = read_form(body).await?;
+        let p = params(&method, &headers, q.as_deref(), &body);
+        let (sels, start, end) = selection(&p, false)?;
+        let all = st.node.ts_series(&ns_of(&p), &sels, start, end, Consistency::Linearizable).await?;
+        let names: std::collections::BTreeSet<&str> =
+            all.iter().flat_map(|l| l.iter().map(|(k, _)| k.as_str())).collect();
+        let items: Vec<String> = names.into_iter().map(json_str).collect();
+        Ok::<_, PromError>(success(format!("[{}]", items.join(","))))
+    };
+    inner.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /api/v1/label/{name}/values`.
+pub async fn label_values(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let inner = async {
+        let body = read_form(body).await?;
+        let p = params(&method, &headers, q.as_deref(), &body);
+        let (sels, start, end) = selection(&p, false)?;
+        let all = st.node.ts_series(&ns_of(&p), &sels, start, end, Consistency::Linearizable).await?;
+        let values: std::collections::BTreeSet<&str> =
+            all.iter().filter_map(|l| l.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())).collect();
+        let items: Vec<String> = values.into_iter().map(json_str).collect();
+        Ok::<_, PromError>(success(format!("[{}]", items.join(","))))
+    };
+    inner.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(parse_time("time", "1700000000.5"), Ok(1_700_000_000_500));
+        assert_eq!(parse_time("time", "2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert!(parse_time("time", "yesterday").unwrap_err().contains("\"time\""));
+        assert_eq!(parse_duration("step", "15s"), Ok(15_000));
+        assert_eq!(parse_duration("step", "0.5"), Ok(500));
+        assert!(parse_duration("step", "fast").is_err());
+        assert_eq!(fmt_time(1_700_000_000_500), "1700000000.5");
+        assert_eq!(fmt_time(1_700_000_000_000), "1700000000");
+        assert_eq!(fmt_time(-1), "-0.001");
+        assert_eq!(fmt_time(-1500), "-1.5");
+    }
+}

@@ -1,0 +1,358 @@
+//! Time series on a node: ingest and queries over the shards of a namespace.
+//!
+//! Series are sharded like KV keys: a series goes to the shard owning the hash of its canonical
+//! text (`name{a="b",...}`) in its namespace, or to the namespace's pinned shard (site-local
+//! namespaces), so the data-class rules of the KV store hold for series too. A write batch is
+//! split per shard and each part is one raft entry (`Command::TsWrite`), applied by every
+//! replica into the group's engine (`edgefabric_tsdb::engine`, in the group's sled tree).
+//!
+//! Queries ask every shard of the namespace (local replicas directly, others over the internal
+//! `TsSelect`/`TsSeries` RPCs) and merge series with equal labels: after a shard split a
+//! series' older samples stay in the parent shard while newer ones go to the child, and the
+//! merge puts them back together.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edgefabric_tsdb::batch::{Labels, SeriesSamples, WriteBatch};
+use edgefabric_tsdb::codec;
+use edgefabric_tsdb::engine::Series;
+use edgefabric_tsdb::matcher::{MatchOp, Matcher};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::log::GroupId;
+use crate::node::{Consistency, Group, Node};
+use crate::types::{Command, DataClass, Response, MAX_TS_BATCH_BYTES};
+use crate::{Error, Result};
+
+/// A matcher as it crosses the wire (regexes are compiled again by the receiver).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireMatcher {
+    name: String,
+    op: u8,
+    value: String,
+}
+
+impl WireMatcher {
+    fn from(m: &Matcher) -> WireMatcher {
+        let op = match m.op {
+            MatchOp::Eq => 0,
+            MatchOp::Ne => 1,
+            MatchOp::Re => 2,
+            MatchOp::Nre => 3,
+        };
+        WireMatcher { name: m.name.clone(), op, value: m.value.clone() }
+    }
+
+    fn to_matcher(&self) -> Result<Matcher> {
+        let op = match self.op {
+            0 => MatchOp::Eq,
+            1 => MatchOp::Ne,
+            2 => MatchOp::Re,
+            3 => MatchOp::Nre,
+            other => return Err(Error::invalid("matcher", format!("unknown operator {other}"))),
+        };
+        Matcher::new(&self.name, op, &self.value).map_err(|e| Error::invalid("matcher", e.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TsSelectRequest {
+    ns: String,
+    matchers: Vec<WireMatcher>,
+    mint: i64,
+    maxt: i64,
+    consistency: Consistency,
+}
+
+/// A series on the wire: labels and its samples chunk-encoded (compressed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireSeries {
+    labels: Labels,
+    chunk: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TsSeriesRequest {
+    ns: String,
+    selectors: Vec<Vec<WireMatcher>>,
+    mint: i64,
+    maxt: i64,
+    consistency: Consistency,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TsWriteOutcome {
+    pub written: u64,
+    /// Samples refused as older than the out-of-order window.
+    pub too_old: u64,
+}
+
+/// A series' canonical text, hashed to pick its shard.
+pub fn series_text(labels: &Labels) -> String {
+    let name = labels.iter().find(|(k, _)| k == "__name__").map_or("", |(_, v)| v.as_str());
+    let rest: Vec<String> =
+        labels.iter().filter(|(k, _)| k != "__name__").map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{name}{{{}}}", rest.join(","))
+}
+
+impl Node {
+    /// Checks that time series of `ns` may be written or read at this node.
+    async fn ts_namespace(&self, ns: &str) -> Result<()> {
+        let cfg = self.check_readable(ns).await?;
+        if cfg.class == DataClass::Confidential {
+            // Sealing samples would leave other sites nothing to compress or query; until
+            // confidential series have their own design, refuse rather than store plaintext.
+            return Err(Error::invalid(
+                "ns",
+                format!("namespace {ns:?} is confidential; time series are not supported in confidential namespaces yet"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes a batch: split per shard, one raft entry per part, all parts in parallel.
+    /// Returns once every part is committed and applied on its leader. On an error some parts
+    /// may be stored and others not; writing the same batch again is harmless (a sample's
+    /// later write replaces it with the same value).
+    pub async fn ts_write(&self, batch: WriteBatch) -> Result<TsWriteOutcome> {
+        self.ts_namespace(&batch.ns).await?;
+        let map = self.require_map()?;
+        let mut parts: BTreeMap<GroupId, Vec<SeriesSamples>> = BTreeMap::new();
+        for s in batch.series {
+            let shard = map
+                .shard_for(&batch.ns, &series_text(&s.labels))
+                .ok_or_else(|| Error::Internal("no shard".into()))?;
+            parts.entry(shard.id).or_default().push(s);
+        }
+        let mut cmds = Vec::new();
+        for (shard, series) in parts {
+            for chunk in split_by_size(&batch.ns, series) {
+                cmds.push(Command::TsWrite { shard, batch: chunk });
+            }
+        }
+        let results = futures::future::join_all(cmds.into_iter().map(|c| self.propose(c))).await;
+        let mut out = TsWriteOutcome::default();
+        for r in results {
+            match r? {
+                Response::TsWritten { written, too_old } => {
+                    out.written += written;
+                    out.too_old += too_old;
+                }
+                Response::Rejected(why) => return Err(Error::invalid("batch", why)),
+                other => return Err(Error::Internal(format!("unexpected response {other:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Series of `ns` matching `matchers` with their samples in `[mint, maxt]`, from every
+    /// shard, sorted by labels.
+    pub async fn ts_select(
+        &self,
+        ns: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        consistency: Consistency,
+    ) -> Result<Vec<Series>> {
+        self.ts_namespace(ns).await?;
+        let req = TsSelectRequest {
+            ns: ns.into(),
+            matchers: matchers.iter().map(WireMatcher::from).collect(),
+            mint,
+            maxt,
+            consistency,
+        };
+        let node = self;
+        let parts = self
+            .ts_fan_out(ns, |shard| {
+                let req = req.clone();
+                async move {
+                    match node.group(shard) {
+                        Some(g) => node.local_ts_select(&g, &req).await,
+                        None => {
+                            node.remote(
+                                shard,
+                                &req,
+                                "ts_select",
+                                |mut c, f| async move { c.ts_select(f).await },
+                            )
+                            .await
+                        }
+                    }
+                }
+            })
+            .await?;
+        let mut merged: BTreeMap<Labels, Vec<codec::Sample>> = BTreeMap::new();
+        for part in parts {
+            for s in part {
+                let samples = codec::decode(&s.chunk)
+                    .map_err(|e| Error::Internal(format!("series from a peer: {e}")))?;
+                merged.entry(s.labels).or_default().extend(samples);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(labels, mut samples)| {
+                samples.sort_by_key(|s| s.0);
+                samples.dedup_by_key(|s| s.0);
+                Series { labels: std::sync::Arc::new(labels), samples }
+            })
+            .collect())
+    }
+
+    /// Label sets of the series matching any selector (all if none) with samples in the range.
+    pub async fn ts_series(
+        &self,
+        ns: &str,
+        selectors: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+        consistency: Consistency,
+    ) -> Result<Vec<Labels>> {
+        self.ts_namespace(ns).await?;
+        let req = TsSeriesRequest {
+            ns: ns.into(),
+            selectors: selectors.iter().map(|s| s.iter().map(WireMatcher::from).collect()).collect(),
+            mint,
+            maxt,
+            consistency,
+        };
+        let parts = self
+            .ts_fan_out(ns, |shard| {
+                let req = req.clone();
+                let node = self;
+                async move {
+                    match node.group(shard) {
+                        Some(g) => node.local_ts_series(&g, &req).await,
+                        None => {
+                            node.remote(
+                                shard,
+                                &req,
+                                "ts_series",
+                                |mut c, f| async move { c.ts_series(f).await },
+                            )
+                            .await
+                        }
+                    }
+                }
+            })
+            .await?;
+        let all: std::collections::BTreeSet<Labels> = parts.into_iter().flatten().collect();
+        Ok(all.into_iter().collect())
+    }
+
+    /// Runs `f` for every shard of `ns` at once, retrying all within the request's time if the
+    /// map was stale (a shard split, or a new shard not started everywhere yet).
+    async fn ts_fan_out<T, F, Fut>(&self, ns: &str, f: F) -> Result<Vec<T>>
+    where
+        F: Fn(GroupId) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + self.options().request_timeout;
+        'again: loop {
+            let map = self.require_map()?;
+            let shards: Vec<GroupId> = map.shards_for_ns(ns).into_iter().map(|s| s.id).collect();
+            let mut out = Vec::with_capacity(shards.len());
+            for r in futures::future::join_all(shards.into_iter().map(&f)).await {
+                match r {
+                    Ok(v) => out.push(v),
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue 'again;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(out);
+        }
+    }
+
+    pub(crate) async fn local_ts_select(&self, g: &Group, r: &TsSelectRequest) -> Result<Vec<WireSeries>> {
+        self.barrier(g, r.consistency).await?;
+        let matchers = r.matchers.iter().map(WireMatcher::to_matcher).collect::<Result<Vec<_>>>()?;
+        let series =
+            g.kv.ts()
+                .select(&r.ns, &matchers, r.mint, r.maxt)
+                .map_err(|e| Error::invalid("query", e.to_string()))?;
+        Ok(series
+            .into_iter()
+            .map(|s| WireSeries { labels: (*s.labels).clone(), chunk: codec::encode(&s.samples) })
+            .collect())
+    }
+
+    pub(crate) async fn local_ts_series(&self, g: &Group, r: &TsSeriesRequest) -> Result<Vec<Labels>> {
+        self.barrier(g, r.consistency).await?;
+        let selectors = r
+            .selectors
+            .iter()
+            .map(|s| s.iter().map(WireMatcher::to_matcher).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        let out =
+            g.kv.ts()
+                .series(&r.ns, &selectors, r.mint, r.maxt)
+                .map_err(|e| Error::invalid("match[]", e.to_string()))?;
+        Ok(out.into_iter().map(|l| (*l).clone()).collect())
+    }
+}
+
+/// Encodes a shard's series as batches of at most `MAX_TS_BATCH_BYTES` (a series that alone
+/// exceeds it is split by time).
+fn split_by_size(ns: &str, series: Vec<SeriesSamples>) -> Vec<Vec<u8>> {
+    let budget = MAX_TS_BATCH_BYTES / 2;
+    let mut out = Vec::new();
+    let mut cur: Vec<SeriesSamples> = Vec::new();
+    let mut cur_bytes = 0usize;
+    let flush = |cur: &mut Vec<SeriesSamples>, out: &mut Vec<Vec<u8>>| {
+        if !cur.is_empty() {
+            out.push(WriteBatch { ns: ns.to_string(), series: std::mem::take(cur) }.encode());
+        }
+    };
+    for s in series {
+        // ~2 bytes a sample compressed, 18 at worst; labels as text.
+        let labels: usize = s.labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        for piece in s.samples.chunks(budget / 18) {
+            let size = labels + piece.len() * 18;
+            if cur_bytes + size > budget {
+                flush(&mut cur, &mut out);
+                cur_bytes = 0;
+            }
+            cur.push(SeriesSamples { labels: s.labels.clone(), samples: piece.to_vec() });
+            cur_bytes += size;
+        }
+    }
+    flush(&mut cur, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_batches_are_split_below_the_entry_limit() {
+        let labels = vec![("__name__".to_string(), "m".to_string())];
+        let samples: Vec<codec::Sample> = (0..1_000_000).map(|i| (i, i as f64 * 0.37)).collect();
+        let parts = split_by_size("ns", vec![SeriesSamples { labels, samples }]);
+        assert!(parts.len() > 1);
+        let mut n = 0;
+        for p in &parts {
+            assert!(p.len() <= MAX_TS_BATCH_BYTES);
+            n += WriteBatch::decode(p).unwrap().samples();
+        }
+        assert_eq!(n, 1_000_000);
+    }
+
+    #[test]
+    fn series_text_is_canonical() {
+        let l = vec![
+            ("__name__".to_string(), "cpu".to_string()),
+            ("a".to_string(), "x\"y".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ];
+        assert_eq!(series_text(&l), r#"cpu{a="x\"y",b="2"}"#);
+    }
+}

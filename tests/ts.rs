@@ -1,0 +1,242 @@
+//! Time series end to end on a real 3-node cluster: line-protocol ingest through one node,
+//! Prometheus HTTP API queries through another (what Grafana's Prometheus data source sends),
+//! all-or-nothing batches, authorization, and samples surviving a kill -9.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use reqwest::Method;
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(60);
+/// 2023-11-14T22:13:20Z, in seconds.
+const T0: i64 = 1_700_000_000;
+
+fn q(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn prom(c: &Cluster, via: u64, token: &str, path_and_query: &str) -> (u16, Value) {
+    let r = c.call(via, Some(token), Method::GET, path_and_query, vec![], None).await;
+    (r.status, r.json())
+}
+
+/// `name{labels}` → value of an instant vector result.
+fn vector(v: &Value) -> Vec<(String, f64)> {
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(v["data"]["resultType"], "vector", "{v}");
+    let mut out: Vec<(String, f64)> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let m = r["metric"].as_object().unwrap();
+            let labels: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap())).collect();
+            (labels.join(","), r["value"][1].as_str().unwrap().parse().unwrap())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_protocol_in_prometheus_api_out() {
+    let mut c = Cluster::init(3, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let writer = c.issue_token("collector", "writer:default").await;
+    let reader = c.issue_token("grafana", "reader:default").await;
+
+    // Two hosts, a gauge and a counter, every 10 s for 5 minutes (31 points), precision s.
+    let mut body = String::new();
+    for i in 0..=30 {
+        let t = T0 + i * 10;
+        for (host, base) in [("a", 10.0), ("b", 20.0)] {
+            body.push_str(&format!(
+                "cpu,host={host},dc=x usage_user={},usage_idle={}i,ok=true {t}\nhttp,host={host} requests={}i {t}\n",
+                base + i as f64 * 0.5,
+                90 - i,
+                i * 50
+            ));
+        }
+    }
+    let r = c
+        .call(1, Some(&writer), Method::POST, "/v1/ts/write?ns=default&precision=s", body.into(), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    // An instant query through another node, at the last point.
+    let t_end = T0 + 300;
+    let (s, v) =
+        prom(&c, 2, &reader, &format!("/api/v1/query?query={}&time={t_end}", q("cpu_usage_user"))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        vector(&v),
+        vec![
+            ("__name__=cpu_usage_user,dc=x,host=a".to_string(), 25.0),
+            ("__name__=cpu_usage_user,dc=x,host=b".to_string(), 35.0)
+        ]
+    );
+    // Integers and booleans are numbers too; the lookback finds the last sample 4 minutes on.
+    let (_, v) = prom(
+        &c,
+        3,
+        &reader,
+        &format!("/api/v1/query?query={}&time={}", q("cpu_ok + cpu_usage_idle"), t_end + 240),
+    )
+    .await;
+    assert_eq!(vector(&v), vec![("dc=x,host=a".to_string(), 61.0), ("dc=x,host=b".to_string(), 61.0)]);
+    // A counter's rate: 50 per 10 s.
+    let (_, v) = prom(
+        &c,
+        2,
+        &reader,
+        &format!("/api/v1/query?query={}&time={t_end}", q("sum(rate(http_requests[1m]))")),
+    )
+    .await;
+    assert_eq!(vector(&v), vec![(String::new(), 10.0)]);
+
+    // A range query, as Grafana sends it: a form POST with the namespace in the body.
+    let form =
+        format!("query={}&start={T0}&end={t_end}&step=60&ns=default", q("max by (host) (cpu_usage_user)"));
+    let r = c
+        .call(
+            3,
+            Some(&reader),
+            Method::POST,
+            "/api/v1/query_range",
+            form.into(),
+            Some("application/x-www-form-urlencoded"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let a = &v["data"]["result"][0];
+    assert_eq!(a["metric"], serde_json::json!({"host": "a"}));
+    let values: Vec<(i64, String)> = a["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_str().unwrap().to_string()))
+        .collect();
+    let want: Vec<(i64, String)> =
+        (0..=5).map(|k| (T0 + 60 * k, format!("{}", 10.0 + 3.0 * k as f64))).collect();
+    assert_eq!(values, want);
+
+    // Metadata routes.
+    let (_, v) = prom(&c, 1, &reader, &format!("/api/v1/series?match[]={}", q("{host=\"a\"}"))).await;
+    let names: Vec<&str> =
+        v["data"].as_array().unwrap().iter().map(|m| m["__name__"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["cpu_ok", "cpu_usage_idle", "cpu_usage_user", "http_requests"]);
+    let (_, v) = prom(&c, 2, &reader, "/api/v1/labels").await;
+    assert_eq!(v["data"], serde_json::json!(["__name__", "dc", "host"]));
+    let (_, v) = prom(&c, 3, &reader, "/api/v1/label/host/values").await;
+    assert_eq!(v["data"], serde_json::json!(["a", "b"]));
+    let (_, v) = prom(&c, 3, &reader, "/api/v1/label/__name__/values?ns=default").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 4);
+
+    // Prometheus-shaped errors.
+    let (s, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query={}", q("rate(cpu_usage_user)"))).await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["errorType"].as_str()),
+        (400, Some("error"), Some("bad_data")),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("expected type range vector"), "{v}");
+    let (s, v) = prom(&c, 1, &reader, "/api/v1/query_range?query=up&start=10&end=5&step=1").await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("end timestamp must not be before start time"));
+    let (s, v) = prom(&c, 1, &reader, "/api/v1/series").await;
+    assert_eq!(s, 400, "{v}");
+
+    // A batch with one bad line is refused whole, naming the line and column.
+    let bad = format!("mem,host=a free=1 {T0}\nmem,host=a free=oops {T0}\n");
+    let r = c.call(2, Some(&writer), Method::POST, "/v1/ts/write?precision=s", bad.into(), None).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("line 2, column 17"), "{}", r.text());
+    let (_, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query=mem_free&time={T0}")).await;
+    assert!(vector(&v).is_empty(), "nothing of the refused batch was written: {v}");
+    let r = c.call(2, Some(&writer), Method::POST, "/v1/ts/write?precision=h", "m v=1".into(), None).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("precision"), "{}", r.text());
+
+    // Authentication and roles.
+    let r = c.call(1, None, Method::GET, "/api/v1/query?query=up", vec![], None).await;
+    assert_eq!(r.status, 401);
+    let r = c.call(1, Some(&reader), Method::POST, "/v1/ts/write", "m v=1".into(), None).await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("writer:default"), "{}", r.text());
+    let (s, _) = prom(&c, 1, &writer, "/api/v1/query?query=up&ns=other").await;
+    assert_eq!(s, 403);
+
+    // Samples acknowledged to the writer survive a kill -9 of the node that took them.
+    let late = format!("cpu,host=a,dc=x usage_user=99 {}\n", t_end + 10);
+    let r = c.call(1, Some(&writer), Method::POST, "/v1/ts/write?precision=s", late.into(), None).await;
+    assert_eq!(r.status, 204);
+    c.kill9(1);
+    c.start(1);
+    c.wait_ready(READY).await;
+    let sel = q("cpu_usage_user{host=\"a\"}");
+    let (_, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query={sel}&time={}", t_end + 10)).await;
+    assert_eq!(vector(&v), vec![("__name__=cpu_usage_user,dc=x,host=a".to_string(), 99.0)]);
+    let (_, v) = prom(
+        &c,
+        1,
+        &reader,
+        &format!(
+            "/api/v1/query?query={}&time={t_end}",
+            q("count_over_time(cpu_usage_user{host=\"a\"}[10m])")
+        ),
+    )
+    .await;
+    assert_eq!(vector(&v), vec![("dc=x,host=a".to_string(), 31.0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_classes_apply_to_series() {
+    let mut c = Cluster::init(3, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    for (ns, cfg) in [
+        ("plant", r#"{"class":"site-local","home_site":"a","replicas":1}"#),
+        ("vault", r#"{"class":"confidential","key_sites":["a","b"],"replicas":3}"#),
+    ] {
+        let r = c
+            .request(1, Method::PUT, &format!("/v1/namespaces/{ns}"), Some(cfg.as_bytes().to_vec()))
+            .await
+            .unwrap();
+        assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    }
+    // Site-local series: written and read at the home site, refused elsewhere.
+    let r = c
+        .call(
+            1,
+            Some(&c.token),
+            Method::POST,
+            "/v1/ts/write?ns=plant&precision=s",
+            format!("t v=1 {T0}").into(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let (s, v) = prom(&c, 1, &c.token, &format!("/api/v1/query?ns=plant&query=t_v&time={T0}")).await;
+    assert_eq!((s, vector(&v).len()), (200, 1), "{v}");
+    let (s, v) = prom(&c, 2, &c.token, &format!("/api/v1/query?ns=plant&query=t_v&time={T0}")).await;
+    assert!(s == 403 || s == 422 || s == 400, "site-local series were readable at another site: {s} {v}");
+    // Confidential namespaces refuse series with a clear reason rather than storing plaintext.
+    let r = c
+        .call(
+            1,
+            Some(&c.token),
+            Method::POST,
+            "/v1/ts/write?ns=vault&precision=s",
+            format!("t v=1 {T0}").into(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("confidential"), "{}", r.text());
+}
