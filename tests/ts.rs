@@ -240,3 +240,173 @@ async fn namespace_classes_apply_to_series() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("confidential"), "{}", r.text());
 }
+
+/// Prometheus remote write 1.0, as a Prometheus server or agent sends it.
+mod remote {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub timeseries: Vec<TimeSeries>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TimeSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<Label>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<Sample>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+    }
+}
+
+/// (labels, samples as (ms, value)) of one series.
+type RemoteSeries<'a> = (&'a [(&'a str, &'a str)], &'a [(i64, f64)]);
+
+fn remote_body(series: &[RemoteSeries]) -> Vec<u8> {
+    use prost::Message;
+    let req = remote::WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|(labels, samples)| remote::TimeSeries {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| remote::Label { name: n.to_string(), value: v.to_string() })
+                    .collect(),
+                samples: samples.iter().map(|(t, v)| remote::Sample { value: *v, timestamp: *t }).collect(),
+            })
+            .collect(),
+    };
+    snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap()
+}
+
+/// A node cut off from every other replica keeps accepting writes into its durable queue,
+/// keeps them across a kill -9, and forwards them — each sample once — when the link returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_and_store_and_forward_across_a_cut_off_and_a_restart() {
+    let mut c = Cluster::init(3, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let writer = c.issue_token("prometheus", "writer:default").await;
+    let reader = c.issue_token("grafana", "reader:default").await;
+    let ms = |s: i64| s * 1000;
+
+    // Remote write while the cluster is whole.
+    let up: &[(&str, &str)] = &[("__name__", "up"), ("job", "node"), ("instance", "edge-1:9100")];
+    let body = remote_body(&[(up, &[(ms(T0), 1.0), (ms(T0 + 15), 1.0)])]);
+    let r =
+        c.call(1, Some(&writer), Method::POST, "/api/v1/write", body, Some("application/x-protobuf")).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let (_, v) = prom(&c, 2, &reader, &format!("/api/v1/query?query=up&time={}", T0 + 15)).await;
+    assert_eq!(vector(&v), vec![("__name__=up,instance=edge-1:9100,job=node".to_string(), 1.0)]);
+    // Garbage and series without a name are refused.
+    let r = c.call(1, Some(&writer), Method::POST, "/api/v1/write", b"not snappy".to_vec(), None).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let nameless: &[(&str, &str)] = &[("job", "x")];
+    let r = c
+        .call(1, Some(&writer), Method::POST, "/api/v1/write", remote_body(&[(nameless, &[(0, 1.0)])]), None)
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("timeseries[0]: no __name__"), "{}", r.text());
+    let r = c
+        .call(1, Some(&reader), Method::POST, "/api/v1/write", remote_body(&[(up, &[(0, 1.0)])]), None)
+        .await;
+    assert_eq!(r.status, 403);
+
+    // Site a is cut off: the other replicas stop answering.
+    c.pause(2);
+    c.pause(3);
+    let temp: &[(&str, &str)] = &[("__name__", "temp_celsius"), ("sensor", "s1")];
+    let mut written = 0;
+    for batch in 0..4 {
+        let samples: Vec<(i64, f64)> =
+            (0..25).map(|i| (ms(T0 + batch * 250 + i * 10), (batch * 25 + i) as f64)).collect();
+        written += samples.len();
+        let r = c
+            .call(1, Some(&writer), Method::POST, "/api/v1/write", remote_body(&[(temp, &samples)]), None)
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text());
+        let queued: Option<u64> = c
+            .client
+            .get(format!("{}/v1/ts/queue", c.http(1)))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["samples"]
+            .as_u64();
+        assert_eq!(queued, Some((batch as u64 + 1) * 25), "queued after batch {batch}");
+    }
+    // The node crashes and comes back while still cut off: the queue is on its disk.
+    c.kill9(1);
+    c.start(1);
+    let token_file = c.token_file();
+    let deadline = std::time::Instant::now() + READY;
+    let out = loop {
+        let (ok, out, err) = c
+            .cli(&["ts", "queue", "--endpoint", c.http(1), "--token-file", token_file.to_str().unwrap()])
+            .await;
+        if ok {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "ts queue: {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let backlog: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(backlog["samples"].as_u64(), Some(written as u64), "{out}");
+    assert!(backlog["parts"].as_u64().unwrap() >= 1);
+
+    // The link returns: the queue drains, and every sample is there exactly once.
+    c.resume(2);
+    c.resume(3);
+    let deadline = std::time::Instant::now() + READY;
+    loop {
+        let v: Value = c
+            .client
+            .get(format!("{}/v1/ts/queue", c.http(1)))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["samples"] == 0 {
+            assert_eq!(v["too_old"], 0, "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the queue never drained: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let end = T0 + 1000;
+    let (_, v) = prom(
+        &c,
+        3,
+        &reader,
+        &format!("/api/v1/query?query={}&time={end}", q("count_over_time(temp_celsius[20m])")),
+    )
+    .await;
+    assert_eq!(vector(&v), vec![("sensor=s1".to_string(), written as f64)]);
+    let (_, v) = prom(
+        &c,
+        2,
+        &reader,
+        &format!("/api/v1/query?query={}&time={end}", q("sum_over_time(temp_celsius[20m])")),
+    )
+    .await;
+    let want: f64 = (0..written).map(|i| i as f64).sum();
+    assert_eq!(vector(&v), vec![("sensor=s1".to_string(), want)]);
+}

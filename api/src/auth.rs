@@ -238,6 +238,7 @@ pub fn permission_for(method: &str, path: &str, batch_namespaces: &[String]) -> 
         ["v1", "batch"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
         // Time series: the namespace comes from the `ns` parameter (`batch_namespaces`).
         ["v1", "ts", "write"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
+        ["api", "v1", "write"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
         ["api", "v1", ..] => batch_namespaces.iter().map(|ns| Permission::Read(ns.clone())).collect(),
         ["v1", "namespaces"] => vec![],
         ["v1", "namespaces", ns] if !write => vec![Permission::Read(ns.to_string())],
@@ -325,6 +326,7 @@ pub fn ts_targets(path: &str, ns: &str) -> Vec<Target> {
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let action = match seg.as_slice() {
         ["v1", "ts", "write"] => "ts.write".to_string(),
+        ["api", "v1", "write"] => "ts.remote-write".to_string(),
         ["api", "v1", "label", _, "values"] => "ts.label-values".to_string(),
         ["api", "v1", what, ..] => format!("ts.{what}"),
         _ => "ts.other".to_string(),

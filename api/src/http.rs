@@ -42,6 +42,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/audit", get(crate::audit::query))
         .route("/v1/ts/write", post(crate::ts::write))
+        .route("/v1/ts/queue", get(crate::ts::queue))
+        .route("/api/v1/write", post(crate::ts::remote_write))
         .route("/api/v1/query", get(crate::ts::query).post(crate::ts::query))
         .route("/api/v1/query_range", get(crate::ts::query_range).post(crate::ts::query_range))
         .route("/api/v1/series", get(crate::ts::series).post(crate::ts::series))

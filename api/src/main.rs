@@ -111,6 +111,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: audit::AuditCmd,
     },
+    /// Time series: write line protocol, show the store-and-forward queue.
+    Ts {
+        #[command(subcommand)]
+        cmd: ts::TsCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -454,6 +459,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Publisher { cmd } => return ledger_cli::publisher(cmd).await,
         Cmd::Ledger { cmd } => return ledger_cli::ledger(cmd).await,
         Cmd::Audit { cmd } => return audit::run(cmd).await,
+        Cmd::Ts { cmd } => return ts::run(cmd).await,
         Cmd::Keygen { out } => {
             let id = edgefabric_crypto::Identity::generate()?;
             id.write(&out)?;

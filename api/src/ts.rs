@@ -78,7 +78,12 @@ pub async fn write(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let batch = WriteBatch::from_points(&ns, points).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let o = st.node.ts_write(batch).await?;
+    stored(st.node.ts_write(batch).await?)
+}
+
+/// The answer to a write: 204 (with `X-EdgeFabric-Queued: N` when N samples wait in this node's
+/// durable queue for their shard), or a partial-write error naming what was dropped.
+fn stored(o: edgefabric_store::ts::TsWriteOutcome) -> Result<Response, ApiError> {
     if o.too_old > 0 {
         // As InfluxDB reports a partial write: the rest of the batch is stored.
         return Err(ApiError::new(
@@ -90,7 +95,108 @@ pub async fn write(
             ),
         ));
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if o.queued > 0 {
+        r.headers_mut().insert("x-edgefabric-queued", axum::http::HeaderValue::from(o.queued));
+    }
+    Ok(r)
+}
+
+/// Prometheus remote write 1.0 (`prometheus.WriteRequest`, snappy block-compressed protobuf).
+pub mod remote {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub timeseries: Vec<TimeSeries>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TimeSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<Label>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<Sample>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+    }
+}
+
+/// `POST /api/v1/write?ns=NS` — Prometheus remote write 1.0: 204, or 400 naming the series.
+pub async fn remote_write(
+    State(st): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use prost::Message;
+    let ns = ns_of(&form_pairs(q.as_deref().unwrap_or("")));
+    let body = axum::body::to_bytes(body, MAX_WRITE_BYTES).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_argument",
+            format!("body: larger than {MAX_WRITE_BYTES} bytes"),
+        )
+    })?;
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("snappy");
+    if !encoding.eq_ignore_ascii_case("snappy") {
+        return Err(ApiError::bad_request(format!("Content-Encoding: `{encoding}` is not snappy")));
+    }
+    let len = snap::raw::decompress_len(&body)
+        .map_err(|e| ApiError::bad_request(format!("body: not snappy: {e}")))?;
+    if len > 8 * MAX_WRITE_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_argument",
+            "body: decompresses to too much",
+        ));
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&body)
+        .map_err(|e| ApiError::bad_request(format!("body: not snappy: {e}")))?;
+    let req = remote::WriteRequest::decode(raw.as_slice())
+        .map_err(|e| ApiError::bad_request(format!("body: not a prometheus.WriteRequest: {e}")))?;
+    let mut points = Vec::new();
+    for (i, ts) in req.timeseries.into_iter().enumerate() {
+        let labels: Vec<(String, String)> = ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
+        if !labels.iter().any(|(k, v)| k == "__name__" && !v.is_empty()) {
+            return Err(ApiError::bad_request(format!("timeseries[{i}]: no __name__ label")));
+        }
+        for s in ts.samples {
+            points.push(line::Point { labels: labels.clone(), time_ms: s.timestamp, value: s.value });
+        }
+    }
+    if points.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let batch = WriteBatch::from_points(&ns, points).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    stored(st.node.ts_write(batch).await?)
+}
+
+/// `GET /v1/ts/queue` — this node's store-and-forward backlog.
+pub async fn queue(State(st): State<Arc<AppState>>) -> axum::Json<serde_json::Value> {
+    let s = st.node.ts_queue_status();
+    axum::Json(serde_json::json!({
+        "parts": s.parts,
+        "samples": s.samples,
+        "oldest_ms": s.oldest_ms,
+        "shards": s.shards,
+        "forwarded": s.forwarded,
+        "too_old": s.too_old,
+    }))
 }
 
 /// A Prometheus API error.
@@ -463,5 +569,58 @@ mod tests {
         assert_eq!(fmt_time(1_700_000_000_000), "1700000000");
         assert_eq!(fmt_time(-1), "-0.001");
         assert_eq!(fmt_time(-1500), "-1.5");
+    }
+}
+
+/// `edgefabric ts ...`.
+#[derive(clap::Subcommand)]
+pub enum TsCmd {
+    /// This node's store-and-forward backlog: samples waiting for an unreachable shard.
+    Queue {
+        #[command(flatten)]
+        client: crate::client::ClientOpts,
+    },
+    /// Write InfluxDB line protocol from a file (`-`: standard input).
+    Write {
+        #[arg(long, default_value = "default")]
+        ns: String,
+        /// Timestamp precision: ns, us, ms or s.
+        #[arg(long, default_value = "ns")]
+        precision: String,
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        client: crate::client::ClientOpts,
+    },
+}
+
+pub async fn run(cmd: TsCmd) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    match cmd {
+        TsCmd::Queue { client } => {
+            let c = crate::client::Client::new(&client)?;
+            let v = c.json(reqwest::Method::GET, "/v1/ts/queue", None).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        TsCmd::Write { ns, precision, file, client } => {
+            let body = if file.as_os_str() == "-" {
+                let mut s = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let c = crate::client::Client::new(&client)?;
+            let path = format!(
+                "/v1/ts/write?ns={}&precision={precision}",
+                form_urlencoded::byte_serialize(ns.as_bytes()).collect::<String>()
+            );
+            let (_, headers, _) = c.send(reqwest::Method::POST, &path, Some(body), false, &[]).await?;
+            match headers.get("x-edgefabric-queued").and_then(|v| v.to_str().ok()) {
+                Some(n) => println!("written; {n} samples queued on the node until their shard is reachable"),
+                None => println!("written"),
+            }
+            Ok(0)
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod node;
 pub mod raft_store;
 pub mod shard;
 pub mod ts;
+pub mod ts_queue;
 pub mod types;
 
 pub use error::{Error, Result};

@@ -236,6 +236,7 @@ pub struct Node {
     ledger_busy: AtomicBool,
     pub(crate) ledger: crate::ledger::LedgerRuntime,
     pub(crate) audit: crate::audit::AuditQueue,
+    pub(crate) ts_queue: crate::ts_queue::TsQueue,
     /// Data keys of confidential namespaces this node has unwrapped.
     pub(crate) keys: crate::confidential::KeyCache,
     pub(crate) rotations: crate::confidential::Rotations,
@@ -266,6 +267,7 @@ impl Node {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let ledger_genesis = opts.ledger_genesis.clone();
         let audit = crate::audit::AuditQueue::open(&engine, opts.audit)?;
+        let ts_queue = crate::ts_queue::TsQueue::open(&engine)?;
         let configured = opts
             .members
             .iter()
@@ -288,6 +290,7 @@ impl Node {
             ledger_busy: AtomicBool::new(false),
             ledger: crate::ledger::LedgerRuntime::new(ledger_genesis),
             audit,
+            ts_queue,
             keys: Default::default(),
             rotations: Default::default(),
             shutdown,
@@ -303,6 +306,7 @@ impl Node {
         node.start_group(LEDGER_GROUP, meta_members, true).await?;
         node.start_ledger();
         node.start_audit_shipper();
+        node.start_ts_forwarder();
         // Data groups this node already hosts start right away (not after the first reconcile
         // pass), so a restarted node serves as soon as it can.
         if let Some(map) = node.map() {

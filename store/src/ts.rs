@@ -88,6 +88,9 @@ pub struct TsWriteOutcome {
     pub written: u64,
     /// Samples refused as older than the out-of-order window.
     pub too_old: u64,
+    /// Samples kept in this node's durable queue, to be forwarded when their shard is
+    /// reachable (`ts_queue.rs`).
+    pub queued: u64,
 }
 
 /// A series' canonical text, hashed to pick its shard.
@@ -114,11 +117,59 @@ impl Node {
     }
 
     /// Writes a batch: split per shard, one raft entry per part, all parts in parallel.
-    /// Returns once every part is committed and applied on its leader. On an error some parts
-    /// may be stored and others not; writing the same batch again is harmless (a sample's
-    /// later write replaces it with the same value).
+    /// Returns once every part is committed and applied on its leader, or durably queued on
+    /// this node because its shard could not be reached (store-and-forward, `ts_queue.rs`).
+    /// On an error some parts may be stored and others not; writing the same batch again is
+    /// harmless (a sample's later write replaces it with the same value).
     pub async fn ts_write(&self, batch: WriteBatch) -> Result<TsWriteOutcome> {
         self.ts_namespace(&batch.ns).await?;
+        let parts = self.ts_parts(batch)?;
+        let attempts = parts.into_iter().map(|(shard, bytes, samples)| async move {
+            if self.ts_queue.has_backlog(shard) {
+                return Ok(Err((shard, bytes, samples)));
+            }
+            let cmd = Command::TsWrite { shard, batch: bytes.clone() };
+            match tokio::time::timeout(crate::ts_queue::DIRECT_TIMEOUT, self.propose(cmd)).await {
+                Ok(Ok(r)) => Ok(Ok(r)),
+                // Unreachable, no quorum, or no answer in time (it may or may not be applied:
+                // queueing it is safe, a second apply changes nothing).
+                Ok(Err(e)) if e.is_retryable() => Ok(Err((shard, bytes, samples))),
+                Err(_) => Ok(Err((shard, bytes, samples))),
+                Ok(Err(e)) => Err(e),
+            }
+        });
+        let mut out = TsWriteOutcome::default();
+        let mut to_queue = Vec::new();
+        for r in futures::future::join_all(attempts).await {
+            match r? {
+                Ok(resp) => add_response(&mut out, resp)?,
+                Err(part) => {
+                    out.queued += part.2;
+                    to_queue.push(part);
+                }
+            }
+        }
+        self.ts_enqueue(to_queue).await?;
+        Ok(out)
+    }
+
+    /// `ts_write` without the queue: every part must be applied (the forwarder re-routing a
+    /// queued part whose shard is gone).
+    pub(crate) async fn ts_write_direct(&self, batch: WriteBatch) -> Result<TsWriteOutcome> {
+        let parts = self.ts_parts(batch)?;
+        let results = futures::future::join_all(
+            parts.into_iter().map(|(shard, batch, _)| self.propose(Command::TsWrite { shard, batch })),
+        )
+        .await;
+        let mut out = TsWriteOutcome::default();
+        for r in results {
+            add_response(&mut out, r?)?;
+        }
+        Ok(out)
+    }
+
+    /// A batch split per shard and by size: (shard, encoded part, samples).
+    fn ts_parts(&self, batch: WriteBatch) -> Result<Vec<(GroupId, Vec<u8>, u64)>> {
         let map = self.require_map()?;
         let mut parts: BTreeMap<GroupId, Vec<SeriesSamples>> = BTreeMap::new();
         for s in batch.series {
@@ -127,22 +178,10 @@ impl Node {
                 .ok_or_else(|| Error::Internal("no shard".into()))?;
             parts.entry(shard.id).or_default().push(s);
         }
-        let mut cmds = Vec::new();
+        let mut out = Vec::new();
         for (shard, series) in parts {
-            for chunk in split_by_size(&batch.ns, series) {
-                cmds.push(Command::TsWrite { shard, batch: chunk });
-            }
-        }
-        let results = futures::future::join_all(cmds.into_iter().map(|c| self.propose(c))).await;
-        let mut out = TsWriteOutcome::default();
-        for r in results {
-            match r? {
-                Response::TsWritten { written, too_old } => {
-                    out.written += written;
-                    out.too_old += too_old;
-                }
-                Response::Rejected(why) => return Err(Error::invalid("batch", why)),
-                other => return Err(Error::Internal(format!("unexpected response {other:?}"))),
+            for (chunk, samples) in split_by_size(&batch.ns, series) {
+                out.push((shard, chunk, samples));
             }
         }
         Ok(out)
@@ -299,16 +338,29 @@ impl Node {
     }
 }
 
+fn add_response(out: &mut TsWriteOutcome, r: Response) -> Result<()> {
+    match r {
+        Response::TsWritten { written, too_old } => {
+            out.written += written;
+            out.too_old += too_old;
+            Ok(())
+        }
+        Response::Rejected(why) => Err(Error::invalid("batch", why)),
+        other => Err(Error::Internal(format!("unexpected response {other:?}"))),
+    }
+}
+
 /// Encodes a shard's series as batches of at most `MAX_TS_BATCH_BYTES` (a series that alone
-/// exceeds it is split by time).
-fn split_by_size(ns: &str, series: Vec<SeriesSamples>) -> Vec<Vec<u8>> {
+/// exceeds it is split by time), each with its sample count.
+fn split_by_size(ns: &str, series: Vec<SeriesSamples>) -> Vec<(Vec<u8>, u64)> {
     let budget = MAX_TS_BATCH_BYTES / 2;
     let mut out = Vec::new();
     let mut cur: Vec<SeriesSamples> = Vec::new();
     let mut cur_bytes = 0usize;
-    let flush = |cur: &mut Vec<SeriesSamples>, out: &mut Vec<Vec<u8>>| {
+    let flush = |cur: &mut Vec<SeriesSamples>, out: &mut Vec<(Vec<u8>, u64)>| {
         if !cur.is_empty() {
-            out.push(WriteBatch { ns: ns.to_string(), series: std::mem::take(cur) }.encode());
+            let b = WriteBatch { ns: ns.to_string(), series: std::mem::take(cur) };
+            out.push((b.encode(), b.samples() as u64));
         }
     };
     for s in series {
@@ -339,9 +391,11 @@ mod tests {
         let parts = split_by_size("ns", vec![SeriesSamples { labels, samples }]);
         assert!(parts.len() > 1);
         let mut n = 0;
-        for p in &parts {
+        for (p, samples) in &parts {
             assert!(p.len() <= MAX_TS_BATCH_BYTES);
-            n += WriteBatch::decode(p).unwrap().samples();
+            let d = WriteBatch::decode(p).unwrap().samples();
+            assert_eq!(d as u64, *samples);
+            n += d;
         }
         assert_eq!(n, 1_000_000);
     }

@@ -1,0 +1,271 @@
+//! Store-and-forward for time series: when a write cannot reach its shard (the site is cut
+//! off, the shard has no quorum), the accepting node keeps it in a durable local queue and
+//! forwards it when the shard is reachable again.
+//!
+//! Contract: a write acknowledged as queued is `fdatasync`ed in the node's write-ahead file
+//! (the raft log's, under a group id no raft group uses) before the acknowledgement, so it
+//! survives a crash or restart of the node during the outage (a Prometheus agent's in-memory
+//! backlog would not). The forwarder proposes queued parts in order and removes them once
+//! applied. A part forwarded twice (a crash between its apply and the purge) is harmless: a
+//! sample written again at its timestamp replaces itself with the same value, so no sample is
+//! ever stored twice.
+//!
+//! Ordering: while a shard has queued parts, new writes for that shard are queued behind them
+//! instead of overtaking them (and instead of each waiting out the request timeout).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+
+use crate::error::{Error, Result};
+use crate::log::{GroupId, LogEngine};
+use crate::node::Node;
+use crate::types::{Command, Response};
+
+/// The queue's id in the write-ahead file (the audit queue is `u64::MAX - 2`).
+pub const TS_QUEUE: GroupId = u64::MAX - 3;
+
+/// How long a write tries its shard before it is queued instead.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One queued part: a shard's encoded batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Part {
+    shard: GroupId,
+    batch: Vec<u8>,
+    samples: u64,
+    queued_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last index appended.
+    last: u64,
+    /// Everything up to here was forwarded and purged.
+    done: u64,
+    /// Queued, not yet forwarded: index → (shard, samples, queued_ms).
+    pending: BTreeMap<u64, (GroupId, u64, u64)>,
+}
+
+pub(crate) struct TsQueue {
+    state: Mutex<State>,
+    wake: Notify,
+    forwarded: AtomicU64,
+    too_old: AtomicU64,
+}
+
+/// What the queue holds (`edgefabric ts queue`, `/v1/ts/queue`, `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TsQueueStatus {
+    pub parts: u64,
+    pub samples: u64,
+    /// Age of the oldest queued part, in ms (0 when empty).
+    pub oldest_ms: u64,
+    /// Queued samples per shard.
+    pub shards: BTreeMap<GroupId, u64>,
+    /// Samples forwarded from the queue since the node started.
+    pub forwarded: u64,
+    /// Forwarded samples the shard refused as too old (they waited longer than the
+    /// out-of-order window behind newer samples of their series).
+    pub too_old: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl TsQueue {
+    pub(crate) fn open(engine: &LogEngine) -> Result<TsQueue> {
+        let purged = engine.purged(TS_QUEUE).map_or(0, |(i, _)| i);
+        // What a killed process left may be only in the page cache: make it durable first.
+        engine.sync_blocking().map_err(|e| Error::Storage(format!("syncing the log at start: {e}")))?;
+        let mut st = State { last: purged, done: purged, pending: BTreeMap::new() };
+        for (i, raw) in engine.entries(TS_QUEUE, purged + 1..)? {
+            let p: Part = crate::codec::decode(&raw)?;
+            st.pending.insert(i, (p.shard, p.samples, p.queued_ms));
+            st.last = i;
+        }
+        Ok(TsQueue {
+            state: Mutex::new(st),
+            wake: Notify::new(),
+            forwarded: AtomicU64::new(0),
+            too_old: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `shard` has parts waiting (new ones must queue behind them).
+    pub(crate) fn has_backlog(&self, shard: GroupId) -> bool {
+        self.lock().pending.values().any(|(s, _, _)| *s == shard)
+    }
+}
+
+impl Node {
+    /// Queues parts durably; returns once they are on disk.
+    pub(crate) async fn ts_enqueue(&self, parts: Vec<(GroupId, Vec<u8>, u64)>) -> Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let queued_ms = now_ms();
+        {
+            let mut st = self.ts_queue.lock();
+            let mut entries = Vec::with_capacity(parts.len());
+            let mut i = st.last;
+            let mut meta = Vec::with_capacity(parts.len());
+            for (shard, batch, samples) in parts {
+                i += 1;
+                entries.push((i, crate::codec::encode(&Part { shard, batch, samples, queued_ms })?));
+                meta.push((i, (shard, samples, queued_ms)));
+            }
+            self.engine.append(TS_QUEUE, entries)?;
+            st.last = i;
+            st.pending.extend(meta);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.engine.sync(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await
+            .map_err(|_| Error::Storage("the log syncer stopped".into()))?
+            .map_err(|e| Error::Storage(format!("time-series queue sync: {e}")))?;
+        self.ts_queue.wake.notify_one();
+        Ok(())
+    }
+
+    pub fn ts_queue_status(&self) -> TsQueueStatus {
+        let st = self.ts_queue.lock();
+        let mut out = TsQueueStatus {
+            forwarded: self.ts_queue.forwarded.load(Ordering::Relaxed),
+            too_old: self.ts_queue.too_old.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        let now = now_ms();
+        for (shard, samples, at) in st.pending.values() {
+            out.parts += 1;
+            out.samples += samples;
+            *out.shards.entry(*shard).or_default() += samples;
+            out.oldest_ms = out.oldest_ms.max(now.saturating_sub(*at));
+        }
+        out
+    }
+
+    pub(crate) fn start_ts_forwarder(self: &Arc<Self>) {
+        let n = self.clone();
+        tokio::spawn(async move { n.forward_loop().await });
+    }
+
+    async fn forward_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let pending: Vec<(u64, GroupId)> =
+                self.ts_queue.lock().pending.iter().take(256).map(|(i, (s, _, _))| (*i, *s)).collect();
+            if pending.is_empty() {
+                tokio::select! {
+                    _ = self.ts_queue.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            let mut progress = false;
+            // Shards that failed this round: their later parts wait (order per shard).
+            let mut failed: Vec<GroupId> = Vec::new();
+            let mut last_err = None;
+            for (i, shard) in pending {
+                if failed.contains(&shard) {
+                    continue;
+                }
+                match self.forward_one(i).await {
+                    Ok(()) => progress = true,
+                    Err(e) => {
+                        failed.push(shard);
+                        last_err = Some(e);
+                    }
+                }
+            }
+            if let Err(e) = self.purge_forwarded() {
+                tracing::warn!(error = %e, "purging forwarded time-series parts");
+            }
+            if progress {
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            if let Some(e) = last_err {
+                let s = self.ts_queue_status();
+                if backoff >= Duration::from_secs(2) {
+                    tracing::warn!(error = %e, parts = s.parts, samples = s.samples, "queued time series not forwarded yet; retrying");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Proposes one queued part to its shard.
+    async fn forward_one(&self, i: u64) -> Result<()> {
+        let Some((_, raw)) = self.engine.entries(TS_QUEUE, i..=i)?.into_iter().next() else {
+            return Err(Error::Storage(format!("time-series queue entry {i} is missing")));
+        };
+        let p: Part = crate::codec::decode(&raw)?;
+        let r = tokio::time::timeout(
+            DIRECT_TIMEOUT,
+            self.propose(Command::TsWrite { shard: p.shard, batch: p.batch.clone() }),
+        )
+        .await
+        .map_err(|_| Error::Unavailable(format!("shard {} did not answer", p.shard)))?;
+        match r {
+            Ok(Response::TsWritten { written, too_old }) => {
+                self.ts_queue.forwarded.fetch_add(written, Ordering::Relaxed);
+                if too_old > 0 {
+                    self.ts_queue.too_old.fetch_add(too_old, Ordering::Relaxed);
+                    tracing::warn!(
+                        shard = p.shard,
+                        too_old,
+                        "queued samples arrived after the out-of-order window and were dropped"
+                    );
+                }
+            }
+            Ok(Response::Rejected(why)) => {
+                // Deterministically refused (it will never apply): drop it, loudly.
+                tracing::error!(shard = p.shard, samples = p.samples, %why, "a queued time-series part was refused; dropped");
+            }
+            Ok(other) => return Err(Error::Internal(format!("unexpected response {other:?}"))),
+            // The shard is gone (a split or merge changed the map): any shard of the
+            // namespace may hold the series, so send it to where it routes now.
+            Err(Error::NotFound(_)) => {
+                let batch = edgefabric_tsdb::batch::WriteBatch::decode(&p.batch)
+                    .map_err(|e| Error::Storage(format!("queued batch: {e}")))?;
+                Box::pin(self.ts_write_direct(batch)).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.ts_queue.lock().pending.remove(&i);
+        Ok(())
+    }
+
+    /// Purges the queue's longest forwarded prefix.
+    fn purge_forwarded(&self) -> Result<()> {
+        let upto = {
+            let mut st = self.ts_queue.lock();
+            let upto = st.pending.keys().next().map_or(st.last, |first| first - 1);
+            if upto <= st.done {
+                return Ok(());
+            }
+            st.done = upto;
+            upto
+        };
+        // Not synced on purpose: a purge lost in a crash means a harmless second forward.
+        self.engine.purge(TS_QUEUE, upto, vec![])
+    }
+}
