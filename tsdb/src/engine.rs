@@ -80,6 +80,8 @@ struct SeriesState {
     last_chunk_end: Option<i64>,
     min_t: i64,
     max_t: i64,
+    /// Rollup watermark: every raw sample before it is in the rollups (`i64::MIN`: none yet).
+    rolled: i64,
 }
 
 #[derive(Default)]
@@ -112,6 +114,23 @@ const SERIES: u8 = b's';
 const CHUNK: u8 = b'c';
 const WAL: u8 = b'w';
 const META: u8 = b'm';
+const ROLLUP: u8 = b'r';
+const ROLLED: u8 = b'R';
+
+/// Rollup resolutions: (key byte, name, width in ms).
+pub const RESOLUTIONS: [(u8, &str, i64); 2] = [(1, "1m", 60_000), (2, "1h", 3_600_000)];
+/// Rollup aggregates, in key order.
+pub const AGGREGATES: [&str; 4] = ["min", "max", "sum", "count"];
+const HOUR: i64 = 3_600_000;
+
+/// `name:1m_max` → (`name`, resolution byte, aggregate index).
+pub fn parse_rollup_name(name: &str) -> Option<(&str, u8, u8)> {
+    let (base, suffix) = name.rsplit_once(':')?;
+    let (res, agg) = suffix.split_once('_')?;
+    let r = RESOLUTIONS.iter().find(|x| x.1 == res)?.0;
+    let a = AGGREGATES.iter().position(|x| *x == agg)? as u8;
+    (!base.is_empty()).then_some((base, r, a))
+}
 
 /// Order-preserving encoding of a signed time.
 fn flip(t: i64) -> [u8; 8] {
@@ -233,6 +252,17 @@ impl Engine {
             s.max_t = s.max_t.max(end);
             last = Some(id);
         }
+        // Rollup watermarks.
+        let rp = self.key(ROLLED, &[]);
+        for kv in self.tree.scan_prefix(&rp) {
+            let (k, v) = kv?;
+            let id = u64::from_be_bytes(
+                k[rp.len()..].try_into().map_err(|_| Error::Corrupt("rollup key".into()))?,
+            );
+            if let Some(s) = st.series.get_mut(&id) {
+                s.rolled = unflip(&v)?;
+            }
+        }
         // The head log: samples newer than their series' last chunk are the head.
         for kv in self.tree.scan_prefix(self.key(WAL, &[])) {
             let (k, v) = kv?;
@@ -283,6 +313,7 @@ impl Engine {
                 last_chunk_end: None,
                 min_t: i64::MAX,
                 max_t: i64::MIN,
+                rolled: i64::MIN,
             },
         );
     }
@@ -440,6 +471,14 @@ impl Engine {
     /// Series of `ns` matching every matcher (at least one of which must not match the empty
     /// string), with their samples in `[mint, maxt]`. Series without samples there are left out.
     pub fn select(&self, ns: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, Error> {
+        let rollup = matchers.iter().find_map(|m| {
+            (m.name == "__name__" && m.op == crate::matcher::MatchOp::Eq)
+                .then(|| parse_rollup_name(&m.value).map(|(b, r, a)| (m.value.clone(), b.to_string(), r, a)))
+                .flatten()
+        });
+        if let Some((full, base, res, agg)) = rollup {
+            return self.select_rollup(ns, matchers, &full, &base, res, agg, mint, maxt);
+        }
         // Under the lock: the matching series, their heads, and how far their chunks went. A
         // chunk cut after this (its end beyond `chunk_end`) holds samples the head copy already
         // has, and is skipped.
@@ -490,6 +529,130 @@ impl Engine {
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
+    }
+
+    /// A rollup stream (`name:1m_max`, ...) of the series matching the other matchers and the
+    /// base name, labelled with the rollup's name.
+    #[allow(clippy::too_many_arguments)]
+    fn select_rollup(
+        &self,
+        ns: &str,
+        matchers: &[Matcher],
+        full: &str,
+        base: &str,
+        res: u8,
+        agg: u8,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, Error> {
+        let ms: Vec<Matcher> = matchers
+            .iter()
+            .map(|m| {
+                if m.name == "__name__" && m.value == full {
+                    Matcher::eq("__name__", base)
+                } else {
+                    m.clone()
+                }
+            })
+            .collect();
+        let found: Vec<(u64, Labels)> = {
+            let st = self.state.read().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+            self.matching(&st, ns, &ms)?
+                .into_iter()
+                .filter_map(|id| {
+                    let s = st.series.get(&id)?;
+                    let mut l = (*s.labels).clone();
+                    for (k, v) in l.iter_mut() {
+                        if k == "__name__" {
+                            *v = full.to_string();
+                        }
+                    }
+                    Some((id, l))
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (id, labels) in found {
+            let mut samples = Vec::new();
+            let range = self.rollup_key(id, res, agg, mint)..=self.rollup_key(id, res, agg, i64::MAX);
+            for kv in self.tree.range(range) {
+                let (_, v) = kv?;
+                let mut pos = 0;
+                if get_varint(&v, &mut pos)? > maxt {
+                    break;
+                }
+                samples.extend(codec::decode(&v[pos..])?.into_iter().filter(|s| s.0 >= mint && s.0 <= maxt));
+            }
+            if !samples.is_empty() {
+                out.push(Series { labels: Arc::new(labels), samples });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    fn rollup_key(&self, id: u64, res: u8, agg: u8, end: i64) -> Vec<u8> {
+        self.key(ROLLUP, &[&id.to_be_bytes(), &[res, agg], &flip(end)])
+    }
+
+    /// Computes rollups for every series up to its last final hour, at most `max_hours` hours
+    /// per series per call (bounded work; call again to go on). A sample is final once it is
+    /// in a chunk and older than the series' newest sample minus the out-of-order window: no
+    /// later write can change it (the late-sample rule refuses it), so rollups are computed
+    /// once, and every replica computes the same ones from the same samples. Returns the
+    /// series-hours rolled up.
+    pub fn rollup(&self, max_hours: i64) -> Result<usize, Error> {
+        let ids: Vec<u64> = {
+            let st = self.state.read().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+            st.series.keys().copied().collect()
+        };
+        let mut done = 0usize;
+        for id in ids {
+            // Under the write lock: nothing applies to this engine meanwhile (a late sample
+            // cannot land in the hours rolled up, but the chunks read must not be mid-rewrite).
+            let mut st = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+            let Some(s) = st.series.get(&id) else { continue };
+            let Some(chunk_end) = s.last_chunk_end else { continue };
+            let final_before = (chunk_end + 1).min(s.max_t.saturating_sub(self.opts.ooo_window_ms));
+            let from = if s.rolled == i64::MIN { s.min_t.div_euclid(HOUR) * HOUR } else { s.rolled };
+            let to = (final_before.div_euclid(HOUR) * HOUR).min(from.saturating_add(max_hours * HOUR));
+            if to <= from {
+                continue;
+            }
+            let mut raw = Vec::new();
+            for kv in self.tree.range(self.chunk_key(id, from)..=self.chunk_key(id, i64::MAX)) {
+                let (_, v) = kv?;
+                let mut pos = 0;
+                if get_varint(&v, &mut pos)? >= to {
+                    break;
+                }
+                raw.extend(codec::decode(&v[pos..])?.into_iter().filter(|x| x.0 >= from && x.0 < to));
+            }
+            let mut b = sled::Batch::default();
+            for (res, _, width) in RESOLUTIONS {
+                let streams = aggregate(&raw, width);
+                for (agg, stream) in streams.iter().enumerate() {
+                    if let (Some(first), Some(last)) = (stream.first(), stream.last()) {
+                        let mut v = Vec::with_capacity(stream.len() * 2 + 16);
+                        put_varint(&mut v, first.0);
+                        v.extend_from_slice(&codec::encode(stream));
+                        b.insert(self.rollup_key(id, res, agg as u8, last.0), v);
+                    }
+                }
+            }
+            b.insert(self.key(ROLLED, &[&id.to_be_bytes()]), &flip(to));
+            self.tree.apply_batch(b)?;
+            if let Some(s) = st.series.get_mut(&id) {
+                s.rolled = to;
+            }
+            done += ((to - from) / HOUR) as usize;
+        }
+        Ok(done)
+    }
+
+    /// Namespaces with series in this engine.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.state.read().map_or_else(|_| Vec::new(), |st| st.index.keys().map(|k| k.to_string()).collect())
     }
 
     /// Ids of the series of `ns` matching all matchers.
@@ -592,39 +755,59 @@ impl Engine {
         Ok(values.into_iter().collect())
     }
 
-    /// Deletes the chunks of `ns` that end before `before_ms`, and series left with no samples.
-    /// Retention: local to each replica (every replica converges), and queries clip at the same
-    /// bound, so the moment it runs does not change answers. Returns the chunks deleted.
-    pub fn expire(&self, ns: &str, before_ms: i64) -> Result<usize, Error> {
+    /// Retention: deletes raw chunks of `ns` ending before `raw_before` (only once rolled up:
+    /// raw data never disappears before its rollups exist), rollup chunks ending before
+    /// `rollup_before`, and series left with nothing. Local to each replica (each converges to
+    /// the same state); returns the chunks deleted.
+    pub fn expire(&self, ns: &str, raw_before: i64, rollup_before: i64) -> Result<usize, Error> {
         let mut st = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
-        let ids: Vec<u64> = st
-            .series
-            .iter()
-            .filter(|(_, s)| &*s.ns == ns && s.min_t < before_ms)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<u64> = st.series.iter().filter(|(_, s)| &*s.ns == ns).map(|(id, _)| *id).collect();
         let mut b = sled::Batch::default();
         let mut deleted = 0;
         let mut gone = Vec::new();
         for id in ids {
-            let range = self.chunk_key(id, i64::MIN)..self.chunk_key(id, before_ms);
-            for k in self.tree.range(range).keys() {
-                b.remove(k?);
-                deleted += 1;
+            let Some(s) = st.series.get(&id) else { continue };
+            let raw_cut = raw_before.min(s.rolled);
+            if s.min_t < raw_cut {
+                for k in self.tree.range(self.chunk_key(id, i64::MIN)..self.chunk_key(id, raw_cut)).keys() {
+                    b.remove(k?);
+                    deleted += 1;
+                }
             }
-            let next = self.tree.range(self.chunk_key(id, before_ms)..=self.chunk_key(id, i64::MAX)).next();
+            let mut rollups_left = false;
+            for (res, _, _) in RESOLUTIONS {
+                for agg in 0..AGGREGATES.len() as u8 {
+                    let old =
+                        self.rollup_key(id, res, agg, i64::MIN)..self.rollup_key(id, res, agg, rollup_before);
+                    for k in self.tree.range(old).keys() {
+                        b.remove(k?);
+                        deleted += 1;
+                    }
+                    let newer = self.rollup_key(id, res, agg, rollup_before)
+                        ..=self.rollup_key(id, res, agg, i64::MAX);
+                    rollups_left |= self.tree.range(newer).next().is_some();
+                }
+            }
+            let next = self.tree.range(self.chunk_key(id, raw_cut)..=self.chunk_key(id, i64::MAX)).next();
             let Some(s) = st.series.get_mut(&id) else { continue };
             match next {
                 Some(kv) => {
                     let (_, v) = kv?;
-                    s.min_t = get_varint(&v, &mut 0)?;
+                    if s.min_t < raw_cut {
+                        s.min_t = get_varint(&v, &mut 0)?;
+                    }
                 }
-                None if s.head.is_empty() && s.max_t < before_ms => gone.push(id),
-                None => s.min_t = s.head.first().map_or(s.min_t, |x| x.0),
+                None if s.head.is_empty() && !rollups_left && s.max_t < raw_cut => gone.push(id),
+                None => {
+                    if s.min_t < raw_cut {
+                        s.min_t = s.head.first().map_or(raw_cut, |x| x.0);
+                    }
+                }
             }
         }
         for id in gone {
             b.remove(self.key(SERIES, &[&id.to_be_bytes()]));
+            b.remove(self.key(ROLLED, &[&id.to_be_bytes()]));
             if let Some(s) = st.series.remove(&id) {
                 st.ids.remove(&series_key(&s.ns, &s.labels));
                 if let Some(idx) = st.index.get_mut(&s.ns) {
@@ -676,6 +859,47 @@ impl Engine {
         self.tree.apply_batch(b)?;
         Ok(())
     }
+}
+
+/// Buckets of `width` ms (timestamped at their start) over sorted samples: the min, max, sum
+/// and count streams. Staleness markers are not samples and are skipped.
+fn aggregate(samples: &[Sample], width: i64) -> [Vec<Sample>; 4] {
+    let mut out: [Vec<Sample>; 4] = Default::default();
+    let mut cur: Option<(i64, f64, f64, f64, f64)> = None;
+    let emit = |c: (i64, f64, f64, f64, f64), out: &mut [Vec<Sample>; 4]| {
+        out[0].push((c.0, c.1));
+        out[1].push((c.0, c.2));
+        out[2].push((c.0, c.3));
+        out[3].push((c.0, c.4));
+    };
+    for &(t, v) in samples {
+        if v.to_bits() == crate::promql::eval::STALE_NAN {
+            continue;
+        }
+        let bucket = t.div_euclid(width) * width;
+        match &mut cur {
+            Some(c) if c.0 == bucket => {
+                if v < c.1 || c.1.is_nan() {
+                    c.1 = v;
+                }
+                if v > c.2 || c.2.is_nan() {
+                    c.2 = v;
+                }
+                c.3 += v;
+                c.4 += 1.0;
+            }
+            _ => {
+                if let Some(c) = cur.take() {
+                    emit(c, &mut out);
+                }
+                cur = Some((bucket, v, v, v, 1.0));
+            }
+        }
+    }
+    if let Some(c) = cur {
+        emit(c, &mut out);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -823,13 +1047,73 @@ mod tests {
         let live = labels("live", &[]);
         e.apply(1, &batch("ns", vec![(old, (0..8).map(|i| (i, 1.0)).collect())])).unwrap();
         e.apply(2, &batch("ns", vec![(live.clone(), (0..10).map(|i| (i * 10, 1.0)).collect())])).unwrap();
-        let n = e.expire("ns", 50).unwrap();
+        // Nothing is rolled up yet: raw data stays whatever the retention says.
+        assert_eq!(e.expire("ns", 50, 50).unwrap(), 0);
+        for s in e.state.write().unwrap().series.values_mut() {
+            s.rolled = i64::MAX; // as if rolled up
+        }
+        let n = e.expire("ns", 50, i64::MIN).unwrap();
         assert_eq!(n, 3, "both chunks of `old`, the first chunk of `live`");
         let left = all(&e, "ns");
         assert_eq!(left.len(), 1);
         assert_eq!(*left[0].labels, live);
         assert_eq!(left[0].samples.first(), Some(&(40, 1.0)));
         assert_eq!(e.label_values("ns", "__name__", &[], i64::MIN, i64::MAX).unwrap(), vec!["live"]);
+    }
+
+    #[test]
+    fn rollups_are_computed_once_kept_longer_and_queried_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options { chunk_samples: 60, ooo_window_ms: 60_000, max_head_lag: 1000 };
+        let l = labels("m", &[("k", "v")]);
+        // A sample every 10 s for 3 h 20 min: value i at t = 10 s * i.
+        let n = 1200;
+        let s: Vec<Sample> = (0..n).map(|i| (i * 10_000, i as f64)).collect();
+        {
+            let (_db, e) = open(dir.path(), opts.clone());
+            e.apply(1, &batch("ns", vec![(l.clone(), s.clone())])).unwrap();
+            assert_eq!(e.rollup(2).unwrap(), 2, "bounded: two hours per call");
+            assert_eq!(e.rollup(100).unwrap(), 1, "the third hour; the fourth is not final yet");
+            assert_eq!(e.rollup(100).unwrap(), 0);
+        }
+        let (_db, e) = open(dir.path(), opts);
+        assert_eq!(e.rollup(100).unwrap(), 0, "the watermark survives a reopen: nothing twice");
+        let sel = |name: &str| e.select("ns", &[Matcher::eq("__name__", name)], i64::MIN, i64::MAX).unwrap();
+        let count = sel("m:1h_count");
+        assert_eq!(count.len(), 1);
+        assert_eq!(count[0].samples, vec![(0, 360.0), (3_600_000, 360.0), (7_200_000, 360.0)]);
+        assert_eq!(count[0].labels[0], ("__name__".to_string(), "m:1h_count".to_string()));
+        let sum: f64 = (0..360).map(|i| i as f64).sum();
+        assert_eq!(sel("m:1h_sum")[0].samples[0], (0, sum));
+        assert_eq!(sel("m:1h_max")[0].samples[1], (3_600_000, 719.0));
+        let min1m = &sel("m:1m_min")[0].samples;
+        assert_eq!(min1m.len(), 180);
+        assert_eq!(min1m[1], (60_000, 6.0));
+        // Other matchers still apply; a name that is not a rollup is a plain name.
+        assert!(e
+            .select("ns", &[Matcher::eq("__name__", "m:1h_max"), Matcher::eq("k", "x")], 0, i64::MAX)
+            .unwrap()
+            .is_empty());
+        assert!(sel("m:2h_max").is_empty());
+        // A late sample in a rolled-up hour is refused, so the rollup stays true.
+        let o = e.apply(2, &batch("ns", vec![(l.clone(), vec![(5, 1e9)])])).unwrap();
+        assert_eq!(o.too_old, 1);
+        // Retention: raw data before 2 h goes, the rollups stay.
+        let deleted = e.expire("ns", 7_200_000, i64::MIN).unwrap();
+        assert!(deleted >= 10, "{deleted}");
+        let raw = &e.select("ns", &[Matcher::eq("__name__", "m")], i64::MIN, i64::MAX).unwrap()[0].samples;
+        assert!(raw[0].0 >= 7_200_000 - 600_000 && raw[0].0 <= 7_200_000, "{:?}", raw[0]);
+        assert_eq!(sel("m:1h_count")[0].samples.len(), 3);
+        // Raw retention never removes what is not rolled up yet (the last 20 minutes).
+        e.expire("ns", i64::MAX, i64::MIN).unwrap();
+        let raw = &e.select("ns", &[Matcher::eq("__name__", "m")], i64::MIN, i64::MAX).unwrap()[0].samples;
+        assert!(raw.iter().all(|x| x.0 >= 3 * 3_600_000) && !raw.is_empty());
+        // Rollup retention, a chunk at a time: the first call's chunk (hours 0 and 1) ends at
+        // 1 h, the second's (hour 2) at 2 h.
+        e.expire("ns", i64::MIN, 3_600_000).unwrap();
+        assert_eq!(sel("m:1h_count")[0].samples.len(), 3, "a chunk goes only once it all expired");
+        e.expire("ns", i64::MIN, 7_200_000).unwrap();
+        assert_eq!(sel("m:1h_count")[0].samples, vec![(7_200_000, 360.0)]);
     }
 
     /// The model: per series, timestamp → value, with the engine's rules for late samples.
