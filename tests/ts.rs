@@ -410,3 +410,97 @@ async fn remote_write_and_store_and_forward_across_a_cut_off_and_a_restart() {
     let want: f64 = (0..written).map(|i| i as f64).sum();
     assert_eq!(vector(&v), vec![("sensor=s1".to_string(), want)]);
 }
+
+/// Retention set through the API: raw samples older than it disappear once rolled up, and the
+/// 1-hour rollups (`name:1h_count`, ...) answer for those hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_rollups_after_raw_samples_expire() {
+    let mut c = Cluster::init(3, "a,b,c", |t| common::set_toml(t, &[("maintenance_interval_ms", "300")]));
+    c.start_all();
+    c.wait_ready(READY).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let hour = 3600;
+    // A gauge every minute from 10 h ago to 1 h ago (aligned to whole hours).
+    let start = (now / hour - 10) * hour;
+    let mut body = String::new();
+    for i in 0..(9 * 60) {
+        body.push_str(&format!("room,id=r1 temp={} {}\n", 20 + i % 5, start + i * 60));
+    }
+    let r = c.call(1, Some(&c.token), Method::POST, "/v1/ts/write?precision=s", body.into(), None).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    // Bad retention settings are refused, naming the field.
+    for (body, field) in [
+        (r#"{"raw":"1h","rollups":"30d"}"#, "raw"),
+        (r#"{"raw":"10d","rollups":"1d"}"#, "rollups"),
+        (r#"{"raw":"forever","rollups":"30d"}"#, "raw"),
+        (r#"{"raw":"3h","rollups":"30d","extra":1}"#, "extra"),
+    ] {
+        let r =
+            c.request(1, Method::PUT, "/v1/namespaces/default/retention", Some(body.into())).await.unwrap();
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(field), "{body}: {}", r.text());
+    }
+    let r = c
+        .request(
+            2,
+            Method::PUT,
+            "/v1/namespaces/default/retention",
+            Some(br#"{"raw":"3h","rollups":"30d"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.request(3, Method::GET, "/v1/namespaces/default/retention", None).await.unwrap();
+    assert_eq!(r.json()["raw_ms"], 3 * 3_600_000, "{}", r.text());
+
+    // Every replica rolls up and expires on its own; read through each node in turn.
+    let deadline = std::time::Instant::now() + READY;
+    loop {
+        let mut done = true;
+        for via in 1..=3 {
+            // Hours 0-4 are one chunk (240 one-minute samples), which ends well before the
+            // raw retention (3 h) and the rolled-up hours: it must go. Retention drops whole
+            // chunks, so a later hour may keep samples a little past it.
+            let t = start + 3 * hour + 1800;
+            let (_, raw) = prom(
+                &c,
+                via,
+                &c.token,
+                &format!("/api/v1/query?query={}&time={t}", q("count_over_time(room_temp[1h])")),
+            )
+            .await;
+            let (_, rolled) = prom(
+                &c,
+                via,
+                &c.token,
+                &format!("/api/v1/query?query={}&time={}", q("room_temp:1h_count"), start + 3 * hour),
+            )
+            .await;
+            let (_, recent) = prom(
+                &c,
+                via,
+                &c.token,
+                &format!(
+                    "/api/v1/query?query={}&time={}",
+                    q("count_over_time(room_temp[1h])"),
+                    start + 9 * hour - 60
+                ),
+            )
+            .await;
+            let raw_gone = vector(&raw).is_empty();
+            let hour_count = vector(&rolled);
+            let recent_count = vector(&recent);
+            done &= raw_gone
+                && hour_count == vec![("__name__=room_temp:1h_count,id=r1".to_string(), 60.0)]
+                && recent_count == vec![("id=r1".to_string(), 60.0)];
+            if !done && std::time::Instant::now() > deadline {
+                panic!("node {via}: raw {raw} rolled {rolled} recent {recent}");
+            }
+        }
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

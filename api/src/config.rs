@@ -46,6 +46,21 @@ pub struct NodeConfig {
     pub ledger: LedgerSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub tsdb: TsdbSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TsdbSection {
+    /// How often each replica computes rollups and applies retention.
+    pub maintenance_interval_ms: u64,
+}
+
+impl Default for TsdbSection {
+    fn default() -> Self {
+        TsdbSection { maintenance_interval_ms: 60_000 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,6 +284,7 @@ impl NodeConfig {
         o.ledger_genesis = genesis;
         o.verify_ledger_full = self.ledger.verify_full_at_start;
         o.audit = self.audit.enabled;
+        o.ts_maintenance = Duration::from_millis(self.tsdb.maintenance_interval_ms.max(100));
         o.initial_shards = self.cluster.initial_shards;
         o.replicas = self.cluster.replicas;
         o.split_keys = self.cluster.split_keys;
@@ -400,6 +416,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             limits: LimitsSection::default(),
             ledger: LedgerSection { origin: origin.clone(), ..Default::default() },
             audit: AuditSection::default(),
+            tsdb: TsdbSection::default(),
         };
         let text = format!(
             "# EdgeFabric node {} at site {:?}. Start it with: edgefabric serve --config node{}.toml\n\
@@ -496,6 +513,7 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         limits: LimitsSection::default(),
         ledger: LedgerSection { origin, ..Default::default() },
         audit: AuditSection::default(),
+        tsdb: TsdbSection::default(),
     };
     let config = dir.join(format!("node{id}.toml"));
     let text = format!(
@@ -555,6 +573,7 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
         limits: LimitsSection::default(),
         ledger: LedgerSection { origin, ..Default::default() },
         audit: AuditSection::default(),
+        tsdb: TsdbSection::default(),
     };
     cfg.validate()?;
     Ok(cfg)

@@ -33,6 +33,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/namespaces/{ns}/rotate-key", post(rotate_key))
         .route("/v1/namespaces/{ns}/rotation", get(rotation))
         .route("/v1/namespaces/{ns}/retire-key", post(retire_key))
+        .route("/v1/namespaces/{ns}/retention", put(crate::ts::put_retention).get(crate::ts::get_retention))
         .route("/v1/kv/{ns}", get(scan))
         .route("/v1/kv/{ns}/{*key}", put(kv_put).get(kv_get).delete(kv_delete))
         .route("/v1/batch", post(batch))

@@ -186,6 +186,47 @@ pub async fn remote_write(
     stored(st.node.ts_write(batch).await?)
 }
 
+/// `PUT /v1/namespaces/{ns}/retention` `{"raw": "15d", "rollups": "400d"}` (role `admin:NS`):
+/// how long the namespace keeps raw samples and its 1-minute and 1-hour rollups.
+pub async fn put_retention(
+    State(st): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+    body: Body,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let body = axum::body::to_bytes(body, 64 << 10).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_argument", "body: larger than 64 KiB")
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: not JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| ApiError::bad_request("body: must be an object"))?;
+    for k in obj.keys() {
+        if k != "raw" && k != "rollups" {
+            return Err(ApiError::bad_request(format!("body: unknown field `{k}` (raw, rollups)")));
+        }
+    }
+    let dur = |field: &str| -> Result<u64, ApiError> {
+        let s = v[field]
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request(format!("{field}: missing (a duration such as \"15d\")")))?;
+        match promql::lexer::duration(s) {
+            Some((ms, n)) if n == s.len() && ms > 0 => Ok(ms as u64),
+            _ => Err(ApiError::bad_request(format!("{field}: `{s}` is not a duration such as 15d or 12h"))),
+        }
+    };
+    let (raw, rollups) = (dur("raw")?, dur("rollups")?);
+    st.node.set_ts_retention(&ns, raw, rollups).await?;
+    Ok(axum::Json(serde_json::json!({"ns": ns, "raw_ms": raw, "rollups_ms": rollups})))
+}
+
+/// `GET /v1/namespaces/{ns}/retention`.
+pub async fn get_retention(
+    State(st): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let (raw, rollups) = st.node.ts_retention(&ns)?;
+    Ok(axum::Json(serde_json::json!({"ns": ns, "raw_ms": raw, "rollups_ms": rollups})))
+}
+
 /// `GET /v1/ts/queue` — this node's store-and-forward backlog.
 pub async fn queue(State(st): State<Arc<AppState>>) -> axum::Json<serde_json::Value> {
     let s = st.node.ts_queue_status();

@@ -125,6 +125,13 @@ fn seen_key(node: u64) -> Vec<u8> {
     k
 }
 
+/// Metadata group: a namespace's time-series retention, `(raw_ms, rollup_ms)`.
+fn retention_key(ns: &str) -> Vec<u8> {
+    let mut k = vec![b'R'];
+    k.extend_from_slice(ns.as_bytes());
+    k
+}
+
 fn ns_key(ns: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + ns.len());
     k.push(b'n');
@@ -466,6 +473,13 @@ impl KvStore {
                 Ok(())
             }),
             Command::LedgerSubmit(_) => Ok(Response::Rejected("ledger submissions are not proposed".into())),
+            Command::SetTsRetention { ns, raw_ms, rollup_ms } => {
+                if self.read(&ns_key(ns), overlay)?.is_none() && ns != DEFAULT_NAMESPACE {
+                    return Ok(Response::Rejected(format!("namespace {ns:?} does not exist")));
+                }
+                overlay.insert(retention_key(ns), Some(codec::encode(&(*raw_ms, *rollup_ms))?));
+                Ok(Response::Namespace { created: false })
+            }
             Command::TsWrite { batch, .. } => match edgefabric_tsdb::batch::WriteBatch::decode(batch) {
                 // Decoding is deterministic: every replica refuses the same batch.
                 Err(e) => Ok(Response::Rejected(format!("time-series batch: {e}"))),
@@ -616,6 +630,11 @@ impl KvStore {
             out.push((u64::from_be_bytes(id), u64::from_be_bytes(instance)));
         }
         Ok(out)
+    }
+
+    /// A namespace's time-series retention `(raw_ms, rollup_ms)`, if set (metadata group).
+    pub fn ts_retention(&self, ns: &str) -> Result<Option<(u64, u64)>> {
+        self.tree.get(retention_key(ns))?.map(|v| codec::decode(&v)).transpose()
     }
 
     pub fn namespace(&self, ns: &str) -> Result<Option<NamespaceConfig>> {

@@ -89,6 +89,8 @@ pub struct NodeOptions {
     /// Record every access in the ledger (`audit.rs`). Off only for benchmarks that measure
     /// what auditing costs.
     pub audit: bool,
+    /// How often each replica computes time-series rollups and applies retention.
+    pub ts_maintenance: Duration,
 }
 
 impl NodeOptions {
@@ -117,6 +119,7 @@ impl NodeOptions {
             ledger_genesis: None,
             verify_ledger_full: false,
             audit: true,
+            ts_maintenance: Duration::from_secs(60),
         }
     }
 }
@@ -307,6 +310,7 @@ impl Node {
         node.start_ledger();
         node.start_audit_shipper();
         node.start_ts_forwarder();
+        node.start_ts_maintenance();
         // Data groups this node already hosts start right away (not after the first reconcile
         // pass), so a restarted node serves as soon as it can.
         if let Some(map) = node.map() {
@@ -352,7 +356,18 @@ impl Node {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
-    fn meta(&self) -> Result<Arc<Group>> {
+    /// The data (shard) groups this node hosts: not the metadata or ledger group.
+    pub(crate) fn data_groups(&self) -> Vec<Arc<Group>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|g| g.id != META_GROUP && g.id != LEDGER_GROUP)
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn meta(&self) -> Result<Arc<Group>> {
         self.group(META_GROUP).ok_or_else(|| Error::Unavailable("metadata group not started".into()))
     }
 
@@ -997,6 +1012,7 @@ impl Node {
             // Time series: the caller picked the shard (store/src/ts.rs); any shard of the
             // namespace may hold any series (queries ask them all), so a split needs no retry.
             Command::TsWrite { shard, .. } => Ok(*shard),
+            Command::SetTsRetention { .. } => Ok(META_GROUP),
         }
     }
 

@@ -12,6 +12,7 @@
 //! merge puts them back together.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgefabric_tsdb::batch::{Labels, SeriesSamples, WriteBatch};
@@ -347,6 +348,74 @@ fn add_response(out: &mut TsWriteOutcome, r: Response) -> Result<()> {
         }
         Response::Rejected(why) => Err(Error::invalid("batch", why)),
         other => Err(Error::Internal(format!("unexpected response {other:?}"))),
+    }
+}
+
+/// Default retention of raw samples (Prometheus's default) and of rollups.
+pub const DEFAULT_RAW_RETENTION_MS: u64 = 15 * 86_400_000;
+pub const DEFAULT_ROLLUP_RETENTION_MS: u64 = 400 * 86_400_000;
+
+impl Node {
+    /// A namespace's time-series retention `(raw_ms, rollup_ms)` (the defaults if not set).
+    pub fn ts_retention(&self, ns: &str) -> Result<(u64, u64)> {
+        let meta = self.meta()?;
+        Ok(meta.kv.ts_retention(ns)?.unwrap_or((DEFAULT_RAW_RETENTION_MS, DEFAULT_ROLLUP_RETENTION_MS)))
+    }
+
+    /// Sets a namespace's retention (through the metadata group).
+    pub async fn set_ts_retention(&self, ns: &str, raw_ms: u64, rollup_ms: u64) -> Result<()> {
+        match self.propose(Command::SetTsRetention { ns: ns.into(), raw_ms, rollup_ms }).await? {
+            Response::Namespace { .. } => Ok(()),
+            Response::Rejected(why) => Err(Error::invalid("ns", why)),
+            other => Err(Error::Internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    pub(crate) fn start_ts_maintenance(self: &Arc<Self>) {
+        let n = self.clone();
+        tokio::spawn(async move {
+            let mut shutdown = n.shutdown.subscribe();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(n.opts.ts_maintenance) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if let Err(e) = n.ts_maintain().await {
+                    tracing::warn!(error = %e, "time-series rollups and retention");
+                }
+            }
+        });
+    }
+
+    /// One pass over the data groups this node hosts: rollups, then retention per namespace.
+    /// Each replica does its own (the results are the same everywhere: rollups come from final
+    /// samples only, and queries never see past retention sooner on one replica than another
+    /// by more than a pass).
+    pub async fn ts_maintain(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for g in self.data_groups() {
+            let engine = g.kv.ts().clone();
+            let mut plan = Vec::new();
+            for ns in engine.namespaces() {
+                let (raw, rollup) = self.ts_retention(&ns)?;
+                plan.push((ns, now.saturating_sub(raw as i64), now.saturating_sub(rollup as i64)));
+            }
+            tokio::task::spawn_blocking(move || -> std::result::Result<(), edgefabric_tsdb::Error> {
+                // A week of hours per series per pass: a node that was down catches up over
+                // a few passes instead of stalling one.
+                engine.rollup(24 * 7)?;
+                for (ns, raw_before, rollup_before) in plan {
+                    engine.expire(&ns, raw_before, rollup_before)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("time-series maintenance: {e}")))?
+            .map_err(|e| Error::Storage(format!("time-series maintenance: {e}")))?;
+        }
+        Ok(())
     }
 }
 

@@ -187,6 +187,12 @@ pub enum Command {
         shard: u64,
         batch: Vec<u8>,
     },
+    /// Metadata group: how long a namespace keeps raw samples and rollups (ms).
+    SetTsRetention {
+        ns: String,
+        raw_ms: u64,
+        rollup_ms: u64,
+    },
 }
 
 /// What became of one submitted ledger entry.
@@ -336,6 +342,18 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             Err(Error::invalid("block", "too many entries"))
         }
         Command::MarkSeen { .. } => Ok(()),
+        Command::SetTsRetention { ns, raw_ms, rollup_ms } => {
+            validate_namespace(ns)?;
+            // Rollups are made of final samples (older than the 1-hour out-of-order window), so
+            // raw data must live at least that long plus an hour to be rolled up at all.
+            if *raw_ms < 2 * 3_600_000 {
+                return Err(Error::invalid("raw", "must be at least 2h"));
+            }
+            if rollup_ms < raw_ms {
+                return Err(Error::invalid("rollups", "must be at least as long as raw"));
+            }
+            Ok(())
+        }
         Command::TsWrite { batch, .. } if batch.is_empty() || batch.len() > MAX_TS_BATCH_BYTES => {
             Err(Error::invalid(
                 "batch",
