@@ -227,6 +227,15 @@ pub async fn get_retention(
     Ok(axum::Json(serde_json::json!({"ns": ns, "raw_ms": raw, "rollups_ms": rollups})))
 }
 
+/// `POST /v1/ts/flush` (admin) — cut heads into chunks, snapshot the groups, flush to disk;
+/// answers what the compressed data takes on this node's replicas.
+pub async fn flush(State(st): State<Arc<AppState>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let s = st.node.ts_flush().await?;
+    Ok(axum::Json(serde_json::json!({
+        "series": s.series, "chunk_bytes": s.chunk_bytes, "rollup_bytes": s.rollup_bytes,
+    })))
+}
+
 /// `GET /v1/ts/queue` — this node's store-and-forward backlog.
 pub async fn queue(State(st): State<Arc<AppState>>) -> axum::Json<serde_json::Value> {
     let s = st.node.ts_queue_status();

@@ -83,6 +83,15 @@ pub(crate) struct TsSeriesRequest {
     consistency: Consistency,
 }
 
+/// What the time series of this node's replicas take (`ts_flush`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TsStorage {
+    pub series: u64,
+    /// Compressed samples (keys and values of raw chunks), and the same for rollups.
+    pub chunk_bytes: u64,
+    pub rollup_bytes: u64,
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TsWriteOutcome {
@@ -385,6 +394,32 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// Cuts every head into chunks, snapshots every data group this node hosts (so the raft log
+    /// behind the snapshot can be purged) and flushes sled: what an operator runs before
+    /// measuring storage, or before a planned shutdown that wants a short replay.
+    pub async fn ts_flush(&self) -> Result<TsStorage> {
+        let mut out = TsStorage::default();
+        for g in self.data_groups() {
+            let engine = g.kv.ts().clone();
+            tokio::task::spawn_blocking(move || engine.flush())
+                .await
+                .map_err(|e| Error::Internal(format!("flush: {e}")))?
+                .map_err(|e| Error::Storage(format!("flush: {e}")))?;
+            g.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+            let (series, _) = g.kv.ts().stats();
+            let (raw, rollups) = g.kv.ts().chunk_bytes().map_err(|e| Error::Storage(e.to_string()))?;
+            out.series += series as u64;
+            out.chunk_bytes += raw;
+            out.rollup_bytes += rollups;
+        }
+        self.db.flush_async().await.map_err(|e| Error::Storage(format!("sled flush: {e}")))?;
+        Ok(out)
     }
 
     /// One pass over the data groups this node hosts: rollups, then retention per namespace.

@@ -11,7 +11,7 @@
 //! XOR: `v0 as 8 bytes BE`; decimal: `exponent u8 | value mode u8 | m0 varint`; then one bit
 //! stream holding the timestamps' delta-of-deltas (i ≥ 2) followed by the values (i ≥ 1).
 
-use crate::bits::{get_uvarint, get_varint, put_uvarint, put_varint, BitReader, BitWriter};
+use crate::bits::{get_uvarint, get_varint, put_uvarint, put_varint, unzigzag, zigzag, BitReader, BitWriter};
 use crate::Error;
 
 const FORMAT_XOR: u8 = 1;
@@ -19,8 +19,9 @@ const FORMAT_DECIMAL: u8 = 2;
 const MODE_DELTA: u8 = 0;
 const MODE_DOD: u8 = 1;
 
-/// Largest decimal exponent tried: values with up to 12 digits after the point.
-const MAX_EXPONENT: u32 = 12;
+/// Largest decimal exponent of the fast path (float arithmetic), and of any decimal chunk.
+const FAST_EXPONENT: u32 = 12;
+const MAX_EXPONENT: u32 = 40;
 /// Scaled values stay where f64 holds every integer exactly.
 const MAX_MANTISSA: f64 = 9_007_199_254_740_992.0; // 2^53
 
@@ -33,14 +34,19 @@ const INT_WIDTHS: [u32; 5] = [7, 12, 20, 32, 64];
 /// A sample: timestamp in milliseconds since the epoch, value.
 pub type Sample = (i64, f64);
 
-/// Encodes samples (timestamps strictly increasing; the caller guarantees it).
+/// Encodes samples (timestamps strictly increasing; the caller guarantees it): XOR, or the
+/// decimal form when every value has one and it is smaller.
 pub fn encode(samples: &[Sample]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + samples.len() * 2);
-    match decimal_exponent(samples) {
-        Some(k) => encode_decimal(samples, k, &mut out),
-        None => encode_xor(samples, &mut out),
+    let mut best = Vec::with_capacity(16 + samples.len() * 8);
+    encode_xor(samples, &mut best);
+    if let Some((k, ms)) = decimals(samples) {
+        let mut d = Vec::with_capacity(16 + samples.len() * 4);
+        encode_decimal(samples, &ms, k, &mut d);
+        if d.len() < best.len() {
+            best = d;
+        }
     }
-    out
+    best
 }
 
 fn header(samples: &[Sample], format: u8, out: &mut Vec<u8>) {
@@ -104,17 +110,17 @@ fn encode_xor(samples: &[Sample], out: &mut Vec<u8>) {
 }
 
 /// The smallest exponent k such that every value is exactly `m / 10^k` for an integer m with
-/// |m| ≤ 2^53, or None.
+/// |m| ≤ 2^53, or None (the fast path: plain float arithmetic).
 fn decimal_exponent(samples: &[Sample]) -> Option<u32> {
     let mut k = 0u32;
     for &(_, v) in samples {
         if !v.is_finite() {
             return None;
         }
-        while k <= MAX_EXPONENT && scaled(v, k).is_none() {
+        while k <= FAST_EXPONENT && scaled(v, k).is_none() {
             k += 1;
         }
-        if k > MAX_EXPONENT {
+        if k > FAST_EXPONENT {
             return None;
         }
     }
@@ -124,7 +130,7 @@ fn decimal_exponent(samples: &[Sample]) -> Option<u32> {
 
 /// `v * 10^k` as an integer if dividing it back gives `v` bit for bit.
 fn scaled(v: f64, k: u32) -> Option<i64> {
-    let p = 10f64.powi(k as i32);
+    let p = POW10[k as usize];
     let m = (v * p).round();
     if m.abs() > MAX_MANTISSA {
         return None;
@@ -134,23 +140,104 @@ fn scaled(v: f64, k: u32) -> Option<i64> {
     ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
 }
 
-fn encode_decimal(samples: &[Sample], k: u32, out: &mut Vec<u8>) {
+/// Exact powers of ten as f64 (10^22 is the largest exact one).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
+    1e19, 1e20, 1e21, 1e22,
+];
+
+/// `v` as `digits × 10^exp` with the shortest digits that read back as `v` (what `{:e}` prints),
+/// or None for non-finite values and -0.0.
+fn shortest_decimal(v: f64) -> Option<(i64, i32)> {
+    if !v.is_finite() || (v == 0.0 && v.is_sign_negative()) {
+        return None;
+    }
+    let s = format!("{v:e}");
+    let (mant, exp) = s.split_once('e')?;
+    let exp: i32 = exp.parse().ok()?;
+    let frac = mant.split_once('.').map_or(0, |(_, f)| f.len()) as i32;
+    let digits: String = mant.chars().filter(|c| c.is_ascii_digit() || *c == '-').collect();
+    Some((digits.parse().ok()?, exp - frac))
+}
+
+/// The value `m / 10^k`, correctly rounded (so exactly the value whose shortest digits made it).
+fn unscale(m: i64, k: u32) -> f64 {
+    if m.unsigned_abs() <= 1 << 53 && (k as usize) < POW10.len() {
+        return m as f64 / POW10[k as usize];
+    }
+    // Beyond the exact fast path: parse the decimal, which rounds correctly.
+    let mut buf = [0u8; 48];
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    let _ = std::io::Write::write_fmt(&mut w, format_args!("{m}e-{k}"));
+    let n = w.position() as usize;
+    std::str::from_utf8(&buf[..n]).ok().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Every value as `m_i / 10^k` with one k and |m_i| < 2^63, exactly; or None.
+fn decimals(samples: &[Sample]) -> Option<(u32, Vec<i64>)> {
+    if let Some(k) = decimal_exponent(samples) {
+        return Some((k, samples.iter().map(|&(_, v)| scaled(v, k).unwrap_or_default()).collect()));
+    }
+    // Values with more digits (full-precision floats from text, e.g. 51.60212854816802): the
+    // shortest decimal digits, scaled to a common exponent (VictoriaMetrics's idea, kept exact).
+    let parts: Vec<(i64, i32)> = samples.iter().map(|&(_, v)| shortest_decimal(v)).collect::<Option<_>>()?;
+    let k = parts.iter().map(|&(_, e)| -e).max()?.max(0);
+    if k > MAX_EXPONENT as i32 {
+        return None;
+    }
+    let mut ms = Vec::with_capacity(parts.len());
+    for (&(d, e), &(_, v)) in parts.iter().zip(samples) {
+        let m = d.checked_mul(10i64.checked_pow((k + e) as u32)?)?;
+        if unscale(m, k as u32).to_bits() != v.to_bits() {
+            return None;
+        }
+        ms.push(m);
+    }
+    Some((k as u32, ms))
+}
+
+/// Per-value codes for a decimal chunk's integers: deltas or delta-of-deltas, each either in
+/// bucketed prefix codes (small, uneven values: counters, gauges) or packed at the chunk's
+/// widest zigzag width (large, even values: random walks at full precision).
+const MODE_PACKED_DELTA: u8 = 2;
+const MODE_PACKED_DOD: u8 = 3;
+
+fn packed_width(xs: &[i64]) -> u32 {
+    xs.iter().map(|&x| 64 - zigzag(x).leading_zeros()).max().unwrap_or(0)
+}
+
+fn encode_decimal(samples: &[Sample], ms: &[i64], k: u32, out: &mut Vec<u8>) {
     header(samples, FORMAT_DECIMAL, out);
-    let ms: Vec<i64> = samples.iter().map(|&(_, v)| scaled(v, k).unwrap_or_default()).collect();
     let deltas: Vec<i64> = ms.windows(2).map(|p| p[1].wrapping_sub(p[0])).collect();
     let dods: Vec<i64> = std::iter::once(deltas.first().copied().unwrap_or(0))
         .chain(deltas.windows(2).map(|p| p[1].wrapping_sub(p[0])))
         .take(deltas.len())
         .collect();
-    let cost = |xs: &[i64]| xs.iter().map(|&x| bucketed_cost(x, &INT_WIDTHS)).sum::<u64>();
-    let (mode, xs) = if cost(&dods) < cost(&deltas) { (MODE_DOD, dods) } else { (MODE_DELTA, deltas) };
+    let bucketed = |xs: &[i64]| xs.iter().map(|&x| bucketed_cost(x, &INT_WIDTHS)).sum::<u64>();
+    let packed = |xs: &[i64]| 8 + u64::from(packed_width(xs)) * xs.len() as u64;
+    let options = [
+        (MODE_DELTA, bucketed(&deltas)),
+        (MODE_DOD, bucketed(&dods)),
+        (MODE_PACKED_DELTA, packed(&deltas)),
+        (MODE_PACKED_DOD, packed(&dods)),
+    ];
+    let (mode, _) = options.iter().copied().min_by_key(|o| o.1).unwrap_or((MODE_DELTA, 0));
+    let xs = if mode == MODE_DOD || mode == MODE_PACKED_DOD { dods } else { deltas };
     out.push(k as u8);
     out.push(mode);
     put_varint(out, ms.first().copied().unwrap_or(0));
     let mut w = BitWriter::with_capacity(samples.len() * 2);
     write_timestamps(samples, &mut w);
-    for x in xs {
-        write_bucketed(&mut w, x, &INT_WIDTHS);
+    if mode == MODE_PACKED_DELTA || mode == MODE_PACKED_DOD {
+        let width = packed_width(&xs);
+        w.write_bits(u64::from(width), 8);
+        for x in xs {
+            w.write_bits(zigzag(x), width);
+        }
+    } else {
+        for x in xs {
+            write_bucketed(&mut w, x, &INT_WIDTHS);
+        }
     }
     out.extend_from_slice(&w.into_bytes());
 }
@@ -216,8 +303,9 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
     let format = *buf.first().ok_or_else(|| Error::Corrupt("empty chunk".into()))?;
     let mut pos = 1;
     let n = get_uvarint(buf, &mut pos)?;
-    // Every sample after the first takes at least two bits: a bound on what a header may claim.
-    if n > 1 + (buf.len() as u64) * 4 {
+    // Every sample after the first takes at least one bit (its timestamp's code; a packed
+    // constant value takes none): a bound on what a header may claim.
+    if n > 1 + (buf.len() as u64) * 8 {
         return Err(Error::Corrupt(format!("chunk claims {n} samples in {} bytes", buf.len())));
     }
     let n = n as usize;
@@ -264,21 +352,27 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
             let k = u32::from(*buf.get(pos).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?);
             let mode = *buf.get(pos + 1).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?;
             pos += 2;
-            if k > MAX_EXPONENT || mode > MODE_DOD {
+            if k > MAX_EXPONENT || mode > MODE_PACKED_DOD {
                 return Err(Error::Corrupt(format!("decimal chunk with exponent {k}, mode {mode}")));
             }
             let m0 = get_varint(buf, &mut pos)?;
             let mut r = BitReader::new(&buf[pos..]);
             read_timestamps(&mut r, n, d1, &mut ts)?;
-            let p = 10f64.powi(k as i32);
+            let packed = mode == MODE_PACKED_DELTA || mode == MODE_PACKED_DOD;
+            let dod = mode == MODE_DOD || mode == MODE_PACKED_DOD;
+            let width = if packed && n > 1 { r.read_bits(8)? as u32 } else { 0 };
+            if width > 64 {
+                return Err(Error::Corrupt(format!("packed width {width}")));
+            }
             let mut out = Vec::with_capacity(n);
-            out.push((t0, m0 as f64 / p));
+            out.push((t0, unscale(m0, k)));
             let (mut m, mut delta) = (m0, 0i64);
             for &t in &ts[1..] {
-                let x = read_bucketed(&mut r, &INT_WIDTHS)?;
-                delta = if mode == MODE_DOD { delta.wrapping_add(x) } else { x };
+                let x =
+                    if packed { unzigzag(r.read_bits(width)?) } else { read_bucketed(&mut r, &INT_WIDTHS)? };
+                delta = if dod { delta.wrapping_add(x) } else { x };
                 m = m.wrapping_add(delta);
-                out.push((t, m as f64 / p));
+                out.push((t, unscale(m, k)));
             }
             Ok(out)
         }
@@ -353,6 +447,20 @@ mod tests {
         }
 
         #[test]
+        fn full_precision_walks_round_trip_as_decimals(seed in any::<u64>(), start in 0.0f64..100.0) {
+            // TSBS-like: a random walk written at full precision (shortest digits).
+            let mut x = seed | 1;
+            let mut v = start;
+            let s: Vec<Sample> = (0..240).map(|i| {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                v = (v + (x % 2001) as f64 / 1000.0 - 1.0).clamp(0.0, 100.0);
+                (i * 10_000, v)
+            }).collect();
+            let e = encode(&s);
+            prop_assert!(same(&decode(&e).unwrap(), &s));
+        }
+
+        #[test]
         fn corrupt_chunks_are_errors_not_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
         }
@@ -400,6 +508,24 @@ mod tests {
         let e = encode(&g);
         assert_eq!(e[0], FORMAT_DECIMAL);
         assert!(same(&decode(&e).unwrap(), &g));
+    }
+
+    #[test]
+    fn long_decimals_beat_xor_and_stay_exact() {
+        // Values with 16-17 significant digits: mantissas beyond 2^53 take the exact parse path.
+        let s: Vec<Sample> = (0..240)
+            .map(|i| {
+                (i * 10_000, format!("{}", 51.60212854816802 + (i as f64) * 0.73).parse::<f64>().unwrap())
+            })
+            .collect();
+        let mut xor = Vec::new();
+        encode_xor(&s, &mut xor);
+        let e = encode(&s);
+        assert_eq!(e[0], FORMAT_DECIMAL);
+        assert!(e.len() < xor.len(), "decimal {} vs XOR {}", e.len(), xor.len());
+        assert!(same(&decode(&e).unwrap(), &s));
+        assert_eq!(unscale(5_160_212_854_816_802, 14), 51.60212854816802);
+        assert_eq!(unscale(-12_345_678_901_234_567, 17), -0.12345678901234567);
     }
 
     #[test]

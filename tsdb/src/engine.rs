@@ -831,6 +831,19 @@ impl Engine {
         Ok(deleted)
     }
 
+    /// Bytes of keys and values of the raw chunks and of the rollup chunks: the compressed
+    /// data itself, before the storage layer's own overhead.
+    pub fn chunk_bytes(&self) -> Result<(u64, u64), Error> {
+        let mut sizes = [0u64; 2];
+        for (i, kind) in [CHUNK, ROLLUP].into_iter().enumerate() {
+            for kv in self.tree.scan_prefix(self.key(kind, &[])) {
+                let (k, v) = kv?;
+                sizes[i] += (k.len() + v.len()) as u64;
+            }
+        }
+        Ok((sizes[0], sizes[1]))
+    }
+
     /// Series count and samples still in memory (the head).
     pub fn stats(&self) -> (usize, usize) {
         self.state.read().map_or((0, 0), |s| (s.series.len(), s.series.values().map(|x| x.head.len()).sum()))
@@ -928,7 +941,20 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, opts: Options) -> (sled::Db, Engine) {
-        let db = sled::open(dir).unwrap();
+        // A dropped sled::Db releases its file lock when its flusher thread ends, a moment
+        // later: retry briefly.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if tries < 200 => {
+                    let _ = e;
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let e = Engine::open(db.open_tree("g1").unwrap(), b"T", opts).unwrap();
         (db, e)
     }
