@@ -221,15 +221,21 @@ impl Node {
                 let req = req.clone();
                 async move {
                     match node.group(shard) {
-                        Some(g) => node.local_ts_select(&g, &req).await,
+                        // A local replica's series are used as they are (no wire encoding).
+                        Some(g) => node.local_ts_series_data(&g, &req).await,
                         None => {
-                            node.remote(
-                                shard,
-                                &req,
-                                "ts_select",
-                                |mut c, f| async move { c.ts_select(f).await },
-                            )
-                            .await
+                            let wire: Vec<WireSeries> = node
+                                .remote(shard, &req, "ts_select", |mut c, f| async move {
+                                    c.ts_select(f).await
+                                })
+                                .await?;
+                            wire.into_iter()
+                                .map(|s| {
+                                    let samples = codec::decode(&s.chunk)
+                                        .map_err(|e| Error::Internal(format!("series from a peer: {e}")))?;
+                                    Ok(Series { labels: std::sync::Arc::new(s.labels), samples })
+                                })
+                                .collect::<Result<Vec<_>>>()
                         }
                     }
                 }
@@ -238,9 +244,8 @@ impl Node {
         let mut merged: BTreeMap<Labels, Vec<codec::Sample>> = BTreeMap::new();
         for part in parts {
             for s in part {
-                let samples = codec::decode(&s.chunk)
-                    .map_err(|e| Error::Internal(format!("series from a peer: {e}")))?;
-                merged.entry(s.labels).or_default().extend(samples);
+                let labels = std::sync::Arc::try_unwrap(s.labels).unwrap_or_else(|a| (*a).clone());
+                merged.entry(labels).or_default().extend(s.samples);
             }
         }
         Ok(merged
@@ -320,17 +325,25 @@ impl Node {
         }
     }
 
+    /// A selection from a local replica, for a peer: chunk-encoded (XOR only: cheap to make,
+    /// and the peer decodes it once).
     pub(crate) async fn local_ts_select(&self, g: &Group, r: &TsSelectRequest) -> Result<Vec<WireSeries>> {
-        self.barrier(g, r.consistency).await?;
-        let matchers = r.matchers.iter().map(WireMatcher::to_matcher).collect::<Result<Vec<_>>>()?;
-        let series =
-            g.kv.ts()
-                .select(&r.ns, &matchers, r.mint, r.maxt)
-                .map_err(|e| Error::invalid("query", e.to_string()))?;
+        let series = self.local_ts_series_data(g, r).await?;
         Ok(series
             .into_iter()
-            .map(|s| WireSeries { labels: (*s.labels).clone(), chunk: codec::encode(&s.samples) })
+            .map(|s| WireSeries { labels: (*s.labels).clone(), chunk: codec::encode_xor_only(&s.samples) })
             .collect())
+    }
+
+    async fn local_ts_series_data(&self, g: &Group, r: &TsSelectRequest) -> Result<Vec<Series>> {
+        self.barrier(g, r.consistency).await?;
+        let matchers = r.matchers.iter().map(WireMatcher::to_matcher).collect::<Result<Vec<_>>>()?;
+        let engine = g.kv.ts().clone();
+        let (ns, mint, maxt) = (r.ns.clone(), r.mint, r.maxt);
+        tokio::task::spawn_blocking(move || engine.select(&ns, &matchers, mint, maxt))
+            .await
+            .map_err(|e| Error::Internal(format!("select: {e}")))?
+            .map_err(|e| Error::invalid("query", e.to_string()))
     }
 
     pub(crate) async fn local_ts_series(&self, g: &Group, r: &TsSeriesRequest) -> Result<Vec<Labels>> {

@@ -49,6 +49,14 @@ pub fn encode(samples: &[Sample]) -> Vec<u8> {
     best
 }
 
+/// XOR encoding only: no search for a decimal form (for transient uses such as sending
+/// selected samples to a peer, where encoding speed matters more than size).
+pub fn encode_xor_only(samples: &[Sample]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + samples.len() * 8);
+    encode_xor(samples, &mut out);
+    out
+}
+
 fn header(samples: &[Sample], format: u8, out: &mut Vec<u8>) {
     out.push(format);
     put_uvarint(out, samples.len() as u64);
@@ -152,12 +160,27 @@ fn shortest_decimal(v: f64) -> Option<(i64, i32)> {
     if !v.is_finite() || (v == 0.0 && v.is_sign_negative()) {
         return None;
     }
-    let s = format!("{v:e}");
-    let (mant, exp) = s.split_once('e')?;
-    let exp: i32 = exp.parse().ok()?;
-    let frac = mant.split_once('.').map_or(0, |(_, f)| f.len()) as i32;
-    let digits: String = mant.chars().filter(|c| c.is_ascii_digit() || *c == '-').collect();
-    Some((digits.parse().ok()?, exp - frac))
+    // Formatted on the stack: this runs for every value of a chunk being cut.
+    let mut buf = [0u8; 48];
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    std::io::Write::write_fmt(&mut w, format_args!("{v:e}")).ok()?;
+    let n = w.position() as usize;
+    let s = &buf[..n];
+    let e = s.iter().position(|&c| c == b'e')?;
+    let exp: i32 = std::str::from_utf8(&s[e + 1..]).ok()?.parse().ok()?;
+    let (mut d, mut neg, mut frac, mut dot) = (0i64, false, 0i32, false);
+    for &c in &s[..e] {
+        match c {
+            b'-' => neg = true,
+            b'.' => dot = true,
+            b'0'..=b'9' => {
+                d = d.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
+                frac += i32::from(dot);
+            }
+            _ => return None,
+        }
+    }
+    Some((if neg { -d } else { d }, exp - frac))
 }
 
 /// The value `m / 10^k`, correctly rounded (so exactly the value whose shortest digits made it).
