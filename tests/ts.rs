@@ -126,17 +126,33 @@ async fn line_protocol_in_prometheus_api_out() {
         (0..=5).map(|k| (T0 + 60 * k, format!("{}", 10.0 + 3.0 * k as f64))).collect();
     assert_eq!(values, want);
 
+    // Classic histograms: `le` buckets in, quantiles out.
+    let buckets = [("0.1", 10), ("0.5", 30), ("1", 40), ("+Inf", 50)]
+        .iter()
+        .map(|(le, n)| format!("req,le={le},path=/a duration_bucket={n}i {t_end}\n"))
+        .collect::<String>();
+    let r = c.call(1, Some(&writer), Method::POST, "/v1/ts/write?precision=s", buckets.into(), None).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let hq = q("histogram_quantile(0.5, req_duration_bucket)");
+    let (_, v) = prom(&c, 2, &reader, &format!("/api/v1/query?query={hq}&time={t_end}")).await;
+    let got = vector(&v);
+    assert_eq!(got.len(), 1, "{v}");
+    assert_eq!(got[0].0, "path=/a");
+    assert!((got[0].1 - 0.4).abs() < 1e-9, "{v}");
+    let (s, v) = prom(&c, 3, &reader, "/api/v1/metadata").await;
+    assert_eq!((s, v["data"].clone()), (200, serde_json::json!({})));
+
     // Metadata routes.
     let (_, v) = prom(&c, 1, &reader, &format!("/api/v1/series?match[]={}", q("{host=\"a\"}"))).await;
     let names: Vec<&str> =
         v["data"].as_array().unwrap().iter().map(|m| m["__name__"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["cpu_ok", "cpu_usage_idle", "cpu_usage_user", "http_requests"]);
     let (_, v) = prom(&c, 2, &reader, "/api/v1/labels").await;
-    assert_eq!(v["data"], serde_json::json!(["__name__", "dc", "host"]));
+    assert_eq!(v["data"], serde_json::json!(["__name__", "dc", "host", "le", "path"]));
     let (_, v) = prom(&c, 3, &reader, "/api/v1/label/host/values").await;
     assert_eq!(v["data"], serde_json::json!(["a", "b"]));
     let (_, v) = prom(&c, 3, &reader, "/api/v1/label/__name__/values?ns=default").await;
-    assert_eq!(v["data"].as_array().unwrap().len(), 4);
+    assert_eq!(v["data"].as_array().unwrap().len(), 5);
 
     // Prometheus-shaped errors.
     let (s, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query={}", q("rate(cpu_usage_user)"))).await;

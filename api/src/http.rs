@@ -51,6 +51,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/series", get(crate::ts::series).post(crate::ts::series))
         .route("/api/v1/labels", get(crate::ts::labels).post(crate::ts::labels))
         .route("/api/v1/label/{name}/values", get(crate::ts::label_values))
+        .route("/api/v1/metadata", get(crate::ts::metadata))
+        .route("/api/v1/status/buildinfo", get(crate::ts::buildinfo))
         .route("/v1/tokens", post(issue_token))
         .route("/v1/tokens/revoke", post(revoke_token))
         .route("/v1/publishers", post(ledger::add_publisher))

@@ -541,6 +541,20 @@ fn selection(p: &[(String, String)], required: bool) -> Result<(Vec<Vec<Matcher>
     Ok((sels, start, end))
 }
 
+/// `GET /api/v1/metadata`: EdgeFabric keeps no metric metadata (types, help texts), so the
+/// answer is an empty map — Grafana's metric browser then shows names without descriptions.
+pub async fn metadata() -> Response {
+    success("{}".into())
+}
+
+/// `GET /api/v1/status/buildinfo`.
+pub async fn buildinfo() -> Response {
+    success(format!(
+        r#"{{"application":"EdgeFabric","version":{},"revision":"","branch":"","buildUser":"","buildDate":"","goVersion":""}}"#,
+        json_str(env!("CARGO_PKG_VERSION"))
+    ))
+}
+
 /// `GET|POST /api/v1/series`.
 pub async fn series(
     State(st): State<Arc<AppState>>,

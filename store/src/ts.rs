@@ -224,8 +224,8 @@ impl Node {
                         // A local replica's series are used as they are (no wire encoding).
                         Some(g) => node.local_ts_series_data(&g, &req).await,
                         None => {
-                            let wire: Vec<WireSeries> = node
-                                .remote(shard, &req, "ts_select", |mut c, f| async move {
+                            let wire: Vec<WireSeries> =
+                                node.remote(shard, &req, "ts_select", |mut c, f| async move {
                                     c.ts_select(f).await
                                 })
                                 .await?;

@@ -588,6 +588,60 @@ impl<'a> Ev<'a> {
                     .collect();
                 return Ok(Val::Vector(merge(rows, n)?));
             }
+            "sort_by_label" | "sort_by_label_desc" => {
+                let mut rows = self.vector_arg(&args[0])?;
+                let names: Vec<String> =
+                    args[1..].iter().map(|a| self.string_arg(a)).collect::<Result<_, _>>()?;
+                let desc = func == "sort_by_label_desc";
+                rows.sort_by(|a, b| {
+                    let mut o = std::cmp::Ordering::Equal;
+                    for n in &names {
+                        o = functions::natural_cmp(get(&a.labels, n), get(&b.labels, n));
+                        if o != std::cmp::Ordering::Equal {
+                            break;
+                        }
+                    }
+                    let o = o.then_with(|| a.labels.cmp(&b.labels));
+                    if desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                });
+                return Ok(Val::Vector(rows));
+            }
+            "histogram_quantile" => {
+                let q = self.scalar_arg(&args[0])?;
+                let rows = self.vector_arg(&args[1])?;
+                // Buckets grouped by their labels without `le` (and the name).
+                let mut groups: Vec<(Labels, Vec<(f64, usize)>)> = Vec::new();
+                for (ri, r) in rows.iter().enumerate() {
+                    let le = get(&r.labels, "le");
+                    let Ok(upper) = (if le == "+Inf" { Ok(f64::INFINITY) } else { le.parse::<f64>() }) else {
+                        continue;
+                    };
+                    let key: Labels =
+                        r.labels.iter().filter(|(k, _)| k != "le" && k != "__name__").cloned().collect();
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, b)) => b.push((upper, ri)),
+                        None => groups.push((key, vec![(upper, ri)])),
+                    }
+                }
+                let mut out = Out::new(n);
+                for (labels, members) in &groups {
+                    for (i, &qi) in q.iter().enumerate() {
+                        let mut buckets: Vec<(f64, f64)> = members
+                            .iter()
+                            .filter_map(|&(le, ri)| rows[ri].vals[i].map(|c| (le, c)))
+                            .collect();
+                        if buckets.is_empty() {
+                            continue;
+                        }
+                        out.put(labels, i, functions::bucket_quantile(qi, &mut buckets))?;
+                    }
+                }
+                return Ok(Val::Vector(out.rows));
+            }
             "sort" | "sort_desc" => {
                 let mut rows = self.vector_arg(&args[0])?;
                 let desc = func == "sort_desc";

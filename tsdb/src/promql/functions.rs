@@ -48,7 +48,9 @@ static SIGNATURES: &[Signature] = &[
     sig!("deriv", [Matrix], 1, false, Vector),
     sig!("end", [], 0, false, Scalar),
     sig!("exp", [Vector], 1, false, Vector),
+    sig!("first_over_time", [Matrix], 1, false, Vector),
     sig!("floor", [Vector], 1, false, Vector),
+    sig!("histogram_quantile", [Scalar, Vector], 2, false, Vector),
     sig!("hour", [Vector], 0, false, Vector),
     sig!("idelta", [Matrix], 1, false, Vector),
     sig!("increase", [Matrix], 1, false, Vector),
@@ -59,6 +61,7 @@ static SIGNATURES: &[Signature] = &[
     sig!("ln", [Vector], 1, false, Vector),
     sig!("log10", [Vector], 1, false, Vector),
     sig!("log2", [Vector], 1, false, Vector),
+    sig!("mad_over_time", [Matrix], 1, false, Vector),
     sig!("max_of", [Scalar, Scalar], 2, false, Scalar),
     sig!("max_over_time", [Matrix], 1, false, Vector),
     sig!("min_of", [Scalar, Scalar], 2, false, Scalar),
@@ -79,6 +82,8 @@ static SIGNATURES: &[Signature] = &[
     sig!("sin", [Vector], 1, false, Vector),
     sig!("sinh", [Vector], 1, false, Vector),
     sig!("sort", [Vector], 1, false, Vector),
+    sig!("sort_by_label", [Vector, Str], 1, true, Vector),
+    sig!("sort_by_label_desc", [Vector, Str], 1, true, Vector),
     sig!("sort_desc", [Vector], 1, false, Vector),
     sig!("sqrt", [Vector], 1, false, Vector),
     sig!("start", [], 0, false, Scalar),
@@ -90,6 +95,10 @@ static SIGNATURES: &[Signature] = &[
     sig!("tanh", [Vector], 1, false, Vector),
     sig!("time", [], 0, false, Scalar),
     sig!("timestamp", [Vector], 1, false, Vector),
+    sig!("ts_of_first_over_time", [Matrix], 1, false, Vector),
+    sig!("ts_of_last_over_time", [Matrix], 1, false, Vector),
+    sig!("ts_of_max_over_time", [Matrix], 1, false, Vector),
+    sig!("ts_of_min_over_time", [Matrix], 1, false, Vector),
     sig!("vector", [Scalar], 1, false, Vector),
     sig!("year", [Vector], 0, false, Vector),
 ];
@@ -100,7 +109,7 @@ pub fn signature(name: &str) -> Option<&'static Signature> {
 
 /// Range-vector functions that keep the metric name (they pick a sample, like `offset`).
 pub fn keeps_name(func: &str) -> bool {
-    matches!(func, "last_over_time")
+    matches!(func, "last_over_time" | "first_over_time")
 }
 
 /// Kahan-Babuška summation step, as Prometheus's `kahansum.Inc`.
@@ -317,6 +326,37 @@ pub fn range_fn(name: &str, w: &Window, param: f64) -> Option<f64> {
         "min_over_time" => s.iter().fold(s[0].1, |m, &(_, f)| if f < m || m.is_nan() { f } else { m }),
         "max_over_time" => s.iter().fold(s[0].1, |m, &(_, f)| if f > m || m.is_nan() { f } else { m }),
         "last_over_time" => s[s.len() - 1].1,
+        "first_over_time" => s[0].1,
+        "ts_of_first_over_time" => s[0].0 as f64 / 1000.0,
+        "ts_of_last_over_time" => s[s.len() - 1].0 as f64 / 1000.0,
+        "ts_of_max_over_time" => {
+            let (mut m, mut t) = (s[0].1, s[0].0);
+            for &(ts, f) in s {
+                if f >= m || m.is_nan() {
+                    (m, t) = (f, ts);
+                }
+            }
+            t as f64 / 1000.0
+        }
+        "ts_of_min_over_time" => {
+            let (mut m, mut t) = (s[0].1, s[0].0);
+            for &(ts, f) in s {
+                if f <= m || m.is_nan() {
+                    (m, t) = (f, ts);
+                }
+            }
+            t as f64 / 1000.0
+        }
+        "mad_over_time" => {
+            // A NaN sample makes the result NaN rather than being silently dropped.
+            if s.iter().any(|x| x.1.is_nan()) {
+                return Some(f64::NAN);
+            }
+            let mut v: Vec<f64> = s.iter().map(|x| x.1).collect();
+            let median = quantile(0.5, &mut v);
+            let mut dev: Vec<f64> = s.iter().map(|x| (x.1 - median).abs()).collect();
+            quantile(0.5, &mut dev)
+        }
         "present_over_time" => 1.0,
         "quantile_over_time" => {
             let mut v: Vec<f64> = s.iter().map(|x| x.1).collect();
@@ -330,6 +370,95 @@ pub fn range_fn(name: &str, w: &Window, param: f64) -> Option<f64> {
         "resets" => s.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64,
         _ => return None,
     })
+}
+
+/// Prometheus's `BucketQuantile` over classic histogram buckets `(upper bound, cumulative
+/// count)`: linear interpolation inside the bucket holding the rank; NaN without a `+Inf`
+/// bucket or observations. Counts are made monotonic first (scrapes of separate series are not
+/// atomic).
+pub fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+        return f64::NAN;
+    }
+    // Buckets with the same bound are one bucket.
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for &(le, c) in buckets.iter() {
+        match merged.last_mut() {
+            Some(last) if last.0 == le => last.1 += c,
+            _ => merged.push((le, c)),
+        }
+    }
+    let mut max = f64::NEG_INFINITY;
+    for b in merged.iter_mut() {
+        if b.1 < max {
+            b.1 = max;
+        }
+        max = b.1;
+    }
+    if merged.len() < 2 {
+        return f64::NAN;
+    }
+    let observations = merged[merged.len() - 1].1;
+    if observations == 0.0 || observations.is_nan() {
+        return f64::NAN;
+    }
+    let mut rank = q * observations;
+    let b = merged[..merged.len() - 1].partition_point(|x| x.1 < rank);
+    if b == merged.len() - 1 {
+        return merged[merged.len() - 2].0;
+    }
+    if b == 0 && merged[0].0 <= 0.0 {
+        return merged[0].0;
+    }
+    let (mut start, end, mut count) = (0.0, merged[b].0, merged[b].1);
+    if b > 0 {
+        start = merged[b - 1].0;
+        count -= merged[b - 1].1;
+        rank -= merged[b - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
+
+/// Natural order of label values (numbers inside compare by value), as `sort_by_label` uses.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (x.first(), y.first()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, _) => return std::cmp::Ordering::Less,
+            (_, None) => return std::cmp::Ordering::Greater,
+            (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                let i = x.iter().position(|c| !c.is_ascii_digit()).unwrap_or(x.len());
+                let j = y.iter().position(|c| !c.is_ascii_digit()).unwrap_or(y.len());
+                let (n, m) = (
+                    std::str::from_utf8(&x[..i]).unwrap_or("0"),
+                    std::str::from_utf8(&y[..j]).unwrap_or("0"),
+                );
+                let (nt, mt) = (n.trim_start_matches('0'), m.trim_start_matches('0'));
+                let o = nt.len().cmp(&mt.len()).then_with(|| nt.cmp(mt));
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+                (x, y) = (&x[i..], &y[j..]);
+            }
+            (Some(c), Some(d)) => {
+                if c != d {
+                    return c.cmp(d);
+                }
+                (x, y) = (&x[1..], &y[1..]);
+            }
+        }
+    }
 }
 
 /// Days since 1970-01-01 → (year, month 1-12, day 1-31) (Howard Hinnant's civil_from_days).
@@ -440,6 +569,27 @@ mod tests {
         assert_eq!(date_fn("days_in_month", 1_709_164_800.0), 29.0); // 2024-02-29
         assert_eq!(date_fn("day_of_year", 1_735_603_200.0), 366.0); // 2024-12-31
         assert_eq!(date_fn("hour", 3600.0 * 25.0), 1.0);
+    }
+
+    #[test]
+    fn classic_histogram_quantiles() {
+        let b = || vec![(0.1, 10.0), (0.5, 30.0), (1.0, 40.0), (f64::INFINITY, 50.0)];
+        assert!((bucket_quantile(0.5, &mut b()) - 0.4).abs() < 1e-12);
+        assert_eq!(bucket_quantile(0.99, &mut b()), 1.0, "in the +Inf bucket: the highest finite bound");
+        assert!((bucket_quantile(0.05, &mut b()) - 0.025).abs() < 1e-12);
+        assert!(bucket_quantile(0.5, &mut [(0.1, 1.0), (0.5, 2.0)]).is_nan(), "no +Inf bucket");
+        assert!(bucket_quantile(0.5, &mut [(0.1, 0.0), (f64::INFINITY, 0.0)]).is_nan(), "no observations");
+        // Non-monotonic counts are fixed up, not trusted.
+        let mut m = [(0.1, 10.0), (0.5, 8.0), (f64::INFINITY, 20.0)];
+        assert!((bucket_quantile(0.5, &mut m) - 0.1).abs() < 1e-12);
+        assert_eq!(bucket_quantile(-1.0, &mut b()), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec!["a10", "a9", "a1", "b", "a09x"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(v, vec!["a1", "a9", "a09x", "a10", "b"]);
     }
 
     #[test]
