@@ -59,6 +59,35 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         batch_lines: usize,
     },
+    /// Rewrites a line-protocol file as OpenMetrics text for `promtool tsdb
+    /// create-blocks-from openmetrics` (series `measurement_field`, grouped by metric name).
+    ToOpenmetrics {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Runs each query of `--queries` (one per line) on two Prometheus APIs at each `--at` time
+    /// (instant) and over `--range start,end,step`, and compares the results: the same series,
+    /// values equal within a relative 1e-9 (NaN equals NaN). Exits 1 on any difference.
+    Compare {
+        #[arg(long)]
+        a: String,
+        #[arg(long)]
+        a_token_file: Option<PathBuf>,
+        #[arg(long)]
+        b: String,
+        #[arg(long)]
+        b_token_file: Option<PathBuf>,
+        #[arg(long)]
+        queries: PathBuf,
+        /// Unix seconds, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        at: Vec<f64>,
+        /// start,end,step in seconds.
+        #[arg(long, value_delimiter = ',')]
+        range: Vec<f64>,
+    },
     Query {
         /// The Prometheus API base (e.g. http://127.0.0.1:7480).
         #[arg(long)]
@@ -336,6 +365,88 @@ async fn main() -> Result<()> {
             let total = samples.load(Ordering::Relaxed);
             println!("{total} samples in {secs:.2} s: {:.0} samples/s", total as f64 / secs);
         }
+        Cmd::ToOpenmetrics { file, out } => {
+            let text = std::fs::read_to_string(&file)?;
+            let mut by_name: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for line in text.lines() {
+                let mut parts = line.splitn(3, ' ');
+                let (Some(head), Some(fields), Some(ts)) = (parts.next(), parts.next(), parts.next()) else {
+                    continue;
+                };
+                let (measurement, tags) = head.split_once(',').unwrap_or((head, ""));
+                let labels: Vec<String> = tags
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .filter_map(|t| t.split_once('='))
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .collect();
+                let ns: i64 = ts.trim().parse().context("timestamp")?;
+                let secs = format!("{}.{:03}", ns / 1_000_000_000, (ns / 1_000_000) % 1000);
+                for f in fields.split(',') {
+                    let Some((k, v)) = f.split_once('=') else { continue };
+                    let v = v.trim_end_matches('i');
+                    let name = format!("{measurement}_{k}");
+                    let line = format!("{name}{{{}}} {v} {secs}", labels.join(","));
+                    by_name.entry(name).or_default().push(line);
+                }
+            }
+            let mut w = BufWriter::new(std::fs::File::create(&out)?);
+            for lines in by_name.values() {
+                for l in lines {
+                    writeln!(w, "{l}")?;
+                }
+            }
+            writeln!(w, "# EOF")?;
+            w.flush()?;
+        }
+        Cmd::Compare { a, a_token_file, b, b_token_file, queries, at, range } => {
+            let (ta, tb) = (token(&a_token_file)?, token(&b_token_file)?);
+            let client = reqwest::Client::new();
+            let get = |base: &str, tok: &Option<String>, path: String| {
+                let mut req = client.get(format!("{base}{path}"));
+                if let Some(t) = tok {
+                    req = req.bearer_auth(t);
+                }
+                async move {
+                    let r = req.send().await?;
+                    let v: serde_json::Value = r.json().await?;
+                    Ok::<_, anyhow::Error>(v)
+                }
+            };
+            let mut diffs = 0;
+            let mut checked = 0;
+            for q in std::fs::read_to_string(&queries)?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                let enc: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
+                let mut paths: Vec<String> =
+                    at.iter().map(|t| format!("/api/v1/query?query={enc}&time={t}")).collect();
+                if range.len() == 3 {
+                    paths.push(format!(
+                        "/api/v1/query_range?query={enc}&start={}&end={}&step={}",
+                        range[0], range[1], range[2]
+                    ));
+                }
+                for path in paths {
+                    let va = get(&a, &ta, path.clone()).await?;
+                    let vb = get(&b, &tb, path.clone()).await?;
+                    checked += 1;
+                    match same_result(&va, &vb) {
+                        Ok(n) => println!("OK   {n:>4} series  {path}"),
+                        Err(why) => {
+                            diffs += 1;
+                            println!("DIFF {path}: {why}");
+                        }
+                    }
+                }
+            }
+            println!("{checked} results compared, {diffs} differ");
+            if diffs > 0 {
+                std::process::exit(1);
+            }
+        }
         Cmd::Query { base, token_file, query, start, end, step, repeat, extra } => {
             let token = token(&token_file)?;
             let client = reqwest::Client::new();
@@ -373,6 +484,74 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Compares two Prometheus API answers; Ok(number of series) if they agree.
+fn same_result(a: &serde_json::Value, b: &serde_json::Value) -> std::result::Result<usize, String> {
+    if a["status"] != "success" || b["status"] != "success" {
+        return Err(format!("status: {} vs {}", a, b));
+    }
+    if a["data"]["resultType"] != b["data"]["resultType"] {
+        return Err(format!("type {} vs {}", a["data"]["resultType"], b["data"]["resultType"]));
+    }
+    let points = |v: &serde_json::Value| -> Vec<(String, Vec<(f64, String)>)> {
+        let mut out: Vec<(String, Vec<(f64, String)>)> = match &v["data"]["result"] {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|it| {
+                    let m = it["metric"].to_string();
+                    let pts = if let Some(vals) = it["values"].as_array() {
+                        vals.iter()
+                            .map(|p| (p[0].as_f64().unwrap_or(0.0), p[1].as_str().unwrap_or("").to_string()))
+                            .collect()
+                    } else {
+                        vec![(
+                            it["value"][0].as_f64().unwrap_or(0.0),
+                            it["value"][1].as_str().unwrap_or("").to_string(),
+                        )]
+                    };
+                    (m, pts)
+                })
+                .collect(),
+            other => vec![(
+                String::new(),
+                vec![(other[0].as_f64().unwrap_or(0.0), other[1].as_str().unwrap_or("").to_string())],
+            )],
+        };
+        out.sort_by(|x, y| x.0.cmp(&y.0));
+        out
+    };
+    let (pa, pb) = (points(a), points(b));
+    if pa.len() != pb.len() {
+        return Err(format!("{} series vs {}", pa.len(), pb.len()));
+    }
+    for ((ma, xa), (mb, xb)) in pa.iter().zip(&pb) {
+        // serde_json sorts object keys, so equal label sets print equally.
+        if ma != mb {
+            return Err(format!("series {ma} vs {mb}"));
+        }
+        if xa.len() != xb.len() {
+            return Err(format!("{ma}: {} points vs {}", xa.len(), xb.len()));
+        }
+        for ((ta, va), (tb, vb)) in xa.iter().zip(xb) {
+            let (fa, fb) = (parse_value(va), parse_value(vb));
+            let close =
+                (fa.is_nan() && fb.is_nan()) || fa == fb || (fa - fb).abs() <= 1e-9 * fa.abs().max(fb.abs());
+            if (ta - tb).abs() > 1e-6 || !close {
+                return Err(format!("{ma} at {ta}: {va} vs {vb}"));
+            }
+        }
+    }
+    Ok(pa.len())
+}
+
+fn parse_value(s: &str) -> f64 {
+    match s {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        _ => s.parse().unwrap_or(f64::NAN),
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -798,6 +798,12 @@ impl<'a> Ev<'a> {
             _ => (None, None),
         };
         let rows = self.vector_arg(expr)?;
+        // count_values groups by its value label too (Prometheus appends it to `by`).
+        let mut grouping = grouping.to_vec();
+        if let (AggOp::CountValues, Some(l), false) = (op, &label_param, without) {
+            grouping.push(l.clone());
+        }
+        let grouping = &grouping;
         let group_labels = |l: &Labels| -> Labels {
             if without {
                 l.iter().filter(|(k, _)| k != "__name__" && !grouping.contains(k)).cloned().collect()
@@ -866,20 +872,10 @@ impl<'a> Ev<'a> {
                     }
                 }
                 for members in by_group {
-                    let mut m = members;
-                    m.sort_by(|&a, &b| {
-                        let (x, y) =
-                            (rows[a].vals[i].unwrap_or(f64::NAN), rows[b].vals[i].unwrap_or(f64::NAN));
-                        let c = match (x.is_nan(), y.is_nan()) {
-                            (true, true) => std::cmp::Ordering::Equal,
-                            (true, false) => std::cmp::Ordering::Greater,
-                            (false, true) => std::cmp::Ordering::Less,
-                            _ if op == AggOp::Topk => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
-                            _ => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
-                        };
-                        c.then_with(|| rows[a].labels.cmp(&rows[b].labels))
-                    });
-                    for &ri in m.iter().take(kk) {
+                    let vals: Vec<(usize, f64)> =
+                        members.iter().map(|&ri| (ri, rows[ri].vals[i].unwrap_or(f64::NAN))).collect();
+                    let m = k_select(&vals, kk, op == AggOp::Topk);
+                    for &ri in m.iter() {
                         out_vals[ri][i] = rows[ri].vals[i];
                         if n == 1 {
                             order.push(ri);
@@ -1194,6 +1190,76 @@ impl<'a> Ev<'a> {
         // Keep the left side's series first, as Prometheus lists them.
         Ok(Val::Vector(out.rows))
     }
+}
+
+/// topk/bottomk of one group at one step, exactly as Prometheus picks them: a binary heap of at
+/// most `k` samples in input order (Go's `container/heap`), an element replaced only by a
+/// strictly better one, then sorted best first — so ties resolve as in Prometheus.
+fn k_select(vals: &[(usize, f64)], k: usize, top: bool) -> Vec<usize> {
+    // The heap's "less": for topk the smallest value (NaN counts as smallest) is on top.
+    let less = |a: f64, b: f64| -> bool {
+        if top {
+            a.is_nan() || a < b
+        } else {
+            a.is_nan() || a > b
+        }
+    };
+    let up = |h: &mut Vec<(usize, f64)>, mut j: usize| {
+        while j > 0 {
+            let i = (j - 1) / 2;
+            if !less(h[j].1, h[i].1) {
+                break;
+            }
+            h.swap(i, j);
+            j = i;
+        }
+    };
+    let down = |h: &mut Vec<(usize, f64)>, mut i: usize| {
+        let n = h.len();
+        loop {
+            let j1 = 2 * i + 1;
+            if j1 >= n {
+                break;
+            }
+            let mut j = j1;
+            if j1 + 1 < n && less(h[j1 + 1].1, h[j1].1) {
+                j = j1 + 1;
+            }
+            if !less(h[j].1, h[i].1) {
+                break;
+            }
+            h.swap(i, j);
+            i = j;
+        }
+    };
+    let mut h: Vec<(usize, f64)> = Vec::with_capacity(k.min(vals.len()));
+    for &(ri, v) in vals {
+        if h.len() < k {
+            h.push((ri, v));
+            let last = h.len() - 1;
+            up(&mut h, last);
+        } else if !h.is_empty() {
+            let head = h[0].1;
+            let better = if top { head < v } else { head > v } || (head.is_nan() && !v.is_nan());
+            if better {
+                h[0] = (ri, v);
+                if k > 1 {
+                    down(&mut h, 0);
+                }
+            }
+        }
+    }
+    // Best first (Prometheus sorts the heap in reverse).
+    h.sort_by(|a, b| {
+        if less(b.1, a.1) {
+            std::cmp::Ordering::Less
+        } else if less(a.1, b.1) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+    h.into_iter().map(|(ri, _)| ri).collect()
 }
 
 /// The value of `x op y` and, for comparisons, whether it holds.
