@@ -436,10 +436,11 @@ async fn retention_keeps_rollups_after_raw_samples_expire() {
     c.wait_ready(READY).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let hour = 3600;
-    // A gauge every minute from 10 h ago to 1 h ago (aligned to whole hours).
-    let start = (now / hour - 10) * hour;
+    // A gauge every minute from 30 h ago to 1 h ago (aligned to whole hours): hours become
+    // final for rollups once the series has samples a day (the out-of-order window) newer.
+    let start = (now / hour - 30) * hour;
     let mut body = String::new();
-    for i in 0..(9 * 60) {
+    for i in 0..(29 * 60) {
         body.push_str(&format!("room,id=r1 temp={} {}\n", 20 + i % 5, start + i * 60));
     }
     let r = c.call(1, Some(&c.token), Method::POST, "/v1/ts/write?precision=s", body.into(), None).await;
@@ -447,7 +448,7 @@ async fn retention_keeps_rollups_after_raw_samples_expire() {
 
     // Bad retention settings are refused, naming the field.
     for (body, field) in [
-        (r#"{"raw":"1h","rollups":"30d"}"#, "raw"),
+        (r#"{"raw":"30m","rollups":"30d"}"#, "raw"),
         (r#"{"raw":"10d","rollups":"1d"}"#, "rollups"),
         (r#"{"raw":"forever","rollups":"30d"}"#, "raw"),
         (r#"{"raw":"3h","rollups":"30d","extra":1}"#, "extra"),
@@ -475,9 +476,10 @@ async fn retention_keeps_rollups_after_raw_samples_expire() {
     loop {
         let mut done = true;
         for via in 1..=3 {
-            // Hours 0-4 are one chunk (240 one-minute samples), which ends well before the
-            // raw retention (3 h) and the rolled-up hours: it must go. Retention drops whole
-            // chunks, so a later hour may keep samples a little past it.
+            // Hours 0-4 are one chunk (240 one-minute samples). Hours 0-3 are final (the newest
+            // sample is 25 h later, past the 24 h out-of-order window) and rolled up, and the
+            // chunk ends before both the raw retention (3 h) and the rolled-up hours: it must
+            // go. Retention drops whole chunks, so later hours may keep samples past it.
             let t = start + 3 * hour + 1800;
             let (_, raw) = prom(
                 &c,
@@ -500,7 +502,7 @@ async fn retention_keeps_rollups_after_raw_samples_expire() {
                 &format!(
                     "/api/v1/query?query={}&time={}",
                     q("count_over_time(room_temp[1h])"),
-                    start + 9 * hour - 60
+                    start + 29 * hour - 60
                 ),
             )
             .await;

@@ -484,8 +484,10 @@ impl KvStore {
                 // Decoding is deterministic: every replica refuses the same batch.
                 Err(e) => Ok(Response::Rejected(format!("time-series batch: {e}"))),
                 Ok(b) => {
-                    let o =
-                        self.ts.apply(index, &b).map_err(|e| Error::Storage(format!("time series: {e}")))?;
+                    let o = self
+                        .ts
+                        .apply_encoded(index, &b, batch)
+                        .map_err(|e| Error::Storage(format!("time series: {e}")))?;
                     Ok(Response::TsWritten { written: o.written as u64, too_old: o.too_old as u64 })
                 }
             },

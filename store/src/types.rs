@@ -344,10 +344,10 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
         Command::MarkSeen { .. } => Ok(()),
         Command::SetTsRetention { ns, raw_ms, rollup_ms } => {
             validate_namespace(ns)?;
-            // Rollups are made of final samples (older than the 1-hour out-of-order window), so
-            // raw data must live at least that long plus an hour to be rolled up at all.
-            if *raw_ms < 2 * 3_600_000 {
-                return Err(Error::invalid("raw", "must be at least 2h"));
+            // Raw samples are never deleted before they are rolled up (once older than the
+            // out-of-order window), whatever the setting; below an hour it means nothing.
+            if *raw_ms < 3_600_000 {
+                return Err(Error::invalid("raw", "must be at least 1h"));
             }
             if rollup_ms < raw_ms {
                 return Err(Error::invalid("rollups", "must be at least as long as raw"));

@@ -36,10 +36,24 @@ impl WriteBatch {
     /// dropped (Prometheus: an empty label is an absent label). Checks every label set.
     pub fn from_points(ns: &str, points: Vec<Point>) -> Result<WriteBatch, Error> {
         check_ns(ns)?;
-        let mut by: BTreeMap<Labels, Vec<(usize, Sample)>> = BTreeMap::new();
+        // Group by the labels as given (a hash lookup per point), then normalize each distinct
+        // label set once and merge groups that normalize alike (labels written in another order).
+        let mut raw: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
+        let mut groups: Vec<(Labels, Vec<(usize, Sample)>)> = Vec::new();
         for (i, p) in points.into_iter().enumerate() {
-            let labels = normalize(p.labels)?;
-            by.entry(labels).or_default().push((i, (p.time_ms, p.value)));
+            let g = match raw.get(&p.labels) {
+                Some(&g) => g,
+                None => {
+                    raw.insert(p.labels.clone(), groups.len());
+                    groups.push((p.labels, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.push((i, (p.time_ms, p.value)));
+        }
+        let mut by: BTreeMap<Labels, Vec<(usize, Sample)>> = BTreeMap::new();
+        for (labels, v) in groups {
+            by.entry(normalize(labels)?).or_default().extend(v);
         }
         let series = by
             .into_iter()

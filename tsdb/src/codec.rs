@@ -160,16 +160,16 @@ fn shortest_decimal(v: f64) -> Option<(i64, i32)> {
     if !v.is_finite() || (v == 0.0 && v.is_sign_negative()) {
         return None;
     }
-    // Formatted on the stack: this runs for every value of a chunk being cut.
-    let mut buf = [0u8; 48];
-    let mut w = std::io::Cursor::new(&mut buf[..]);
-    std::io::Write::write_fmt(&mut w, format_args!("{v:e}")).ok()?;
-    let n = w.position() as usize;
-    let s = &buf[..n];
-    let e = s.iter().position(|&c| c == b'e')?;
-    let exp: i32 = std::str::from_utf8(&s[e + 1..]).ok()?.parse().ok()?;
+    // Ryu's shortest round-trip digits ("51.60212854816802", "1e21", "1.5e-7"): this runs for
+    // every value of a chunk being cut, so no allocation and no slow formatting.
+    let mut buf = ryu::Buffer::new();
+    let s = buf.format_finite(v).as_bytes();
+    let (mant, exp) = match s.iter().position(|&c| c == b'e' || c == b'E') {
+        Some(e) => (&s[..e], std::str::from_utf8(&s[e + 1..]).ok()?.parse::<i32>().ok()?),
+        None => (s, 0),
+    };
     let (mut d, mut neg, mut frac, mut dot) = (0i64, false, 0i32, false);
-    for &c in &s[..e] {
+    for &c in mant {
         match c {
             b'-' => neg = true,
             b'.' => dot = true,
@@ -180,7 +180,12 @@ fn shortest_decimal(v: f64) -> Option<(i64, i32)> {
             _ => return None,
         }
     }
-    Some((if neg { -d } else { d }, exp - frac))
+    let mut e = exp - frac;
+    while d != 0 && d % 10 == 0 {
+        d /= 10;
+        e += 1;
+    }
+    Some((if neg { -d } else { d }, e))
 }
 
 /// The value `m / 10^k`, correctly rounded (so exactly the value whose shortest digits made it).
