@@ -384,6 +384,8 @@ async fn remote_write_and_store_and_forward_across_a_cut_off_and_a_restart() {
     let backlog: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(backlog["samples"].as_u64(), Some(written as u64), "{out}");
     assert!(backlog["parts"].as_u64().unwrap() >= 1);
+    let metrics = c.client.get(format!("{}/metrics", c.http(1))).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("\nedgefabric_ts_queued_samples {written}\n")), "{metrics}");
 
     // The link returns: the queue drains, and every sample is there exactly once.
     c.resume(2);

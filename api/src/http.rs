@@ -398,6 +398,34 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "1 if this node's stored ledger passed its start-up verification.",
         u64::from(st.node.ledger_health() == edgefabric_store::ledger::Health::Verified),
     );
+    let tsq = st.node.ts_queue_status();
+    gauge(
+        "edgefabric_ts_queued_samples",
+        "Time-series samples in this node's store-and-forward queue, waiting for their shard.",
+        tsq.samples,
+    );
+    gauge(
+        "edgefabric_ts_queued_parts",
+        "Parts (one per shard and request) in the store-and-forward queue.",
+        tsq.parts,
+    );
+    gauge(
+        "edgefabric_ts_queue_oldest_seconds",
+        "Age of the oldest part in the store-and-forward queue (0 when empty).",
+        tsq.oldest_ms / 1000,
+    );
+    gauge(
+        "edgefabric_ts_forwarded_samples",
+        "Samples forwarded from the store-and-forward queue since this node started.",
+        tsq.forwarded,
+    );
+    let (series, head) = st.node.ts_local_stats();
+    gauge("edgefabric_ts_series", "Time series in the shard replicas this node hosts.", series);
+    gauge(
+        "edgefabric_ts_head_samples",
+        "Samples in memory not yet cut into chunks, over this node's replicas (the head log holds them).",
+        head,
+    );
     let (queued, shipped) = st.node.audit_backlog();
     gauge(
         "edgefabric_audit_records_queued",

@@ -384,6 +384,14 @@ impl Node {
         Ok(meta.kv.ts_retention(ns)?.unwrap_or((DEFAULT_RAW_RETENTION_MS, DEFAULT_ROLLUP_RETENTION_MS)))
     }
 
+    /// (series, head samples) over the data-group replicas this node hosts.
+    pub fn ts_local_stats(&self) -> (u64, u64) {
+        self.data_groups().iter().fold((0, 0), |(s, h), g| {
+            let (gs, gh) = g.kv.ts().stats();
+            (s + gs as u64, h + gh as u64)
+        })
+    }
+
     /// Sets a namespace's retention (through the metadata group).
     pub async fn set_ts_retention(&self, ns: &str, raw_ms: u64, rollup_ms: u64) -> Result<()> {
         match self.propose(Command::SetTsRetention { ns: ns.into(), raw_ms, rollup_ms }).await? {
