@@ -75,6 +75,17 @@ impl<'a> BitReader<'a> {
         if self.pos + n as usize > self.buf.len() * 8 {
             return Err(Error::Corrupt("chunk ends early".into()));
         }
+        // Fast path: up to 57 bits from one 8-byte big-endian load (decoding spends its time
+        // here).
+        let byte = self.pos >> 3;
+        if n > 0 && n <= 57 && byte + 8 <= self.buf.len() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.buf[byte..byte + 8]);
+            let off = (self.pos & 7) as u32;
+            let v = (u64::from_be_bytes(w) << off) >> (64 - n);
+            self.pos += n as usize;
+            return Ok(v);
+        }
         let mut v = 0u64;
         while n > 0 {
             let byte = self.buf[self.pos >> 3];
