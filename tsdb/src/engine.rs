@@ -232,29 +232,22 @@ impl Engine {
             let (ns, labels) = parse_series_key(&v)?;
             Self::index_series(&mut st, id, v.to_vec(), Arc::from(ns), Arc::new(labels));
         }
-        // Chunk bounds: the first start and the last end of each series.
-        let mut last: Option<u64> = None;
-        let cp = self.key(CHUNK, &[]);
-        for kv in self.tree.scan_prefix(&cp) {
-            let (k, v) = kv?;
-            let rest = &k[cp.len()..];
-            if rest.len() != 16 {
-                return Err(Error::Corrupt("chunk key".into()));
-            }
-            let id =
-                u64::from_be_bytes(rest[..8].try_into().map_err(|_| Error::Corrupt("chunk key".into()))?);
-            let end = unflip(&rest[8..])?;
-            let start = get_varint(&v, &mut 0)?;
-            let s = st
-                .series
-                .get_mut(&id)
-                .ok_or_else(|| Error::Corrupt(format!("chunk of unknown series {id}")))?;
-            if last != Some(id) {
-                s.min_t = start;
-            }
+        // Chunk bounds: the first chunk's start and the last chunk's end of each series — two
+        // lookups per series, not a scan of every chunk (which would read all the data at open).
+        for (&id, s) in st.series.iter_mut() {
+            let range = self.chunk_key(id, i64::MIN)..=self.chunk_key(id, i64::MAX);
+            let mut chunks = self.tree.range(range);
+            let Some(first) = chunks.next() else { continue };
+            let (first_key, v) = first?;
+            s.min_t = get_varint(&v, &mut 0)?;
+            // The last chunk, or the first if it is the only one.
+            let last_key = match chunks.next_back() {
+                Some(last) => last?.0,
+                None => first_key,
+            };
+            let end = unflip(&last_key[last_key.len() - 8..])?;
             s.last_chunk_end = Some(end);
             s.max_t = s.max_t.max(end);
-            last = Some(id);
         }
         // Rollup watermarks.
         let rp = self.key(ROLLED, &[]);
