@@ -404,15 +404,7 @@ impl Engine {
                 };
                 b.insert(self.key(WAL, &[&index.to_be_bytes()]), bytes);
             }
-            if floor > st.floor {
-                let from = self.key(WAL, &[&(st.floor + 1).to_be_bytes()]);
-                let to = self.key(WAL, &[&floor.to_be_bytes()]);
-                for k in self.tree.range(from..=to).keys() {
-                    b.remove(k?);
-                }
-                st.floor = floor;
-                b.insert(self.key(META, &[b"floor"]), &floor.to_be_bytes());
-            }
+            self.trim_head_log(st, floor, &mut b)?;
             b.insert(self.key(META, &[b"applied"]), &index.to_be_bytes());
             self.tree.apply_batch(b)?;
             Ok(())
@@ -447,11 +439,8 @@ impl Engine {
     fn cut(&self, st: &mut State, id: u64, b: &mut sled::Batch) -> Result<(), Error> {
         let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
         for piece in ser.head.chunks(self.opts.chunk_samples.max(1)) {
-            let (Some(first), Some(last)) = (piece.first(), piece.last()) else { continue };
-            let mut v = Vec::with_capacity(piece.len() * 2 + 16);
-            put_varint(&mut v, first.0);
-            v.extend_from_slice(&codec::encode(piece));
-            b.insert(self.chunk_key(id, last.0), v);
+            let Some(last) = piece.last() else { continue };
+            b.insert(self.chunk_key(id, last.0), chunk_value(piece));
             ser.last_chunk_end = Some(last.0);
         }
         ser.head.clear();
@@ -472,15 +461,13 @@ impl Engine {
             rest = r;
             if !mine.is_empty() {
                 let mut pos = 0;
-                let start = get_varint(&v, &mut pos)?;
+                get_varint(&v, &mut pos)?;
                 let mut all = codec::decode(&v[pos..])?;
                 for &s in mine {
                     insert_sorted(&mut all, s);
                 }
-                let mut nv = Vec::with_capacity(v.len() + mine.len() * 4);
-                put_varint(&mut nv, start.min(mine[0].0));
-                nv.extend_from_slice(&codec::encode(&all));
-                b.insert(k, nv);
+                // The chunk's end (its key) is unchanged: every merged sample is at or before it.
+                b.insert(k, chunk_value(&all));
             }
             if rest.is_empty() {
                 return Ok(());
@@ -530,19 +517,12 @@ impl Engine {
         };
         let mut out = Vec::with_capacity(found.len());
         for Found { id, labels, chunk_end, head } in found {
-            let mut samples = Vec::new();
-            if let Some(chunk_end) = chunk_end.filter(|&e| e >= mint) {
-                let range = self.chunk_key(id, mint)..=self.chunk_key(id, chunk_end);
-                for kv in self.tree.range(range) {
-                    let (_, v) = kv?;
-                    let mut pos = 0;
-                    if get_varint(&v, &mut pos)? > maxt {
-                        break;
-                    }
-                    let c = codec::decode(&v[pos..])?;
-                    samples.extend(c.into_iter().filter(|s| s.0 >= mint && s.0 <= maxt));
+            let mut samples = match chunk_end.filter(|&e| e >= mint) {
+                Some(end) => {
+                    self.read_chunks(self.chunk_key(id, mint)..=self.chunk_key(id, end), mint, maxt)?
                 }
-            }
+                None => Vec::new(),
+            };
             samples.extend(head);
             if !samples.is_empty() {
                 out.push(Series { labels, samples });
@@ -594,16 +574,8 @@ impl Engine {
         };
         let mut out = Vec::new();
         for (id, labels) in found {
-            let mut samples = Vec::new();
             let range = self.rollup_key(id, res, agg, mint)..=self.rollup_key(id, res, agg, i64::MAX);
-            for kv in self.tree.range(range) {
-                let (_, v) = kv?;
-                let mut pos = 0;
-                if get_varint(&v, &mut pos)? > maxt {
-                    break;
-                }
-                samples.extend(codec::decode(&v[pos..])?.into_iter().filter(|s| s.0 >= mint && s.0 <= maxt));
-            }
+            let samples = self.read_chunks(range, mint, maxt)?;
             if !samples.is_empty() {
                 out.push(Series { labels: Arc::new(labels), samples });
             }
@@ -640,24 +612,14 @@ impl Engine {
             if to <= from {
                 continue;
             }
-            let mut raw = Vec::new();
-            for kv in self.tree.range(self.chunk_key(id, from)..=self.chunk_key(id, i64::MAX)) {
-                let (_, v) = kv?;
-                let mut pos = 0;
-                if get_varint(&v, &mut pos)? >= to {
-                    break;
-                }
-                raw.extend(codec::decode(&v[pos..])?.into_iter().filter(|x| x.0 >= from && x.0 < to));
-            }
+            let raw =
+                self.read_chunks(self.chunk_key(id, from)..=self.chunk_key(id, i64::MAX), from, to - 1)?;
             let mut b = sled::Batch::default();
             for (res, _, width) in RESOLUTIONS {
                 let streams = aggregate(&raw, width);
                 for (agg, stream) in streams.iter().enumerate() {
-                    if let (Some(first), Some(last)) = (stream.first(), stream.last()) {
-                        let mut v = Vec::with_capacity(stream.len() * 2 + 16);
-                        put_varint(&mut v, first.0);
-                        v.extend_from_slice(&codec::encode(stream));
-                        b.insert(self.rollup_key(id, res, agg as u8, last.0), v);
+                    if let Some(last) = stream.last() {
+                        b.insert(self.rollup_key(id, res, agg as u8, last.0), chunk_value(stream));
                     }
                 }
             }
@@ -881,18 +843,54 @@ impl Engine {
             self.cut(st, id, &mut b)?;
         }
         let floor = st.applied;
-        if floor > st.floor {
-            let from = self.key(WAL, &[&(st.floor + 1).to_be_bytes()]);
-            let to = self.key(WAL, &[&floor.to_be_bytes()]);
-            for k in self.tree.range(from..=to).keys() {
-                b.remove(k?);
-            }
-            st.floor = floor;
-            b.insert(self.key(META, &[b"floor"]), &floor.to_be_bytes());
-        }
+        self.trim_head_log(st, floor, &mut b)?;
         self.tree.apply_batch(b)?;
         Ok(())
     }
+
+    /// Deletes the head log's entries up to `floor` (every sample of theirs is in a chunk).
+    fn trim_head_log(&self, st: &mut State, floor: u64, b: &mut sled::Batch) -> Result<(), Error> {
+        if floor <= st.floor {
+            return Ok(());
+        }
+        let from = self.key(WAL, &[&(st.floor + 1).to_be_bytes()]);
+        let to = self.key(WAL, &[&floor.to_be_bytes()]);
+        for k in self.tree.range(from..=to).keys() {
+            b.remove(k?);
+        }
+        st.floor = floor;
+        b.insert(self.key(META, &[b"floor"]), &floor.to_be_bytes());
+        Ok(())
+    }
+
+    /// Samples in `[mint, maxt]` from the chunks with keys in `range` (a series' raw or rollup
+    /// stream; keys order chunks by end time, so the scan stops at the first starting after
+    /// `maxt`).
+    fn read_chunks(
+        &self,
+        range: std::ops::RangeInclusive<Vec<u8>>,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Sample>, Error> {
+        let mut out = Vec::new();
+        for kv in self.tree.range(range) {
+            let (_, v) = kv?;
+            let mut pos = 0;
+            if get_varint(&v, &mut pos)? > maxt {
+                break;
+            }
+            out.extend(codec::decode(&v[pos..])?.into_iter().filter(|s| s.0 >= mint && s.0 <= maxt));
+        }
+        Ok(out)
+    }
+}
+
+/// A chunk's stored value: its first timestamp, then the encoded samples.
+fn chunk_value(samples: &[Sample]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(samples.len() * 2 + 16);
+    put_varint(&mut v, samples.first().map_or(0, |s| s.0));
+    v.extend_from_slice(&codec::encode(samples));
+    v
 }
 
 /// Buckets of `width` ms (timestamped at their start) over sorted samples: the min, max, sum
