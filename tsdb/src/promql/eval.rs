@@ -247,6 +247,19 @@ impl Out {
     }
 }
 
+/// An instant-vector function of each value (`f(step, value)`; None drops the sample): the
+/// metric name is dropped, and rows that become equal are merged.
+fn map_values(rows: Vec<Row>, n: usize, f: impl Fn(usize, f64) -> Option<f64>) -> Result<Val, Error> {
+    let rows = rows
+        .into_iter()
+        .map(|r| Row {
+            labels: drop_name(r.labels),
+            vals: r.vals.into_iter().enumerate().map(|(i, v)| v.and_then(|x| f(i, x))).collect(),
+        })
+        .collect();
+    Ok(Val::Vector(merge(rows, n)?))
+}
+
 /// Merges rows by label set (after a name drop), refusing clashes at a step.
 fn merge(rows: Vec<Row>, n: usize) -> Result<Vec<Row>, Error> {
     let mut seen = HashSet::with_capacity(rows.len());
@@ -323,15 +336,7 @@ impl<'a> Ev<'a> {
             Expr::Paren(e) => self.eval(e),
             Expr::Neg(e) => Ok(match self.eval(e)? {
                 Val::Scalar(v) => Val::Scalar(v.into_iter().map(|x| -x).collect()),
-                Val::Vector(rows) => Val::Vector(merge(
-                    rows.into_iter()
-                        .map(|r| Row {
-                            labels: drop_name(r.labels),
-                            vals: r.vals.into_iter().map(|v| v.map(|x| -x)).collect(),
-                        })
-                        .collect(),
-                    self.n,
-                )?),
+                Val::Vector(rows) => map_values(rows, self.n, |_, x| Some(-x))?,
                 _ => return Err(Error::Invalid("unary minus needs a scalar or an instant vector".into())),
             }),
             Expr::Selector(s) => Ok(Val::Vector(self.vector_selector(s, false)?)),
@@ -529,14 +534,7 @@ impl<'a> Ev<'a> {
                 } else {
                     self.vector_arg(&args[0])?
                 };
-                let rows = rows
-                    .into_iter()
-                    .map(|r| Row {
-                        labels: drop_name(r.labels),
-                        vals: r.vals.into_iter().map(|v| v.map(|x| functions::date_fn(func, x))).collect(),
-                    })
-                    .collect();
-                return Ok(Val::Vector(merge(rows, n)?));
+                return map_values(rows, n, |_, x| Some(functions::date_fn(func, x)));
             }
             "round" => {
                 let rows = self.vector_arg(&args[0])?;
@@ -544,24 +542,11 @@ impl<'a> Ev<'a> {
                     Some(a) => self.scalar_arg(a)?,
                     None => vec![1.0; n],
                 };
-                let rows = rows
-                    .into_iter()
-                    .map(|r| Row {
-                        labels: drop_name(r.labels),
-                        vals: r
-                            .vals
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, v)| {
-                                v.map(|x| {
-                                    let inv = 1.0 / to[i];
-                                    (x * inv + 0.5).floor() / inv
-                                })
-                            })
-                            .collect(),
-                    })
-                    .collect();
-                return Ok(Val::Vector(merge(rows, n)?));
+                // Prometheus multiplies by the inverse: fewer floating-point surprises.
+                return map_values(rows, n, |i, x| {
+                    let inv = 1.0 / to[i];
+                    Some((x * inv + 0.5).floor() / inv)
+                });
             }
             "clamp" | "clamp_min" | "clamp_max" => {
                 let rows = self.vector_arg(&args[0])?;
@@ -570,23 +555,7 @@ impl<'a> Ev<'a> {
                     "clamp_min" => (self.scalar_arg(&args[1])?, vec![f64::INFINITY; n]),
                     _ => (vec![f64::NEG_INFINITY; n], self.scalar_arg(&args[1])?),
                 };
-                let rows = rows
-                    .into_iter()
-                    .map(|r| Row {
-                        labels: drop_name(r.labels),
-                        vals: r
-                            .vals
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, v)| match v {
-                                Some(_) if hi[i] < lo[i] => None,
-                                Some(x) => Some(lo[i].max(hi[i].min(x))),
-                                None => None,
-                            })
-                            .collect(),
-                    })
-                    .collect();
-                return Ok(Val::Vector(merge(rows, n)?));
+                return map_values(rows, n, |i, x| (hi[i] >= lo[i]).then(|| lo[i].max(hi[i].min(x))));
             }
             "sort_by_label" | "sort_by_label_desc" => {
                 let mut rows = self.vector_arg(&args[0])?;
@@ -720,14 +689,7 @@ impl<'a> Ev<'a> {
         }
         if functions::math_fn(func, 0.0).is_some() {
             let rows = self.vector_arg(&args[0])?;
-            let rows = rows
-                .into_iter()
-                .map(|r| Row {
-                    labels: drop_name(r.labels),
-                    vals: r.vals.into_iter().map(|v| v.and_then(|x| functions::math_fn(func, x))).collect(),
-                })
-                .collect();
-            return Ok(Val::Vector(merge(rows, n)?));
+            return map_values(rows, n, |_, x| functions::math_fn(func, x));
         }
         // Range-vector functions.
         let (matrix_arg, param) = match func {
