@@ -555,6 +555,26 @@ pub async fn buildinfo() -> Response {
     ))
 }
 
+/// The label sets the metadata routes answer from: the request's `match[]` selectors (required
+/// for `/series`) and time range, in its namespace.
+async fn matching_series(
+    st: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    q: Option<&str>,
+    body: Body,
+    required: bool,
+) -> Result<Vec<edgefabric_tsdb::batch::Labels>, PromError> {
+    let body = read_form(body).await?;
+    let p = params(method, headers, q, &body);
+    let (sels, start, end) = selection(&p, required)?;
+    Ok(st.node.ts_series(&ns_of(&p), &sels, start, end, Consistency::Linearizable).await?)
+}
+
+fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Response {
+    success(format!("[{}]", items.into_iter().map(json_str).collect::<Vec<_>>().join(",")))
+}
+
 /// `GET|POST /api/v1/series`.
 pub async fn series(
     State(st): State<Arc<AppState>>,
@@ -563,15 +583,10 @@ pub async fn series(
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
-    let inner = async {
-        let body = read_form(body).await?;
-        let p = params(&method, &headers, q.as_deref(), &body);
-        let (sels, start, end) = selection(&p, true)?;
-        let all = st.node.ts_series(&ns_of(&p), &sels, start, end, Consistency::Linearizable).await?;
-        let items: Vec<String> = all.iter().map(|l| fmt_metric(l)).collect();
-        Ok::<_, PromError>(success(format!("[{}]", items.join(","))))
-    };
-    inner.await.unwrap_or_else(IntoResponse::into_response)
+    match matching_series(&st, &method, &headers, q.as_deref(), body, true).await {
+        Ok(all) => success(format!("[{}]", all.iter().map(|l| fmt_metric(l)).collect::<Vec<_>>().join(","))),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `GET|POST /api/v1/labels`.
@@ -582,17 +597,14 @@ pub async fn labels(
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
-    let inner = async {
-        let body = read_form(body).await?;
-        let p = params(&method, &headers, q.as_deref(), &body);
-        let (sels, start, end) = selection(&p, false)?;
-        let all = st.node.ts_series(&ns_of(&p), &sels, start, end, Consistency::Linearizable).await?;
-        let names: std::collections::BTreeSet<&str> =
-            all.iter().flat_map(|l| l.iter().map(|(k, _)| k.as_str())).collect();
-        let items: Vec<String> = names.into_iter().map(json_str).collect();
-        Ok::<_, PromError>(success(format!("[{}]", items.join(","))))
-    };
-    inner.await.unwrap_or_else(IntoResponse::into_response)
+    match matching_series(&st, &method, &headers, q.as_deref(), body, false).await {
+        Ok(all) => {
+            let names: std::collections::BTreeSet<&str> =
+                all.iter().flat_map(|l| l.iter().map(|(k, _)| k.as_str())).collect();
+            json_list(names)
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `GET /api/v1/label/{name}/values`.
@@ -604,17 +616,16 @@ pub async fn label_values(
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
-    let inner = async {
-        let body = read_form(body).await?;
-        let p = params(&method, &headers, q.as_deref(), &body);
-        let (sels, start, end) = selection(&p, false)?;
-        let all = st.node.ts_series(&ns_of(&p), &sels, start, end, Consistency::Linearizable).await?;
-        let values: std::collections::BTreeSet<&str> =
-            all.iter().filter_map(|l| l.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())).collect();
-        let items: Vec<String> = values.into_iter().map(json_str).collect();
-        Ok::<_, PromError>(success(format!("[{}]", items.join(","))))
-    };
-    inner.await.unwrap_or_else(IntoResponse::into_response)
+    match matching_series(&st, &method, &headers, q.as_deref(), body, false).await {
+        Ok(all) => {
+            let values: std::collections::BTreeSet<&str> = all
+                .iter()
+                .filter_map(|l| l.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()))
+                .collect();
+            json_list(values)
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -705,39 +705,6 @@ impl Engine {
         Ok(out)
     }
 
-    /// Label names of the matching series, sorted.
-    pub fn label_names(
-        &self,
-        ns: &str,
-        selectors: &[Vec<Matcher>],
-        mint: i64,
-        maxt: i64,
-    ) -> Result<Vec<String>, Error> {
-        let names: BTreeSet<String> = self
-            .series(ns, selectors, mint, maxt)?
-            .iter()
-            .flat_map(|l| l.iter().map(|(n, _)| n.clone()))
-            .collect();
-        Ok(names.into_iter().collect())
-    }
-
-    /// Values of label `name` among the matching series, sorted.
-    pub fn label_values(
-        &self,
-        ns: &str,
-        name: &str,
-        selectors: &[Vec<Matcher>],
-        mint: i64,
-        maxt: i64,
-    ) -> Result<Vec<String>, Error> {
-        let values: BTreeSet<String> = self
-            .series(ns, selectors, mint, maxt)?
-            .iter()
-            .filter_map(|l| l.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()))
-            .collect();
-        Ok(values.into_iter().collect())
-    }
-
     /// Retention: deletes raw chunks of `ns` ending before `raw_before` (only once rolled up:
     /// raw data never disappears before its rollups exist), rollup chunks ending before
     /// `rollup_before`, and series left with nothing. Local to each replica (each converges to
@@ -1010,11 +977,13 @@ mod tests {
         // Other namespaces see nothing; a selector matching everything empty is refused.
         assert!(e.select("other", &[Matcher::eq("__name__", "cpu")], 0, 100).unwrap().is_empty());
         assert!(e.select("ns", &[Matcher::new("x", MatchOp::Ne, "1").unwrap()], 0, 100).is_err());
-        assert_eq!(e.label_names("ns", &[], 0, 100).unwrap(), vec!["__name__", "dc", "host"]);
-        assert_eq!(
-            e.label_values("ns", "host", &[vec![Matcher::eq("__name__", "cpu")]], 0, 100).unwrap(),
-            vec!["a", "b"]
-        );
+        let all = e.series("ns", &[], 0, 100).unwrap();
+        let names: BTreeSet<&str> = all.iter().flat_map(|l| l.iter().map(|(k, _)| k.as_str())).collect();
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["__name__", "dc", "host"]);
+        let cpu = e.series("ns", &[vec![Matcher::eq("__name__", "cpu")]], 0, 100).unwrap();
+        let hosts: Vec<&str> =
+            cpu.iter().filter_map(|l| l.iter().find(|(k, _)| k == "host").map(|(_, v)| v.as_str())).collect();
+        assert_eq!(hosts, vec!["a", "b"], "{cpu:?}");
         assert_eq!(e.series("ns", &[vec![Matcher::eq("host", "a")]], 0, 100).unwrap().len(), 2);
     }
 
@@ -1103,7 +1072,8 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(*left[0].labels, live);
         assert_eq!(left[0].samples.first(), Some(&(40, 1.0)));
-        assert_eq!(e.label_values("ns", "__name__", &[], i64::MIN, i64::MAX).unwrap(), vec!["live"]);
+        let series = e.series("ns", &[], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(series, vec![Arc::new(live)], "the expired series is gone from the index too");
     }
 
     #[test]
