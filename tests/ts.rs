@@ -142,17 +142,61 @@ async fn line_protocol_in_prometheus_api_out() {
     let (s, v) = prom(&c, 3, &reader, "/api/v1/metadata").await;
     assert_eq!((s, v["data"].clone()), (200, serde_json::json!({})));
 
+    let (s, v) = prom(&c, 3, &reader, "/api/v1/status/buildinfo").await;
+    assert_eq!((s, v["data"]["application"].as_str()), (200, Some("EdgeFabric")), "{v}");
+
+    // `edgefabric ts write` from a file; a bad file is refused with its line.
+    let lp = c.cluster_dir().join("extra.lp");
+    std::fs::write(&lp, format!("disk,host=a free=7i {t_end}\n")).unwrap();
+    let token_file = c.token_file();
+    let lp_path = lp.display().to_string();
+    let args = [
+        "ts",
+        "write",
+        "--precision",
+        "s",
+        "--endpoint",
+        c.http(2),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        &lp_path,
+    ];
+    let (ok, out, err) = c.cli(&args).await;
+    assert!(ok && out.contains("written"), "{out} {err}");
+    let (_, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query=disk_free&time={t_end}")).await;
+    assert_eq!(vector(&v), vec![("__name__=disk_free,host=a".to_string(), 7.0)]);
+    std::fs::write(&lp, "disk,host=a free=\n").unwrap();
+    let (ok, _, err) = c.cli(&args).await;
+    assert!(!ok && err.contains("line 1"), "{err}");
+
+    // Flush (admin only) cuts every head into chunks and reports what they take.
+    let r = c.call(1, Some(&reader), Method::POST, "/v1/ts/flush", vec![], None).await;
+    assert_eq!(r.status, 403);
+    let r = c.call(1, Some(&c.token), Method::POST, "/v1/ts/flush", vec![], None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let f = r.json();
+    assert!(f["series"].as_u64().unwrap() >= 6 && f["chunk_bytes"].as_u64().unwrap() > 0, "{f}");
+    let (_, v) = prom(
+        &c,
+        2,
+        &reader,
+        &format!("/api/v1/query?query={}&time={t_end}", q("count_over_time(cpu_usage_user[10m])")),
+    )
+    .await;
+    assert_eq!(vector(&v).len(), 2, "still readable after the flush: {v}");
+
     // Metadata routes.
     let (_, v) = prom(&c, 1, &reader, &format!("/api/v1/series?match[]={}", q("{host=\"a\"}"))).await;
     let names: Vec<&str> =
         v["data"].as_array().unwrap().iter().map(|m| m["__name__"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["cpu_ok", "cpu_usage_idle", "cpu_usage_user", "http_requests"]);
+    assert_eq!(names, vec!["cpu_ok", "cpu_usage_idle", "cpu_usage_user", "disk_free", "http_requests"]);
     let (_, v) = prom(&c, 2, &reader, "/api/v1/labels").await;
     assert_eq!(v["data"], serde_json::json!(["__name__", "dc", "host", "le", "path"]));
+    // (disk_free came through the CLI above)
     let (_, v) = prom(&c, 3, &reader, "/api/v1/label/host/values").await;
     assert_eq!(v["data"], serde_json::json!(["a", "b"]));
     let (_, v) = prom(&c, 3, &reader, "/api/v1/label/__name__/values?ns=default").await;
-    assert_eq!(v["data"].as_array().unwrap().len(), 5);
+    assert_eq!(v["data"].as_array().unwrap().len(), 6);
 
     // Prometheus-shaped errors.
     let (s, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query={}", q("rate(cpu_usage_user)"))).await;
