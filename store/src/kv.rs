@@ -43,12 +43,14 @@ fn parse_data_key(k: &[u8]) -> Option<(&str, &str)> {
     Some((ns, key))
 }
 
-/// A full image of the store: every (key, value) of the tree, in key order.
+/// A full image of the store: every (key, value) of the tree, in key order, then the time-series
+/// engine's entries under `TS_PREFIX`.
 pub type Image = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub struct KvStore {
     tree: sled::Tree,
-    /// Time series of this group (same tree, `TS_PREFIX`).
+    /// Time series of this group: their own files in the group's directory (`ts/`), carried
+    /// in snapshot images under `TS_PREFIX`.
     ts: std::sync::Arc<edgefabric_tsdb::engine::Engine>,
     /// The decoded cluster map (metadata group), read on every request's routing. Outer
     /// `None`: not loaded yet. Loaded and replaced only under the write lock, so a lazy load
@@ -59,6 +61,9 @@ pub struct KvStore {
     max_apply_value: usize,
     /// Set on the ledger group's store: it applies `LedgerBlock` commands.
     ledger: Option<std::sync::Arc<LedgerCtx>>,
+    /// `temporary()`'s directory, removed with the store.
+    #[cfg(test)]
+    _tmp: Option<tempfile::TempDir>,
 }
 
 /// What the ledger group's state machine needs beyond its state.
@@ -104,6 +109,10 @@ impl edgefabric_ledger::chain::Store for OverlayView<'_> {
     }
 }
 
+fn ts_err(e: edgefabric_tsdb::Error) -> Error {
+    Error::Storage(format!("time series: {e}"))
+}
+
 fn data_key(ns: &str, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + ns.len() + key.len());
     k.push(b'k');
@@ -145,21 +154,37 @@ pub const APPLY_MAX_VALUE_BYTES: usize = 16 << 20;
 
 impl KvStore {
     /// Opens the store of one raft group: a tree of the node's sled database (one database
-    /// per node, so many groups share its cache and flusher).
-    pub fn open(db: &sled::Db, group: u64) -> Result<Self> {
+    /// per node, so many groups share its cache and flusher), and the group's time series in
+    /// `dir/ts`.
+    pub fn open(db: &sled::Db, group: u64, dir: &std::path::Path) -> Result<Self> {
         let tree = db.open_tree(format!("group-{group}"))?;
-        // The group's time series live in the same tree under the `T` prefix, so a raft
-        // snapshot (the tree's image) carries them, and one replica's state is one tree.
-        let ts = std::sync::Arc::new(
-            edgefabric_tsdb::engine::Engine::open(tree.clone(), TS_PREFIX, Default::default())
-                .map_err(|e| Error::Storage(format!("time series: {e}")))?,
-        );
+        let ts =
+            edgefabric_tsdb::engine::Engine::open(&dir.join("ts"), Default::default()).map_err(ts_err)?;
+        // Time series written by an earlier version lived in the tree under `TS_PREFIX`: move
+        // them into the engine's files (the engine first, so a crash in between repeats the
+        // move from the same keys).
+        let old: Image = tree
+            .scan_prefix(TS_PREFIX)
+            .map(|kv| kv.map(|(k, v)| (k[TS_PREFIX.len()..].to_vec(), v.to_vec())))
+            .collect::<std::result::Result<_, _>>()?;
+        if !old.is_empty() {
+            tracing::info!(group, entries = old.len(), "moving time series out of sled into their own files");
+            ts.import(old).map_err(ts_err)?;
+            let mut b = sled::Batch::default();
+            for k in tree.scan_prefix(TS_PREFIX).keys() {
+                b.remove(k?);
+            }
+            tree.apply_batch(b)?;
+            tree.flush()?;
+        }
         Ok(KvStore {
             tree,
-            ts,
+            ts: std::sync::Arc::new(ts),
             map_cache: std::sync::RwLock::new(None),
             max_apply_value: APPLY_MAX_VALUE_BYTES,
             ledger: None,
+            #[cfg(test)]
+            _tmp: None,
         })
     }
 
@@ -183,10 +208,14 @@ impl KvStore {
         &self.tree
     }
 
-    /// A throwaway in-memory store, for tests.
+    /// A throwaway store, for tests.
+    #[cfg(test)]
     pub fn temporary() -> Result<Self> {
         let db = sled::Config::new().temporary(true).open()?;
-        Self::open(&db, 1)
+        let tmp = tempfile::tempdir()?;
+        let mut kv = Self::open(&db, 1, tmp.path())?;
+        kv._tmp = Some(tmp);
+        Ok(kv)
     }
 
     /// Data keys in this group.
@@ -484,10 +513,7 @@ impl KvStore {
                 // Decoding is deterministic: every replica refuses the same batch.
                 Err(e) => Ok(Response::Rejected(format!("time-series batch: {e}"))),
                 Ok(b) => {
-                    let o = self
-                        .ts
-                        .apply_encoded(index, &b, batch)
-                        .map_err(|e| Error::Storage(format!("time series: {e}")))?;
+                    let o = self.ts.apply_encoded(index, &b, batch).map_err(ts_err)?;
                     Ok(Response::TsWritten { written: o.written as u64, too_old: o.too_old as u64 })
                 }
             },
@@ -706,20 +732,29 @@ impl KvStore {
             let (k, v) = kv?;
             out.push((k.to_vec(), v.to_vec()));
         }
+        for (k, v) in self.ts.export().map_err(ts_err)? {
+            out.push(([TS_PREFIX, &k].concat(), v));
+        }
         Ok(out)
     }
 
-    /// Replaces the whole store with an exported image and flushes it.
+    /// Replaces the whole store with an exported image, durably. The time series first: the
+    /// tree carries the raft meta, and until it is replaced a crash leaves the old meta, so
+    /// the caller (raft's glue) imports again.
     pub fn import(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let ts: Image = entries
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(TS_PREFIX).map(|k| (k.to_vec(), v.clone())))
+            .collect();
+        self.ts.import(ts).map_err(ts_err)?;
         self.tree.clear()?;
         let mut batch = sled::Batch::default();
-        for (k, v) in entries {
+        for (k, v) in entries.iter().filter(|(k, _)| !k.starts_with(TS_PREFIX)) {
             batch.insert(k.as_slice(), v.as_slice());
         }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
         *self.map_cache.write().unwrap_or_else(|p| p.into_inner()) = None;
-        self.ts.reload().map_err(|e| Error::Storage(format!("time series: {e}")))?;
         Ok(())
     }
 }
@@ -1105,12 +1140,63 @@ mod tests {
         for i in 0..50u64 {
             apply1(&a, i + 1, &put("default", &format!("k{i}"), &format!("v{i}"), None));
         }
+        // Time series too: some in chunks (a head of 240 samples is cut), some still in the
+        // head (the head log).
+        for i in 0..3i64 {
+            let points = (0..(100 + 100 * i))
+                .map(|t| edgefabric_tsdb::line::Point {
+                    labels: vec![("__name__".into(), "temp".into()), ("s".into(), i.to_string())],
+                    time_ms: t * 1000,
+                    value: (t + i) as f64,
+                })
+                .collect();
+            let batch = edgefabric_tsdb::batch::WriteBatch::from_points("default", points).unwrap().encode();
+            apply1(&a, 51 + i as u64, &Command::TsWrite { shard: 0, batch });
+        }
         let image = a.export().unwrap();
+        assert!(image.iter().any(|(k, _)| k.starts_with(b"Tc")), "chunks in the image");
+        assert!(image.iter().any(|(k, _)| k.starts_with(b"Tw")), "the head log in the image");
         let b = KvStore::temporary().unwrap();
         apply1(&b, 1, &put("default", "stale", "x", None));
         b.import(&image).unwrap();
         assert_eq!(b.get("default", "stale").unwrap(), None);
         assert_eq!(b.export().unwrap(), image);
         assert_eq!(b.raft_meta().unwrap(), a.raft_meta().unwrap());
+        let all = |kv: &KvStore| {
+            let m = edgefabric_tsdb::matcher::Matcher::eq("__name__", "temp");
+            kv.ts().select("default", &[m], i64::MIN, i64::MAX).unwrap()
+        };
+        let got = all(&b);
+        assert_eq!(got.iter().map(|s| s.samples.len()).collect::<Vec<_>>(), vec![100, 200, 300]);
+        assert_eq!(got, all(&a));
+    }
+
+    /// Time series an earlier version kept in the tree move into the engine's files at open.
+    #[test]
+    fn time_series_in_the_tree_move_to_their_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let src = KvStore::temporary().unwrap();
+        let points = (0..500)
+            .map(|t| edgefabric_tsdb::line::Point {
+                labels: vec![("__name__".into(), "up".into())],
+                time_ms: t * 1000,
+                value: 1.0,
+            })
+            .collect();
+        let batch = edgefabric_tsdb::batch::WriteBatch::from_points("default", points).unwrap().encode();
+        apply1(&src, 1, &Command::TsWrite { shard: 0, batch });
+        // The old layout: the engine's entries in the group's tree under `T`.
+        let tree = db.open_tree("group-7").unwrap();
+        for (k, v) in src.ts().export().unwrap() {
+            tree.insert([TS_PREFIX, &k].concat(), v).unwrap();
+        }
+        let kv = KvStore::open(&db, 7, dir.path()).unwrap();
+        assert_eq!(tree.scan_prefix(TS_PREFIX).count(), 0, "moved out of the tree");
+        let m = edgefabric_tsdb::matcher::Matcher::eq("__name__", "up");
+        let got = kv.ts().select("default", &[m], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].samples.len(), 500);
+        assert_eq!(kv.ts().applied(), 1);
     }
 }

@@ -216,7 +216,7 @@ impl StateMachineStore {
         ledger: Option<Arc<crate::kv::LedgerCtx>>,
     ) -> Result<Self, crate::Error> {
         std::fs::create_dir_all(dir)?;
-        let mut kv = KvStore::open(db, group)?;
+        let mut kv = KvStore::open(db, group, dir)?;
         if let Some(ctx) = ledger {
             kv = kv.with_ledger(ctx);
         }

@@ -428,11 +428,26 @@ impl Node {
                 .await
                 .map_err(|e| Error::Internal(format!("flush: {e}")))?
                 .map_err(|e| Error::Storage(format!("flush: {e}")))?;
-            g.raft
-                .trigger()
-                .snapshot()
-                .await
-                .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+            // Snapshot, then purge the raft log up to it: every batch is in the state machine
+            // (and in the snapshot), so the log's copies are dead weight on disk. Waits for the
+            // snapshot (it is built off the apply path); a group that does not snapshot within
+            // the wait keeps its log and is reported in the logs, not failed.
+            let applied = g.raft.metrics().borrow().last_applied.map(|l| l.index);
+            let stopped = |e: openraft::error::Fatal<u64>| Error::Unavailable(format!("raft stopped: {e}"));
+            g.raft.trigger().snapshot().await.map_err(stopped)?;
+            let built = g
+                .raft
+                .wait(Some(std::time::Duration::from_secs(60)))
+                .metrics(|m| m.snapshot.map(|s| s.index) >= applied, "snapshot for ts flush")
+                .await;
+            match built {
+                Ok(m) => {
+                    if let Some(s) = m.snapshot {
+                        g.raft.trigger().purge_log(s.index).await.map_err(stopped)?;
+                    }
+                }
+                Err(e) => tracing::warn!(group = g.id, error = %e, "ts flush: snapshot not built in time"),
+            }
             let (series, _) = g.kv.ts().stats();
             let (raw, rollups) = g.kv.ts().chunk_bytes().map_err(|e| Error::Storage(e.to_string()))?;
             out.series += series as u64;

@@ -1,22 +1,29 @@
 //! The storage engine: series, an inverted label index, a head of recent samples per series, and
-//! compressed chunks on sled.
+//! compressed chunks, in two append-only stores of its own (`logkv`) in one directory:
 //!
-//! Layout, all under one key prefix in one sled tree (the node gives each raft group's engine the
-//! group's tree, so a raft snapshot of the tree carries the time series with the KV data):
-//!
-//! - `P s ‖ id` → `ns ‖ labels` — one key per series; ids are a hash of the series, probed
+//! `data.log`, what stays:
+//! - `s ‖ id` → `ns ‖ labels` — one key per series; ids are a hash of the series, probed
 //!   forward on collision, so every replica applying the same batches assigns the same ids.
-//! - `P c ‖ id ‖ end` → `start ‖ chunk` — compressed samples of `[start, end]`, keyed by their
+//! - `c ‖ id ‖ end` → `start ‖ chunk` — compressed samples of `[start, end]`, keyed by their
 //!   end time so a range scan from `mint` finds the first chunk that overlaps.
-//! - `P w ‖ index` → write batch — the head log: the batches whose samples are (partly) still
+//! - `r ‖ id ‖ res ‖ agg ‖ end` → rollup chunks; `R ‖ id` → the rollup watermark.
+//!
+//! `head.log`, what passes through:
+//! - `w ‖ index` → write batch — the head log: the batches whose samples are (partly) still
 //!   only in memory. Deleted once every sample of theirs is in a chunk.
-//! - `P m applied`, `P m floor` — the last batch applied, the head log's deleted prefix.
+//! - `m applied`, `m floor` — the last batch applied, the head log's deleted prefix.
+//!
+//! Keeping them apart means the head log's churn (every batch written, then deleted) is
+//! compacted away by rewriting the few live batches, never by copying the chunks.
 //!
 //! Contracts:
-//! - Each `apply` is one atomic sled batch, and records the batch's index: after a crash sled
-//!   holds a prefix of the applied batches, the head is rebuilt from the head log, and a batch
-//!   applied again (raft re-applies entries after the state machine's last persisted index) is
-//!   recognised by its index and skipped.
+//! - Each `apply` writes its chunk changes to `data.log` and `fdatasync`s them, then its head
+//!   log entry and its index to `head.log`, `fdatasync`ed, before returning: a batch is applied
+//!   once its index is durable, and everything it put in chunks is durable before that. After a
+//!   crash the head is rebuilt from the head log; a batch applied again (raft re-applies entries
+//!   after the state machine's last persisted index, which may be behind this engine's) is
+//!   recognised by its index and skipped. A batch whose index was lost but whose chunk writes
+//!   were not is applied again: its samples replace themselves.
 //! - The same batches in the same order give the same series ids and the same samples on every
 //!   replica. (Chunk boundaries may differ; queries do not see them.)
 //! - A later write of a sample's timestamp replaces its value.
@@ -33,6 +40,7 @@ use std::sync::{Arc, RwLock};
 use crate::batch::{get_str, put_str, Labels, WriteBatch};
 use crate::bits::{get_varint, put_varint};
 use crate::codec::{self, Sample};
+use crate::logkv::{Batch, Entries, LogKv};
 use crate::matcher::Matcher;
 use crate::Error;
 
@@ -108,8 +116,10 @@ struct State {
 }
 
 pub struct Engine {
-    tree: sled::Tree,
-    prefix: Vec<u8>,
+    /// Series, chunks, rollups.
+    data: LogKv,
+    /// The head log and the applied index.
+    head: LogKv,
     opts: Options,
     state: RwLock<State>,
 }
@@ -184,16 +194,53 @@ fn insert_sorted(v: &mut Vec<Sample>, s: Sample) {
 }
 
 impl Engine {
-    /// Opens the engine stored under `prefix` in `tree`, rebuilding the index and the heads.
-    pub fn open(tree: sled::Tree, prefix: &[u8], opts: Options) -> Result<Engine, Error> {
-        let e = Engine { tree, prefix: prefix.to_vec(), opts, state: RwLock::new(State::default()) };
+    /// Opens the engine stored in `dir` (created if missing), rebuilding the index and the heads.
+    pub fn open(dir: &std::path::Path, opts: Options) -> Result<Engine, Error> {
+        let e = Engine {
+            data: LogKv::open(&dir.join("data.log"))?,
+            head: LogKv::open(&dir.join("head.log"))?,
+            opts,
+            state: RwLock::new(State::default()),
+        };
         e.reload()?;
         Ok(e)
     }
 
+    /// Every entry of the engine, for a raft snapshot. Keys of the two stores do not overlap
+    /// (their first bytes differ), so one list carries both.
+    pub fn export(&self) -> Result<Entries, Error> {
+        let _st = self.state.read().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+        let mut out = Vec::new();
+        for kv in self.data.range::<std::ops::RangeFull>(..).chain(self.head.range::<std::ops::RangeFull>(..))
+        {
+            out.push(kv?);
+        }
+        Ok(out)
+    }
+
+    /// Replaces everything with an `export`ed image, durably, and reloads.
+    pub fn import(&self, entries: Entries) -> Result<(), Error> {
+        let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+        let (head, data): (Vec<_>, Vec<_>) =
+            entries.into_iter().partition(|(k, _)| matches!(k.first(), Some(&WAL) | Some(&META)));
+        // The head (with the applied index) last: until it is replaced, a crash leaves the old
+        // index, and the caller's own record (raft's) says the import must be redone.
+        self.data.replace_all(data)?;
+        self.head.replace_all(head)?;
+        *guard = State::default();
+        drop(guard);
+        self.reload()
+    }
+
+    /// Bytes of the engine's files, and of the live entries in them.
+    pub fn disk_bytes(&self) -> (u64, u64) {
+        let (df, dl) = self.data.bytes();
+        let (hf, hl) = self.head.bytes();
+        (df + hf, dl + hl)
+    }
+
     fn key(&self, kind: u8, rest: &[&[u8]]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.prefix.len() + 1 + rest.iter().map(|r| r.len()).sum::<usize>());
-        k.extend_from_slice(&self.prefix);
+        let mut k = Vec::with_capacity(1 + rest.iter().map(|r| r.len()).sum::<usize>());
         k.push(kind);
         for r in rest {
             k.extend_from_slice(r);
@@ -206,10 +253,10 @@ impl Engine {
     }
 
     fn read_meta(&self, name: &str) -> Result<u64, Error> {
-        match self.tree.get(self.key(META, &[name.as_bytes()]))? {
+        match self.head.get(&self.key(META, &[name.as_bytes()]))? {
             None => Ok(0),
             Some(v) => Ok(u64::from_be_bytes(
-                v.as_ref().try_into().map_err(|_| Error::Corrupt(format!("tsdb meta `{name}`")))?,
+                v.as_slice().try_into().map_err(|_| Error::Corrupt(format!("tsdb meta `{name}`")))?,
             )),
         }
     }
@@ -222,10 +269,10 @@ impl Engine {
             floor: self.read_meta("floor")?,
             ..State::default()
         };
-        for kv in self.tree.scan_prefix(self.key(SERIES, &[])) {
+        for kv in self.data.scan_prefix(&self.key(SERIES, &[])) {
             let (k, v) = kv?;
             let id = u64::from_be_bytes(
-                k.get(self.prefix.len() + 1..)
+                k.get(1..)
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| Error::Corrupt("series key".into()))?,
             );
@@ -236,7 +283,7 @@ impl Engine {
         // lookups per series, not a scan of every chunk (which would read all the data at open).
         for (&id, s) in st.series.iter_mut() {
             let range = self.chunk_key(id, i64::MIN)..=self.chunk_key(id, i64::MAX);
-            let mut chunks = self.tree.range(range);
+            let mut chunks = self.data.range(range);
             let Some(first) = chunks.next() else { continue };
             let (first_key, v) = first?;
             s.min_t = get_varint(&v, &mut 0)?;
@@ -251,7 +298,7 @@ impl Engine {
         }
         // Rollup watermarks.
         let rp = self.key(ROLLED, &[]);
-        for kv in self.tree.scan_prefix(&rp) {
+        for kv in self.data.scan_prefix(&rp) {
             let (k, v) = kv?;
             let id = u64::from_be_bytes(
                 k[rp.len()..].try_into().map_err(|_| Error::Corrupt("rollup key".into()))?,
@@ -261,7 +308,7 @@ impl Engine {
             }
         }
         // The head log: samples newer than their series' last chunk are the head.
-        for kv in self.tree.scan_prefix(self.key(WAL, &[])) {
+        for kv in self.head.scan_prefix(&self.key(WAL, &[])) {
             let (k, v) = kv?;
             let index = u64::from_be_bytes(
                 k[k.len() - 8..].try_into().map_err(|_| Error::Corrupt("head log key".into()))?,
@@ -352,7 +399,9 @@ impl Engine {
             return Ok(ApplyOutcome { duplicate: true, ..Default::default() });
         }
         let mut out = ApplyOutcome::default();
-        let mut b = sled::Batch::default();
+        // Chunk changes (`b`, data.log) and the head log with the index (`h`, head.log).
+        let mut b = Batch::default();
+        let mut h = Batch::default();
         let ns: Arc<str> = match st.index.get_key_value(batch.ns.as_str()) {
             Some((k, _)) => k.clone(),
             None => Arc::from(batch.ns.as_str()),
@@ -402,11 +451,13 @@ impl Engine {
                     Some(e) => e.to_vec(),
                     None => batch.encode(),
                 };
-                b.insert(self.key(WAL, &[&index.to_be_bytes()]), bytes);
+                h.insert(self.key(WAL, &[&index.to_be_bytes()]), bytes);
             }
-            self.trim_head_log(st, floor, &mut b)?;
-            b.insert(self.key(META, &[b"applied"]), &index.to_be_bytes());
-            self.tree.apply_batch(b)?;
+            self.trim_head_log(st, floor, &mut h)?;
+            h.insert(self.key(META, &[b"applied"]), index.to_be_bytes());
+            // Chunks durable before the index that says they were written (see the contracts).
+            self.data.apply(b, true)?;
+            self.head.apply(h, true)?;
             Ok(())
         })();
         match res {
@@ -421,7 +472,7 @@ impl Engine {
         }
     }
 
-    fn series_id(&self, st: &mut State, ns: &Arc<str>, labels: &Labels, b: &mut sled::Batch) -> u64 {
+    fn series_id(&self, st: &mut State, ns: &Arc<str>, labels: &Labels, b: &mut Batch) -> u64 {
         let key = series_key(ns, labels);
         if let Some(&id) = st.ids.get(&key) {
             return id;
@@ -430,13 +481,13 @@ impl Engine {
         while st.series.contains_key(&id) {
             id = id.wrapping_add(1);
         }
-        b.insert(self.key(SERIES, &[&id.to_be_bytes()]), key.as_slice());
+        b.insert(self.key(SERIES, &[&id.to_be_bytes()]), key.clone());
         Self::index_series(st, id, key, ns.clone(), Arc::new(labels.clone()));
         id
     }
 
     /// Writes a series' head as chunks of at most `chunk_samples`.
-    fn cut(&self, st: &mut State, id: u64, b: &mut sled::Batch) -> Result<(), Error> {
+    fn cut(&self, st: &mut State, id: u64, b: &mut Batch) -> Result<(), Error> {
         let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
         for piece in ser.head.chunks(self.opts.chunk_samples.max(1)) {
             let Some(last) = piece.last() else { continue };
@@ -450,10 +501,10 @@ impl Engine {
 
     /// Merges late samples (each at or before the series' last chunk end) into the chunks that
     /// cover them.
-    fn merge_into_chunks(&self, id: u64, samples: &[Sample], b: &mut sled::Batch) -> Result<(), Error> {
+    fn merge_into_chunks(&self, id: u64, samples: &[Sample], b: &mut Batch) -> Result<(), Error> {
         let mut rest = samples;
         let range = self.chunk_key(id, rest[0].0)..=self.chunk_key(id, i64::MAX);
-        for kv in self.tree.range(range) {
+        for kv in self.data.range(range) {
             let (k, v) = kv?;
             let end = unflip(&k[k.len() - 8..])?;
             let n = rest.partition_point(|s| s.0 <= end);
@@ -614,7 +665,7 @@ impl Engine {
             }
             let raw =
                 self.read_chunks(self.chunk_key(id, from)..=self.chunk_key(id, i64::MAX), from, to - 1)?;
-            let mut b = sled::Batch::default();
+            let mut b = Batch::default();
             for (res, _, width) in RESOLUTIONS {
                 let streams = aggregate(&raw, width);
                 for (agg, stream) in streams.iter().enumerate() {
@@ -623,8 +674,10 @@ impl Engine {
                     }
                 }
             }
-            b.insert(self.key(ROLLED, &[&id.to_be_bytes()]), &flip(to));
-            self.tree.apply_batch(b)?;
+            b.insert(self.key(ROLLED, &[&id.to_be_bytes()]), flip(to));
+            // Not synced: a rollup lost in a crash is computed again (the watermark is lost
+            // with it), and the expiry that relies on it comes later in the same file.
+            self.data.apply(b, false)?;
             if let Some(s) = st.series.get_mut(&id) {
                 s.rolled = to;
             }
@@ -712,15 +765,15 @@ impl Engine {
     pub fn expire(&self, ns: &str, raw_before: i64, rollup_before: i64) -> Result<usize, Error> {
         let mut st = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
         let ids: Vec<u64> = st.series.iter().filter(|(_, s)| &*s.ns == ns).map(|(id, _)| *id).collect();
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         let mut deleted = 0;
         let mut gone = Vec::new();
         for id in ids {
             let Some(s) = st.series.get(&id) else { continue };
             let raw_cut = raw_before.min(s.rolled);
             if s.min_t < raw_cut {
-                for k in self.tree.range(self.chunk_key(id, i64::MIN)..self.chunk_key(id, raw_cut)).keys() {
-                    b.remove(k?);
+                for k in self.data.range(self.chunk_key(id, i64::MIN)..self.chunk_key(id, raw_cut)).keys() {
+                    b.remove(k);
                     deleted += 1;
                 }
             }
@@ -729,16 +782,16 @@ impl Engine {
                 for agg in 0..AGGREGATES.len() as u8 {
                     let old =
                         self.rollup_key(id, res, agg, i64::MIN)..self.rollup_key(id, res, agg, rollup_before);
-                    for k in self.tree.range(old).keys() {
-                        b.remove(k?);
+                    for k in self.data.range(old).keys() {
+                        b.remove(k);
                         deleted += 1;
                     }
                     let newer = self.rollup_key(id, res, agg, rollup_before)
                         ..=self.rollup_key(id, res, agg, i64::MAX);
-                    rollups_left |= self.tree.range(newer).next().is_some();
+                    rollups_left |= self.data.range(newer).keys().next().is_some();
                 }
             }
-            let next = self.tree.range(self.chunk_key(id, raw_cut)..=self.chunk_key(id, i64::MAX)).next();
+            let next = self.data.range(self.chunk_key(id, raw_cut)..=self.chunk_key(id, i64::MAX)).next();
             let Some(s) = st.series.get_mut(&id) else { continue };
             match next {
                 Some(kv) => {
@@ -777,7 +830,8 @@ impl Engine {
                 }
             }
         }
-        self.tree.apply_batch(b)?;
+        // Not synced: a deletion lost in a crash is done again by the next pass.
+        self.data.apply(b, false)?;
         Ok(deleted)
     }
 
@@ -786,9 +840,8 @@ impl Engine {
     pub fn chunk_bytes(&self) -> Result<(u64, u64), Error> {
         let mut sizes = [0u64; 2];
         for (i, kind) in [CHUNK, ROLLUP].into_iter().enumerate() {
-            for kv in self.tree.scan_prefix(self.key(kind, &[])) {
-                let (k, v) = kv?;
-                sizes[i] += (k.len() + v.len()) as u64;
+            for (k, v) in self.data.sizes(vec![kind]..vec![kind + 1]) {
+                sizes[i] += k.len() as u64 + v;
             }
         }
         Ok((sizes[0], sizes[1]))
@@ -799,34 +852,37 @@ impl Engine {
         self.state.read().map_or((0, 0), |s| (s.series.len(), s.series.values().map(|x| x.head.len()).sum()))
     }
 
-    /// Cuts every head into a chunk and trims the head log: before measuring storage, or before
-    /// a shutdown that wants a short replay. Recorded with `index`, like an apply.
+    /// Cuts every head into a chunk, trims the head log, and rewrites both files without their
+    /// dead bytes: before measuring storage, or before a shutdown that wants a short replay.
     pub fn flush(&self) -> Result<(), Error> {
         let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
         let st = &mut *guard;
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
+        let mut h = Batch::default();
         let ids: Vec<u64> = st.pending.iter().map(|&(_, id)| id).collect();
         for id in ids {
             self.cut(st, id, &mut b)?;
         }
         let floor = st.applied;
-        self.trim_head_log(st, floor, &mut b)?;
-        self.tree.apply_batch(b)?;
-        Ok(())
+        self.trim_head_log(st, floor, &mut h)?;
+        self.data.apply(b, true)?;
+        self.head.apply(h, true)?;
+        self.data.compact_now()?;
+        self.head.compact_now()
     }
 
     /// Deletes the head log's entries up to `floor` (every sample of theirs is in a chunk).
-    fn trim_head_log(&self, st: &mut State, floor: u64, b: &mut sled::Batch) -> Result<(), Error> {
+    fn trim_head_log(&self, st: &mut State, floor: u64, b: &mut Batch) -> Result<(), Error> {
         if floor <= st.floor {
             return Ok(());
         }
         let from = self.key(WAL, &[&(st.floor + 1).to_be_bytes()]);
         let to = self.key(WAL, &[&floor.to_be_bytes()]);
-        for k in self.tree.range(from..=to).keys() {
-            b.remove(k?);
+        for k in self.head.range(from..=to).keys() {
+            b.remove(k);
         }
         st.floor = floor;
-        b.insert(self.key(META, &[b"floor"]), &floor.to_be_bytes());
+        b.insert(self.key(META, &[b"floor"]), floor.to_be_bytes());
         Ok(())
     }
 
@@ -840,7 +896,7 @@ impl Engine {
         maxt: i64,
     ) -> Result<Vec<Sample>, Error> {
         let mut out = Vec::new();
-        for kv in self.tree.range(range) {
+        for kv in self.data.range(range) {
             let (_, v) = kv?;
             let mut pos = 0;
             if get_varint(&v, &mut pos)? > maxt {
@@ -926,23 +982,8 @@ mod tests {
         Options { chunk_samples: 4, ooo_window_ms: 100, max_head_lag: 5 }
     }
 
-    fn open(dir: &std::path::Path, opts: Options) -> (sled::Db, Engine) {
-        // A dropped sled::Db releases its file lock when its flusher thread ends, a moment
-        // later: retry briefly.
-        let mut tries = 0;
-        let db = loop {
-            match sled::open(dir) {
-                Ok(db) => break db,
-                Err(e) if tries < 200 => {
-                    let _ = e;
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
-        let e = Engine::open(db.open_tree("g1").unwrap(), b"T", opts).unwrap();
-        (db, e)
+    fn open(dir: &std::path::Path, opts: Options) -> Engine {
+        Engine::open(dir, opts).unwrap()
     }
 
     fn all(e: &Engine, ns: &str) -> Vec<Series> {
@@ -952,7 +993,7 @@ mod tests {
     #[test]
     fn select_by_matchers_and_range() {
         let dir = tempfile::tempdir().unwrap();
-        let (_db, e) = open(dir.path(), small());
+        let e = open(dir.path(), small());
         let a = labels("cpu", &[("host", "a"), ("dc", "x")]);
         let b = labels("cpu", &[("host", "b")]);
         let c = labels("mem", &[("host", "a")]);
@@ -990,7 +1031,7 @@ mod tests {
     #[test]
     fn late_samples_go_where_they_belong_or_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (_db, e) = open(dir.path(), small());
+        let e = open(dir.path(), small());
         let l = labels("m", &[]);
         let s: Vec<Sample> = (0..10).map(|i| (i * 10, i as f64)).collect();
         e.apply(1, &batch("ns", vec![(l.clone(), s)])).unwrap();
@@ -1024,12 +1065,12 @@ mod tests {
         let l = labels("m", &[("k", "v")]);
         let b1 = batch("ns", vec![(l.clone(), vec![(1, 1.0), (2, 2.0)])]);
         {
-            let (_db, e) = open(dir.path(), Options::default());
+            let e = open(dir.path(), Options::default());
             e.apply(1, &b1).unwrap();
             e.apply(2, &batch("ns", vec![(l.clone(), vec![(3, 3.0)])])).unwrap();
             assert_eq!(e.stats(), (1, 3), "all in the head");
         }
-        let (_db, e) = open(dir.path(), Options::default());
+        let e = open(dir.path(), Options::default());
         assert_eq!(e.applied(), 2);
         assert_eq!(all(&e, "ns")[0].samples, vec![(1, 1.0), (2, 2.0), (3, 3.0)]);
         // Raft re-applying entry 1 after a crash changes nothing.
@@ -1040,8 +1081,8 @@ mod tests {
     #[test]
     fn ids_are_the_same_on_every_replica() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (_a, e1) = open(d1.path(), small());
-        let (_b, e2) = open(d2.path(), small());
+        let e1 = open(d1.path(), small());
+        let e2 = open(d2.path(), small());
         let bt =
             batch("ns", (0..50).map(|i| (labels("m", &[("i", &i.to_string())]), vec![(1, 1.0)])).collect());
         e1.apply(1, &bt).unwrap();
@@ -1056,7 +1097,7 @@ mod tests {
     #[test]
     fn expiry_deletes_old_chunks_and_empty_series() {
         let dir = tempfile::tempdir().unwrap();
-        let (_db, e) = open(dir.path(), small());
+        let e = open(dir.path(), small());
         let old = labels("old", &[]);
         let live = labels("live", &[]);
         e.apply(1, &batch("ns", vec![(old, (0..8).map(|i| (i, 1.0)).collect())])).unwrap();
@@ -1085,13 +1126,13 @@ mod tests {
         let n = 1200;
         let s: Vec<Sample> = (0..n).map(|i| (i * 10_000, i as f64)).collect();
         {
-            let (_db, e) = open(dir.path(), opts.clone());
+            let e = open(dir.path(), opts.clone());
             e.apply(1, &batch("ns", vec![(l.clone(), s.clone())])).unwrap();
             assert_eq!(e.rollup(2).unwrap(), 2, "bounded: two hours per call");
             assert_eq!(e.rollup(100).unwrap(), 1, "the third hour; the fourth is not final yet");
             assert_eq!(e.rollup(100).unwrap(), 0);
         }
-        let (_db, e) = open(dir.path(), opts);
+        let e = open(dir.path(), opts);
         assert_eq!(e.rollup(100).unwrap(), 0, "the watermark survives a reopen: nothing twice");
         let sel = |name: &str| e.select("ns", &[Matcher::eq("__name__", name)], i64::MIN, i64::MAX).unwrap();
         let count = sel("m:1h_count");
@@ -1154,7 +1195,7 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let opts = Options { chunk_samples: 5, ooo_window_ms: 10_000, max_head_lag: 3 };
-            let (mut db, mut e) = open(dir.path(), opts.clone());
+            let mut e = open(dir.path(), opts.clone());
             let mut model = BTreeMap::new();
             for (i, b) in batches.iter().enumerate() {
                 let points = b.iter().flat_map(|(s, smp)| {
@@ -1167,8 +1208,7 @@ mod tests {
                 model_apply(&mut model, &wb);
                 if reopen_at.contains(&i) {
                     drop(e);
-                    drop(db);
-                    (db, e) = open(dir.path(), opts.clone());
+                    e = open(dir.path(), opts.clone());
                 }
             }
             let got: BTreeMap<Labels, Vec<Sample>> =
@@ -1178,7 +1218,7 @@ mod tests {
                 .map(|(l, v)| (l, v.into_iter().collect())).collect();
             prop_assert_eq!(got, want);
             // The head log holds no more than the batches not yet cut.
-            let wal = e.tree.scan_prefix(e.key(WAL, &[])).count();
+            let wal = e.head.scan_prefix(&e.key(WAL, &[])).count();
             prop_assert!(wal <= opts.max_head_lag as usize + 1, "{} head log entries", wal);
         }
     }

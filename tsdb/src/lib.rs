@@ -1,5 +1,6 @@
-//! The time-series engine: Gorilla-style compressed chunks on sled, an inverted label index,
-//! InfluxDB line-protocol parsing and a PromQL subset evaluated with Prometheus's semantics.
+//! The time-series engine: Gorilla-style compressed chunks in its own append-only files, an
+//! inverted label index, InfluxDB line-protocol parsing and a PromQL subset evaluated with
+//! Prometheus's semantics.
 //!
 //! Plain synchronous code with no networking: the node (store/, api/) replicates write batches
 //! through raft and calls in here to apply them and to answer queries.
@@ -9,6 +10,7 @@ pub mod bits;
 pub mod codec;
 pub mod engine;
 pub mod line;
+pub mod logkv;
 pub mod matcher;
 pub mod promql;
 
@@ -21,6 +23,7 @@ pub enum Error {
     /// Client input that is wrong, with what and where.
     #[error("{0}")]
     Invalid(String),
+    /// The disk failed (a read or a write of the engine's files).
     #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
+    Io(String),
 }

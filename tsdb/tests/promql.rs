@@ -1,6 +1,6 @@
 //! Prometheus's own PromQL test scripts (`../shared/vectors/promql`, from
 //! prometheus/prometheus `promql/promqltest/testdata`), run against the real engine: every
-//! `load` is applied as write batches to an `Engine` on a temporary sled database, and every
+//! `load` is applied as write batches to an `Engine` in a temporary directory, and every
 //! `eval` whose query lies in the subset is evaluated and compared as Prometheus's test runner
 //! compares (values within a relative 1e-6, NaN equal to NaN, order only when `ordered`).
 //!
@@ -506,10 +506,9 @@ fn prometheus_evaluation_scripts() {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(file).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
         let mut gen = 0;
         let opts = EngineOptions { ooo_window_ms: i64::MAX / 4, ..EngineOptions::default() };
-        let mut engine = Engine::open(db.open_tree("t0").unwrap(), b"T", opts.clone()).unwrap();
+        let mut engine = Engine::open(&dir.path().join("t0"), opts.clone()).unwrap();
         let mut index = 0u64;
         let mut histograms: BTreeSet<String> = BTreeSet::new();
         let (mut pass, mut skip) = (0, 0);
@@ -517,8 +516,7 @@ fn prometheus_evaluation_scripts() {
             match cmd {
                 Cmd::Clear => {
                     gen += 1;
-                    engine =
-                        Engine::open(db.open_tree(format!("t{gen}")).unwrap(), b"T", opts.clone()).unwrap();
+                    engine = Engine::open(&dir.path().join(format!("t{gen}")), opts.clone()).unwrap();
                     histograms.clear();
                 }
                 Cmd::Load { interval, series, histograms: h } => {
