@@ -54,15 +54,16 @@ run_set() {
   chunks=$(curl -sf -XPOST -H "Authorization: Bearer $(cat "$tok")" http://127.0.0.1:17480/v1/ts/flush)
   echo "EdgeFabric flush: $chunks"
   sleep 20   # background merges (VictoriaMetrics) and the snapshot's log purge (EdgeFabric)
-  local vm ef_all ef_sm
+  local vm ef_all ef_ts ef_snap
   vm=$(size "$W/vm-$set")
   ef_all=$(size "$W/ef-$set")
-  ef_sm=$(size "$W/ef-$set/sm")
+  ef_ts=$(du -cb "$W/ef-$set"/group-*/ts | tail -1 | cut -f1)
+  ef_snap=$( (ls "$W/ef-$set"/group-*/snapshot.bin 2> /dev/null || true) | xargs -r du -cb | tail -1 | cut -f1)
   local cb
   cb=$(echo "$chunks" | sed -E 's/.*"chunk_bytes":([0-9]+).*/\1/')
-  awk -v vm="$vm" -v all="$ef_all" -v sm="$ef_sm" -v cb="$cb" -v n="$samples" 'BEGIN {
+  awk -v vm="$vm" -v all="$ef_all" -v ts="$ef_ts" -v snap="${ef_snap:-0}" -v cb="$cb" -v n="$samples" 'BEGIN {
     printf "VictoriaMetrics: %d bytes, %.2f bytes/sample\n", vm, vm / n;
-    printf "EdgeFabric:      %d bytes, %.2f bytes/sample (sled state alone: %.2f; compressed chunks: %.2f)\n", all, all / n, sm / n, cb / n }'
+    printf "EdgeFabric:      %d bytes, %.2f bytes/sample (engine files: %.2f; raft snapshots: %.2f; compressed chunks: %.2f)\n", all, all / n, ts / n, snap / n, cb / n }'
   echo "-- range queries (median, p90 of 10; VictoriaMetrics with nocache=1)"
   local end=$((start + 86400))
   while IFS='|' read -r name q qs qe step; do

@@ -144,6 +144,13 @@ async fn line_protocol_in_prometheus_api_out() {
 
     let (s, v) = prom(&c, 3, &reader, "/api/v1/status/buildinfo").await;
     assert_eq!((s, v["data"]["application"].as_str()), (200, Some("EdgeFabric")), "{v}");
+    // What else Grafana asks: exemplars (none stored), rules and alerts (none evaluated).
+    let (s, v) = prom(&c, 3, &reader, &format!("/api/v1/query_exemplars?query={}", q("cpu"))).await;
+    assert_eq!((s, v["status"].as_str(), v["data"].clone()), (200, Some("success"), serde_json::json!([])));
+    let (s, v) = prom(&c, 3, &reader, "/api/v1/rules").await;
+    assert_eq!((s, v["data"].clone()), (200, serde_json::json!({"groups": []})));
+    let (s, v) = prom(&c, 3, &reader, "/api/v1/alerts").await;
+    assert_eq!((s, v["data"].clone()), (200, serde_json::json!({"alerts": []})));
 
     // `edgefabric ts write` from a file; a bad file is refused with its line.
     let lp = c.cluster_dir().join("extra.lp");

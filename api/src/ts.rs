@@ -547,6 +547,23 @@ pub async fn metadata() -> Response {
     success("{}".into())
 }
 
+/// `GET|POST /api/v1/query_exemplars`: EdgeFabric stores no exemplars, so always none (what
+/// Prometheus answers for series without any), instead of a 404 that Grafana shows as an error
+/// when a panel has exemplars switched on.
+pub async fn query_exemplars() -> Response {
+    success("[]".into())
+}
+
+/// `GET /api/v1/rules` and `GET /api/v1/alerts`: EdgeFabric evaluates no rules; empty lists, as
+/// a Prometheus without rule files answers (Grafana asks when listing data-source alerts).
+pub async fn rules() -> Response {
+    success(r#"{"groups":[]}"#.into())
+}
+
+pub async fn alerts() -> Response {
+    success(r#"{"alerts":[]}"#.into())
+}
+
 /// `GET /api/v1/status/buildinfo`.
 pub async fn buildinfo() -> Response {
     success(format!(

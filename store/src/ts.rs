@@ -444,6 +444,16 @@ impl Node {
                 Ok(m) => {
                     if let Some(s) = m.snapshot {
                         g.raft.trigger().purge_log(s.index).await.map_err(stopped)?;
+                        // Purging waits for replication to followers that still need the
+                        // entries: wait a little, then go on (the purge happens later).
+                        let purged = g
+                            .raft
+                            .wait(Some(std::time::Duration::from_secs(10)))
+                            .metrics(|m| m.purged.map(|p| p.index) >= Some(s.index), "purge for ts flush")
+                            .await;
+                        if let Err(e) = purged {
+                            tracing::info!(group = g.id, error = %e, "ts flush: log not purged yet");
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(group = g.id, error = %e, "ts flush: snapshot not built in time"),
@@ -455,6 +465,10 @@ impl Node {
             out.rollup_bytes += rollups;
         }
         self.db.flush_async().await.map_err(|e| Error::Storage(format!("sled flush: {e}")))?;
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.compact_if_mostly_dead())
+            .await
+            .map_err(|e| Error::Internal(format!("flush: {e}")))??;
         Ok(out)
     }
 
