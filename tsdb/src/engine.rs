@@ -120,8 +120,19 @@ pub struct Engine {
     data: LogKv,
     /// The head log and the applied index.
     head: LogKv,
+    dir: std::path::PathBuf,
     opts: Options,
     state: RwLock<State>,
+}
+
+/// Present while an import replaces the two files: an engine opened with it present is half
+/// one state and half another, and starts empty (see `import`).
+const IMPORTING: &str = "importing";
+
+fn sync_dir(dir: &std::path::Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Io(format!("{}: {e}", dir.display())))
 }
 
 const SERIES: u8 = b's';
@@ -199,9 +210,20 @@ impl Engine {
         let e = Engine {
             data: LogKv::open(&dir.join("data.log"))?,
             head: LogKv::open(&dir.join("head.log"))?,
+            dir: dir.to_path_buf(),
             opts,
             state: RwLock::new(State::default()),
         };
+        let marker = dir.join(IMPORTING);
+        if marker.exists() {
+            // An import died half-way. Its caller imports again (raft's glue re-imports when
+            // its own record, written after the import, is behind the snapshot; the move out
+            // of an old sled tree repeats while the tree still has the keys): start empty.
+            e.data.replace_all(Vec::new())?;
+            e.head.replace_all(Vec::new())?;
+            std::fs::remove_file(&marker).map_err(|err| Error::Io(format!("{}: {err}", marker.display())))?;
+            sync_dir(dir)?;
+        }
         e.reload()?;
         Ok(e)
     }
@@ -223,10 +245,16 @@ impl Engine {
         let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
         let (head, data): (Vec<_>, Vec<_>) =
             entries.into_iter().partition(|(k, _)| matches!(k.first(), Some(&WAL) | Some(&META)));
-        // The head (with the applied index) last: until it is replaced, a crash leaves the old
-        // index, and the caller's own record (raft's) says the import must be redone.
+        // Two files cannot be replaced atomically: a durable marker brackets the two renames.
+        let marker = self.dir.join(IMPORTING);
+        std::fs::File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::Io(format!("{}: {e}", marker.display())))?;
+        sync_dir(&self.dir)?;
         self.data.replace_all(data)?;
         self.head.replace_all(head)?;
+        std::fs::remove_file(&marker).map_err(|e| Error::Io(format!("{}: {e}", marker.display())))?;
+        sync_dir(&self.dir)?;
         *guard = State::default();
         drop(guard);
         self.reload()
@@ -1076,6 +1104,33 @@ mod tests {
         // Raft re-applying entry 1 after a crash changes nothing.
         assert!(e.apply(1, &batch("ns", vec![(l.clone(), vec![(1, 9.0)])])).unwrap().duplicate);
         assert_eq!(all(&e, "ns")[0].samples[0], (1, 1.0));
+    }
+
+    #[test]
+    fn import_replaces_everything_and_a_half_done_import_starts_empty() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(d1.path(), small()), open(d2.path(), small()));
+        // Nine batches of three samples, heads cut at four: the last three are still in the head.
+        for i in 0..9 {
+            let s = (i * 3..i * 3 + 3).map(|t| (t, t as f64)).collect();
+            a.apply(i as u64 + 1, &batch("ns", vec![(labels("m", &[("k", "a")]), s)])).unwrap();
+        }
+        b.apply(1, &batch("ns", vec![(labels("old", &[]), vec![(1, 1.0)])])).unwrap();
+        let image = a.export().unwrap();
+        assert!(image.iter().any(|(k, _)| k[0] == CHUNK) && image.iter().any(|(k, _)| k[0] == WAL));
+        b.import(image.clone()).unwrap();
+        assert_eq!(all(&b, "ns"), all(&a, "ns"));
+        assert_eq!(b.applied(), 9);
+        assert_eq!(b.export().unwrap(), image);
+        drop(b);
+        let b = open(d2.path(), small());
+        assert_eq!(all(&b, "ns"), all(&a, "ns"), "durable");
+        // A crash between the two files' replacement: the marker is still there.
+        drop(b);
+        std::fs::write(d2.path().join(IMPORTING), b"").unwrap();
+        let b = open(d2.path(), small());
+        assert_eq!((b.applied(), b.stats()), (0, (0, 0)), "empty, for the caller to import again");
+        assert!(!d2.path().join(IMPORTING).exists());
     }
 
     #[test]

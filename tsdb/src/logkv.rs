@@ -59,6 +59,8 @@ struct Inner {
     compact_min_bytes: u64,
     /// A failed write left the file in an unknown state: refuse writes until reopened.
     poisoned: bool,
+    /// Files installed by compactions and replacements since open (each was `fsync`ed whole).
+    rewrites: u64,
 }
 
 /// (key, value) pairs: an engine's whole contents, for snapshots.
@@ -172,6 +174,7 @@ impl LogKv {
                 map,
                 compact_min_bytes,
                 poisoned: false,
+                rewrites: 0,
             }),
         })
     }
@@ -292,6 +295,11 @@ impl LogKv {
         install(inner, &tmp, file, map, live)
     }
 
+    /// How many times the file was rewritten (compacted or replaced) since open.
+    pub fn rewrites(&self) -> u64 {
+        self.lock().rewrites
+    }
+
     /// Bytes of the file, and of the live entries in it.
     pub fn bytes(&self) -> (u64, u64) {
         let inner = self.lock();
@@ -368,6 +376,7 @@ fn install(
     inner.file_bytes = bytes;
     inner.map = map;
     inner.poisoned = false;
+    inner.rewrites += 1;
     Ok(())
 }
 
@@ -622,10 +631,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("t.log");
             let kv = LogKv::open_with(&path, compact_min).unwrap();
+            let mut rewrites = 0;
             // The model after each batch, and the file length when it was last synced.
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             let mut states = vec![model.clone()];
-            let (mut synced_state, mut synced_len, mut prev_len) = (0, 0, 0);
+            let (mut synced_state, mut synced_len) = (0, 0);
             for (i, (ops, sync)) in batches.iter().enumerate() {
                 let mut b = Batch::default();
                 for (k, v) in ops {
@@ -644,12 +654,12 @@ mod tests {
                 kv.apply(b, *sync).unwrap();
                 states.push(model.clone());
                 let len = kv.bytes().0;
-                // A synced apply, or a compaction (the file shrank; it was fsynced whole).
-                if *sync || len < prev_len {
+                // A synced apply, or a compaction during it (the new file was fsynced whole).
+                if *sync || kv.rewrites() > rewrites {
                     synced_state = states.len() - 1;
                     synced_len = len;
                 }
-                prev_len = len;
+                rewrites = kv.rewrites();
             }
             prop_assert_eq!(all(&kv), model.clone().into_iter().collect::<Vec<_>>());
             let len = kv.bytes().0;
