@@ -727,15 +727,20 @@ impl KvStore {
     /// Every entry of the store (data, namespaces and raft meta), for a snapshot. The caller
     /// must not apply concurrently (the raft glue calls this on the state-machine task).
     pub fn export(&self) -> Result<Image> {
-        let mut out = vec![];
-        for kv in self.tree.iter() {
-            let (k, v) = kv?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        for (k, v) in self.ts.export().map_err(ts_err)? {
-            out.push(([TS_PREFIX, &k].concat(), v));
-        }
+        let mut out = self.export_tree()?;
+        Self::append_ts(&mut out, self.ts.export().map_err(ts_err)?);
         Ok(out)
+    }
+
+    /// The tree's entries alone (data, namespaces, raft meta): a snapshot keeps the time series
+    /// as an engine checkpoint instead.
+    pub fn export_tree(&self) -> Result<Image> {
+        self.tree.iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)).collect()
+    }
+
+    /// Appends the time-series engine's entries to an image of the tree, as `export` has them.
+    pub fn append_ts(image: &mut Image, ts: edgefabric_tsdb::logkv::Entries) {
+        image.extend(ts.into_iter().map(|(k, v)| ([TS_PREFIX, &k].concat(), v)));
     }
 
     /// Replaces the whole store with an exported image, durably. The time series first: the

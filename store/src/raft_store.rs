@@ -6,6 +6,14 @@
 //! so "snapshot file + log entries after it" always rebuilds the state machine. On open, if
 //! sled is behind the snapshot (sled is not fsynced on apply), the snapshot is imported again;
 //! openraft then re-applies committed entries from the log (`read_committed`).
+//!
+//! A snapshot this node builds keeps the tree's image in `snapshot.bin` and the time series
+//! as a checkpoint of the engine's files: hard links (`*.ts-data`, `*.ts-head`) and their
+//! lengths, named in `snapshot.bin`. The engine's files are append-only and compaction renames
+//! new ones in, so a link's prefix is an immutable copy that costs no bytes until the engine
+//! moves on. Whoever reads the snapshot (a follower being sent it, a re-import) gets the same
+//! full image as before: tree entries, then the engine's under `T`. Links no snapshot names
+//! (a crash between writing a new snapshot and deleting the old one's) are removed at open.
 
 use std::fmt::{Debug, Display};
 use std::io::{Cursor, Write};
@@ -19,6 +27,8 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
+
+use edgefabric_tsdb::engine::{Checkpoint, CHECKPOINT_DATA, CHECKPOINT_HEAD};
 
 use crate::codec;
 use crate::kv::{Image, KvStore};
@@ -172,6 +182,16 @@ type RaftMeta = (Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>);
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta<NodeId, BasicNode>,
+    /// The encoded image: the tree's entries, and the engine's too when `ts` is `None`.
+    data: Vec<u8>,
+    /// The time series, as a checkpoint of the engine's files in the group's directory.
+    ts: Option<Checkpoint>,
+}
+
+/// `snapshot.bin` as versions before checkpoints wrote it (always a full image).
+#[derive(Deserialize)]
+struct SnapshotFileV1 {
+    meta: SnapshotMeta<NodeId, BasicNode>,
     data: Vec<u8>,
 }
 
@@ -180,10 +200,40 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 fn read_snapshot_file(dir: &Path) -> Result<Option<SnapshotFile>, crate::Error> {
     let path = dir.join(SNAPSHOT_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        Ok(bytes) => Ok(Some(codec::decode(&bytes).or_else(|e| {
+            codec::decode::<SnapshotFileV1>(&bytes)
+                .map(|v1| SnapshotFile { meta: v1.meta, data: v1.data, ts: None })
+                .map_err(|_| e)
+        })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The snapshot's full image, encoded: what followers are sent and what a re-import reads.
+fn full_image(dir: &Path, file: &SnapshotFile) -> Result<Vec<u8>, crate::Error> {
+    let Some(cp) = &file.ts else { return Ok(file.data.clone()) };
+    let mut image: Image = codec::decode(&file.data)?;
+    let ts = cp.read(dir).map_err(|e| crate::Error::Storage(format!("snapshot's time series: {e}")))?;
+    KvStore::append_ts(&mut image, ts);
+    codec::encode(&image)
+}
+
+/// Removes checkpoint links in `dir` that `keep` does not name.
+fn remove_stale_links(dir: &Path, keep: Option<&Checkpoint>) -> Result<(), crate::Error> {
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        let is_link = [CHECKPOINT_DATA, CHECKPOINT_HEAD].iter().any(|s| name.ends_with(&format!(".{s}")));
+        if is_link && !keep.is_some_and(|c| c.owns(&name)) {
+            std::fs::remove_file(dir.join(&name))?;
+            removed = true;
+        }
+    }
+    if removed {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn write_snapshot_file(dir: &Path, file: &SnapshotFile) -> Result<(), crate::Error> {
@@ -222,11 +272,13 @@ impl StateMachineStore {
         }
         let kv = Arc::new(kv);
         let sm = StateMachineStore { kv, dir: dir.to_path_buf(), snapshot_seq: 0 };
-        if let Some(snap) = read_snapshot_file(dir)? {
+        let snap = read_snapshot_file(dir)?;
+        remove_stale_links(dir, snap.as_ref().and_then(|s| s.ts.as_ref()))?;
+        if let Some(snap) = snap {
             let (applied, _) = sm.meta()?;
             if applied < snap.meta.last_log_id {
                 tracing::info!(?applied, snapshot = ?snap.meta.last_log_id, "state machine behind snapshot; re-importing");
-                sm.import(&snap.meta, &snap.data)?;
+                sm.import(&snap.meta, &full_image(dir, &snap)?)?;
             }
         }
         Ok(sm)
@@ -304,34 +356,52 @@ impl StateMachineStore {
             last_membership: StoredMembership::new(Some(log_id), membership.membership().clone()),
             snapshot_id: format!("split-{}-{}", split.index, child),
         };
-        write_snapshot_file(&dir, &SnapshotFile { meta, data: codec::encode(&image)? })
+        write_snapshot_file(&dir, &SnapshotFile { meta, data: codec::encode(&image)?, ts: None })
     }
 }
 
 pub struct SnapshotBuilder {
     dir: PathBuf,
     meta: RaftMeta,
-    /// Err if the export failed: the build then fails instead of snapshotting a wrong image.
-    image: Result<Image, String>,
+    /// The tree's image and the engine's checkpoint; Err if taking them failed: the build then
+    /// fails instead of snapshotting a wrong image.
+    image: Result<(Image, Checkpoint), String>,
     id: String,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        let image = self.image.as_ref().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        let (image, cp) = self.image.as_ref().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
         let data = codec::encode(image).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
         let meta = SnapshotMeta {
             last_log_id: self.meta.0,
             last_membership: self.meta.1.clone(),
             snapshot_id: self.id.clone(),
         };
-        let file = SnapshotFile { meta: meta.clone(), data };
+        let file = SnapshotFile { meta: meta.clone(), data, ts: Some(cp.clone()) };
         let dir = self.dir.clone();
-        let file = tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file).map(|_| file))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?
-            .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(file.data)) })
+        let full = tokio::task::spawn_blocking(move || {
+            let full = full_image(&dir, &file)?;
+            // A snapshot installed from the leader while this one was being built is newer:
+            // keep it (this one's links become stale and go below).
+            let current = read_snapshot_file(&dir)?;
+            let keep = match current {
+                Some(c) if c.meta.last_log_id > file.meta.last_log_id => c.ts,
+                _ => {
+                    write_snapshot_file(&dir, &file)?;
+                    file.ts
+                }
+            };
+            // The snapshot file first, then the links it no longer names: a crash in between
+            // leaves extra links, which the next open removes. A reader that read the old
+            // file meanwhile retries (`get_current_snapshot`).
+            remove_stale_links(&dir, keep.as_ref())?;
+            Ok::<_, crate::Error>(full)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?
+        .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(full)) })
     }
 }
 
@@ -392,14 +462,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     /// builder then writes it to disk off this task.
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        let (meta, image) = match self.meta() {
-            Ok(meta) => (meta, self.kv.export().map_err(|e| e.to_string())),
-            Err(e) => (RaftMeta::default(), Err(e.to_string())),
-        };
-        let id = match meta.0 {
+        let id = |meta: &RaftMeta| match meta.0 {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
             None => format!("0-0-{}", self.snapshot_seq),
         };
+        // Link names must not collide with the current snapshot's, also after a restart
+        // (which resets `snapshot_seq`): the clock makes them unique.
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let (meta, image) = match self.meta() {
+            Ok(meta) => {
+                let tag = format!("snap-{}-{nanos}", id(&meta));
+                let taken = self.kv.export_tree().map_err(|e| e.to_string()).and_then(|image| {
+                    let cp = self.kv.ts().checkpoint(&self.dir, &tag).map_err(|e| e.to_string())?;
+                    Ok((image, cp))
+                });
+                (meta, taken)
+            }
+            Err(e) => (RaftMeta::default(), Err(e.to_string())),
+        };
+        let id = id(&meta);
         SnapshotBuilder { dir: self.dir.clone(), meta, image, id }
     }
 
@@ -416,7 +498,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sig = Some(meta.signature());
         // Validate before touching anything: a bad snapshot must not wipe the store.
         codec::decode::<Image>(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
-        let file = SnapshotFile { meta: meta.clone(), data };
+        let file = SnapshotFile { meta: meta.clone(), data, ts: None };
         write_snapshot_file(&self.dir, &file)
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), any(e)))?;
         self.import(meta, &file.data).map_err(|e| StorageIOError::write_snapshot(sig, any(e)))?;
@@ -424,7 +506,139 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let file = read_snapshot_file(&self.dir).map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
-        Ok(file.map(|f| Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
+        let dir = self.dir.clone();
+        type Found = Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>;
+        let read = move || -> Result<Found, crate::Error> {
+            let mut attempt = 0;
+            loop {
+                let Some(f) = read_snapshot_file(&dir)? else { return Ok(None) };
+                match full_image(&dir, &f) {
+                    Ok(full) => return Ok(Some((f.meta.clone(), full))),
+                    // A build replaced the file and removed the links it named between the
+                    // two reads: read the new one.
+                    Err(_) if attempt < 3 => attempt += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let got = tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?
+            .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
+        Ok(got.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    /// Samples `from..from+n` (seconds) of series `s0`..`s2`.
+    fn ts_write(from: i64, n: i64) -> Command {
+        let points = (0..3)
+            .flat_map(|s| {
+                (from..from + n).map(move |t| edgefabric_tsdb::line::Point {
+                    labels: vec![("__name__".into(), "m".into()), ("s".into(), format!("s{s}"))],
+                    time_ms: t * 1000,
+                    value: t as f64,
+                })
+            })
+            .collect();
+        let batch = edgefabric_tsdb::batch::WriteBatch::from_points("default", points).unwrap().encode();
+        Command::TsWrite { shard: 0, batch }
+    }
+
+    fn links(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".ts-data") || n.ends_with(".ts-head"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn samples(sm: &StateMachineStore) -> Vec<usize> {
+        let m = edgefabric_tsdb::matcher::Matcher::eq("__name__", "m");
+        let got = sm.kv().ts().select("default", &[m], i64::MIN, i64::MAX).unwrap();
+        got.iter().map(|s| s.samples.len()).collect()
+    }
+
+    /// Snapshots keep the time series as hard links of the engine's files: the snapshot file
+    /// stays small, reading it gives the state as of the snapshot even after the engine moved
+    /// on and compacted, old links go when a newer snapshot is written, and a store behind the
+    /// snapshot re-imports from the links.
+    #[tokio::test]
+    async fn snapshots_link_the_time_series_instead_of_copying_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("group-1");
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut sm = StateMachineStore::open(&dir, &db, 1, None).unwrap();
+        sm.apply(vec![entry(1, ts_write(0, 200)), entry(2, ts_write(200, 200))]).await.unwrap();
+        assert_eq!(samples(&sm), vec![400; 3]);
+
+        let first = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let first_image: Image = codec::decode(first.snapshot.get_ref()).unwrap();
+        assert!(first_image.iter().any(|(k, _)| k.starts_with(b"Tc")), "the image carries the chunks");
+        let file_len = std::fs::metadata(dir.join(SNAPSHOT_FILE)).unwrap().len() as usize;
+        assert!(file_len < first.snapshot.get_ref().len() / 4, "snapshot.bin {file_len} bytes: a copy?");
+        let first_links = links(&dir);
+        assert_eq!(first_links.len(), 2);
+
+        // The engine moves on and rewrites its files; the snapshot still reads as it was.
+        sm.apply(vec![entry(3, ts_write(400, 200))]).await.unwrap();
+        sm.kv().ts().flush().unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, first.meta);
+        assert_eq!(current.snapshot.get_ref(), first.snapshot.get_ref());
+
+        // A newer snapshot replaces the old links.
+        let second = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let second_links = links(&dir);
+        assert_eq!(second_links.len(), 2);
+        assert!(second_links.iter().all(|l| !first_links.contains(l)), "{second_links:?}");
+
+        // A store behind the snapshot (fresh sled) imports it from the links.
+        drop(sm);
+        let db2 = sled::Config::new().temporary(true).open().unwrap();
+        let sm = StateMachineStore::open(&dir, &db2, 1, None).unwrap();
+        assert_eq!(samples(&sm), vec![600; 3]);
+        assert_eq!(sm.meta().unwrap().0, second.meta.last_log_id);
+
+        // A damaged link is an error, never a wrong image.
+        let mut sm = sm;
+        let snap = read_snapshot_file(&dir).unwrap().unwrap();
+        let cp = snap.ts.clone().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(&cp.data.0))
+            .unwrap()
+            .set_len(cp.data.1 - 1)
+            .unwrap();
+        assert!(sm.get_current_snapshot().await.is_err());
+    }
+
+    /// `snapshot.bin` written before checkpoints existed (no `ts` field) still reads.
+    #[test]
+    fn an_old_snapshot_file_still_reads() {
+        #[derive(Serialize)]
+        struct V1 {
+            meta: SnapshotMeta<NodeId, BasicNode>,
+            data: Vec<u8>,
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let image: Image = vec![(b"k".to_vec(), b"v".to_vec())];
+        let v1 = V1 { meta: SnapshotMeta::default(), data: codec::encode(&image).unwrap() };
+        std::fs::write(tmp.path().join(SNAPSHOT_FILE), codec::encode(&v1).unwrap()).unwrap();
+        let f = read_snapshot_file(tmp.path()).unwrap().unwrap();
+        assert!(f.ts.is_none());
+        assert_eq!(full_image(tmp.path(), &f).unwrap(), v1.data);
     }
 }

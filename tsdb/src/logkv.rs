@@ -295,6 +295,21 @@ impl LogKv {
         install(inner, &tmp, file, map, live)
     }
 
+    /// Hard-links the file at `to` after making it durable, and returns its length: the first
+    /// that many bytes of the link are this store as of now, and never change — the file is
+    /// only appended to, and a compaction renames a new file in instead of rewriting this one.
+    /// Read it back with `read_link`.
+    pub fn link(&self, to: &Path) -> Result<u64, Error> {
+        let inner = self.lock();
+        if inner.poisoned {
+            return Err(Error::Io(format!("{}: an earlier write failed; reopen", inner.path.display())));
+        }
+        inner.file.sync_data().map_err(|e| io_err(&inner.path, e))?;
+        std::fs::hard_link(&inner.path, to).map_err(|e| io_err(to, e))?;
+        sync_dir(to.parent().unwrap_or(Path::new(".")))?;
+        Ok(inner.file_bytes)
+    }
+
     /// How many times the file was rewritten (compacted or replaced) since open.
     pub fn rewrites(&self) -> u64 {
         self.lock().rewrites
@@ -305,6 +320,22 @@ impl LogKv {
         let inner = self.lock();
         (inner.file_bytes, inner.live_bytes)
     }
+}
+
+/// The entries of a store as its first `len` bytes hold them (a `link`ed copy), read-only. A
+/// copy whose committed batches do not end exactly at `len` is damaged: an error, not a guess.
+pub fn read_link(path: &Path, len: u64) -> Result<Entries, Error> {
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut map = BTreeMap::new();
+    let mut live = 0;
+    let end = replay((&file).take(len), &mut map, &mut live).map_err(|e| io_err(path, e))?;
+    if end != len {
+        return Err(Error::Corrupt(format!(
+            "{}: committed batches end at byte {end}, the snapshot says {len}",
+            path.display()
+        )));
+    }
+    map.into_iter().map(|(k, l)| read(&file, &l).map(|v| (k, v))).collect()
 }
 
 /// A live entry to copy: from memory, or from the old file.
@@ -401,7 +432,7 @@ impl AppendAll for Arc<File> {
 }
 
 /// Replays the file into `map`; returns where the last complete batch ends.
-fn replay(file: &File, map: &mut BTreeMap<Vec<u8>, Loc>, live: &mut u64) -> io::Result<u64> {
+fn replay(file: impl Read, map: &mut BTreeMap<Vec<u8>, Loc>, live: &mut u64) -> io::Result<u64> {
     let mut r = io::BufReader::with_capacity(1 << 20, file);
     let mut pos = 0u64;
     let mut committed = 0u64;
