@@ -8,14 +8,25 @@
 //! used only when it reproduces every value exactly; otherwise the chunk is XOR-encoded.
 //!
 //! Layout: `format u8 | n uvarint | t0 varint | [t1-t0 varint]` then, by format,
-//! XOR: `v0 as 8 bytes BE`; decimal: `exponent u8 | value mode u8 | m0 varint`; then one bit
+//! XOR: `v0 as 8 bytes BE`; decimal: `exponent u8 | value mode u8 | m0 varint`; decimal with a
+//! common factor: `exponent u8 | value mode u8 | factor uvarint | m0 varint`; then one bit
 //! stream holding the timestamps' delta-of-deltas (i ≥ 2) followed by the values (i ≥ 1).
+//! The format byte's high bit says the timestamps are regular (every delta-of-delta is zero):
+//! they then take no bits at all. The common factor divides every delta (or delta-of-delta)
+//! of the chunk: counters that grow by tenths of a second, memory by pages of 4096 bytes.
+//! Chunks written before these two existed (formats 1 and 2 without the bit) still decode.
 
-use crate::bits::{get_uvarint, get_varint, put_uvarint, put_varint, unzigzag, zigzag, BitReader, BitWriter};
+use crate::bits::{get_uvarint, get_varint, put_uvarint, put_varint, unzigzag, BitReader, BitWriter};
 use crate::Error;
 
 const FORMAT_XOR: u8 = 1;
 const FORMAT_DECIMAL: u8 = 2;
+const FORMAT_DECIMAL_FACTOR: u8 = 3;
+/// Set on the format byte: regular timestamps, no bits for them.
+const REGULAR: u8 = 0x80;
+/// A chunk whose samples may take no bits at all (regular timestamps, constant steps) holds at
+/// most this many, so a header cannot make the decoder allocate without bound.
+const MAX_REGULAR_SAMPLES: usize = 1 << 20;
 const MODE_DELTA: u8 = 0;
 const MODE_DOD: u8 = 1;
 
@@ -57,6 +68,13 @@ pub fn encode_xor_only(samples: &[Sample]) -> Vec<u8> {
     out
 }
 
+/// Whether the timestamps may be written as regular (no bits per sample).
+fn regular(samples: &[Sample]) -> bool {
+    samples.len() <= MAX_REGULAR_SAMPLES
+        && samples.len() > 2
+        && samples.windows(3).all(|w| w[2].0.wrapping_sub(w[1].0) == w[1].0.wrapping_sub(w[0].0))
+}
+
 fn header(samples: &[Sample], format: u8, out: &mut Vec<u8>) {
     out.push(format);
     put_uvarint(out, samples.len() as u64);
@@ -81,11 +99,14 @@ fn write_timestamps(samples: &[Sample], w: &mut BitWriter) {
 }
 
 fn encode_xor(samples: &[Sample], out: &mut Vec<u8>) {
-    header(samples, FORMAT_XOR, out);
+    let regular = regular(samples);
+    header(samples, FORMAT_XOR | if regular { REGULAR } else { 0 }, out);
     let Some(&(_, v0)) = samples.first() else { return };
     out.extend_from_slice(&v0.to_bits().to_be_bytes());
     let mut w = BitWriter::with_capacity(samples.len() * 4);
-    write_timestamps(samples, &mut w);
+    if !regular {
+        write_timestamps(samples, &mut w);
+    }
     let mut prev = v0.to_bits();
     // The previous window of meaningful bits, reused when the next XOR fits in it.
     let (mut lead, mut trail) = (u32::MAX, 0u32);
@@ -260,42 +281,90 @@ fn decimals(samples: &[Sample]) -> Option<(u32, Vec<i64>)> {
 }
 
 /// Per-value codes for a decimal chunk's integers: deltas or delta-of-deltas, each either in
-/// bucketed prefix codes (small, uneven values: counters, gauges) or packed at the chunk's
-/// widest zigzag width (large, even values: random walks at full precision).
+/// bucketed prefix codes (small, uneven values: counters, gauges) or packed at one width per
+/// chunk (large, even values: random walks at full precision) — zigzag values in format 2,
+/// offsets from the chunk's minimum in format 3.
 const MODE_PACKED_DELTA: u8 = 2;
 const MODE_PACKED_DOD: u8 = 3;
 
-fn packed_width(xs: &[i64]) -> u32 {
-    xs.iter().map(|&x| 64 - zigzag(x).leading_zeros()).max().unwrap_or(0)
+/// Frame of reference (format 3's packed modes): the smallest x, and the width of `x - min`
+/// — a counter's steps of 0..14 take 4 bits, where zigzag needs 5.
+fn frame_of_reference(xs: &[i64]) -> (i64, u32) {
+    let (Some(&min), Some(&max)) = (xs.iter().min(), xs.iter().max()) else { return (0, 0) };
+    (min, 64 - (max.wrapping_sub(min) as u64).leading_zeros())
+}
+
+fn varint_bits(x: i64) -> u64 {
+    let mut v = Vec::with_capacity(10);
+    put_varint(&mut v, x);
+    8 * v.len() as u64
+}
+
+/// The largest factor dividing every x (1 if all are zero, or if one is `i64::MIN`, whose
+/// magnitude does not fit).
+fn common_factor(xs: &[i64]) -> u64 {
+    let mut g = 0u64;
+    for &x in xs {
+        if x == i64::MIN {
+            return 1;
+        }
+        let (mut a, mut b) = (g, x.unsigned_abs());
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        g = a;
+        if g == 1 {
+            break;
+        }
+    }
+    g.max(1)
 }
 
 fn encode_decimal(samples: &[Sample], ms: &[i64], k: u32, out: &mut Vec<u8>) {
-    header(samples, FORMAT_DECIMAL, out);
+    let regular = regular(samples);
+    header(samples, FORMAT_DECIMAL_FACTOR | if regular { REGULAR } else { 0 }, out);
     let deltas: Vec<i64> = ms.windows(2).map(|p| p[1].wrapping_sub(p[0])).collect();
     let dods: Vec<i64> = std::iter::once(deltas.first().copied().unwrap_or(0))
         .chain(deltas.windows(2).map(|p| p[1].wrapping_sub(p[0])))
         .take(deltas.len())
         .collect();
+    // Each sequence divided by its common factor (exact: the factor divides every element).
+    let divided = |xs: Vec<i64>| {
+        let g = common_factor(&xs);
+        let q: Vec<i64> = xs.iter().map(|&x| x / g as i64).collect();
+        (g, q)
+    };
+    let (deltas, dods) = (divided(deltas), divided(dods));
     let bucketed = |xs: &[i64]| xs.iter().map(|&x| bucketed_cost(x, &INT_WIDTHS)).sum::<u64>();
-    let packed = |xs: &[i64]| 8 + u64::from(packed_width(xs)) * xs.len() as u64;
+    let packed = |xs: &[i64]| {
+        let (min, width) = frame_of_reference(xs);
+        8 + varint_bits(min) + u64::from(width) * xs.len() as u64
+    };
     let options = [
-        (MODE_DELTA, bucketed(&deltas)),
-        (MODE_DOD, bucketed(&dods)),
-        (MODE_PACKED_DELTA, packed(&deltas)),
-        (MODE_PACKED_DOD, packed(&dods)),
+        (MODE_DELTA, bucketed(&deltas.1)),
+        (MODE_DOD, bucketed(&dods.1)),
+        (MODE_PACKED_DELTA, packed(&deltas.1)),
+        (MODE_PACKED_DOD, packed(&dods.1)),
     ];
     let (mode, _) = options.iter().copied().min_by_key(|o| o.1).unwrap_or((MODE_DELTA, 0));
-    let xs = if mode == MODE_DOD || mode == MODE_PACKED_DOD { dods } else { deltas };
+    let (g, xs) = if mode == MODE_DOD || mode == MODE_PACKED_DOD { dods } else { deltas };
+    let packed = mode == MODE_PACKED_DELTA || mode == MODE_PACKED_DOD;
+    let (min, width) = frame_of_reference(&xs);
     out.push(k as u8);
     out.push(mode);
+    put_uvarint(out, g);
     put_varint(out, ms.first().copied().unwrap_or(0));
+    if packed {
+        put_varint(out, min);
+    }
     let mut w = BitWriter::with_capacity(samples.len() * 2);
-    write_timestamps(samples, &mut w);
-    if mode == MODE_PACKED_DELTA || mode == MODE_PACKED_DOD {
-        let width = packed_width(&xs);
+    if !regular {
+        write_timestamps(samples, &mut w);
+    }
+    if packed {
         w.write_bits(u64::from(width), 8);
         for x in xs {
-            w.write_bits(zigzag(x), width);
+            w.write_bits(x.wrapping_sub(min) as u64, width);
         }
     } else {
         for x in xs {
@@ -363,12 +432,14 @@ pub fn count(buf: &[u8]) -> Result<usize, Error> {
 
 /// Decodes a chunk. Corrupt input is an error, never a panic.
 pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
-    let format = *buf.first().ok_or_else(|| Error::Corrupt("empty chunk".into()))?;
+    let byte = *buf.first().ok_or_else(|| Error::Corrupt("empty chunk".into()))?;
+    let (format, regular) = (byte & !REGULAR, byte & REGULAR != 0);
     let mut pos = 1;
     let n = get_uvarint(buf, &mut pos)?;
-    // Every sample after the first takes at least one bit (its timestamp's code; a packed
-    // constant value takes none): a bound on what a header may claim.
-    if n > 1 + (buf.len() as u64) * 8 {
+    // Irregular: every sample after the first takes at least one bit (its timestamp's code).
+    // Regular: a packed constant step takes none, and the encoder's cap is the bound.
+    let bound = if regular { MAX_REGULAR_SAMPLES as u64 } else { 1 + (buf.len() as u64) * 8 };
+    if n > bound {
         return Err(Error::Corrupt(format!("chunk claims {n} samples in {} bytes", buf.len())));
     }
     let n = n as usize;
@@ -386,7 +457,7 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
                 u64::from_be_bytes(raw.try_into().map_err(|_| Error::Corrupt("chunk ends early".into()))?);
             pos += 8;
             let mut r = BitReader::new(&buf[pos..]);
-            read_timestamps(&mut r, n, d1, &mut ts)?;
+            read_timestamps(&mut r, n, d1, regular, &mut ts)?;
             let mut vs = Vec::with_capacity(n);
             vs.push(v0);
             let (mut lead, mut trail) = (0u32, 0u32);
@@ -411,17 +482,28 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
             }
             Ok(ts.into_iter().zip(vs.into_iter().map(f64::from_bits)).collect())
         }
-        FORMAT_DECIMAL => {
+        FORMAT_DECIMAL | FORMAT_DECIMAL_FACTOR => {
             let k = u32::from(*buf.get(pos).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?);
             let mode = *buf.get(pos + 1).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?;
             pos += 2;
             if k > MAX_EXPONENT || mode > MODE_PACKED_DOD {
                 return Err(Error::Corrupt(format!("decimal chunk with exponent {k}, mode {mode}")));
             }
+            let g = if format == FORMAT_DECIMAL_FACTOR { get_uvarint(buf, &mut pos)? } else { 1 };
+            let g = i64::try_from(g)
+                .ok()
+                .filter(|&g| g >= 1)
+                .ok_or_else(|| Error::Corrupt(format!("decimal chunk with factor {g}")))?;
             let m0 = get_varint(buf, &mut pos)?;
-            let mut r = BitReader::new(&buf[pos..]);
-            read_timestamps(&mut r, n, d1, &mut ts)?;
             let packed = mode == MODE_PACKED_DELTA || mode == MODE_PACKED_DOD;
+            // Format 3 packs offsets from a minimum; format 2 packed zigzag values.
+            let min = if packed && format == FORMAT_DECIMAL_FACTOR {
+                Some(get_varint(buf, &mut pos)?)
+            } else {
+                None
+            };
+            let mut r = BitReader::new(&buf[pos..]);
+            read_timestamps(&mut r, n, d1, regular, &mut ts)?;
             let dod = mode == MODE_DOD || mode == MODE_PACKED_DOD;
             let width = if packed && n > 1 { r.read_bits(8)? as u32 } else { 0 };
             if width > 64 {
@@ -431,8 +513,12 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
             out.push((t0, unscale(m0, k)));
             let (mut m, mut delta) = (m0, 0i64);
             for &t in &ts[1..] {
-                let x =
-                    if packed { unzigzag(r.read_bits(width)?) } else { read_bucketed(&mut r, &INT_WIDTHS)? };
+                let x = match (packed, min) {
+                    (true, Some(min)) => min.wrapping_add(r.read_bits(width)? as i64),
+                    (true, None) => unzigzag(r.read_bits(width)?),
+                    (false, _) => read_bucketed(&mut r, &INT_WIDTHS)?,
+                };
+                let x = x.wrapping_mul(g);
                 delta = if dod { delta.wrapping_add(x) } else { x };
                 m = m.wrapping_add(delta);
                 out.push((t, unscale(m, k)));
@@ -443,7 +529,13 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
     }
 }
 
-fn read_timestamps(r: &mut BitReader, n: usize, d1: i64, ts: &mut Vec<i64>) -> Result<(), Error> {
+fn read_timestamps(
+    r: &mut BitReader,
+    n: usize,
+    d1: i64,
+    regular: bool,
+    ts: &mut Vec<i64>,
+) -> Result<(), Error> {
     if n < 2 {
         return Ok(());
     }
@@ -451,7 +543,9 @@ fn read_timestamps(r: &mut BitReader, n: usize, d1: i64, ts: &mut Vec<i64>) -> R
     ts.push(t);
     let mut delta = d1;
     for _ in 2..n {
-        delta = delta.wrapping_add(read_bucketed(r, &TS_WIDTHS)?);
+        if !regular {
+            delta = delta.wrapping_add(read_bucketed(r, &TS_WIDTHS)?);
+        }
         t = t.wrapping_add(delta);
         ts.push(t);
     }
@@ -568,18 +662,77 @@ mod tests {
 
     #[test]
     fn regular_series_are_small() {
-        // A constant series at a fixed interval: about two bits per sample.
+        // A constant series at a fixed interval: a header, no bits per sample.
         let s: Vec<Sample> = (0..1000).map(|i| (1_700_000_000_000 + i * 10_000, 42.0)).collect();
         let e = encode(&s);
-        assert_eq!(e[0], FORMAT_DECIMAL);
-        assert!(e.len() < 1000 / 4 + 32, "{} bytes", e.len());
+        assert_eq!(e[0], FORMAT_DECIMAL_FACTOR | REGULAR);
+        assert!(e.len() < 24, "{} bytes", e.len());
+        assert!(same(&decode(&e).unwrap(), &s));
+        // One late timestamp: no longer regular, a bit per sample for the timestamps.
+        let mut j = s.clone();
+        j[500].0 += 1;
+        let e = encode(&j);
+        assert_eq!(e[0], FORMAT_DECIMAL_FACTOR);
+        assert!(e.len() > 1000 / 8, "{} bytes", e.len());
+        assert!(same(&decode(&e).unwrap(), &j));
         // A gauge with two decimals.
         let g: Vec<Sample> = (0..1000)
             .map(|i| (1_700_000_000_000 + i * 10_000, (2000 + (i * 37) % 500) as f64 / 100.0))
             .collect();
         let e = encode(&g);
-        assert_eq!(e[0], FORMAT_DECIMAL);
+        assert_eq!(e[0], FORMAT_DECIMAL_FACTOR | REGULAR);
         assert!(same(&decode(&e).unwrap(), &g));
+    }
+
+    #[test]
+    fn a_common_factor_of_the_steps_costs_nothing() {
+        // A counter growing by tenths with two decimals shown (like node_cpu_seconds_total at
+        // 10 s), and memory moving by pages: the steps' factor (10, 4096) is divided out.
+        let mut x = 7u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut c, mut m) = (123_456i64, 8i64 << 30);
+        let mut counter = vec![];
+        let mut memory = vec![];
+        for i in 0..1000 {
+            c += 10 * next(15) as i64;
+            m += 4096 * (next(257) as i64 - 128);
+            counter.push((i * 10_000, c as f64 / 100.0));
+            memory.push((i * 10_000, m as f64));
+        }
+        // 15 step values take 4 bits packed; 257 take 9.
+        for (s, bits) in [(&counter, 4), (&memory, 9)] {
+            let e = encode(s);
+            assert!(same(&decode(&e).unwrap(), s));
+            assert!(e.len() <= 1000 * bits / 8 + 24, "{} bytes for {bits} bits a sample", e.len());
+        }
+        assert_eq!(common_factor(&[0, 0]), 1);
+        assert_eq!(common_factor(&[-20, 30, 0]), 10);
+        assert_eq!(common_factor(&[i64::MIN, 2]), 1);
+    }
+
+    #[test]
+    fn chunks_of_the_earlier_layout_still_decode() {
+        // Written by the encoder before regular timestamps and common factors (format 2).
+        let small = [
+            2u8, 6, 128, 160, 171, 254, 249, 98, 162, 156, 1, 1, 1, 200, 1, 191, 254, 128, 2, 191, 254, 128,
+            2, 129, 128,
+        ];
+        let want: Vec<Sample> = (0..6)
+            .map(|i| (1_700_000_000_000 + i * 10_000 + (i % 2), (1000 + i * 30) as f64 / 100.0))
+            .collect();
+        assert!(same(&decode(&small).unwrap(), &want));
+        let long = [
+            2u8, 6, 128, 160, 171, 254, 249, 98, 160, 156, 1, 16, 2, 0, 3, 110, 242, 145, 39, 176, 253, 58,
+            132, 209, 193, 123, 168, 47, 120, 218, 84, 67, 109, 153, 221, 7, 252, 209, 215, 207, 179, 144,
+            51, 151, 36, 184, 76, 151, 115, 64,
+        ];
+        let want: Vec<Sample> = (0..6).map(|i| (1_700_000_000_000 + i * 10_000, (i as f64).sin())).collect();
+        assert!(same(&decode(&long).unwrap(), &want));
     }
 
     #[test]
@@ -593,7 +746,7 @@ mod tests {
         let mut xor = Vec::new();
         encode_xor(&s, &mut xor);
         let e = encode(&s);
-        assert_eq!(e[0], FORMAT_DECIMAL);
+        assert_eq!(e[0] & !REGULAR, FORMAT_DECIMAL_FACTOR);
         assert!(e.len() < xor.len(), "decimal {} vs XOR {}", e.len(), xor.len());
         assert!(same(&decode(&e).unwrap(), &s));
         assert_eq!(unscale(5_160_212_854_816_802, 14), 51.60212854816802);
@@ -606,5 +759,13 @@ mod tests {
         e[1] = 0xff;
         e.insert(2, 0x7f);
         assert!(decode(&e).is_err());
+        // A regular constant chunk takes no bits per sample: its claim is capped instead.
+        let s: Vec<Sample> = (0..10).map(|i| (i * 1000, 5.0)).collect();
+        let mut e = encode(&s);
+        assert_ne!(e[0] & REGULAR, 0);
+        let mut claim = vec![];
+        put_uvarint(&mut claim, MAX_REGULAR_SAMPLES as u64 + 1);
+        e.splice(1..2, claim);
+        assert!(decode(&e).unwrap_err().to_string().contains("claims"));
     }
 }

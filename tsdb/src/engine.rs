@@ -553,10 +553,12 @@ impl Engine {
         id
     }
 
-    /// Writes a series' head as chunks of at most `chunk_samples`.
+    /// Writes a series' head as chunks of `chunk_samples` to twice that, split evenly: a head
+    /// of 247 is one chunk, not 240 and a 7-sample chunk that costs more than its samples.
     fn cut(&self, st: &mut State, id: u64, b: &mut Batch) -> Result<(), Error> {
         let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
-        for piece in ser.head.chunks(self.opts.chunk_samples.max(1)) {
+        let pieces = (ser.head.len() / self.opts.chunk_samples.max(1)).max(1);
+        for piece in ser.head.chunks(ser.head.len().div_ceil(pieces).max(1)) {
             let Some(last) = piece.last() else { continue };
             b.insert(self.chunk_key(id, last.0), chunk_value(piece));
             ser.last_chunk_end = Some(last.0);
@@ -1202,11 +1204,12 @@ mod tests {
             s.rolled = i64::MAX; // as if rolled up
         }
         let n = e.expire("ns", 50, i64::MIN).unwrap();
+        // `live`'s ten samples were cut into two chunks of five: [0, 40] and [50, 90].
         assert_eq!(n, 3, "both chunks of `old`, the first chunk of `live`");
         let left = all(&e, "ns");
         assert_eq!(left.len(), 1);
         assert_eq!(*left[0].labels, live);
-        assert_eq!(left[0].samples.first(), Some(&(40, 1.0)));
+        assert_eq!(left[0].samples.first(), Some(&(50, 1.0)));
         let series = e.series("ns", &[], i64::MIN, i64::MAX).unwrap();
         assert_eq!(series, vec![Arc::new(live)], "the expired series is gone from the index too");
     }
