@@ -489,11 +489,11 @@ async fn retention_keeps_rollups_after_raw_samples_expire() {
     c.wait_ready(READY).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let hour = 3600;
-    // A gauge every minute from 30 h ago to 1 h ago (aligned to whole hours): hours become
+    // A gauge every minute from 31 h ago to 1 h ago (aligned to whole hours): hours become
     // final for rollups once the series has samples a day (the out-of-order window) newer.
-    let start = (now / hour - 30) * hour;
+    let start = (now / hour - 31) * hour;
     let mut body = String::new();
-    for i in 0..(29 * 60) {
+    for i in 0..(30 * 60) {
         body.push_str(&format!("room,id=r1 temp={} {}\n", 20 + i % 5, start + i * 60));
     }
     let r = c.call(1, Some(&c.token), Method::POST, "/v1/ts/write?precision=s", body.into(), None).await;
@@ -529,10 +529,11 @@ async fn retention_keeps_rollups_after_raw_samples_expire() {
     loop {
         let mut done = true;
         for via in 1..=3 {
-            // Hours 0-4 are one chunk (240 one-minute samples). Hours 0-3 are final (the newest
-            // sample is 25 h later, past the 24 h out-of-order window) and rolled up, and the
-            // chunk ends before both the raw retention (3 h) and the rolled-up hours: it must
-            // go. Retention drops whole chunks, so later hours may keep samples past it.
+            // The 1,800 samples are cut into seven even chunks of about 4.3 hours. Hours 0-5
+            // are final (the newest sample is 30 h in, past the 24 h out-of-order window) and
+            // rolled up, and the first chunk ends before both the raw retention (3 h ago) and
+            // the rolled-up hours: it must go. Retention drops whole chunks, so later hours may
+            // keep samples past it.
             let t = start + 3 * hour + 1800;
             let (_, raw) = prom(
                 &c,
