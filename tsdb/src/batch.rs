@@ -38,7 +38,8 @@ impl WriteBatch {
         check_ns(ns)?;
         // Group by the labels as given (a hash lookup per point), then normalize each distinct
         // label set once and merge groups that normalize alike (labels written in another order).
-        let mut raw: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
+        let mut raw: std::collections::HashMap<Labels, usize, foldhash::fast::RandomState> =
+            Default::default();
         let mut groups: Vec<(Labels, Vec<(usize, Sample)>)> = Vec::new();
         for (i, p) in points.into_iter().enumerate() {
             let g = match raw.get(&p.labels) {
@@ -87,7 +88,7 @@ impl WriteBatch {
                 put_str(&mut out, k);
                 put_str(&mut out, v);
             }
-            let chunk = codec::encode(&s.samples);
+            let chunk = codec::encode_fast(&s.samples);
             put_uvarint(&mut out, chunk.len() as u64);
             out.extend_from_slice(&chunk);
         }

@@ -102,10 +102,12 @@ struct NsIndex {
     postings: HashMap<String, BTreeMap<String, BTreeSet<u64>>>,
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct State {
-    ids: HashMap<Vec<u8>, u64>,
-    series: HashMap<u64, SeriesState>,
+    ids: FastMap<Vec<u8>, u64>,
+    series: FastMap<u64, SeriesState>,
     index: HashMap<Arc<str>, NsIndex>,
     /// (head_index, id) of every non-empty head: the oldest bounds the head log.
     pending: BTreeSet<(u64, u64)>,

@@ -103,7 +103,7 @@ pub fn parse(body: &str, precision: Precision, default_ms: i64) -> Result<Vec<Li
             continue;
         }
         let lead = text.len() - trimmed.len();
-        let mut p = Parser { s: trimmed.as_bytes(), pos: 0 };
+        let mut p = Parser { text: trimmed, s: trimmed.as_bytes(), pos: 0 };
         let line = p.line(precision, default_ms).map_err(|(col, msg)| {
             Error::Invalid(format!("line {}, column {}: {msg}", i + 1, lead + col + 1))
         })?;
@@ -122,7 +122,11 @@ pub fn parse_points(body: &str, precision: Precision, default_ms: i64) -> Result
         for (f, v) in &l.fields {
             let Some(value) = v.as_f64() else { continue };
             let mut ls = Vec::with_capacity(labels.len() + 1);
-            ls.push(("__name__".to_string(), format!("{}_{}", l.measurement, f)));
+            let mut name = String::with_capacity(l.measurement.len() + 1 + f.len());
+            name.push_str(&l.measurement);
+            name.push('_');
+            name.push_str(f);
+            ls.push(("__name__".to_string(), name));
             ls.extend(labels.iter().cloned());
             out.push(Point { labels: ls, time_ms: l.time_ms, value });
         }
@@ -133,6 +137,7 @@ pub fn parse_points(body: &str, precision: Precision, default_ms: i64) -> Result
 type Fail = (usize, String);
 
 struct Parser<'a> {
+    text: &'a str,
     s: &'a [u8],
     pos: usize,
 }
@@ -145,6 +150,18 @@ impl Parser<'_> {
     /// Reads up to an unescaped byte in `stops`, unescaping `escapable`.
     fn token(&mut self, stops: &[u8], escapable: &[u8]) -> Result<String, Fail> {
         let start = self.pos;
+        // Most tokens have no escapes: one copy of the slice (it starts and ends at ASCII
+        // bytes of a `str`, so it is valid UTF-8 and `get` finds char boundaries).
+        let end = self.s[start..]
+            .iter()
+            .position(|b| *b == b'\\' || stops.contains(b))
+            .map_or(self.s.len(), |i| start + i);
+        if self.s.get(end) != Some(&b'\\') {
+            if let Some(t) = self.text.get(start..end) {
+                self.pos = end;
+                return Ok(t.to_string());
+            }
+        }
         let mut out = Vec::new();
         while let Some(&b) = self.s.get(self.pos) {
             if b == b'\\' {
@@ -432,5 +449,33 @@ mod tests {
     #[test]
     fn a_bad_line_fails_the_whole_batch() {
         assert!(parse_points("m v=1\nm v=2\nm v=?", Precision::Ns, 0).is_err());
+    }
+
+    /// Names written the way a client library escapes them (`,`, space and `\\` preceded by
+    /// `\\`, and `=` too except in the measurement) parse back to themselves, whatever
+    /// characters they hold.
+    #[test]
+    fn escaped_names_round_trip() {
+        use proptest::prelude::*;
+        fn esc_with(s: &str, eq: bool) -> String {
+            let mut o = String::new();
+            for c in s.chars() {
+                if matches!(c, ',' | ' ' | '\\') || (eq && c == '=') {
+                    o.push('\\');
+                }
+                o.push(c);
+            }
+            o
+        }
+        let name = "[a-zA-Z0-9_,= \\\\é€😀]{1,12}";
+        proptest!(|(m in name, k in name, v in name, f in name)| {
+            prop_assume!(k != "__name__");
+            let esc = |s: &str| esc_with(s, true);
+            let text = format!("{},{}={} {}=1 0", esc_with(&m, false), esc(&k), esc(&v), esc(&f));
+            let l = one(&text);
+            prop_assert_eq!(l.measurement, m);
+            prop_assert_eq!(l.tags, vec![(k, v)]);
+            prop_assert_eq!(&l.fields[0].0, &f);
+        });
     }
 }
