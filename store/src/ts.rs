@@ -241,19 +241,31 @@ impl Node {
                 }
             })
             .await?;
-        let mut merged: BTreeMap<Labels, Vec<codec::Sample>> = BTreeMap::new();
+        // A series is normally in one shard: its samples move as they are. Only a series found
+        // in several (split across shards by a shard split) is merged, sorted and deduplicated.
+        let mut merged: BTreeMap<std::sync::Arc<Labels>, (Vec<codec::Sample>, bool)> = BTreeMap::new();
         for part in parts {
             for s in part {
-                let labels = std::sync::Arc::try_unwrap(s.labels).unwrap_or_else(|a| (*a).clone());
-                merged.entry(labels).or_default().extend(s.samples);
+                match merged.entry(s.labels) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert((s.samples, false));
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        let (samples, several) = e.get_mut();
+                        samples.extend(s.samples);
+                        *several = true;
+                    }
+                }
             }
         }
         Ok(merged
             .into_iter()
-            .map(|(labels, mut samples)| {
-                samples.sort_by_key(|s| s.0);
-                samples.dedup_by_key(|s| s.0);
-                Series { labels: std::sync::Arc::new(labels), samples }
+            .map(|(labels, (mut samples, several))| {
+                if several {
+                    samples.sort_by_key(|s| s.0);
+                    samples.dedup_by_key(|s| s.0);
+                }
+                Series { labels, samples }
             })
             .collect())
     }

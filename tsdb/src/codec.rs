@@ -446,6 +446,22 @@ pub fn count(buf: &[u8]) -> Result<usize, Error> {
 
 /// Decodes a chunk. Corrupt input is an error, never a panic.
 pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
+    let mut out = Vec::new();
+    decode_into(buf, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a chunk, appending its samples to `out` (left as it was on error).
+pub fn decode_into(buf: &[u8], out: &mut Vec<Sample>) -> Result<(), Error> {
+    let start = out.len();
+    let res = decode_appending(buf, out);
+    if res.is_err() {
+        out.truncate(start);
+    }
+    res
+}
+
+fn decode_appending(buf: &[u8], out: &mut Vec<Sample>) -> Result<(), Error> {
     let byte = *buf.first().ok_or_else(|| Error::Corrupt("empty chunk".into()))?;
     let (format, regular) = (byte & !REGULAR, byte & REGULAR != 0);
     let mut pos = 1;
@@ -458,7 +474,7 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
     }
     let n = n as usize;
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let t0 = get_varint(buf, &mut pos)?;
     let d1 = if n > 1 { get_varint(buf, &mut pos)? } else { 0 };
@@ -494,7 +510,8 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
                 }
                 vs.push(prev);
             }
-            Ok(ts.into_iter().zip(vs.into_iter().map(f64::from_bits)).collect())
+            out.extend(ts.into_iter().zip(vs.into_iter().map(f64::from_bits)));
+            Ok(())
         }
         FORMAT_DECIMAL | FORMAT_DECIMAL_FACTOR => {
             let k = u32::from(*buf.get(pos).ok_or_else(|| Error::Corrupt("chunk ends early".into()))?);
@@ -523,10 +540,13 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
             if width > 64 {
                 return Err(Error::Corrupt(format!("packed width {width}")));
             }
-            let mut out = Vec::with_capacity(n);
-            out.push((t0, unscale(m0, k)));
+            // The integers first, then one pass dividing them: when every one is exact as an
+            // f64 the pass is a plain division the compiler vectorizes.
+            let mut ms = Vec::with_capacity(n);
+            ms.push(m0);
             let (mut m, mut delta) = (m0, 0i64);
-            for &t in &ts[1..] {
+            let mut widest = m0.unsigned_abs();
+            for _ in 1..n {
                 let x = match (packed, min) {
                     (true, Some(min)) => min.wrapping_add(r.read_bits(width)? as i64),
                     (true, None) => unzigzag(r.read_bits(width)?),
@@ -535,9 +555,17 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Sample>, Error> {
                 let x = x.wrapping_mul(g);
                 delta = if dod { delta.wrapping_add(x) } else { x };
                 m = m.wrapping_add(delta);
-                out.push((t, unscale(m, k)));
+                widest = widest.max(m.unsigned_abs());
+                ms.push(m);
             }
-            Ok(out)
+            out.reserve(n);
+            match POW10.get(k as usize) {
+                Some(&p) if widest <= 1 << 53 => {
+                    out.extend(ts.iter().zip(&ms).map(|(&t, &m)| (t, m as f64 / p)));
+                }
+                _ => out.extend(ts.iter().zip(&ms).map(|(&t, &m)| (t, unscale(m, k)))),
+            }
+            Ok(())
         }
         other => Err(Error::Corrupt(format!("unknown chunk format {other}"))),
     }
@@ -651,6 +679,10 @@ mod tests {
             let e = encode(&s);
             let cut = cut.min(e.len() - 1);
             prop_assert!(decode(&e[..e.len() - cut]).is_err());
+            // Appending decode leaves what was there, and nothing else, on error.
+            let mut out = vec![(-1, 0.5)];
+            prop_assert!(decode_into(&e[..e.len() - cut], &mut out).is_err());
+            prop_assert_eq!(out.len(), 1);
         }
     }
 

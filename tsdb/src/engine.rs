@@ -966,14 +966,27 @@ impl Engine {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Sample>, Error> {
-        let mut out = Vec::new();
+        // The chunks first, to size `out` once (their headers say how many samples each has).
+        let mut chunks = Vec::new();
+        let mut total = 0usize;
         for kv in self.data.range(range) {
             let (_, v) = kv?;
             let mut pos = 0;
             if get_varint(&v, &mut pos)? > maxt {
                 break;
             }
-            out.extend(codec::decode(&v[pos..])?.into_iter().filter(|s| s.0 >= mint && s.0 <= maxt));
+            total += codec::count(&v[pos..]).unwrap_or(0).min(1 << 20);
+            chunks.push((v, pos));
+        }
+        let mut out = Vec::with_capacity(total);
+        for (v, pos) in chunks {
+            // Decoded straight into `out`; the chunk's samples outside the range are cut off.
+            let from = out.len();
+            codec::decode_into(&v[pos..], &mut out)?;
+            let lo = from + out[from..].partition_point(|s| s.0 < mint);
+            let hi = from + out[from..].partition_point(|s| s.0 <= maxt);
+            out.truncate(hi);
+            out.drain(from..lo);
         }
         Ok(out)
     }

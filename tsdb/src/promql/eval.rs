@@ -394,7 +394,9 @@ impl<'a> Ev<'a> {
         let series = data
             .into_iter()
             .map(|x| {
-                let samples: Vec<Sample> = x.samples.iter().copied().filter(|s| !is_stale(s.1)).collect();
+                // In place: without stale markers (the usual case) nothing moves.
+                let mut samples = x.samples;
+                samples.retain(|s| !is_stale(s.1));
                 ((*x.labels).clone(), samples)
             })
             .collect();
@@ -722,10 +724,18 @@ impl<'a> Ev<'a> {
         for (labels, samples) in &m.series {
             let mut vals = vec![None; n];
             let mut any = false;
+            // Windows only move forward with the steps: two cursors instead of two binary
+            // searches per step.
+            let (mut a, mut b) = (0, 0);
             for (i, slot) in vals.iter_mut().enumerate() {
                 let (lo, hi) = m.bounds(self, i);
-                let a = samples.partition_point(|x| x.0 <= lo);
-                let b = samples.partition_point(|x| x.0 <= hi);
+                while a < samples.len() && samples[a].0 <= lo {
+                    a += 1;
+                }
+                b = b.max(a);
+                while b < samples.len() && samples[b].0 <= hi {
+                    b += 1;
+                }
                 if a >= b {
                     continue;
                 }
