@@ -540,14 +540,15 @@ mod tests {
         }
     }
 
-    /// Samples `from..from+n` (seconds) of series `s0`..`s2`.
+    /// Samples `from..from+n` (seconds) of series `s0`..`s2`; values that do not compress to
+    /// nothing (a regular ramp would), so the image is clearly bigger than the snapshot file.
     fn ts_write(from: i64, n: i64) -> Command {
         let points = (0..3)
             .flat_map(|s| {
                 (from..from + n).map(move |t| edgefabric_tsdb::line::Point {
                     labels: vec![("__name__".into(), "m".into()), ("s".into(), format!("s{s}"))],
                     time_ms: t * 1000,
-                    value: t as f64,
+                    value: (t as f64 * 0.37 + s as f64).sin(),
                 })
             })
             .collect();
