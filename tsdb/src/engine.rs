@@ -1015,6 +1015,22 @@ impl Engine {
         self.trim_head_log(st, floor, &mut h)?;
         self.data.apply(b, true)?;
         self.head.apply(h, true)?;
+        // Merge every series' chunks, final or not (a late sample still lands in the chunk
+        // covering it, however large): what a flush before measuring or a shutdown wants.
+        let ids: Vec<u64> = st.series.keys().copied().collect();
+        for id in ids {
+            loop {
+                let Some(s) = st.series.get(&id) else { break };
+                let Some(end) = s.last_chunk_end else { break };
+                let mut b = Batch::default();
+                let moved = self.merge_final_chunks(id, s.merged, end.saturating_add(1), &mut b)?;
+                self.data.apply(b, false)?;
+                match (moved, st.series.get_mut(&id)) {
+                    (Some(m), Some(s)) => s.merged = m,
+                    _ => break,
+                }
+            }
+        }
         self.data.compact_now()?;
         self.head.compact_now()
     }
@@ -1301,7 +1317,12 @@ mod tests {
         // A late sample inside the window still lands where it belongs.
         let last = before[0].samples.last().unwrap().0;
         e.apply(31, &batch("ns", vec![(l.clone(), vec![(last - 5, 7.0)])])).unwrap();
-        assert!(all(&e, "ns")[0].samples.contains(&(last - 5, 7.0)));
+        let with_late = all(&e, "ns");
+        assert!(with_late[0].samples.contains(&(last - 5, 7.0)));
+        // A flush merges the chunks that are not final too.
+        e.flush().unwrap();
+        assert!(chunks(&e) < n1, "{} chunks after the flush", chunks(&e));
+        assert_eq!(all(&e, "ns"), with_late);
     }
 
     #[test]
