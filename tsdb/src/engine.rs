@@ -94,6 +94,8 @@ struct SeriesState {
     max_t: i64,
     /// Rollup watermark: every raw sample before it is in the rollups (`i64::MIN`: none yet).
     rolled: i64,
+    /// Merge watermark: chunks ending before it are merged as far as they will be.
+    merged: i64,
 }
 
 #[derive(Default)]
@@ -168,6 +170,9 @@ const WAL: u8 = b'w';
 const META: u8 = b'm';
 const ROLLUP: u8 = b'r';
 const ROLLED: u8 = b'R';
+const MERGED: u8 = b'M';
+/// Final chunks are merged up to this many times `chunk_samples` samples.
+const MERGE_FACTOR: usize = 4;
 
 /// Rollup resolutions: (key byte, name, width in ms).
 pub const RESOLUTIONS: [(u8, &str, i64); 2] = [(1, "1m", 60_000), (2, "1h", 3_600_000)];
@@ -365,15 +370,21 @@ impl Engine {
             s.last_chunk_end = Some(end);
             s.max_t = s.max_t.max(end);
         }
-        // Rollup watermarks.
-        let rp = self.key(ROLLED, &[]);
-        for kv in self.data.scan_prefix(&rp) {
-            let (k, v) = kv?;
-            let id = u64::from_be_bytes(
-                k[rp.len()..].try_into().map_err(|_| Error::Corrupt("rollup key".into()))?,
-            );
-            if let Some(s) = st.series.get_mut(&id) {
-                s.rolled = unflip(&v)?;
+        // Rollup and merge watermarks.
+        for kind in [ROLLED, MERGED] {
+            let rp = self.key(kind, &[]);
+            for kv in self.data.scan_prefix(&rp) {
+                let (k, v) = kv?;
+                let id = u64::from_be_bytes(
+                    k[rp.len()..].try_into().map_err(|_| Error::Corrupt("watermark key".into()))?,
+                );
+                if let Some(s) = st.series.get_mut(&id) {
+                    if kind == ROLLED {
+                        s.rolled = unflip(&v)?;
+                    } else {
+                        s.merged = unflip(&v)?;
+                    }
+                }
             }
         }
         // The head log: samples newer than their series' last chunk are the head.
@@ -427,6 +438,7 @@ impl Engine {
                 min_t: i64::MAX,
                 max_t: i64::MIN,
                 rolled: i64::MIN,
+                merged: i64::MIN,
             },
         );
     }
@@ -731,12 +743,18 @@ impl Engine {
             let final_before = (chunk_end + 1).min(s.max_t.saturating_sub(self.opts.ooo_window_ms));
             let from = if s.rolled == i64::MIN { s.min_t.div_euclid(HOUR) * HOUR } else { s.rolled };
             let to = (final_before.div_euclid(HOUR) * HOUR).min(from.saturating_add(max_hours * HOUR));
+            let mut b = Batch::default();
+            let merged = self.merge_final_chunks(id, s.merged, final_before, &mut b)?;
+            if let (Some(m), Some(s)) = (merged, st.series.get_mut(&id)) {
+                s.merged = m;
+            }
             if to <= from {
+                // Not synced, like the rollups below.
+                self.data.apply(b, false)?;
                 continue;
             }
             let raw =
                 self.read_chunks(self.chunk_key(id, from)..=self.chunk_key(id, i64::MAX), from, to - 1)?;
-            let mut b = Batch::default();
             for (res, _, width) in RESOLUTIONS {
                 let streams = aggregate(&raw, width);
                 for (agg, stream) in streams.iter().enumerate() {
@@ -755,6 +773,64 @@ impl Engine {
             done += ((to - from) / HOUR) as usize;
         }
         Ok(done)
+    }
+
+    /// Merges a series' final chunks — ending before `final_before`, where no sample can
+    /// land any more (the late-sample rule refuses it) — into chunks of up to `MERGE_FACTOR`
+    /// times `chunk_samples`: fewer keys and headers, and steps packed over more samples
+    /// (heads are cut small to bound memory). From the merge watermark `from` on, at most 64
+    /// chunks a call. Returns the new watermark, if it moved: the start of the last group, so
+    /// that group is looked at again with the chunks that follow it.
+    fn merge_final_chunks(
+        &self,
+        id: u64,
+        from: i64,
+        final_before: i64,
+        b: &mut Batch,
+    ) -> Result<Option<i64>, Error> {
+        let limit = self.opts.chunk_samples.max(1) * MERGE_FACTOR;
+        let mut groups: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![vec![]];
+        let mut in_group = 0usize;
+        for kv in self.data.range(self.chunk_key(id, from)..self.chunk_key(id, final_before)).take(64) {
+            let (k, v) = kv?;
+            let mut pos = 0;
+            get_varint(&v, &mut pos)?;
+            let n = codec::count(&v[pos..])?;
+            if in_group + n > limit && in_group > 0 {
+                groups.push(vec![]);
+                in_group = 0;
+            }
+            in_group += n;
+            if let Some(g) = groups.last_mut() {
+                g.push((k, v));
+            }
+        }
+        let Some(last_start) = groups.last().and_then(|g| g.first()).map(|(_, v)| get_varint(v, &mut 0))
+        else {
+            return Ok(None);
+        };
+        for g in groups.iter().filter(|g| g.len() > 1) {
+            let mut all = Vec::new();
+            for (_, v) in g {
+                let mut pos = 0;
+                get_varint(v, &mut pos)?;
+                codec::decode_into(&v[pos..], &mut all)?;
+            }
+            // Chunks of a series never overlap (a late sample goes into the chunk covering
+            // it), so their samples concatenate in order. The last key (its end) is reused.
+            for (k, _) in &g[..g.len() - 1] {
+                b.remove(k.clone());
+            }
+            if let Some((k, _)) = g.last() {
+                b.insert(k.clone(), chunk_value(&all));
+            }
+        }
+        let watermark = last_start?;
+        if watermark <= from {
+            return Ok(None);
+        }
+        b.insert(self.key(MERGED, &[&id.to_be_bytes()]), flip(watermark));
+        Ok(Some(watermark))
     }
 
     /// Namespaces with series in this engine.
@@ -882,6 +958,7 @@ impl Engine {
         for id in gone {
             b.remove(self.key(SERIES, &[&id.to_be_bytes()]));
             b.remove(self.key(ROLLED, &[&id.to_be_bytes()]));
+            b.remove(self.key(MERGED, &[&id.to_be_bytes()]));
             if let Some(s) = st.series.remove(&id) {
                 st.ids.remove(&series_key(&s.ns, &s.labels));
                 if let Some(idx) = st.index.get_mut(&s.ns) {
@@ -938,6 +1015,22 @@ impl Engine {
         self.trim_head_log(st, floor, &mut h)?;
         self.data.apply(b, true)?;
         self.head.apply(h, true)?;
+        // Merge every series' chunks, final or not (a late sample still lands in the chunk
+        // covering it, however large): what a flush before measuring or a shutdown wants.
+        let ids: Vec<u64> = st.series.keys().copied().collect();
+        for id in ids {
+            loop {
+                let Some(s) = st.series.get(&id) else { break };
+                let Some(end) = s.last_chunk_end else { break };
+                let mut b = Batch::default();
+                let moved = self.merge_final_chunks(id, s.merged, end.saturating_add(1), &mut b)?;
+                self.data.apply(b, false)?;
+                match (moved, st.series.get_mut(&id)) {
+                    (Some(m), Some(s)) => s.merged = m,
+                    _ => break,
+                }
+            }
+        }
         self.data.compact_now()?;
         self.head.compact_now()
     }
@@ -1190,6 +1283,49 @@ mod tests {
     }
 
     #[test]
+    fn final_chunks_are_merged_and_nothing_changes_for_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        // Chunks of 4 samples (merged up to 16); samples 10 apart; a 100 ms late window.
+        let e = open(dir.path(), small());
+        let l = labels("m", &[]);
+        for i in 0..30i64 {
+            let s = (i * 3..i * 3 + 3).map(|j| (j * 10, j as f64 * 1.5)).collect();
+            e.apply(i as u64 + 1, &batch("ns", vec![(l.clone(), s)])).unwrap();
+        }
+        let before = all(&e, "ns");
+        let chunks = |e: &Engine| e.data.scan_prefix(&[CHUNK]).keys().count();
+        let n0 = chunks(&e);
+        e.rollup(1).unwrap();
+        let n1 = chunks(&e);
+        // Heads of 3-sample batches are cut at 6; final ones merge in pairs (12 of at most 16).
+        assert!(n1 * 3 < n0 * 2, "{n0} chunks before, {n1} after");
+        assert_eq!(all(&e, "ns"), before);
+        // Everything final is merged: another pass changes nothing.
+        e.rollup(1).unwrap();
+        assert_eq!(chunks(&e), n1);
+        // Merged chunks hold at most 16 samples, and the non-final ones are untouched.
+        for kv in e.data.scan_prefix(&[CHUNK]) {
+            let (_, v) = kv.unwrap();
+            let mut pos = 0;
+            get_varint(&v, &mut pos).unwrap();
+            assert!(codec::count(&v[pos..]).unwrap() <= 16);
+        }
+        drop(e);
+        let e = open(dir.path(), small());
+        assert_eq!(all(&e, "ns"), before, "after a reopen");
+        assert_eq!(chunks(&e), n1);
+        // A late sample inside the window still lands where it belongs.
+        let last = before[0].samples.last().unwrap().0;
+        e.apply(31, &batch("ns", vec![(l.clone(), vec![(last - 5, 7.0)])])).unwrap();
+        let with_late = all(&e, "ns");
+        assert!(with_late[0].samples.contains(&(last - 5, 7.0)));
+        // A flush merges the chunks that are not final too.
+        e.flush().unwrap();
+        assert!(chunks(&e) < n1, "{} chunks after the flush", chunks(&e));
+        assert_eq!(all(&e, "ns"), with_late);
+    }
+
+    #[test]
     fn ids_are_the_same_on_every_replica() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let e1 = open(d1.path(), small());
@@ -1266,16 +1402,18 @@ mod tests {
         // A late sample in a rolled-up hour is refused, so the rollup stays true.
         let o = e.apply(2, &batch("ns", vec![(l.clone(), vec![(5, 1e9)])])).unwrap();
         assert_eq!(o.too_old, 1);
-        // Retention: raw data before 2 h goes, the rollups stay.
+        // Retention: raw data before 2 h goes, the rollups stay. The final chunks were merged
+        // along the rollups (up to 4 x 60 samples, 40 minutes): whole chunks go.
         let deleted = e.expire("ns", 7_200_000, i64::MIN).unwrap();
-        assert!(deleted >= 10, "{deleted}");
+        assert!(deleted >= 3, "{deleted}");
         let raw = &e.select("ns", &[Matcher::eq("__name__", "m")], i64::MIN, i64::MAX).unwrap()[0].samples;
-        assert!(raw[0].0 >= 7_200_000 - 600_000 && raw[0].0 <= 7_200_000, "{:?}", raw[0]);
+        assert!(raw[0].0 >= 7_200_000 - 2_400_000 && raw[0].0 <= 7_200_000, "{:?}", raw[0]);
         assert_eq!(sel("m:1h_count")[0].samples.len(), 3);
-        // Raw retention never removes what is not rolled up yet (the last 20 minutes).
+        // Raw retention never removes what is not rolled up yet (the last 20 minutes, and the
+        // rest of the chunk reaching into them).
         e.expire("ns", i64::MAX, i64::MIN).unwrap();
         let raw = &e.select("ns", &[Matcher::eq("__name__", "m")], i64::MIN, i64::MAX).unwrap()[0].samples;
-        assert!(raw.iter().all(|x| x.0 >= 3 * 3_600_000) && !raw.is_empty());
+        assert!(raw.iter().any(|x| x.0 >= 3 * 3_600_000) && raw[0].0 >= 3 * 3_600_000 - 2_400_000);
         // Rollup retention, a chunk at a time: the first call's chunk (hours 0 and 1) ends at
         // 1 h, the second's (hour 2) at 2 h.
         e.expire("ns", i64::MIN, 3_600_000).unwrap();
@@ -1332,6 +1470,50 @@ mod tests {
             // The head log holds no more than the batches not yet cut.
             let wal = e.head.scan_prefix(&e.key(WAL, &[])).count();
             prop_assert!(wal <= opts.max_head_lag as usize + 1, "{} head log entries", wal);
+        }
+
+        /// In-order batches with merges (through `rollup`) and reopens at random points: every
+        /// sample is still there, once, with its value.
+        #[test]
+        fn merging_final_chunks_loses_nothing(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0u8..4, 1i64..20, -1e6f64..1e6), 1..8), 1..40),
+            merge_at in proptest::collection::vec(0usize..40, 0..8),
+            reopen_at in proptest::collection::vec(0usize..40, 0..3),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = Options { chunk_samples: 3, ooo_window_ms: 30, max_head_lag: 4 };
+            let mut e = open(dir.path(), opts.clone());
+            let mut model: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+            let mut t = 0i64;
+            for (i, b) in batches.iter().enumerate() {
+                // Each batch after everything before it: nothing is late, nothing refused.
+                let points = b.iter().map(|&(s, step, v)| {
+                    t += step;
+                    crate::line::Point { labels: labels("m", &[("s", &s.to_string())]), time_ms: t, value: v }
+                }).collect();
+                let wb = WriteBatch::from_points("ns", points).unwrap();
+                prop_assert_eq!(e.apply(i as u64 + 1, &wb).unwrap().too_old, 0);
+                model_apply(&mut model, &wb);
+                if merge_at.contains(&i) {
+                    e.rollup(1000).unwrap();
+                }
+                if reopen_at.contains(&i) {
+                    drop(e);
+                    e = open(dir.path(), opts.clone());
+                }
+            }
+            e.rollup(1000).unwrap();
+            let want: BTreeMap<Labels, Vec<Sample>> =
+                model.into_iter().map(|(l, v)| (l, v.into_iter().collect())).collect();
+            let got: BTreeMap<Labels, Vec<Sample>> =
+                all(&e, "ns").into_iter().map(|s| ((*s.labels).clone(), s.samples)).collect();
+            prop_assert_eq!(&got, &want);
+            drop(e);
+            let e = open(dir.path(), opts);
+            let got: BTreeMap<Labels, Vec<Sample>> =
+                all(&e, "ns").into_iter().map(|s| ((*s.labels).clone(), s.samples)).collect();
+            prop_assert_eq!(got, want);
         }
     }
 }
