@@ -1019,8 +1019,7 @@ impl Engine {
         // covering it, however large): what a flush before measuring or a shutdown wants.
         let ids: Vec<u64> = st.series.keys().copied().collect();
         for id in ids {
-            loop {
-                let Some(s) = st.series.get(&id) else { break };
+            while let Some(s) = st.series.get(&id) {
                 let Some(end) = s.last_chunk_end else { break };
                 let mut b = Batch::default();
                 let moved = self.merge_final_chunks(id, s.merged, end.saturating_add(1), &mut b)?;
