@@ -816,13 +816,20 @@ impl Engine {
                 get_varint(v, &mut pos)?;
                 codec::decode_into(&v[pos..], &mut all)?;
             }
+            // Only if smaller, counting the keys and frames it saves: one width for the steps
+            // of four chunks can cost more than it saves on noisy values (random walks).
+            let merged = chunk_value(&all);
+            let before: usize = g.iter().map(|(k, v)| k.len() + v.len() + 11).sum();
+            if merged.len() + g[0].0.len() + 11 >= before {
+                continue;
+            }
             // Chunks of a series never overlap (a late sample goes into the chunk covering
             // it), so their samples concatenate in order. The last key (its end) is reused.
             for (k, _) in &g[..g.len() - 1] {
                 b.remove(k.clone());
             }
             if let Some((k, _)) = g.last() {
-                b.insert(k.clone(), chunk_value(&all));
+                b.insert(k.clone(), merged);
             }
         }
         let watermark = last_start?;
@@ -1476,7 +1483,8 @@ mod tests {
         #[test]
         fn merging_final_chunks_loses_nothing(
             batches in proptest::collection::vec(
-                proptest::collection::vec((0u8..4, 1i64..20, -1e6f64..1e6), 1..8), 1..40),
+                // Small integer values: merged chunks are smaller, so merges do happen.
+                proptest::collection::vec((0u8..4, 1i64..20, 0i32..5), 1..8), 1..40),
             merge_at in proptest::collection::vec(0usize..40, 0..8),
             reopen_at in proptest::collection::vec(0usize..40, 0..3),
         ) {
@@ -1489,7 +1497,8 @@ mod tests {
                 // Each batch after everything before it: nothing is late, nothing refused.
                 let points = b.iter().map(|&(s, step, v)| {
                     t += step;
-                    crate::line::Point { labels: labels("m", &[("s", &s.to_string())]), time_ms: t, value: v }
+                    let value = f64::from(v);
+                    crate::line::Point { labels: labels("m", &[("s", &s.to_string())]), time_ms: t, value }
                 }).collect();
                 let wb = WriteBatch::from_points("ns", points).unwrap();
                 prop_assert_eq!(e.apply(i as u64 + 1, &wb).unwrap().too_old, 0);
