@@ -223,7 +223,7 @@ pub async fn get_retention(
     State(st): State<Arc<AppState>>,
     Path(ns): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let (raw, rollups) = st.node.ts_retention(&ns)?;
+    let (raw, rollups) = st.node.ts_retention_read(&ns, Consistency::Linearizable).await?;
     Ok(axum::Json(serde_json::json!({"ns": ns, "raw_ms": raw, "rollups_ms": rollups})))
 }
 

@@ -396,6 +396,15 @@ impl Node {
         Ok(meta.kv.ts_retention(ns)?.unwrap_or((DEFAULT_RAW_RETENTION_MS, DEFAULT_ROLLUP_RETENTION_MS)))
     }
 
+    /// `ts_retention` for a client: after a read barrier on the metadata group by default, so
+    /// a setting acknowledged through any node is what every node answers (the local replica
+    /// may not have applied it yet).
+    pub async fn ts_retention_read(&self, ns: &str, consistency: Consistency) -> Result<(u64, u64)> {
+        let meta = self.meta()?;
+        self.barrier(&meta, consistency).await?;
+        self.ts_retention(ns)
+    }
+
     /// (series, head samples) over the data-group replicas this node hosts.
     pub fn ts_local_stats(&self) -> (u64, u64) {
         self.data_groups().iter().fold((0, 0), |(s, h), g| {
