@@ -8,6 +8,10 @@
 //!   end time so a range scan from `mint` finds the first chunk that overlaps.
 //! - `r ‖ id ‖ res ‖ agg ‖ end` → rollup chunks; `R ‖ id` → the rollup watermark.
 //!
+//! - `b ‖ id ‖ max_t ‖ index ‖ position` → a sealed block (a confidential namespace's
+//!   series: samples the accepting node encrypted; stored and returned, never read);
+//!   `B ‖ id` → the sealed series' earliest sample time.
+//!
 //! `head.log`, what passes through:
 //! - `w ‖ index` → write batch — the head log: the batches whose samples are (partly) still
 //!   only in memory. Deleted once every sample of theirs is in a chunk.
@@ -72,6 +76,26 @@ pub struct Series {
     pub samples: Vec<Sample>,
 }
 
+/// One sealed block as stored: a series' samples of one batch, still sealed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SealedBlock {
+    /// The batch (raft index) that wrote it: of two samples with one timestamp, the later
+    /// batch's wins, as for plain series.
+    pub index: u64,
+    pub min_t: i64,
+    pub max_t: i64,
+    pub count: u32,
+    pub key_version: u32,
+    pub sealed: Vec<u8>,
+}
+
+/// A sealed series and its blocks that may hold samples in the asked range, oldest batch first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SealedSeriesBlocks {
+    pub labels: Arc<Labels>,
+    pub blocks: Vec<SealedBlock>,
+}
+
 /// What an apply did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -96,6 +120,8 @@ struct SeriesState {
     rolled: i64,
     /// Merge watermark: chunks ending before it are merged as far as they will be.
     merged: i64,
+    /// A confidential namespace's series: sealed blocks, no head, chunks or rollups.
+    sealed: bool,
 }
 
 #[derive(Default)]
@@ -171,6 +197,10 @@ const META: u8 = b'm';
 const ROLLUP: u8 = b'r';
 const ROLLED: u8 = b'R';
 const MERGED: u8 = b'M';
+/// Sealed blocks: `b ‖ id ‖ flip(max_t) ‖ index ‖ position` → `min_t ‖ count ‖ version ‖ sealed`.
+const BLOCK: u8 = b'b';
+/// A sealed series' earliest sample time (`B ‖ id` → flip(min_t)).
+const SEALED_MIN: u8 = b'B';
 /// Final chunks are merged up to this many times `chunk_samples` samples.
 const MERGE_FACTOR: usize = 4;
 
@@ -370,6 +400,19 @@ impl Engine {
             s.last_chunk_end = Some(end);
             s.max_t = s.max_t.max(end);
         }
+        // Sealed series: their bounds from their last block's key and their minimum.
+        for (&id, s) in st.series.iter_mut() {
+            let blocks = self
+                .data
+                .range(self.block_key(id, i64::MIN, 0, 0)..=self.block_key(id, i64::MAX, u64::MAX, u32::MAX));
+            if let Some(last) = blocks.keys().next_back() {
+                s.sealed = true;
+                s.max_t = s.max_t.max(unflip(&last[9..17])?);
+                if let Some(v) = self.data.get(&self.key(SEALED_MIN, &[&id.to_be_bytes()]))? {
+                    s.min_t = s.min_t.min(unflip(&v)?);
+                }
+            }
+        }
         // Rollup and merge watermarks.
         for kind in [ROLLED, MERGED] {
             let rp = self.key(kind, &[]);
@@ -439,6 +482,7 @@ impl Engine {
                 max_t: i64::MIN,
                 rolled: i64::MIN,
                 merged: i64::MIN,
+                sealed: false,
             },
         );
     }
@@ -718,6 +762,115 @@ impl Engine {
         Ok(out)
     }
 
+    fn block_key(&self, id: u64, max_t: i64, index: u64, position: u32) -> Vec<u8> {
+        self.key(BLOCK, &[&id.to_be_bytes(), &flip(max_t), &index.to_be_bytes(), &position.to_be_bytes()])
+    }
+
+    /// Applies a sealed batch (a confidential namespace's) with raft log index `index`: each
+    /// series' block is stored as it came, keyed by series, end time and batch. Replays are
+    /// skipped by index, as for `apply`.
+    pub fn apply_sealed(&self, index: u64, batch: &crate::batch::SealedBatch) -> Result<ApplyOutcome, Error> {
+        let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+        let st = &mut *guard;
+        if st.poisoned {
+            return Err(Error::Corrupt("an earlier storage error: reopen the engine".into()));
+        }
+        if index <= st.applied {
+            return Ok(ApplyOutcome { duplicate: true, ..Default::default() });
+        }
+        let ns: Arc<str> = match st.index.get_key_value(batch.ns.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(batch.ns.as_str()),
+        };
+        let mut out = ApplyOutcome::default();
+        let mut b = Batch::default();
+        let mut h = Batch::default();
+        for (position, s) in batch.series.iter().enumerate() {
+            let id = self.series_id(st, &ns, &s.labels, &mut b);
+            let mut v = Vec::with_capacity(s.sealed.len() + 24);
+            put_varint(&mut v, s.min_t);
+            crate::bits::put_uvarint(&mut v, u64::from(s.count));
+            crate::bits::put_uvarint(&mut v, u64::from(s.key_version));
+            v.extend_from_slice(&s.sealed);
+            b.insert(self.block_key(id, s.max_t, index, position as u32), v);
+            let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
+            ser.sealed = true;
+            if s.min_t < ser.min_t {
+                ser.min_t = s.min_t;
+                b.insert(self.key(SEALED_MIN, &[&id.to_be_bytes()]), flip(s.min_t));
+            }
+            ser.max_t = ser.max_t.max(s.max_t);
+            out.written += s.count as usize;
+        }
+        h.insert(self.key(META, &[b"applied"]), index.to_be_bytes());
+        let res = self.data.apply(b, true).and_then(|_| self.head.apply(h, true));
+        match res {
+            Ok(()) => {
+                st.applied = index;
+                Ok(out)
+            }
+            Err(e) => {
+                st.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The sealed series of `ns` matching every matcher, with their blocks that may hold
+    /// samples in `[mint, maxt]` (the caller opens them and cuts to the range).
+    pub fn select_sealed(
+        &self,
+        ns: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<SealedSeriesBlocks>, Error> {
+        let found: Vec<(u64, Arc<Labels>)> = {
+            let st = self.state.read().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+            self.matching(&st, ns, matchers)?
+                .into_iter()
+                .filter_map(|id| {
+                    let s = st.series.get(&id)?;
+                    (s.sealed && s.min_t <= maxt && s.max_t >= mint).then(|| (id, s.labels.clone()))
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for (id, labels) in found {
+            let mut blocks = Vec::new();
+            let range = self.block_key(id, mint, 0, 0)..=self.block_key(id, i64::MAX, u64::MAX, u32::MAX);
+            for kv in self.data.range(range) {
+                let (k, v) = kv?;
+                let bad = || Error::Corrupt("sealed block".into());
+                let max_t = unflip(k.get(9..17).ok_or_else(bad)?)?;
+                let index =
+                    u64::from_be_bytes(k.get(17..25).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+                let mut pos = 0;
+                let min_t = get_varint(&v, &mut pos)?;
+                if min_t > maxt {
+                    continue;
+                }
+                let count = u32::try_from(crate::bits::get_uvarint(&v, &mut pos)?).map_err(|_| bad())?;
+                let key_version =
+                    u32::try_from(crate::bits::get_uvarint(&v, &mut pos)?).map_err(|_| bad())?;
+                blocks.push(SealedBlock {
+                    index,
+                    min_t,
+                    max_t,
+                    count,
+                    key_version,
+                    sealed: v[pos..].to_vec(),
+                });
+            }
+            if !blocks.is_empty() {
+                blocks.sort_by_key(|b| b.index);
+                out.push(SealedSeriesBlocks { labels, blocks });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
     fn rollup_key(&self, id: u64, res: u8, agg: u8, end: i64) -> Vec<u8> {
         self.key(ROLLUP, &[&id.to_be_bytes(), &[res, agg], &flip(end)])
     }
@@ -924,6 +1077,21 @@ impl Engine {
         let mut gone = Vec::new();
         for id in ids {
             let Some(s) = st.series.get(&id) else { continue };
+            if s.sealed {
+                // No rollups exist for sealed series (no replica can read them): the raw
+                // retention applies to their blocks as it is.
+                let first = self.block_key(id, i64::MIN, 0, 0);
+                for k in self.data.range(first..self.block_key(id, raw_before, 0, 0)).keys() {
+                    b.remove(k);
+                    deleted += 1;
+                }
+                let last = self.block_key(id, i64::MAX, u64::MAX, u32::MAX);
+                if self.data.range(self.block_key(id, raw_before, 0, 0)..=last).keys().next().is_none() {
+                    b.remove(self.key(SEALED_MIN, &[&id.to_be_bytes()]));
+                    gone.push(id);
+                }
+                continue;
+            }
             let raw_cut = raw_before.min(s.rolled);
             if s.min_t < raw_cut {
                 for k in self.data.range(self.chunk_key(id, i64::MIN)..self.chunk_key(id, raw_cut)).keys() {
@@ -993,10 +1161,11 @@ impl Engine {
     /// Bytes of keys and values of the raw chunks and of the rollup chunks: the compressed
     /// data itself, before the storage layer's own overhead.
     pub fn chunk_bytes(&self) -> Result<(u64, u64), Error> {
+        // Sealed blocks count as raw chunks.
         let mut sizes = [0u64; 2];
-        for (i, kind) in [CHUNK, ROLLUP].into_iter().enumerate() {
+        for (slot, kind) in [(0, CHUNK), (0, BLOCK), (1, ROLLUP)] {
             for (k, v) in self.data.sizes(vec![kind]..vec![kind + 1]) {
-                sizes[i] += k.len() as u64 + v;
+                sizes[slot] += k.len() as u64 + v;
             }
         }
         Ok((sizes[0], sizes[1]))
@@ -1329,6 +1498,88 @@ mod tests {
         e.flush().unwrap();
         assert!(chunks(&e) < n1, "{} chunks after the flush", chunks(&e));
         assert_eq!(all(&e, "ns"), with_late);
+    }
+
+    fn sealed(labels: Labels, min_t: i64, max_t: i64, bytes: &[u8]) -> crate::batch::SealedSeries {
+        crate::batch::SealedSeries { labels, min_t, max_t, count: 3, key_version: 2, sealed: bytes.to_vec() }
+    }
+
+    #[test]
+    fn sealed_series_are_stored_selected_and_expired_as_they_came() {
+        use crate::batch::SealedBatch;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (labels("temp", &[("room", "a")]), labels("temp", &[("room", "b")]));
+        {
+            let e = open(dir.path(), small());
+            let batch = |series| SealedBatch { ns: "secret".into(), series };
+            e.apply_sealed(
+                1,
+                &batch(vec![sealed(a.clone(), 0, 100, b"ct-1"), sealed(b.clone(), 0, 90, b"ct-2")]),
+            )
+            .unwrap();
+            let o = e.apply_sealed(2, &batch(vec![sealed(a.clone(), 100, 200, b"ct-3")])).unwrap();
+            assert_eq!(o.written, 3);
+            assert!(e.apply_sealed(2, &batch(vec![sealed(a.clone(), 0, 1, b"x")])).unwrap().duplicate);
+        }
+        let e = open(dir.path(), small());
+        assert_eq!(e.applied(), 2);
+        let room_a = [Matcher::eq("__name__", "temp"), Matcher::eq("room", "a")];
+        let got = e.select_sealed("secret", &room_a, 50, 150).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(*got[0].labels, a);
+        let blocks: Vec<(u64, &[u8])> =
+            got[0].blocks.iter().map(|b| (b.index, b.sealed.as_slice())).collect();
+        assert_eq!(blocks, vec![(1, &b"ct-1"[..]), (2, &b"ct-3"[..])], "oldest batch first");
+        assert_eq!(
+            (got[0].blocks[1].min_t, got[0].blocks[1].max_t, got[0].blocks[1].key_version),
+            (100, 200, 2)
+        );
+        // Blocks outside the range are left out, on both sides.
+        assert_eq!(e.select_sealed("secret", &room_a, 150, 300).unwrap()[0].blocks.len(), 1);
+        assert_eq!(e.select_sealed("secret", &room_a, 0, 50).unwrap()[0].blocks.len(), 1);
+        assert!(e.select_sealed("secret", &room_a, 201, 300).unwrap().is_empty());
+        // Labels are in clear: the series are listed; plain selects never return ciphertext.
+        assert_eq!(e.series("secret", &[], 0, 1000).unwrap().len(), 2);
+        assert!(e.select("secret", &[Matcher::eq("__name__", "temp")], 0, 1000).unwrap().is_empty());
+        // The image carries the blocks.
+        let d2 = tempfile::tempdir().unwrap();
+        let copy = open(d2.path(), small());
+        copy.import(e.export().unwrap()).unwrap();
+        assert_eq!(
+            copy.select_sealed("secret", &room_a, 0, 300).unwrap(),
+            e.select_sealed("secret", &room_a, 0, 300).unwrap()
+        );
+        // Raw retention drops whole blocks by their end; a series with none left is gone.
+        assert_eq!(e.expire("secret", 150, i64::MIN).unwrap(), 2);
+        assert_eq!(e.select_sealed("secret", &room_a, 0, 300).unwrap()[0].blocks.len(), 1);
+        assert_eq!(e.series("secret", &[], 0, 1000).unwrap(), vec![Arc::new(a)]);
+    }
+
+    #[test]
+    fn sealed_batches_round_trip_and_bad_ones_are_refused() {
+        use crate::batch::SealedBatch;
+        let good = SealedBatch {
+            ns: "secret".into(),
+            series: vec![sealed(labels("m", &[("k", "v")]), 5, 9, b"abc")],
+        };
+        let bytes = good.encode();
+        assert_eq!(SealedBatch::decode(&bytes).unwrap(), good);
+        for cut in 1..bytes.len() {
+            assert!(SealedBatch::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(SealedBatch::decode(&trailing).is_err());
+        let twice =
+            SealedBatch { series: vec![good.series[0].clone(), good.series[0].clone()], ..good.clone() };
+        assert!(SealedBatch::decode(&twice.encode()).unwrap_err().to_string().contains("twice"));
+        let backwards = SealedBatch { series: vec![sealed(labels("m", &[]), 9, 5, b"x")], ..good.clone() };
+        assert!(SealedBatch::decode(&backwards.encode()).is_err());
+        // The AAD binds the clear fields: another time or series authenticates differently.
+        let s = &good.series[0];
+        let moved = crate::batch::SealedSeries { min_t: 6, ..s.clone() };
+        assert_ne!(s.aad("secret"), moved.aad("secret"));
+        assert_ne!(s.aad("secret"), s.aad("other"));
     }
 
     #[test]
