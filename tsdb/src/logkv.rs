@@ -61,6 +61,8 @@ struct Inner {
     poisoned: bool,
     /// Files installed by compactions and replacements since open (each was `fsync`ed whole).
     rewrites: u64,
+    /// After a failed compaction: the file size at which to try again.
+    retry_compact_at: u64,
 }
 
 /// (key, value) pairs: an engine's whole contents, for snapshots.
@@ -175,6 +177,7 @@ impl LogKv {
                 compact_min_bytes,
                 poisoned: false,
                 rewrites: 0,
+                retry_compact_at: 0,
             }),
         })
     }
@@ -228,8 +231,16 @@ impl LogKv {
                 inner.live_bytes -= frame_len(&k, old.len);
             }
         }
-        if inner.file_bytes >= inner.compact_min_bytes && inner.file_bytes >= 2 * inner.live_bytes {
-            Self::compact(&mut inner)?;
+        if inner.file_bytes >= inner.compact_min_bytes.max(inner.retry_compact_at)
+            && inner.file_bytes >= 2 * inner.live_bytes
+        {
+            // The batch is written and durable as asked: a failed compaction (a full disk)
+            // is not its failure. The old file stays in use; try again once it has grown by
+            // half, not on every apply.
+            if Self::compact(&mut inner).is_err() {
+                let _ = std::fs::remove_file(inner.path.with_extension("tmp"));
+                inner.retry_compact_at = inner.file_bytes + inner.file_bytes / 2;
+            }
         }
         Ok(())
     }
@@ -399,15 +410,23 @@ fn install(
     map: BTreeMap<Vec<u8>, Loc>,
     bytes: u64,
 ) -> Result<(), Error> {
+    // A failed rename changed nothing: the old file is still the store.
     std::fs::rename(tmp, &inner.path).map_err(|e| io_err(&inner.path, e))?;
-    sync_dir(inner.path.parent().unwrap_or(Path::new(".")))?;
+    // From here the new file is the one at the path: switch to it whatever follows, or
+    // appends would go to the unlinked old one.
     inner.live_bytes = map.iter().map(|(k, l)| frame_len(k, l.len)).sum();
     inner.file = Arc::new(file);
     // The commit frame is not live.
     inner.file_bytes = bytes;
     inner.map = map;
-    inner.poisoned = false;
     inner.rewrites += 1;
+    // Until the rename is durable a crash may bring the old file back, without what is
+    // appended from now on: refuse writes rather than acknowledge them.
+    if let Err(e) = sync_dir(inner.path.parent().unwrap_or(Path::new("."))) {
+        inner.poisoned = true;
+        return Err(e);
+    }
+    inner.poisoned = false;
     Ok(())
 }
 
@@ -621,6 +640,29 @@ mod tests {
         let kv = LogKv::open(&path).unwrap();
         assert_eq!(all(&kv), got);
         assert_eq!(kv.bytes().0, kv.bytes().1 + FRAME_HEADER + 1, "only live frames and one commit");
+    }
+
+    #[test]
+    fn a_failed_compaction_does_not_fail_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let kv = LogKv::open_with(&path, 1024).unwrap();
+        // Something in the way of the compaction's temporary file (a full disk behaves alike).
+        std::fs::create_dir(path.with_extension("tmp")).unwrap();
+        let v = "v".repeat(300);
+        for i in 0..20 {
+            put(&kv, &[("k", &format!("{v}{i}"))]);
+        }
+        assert_eq!(kv.rewrites(), 0, "no compaction could run");
+        assert_eq!(all(&kv), kvs(&[("k", &format!("{v}19"))]));
+        // Out of the way again: the next compaction runs, and nothing was lost.
+        std::fs::remove_dir(path.with_extension("tmp")).unwrap();
+        for i in 20..40 {
+            put(&kv, &[("k", &format!("{v}{i}"))]);
+        }
+        assert!(kv.rewrites() > 0);
+        drop(kv);
+        assert_eq!(all(&LogKv::open(&path).unwrap()), kvs(&[("k", &format!("{v}39"))]));
     }
 
     #[test]
