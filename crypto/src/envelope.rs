@@ -8,6 +8,11 @@
 //! namespace, the key and the key version: `edgefabric-value-v1\0 ‖ ns ‖ \0 ‖ key ‖ \0 ‖
 //! version (u32 BE)`, so a ciphertext moved to another key, namespace or version fails to open.
 //!
+//! **Time-series blocks** (a confidential namespace's series: one series' samples of one
+//! write) use the same layout and keys, with associated data in their own domain:
+//! `edgefabric-series-v1\0 ‖ context ‖ version (u32 BE)`, the context being what stays in clear
+//! (namespace, series, time bounds, count: `tsdb::batch::SealedSeries::aad`).
+//!
 //! **Key wrapping.** A data key is wrapped for a node's X25519 public key: a fresh ephemeral
 //! X25519 key pair, the shared secret `X25519(eph, node)`, a key-encryption key
 //! `HKDF-SHA256(salt = eph_pub ‖ node_pub, ikm = shared, info = "edgefabric-wrap-v1\0" ‖ context)`
@@ -70,11 +75,38 @@ fn value_aad(ns: &str, key: &str, version: u32) -> Vec<u8> {
 
 /// Encrypts `plaintext` as the value of `key` in namespace `ns` under data key `version`.
 pub fn seal(dk: &DataKey, version: u32, ns: &str, key: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+    seal_aad(dk, version, &value_aad(ns, key, version), plaintext)
+}
+
+/// The associated data of a time-series block: its own domain (a value's ciphertext cannot
+/// pass for a block, nor the reverse), the caller's context (the block's namespace, series and
+/// time bounds, which stay in clear) and the key version.
+fn series_aad(context: &[u8], version: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(32 + context.len());
+    aad.extend_from_slice(b"edgefabric-series-v1\0");
+    aad.extend_from_slice(context);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+/// Encrypts a time-series block (a series' samples of one batch) under data key `version`,
+/// bound to `context`; the same layout as a sealed value.
+pub fn seal_series(dk: &DataKey, version: u32, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    seal_aad(dk, version, &series_aad(context, version), plaintext)
+}
+
+/// Decrypts a block sealed by [`seal_series`] with the same context; anything else fails
+/// with `BadCiphertext`.
+pub fn open_series(dk: &DataKey, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    let version = sealed_version(sealed)?;
+    open_aad(dk, &series_aad(context, version), sealed)
+}
+
+fn seal_aad(dk: &DataKey, version: u32, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
     let nonce = random_bytes::<NONCE>()?;
-    let aad = value_aad(ns, key, version);
     let ct = dk
         .cipher()
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
         .map_err(|_| Error::Invalid { what: "plaintext", message: "too long to encrypt".into() })?;
     let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
     out.push(VALUE_FORMAT);
@@ -100,10 +132,14 @@ pub fn sealed_version(sealed: &[u8]) -> Result<u32> {
 /// the ciphertext, or a different namespace, key or data key, fails with `BadCiphertext`.
 pub fn open(dk: &DataKey, ns: &str, key: &str, sealed: &[u8]) -> Result<Vec<u8>> {
     let version = sealed_version(sealed)?;
+    open_aad(dk, &value_aad(ns, key, version), sealed)
+}
+
+fn open_aad(dk: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    sealed_version(sealed)?;
     let nonce = &sealed[5..5 + NONCE];
-    let aad = value_aad(ns, key, version);
     dk.cipher()
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: &sealed[5 + NONCE..], aad: &aad })
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: &sealed[5 + NONCE..], aad })
         .map_err(|_| Error::BadCiphertext)
 }
 
@@ -333,6 +369,22 @@ mod tests {
         assert!(open(&dk, "med", "patient/1", b"plain").is_err());
         // Two seals of one value differ (random nonces).
         assert_ne!(seal(&dk, 3, "med", "k", b"x").unwrap(), seal(&dk, 3, "med", "k", b"x").unwrap());
+    }
+
+    #[test]
+    fn series_blocks_open_only_with_their_context_and_never_as_values() {
+        let dk = DataKey::generate().unwrap();
+        let block = seal_series(&dk, 2, b"med|temp{room=a}|100..200", b"samples").unwrap();
+        assert_eq!(sealed_version(&block).unwrap(), 2);
+        assert_eq!(open_series(&dk, b"med|temp{room=a}|100..200", &block).unwrap(), b"samples");
+        // Moved to another series or time, or read as a value: refused.
+        assert!(matches!(open_series(&dk, b"med|temp{room=b}|100..200", &block), Err(Error::BadCiphertext)));
+        assert!(matches!(open_series(&dk, b"med|temp{room=a}|100..201", &block), Err(Error::BadCiphertext)));
+        assert!(matches!(open(&dk, "med", "temp{room=a}", &block), Err(Error::BadCiphertext)));
+        // And a value cannot pass for a block.
+        let value = seal(&dk, 2, "med", "k", b"samples").unwrap();
+        assert!(matches!(open_series(&dk, b"med|k", &value), Err(Error::BadCiphertext)));
+        assert!(open_series(&dk, b"x", b"short").is_err());
     }
 
     #[test]
