@@ -509,6 +509,15 @@ impl KvStore {
                 overlay.insert(retention_key(ns), Some(codec::encode(&(*raw_ms, *rollup_ms))?));
                 Ok(Response::Namespace { created: false })
             }
+            Command::TsWriteSealed { batch, .. } => {
+                match edgefabric_tsdb::batch::SealedBatch::decode(batch) {
+                    Err(e) => Ok(Response::Rejected(format!("sealed time-series batch: {e}"))),
+                    Ok(b) => {
+                        let o = self.ts.apply_sealed(index, &b).map_err(ts_err)?;
+                        Ok(Response::TsWritten { written: o.written as u64, too_old: o.too_old as u64 })
+                    }
+                }
+            }
             Command::TsWrite { batch, .. } => match edgefabric_tsdb::batch::WriteBatch::decode(batch) {
                 // Decoding is deterministic: every replica refuses the same batch.
                 Err(e) => Ok(Response::Rejected(format!("time-series batch: {e}"))),
@@ -1174,6 +1183,33 @@ mod tests {
         let got = all(&b);
         assert_eq!(got.iter().map(|s| s.samples.len()).collect::<Vec<_>>(), vec![100, 200, 300]);
         assert_eq!(got, all(&a));
+    }
+
+    /// A sealed batch is stored as it came; a batch that does not decode is refused alike on
+    /// every replica, and changes nothing.
+    #[test]
+    fn sealed_time_series_are_applied_as_ciphertext() {
+        use edgefabric_tsdb::batch::{SealedBatch, SealedSeries};
+        let kv = KvStore::temporary().unwrap();
+        let labels = vec![("__name__".to_string(), "temp".to_string()), ("room".into(), "a".into())];
+        let batch = SealedBatch {
+            ns: "med".into(),
+            series: vec![SealedSeries {
+                labels,
+                min_t: 10,
+                max_t: 20,
+                count: 2,
+                key_version: 1,
+                sealed: b"opaque".to_vec(),
+            }],
+        };
+        let r = apply1(&kv, 1, &Command::TsWriteSealed { shard: 0, batch: batch.encode() });
+        assert_eq!(r, Response::TsWritten { written: 2, too_old: 0 });
+        let m = edgefabric_tsdb::matcher::Matcher::eq("__name__", "temp");
+        let got = kv.ts().select_sealed("med", &[m], 0, 100).unwrap();
+        assert_eq!(got[0].blocks[0].sealed, b"opaque");
+        let r = apply1(&kv, 2, &Command::TsWriteSealed { shard: 0, batch: b"garbage".to_vec() });
+        assert!(matches!(r, Response::Rejected(ref why) if why.contains("sealed time-series batch")), "{r:?}");
     }
 
     /// Time series an earlier version kept in the tree move into the engine's files at open.

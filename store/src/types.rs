@@ -193,6 +193,13 @@ pub enum Command {
         raw_ms: u64,
         rollup_ms: u64,
     },
+    /// A confidential namespace's samples for the series of `shard` (an encoded
+    /// `edgefabric_tsdb::batch::SealedBatch`: labels and time bounds in clear, samples sealed
+    /// by the accepting key-site node, so replicas and the raft log hold only ciphertext).
+    TsWriteSealed {
+        shard: u64,
+        batch: Vec<u8>,
+    },
 }
 
 /// What became of one submitted ledger entry.
@@ -354,7 +361,9 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             }
             Ok(())
         }
-        Command::TsWrite { batch, .. } if batch.is_empty() || batch.len() > MAX_TS_BATCH_BYTES => {
+        Command::TsWrite { batch, .. } | Command::TsWriteSealed { batch, .. }
+            if batch.is_empty() || batch.len() > MAX_TS_BATCH_BYTES =>
+        {
             Err(Error::invalid(
                 "batch",
                 format!(
@@ -383,6 +392,7 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
         | Command::Split { .. }
         | Command::SetSplit { .. }
         | Command::TsWrite { .. }
+        | Command::TsWriteSealed { .. }
         | Command::LedgerBlock(_) => Ok(()),
     }
 }
