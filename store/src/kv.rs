@@ -1209,7 +1209,10 @@ mod tests {
         let got = kv.ts().select_sealed("med", &[m], 0, 100).unwrap();
         assert_eq!(got[0].blocks[0].sealed, b"opaque");
         let r = apply1(&kv, 2, &Command::TsWriteSealed { shard: 0, batch: b"garbage".to_vec() });
-        assert!(matches!(r, Response::Rejected(ref why) if why.contains("sealed time-series batch")), "{r:?}");
+        assert!(
+            matches!(r, Response::Rejected(ref why) if why.contains("sealed time-series batch")),
+            "{r:?}"
+        );
     }
 
     /// Time series an earlier version kept in the tree move into the engine's files at open.
