@@ -85,10 +85,6 @@ impl Batch {
     pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.ops.push((key.into(), None));
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
 }
 
 pub struct LogKv {
@@ -204,32 +200,22 @@ impl LogKv {
         }
         put_commit(&mut buf);
         let base = inner.file_bytes;
+        // The file is opened for appending: the write lands at its end.
         let res =
-            inner
-                .file
-                .write_all_at_end(&buf)
-                .and_then(|_| if sync { inner.file.sync_data() } else { Ok(()) });
+            (&*inner.file).write_all(&buf).and_then(|_| if sync { inner.file.sync_data() } else { Ok(()) });
         if let Err(e) = res {
             inner.poisoned = true;
             return Err(io_err(&inner.path, e));
         }
         inner.file_bytes += buf.len() as u64;
+        let Inner { map, live_bytes, .. } = &mut *inner;
         for ((k, v), at) in batch.ops.into_iter().zip(placed) {
-            let old = match &v {
-                Some(v) => {
-                    inner.live_bytes += frame_len(&k, v.len() as u32);
-                    let loc = Loc {
-                        offset: base + at as u64,
-                        len: v.len() as u32,
-                        inline: (v.len() <= INLINE).then(|| Arc::from(v.as_slice())),
-                    };
-                    inner.map.insert(k.clone(), loc)
-                }
-                None => inner.map.remove(&k),
-            };
-            if let Some(old) = old {
-                inner.live_bytes -= frame_len(&k, old.len);
-            }
+            let loc = v.map(|v| Loc {
+                offset: base + at as u64,
+                len: v.len() as u32,
+                inline: (v.len() <= INLINE).then(|| Arc::from(v.as_slice())),
+            });
+            account(map, live_bytes, k, loc);
         }
         if inner.file_bytes >= inner.compact_min_bytes.max(inner.retry_compact_at)
             && inner.file_bytes >= 2 * inner.live_bytes
@@ -285,8 +271,8 @@ impl LogKv {
 
     /// Replaces the whole contents with `entries` (sorted or not), durably.
     pub fn replace_all(&self, entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<(), Error> {
+        // The old contents stay, in memory and on disk, until the new file is in place.
         let mut inner = self.lock();
-        inner.map.clear();
         let tmp = inner.path.with_extension("tmp");
         let (file, map, live) = write_file(&tmp, entries.into_iter().map(|(k, v)| (k, Src::Value(v))), None)?;
         install(&mut inner, &tmp, file, map, live)
@@ -439,14 +425,18 @@ fn read(file: &File, loc: &Loc) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-trait AppendAll {
-    fn write_all_at_end(&self, buf: &[u8]) -> io::Result<()>;
-}
-
-impl AppendAll for Arc<File> {
-    /// The file is opened for appending: every write lands at its end.
-    fn write_all_at_end(&self, buf: &[u8]) -> io::Result<()> {
-        (&**self).write_all(buf)
+/// Puts (`Some`) or deletes (`None`) `key` in `map`, keeping `live` (the bytes of the live
+/// entries' frames) up to date: the one rule for appends and for replay.
+fn account(map: &mut BTreeMap<Vec<u8>, Loc>, live: &mut u64, key: Vec<u8>, loc: Option<Loc>) {
+    if let Some(loc) = &loc {
+        *live += frame_len(&key, loc.len);
+    }
+    let old = match loc {
+        Some(loc) => map.insert(key.clone(), loc),
+        None => map.remove(&key),
+    };
+    if let Some(old) = old {
+        *live -= frame_len(&key, old.len);
     }
 }
 
@@ -476,13 +466,7 @@ fn replay(file: impl Read, map: &mut BTreeMap<Vec<u8>, Loc>, live: &mut u64) -> 
         match body[0] {
             COMMIT if len == 1 => {
                 for (k, loc) in pending.drain(..) {
-                    if let Some(old) = map.remove(&k) {
-                        *live -= frame_len(&k, old.len);
-                    }
-                    if let Some(loc) = loc {
-                        *live += frame_len(&k, loc.len);
-                        map.insert(k, loc);
-                    }
+                    account(map, live, k, loc);
                 }
                 committed = pos;
             }
@@ -663,6 +647,21 @@ mod tests {
         assert!(kv.rewrites() > 0);
         drop(kv);
         assert_eq!(all(&LogKv::open(&path).unwrap()), kvs(&[("k", &format!("{v}39"))]));
+    }
+
+    #[test]
+    fn a_failed_replacement_keeps_the_old_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let kv = LogKv::open(&path).unwrap();
+        put(&kv, &[("a", "1")]);
+        std::fs::create_dir(path.with_extension("tmp")).unwrap();
+        assert!(kv.replace_all(kvs(&[("b", "2")])).is_err());
+        assert_eq!(all(&kv), kvs(&[("a", "1")]), "in memory");
+        put(&kv, &[("c", "3")]);
+        drop(kv);
+        std::fs::remove_dir(path.with_extension("tmp")).unwrap();
+        assert_eq!(all(&LogKv::open(&path).unwrap()), kvs(&[("a", "1"), ("c", "3")]), "on disk");
     }
 
     #[test]
