@@ -254,6 +254,14 @@ fn parse_series_key(b: &[u8]) -> Result<(String, Labels), Error> {
     Ok((ns, labels))
 }
 
+/// (max_t, batch index) of a sealed block's key `b ‖ id ‖ flip(max_t) ‖ index ‖ position`.
+fn parse_block_key(k: &[u8]) -> Result<(i64, u64), Error> {
+    let bad = || Error::Corrupt("sealed block key".into());
+    let max_t = unflip(k.get(9..17).ok_or_else(bad)?)?;
+    let index = u64::from_be_bytes(k.get(17..25).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+    Ok((max_t, index))
+}
+
 /// Inserts into a sorted sample vector; an equal timestamp replaces the value.
 fn insert_sorted(v: &mut Vec<Sample>, s: Sample) {
     match v.last() {
@@ -336,13 +344,6 @@ impl Engine {
         Ok(Checkpoint { data: (data, data_len), head: (head, head_len) })
     }
 
-    /// Bytes of the engine's files, and of the live entries in them.
-    pub fn disk_bytes(&self) -> (u64, u64) {
-        let (df, dl) = self.data.bytes();
-        let (hf, hl) = self.head.bytes();
-        (df + hf, dl + hl)
-    }
-
     fn key(&self, kind: u8, rest: &[&[u8]]) -> Vec<u8> {
         let mut k = Vec::with_capacity(1 + rest.iter().map(|r| r.len()).sum::<usize>());
         k.push(kind);
@@ -365,8 +366,8 @@ impl Engine {
         }
     }
 
-    /// Rebuilds the in-memory state from the tree (at open, and after a raft snapshot replaced
-    /// the tree's contents).
+    /// Rebuilds the in-memory state from the engine's files (at open, and after an import
+    /// replaced them).
     pub fn reload(&self) -> Result<(), Error> {
         let mut st = State {
             applied: self.read_meta("applied")?,
@@ -407,7 +408,7 @@ impl Engine {
                 .range(self.block_key(id, i64::MIN, 0, 0)..=self.block_key(id, i64::MAX, u64::MAX, u32::MAX));
             if let Some(last) = blocks.keys().next_back() {
                 s.sealed = true;
-                s.max_t = s.max_t.max(unflip(&last[9..17])?);
+                s.max_t = s.max_t.max(parse_block_key(&last)?.0);
                 if let Some(v) = self.data.get(&self.key(SEALED_MIN, &[&id.to_be_bytes()]))? {
                     s.min_t = s.min_t.min(unflip(&v)?);
                 }
@@ -515,25 +516,9 @@ impl Engine {
         batch: &WriteBatch,
         encoded: Option<&[u8]>,
     ) -> Result<ApplyOutcome, Error> {
-        let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
-        let st = &mut *guard;
-        if st.poisoned {
-            return Err(Error::Corrupt("an earlier storage error: reopen the engine".into()));
-        }
-        if index <= st.applied {
-            return Ok(ApplyOutcome { duplicate: true, ..Default::default() });
-        }
-        let mut out = ApplyOutcome::default();
-        // Chunk changes (`b`, data.log) and the head log with the index (`h`, head.log).
-        let mut b = Batch::default();
-        let mut h = Batch::default();
-        let ns: Arc<str> = match st.index.get_key_value(batch.ns.as_str()) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(batch.ns.as_str()),
-        };
-        let res = (|| -> Result<(), Error> {
+        self.apply_indexed(index, &batch.ns, |st, ns, b, h, out| {
             for s in &batch.series {
-                let id = self.series_id(st, &ns, &s.labels, &mut b);
+                let id = self.series_id(st, ns, &s.labels, b);
                 let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
                 let was_empty = ser.head.is_empty();
                 let mut into_chunks = Vec::new();
@@ -557,10 +542,10 @@ impl Engine {
                     st.pending.insert((index, id));
                 }
                 if !into_chunks.is_empty() {
-                    self.merge_into_chunks(id, &into_chunks, &mut b)?;
+                    self.merge_into_chunks(id, &into_chunks, b)?;
                 }
                 if ser.head.len() >= self.opts.chunk_samples {
-                    self.cut(st, id, &mut b)?;
+                    self.cut(st, id, b)?;
                 }
             }
             // Heads that have waited too long are cut, so the head log can be trimmed.
@@ -568,7 +553,7 @@ impl Engine {
                 if hi.saturating_add(self.opts.max_head_lag) > index {
                     break;
                 }
-                self.cut(st, id, &mut b)?;
+                self.cut(st, id, b)?;
             }
             let floor = st.pending.first().map_or(index, |&(hi, _)| hi - 1);
             if floor < index {
@@ -578,13 +563,39 @@ impl Engine {
                 };
                 h.insert(self.key(WAL, &[&index.to_be_bytes()]), bytes);
             }
-            self.trim_head_log(st, floor, &mut h)?;
+            self.trim_head_log(st, floor, h)
+        })
+    }
+
+    /// The frame of every apply: under the write lock, a replayed index is skipped; `build`
+    /// puts the batch's changes into `b` (data.log) and `h` (head.log); the applied index goes
+    /// into `h`, and chunks are made durable before the index that vouches for them (see the
+    /// contracts). A failure leaves memory ahead of disk: work is refused until reopened.
+    fn apply_indexed(
+        &self,
+        index: u64,
+        ns: &str,
+        build: impl FnOnce(&mut State, &Arc<str>, &mut Batch, &mut Batch, &mut ApplyOutcome) -> Result<(), Error>,
+    ) -> Result<ApplyOutcome, Error> {
+        let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+        let st = &mut *guard;
+        if st.poisoned {
+            return Err(Error::Corrupt("an earlier storage error: reopen the engine".into()));
+        }
+        if index <= st.applied {
+            return Ok(ApplyOutcome { duplicate: true, ..Default::default() });
+        }
+        let ns: Arc<str> = match st.index.get_key_value(ns) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(ns),
+        };
+        let mut out = ApplyOutcome::default();
+        let (mut b, mut h) = (Batch::default(), Batch::default());
+        let res = build(st, &ns, &mut b, &mut h, &mut out).and_then(|()| {
             h.insert(self.key(META, &[b"applied"]), index.to_be_bytes());
-            // Chunks durable before the index that says they were written (see the contracts).
             self.data.apply(b, true)?;
-            self.head.apply(h, true)?;
-            Ok(())
-        })();
+            self.head.apply(h, true)
+        });
         match res {
             Ok(()) => {
                 st.applied = index;
@@ -770,50 +781,26 @@ impl Engine {
     /// series' block is stored as it came, keyed by series, end time and batch. Replays are
     /// skipped by index, as for `apply`.
     pub fn apply_sealed(&self, index: u64, batch: &crate::batch::SealedBatch) -> Result<ApplyOutcome, Error> {
-        let mut guard = self.state.write().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
-        let st = &mut *guard;
-        if st.poisoned {
-            return Err(Error::Corrupt("an earlier storage error: reopen the engine".into()));
-        }
-        if index <= st.applied {
-            return Ok(ApplyOutcome { duplicate: true, ..Default::default() });
-        }
-        let ns: Arc<str> = match st.index.get_key_value(batch.ns.as_str()) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(batch.ns.as_str()),
-        };
-        let mut out = ApplyOutcome::default();
-        let mut b = Batch::default();
-        let mut h = Batch::default();
-        for (position, s) in batch.series.iter().enumerate() {
-            let id = self.series_id(st, &ns, &s.labels, &mut b);
-            let mut v = Vec::with_capacity(s.sealed.len() + 24);
-            put_varint(&mut v, s.min_t);
-            crate::bits::put_uvarint(&mut v, u64::from(s.count));
-            crate::bits::put_uvarint(&mut v, u64::from(s.key_version));
-            v.extend_from_slice(&s.sealed);
-            b.insert(self.block_key(id, s.max_t, index, position as u32), v);
-            let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
-            ser.sealed = true;
-            if s.min_t < ser.min_t {
-                ser.min_t = s.min_t;
-                b.insert(self.key(SEALED_MIN, &[&id.to_be_bytes()]), flip(s.min_t));
+        self.apply_indexed(index, &batch.ns, |st, ns, b, _, out| {
+            for (position, s) in batch.series.iter().enumerate() {
+                let id = self.series_id(st, ns, &s.labels, b);
+                let mut v = Vec::with_capacity(s.sealed.len() + 24);
+                put_varint(&mut v, s.min_t);
+                crate::bits::put_uvarint(&mut v, u64::from(s.count));
+                crate::bits::put_uvarint(&mut v, u64::from(s.key_version));
+                v.extend_from_slice(&s.sealed);
+                b.insert(self.block_key(id, s.max_t, index, position as u32), v);
+                let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
+                ser.sealed = true;
+                if s.min_t < ser.min_t {
+                    ser.min_t = s.min_t;
+                    b.insert(self.key(SEALED_MIN, &[&id.to_be_bytes()]), flip(s.min_t));
+                }
+                ser.max_t = ser.max_t.max(s.max_t);
+                out.written += s.count as usize;
             }
-            ser.max_t = ser.max_t.max(s.max_t);
-            out.written += s.count as usize;
-        }
-        h.insert(self.key(META, &[b"applied"]), index.to_be_bytes());
-        let res = self.data.apply(b, true).and_then(|_| self.head.apply(h, true));
-        match res {
-            Ok(()) => {
-                st.applied = index;
-                Ok(out)
-            }
-            Err(e) => {
-                st.poisoned = true;
-                Err(e)
-            }
-        }
+            Ok(())
+        })
     }
 
     /// The sealed series of `ns` matching every matcher, with their blocks that may hold
@@ -842,9 +829,7 @@ impl Engine {
             for kv in self.data.range(range) {
                 let (k, v) = kv?;
                 let bad = || Error::Corrupt("sealed block".into());
-                let max_t = unflip(k.get(9..17).ok_or_else(bad)?)?;
-                let index =
-                    u64::from_be_bytes(k.get(17..25).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+                let (max_t, index) = parse_block_key(&k)?;
                 let mut pos = 0;
                 let min_t = get_varint(&v, &mut pos)?;
                 if min_t > maxt {
