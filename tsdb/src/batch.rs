@@ -83,11 +83,7 @@ impl WriteBatch {
         put_str(&mut out, &self.ns);
         put_uvarint(&mut out, self.series.len() as u64);
         for s in &self.series {
-            put_uvarint(&mut out, s.labels.len() as u64);
-            for (k, v) in &s.labels {
-                put_str(&mut out, k);
-                put_str(&mut out, v);
-            }
+            put_labels(&mut out, &s.labels);
             let chunk = codec::encode_fast(&s.samples);
             put_uvarint(&mut out, chunk.len() as u64);
             out.extend_from_slice(&chunk);
@@ -102,14 +98,7 @@ impl WriteBatch {
         let n = get_uvarint(buf, &mut pos)?;
         let mut series = Vec::new();
         for _ in 0..n {
-            let nl = get_uvarint(buf, &mut pos)?;
-            if nl as usize > MAX_LABELS + 1 {
-                return Err(Error::Corrupt(format!("batch series with {nl} labels")));
-            }
-            let mut labels = Vec::with_capacity(nl as usize);
-            for _ in 0..nl {
-                labels.push((get_str(buf, &mut pos)?, get_str(buf, &mut pos)?));
-            }
+            let labels = get_labels(buf, &mut pos)?;
             let len = get_uvarint(buf, &mut pos)? as usize;
             let chunk = buf
                 .get(pos..pos.saturating_add(len))
@@ -119,7 +108,6 @@ impl WriteBatch {
             if samples.windows(2).any(|w| w[0].0 >= w[1].0) {
                 return Err(Error::Corrupt("batch series samples out of order".into()));
             }
-            let labels = normalize(labels).map_err(|e| Error::Corrupt(e.to_string()))?;
             series.push(SeriesSamples { labels, samples });
         }
         if pos != buf.len() {
@@ -152,16 +140,17 @@ impl SealedSeries {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(b"edgefabric-ts-v1\0");
         put_str(&mut out, ns);
-        put_uvarint(&mut out, self.labels.len() as u64);
-        for (k, v) in &self.labels {
-            put_str(&mut out, k);
-            put_str(&mut out, v);
-        }
-        crate::bits::put_varint(&mut out, self.min_t);
-        crate::bits::put_varint(&mut out, self.max_t);
-        put_uvarint(&mut out, u64::from(self.count));
-        put_uvarint(&mut out, u64::from(self.key_version));
+        self.put_clear(&mut out);
         out
+    }
+
+    /// The fields in clear, as both the batch encoding and the AAD write them.
+    fn put_clear(&self, out: &mut Vec<u8>) {
+        put_labels(out, &self.labels);
+        crate::bits::put_varint(out, self.min_t);
+        crate::bits::put_varint(out, self.max_t);
+        put_uvarint(out, u64::from(self.count));
+        put_uvarint(out, u64::from(self.key_version));
     }
 }
 
@@ -181,15 +170,7 @@ impl SealedBatch {
         put_str(&mut out, &self.ns);
         put_uvarint(&mut out, self.series.len() as u64);
         for s in &self.series {
-            put_uvarint(&mut out, s.labels.len() as u64);
-            for (k, v) in &s.labels {
-                put_str(&mut out, k);
-                put_str(&mut out, v);
-            }
-            crate::bits::put_varint(&mut out, s.min_t);
-            crate::bits::put_varint(&mut out, s.max_t);
-            put_uvarint(&mut out, u64::from(s.count));
-            put_uvarint(&mut out, u64::from(s.key_version));
+            s.put_clear(&mut out);
             put_uvarint(&mut out, s.sealed.len() as u64);
             out.extend_from_slice(&s.sealed);
         }
@@ -203,15 +184,7 @@ impl SealedBatch {
         let n = get_uvarint(buf, &mut pos)?;
         let mut series: Vec<SealedSeries> = Vec::new();
         for _ in 0..n {
-            let nl = get_uvarint(buf, &mut pos)?;
-            if nl as usize > MAX_LABELS + 1 {
-                return Err(Error::Corrupt(format!("sealed series with {nl} labels")));
-            }
-            let mut labels = Vec::with_capacity(nl as usize);
-            for _ in 0..nl {
-                labels.push((get_str(buf, &mut pos)?, get_str(buf, &mut pos)?));
-            }
-            let labels = normalize(labels).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let labels = get_labels(buf, &mut pos)?;
             let min_t = crate::bits::get_varint(buf, &mut pos)?;
             let max_t = crate::bits::get_varint(buf, &mut pos)?;
             let count = u32::try_from(get_uvarint(buf, &mut pos)?)
@@ -240,6 +213,29 @@ impl SealedBatch {
         check_ns(&ns).map_err(|e| Error::Corrupt(e.to_string()))?;
         Ok(SealedBatch { ns, series })
     }
+}
+
+/// A series' labels as batches encode them: a count, then name and value of each.
+fn put_labels(out: &mut Vec<u8>, labels: &Labels) {
+    put_uvarint(out, labels.len() as u64);
+    for (k, v) in labels {
+        put_str(out, k);
+        put_str(out, v);
+    }
+}
+
+/// Labels written by `put_labels`, checked as `normalize` checks a client's (they come from
+/// another node or the disk: a bad set is corruption).
+fn get_labels(buf: &[u8], pos: &mut usize) -> Result<Labels, Error> {
+    let n = get_uvarint(buf, pos)?;
+    if n as usize > MAX_LABELS + 1 {
+        return Err(Error::Corrupt(format!("a batch series with {n} labels")));
+    }
+    let mut labels = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        labels.push((get_str(buf, pos)?, get_str(buf, pos)?));
+    }
+    normalize(labels).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
 fn check_ns(ns: &str) -> Result<(), Error> {
