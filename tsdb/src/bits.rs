@@ -141,6 +141,12 @@ pub fn get_varint(buf: &[u8], pos: &mut usize) -> Result<i64, Error> {
     get_uvarint(buf, pos).map(unzigzag)
 }
 
+/// Bytes `put_varint` writes for `v`.
+pub fn varint_len(v: i64) -> usize {
+    let bits = 64 - zigzag(v).leading_zeros() as usize;
+    bits.div_ceil(7).max(1)
+}
+
 pub fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -155,6 +161,13 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn varint_len_is_what_put_varint_writes(v in any::<i64>()) {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            prop_assert_eq!(varint_len(v), out.len());
+        }
+
         #[test]
         fn bits_round_trip(items in proptest::collection::vec((any::<u64>(), 0u32..=64), 0..200)) {
             let mut w = BitWriter::default();

@@ -16,7 +16,9 @@
 //! of the chunk: counters that grow by tenths of a second, memory by pages of 4096 bytes.
 //! Chunks written before these two existed (formats 1 and 2 without the bit) still decode.
 
-use crate::bits::{get_uvarint, get_varint, put_uvarint, put_varint, unzigzag, BitReader, BitWriter};
+use crate::bits::{
+    get_uvarint, get_varint, put_uvarint, put_varint, unzigzag, varint_len, BitReader, BitWriter,
+};
 use crate::Error;
 
 const FORMAT_XOR: u8 = 1;
@@ -65,8 +67,7 @@ pub fn encode(samples: &[Sample]) -> Vec<u8> {
 /// of full-precision values, which costs more CPU than the bytes it saves in a log entry that
 /// lives only until the next snapshot. Chunks use `encode`.
 pub fn encode_fast(samples: &[Sample]) -> Vec<u8> {
-    if let Some(k) = decimal_exponent(samples) {
-        let ms: Vec<i64> = samples.iter().map(|&(_, v)| scaled(v, k).unwrap_or_default()).collect();
+    if let Some((k, ms)) = fast_decimals(samples) {
         let mut d = Vec::with_capacity(16 + samples.len() * 4);
         encode_decimal(samples, &ms, k, &mut d);
         return d;
@@ -272,9 +273,15 @@ fn divide_rounded(m: i64, k: u32) -> Option<f64> {
 }
 
 /// Every value as `m_i / 10^k` with one k and |m_i| < 2^63, exactly; or None.
+/// The decimal form by plain float arithmetic alone (`decimal_exponent`), if there is one.
+fn fast_decimals(samples: &[Sample]) -> Option<(u32, Vec<i64>)> {
+    let k = decimal_exponent(samples)?;
+    Some((k, samples.iter().map(|&(_, v)| scaled(v, k).unwrap_or_default()).collect()))
+}
+
 fn decimals(samples: &[Sample]) -> Option<(u32, Vec<i64>)> {
-    if let Some(k) = decimal_exponent(samples) {
-        return Some((k, samples.iter().map(|&(_, v)| scaled(v, k).unwrap_or_default()).collect()));
+    if let Some(d) = fast_decimals(samples) {
+        return Some(d);
     }
     // Values with more digits (full-precision floats from text, e.g. 51.60212854816802): the
     // shortest decimal digits, scaled to a common exponent (VictoriaMetrics's idea, kept exact).
@@ -306,12 +313,6 @@ const MODE_PACKED_DOD: u8 = 3;
 fn frame_of_reference(xs: &[i64]) -> (i64, u32) {
     let (Some(&min), Some(&max)) = (xs.iter().min(), xs.iter().max()) else { return (0, 0) };
     (min, 64 - (max.wrapping_sub(min) as u64).leading_zeros())
-}
-
-fn varint_bits(x: i64) -> u64 {
-    let mut v = Vec::with_capacity(10);
-    put_varint(&mut v, x);
-    8 * v.len() as u64
 }
 
 /// The largest factor dividing every x (1 if all are zero, or if one is `i64::MIN`, whose
@@ -352,7 +353,7 @@ fn encode_decimal(samples: &[Sample], ms: &[i64], k: u32, out: &mut Vec<u8>) {
     let bucketed = |xs: &[i64]| xs.iter().map(|&x| bucketed_cost(x, &INT_WIDTHS)).sum::<u64>();
     let packed = |xs: &[i64]| {
         let (min, width) = frame_of_reference(xs);
-        8 + varint_bits(min) + u64::from(width) * xs.len() as u64
+        8 + 8 * varint_len(min) as u64 + u64::from(width) * xs.len() as u64
     };
     let options = [
         (MODE_DELTA, bucketed(&deltas.1)),
