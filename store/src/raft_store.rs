@@ -380,8 +380,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let file = SnapshotFile { meta: meta.clone(), data, ts: Some(cp.clone()) };
         let dir = self.dir.clone();
-        let full = tokio::task::spawn_blocking(move || {
-            let full = full_image(&dir, &file)?;
+        tokio::task::spawn_blocking(move || {
             // A snapshot installed from the leader while this one was being built is newer:
             // keep it (this one's links become stale and go below).
             let current = read_snapshot_file(&dir)?;
@@ -395,13 +394,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // The snapshot file first, then the links it no longer names: a crash in between
             // leaves extra links, which the next open removes. A reader that read the old
             // file meanwhile retries (`get_current_snapshot`).
-            remove_stale_links(&dir, keep.as_ref())?;
-            Ok::<_, crate::Error>(full)
+            remove_stale_links(&dir, keep.as_ref())
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?
         .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(full)) })
+        // No data: openraft (pinned 0.9.25) keeps only the meta of a built snapshot
+        // (`core/sm/worker.rs`: `Response::BuildSnapshot(snap.meta)`), and what followers are
+        // sent comes from `get_current_snapshot`. Rebuilding the full image here would read
+        // every chunk back at every snapshot.
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
 
@@ -586,10 +588,14 @@ mod tests {
         assert_eq!(samples(&sm), vec![400; 3]);
 
         let first = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        let first_image: Image = codec::decode(first.snapshot.get_ref()).unwrap();
+        // What followers are sent: exactly the store's image as of the snapshot.
+        let at_build = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(at_build.meta, first.meta);
+        let first_image: Image = codec::decode(at_build.snapshot.get_ref()).unwrap();
+        assert_eq!(first_image, sm.kv().export().unwrap());
         assert!(first_image.iter().any(|(k, _)| k.starts_with(b"Tc")), "the image carries the chunks");
         let file_len = std::fs::metadata(dir.join(SNAPSHOT_FILE)).unwrap().len() as usize;
-        assert!(file_len < first.snapshot.get_ref().len() / 4, "snapshot.bin {file_len} bytes: a copy?");
+        assert!(file_len < at_build.snapshot.get_ref().len() / 4, "snapshot.bin {file_len} bytes: a copy?");
         let first_links = links(&dir);
         assert_eq!(first_links.len(), 2);
 
@@ -598,7 +604,7 @@ mod tests {
         sm.kv().ts().flush().unwrap();
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, first.meta);
-        assert_eq!(current.snapshot.get_ref(), first.snapshot.get_ref());
+        assert_eq!(current.snapshot.get_ref(), at_build.snapshot.get_ref());
 
         // A newer snapshot replaces the old links.
         let second = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
