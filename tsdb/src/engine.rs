@@ -1568,6 +1568,38 @@ mod tests {
     }
 
     #[test]
+    fn final_chunks_are_not_merged_when_that_is_larger() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open(dir.path(), Options { chunk_samples: 60, ooo_window_ms: 100, max_head_lag: 1000 });
+        let l = labels("m", &[]);
+        // Three chunks of steps under 16 (4 bits packed each) and one of steps near 2^39: one
+        // width (or prefix codes) for all four would cost more than four chunks' headers save.
+        let mut x = 88172645463325252u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut v = 0i64;
+        for c in 0..5i64 {
+            let s: Vec<Sample> = (0..60)
+                .map(|i| {
+                    v += if c == 3 { (1 << 38) + next(1 << 38) as i64 } else { next(16) as i64 };
+                    ((c * 60 + i) * 10, v as f64)
+                })
+                .collect();
+            e.apply(c as u64 + 1, &batch("ns", vec![(l.clone(), s)])).unwrap();
+        }
+        let chunks = |e: &Engine| e.data.scan_prefix(&[CHUNK]).keys().count();
+        let before = all(&e, "ns");
+        assert_eq!(chunks(&e), 5);
+        e.rollup(1).unwrap();
+        assert_eq!(chunks(&e), 5, "a larger merge is skipped");
+        assert_eq!(all(&e, "ns"), before);
+    }
+
+    #[test]
     fn ids_are_the_same_on_every_replica() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let e1 = open(d1.path(), small());
