@@ -4,32 +4,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::Cluster;
 
 const READY: Duration = Duration::from_secs(30);
-
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    out.push(p.display().to_string());
-                }
-            }
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn confidential_values_are_ciphertext_on_every_disk_and_closed_outside_key_sites() {
@@ -182,11 +161,11 @@ async fn confidential_values_are_ciphertext_on_every_disk_and_closed_outside_key
         // every replica of its shard.
         if control_replicas.contains(&id) {
             assert!(
-                !files_containing(&dir, &control).is_empty(),
+                !common::files_containing(&dir, &control).is_empty(),
                 "node {id}: the public control value is not on disk"
             );
         }
-        let leaks = files_containing(&dir, &secret);
+        let leaks = common::files_containing(&dir, &secret);
         assert!(leaks.is_empty(), "node {id}: confidential plaintext on disk in {leaks:?}");
     }
 }
@@ -253,7 +232,7 @@ async fn site_local_bytes_stay_at_their_home_site() {
         c.kill9(id);
     }
     for id in c.ids() {
-        let found = files_containing(c.data_dir(id), &marker);
+        let found = common::files_containing(c.data_dir(id), &marker);
         if [2, 5].contains(&id) {
             assert!(!found.is_empty(), "node {id} (site b) should hold the namespace");
         } else {

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Cluster;
+use edgefabric_tsdb::codec;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -292,20 +293,92 @@ async fn namespace_classes_apply_to_series() {
     let (s, v) = prom(&c, 1, &c.token, &format!("/api/v1/query?ns=plant&query=t_v&time={T0}")).await;
     assert_eq!((s, vector(&v).len()), (200, 1), "{v}");
     let (s, v) = prom(&c, 2, &c.token, &format!("/api/v1/query?ns=plant&query=t_v&time={T0}")).await;
-    assert!(s == 403 || s == 422 || s == 400, "site-local series were readable at another site: {s} {v}");
-    // Confidential namespaces refuse series with a clear reason rather than storing plaintext.
+    assert_eq!(s, 403, "site-local series were readable at another site: {v}");
+
+    // Confidential series: sealed by the key site that takes them, so every replica (the third
+    // site's too) holds only ciphertext; readable and writable at key sites only.
+    let secret: Vec<(i64, f64)> = (0..200).map(|i| ((T0 + i) * 1000, 123456.789 + i as f64 * 0.5)).collect();
+    let open: Vec<(i64, f64)> = (0..200).map(|i| ((T0 + i) * 1000, 654321.125 + i as f64 * 0.5)).collect();
+    let lines = |name: &str, s: &[(i64, f64)]| -> String {
+        s.iter().map(|(t, v)| format!("{name},room=r1 v={v} {}\n", t / 1000)).collect()
+    };
+    let r = write_lp(&c, 1, "vault", lines("secret", &secret)).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = write_lp(&c, 1, "default", lines("open", &open)).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let series = "__name__=secret_v,room=r1".to_string();
+    // Read at the other key site: the last sample, and all of them.
+    let (s, v) = vault_at(&c, 2, "secret_v", T0 + 199).await;
+    assert_eq!((s, vector(&v)), (200, vec![(series.clone(), 123456.789 + 199.0 * 0.5)]));
+    let (_, v) = vault_at(&c, 2, "sum_over_time(secret_v[10m])", T0 + 199).await;
+    let sum: f64 = secret.iter().map(|s| s.1).sum();
+    let got = vector(&v);
+    // PromQL sums compensated (Kahan), an iterator plainly: equal to rounding.
+    assert_eq!((got.len(), got[0].0.as_str()), (1, "room=r1"));
+    assert!((got[0].1 - sum).abs() < sum * 1e-12, "{} != {sum}", got[0].1);
+    // A later write of a timestamp wins, as for plain series (blocks merge in batch order).
+    assert_eq!(write_lp(&c, 2, "vault", format!("secret,room=r1 v=1 {}", T0 + 199)).await.status, 204);
+    let (_, v) = vault_at(&c, 1, "secret_v", T0 + 199).await;
+    assert_eq!(vector(&v), vec![(series.clone(), 1.0)]);
+    let (_, v) = vault_at(&c, 1, "count_over_time(secret_v[10m])", T0 + 199).await;
+    assert_eq!(vector(&v), vec![("room=r1".to_string(), 200.0)]);
+    // Labels are in clear (they route and index series, as KV keys do), at key sites only.
+    let (s, v) = prom(&c, 1, &c.token, &format!("/api/v1/series?ns=vault&match[]={}", q("secret_v"))).await;
+    assert_eq!((s, v["data"][0]["room"].as_str()), (200, Some("r1")), "{v}");
+    // Outside the key sites: no reads, no writes, no labels.
+    let (s, v) = vault_at(&c, 3, "secret_v", T0 + 199).await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(write_lp(&c, 3, "vault", format!("secret,room=r1 v=2 {}", T0 + 200)).await.status, 403);
+    let (s, _) = prom(&c, 3, &c.token, &format!("/api/v1/series?ns=vault&match[]={}", q("secret_v"))).await;
+    assert_eq!(s, 403);
+
+    // No plaintext on any disk: neither the samples as a write batch or a chunk encodes them,
+    // nor their text. The same check finds the public series' batch (it can fail).
+    let needles = |s: &[(i64, f64)]| vec![codec::encode_fast(s), codec::encode(s)];
+    let found = |needle: &[u8]| -> Vec<String> {
+        c.ids().into_iter().flat_map(|id| common::files_containing(c.data_dir(id), needle)).collect()
+    };
+    assert!(!found(&needles(&open)[0]).is_empty(), "the public batch is not on any disk: the check is blind");
+    for needle in needles(&secret).iter().chain([&b"123456.789".to_vec(), &b"123556.289".to_vec()]) {
+        let leaks = found(needle);
+        assert!(leaks.is_empty(), "confidential samples in clear in {leaks:?}");
+    }
+
+    // Acknowledged sealed samples survive a kill -9 of the node that sealed them.
+    assert_eq!(write_lp(&c, 1, "vault", format!("secret,room=r1 v=7 {}", T0 + 300)).await.status, 204);
+    c.kill9(1);
+    c.start(1);
+    c.wait_ready(READY).await;
+    let (_, v) = vault_at(&c, 1, "secret_v", T0 + 300).await;
+    assert_eq!(vector(&v), vec![(series.clone(), 7.0)]);
+
+    // A rotation: new samples are sealed under version 2, old blocks stay under 1 and are still
+    // read; version 1 cannot be retired while blocks use it.
+    let r = c.request(1, Method::POST, "/v1/namespaces/vault/rotate-key", None).await.unwrap();
+    assert!(r.status < 300, "{}", r.text());
+    assert_eq!(write_lp(&c, 2, "vault", format!("secret,room=r1 v=8 {}", T0 + 301)).await.status, 204);
+    let (_, v) = vault_at(&c, 2, "count_over_time(secret_v[10m])", T0 + 301).await;
+    assert_eq!(vector(&v), vec![("room=r1".to_string(), 202.0)]);
+    let (_, v) = vault_at(&c, 1, "secret_v", T0 + 301).await;
+    assert_eq!(vector(&v), vec![(series.clone(), 8.0)]);
+    // (No KV values: nothing for the rotation's re-encryption to wait on.)
     let r = c
-        .call(
-            1,
-            Some(&c.token),
-            Method::POST,
-            "/v1/ts/write?ns=vault&precision=s",
-            format!("t v=1 {T0}").into(),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 400);
-    assert!(r.text().contains("confidential"), "{}", r.text());
+        .request(1, Method::POST, "/v1/namespaces/vault/retire-key", Some(br#"{"version":1}"#.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("time-series blocks"), "{}", r.text());
+}
+
+/// Writes line protocol (seconds) into `ns` through node `via`.
+async fn write_lp(c: &Cluster, via: u64, ns: &str, body: String) -> common::HttpReply {
+    let path = format!("/v1/ts/write?ns={ns}&precision=s");
+    c.call(via, Some(&c.token), Method::POST, &path, body.into_bytes(), None).await
+}
+
+/// An instant query of the confidential namespace `vault` through node `via`.
+async fn vault_at(c: &Cluster, via: u64, query: &str, t: i64) -> (u16, Value) {
+    prom(c, via, &c.token, &format!("/api/v1/query?ns=vault&query={}&time={t}", q(query))).await
 }
 
 /// Prometheus remote write 1.0, as a Prometheus server or agent sends it.
@@ -390,6 +463,17 @@ async fn remote_write_and_store_and_forward_across_a_cut_off_and_a_restart() {
         .call(1, Some(&reader), Method::POST, "/api/v1/write", remote_body(&[(up, &[(0, 1.0)])]), None)
         .await;
     assert_eq!(r.status, 403);
+    // A confidential namespace keyed at site a only: its series queue sealed.
+    let r = c
+        .request(
+            1,
+            Method::PUT,
+            "/v1/namespaces/vault",
+            Some(br#"{"class":"confidential","key_sites":["a"],"replicas":3}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
 
     // Site a is cut off: the other replicas stop answering.
     c.pause(2);
@@ -417,6 +501,11 @@ async fn remote_write_and_store_and_forward_across_a_cut_off_and_a_restart() {
             .as_u64();
         assert_eq!(queued, Some((batch as u64 + 1) * 25), "queued after batch {batch}");
     }
+    let secret: Vec<(i64, f64)> = (0..10).map(|i| (ms(T0 + i), 4242.125 + i as f64)).collect();
+    let lines: String =
+        secret.iter().map(|(t, v)| format!("vitals,bed=7 pulse={v} {}\n", t / 1000)).collect();
+    let r = write_lp(&c, 1, "vault", lines).await;
+    assert_eq!(r.status, 204, "{}", r.text());
     // The node crashes and comes back while still cut off: the queue is on its disk.
     c.kill9(1);
     c.start(1);
@@ -433,10 +522,11 @@ async fn remote_write_and_store_and_forward_across_a_cut_off_and_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let backlog: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(backlog["samples"].as_u64(), Some(written as u64), "{out}");
+    let queued = written + secret.len();
+    assert_eq!(backlog["samples"].as_u64(), Some(queued as u64), "{out}");
     assert!(backlog["parts"].as_u64().unwrap() >= 1);
     let metrics = c.client.get(format!("{}/metrics", c.http(1))).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(&format!("\nedgefabric_ts_queued_samples {written}\n")), "{metrics}");
+    assert!(metrics.contains(&format!("\nedgefabric_ts_queued_samples {queued}\n")), "{metrics}");
 
     // The link returns: the queue drains, and every sample is there exactly once.
     c.resume(2);
@@ -478,6 +568,16 @@ async fn remote_write_and_store_and_forward_across_a_cut_off_and_a_restart() {
     .await;
     let want: f64 = (0..written).map(|i| i as f64).sum();
     assert_eq!(vector(&v), vec![("sensor=s1".to_string(), want)]);
+    // The sealed part was forwarded like the others, and opens at the key site.
+    let (_, v) = vault_at(&c, 1, "max_over_time(vitals_pulse[20m])", T0 + 20).await;
+    assert_eq!(vector(&v), vec![("bed=7".to_string(), 4251.125)]);
+    let (_, v) = vault_at(&c, 1, "count_over_time(vitals_pulse[20m])", T0 + 20).await;
+    assert_eq!(vector(&v), vec![("bed=7".to_string(), 10.0)]);
+    for needle in [codec::encode_fast(&secret), codec::encode(&secret)] {
+        let leaks: Vec<String> =
+            c.ids().into_iter().flat_map(|id| common::files_containing(c.data_dir(id), &needle)).collect();
+        assert!(leaks.is_empty(), "queued confidential samples in clear in {leaks:?}");
+    }
 }
 
 /// Retention set through the API: raw samples older than it disappear once rolled up, and the

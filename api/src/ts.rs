@@ -344,6 +344,9 @@ struct NodeQuerier<'a> {
     st: &'a AppState,
     ns: &'a str,
     handle: tokio::runtime::Handle,
+    /// The node's first error: the evaluator only passes on its text, and the client needs its
+    /// status (403 outside a confidential namespace's key sites, 503 for an unreachable shard).
+    failed: std::sync::Mutex<Option<edgefabric_store::Error>>,
 }
 
 impl Queryable for NodeQuerier<'_> {
@@ -357,7 +360,11 @@ impl Queryable for NodeQuerier<'_> {
         // node's (async) fan-out.
         self.handle
             .block_on(self.st.node.ts_select(self.ns, matchers, mint, maxt, Consistency::Linearizable))
-            .map_err(|e| edgefabric_tsdb::Error::Invalid(ApiError::from(e).message))
+            .map_err(|e| {
+                let msg = ApiError::from(e.clone()).message;
+                self.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                edgefabric_tsdb::Error::Invalid(msg)
+            })
     }
 }
 
@@ -431,11 +438,17 @@ async fn run_query(
 ) -> Result<QueryResult, PromError> {
     let handle = tokio::runtime::Handle::current();
     let out = tokio::task::spawn_blocking(move || {
-        let q = NodeQuerier { st: &st, ns: &ns, handle };
-        match range {
+        let q = NodeQuerier { st: &st, ns: &ns, handle, failed: std::sync::Mutex::new(None) };
+        let r = match range {
             Some((a, b, s)) => promql::range_query(&q, &expr, a, b, s, &opts),
             None => promql::instant_query(&q, &expr, t, &opts),
-        }
+        };
+        r.map_err(|e| match q.failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(node_err) => PromError::from(node_err),
+            None => {
+                PromError { status: StatusCode::UNPROCESSABLE_ENTITY, kind: "execution", msg: e.to_string() }
+            }
+        })
     })
     .await
     .map_err(|e| PromError {
@@ -443,11 +456,7 @@ async fn run_query(
         kind: "internal",
         msg: e.to_string(),
     })?;
-    out.map_err(|e| PromError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        kind: "execution",
-        msg: e.to_string(),
-    })
+    out
 }
 
 /// `GET|POST /api/v1/query`.

@@ -214,6 +214,15 @@ impl Node {
                 "{in_use} values of {ns:?} still use key version {version}; rotate to re-encrypt them first"
             )));
         }
+        // Time series are not re-encrypted by a rotation (blocks are immutable; re-sealing
+        // every sample would rewrite the whole store): their old blocks keep the version alive
+        // until raw retention deletes them.
+        let blocks = self.count_sealed_blocks(ns, version).await?;
+        if blocks > 0 {
+            return Err(Error::Forbidden(format!(
+                "{blocks} time-series blocks of {ns:?} still use key version {version}; they keep it until raw retention deletes them"
+            )));
+        }
         match self.propose(crate::types::Command::RetireNamespaceKey { ns: ns.into(), version }).await? {
             crate::types::Response::Namespace { .. } => Ok(()),
             crate::types::Response::Rejected(why) => Err(Error::invalid("version", why)),
@@ -309,7 +318,7 @@ impl Node {
         }
     }
 
-    fn data_key(&self, cfg: &NamespaceConfig, version: u32) -> Result<DataKey> {
+    pub(crate) fn data_key(&self, cfg: &NamespaceConfig, version: u32) -> Result<DataKey> {
         let cache_key = (cfg.name.clone(), version);
         if let Some(k) = self.keys.0.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
             return Ok(k.clone());

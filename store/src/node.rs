@@ -1717,11 +1717,14 @@ impl Internal for InternalService {
         const RPC: &str = "ts_select";
         let f = self.accept(RPC, req)?;
         let r: crate::ts::TsSelectRequest = network::request(&f)?;
-        let out = match self.node.group(f.group) {
-            Some(g) => self.node.local_ts_select(&g, &r).await,
-            None => Err(Error::Unavailable(format!("group {} is not hosted here", f.group))),
+        let Some(g) = self.node.group(f.group) else {
+            let out: Result<()> = Err(Error::Unavailable(format!("group {} is not hosted here", f.group)));
+            return self.reply(RPC, &f, &out);
         };
-        self.reply(RPC, &f, &out)
+        match r.mode {
+            crate::ts::SelectMode::Samples => self.reply(RPC, &f, &self.node.local_ts_select(&g, &r).await),
+            _ => self.reply(RPC, &f, &self.node.local_ts_select_sealed(&g, &r).await),
+        }
     }
 
     async fn ts_series(&self, req: tonic::Request<Frame>) -> RpcResult {

@@ -15,17 +15,40 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgefabric_tsdb::batch::{Labels, SeriesSamples, WriteBatch};
+use edgefabric_crypto::envelope;
+use edgefabric_tsdb::batch::{Labels, SealedBatch, SealedSeries, SeriesSamples, WriteBatch};
 use edgefabric_tsdb::codec;
-use edgefabric_tsdb::engine::Series;
+use edgefabric_tsdb::engine::{SealedBlock, Series};
 use edgefabric_tsdb::matcher::{MatchOp, Matcher};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::log::GroupId;
 use crate::node::{Consistency, Group, Node};
-use crate::types::{Command, DataClass, Response, MAX_TS_BATCH_BYTES};
+use crate::types::{Command, DataClass, NamespaceConfig, Response, MAX_TS_BATCH_BYTES};
 use crate::{Error, Result};
+
+/// One raft entry's worth of a write: a shard's encoded batch. Also what the store-and-forward
+/// queue keeps (`ts_queue.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TsPart {
+    pub shard: GroupId,
+    pub batch: Vec<u8>,
+    pub samples: u64,
+    /// A `SealedBatch` (a confidential namespace's) rather than a `WriteBatch`.
+    pub sealed: bool,
+}
+
+impl TsPart {
+    pub(crate) fn command(&self) -> Command {
+        let (shard, batch) = (self.shard, self.batch.clone());
+        if self.sealed {
+            Command::TsWriteSealed { shard, batch }
+        } else {
+            Command::TsWrite { shard, batch }
+        }
+    }
+}
 
 /// A matcher as it crosses the wire (regexes are compiled again by the receiver).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +88,25 @@ pub(crate) struct TsSelectRequest {
     mint: i64,
     maxt: i64,
     consistency: Consistency,
+    pub(crate) mode: SelectMode,
+}
+
+/// What a selection returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum SelectMode {
+    /// Samples (`WireSeries`).
+    Samples,
+    /// A confidential namespace's sealed blocks (`WireSealed`), opened by the asking key site.
+    Sealed,
+    /// The same without the ciphertext: which key versions blocks use.
+    Headers,
+}
+
+/// A sealed series on the wire: labels and its blocks as stored, oldest batch first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireSealed {
+    labels: Labels,
+    blocks: Vec<SealedBlock>,
 }
 
 /// A series on the wire: labels and its samples chunk-encoded (compressed).
@@ -112,39 +154,32 @@ pub fn series_text(labels: &Labels) -> String {
 }
 
 impl Node {
-    /// Checks that time series of `ns` may be written or read at this node.
-    async fn ts_namespace(&self, ns: &str) -> Result<()> {
-        let cfg = self.check_readable(ns).await?;
-        if cfg.class == DataClass::Confidential {
-            // Sealing samples would leave other sites nothing to compress or query; until
-            // confidential series have their own design, refuse rather than store plaintext.
-            return Err(Error::invalid(
-                "ns",
-                format!("namespace {ns:?} is confidential; time series are not supported in confidential namespaces yet"),
-            ));
-        }
-        Ok(())
-    }
-
     /// Writes a batch: split per shard, one raft entry per part, all parts in parallel.
     /// Returns once every part is committed and applied on its leader, or durably queued on
     /// this node because its shard could not be reached (store-and-forward, `ts_queue.rs`).
     /// On an error some parts may be stored and others not; writing the same batch again is
     /// harmless (a sample's later write replaces it with the same value).
+    ///
+    /// In a confidential namespace (only at its key sites) each series' samples are sealed
+    /// here, before they are proposed, so raft logs, the queue and every replica hold only
+    /// ciphertext (`seal_series`).
     pub async fn ts_write(&self, batch: WriteBatch) -> Result<TsWriteOutcome> {
-        self.ts_namespace(&batch.ns).await?;
-        let parts = self.ts_parts(batch)?;
-        let attempts = parts.into_iter().map(|(shard, bytes, samples)| async move {
-            if self.ts_queue.has_backlog(shard) {
-                return Ok(Err((shard, bytes, samples)));
+        let cfg = self.check_readable(&batch.ns).await?;
+        let parts = if cfg.class == DataClass::Confidential {
+            self.sealed_parts(&cfg, batch)?
+        } else {
+            self.plain_parts(batch)?
+        };
+        let attempts = parts.into_iter().map(|part| async move {
+            if self.ts_queue.has_backlog(part.shard) {
+                return Ok(Err(part));
             }
-            let cmd = Command::TsWrite { shard, batch: bytes.clone() };
-            match tokio::time::timeout(crate::ts_queue::DIRECT_TIMEOUT, self.propose(cmd)).await {
+            match tokio::time::timeout(crate::ts_queue::DIRECT_TIMEOUT, self.propose(part.command())).await {
                 Ok(Ok(r)) => Ok(Ok(r)),
                 // Unreachable, no quorum, or no answer in time (it may or may not be applied:
                 // queueing it is safe, a second apply changes nothing).
-                Ok(Err(e)) if e.is_retryable() => Ok(Err((shard, bytes, samples))),
-                Err(_) => Ok(Err((shard, bytes, samples))),
+                Ok(Err(e)) if e.is_retryable() => Ok(Err(part)),
+                Err(_) => Ok(Err(part)),
                 Ok(Err(e)) => Err(e),
             }
         });
@@ -154,7 +189,7 @@ impl Node {
             match r? {
                 Ok(resp) => add_response(&mut out, resp)?,
                 Err(part) => {
-                    out.queued += part.2;
+                    out.queued += part.samples;
                     to_queue.push(part);
                 }
             }
@@ -163,14 +198,24 @@ impl Node {
         Ok(out)
     }
 
-    /// `ts_write` without the queue: every part must be applied (the forwarder re-routing a
-    /// queued part whose shard is gone).
-    pub(crate) async fn ts_write_direct(&self, batch: WriteBatch) -> Result<TsWriteOutcome> {
-        let parts = self.ts_parts(batch)?;
-        let results = futures::future::join_all(
-            parts.into_iter().map(|(shard, batch, _)| self.propose(Command::TsWrite { shard, batch })),
-        )
-        .await;
+    /// Re-routes a queued part whose shard is gone (a split or merge changed the map): its
+    /// series go where they route now, each part applied or an error. A sealed part is split
+    /// as it is (labels are in clear and not bound to a shard): nothing is unsealed.
+    pub(crate) async fn ts_reroute(&self, part: &TsPart) -> Result<TsWriteOutcome> {
+        let parts = if part.sealed {
+            let b =
+                SealedBatch::decode(&part.batch).map_err(|e| Error::Storage(format!("queued batch: {e}")))?;
+            let mut out = Vec::new();
+            for (shard, series) in self.by_shard(&b.ns, b.series, |s| &s.labels)? {
+                out.extend(pack_sealed(&b.ns, shard, series));
+            }
+            out
+        } else {
+            let b =
+                WriteBatch::decode(&part.batch).map_err(|e| Error::Storage(format!("queued batch: {e}")))?;
+            self.plain_parts(b)?
+        };
+        let results = futures::future::join_all(parts.iter().map(|p| self.propose(p.command()))).await;
         let mut out = TsWriteOutcome::default();
         for r in results {
             add_response(&mut out, r?)?;
@@ -178,21 +223,67 @@ impl Node {
         Ok(out)
     }
 
-    /// A batch split per shard and by size: (shard, encoded part, samples).
-    fn ts_parts(&self, batch: WriteBatch) -> Result<Vec<(GroupId, Vec<u8>, u64)>> {
+    /// Items grouped by the shard their series routes to in `ns`.
+    fn by_shard<T>(
+        &self,
+        ns: &str,
+        items: Vec<T>,
+        labels: impl Fn(&T) -> &Labels,
+    ) -> Result<BTreeMap<GroupId, Vec<T>>> {
         let map = self.require_map()?;
-        let mut parts: BTreeMap<GroupId, Vec<SeriesSamples>> = BTreeMap::new();
-        for s in batch.series {
+        let mut out: BTreeMap<GroupId, Vec<T>> = BTreeMap::new();
+        for it in items {
             let shard = map
-                .shard_for(&batch.ns, &series_text(&s.labels))
-                .ok_or_else(|| Error::Internal("no shard".into()))?;
-            parts.entry(shard.id).or_default().push(s);
+                .shard_for(ns, &series_text(labels(&it)))
+                .ok_or_else(|| Error::Internal(format!("no shard for a series of {ns:?}")))?;
+            out.entry(shard.id).or_default().push(it);
+        }
+        Ok(out)
+    }
+
+    /// A plain batch split per shard and by size.
+    fn plain_parts(&self, batch: WriteBatch) -> Result<Vec<TsPart>> {
+        let mut out = Vec::new();
+        for (shard, series) in self.by_shard(&batch.ns, batch.series, |s| &s.labels)? {
+            for (chunk, samples) in split_by_size(&batch.ns, series) {
+                out.push(TsPart { shard, batch: chunk, samples, sealed: false });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A confidential namespace's batch: each series' samples chunk-encoded and sealed under
+    /// the namespace's newest data key, then split per shard and by size.
+    fn sealed_parts(&self, cfg: &NamespaceConfig, batch: WriteBatch) -> Result<Vec<TsPart>> {
+        let ns = &cfg.name;
+        let version = cfg
+            .keys
+            .iter()
+            .map(|k| k.version)
+            .max()
+            .ok_or_else(|| Error::Storage(format!("confidential namespace {ns:?} has no data key")))?;
+        let dk = self.data_key(cfg, version)?;
+        let mut sealed = Vec::with_capacity(batch.series.len());
+        for s in batch.series {
+            let samples = codec::merge_last_wins(vec![s.samples], i64::MIN, i64::MAX);
+            for piece in samples.chunks(SEALED_PIECE_SAMPLES) {
+                let (Some(first), Some(last)) = (piece.first(), piece.last()) else { continue };
+                let mut ss = SealedSeries {
+                    labels: s.labels.clone(),
+                    min_t: first.0,
+                    max_t: last.0,
+                    count: piece.len() as u32,
+                    key_version: version,
+                    sealed: Vec::new(),
+                };
+                ss.sealed = envelope::seal_series(&dk, version, &ss.aad(ns), &codec::encode(piece))
+                    .map_err(|e| Error::Internal(format!("sealing samples: {e}")))?;
+                sealed.push(ss);
+            }
         }
         let mut out = Vec::new();
-        for (shard, series) in parts {
-            for (chunk, samples) in split_by_size(&batch.ns, series) {
-                out.push((shard, chunk, samples));
-            }
+        for (shard, series) in self.by_shard(ns, sealed, |s| &s.labels)? {
+            out.extend(pack_sealed(ns, shard, series));
         }
         Ok(out)
     }
@@ -207,14 +298,21 @@ impl Node {
         maxt: i64,
         consistency: Consistency,
     ) -> Result<Vec<Series>> {
-        self.ts_namespace(ns).await?;
-        let req = TsSelectRequest {
+        let cfg = self.check_readable(ns).await?;
+        let mut req = TsSelectRequest {
             ns: ns.into(),
             matchers: matchers.iter().map(WireMatcher::from).collect(),
             mint,
             maxt,
             consistency,
+            mode: SelectMode::Samples,
         };
+        if cfg.class == DataClass::Confidential {
+            req.mode = SelectMode::Sealed;
+            let sealed = self.ts_select_blocks(&req).await?;
+            let parts = self.open_sealed(&cfg, sealed, mint, maxt).await?;
+            return Ok(merge_shards(parts));
+        }
         let node = self;
         let parts = self
             .ts_fan_out(ns, |shard| {
@@ -241,33 +339,85 @@ impl Node {
                 }
             })
             .await?;
-        // A series is normally in one shard: its samples move as they are. Only a series found
-        // in several (split across shards by a shard split) is merged, sorted and deduplicated.
-        let mut merged: BTreeMap<std::sync::Arc<Labels>, (Vec<codec::Sample>, bool)> = BTreeMap::new();
-        for part in parts {
-            for s in part {
-                match merged.entry(s.labels) {
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert((s.samples, false));
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut e) => {
-                        let (samples, several) = e.get_mut();
-                        samples.extend(s.samples);
-                        *several = true;
+        Ok(merge_shards(parts))
+    }
+
+    /// A confidential namespace's sealed blocks matching `req` (mode `Sealed` or `Headers`),
+    /// from every shard, per shard.
+    async fn ts_select_blocks(&self, req: &TsSelectRequest) -> Result<Vec<Vec<WireSealed>>> {
+        self.ts_fan_out(&req.ns, |shard| {
+            let req = req.clone();
+            async move {
+                match self.group(shard) {
+                    Some(g) => self.local_ts_select_sealed(&g, &req).await,
+                    None => {
+                        self.remote(shard, &req, "ts_select", |mut c, f| async move { c.ts_select(f).await })
+                            .await
                     }
                 }
             }
+        })
+        .await
+    }
+
+    /// How many sealed blocks of `ns` (every series, every shard) use key version `version`:
+    /// a version cannot be retired while any does.
+    pub(crate) async fn count_sealed_blocks(&self, ns: &str, version: u32) -> Result<u64> {
+        let all = Matcher::new("__name__", MatchOp::Re, ".+").map_err(|e| Error::Internal(e.to_string()))?;
+        let req = TsSelectRequest {
+            ns: ns.into(),
+            matchers: vec![WireMatcher::from(&all)],
+            mint: i64::MIN,
+            maxt: i64::MAX,
+            consistency: Consistency::Linearizable,
+            mode: SelectMode::Headers,
+        };
+        let parts = self.ts_select_blocks(&req).await?;
+        Ok(parts.iter().flatten().flat_map(|s| &s.blocks).filter(|b| b.key_version == version).count() as u64)
+    }
+
+    /// Opens sealed blocks (at a key site): each block is decrypted, checked against its clear
+    /// fields (the AAD binds them: a replica that moved a block to another series, time or
+    /// namespace, or changed a byte, makes it fail), decoded and cut to `[mint, maxt]`; a series'
+    /// blocks merge oldest batch first, a later write of a timestamp winning.
+    async fn open_sealed(
+        &self,
+        cfg: &NamespaceConfig,
+        parts: Vec<Vec<WireSealed>>,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Vec<Series>>> {
+        let versions: std::collections::BTreeSet<u32> =
+            parts.iter().flatten().flat_map(|s| s.blocks.iter().map(|b| b.key_version)).collect();
+        let mut keys = BTreeMap::new();
+        for v in versions {
+            // A version newer than this replica's config: a rotation it has not seen yet.
+            let dk = if cfg.keys.iter().any(|k| k.version == v) {
+                self.data_key(cfg, v)?
+            } else {
+                self.data_key(&self.namespace(&cfg.name, Consistency::Linearizable).await?, v)?
+            };
+            keys.insert(v, dk);
         }
-        Ok(merged
-            .into_iter()
-            .map(|(labels, (mut samples, several))| {
-                if several {
-                    samples.sort_by_key(|s| s.0);
-                    samples.dedup_by_key(|s| s.0);
-                }
-                Series { labels, samples }
-            })
-            .collect())
+        let ns = cfg.name.clone();
+        // Decryption and decoding are CPU work: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            parts
+                .into_iter()
+                .map(|part| {
+                    let mut out = Vec::with_capacity(part.len());
+                    for s in part {
+                        let samples = open_series_blocks(&ns, &keys, &s, mint, maxt)?;
+                        if !samples.is_empty() {
+                            out.push(Series { labels: Arc::new(s.labels), samples });
+                        }
+                    }
+                    Ok(out)
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("opening series: {e}")))?
     }
 
     /// Label sets of the series matching any selector (all if none) with samples in the range.
@@ -279,7 +429,7 @@ impl Node {
         maxt: i64,
         consistency: Consistency,
     ) -> Result<Vec<Labels>> {
-        self.ts_namespace(ns).await?;
+        self.check_readable(ns).await?;
         let req = TsSeriesRequest {
             ns: ns.into(),
             selectors: selectors.iter().map(|s| s.iter().map(WireMatcher::from).collect()).collect(),
@@ -347,6 +497,39 @@ impl Node {
             .collect())
     }
 
+    /// Sealed blocks of a confidential namespace from a local replica, as they are stored (the
+    /// replica needs no key); `Headers` leaves the ciphertext out (key retirement counts).
+    pub(crate) async fn local_ts_select_sealed(
+        &self,
+        g: &Group,
+        r: &TsSelectRequest,
+    ) -> Result<Vec<WireSealed>> {
+        self.barrier(g, r.consistency).await?;
+        let matchers = r.matchers.iter().map(WireMatcher::to_matcher).collect::<Result<Vec<_>>>()?;
+        let engine = g.kv.ts().clone();
+        let (ns, mint, maxt, headers) = (r.ns.clone(), r.mint, r.maxt, r.mode == SelectMode::Headers);
+        let found = tokio::task::spawn_blocking(move || engine.select_sealed(&ns, &matchers, mint, maxt))
+            .await
+            .map_err(|e| Error::Internal(format!("select: {e}")))?
+            .map_err(|e| Error::invalid("query", e.to_string()))?;
+        Ok(found
+            .into_iter()
+            .map(|s| WireSealed {
+                labels: (*s.labels).clone(),
+                blocks: s
+                    .blocks
+                    .into_iter()
+                    .map(|mut b| {
+                        if headers {
+                            b.sealed = Vec::new();
+                        }
+                        b
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
     async fn local_ts_series_data(&self, g: &Group, r: &TsSelectRequest) -> Result<Vec<Series>> {
         self.barrier(g, r.consistency).await?;
         let matchers = r.matchers.iter().map(WireMatcher::to_matcher).collect::<Result<Vec<_>>>()?;
@@ -371,6 +554,71 @@ impl Node {
                 .map_err(|e| Error::invalid("match[]", e.to_string()))?;
         Ok(out.into_iter().map(|l| (*l).clone()).collect())
     }
+}
+
+/// Series from every shard, sorted by labels. A series is normally in one shard: its samples
+/// move as they are. Only a series found in several (split across shards by a shard split) is
+/// merged, sorted and deduplicated.
+fn merge_shards(parts: Vec<Vec<Series>>) -> Vec<Series> {
+    let mut merged: BTreeMap<Arc<Labels>, (Vec<codec::Sample>, bool)> = BTreeMap::new();
+    for part in parts {
+        for s in part {
+            match merged.entry(s.labels) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert((s.samples, false));
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    let (samples, several) = e.get_mut();
+                    samples.extend(s.samples);
+                    *several = true;
+                }
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(labels, (mut samples, several))| {
+            if several {
+                samples.sort_by_key(|s| s.0);
+                samples.dedup_by_key(|s| s.0);
+            }
+            Series { labels, samples }
+        })
+        .collect()
+}
+
+/// One sealed series' samples in `[mint, maxt]`, its blocks opened with `keys` (by version).
+fn open_series_blocks(
+    ns: &str,
+    keys: &BTreeMap<u32, envelope::DataKey>,
+    s: &WireSealed,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<codec::Sample>> {
+    let mut parts = Vec::with_capacity(s.blocks.len());
+    for b in &s.blocks {
+        let what = || format!("{ns}/{}: sealed block of batch {}", series_text(&s.labels), b.index);
+        let dk = keys.get(&b.key_version).ok_or_else(|| Error::Internal(format!("{}: no key", what())))?;
+        let clear = SealedSeries {
+            labels: s.labels.clone(),
+            min_t: b.min_t,
+            max_t: b.max_t,
+            count: b.count,
+            key_version: b.key_version,
+            sealed: Vec::new(),
+        };
+        let plain = envelope::open_series(dk, &clear.aad(ns), &b.sealed)
+            .map_err(|e| Error::Storage(format!("{}: {e}", what())))?;
+        let samples = codec::decode(&plain).map_err(|e| Error::Storage(format!("{}: {e}", what())))?;
+        // Authenticated, so only a sealer's bug could make these disagree; refuse rather than
+        // serve samples outside the bounds the block is indexed (and expired) by.
+        let inside = samples.iter().all(|x| x.0 >= b.min_t && x.0 <= b.max_t);
+        if samples.len() != b.count as usize || !inside {
+            return Err(Error::Storage(format!("{}: samples disagree with its clear fields", what())));
+        }
+        parts.push(samples);
+    }
+    Ok(codec::merge_last_wins(parts, mint, maxt))
 }
 
 fn add_response(out: &mut TsWriteOutcome, r: Response) -> Result<()> {
@@ -525,6 +773,37 @@ impl Node {
     }
 }
 
+/// The most samples one sealed block holds: with at most 18 bytes a sample encoded, a block
+/// stays under half a raft entry.
+const SEALED_PIECE_SAMPLES: usize = MAX_TS_BATCH_BYTES / 2 / 18;
+
+/// A shard's sealed series packed into batches of at most `MAX_TS_BATCH_BYTES`.
+fn pack_sealed(ns: &str, shard: GroupId, series: Vec<SealedSeries>) -> Vec<TsPart> {
+    let budget = MAX_TS_BATCH_BYTES - ns.len() - 64;
+    let mut out = Vec::new();
+    let mut cur: Vec<SealedSeries> = Vec::new();
+    let mut cur_bytes = 0usize;
+    let flush = |cur: &mut Vec<SealedSeries>, out: &mut Vec<TsPart>| {
+        if !cur.is_empty() {
+            let b = SealedBatch { ns: ns.to_string(), series: std::mem::take(cur) };
+            let samples = b.series.iter().map(|s| u64::from(s.count)).sum();
+            out.push(TsPart { shard, batch: b.encode(), samples, sealed: true });
+        }
+    };
+    for s in series {
+        // The clear fields: labels as text plus a few varints.
+        let size = s.sealed.len() + s.labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 48;
+        if cur_bytes + size > budget {
+            flush(&mut cur, &mut out);
+            cur_bytes = 0;
+        }
+        cur.push(s);
+        cur_bytes += size;
+    }
+    flush(&mut cur, &mut out);
+    out
+}
+
 /// Encodes a shard's series as batches of at most `MAX_TS_BATCH_BYTES` (a series that alone
 /// exceeds it is split by time), each with its sample count.
 fn split_by_size(ns: &str, series: Vec<SeriesSamples>) -> Vec<(Vec<u8>, u64)> {
@@ -573,6 +852,31 @@ mod tests {
             n += d;
         }
         assert_eq!(n, 1_000_000);
+    }
+
+    #[test]
+    fn sealed_batches_are_split_below_the_entry_limit() {
+        let series: Vec<SealedSeries> = (0..7)
+            .map(|i| SealedSeries {
+                labels: vec![("__name__".to_string(), format!("m{i}"))],
+                min_t: i,
+                max_t: i + 10,
+                count: 1000 + i as u32,
+                key_version: 1,
+                sealed: vec![i as u8; 3 << 20],
+            })
+            .collect();
+        let parts = pack_sealed("ns", 9, series.clone());
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut back = Vec::new();
+        for p in &parts {
+            assert!(p.batch.len() <= MAX_TS_BATCH_BYTES && p.sealed && p.shard == 9);
+            let b = SealedBatch::decode(&p.batch).unwrap();
+            assert_eq!(p.samples, b.series.iter().map(|s| u64::from(s.count)).sum::<u64>());
+            assert!(matches!(p.command(), Command::TsWriteSealed { shard: 9, .. }));
+            back.extend(b.series);
+        }
+        assert_eq!(back, series);
     }
 
     #[test]

@@ -24,7 +24,8 @@ use tokio::sync::{oneshot, Notify};
 use crate::error::{Error, Result};
 use crate::log::{GroupId, LogEngine};
 use crate::node::Node;
-use crate::types::{Command, Response};
+use crate::ts::TsPart;
+use crate::types::Response;
 
 /// The queue's id in the write-ahead file (the audit queue is `u64::MAX - 2`).
 pub const TS_QUEUE: GroupId = u64::MAX - 3;
@@ -32,13 +33,36 @@ pub const TS_QUEUE: GroupId = u64::MAX - 3;
 /// How long a write tries its shard before it is queued instead.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One queued part: a shard's encoded batch.
+/// One queued part and when it was queued.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Part {
+struct Queued {
+    part: TsPart,
+    queued_ms: u64,
+}
+
+/// A part as queued before sealed parts existed (always plain). A node upgraded with parts in
+/// its queue still forwards them: such an entry never decodes as `Queued` (where `Queued` has
+/// its `sealed` flag, it has the first byte of `queued_ms`, a timestamp far above 250 whose
+/// varint starts with 0xfd, not a bool).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct QueuedV1 {
     shard: GroupId,
     batch: Vec<u8>,
     samples: u64,
     queued_ms: u64,
+}
+
+fn decode_queued(raw: &[u8]) -> Result<Queued> {
+    match crate::codec::decode::<Queued>(raw) {
+        Ok(q) => Ok(q),
+        Err(e) => match crate::codec::decode::<QueuedV1>(raw) {
+            Ok(v1) => Ok(Queued {
+                part: TsPart { shard: v1.shard, batch: v1.batch, samples: v1.samples, sealed: false },
+                queued_ms: v1.queued_ms,
+            }),
+            Err(_) => Err(e),
+        },
+    }
 }
 
 #[derive(Default)]
@@ -85,8 +109,8 @@ impl TsQueue {
         engine.sync_blocking().map_err(|e| Error::Storage(format!("syncing the log at start: {e}")))?;
         let mut st = State { last: purged, done: purged, pending: BTreeMap::new() };
         for (i, raw) in engine.entries(TS_QUEUE, purged + 1..)? {
-            let p: Part = crate::codec::decode(&raw)?;
-            st.pending.insert(i, (p.shard, p.samples, p.queued_ms));
+            let q = decode_queued(&raw)?;
+            st.pending.insert(i, (q.part.shard, q.part.samples, q.queued_ms));
             st.last = i;
         }
         Ok(TsQueue {
@@ -109,7 +133,7 @@ impl TsQueue {
 
 impl Node {
     /// Queues parts durably; returns once they are on disk.
-    pub(crate) async fn ts_enqueue(&self, parts: Vec<(GroupId, Vec<u8>, u64)>) -> Result<()> {
+    pub(crate) async fn ts_enqueue(&self, parts: Vec<TsPart>) -> Result<()> {
         if parts.is_empty() {
             return Ok(());
         }
@@ -119,10 +143,10 @@ impl Node {
             let mut entries = Vec::with_capacity(parts.len());
             let mut i = st.last;
             let mut meta = Vec::with_capacity(parts.len());
-            for (shard, batch, samples) in parts {
+            for part in parts {
                 i += 1;
-                entries.push((i, crate::codec::encode(&Part { shard, batch, samples, queued_ms })?));
-                meta.push((i, (shard, samples, queued_ms)));
+                meta.push((i, (part.shard, part.samples, queued_ms)));
+                entries.push((i, crate::codec::encode(&Queued { part, queued_ms })?));
             }
             self.engine.append(TS_QUEUE, entries)?;
             st.last = i;
@@ -217,13 +241,10 @@ impl Node {
         let Some((_, raw)) = self.engine.entries(TS_QUEUE, i..=i)?.into_iter().next() else {
             return Err(Error::Storage(format!("time-series queue entry {i} is missing")));
         };
-        let p: Part = crate::codec::decode(&raw)?;
-        let r = tokio::time::timeout(
-            DIRECT_TIMEOUT,
-            self.propose(Command::TsWrite { shard: p.shard, batch: p.batch.clone() }),
-        )
-        .await
-        .map_err(|_| Error::Unavailable(format!("shard {} did not answer", p.shard)))?;
+        let p = decode_queued(&raw)?.part;
+        let r = tokio::time::timeout(DIRECT_TIMEOUT, self.propose(p.command()))
+            .await
+            .map_err(|_| Error::Unavailable(format!("shard {} did not answer", p.shard)))?;
         match r {
             Ok(Response::TsWritten { written, too_old }) => {
                 self.ts_queue.forwarded.fetch_add(written, Ordering::Relaxed);
@@ -244,9 +265,7 @@ impl Node {
             // The shard is gone (a split or merge changed the map): any shard of the
             // namespace may hold the series, so send it to where it routes now.
             Err(Error::NotFound(_)) => {
-                let batch = edgefabric_tsdb::batch::WriteBatch::decode(&p.batch)
-                    .map_err(|e| Error::Storage(format!("queued batch: {e}")))?;
-                Box::pin(self.ts_write_direct(batch)).await?;
+                Box::pin(self.ts_reroute(&p)).await?;
             }
             Err(e) => return Err(e),
         }
@@ -267,5 +286,27 @@ impl Node {
         };
         // Not synced on purpose: a purge lost in a crash means a harmless second forward.
         self.engine.purge(TS_QUEUE, upto, vec![])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_queued_by_an_older_version_still_decode() {
+        // A real timestamp (2026), as every queued part has.
+        let queued_ms = 1_795_000_000_000;
+        let v1 = QueuedV1 { shard: 4, batch: vec![1, 2, 3], samples: 3, queued_ms };
+        let q = decode_queued(&crate::codec::encode(&v1).unwrap()).unwrap();
+        assert_eq!(q.part, TsPart { shard: 4, batch: vec![1, 2, 3], samples: 3, sealed: false });
+        assert_eq!(q.queued_ms, queued_ms);
+
+        let sealed =
+            Queued { part: TsPart { shard: 5, batch: vec![9], samples: 1, sealed: true }, queued_ms };
+        let q = decode_queued(&crate::codec::encode(&sealed).unwrap()).unwrap();
+        assert_eq!((q.part, q.queued_ms), (sealed.part, queued_ms));
+
+        assert!(decode_queued(b"\x01").is_err());
     }
 }

@@ -526,3 +526,23 @@ impl Endpoints {
         false
     }
 }
+
+/// Every file under `dir` that contains `needle` (plaintext-on-disk checks).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    out.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    out
+}

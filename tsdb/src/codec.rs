@@ -47,6 +47,27 @@ const INT_WIDTHS: [u32; 5] = [7, 12, 20, 32, 64];
 /// A sample: timestamp in milliseconds since the epoch, value.
 pub type Sample = (i64, f64);
 
+/// The samples of `parts` in `[mint, maxt]`, sorted by time; of two samples with one timestamp
+/// the one in the later part (or later in its part) wins, as a later write replaces an earlier
+/// one. Sealed blocks are merged with it at read time (oldest batch first), and a sealed batch's
+/// series before sealing (a single part), so both follow the plain store's rule.
+pub fn merge_last_wins(parts: Vec<Vec<Sample>>, mint: i64, maxt: i64) -> Vec<Sample> {
+    let mut all: Vec<Sample> = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for p in parts {
+        all.extend(p.into_iter().filter(|s| s.0 >= mint && s.0 <= maxt));
+    }
+    // Stable: equal timestamps keep their order, so the last of a run is the latest write.
+    all.sort_by_key(|s| s.0);
+    let mut out: Vec<Sample> = Vec::with_capacity(all.len());
+    for s in all {
+        match out.last_mut() {
+            Some(last) if last.0 == s.0 => *last = s,
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
 /// Encodes samples (timestamps strictly increasing; the caller guarantees it): XOR, or the
 /// decimal form when every value has one and it is smaller.
 pub fn encode(samples: &[Sample]) -> Vec<u8> {
@@ -611,6 +632,25 @@ mod tests {
     }
 
     proptest! {
+        /// Against a model: writing parts in order into a map, a later write replacing.
+        #[test]
+        fn merge_keeps_the_latest_write(parts in proptest::collection::vec(
+            proptest::collection::vec((0i64..40, -5i32..5), 0..20), 0..6), mint in 0i64..20, len in 0i64..30) {
+            let maxt = mint + len;
+            let parts: Vec<Vec<Sample>> =
+                parts.into_iter().map(|p| p.into_iter().map(|(t, v)| (t, f64::from(v))).collect()).collect();
+            let mut model = std::collections::BTreeMap::new();
+            for p in &parts {
+                for &(t, v) in p {
+                    if t >= mint && t <= maxt {
+                        model.insert(t, v);
+                    }
+                }
+            }
+            let want: Vec<Sample> = model.into_iter().collect();
+            prop_assert_eq!(merge_last_wins(parts, mint, maxt), want);
+        }
+
         #[test]
         fn any_floats_round_trip(ts in proptest::collection::vec(any::<i64>(), 0..300), seed in any::<u64>()) {
             let ts = sorted_ts(ts);

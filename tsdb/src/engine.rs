@@ -77,7 +77,7 @@ pub struct Series {
 }
 
 /// One sealed block as stored: a series' samples of one batch, still sealed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SealedBlock {
     /// The batch (raft index) that wrote it: of two samples with one timestamp, the later
     /// batch's wins, as for plain series.
