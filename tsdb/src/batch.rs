@@ -170,9 +170,7 @@ impl SealedBatch {
         put_str(&mut out, &self.ns);
         put_uvarint(&mut out, self.series.len() as u64);
         for s in &self.series {
-            s.put_clear(&mut out);
-            put_uvarint(&mut out, s.sealed.len() as u64);
-            out.extend_from_slice(&s.sealed);
+            s.put(&mut out);
         }
         out
     }
@@ -184,34 +182,105 @@ impl SealedBatch {
         let n = get_uvarint(buf, &mut pos)?;
         let mut series: Vec<SealedSeries> = Vec::new();
         for _ in 0..n {
-            let labels = get_labels(buf, &mut pos)?;
-            let min_t = crate::bits::get_varint(buf, &mut pos)?;
-            let max_t = crate::bits::get_varint(buf, &mut pos)?;
-            let count = u32::try_from(get_uvarint(buf, &mut pos)?)
-                .map_err(|_| Error::Corrupt("sealed series count".into()))?;
-            let key_version = u32::try_from(get_uvarint(buf, &mut pos)?)
-                .map_err(|_| Error::Corrupt("sealed series key version".into()))?;
-            let len = get_uvarint(buf, &mut pos)? as usize;
-            if len > MAX_SEALED_BYTES || min_t > max_t || count == 0 {
-                return Err(Error::Corrupt(format!(
-                    "sealed series of {len} bytes, {count} samples in [{min_t}, {max_t}]"
-                )));
-            }
-            let sealed = buf
-                .get(pos..pos.saturating_add(len))
-                .ok_or_else(|| Error::Corrupt("sealed batch ends inside a series".into()))?
-                .to_vec();
-            pos += len;
-            if series.iter().any(|s| s.labels == labels) {
+            let s = SealedSeries::get(buf, &mut pos)?;
+            if series.iter().any(|x| x.labels == s.labels) {
                 return Err(Error::Corrupt("a series twice in one sealed batch".into()));
             }
-            series.push(SealedSeries { labels, min_t, max_t, count, key_version, sealed });
+            series.push(s);
         }
         if pos != buf.len() {
             return Err(Error::Corrupt("trailing bytes after a sealed batch".into()));
         }
         check_ns(&ns).map_err(|e| Error::Corrupt(e.to_string()))?;
         Ok(SealedBatch { ns, series })
+    }
+}
+
+impl SealedSeries {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.put_clear(out);
+        put_uvarint(out, self.sealed.len() as u64);
+        out.extend_from_slice(&self.sealed);
+    }
+
+    fn get(buf: &[u8], pos: &mut usize) -> Result<SealedSeries, Error> {
+        let labels = get_labels(buf, pos)?;
+        let min_t = crate::bits::get_varint(buf, pos)?;
+        let max_t = crate::bits::get_varint(buf, pos)?;
+        let count = u32::try_from(get_uvarint(buf, pos)?)
+            .map_err(|_| Error::Corrupt("sealed series count".into()))?;
+        let key_version = u32::try_from(get_uvarint(buf, pos)?)
+            .map_err(|_| Error::Corrupt("sealed series key version".into()))?;
+        let len = get_uvarint(buf, pos)? as usize;
+        if len > MAX_SEALED_BYTES || min_t > max_t || count == 0 {
+            return Err(Error::Corrupt(format!(
+                "sealed series of {len} bytes, {count} samples in [{min_t}, {max_t}]"
+            )));
+        }
+        let sealed = buf
+            .get(*pos..pos.saturating_add(len))
+            .ok_or_else(|| Error::Corrupt("sealed batch ends inside a series".into()))?
+            .to_vec();
+        *pos += len;
+        Ok(SealedSeries { labels, min_t, max_t, count, key_version, sealed })
+    }
+}
+
+/// The most blocks one compaction replaces.
+pub const MAX_COMPACTED_BLOCKS: usize = 100_000;
+
+/// A key site's merge of some of a sealed series' blocks into one block: the replicas, which
+/// cannot read them, swap the blocks for the merge (`Engine::apply_compaction`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SealedCompaction {
+    pub ns: String,
+    /// The blocks replaced, as their keys locate them.
+    pub replaces: Vec<crate::engine::BlockId>,
+    /// Their samples merged (of one timestamp the later batch's), sealed as a batch's are.
+    pub merged: SealedSeries,
+}
+
+impl SealedCompaction {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.merged.sealed.len() + 24 * self.replaces.len());
+        put_str(&mut out, &self.ns);
+        self.merged.put(&mut out);
+        put_uvarint(&mut out, self.replaces.len() as u64);
+        for b in &self.replaces {
+            crate::bits::put_varint(&mut out, b.max_t);
+            put_uvarint(&mut out, b.index);
+            put_uvarint(&mut out, u64::from(b.position));
+            crate::bits::put_varint(&mut out, b.min_t);
+        }
+        out
+    }
+
+    /// Decodes and checks a compaction (from another node: nothing is trusted).
+    pub fn decode(buf: &[u8]) -> Result<SealedCompaction, Error> {
+        let mut pos = 0;
+        let ns = get_str(buf, &mut pos)?;
+        let merged = SealedSeries::get(buf, &mut pos)?;
+        let n = get_uvarint(buf, &mut pos)? as usize;
+        if !(1..=MAX_COMPACTED_BLOCKS).contains(&n) {
+            return Err(Error::Corrupt(format!("a compaction of {n} blocks")));
+        }
+        let mut replaces = Vec::with_capacity(n);
+        for _ in 0..n {
+            let max_t = crate::bits::get_varint(buf, &mut pos)?;
+            let index = get_uvarint(buf, &mut pos)?;
+            let position = u32::try_from(get_uvarint(buf, &mut pos)?)
+                .map_err(|_| Error::Corrupt("compacted block position".into()))?;
+            let min_t = crate::bits::get_varint(buf, &mut pos)?;
+            if min_t > max_t {
+                return Err(Error::Corrupt(format!("a compacted block of [{min_t}, {max_t}]")));
+            }
+            replaces.push(crate::engine::BlockId { max_t, index, position, min_t });
+        }
+        if pos != buf.len() {
+            return Err(Error::Corrupt("trailing bytes after a compaction".into()));
+        }
+        check_ns(&ns).map_err(|e| Error::Corrupt(e.to_string()))?;
+        Ok(SealedCompaction { ns, replaces, merged })
     }
 }
 

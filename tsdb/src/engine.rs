@@ -8,9 +8,10 @@
 //!   end time so a range scan from `mint` finds the first chunk that overlaps.
 //! - `r ‖ id ‖ res ‖ agg ‖ end` → rollup chunks; `R ‖ id` → the rollup watermark.
 //!
-//! - `b ‖ id ‖ max_t ‖ index ‖ position` → a sealed block (a confidential namespace's
-//!   series: samples the accepting node encrypted; stored and returned, never read);
-//!   `B ‖ id` → the sealed series' earliest sample time.
+//! - `b ‖ id ‖ max_t ‖ index ‖ position ‖ min_t` → a sealed block (a confidential
+//!   namespace's series: samples the accepting node encrypted; stored and returned, never
+//!   read); `B ‖ id` → the sealed series' earliest sample time. Both bounds are in the key so
+//!   that planning a compaction (`sealed_compactions`) reads no block.
 //!
 //! `head.log`, what passes through:
 //! - `w ‖ index` → write batch — the head log: the batches whose samples are (partly) still
@@ -41,7 +42,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
-use crate::batch::{get_str, put_str, Labels, WriteBatch};
+use crate::batch::{get_str, put_str, Labels, SealedCompaction, WriteBatch, MAX_COMPACTED_BLOCKS};
 use crate::bits::{get_varint, put_varint};
 use crate::codec::{self, Sample};
 use crate::logkv::{Batch, Entries, LogKv};
@@ -82,11 +83,41 @@ pub struct SealedBlock {
     /// The batch (raft index) that wrote it: of two samples with one timestamp, the later
     /// batch's wins, as for plain series.
     pub index: u64,
+    /// Its series' place in that batch.
+    pub position: u32,
     pub min_t: i64,
     pub max_t: i64,
     pub count: u32,
     pub key_version: u32,
     pub sealed: Vec<u8>,
+}
+
+/// Where a sealed block is: what its key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockId {
+    pub max_t: i64,
+    pub index: u64,
+    pub position: u32,
+    pub min_t: i64,
+}
+
+/// What `sealed_compactions` plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    pub window_ms: i64,
+    pub settled_before: i64,
+    pub min_blocks: usize,
+    pub reseal_below: u32,
+    pub max_samples: u64,
+    pub limit: usize,
+}
+
+/// A sealed series' blocks that one compaction would replace by their merge (`sealed_compactions`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompactionPlan {
+    pub labels: Arc<Labels>,
+    /// Oldest batch first.
+    pub blocks: Vec<SealedBlock>,
 }
 
 /// A sealed series and its blocks that may hold samples in the asked range, oldest batch first.
@@ -197,7 +228,8 @@ const META: u8 = b'm';
 const ROLLUP: u8 = b'r';
 const ROLLED: u8 = b'R';
 const MERGED: u8 = b'M';
-/// Sealed blocks: `b ‖ id ‖ flip(max_t) ‖ index ‖ position` → `min_t ‖ count ‖ version ‖ sealed`.
+/// Sealed blocks: `b ‖ id ‖ flip(max_t) ‖ index ‖ position ‖ flip(min_t)` → `count ‖ version ‖
+/// sealed`.
 const BLOCK: u8 = b'b';
 /// A sealed series' earliest sample time (`B ‖ id` → flip(min_t)).
 const SEALED_MIN: u8 = b'B';
@@ -254,12 +286,17 @@ fn parse_series_key(b: &[u8]) -> Result<(String, Labels), Error> {
     Ok((ns, labels))
 }
 
-/// (max_t, batch index) of a sealed block's key `b ‖ id ‖ flip(max_t) ‖ index ‖ position`.
-fn parse_block_key(k: &[u8]) -> Result<(i64, u64), Error> {
+/// A sealed block's key `b ‖ id ‖ flip(max_t) ‖ index ‖ position ‖ flip(min_t)`, parsed.
+fn parse_block_key(k: &[u8]) -> Result<BlockId, Error> {
     let bad = || Error::Corrupt("sealed block key".into());
-    let max_t = unflip(k.get(9..17).ok_or_else(bad)?)?;
-    let index = u64::from_be_bytes(k.get(17..25).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
-    Ok((max_t, index))
+    if k.len() != 37 {
+        return Err(bad());
+    }
+    let max_t = unflip(&k[9..17])?;
+    let index = u64::from_be_bytes(k[17..25].try_into().map_err(|_| bad())?);
+    let position = u32::from_be_bytes(k[25..29].try_into().map_err(|_| bad())?);
+    let min_t = unflip(&k[29..37])?;
+    Ok(BlockId { max_t, index, position, min_t })
 }
 
 /// Inserts into a sorted sample vector; an equal timestamp replaces the value.
@@ -403,12 +440,10 @@ impl Engine {
         }
         // Sealed series: their bounds from their last block's key and their minimum.
         for (&id, s) in st.series.iter_mut() {
-            let blocks = self
-                .data
-                .range(self.block_key(id, i64::MIN, 0, 0)..=self.block_key(id, i64::MAX, u64::MAX, u32::MAX));
+            let blocks = self.data.range(self.blocks_from(id, i64::MIN)..=self.blocks_end(id));
             if let Some(last) = blocks.keys().next_back() {
                 s.sealed = true;
-                s.max_t = s.max_t.max(parse_block_key(&last)?.0);
+                s.max_t = s.max_t.max(parse_block_key(&last)?.max_t);
                 if let Some(v) = self.data.get(&self.key(SEALED_MIN, &[&id.to_be_bytes()]))? {
                     s.min_t = s.min_t.min(unflip(&v)?);
                 }
@@ -773,8 +808,45 @@ impl Engine {
         Ok(out)
     }
 
-    fn block_key(&self, id: u64, max_t: i64, index: u64, position: u32) -> Vec<u8> {
-        self.key(BLOCK, &[&id.to_be_bytes(), &flip(max_t), &index.to_be_bytes(), &position.to_be_bytes()])
+    fn block_key(&self, id: u64, b: BlockId) -> Vec<u8> {
+        let (max_t, index, position, min_t) =
+            (flip(b.max_t), b.index.to_be_bytes(), b.position.to_be_bytes(), flip(b.min_t));
+        self.key(BLOCK, &[&id.to_be_bytes(), &max_t, &index, &position, &min_t])
+    }
+
+    /// The first key a block of series `id` ending at or after `max_t` can have.
+    fn blocks_from(&self, id: u64, max_t: i64) -> Vec<u8> {
+        self.block_key(id, BlockId { max_t, index: 0, position: 0, min_t: i64::MIN })
+    }
+
+    /// The last key a block of series `id` can have.
+    fn blocks_end(&self, id: u64) -> Vec<u8> {
+        self.block_key(id, BlockId { max_t: i64::MAX, index: u64::MAX, position: u32::MAX, min_t: i64::MAX })
+    }
+
+    /// A sealed block's value (`count ‖ version ‖ sealed`) parsed, with its key's fields.
+    fn parse_block(&self, at: BlockId, v: &[u8]) -> Result<SealedBlock, Error> {
+        let bad = || Error::Corrupt("sealed block".into());
+        let mut pos = 0;
+        let count = u32::try_from(crate::bits::get_uvarint(v, &mut pos)?).map_err(|_| bad())?;
+        let key_version = u32::try_from(crate::bits::get_uvarint(v, &mut pos)?).map_err(|_| bad())?;
+        Ok(SealedBlock {
+            index: at.index,
+            position: at.position,
+            min_t: at.min_t,
+            max_t: at.max_t,
+            count,
+            key_version,
+            sealed: v[pos..].to_vec(),
+        })
+    }
+
+    fn block_value(count: u32, key_version: u32, sealed: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(sealed.len() + 12);
+        crate::bits::put_uvarint(&mut v, u64::from(count));
+        crate::bits::put_uvarint(&mut v, u64::from(key_version));
+        v.extend_from_slice(sealed);
+        v
     }
 
     /// Applies a sealed batch (a confidential namespace's) with raft log index `index`: each
@@ -784,12 +856,8 @@ impl Engine {
         self.apply_indexed(index, &batch.ns, |st, ns, b, _, out| {
             for (position, s) in batch.series.iter().enumerate() {
                 let id = self.series_id(st, ns, &s.labels, b);
-                let mut v = Vec::with_capacity(s.sealed.len() + 24);
-                put_varint(&mut v, s.min_t);
-                crate::bits::put_uvarint(&mut v, u64::from(s.count));
-                crate::bits::put_uvarint(&mut v, u64::from(s.key_version));
-                v.extend_from_slice(&s.sealed);
-                b.insert(self.block_key(id, s.max_t, index, position as u32), v);
+                let at = BlockId { max_t: s.max_t, index, position: position as u32, min_t: s.min_t };
+                b.insert(self.block_key(id, at), Self::block_value(s.count, s.key_version, &s.sealed));
                 let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
                 ser.sealed = true;
                 if s.min_t < ser.min_t {
@@ -825,35 +893,144 @@ impl Engine {
         let mut out = Vec::with_capacity(found.len());
         for (id, labels) in found {
             let mut blocks = Vec::new();
-            let range = self.block_key(id, mint, 0, 0)..=self.block_key(id, i64::MAX, u64::MAX, u32::MAX);
-            for kv in self.data.range(range) {
+            // Blocks starting after `maxt` are skipped unread; the others are read from the
+            // file as it was at `range`, so a compaction meanwhile (its merge in, its blocks
+            // out) shows either all before it or none of it.
+            let range = self.data.range(self.blocks_from(id, mint)..=self.blocks_end(id));
+            let starts_in_range = |k: &[u8]| parse_block_key(k).map_or(true, |at| at.min_t <= maxt);
+            for kv in range.filter_keys(starts_in_range) {
                 let (k, v) = kv?;
-                let bad = || Error::Corrupt("sealed block".into());
-                let (max_t, index) = parse_block_key(&k)?;
-                let mut pos = 0;
-                let min_t = get_varint(&v, &mut pos)?;
-                if min_t > maxt {
-                    continue;
-                }
-                let count = u32::try_from(crate::bits::get_uvarint(&v, &mut pos)?).map_err(|_| bad())?;
-                let key_version =
-                    u32::try_from(crate::bits::get_uvarint(&v, &mut pos)?).map_err(|_| bad())?;
-                blocks.push(SealedBlock {
-                    index,
-                    min_t,
-                    max_t,
-                    count,
-                    key_version,
-                    sealed: v[pos..].to_vec(),
-                });
+                blocks.push(self.parse_block(parse_block_key(&k)?, &v)?);
             }
             if !blocks.is_empty() {
-                blocks.sort_by_key(|b| b.index);
+                blocks.sort_by_key(|b| (b.index, b.position));
                 out.push(SealedSeriesBlocks { labels, blocks });
             }
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
+    }
+
+    /// Plans compactions of the sealed series of `ns` (at most `limit`): in a series, the blocks
+    /// starting in one `window_ms`-aligned window that ends at or before `settled_before` (no
+    /// window is rewritten while it is still being written), when there are at least `min_blocks` or one is sealed under a key
+    /// version below `reseal_below` (the merge is sealed under the newest: how a rotation
+    /// reaches series, which it does not rewrite itself), plus every block of an older
+    /// batch that overlaps them in time, and again for those (the merge takes the newest
+    /// replaced batch's index, so no block left out may sit between two replaced ones in batch
+    /// order and overlap them: its samples would lose to ones they beat). A plan over
+    /// `max_samples` samples is skipped (it would not fit one raft entry). Only keys are
+    /// scanned; the blocks of the plans are read.
+    pub fn sealed_compactions(
+        &self,
+        ns: &str,
+        policy: &CompactionPolicy,
+    ) -> Result<Vec<CompactionPlan>, Error> {
+        let CompactionPolicy { window_ms, settled_before, min_blocks, reseal_below, max_samples, limit } =
+            *policy;
+        let window_ms = window_ms.max(1);
+        let series: Vec<(u64, Arc<Labels>)> = {
+            let st = self.state.read().map_err(|_| Error::Corrupt("engine lock poisoned".into()))?;
+            st.series
+                .iter()
+                .filter(|(_, s)| s.sealed && &*s.ns == ns)
+                .map(|(id, s)| (*id, s.labels.clone()))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (id, labels) in series {
+            if out.len() >= limit {
+                break;
+            }
+            let all: Vec<BlockId> = self
+                .data
+                .range(self.blocks_from(id, i64::MIN)..=self.blocks_end(id))
+                .keys()
+                .map(|k| parse_block_key(&k))
+                .collect::<Result<_, _>>()?;
+            let mut windows: BTreeMap<i64, BTreeSet<usize>> = BTreeMap::new();
+            for (i, b) in all.iter().enumerate() {
+                let w = b.min_t.div_euclid(window_ms);
+                if w.saturating_add(1).saturating_mul(window_ms) <= settled_before {
+                    windows.entry(w).or_default().insert(i);
+                }
+            }
+            for (_, mut chosen) in windows {
+                if out.len() >= limit {
+                    break;
+                }
+                let few = chosen.len() < min_blocks;
+                // Close over older overlapping batches.
+                loop {
+                    let newest = chosen.iter().map(|&i| all[i].index).max().unwrap_or(0);
+                    let lo = chosen.iter().map(|&i| all[i].min_t).min().unwrap_or(0);
+                    let hi = chosen.iter().map(|&i| all[i].max_t).max().unwrap_or(0);
+                    let extra: Vec<usize> = (0..all.len())
+                        .filter(|i| !chosen.contains(i))
+                        .filter(|&i| all[i].index < newest && all[i].min_t <= hi && all[i].max_t >= lo)
+                        .collect();
+                    if extra.is_empty() {
+                        break;
+                    }
+                    chosen.extend(extra);
+                }
+                let keys: Vec<Vec<u8>> = chosen.iter().map(|&i| self.block_key(id, all[i])).collect();
+                let mut blocks = Vec::with_capacity(keys.len());
+                for k in keys {
+                    match self.data.get(&k)? {
+                        Some(v) => blocks.push(self.parse_block(parse_block_key(&k)?, &v)?),
+                        // Expired meanwhile: plan again next time.
+                        None => break,
+                    }
+                }
+                let samples: u64 = blocks.iter().map(|b| u64::from(b.count)).sum();
+                let old_key = blocks.iter().any(|b| b.key_version < reseal_below);
+                if blocks.len() != chosen.len()
+                    || samples > max_samples
+                    || blocks.len() > MAX_COMPACTED_BLOCKS
+                    || (few && !old_key)
+                {
+                    continue;
+                }
+                blocks.sort_by_key(|b| (b.index, b.position));
+                out.push(CompactionPlan { labels: labels.clone(), blocks });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a compaction with raft log index `index`: if every block it replaces is here,
+    /// they are swapped for the merged block, keyed with the newest replaced batch's index
+    /// (later batches still win over it, as they did over each replaced block). If one is
+    /// gone (this replica's retention expired it first, or another compaction took it) the
+    /// replica keeps its blocks: both hold the same samples, in other blocks. Returns the
+    /// samples now in the merged block (0 if skipped).
+    pub fn apply_compaction(&self, index: u64, c: &SealedCompaction) -> Result<ApplyOutcome, Error> {
+        self.apply_indexed(index, &c.ns, |st, ns, b, _, out| {
+            let Some(&id) = st.ids.get(&series_key(ns, &c.merged.labels)) else { return Ok(()) };
+            let newest = c.replaces.iter().map(|r| r.index).max().unwrap_or(0);
+            let lo = c.replaces.iter().map(|r| r.min_t).min().unwrap_or(i64::MAX);
+            let hi = c.replaces.iter().map(|r| r.max_t).max().unwrap_or(i64::MIN);
+            // The merge lies within what it replaces (a sealer's bug must not move samples).
+            if c.merged.min_t < lo || c.merged.max_t > hi {
+                return Ok(());
+            }
+            let keys: Vec<Vec<u8>> = c.replaces.iter().map(|r| self.block_key(id, *r)).collect();
+            for k in &keys {
+                if self.data.get(k)?.is_none() {
+                    return Ok(());
+                }
+            }
+            for k in keys {
+                b.remove(k);
+            }
+            let at =
+                BlockId { max_t: c.merged.max_t, index: newest, position: u32::MAX, min_t: c.merged.min_t };
+            let m = &c.merged;
+            b.insert(self.block_key(id, at), Self::block_value(m.count, m.key_version, &m.sealed));
+            out.written = m.count as usize;
+            Ok(())
+        })
     }
 
     fn rollup_key(&self, id: u64, res: u8, agg: u8, end: i64) -> Vec<u8> {
@@ -1065,13 +1242,19 @@ impl Engine {
             if s.sealed {
                 // No rollups exist for sealed series (no replica can read them): the raw
                 // retention applies to their blocks as it is.
-                let first = self.block_key(id, i64::MIN, 0, 0);
-                for k in self.data.range(first..self.block_key(id, raw_before, 0, 0)).keys() {
+                for k in
+                    self.data.range(self.blocks_from(id, i64::MIN)..self.blocks_from(id, raw_before)).keys()
+                {
                     b.remove(k);
                     deleted += 1;
                 }
-                let last = self.block_key(id, i64::MAX, u64::MAX, u32::MAX);
-                if self.data.range(self.block_key(id, raw_before, 0, 0)..=last).keys().next().is_none() {
+                if self
+                    .data
+                    .range(self.blocks_from(id, raw_before)..=self.blocks_end(id))
+                    .keys()
+                    .next()
+                    .is_none()
+                {
                     b.remove(self.key(SEALED_MIN, &[&id.to_be_bytes()]));
                     gone.push(id);
                 }
@@ -1538,6 +1721,157 @@ mod tests {
         assert_eq!(e.expire("secret", 150, i64::MIN).unwrap(), 2);
         assert_eq!(e.select_sealed("secret", &room_a, 0, 300).unwrap()[0].blocks.len(), 1);
         assert_eq!(e.series("secret", &[], 0, 1000).unwrap(), vec![Arc::new(a)]);
+    }
+
+    #[test]
+    fn sealed_blocks_compact_without_changing_which_write_wins() {
+        use crate::batch::{SealedBatch, SealedCompaction};
+        let dir = tempfile::tempdir().unwrap();
+        let a = labels("temp", &[("room", "a")]);
+        let all = [Matcher::eq("__name__", "temp")];
+        let e = open(dir.path(), small());
+        let put = |index: u64, min_t: i64, max_t: i64| {
+            let s = sealed(a.clone(), min_t, max_t, format!("ct-{index}").as_bytes());
+            e.apply_sealed(index, &SealedBatch { ns: "secret".into(), series: vec![s] }).unwrap();
+        };
+        // Windows of 1000: five blocks start in [0, 1000), batch 2 straddling into the next
+        // window; batch 6 is alone in [1000, 2000), overlapping nothing of the first window's;
+        // batch 7 is in [2000, 3000), not settled.
+        put(1, 0, 100);
+        put(2, 900, 1100);
+        put(3, 200, 300);
+        put(4, 250, 400);
+        put(5, 500, 999);
+        put(6, 1200, 1300);
+        put(7, 2000, 2100);
+        // Nothing settled, or too few blocks: no plan.
+        assert!(e
+            .sealed_compactions(
+                "secret",
+                &CompactionPolicy {
+                    window_ms: 1000,
+                    settled_before: 999,
+                    min_blocks: 2,
+                    reseal_below: 0,
+                    max_samples: u64::MAX,
+                    limit: 10
+                }
+            )
+            .unwrap()
+            .is_empty());
+        assert!(e
+            .sealed_compactions(
+                "secret",
+                &CompactionPolicy {
+                    window_ms: 1000,
+                    settled_before: 3000,
+                    min_blocks: 6,
+                    reseal_below: 0,
+                    max_samples: u64::MAX,
+                    limit: 10
+                }
+            )
+            .unwrap()
+            .is_empty());
+        let plans = e
+            .sealed_compactions(
+                "secret",
+                &CompactionPolicy {
+                    window_ms: 1000,
+                    settled_before: 2000,
+                    min_blocks: 2,
+                    reseal_below: 0,
+                    max_samples: u64::MAX,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        let ids: Vec<u64> = plans[0].blocks.iter().map(|b| b.index).collect();
+        // Batch 2 (older than 5, overlapping) comes along; 6 (alone, newer) does not.
+        assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+        // Too big for one entry: skipped.
+        assert!(e
+            .sealed_compactions(
+                "secret",
+                &CompactionPolicy {
+                    window_ms: 1000,
+                    settled_before: 2000,
+                    min_blocks: 2,
+                    reseal_below: 0,
+                    max_samples: 14,
+                    limit: 10
+                }
+            )
+            .unwrap()
+            .is_empty());
+
+        let replaces: Vec<BlockId> = plans[0]
+            .blocks
+            .iter()
+            .map(|b| BlockId { max_t: b.max_t, index: b.index, position: b.position, min_t: b.min_t })
+            .collect();
+        let mut merged = sealed(a.clone(), 0, 1100, b"merged");
+        merged.count = 15;
+        let c = SealedCompaction { ns: "secret".into(), replaces: replaces.clone(), merged };
+        assert_eq!(SealedCompaction::decode(&c.encode()).unwrap(), c);
+        // A merge reaching outside what it replaces is not applied.
+        let outside = SealedCompaction { merged: sealed(a.clone(), 0, 1101, b"bad"), ..c.clone() };
+        assert_eq!(e.apply_compaction(8, &outside).unwrap().written, 0);
+        assert_eq!(e.select_sealed("secret", &all, 0, 3000).unwrap()[0].blocks.len(), 7);
+        assert_eq!(e.apply_compaction(9, &c).unwrap().written, 15);
+        let blocks = |e: &Engine| -> Vec<(u64, Vec<u8>)> {
+            e.select_sealed("secret", &all, 0, 3000).unwrap()[0]
+                .blocks
+                .iter()
+                .map(|b| (b.index, b.sealed.clone()))
+                .collect()
+        };
+        // The merge takes batch 5's place: before 6 and 7, which still win over it.
+        let want = vec![(5, b"merged".to_vec()), (6, b"ct-6".to_vec()), (7, b"ct-7".to_vec())];
+        assert_eq!(blocks(&e), want);
+        // Its blocks are gone: the same compaction again changes nothing.
+        assert_eq!(e.apply_compaction(10, &c).unwrap().written, 0);
+        assert_eq!(blocks(&e), want);
+        // One block in the window now: no plan, unless its key version is to be replaced
+        // (all test blocks are version 2): then the lone block of [1000, 2000) too.
+        assert!(e
+            .sealed_compactions(
+                "secret",
+                &CompactionPolicy {
+                    window_ms: 1000,
+                    settled_before: 2000,
+                    min_blocks: 2,
+                    reseal_below: 2,
+                    max_samples: u64::MAX,
+                    limit: 10
+                }
+            )
+            .unwrap()
+            .is_empty());
+        let resealed = e
+            .sealed_compactions(
+                "secret",
+                &CompactionPolicy {
+                    window_ms: 1000,
+                    settled_before: 2000,
+                    min_blocks: 2,
+                    reseal_below: 3,
+                    max_samples: u64::MAX,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        let ids: Vec<Vec<u64>> =
+            resealed.iter().map(|p| p.blocks.iter().map(|b| b.index).collect()).collect();
+        assert_eq!(ids, vec![vec![5], vec![6]]);
+        drop(e);
+        let e = open(dir.path(), small());
+        assert_eq!((blocks(&e), e.applied()), (want, 10));
+        // Garbage is refused by the decoder.
+        assert!(SealedCompaction::decode(b"\x01x").is_err());
+        let none = SealedCompaction { replaces: vec![], ..c.clone() };
+        assert!(SealedCompaction::decode(&none.encode()).is_err());
     }
 
     #[test]

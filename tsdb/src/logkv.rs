@@ -526,6 +526,12 @@ impl DoubleEndedIterator for Iter {
 }
 
 impl Iter {
+    /// The entries whose keys pass `keep`, values still read from the same file (a snapshot).
+    pub fn filter_keys(self, mut keep: impl FnMut(&[u8]) -> bool) -> Iter {
+        let items: Vec<(Vec<u8>, Loc)> = self.items.filter(|(k, _)| keep(k)).collect();
+        Iter { file: self.file, items: items.into_iter() }
+    }
+
     /// The keys only, without reading values.
     pub fn keys(self) -> impl DoubleEndedIterator<Item = Vec<u8>> {
         self.items.map(|(k, _)| k)
