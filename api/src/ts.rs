@@ -236,6 +236,15 @@ pub async fn flush(State(st): State<Arc<AppState>>) -> Result<axum::Json<serde_j
     })))
 }
 
+/// `POST /v1/ts/maintain` (admin) — one maintenance pass now (rollups, retention, compaction
+/// of confidential series' sealed blocks at key sites); answers what the compaction did.
+pub async fn maintain(State(st): State<Arc<AppState>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let c = st.node.ts_maintain().await?;
+    Ok(axum::Json(serde_json::json!({
+        "sealed_merges": c.merges, "sealed_blocks_replaced": c.blocks, "sealed_samples": c.samples,
+    })))
+}
+
 /// `GET /v1/ts/queue` — this node's store-and-forward backlog.
 pub async fn queue(State(st): State<Arc<AppState>>) -> axum::Json<serde_json::Value> {
     let s = st.node.ts_queue_status();

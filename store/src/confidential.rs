@@ -310,7 +310,7 @@ impl Node {
 
     /// The namespace's config, from this node's metadata replica (a barrier only if it is not
     /// there yet: class and keys never change once set).
-    async fn namespace_config(&self, ns: &str) -> Result<NamespaceConfig> {
+    pub(crate) async fn namespace_config(&self, ns: &str) -> Result<NamespaceConfig> {
         match self.namespace(ns, Consistency::Stale).await {
             Ok(cfg) => Ok(cfg),
             Err(Error::NotFound(_)) => self.namespace(ns, Consistency::Linearizable).await,

@@ -509,6 +509,15 @@ impl KvStore {
                 overlay.insert(retention_key(ns), Some(codec::encode(&(*raw_ms, *rollup_ms))?));
                 Ok(Response::Namespace { created: false })
             }
+            Command::TsCompactSealed { batch, .. } => {
+                match edgefabric_tsdb::batch::SealedCompaction::decode(batch) {
+                    Err(e) => Ok(Response::Rejected(format!("sealed time-series compaction: {e}"))),
+                    Ok(c) => {
+                        let o = self.ts.apply_compaction(index, &c).map_err(ts_err)?;
+                        Ok(Response::TsWritten { written: o.written as u64, too_old: 0 })
+                    }
+                }
+            }
             Command::TsWriteSealed { batch, .. } => {
                 match edgefabric_tsdb::batch::SealedBatch::decode(batch) {
                     Err(e) => Ok(Response::Rejected(format!("sealed time-series batch: {e}"))),

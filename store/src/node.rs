@@ -1011,7 +1011,9 @@ impl Node {
             Command::LedgerSubmit(_) => Ok(LEDGER_GROUP),
             // Time series: the caller picked the shard (store/src/ts.rs); any shard of the
             // namespace may hold any series (queries ask them all), so a split needs no retry.
-            Command::TsWrite { shard, .. } | Command::TsWriteSealed { shard, .. } => Ok(*shard),
+            Command::TsWrite { shard, .. }
+            | Command::TsWriteSealed { shard, .. }
+            | Command::TsCompactSealed { shard, .. } => Ok(*shard),
             Command::SetTsRetention { .. } => Ok(META_GROUP),
         }
     }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgefabric_crypto::envelope;
-use edgefabric_tsdb::batch::{Labels, SealedBatch, SealedSeries, SeriesSamples, WriteBatch};
+use edgefabric_tsdb::batch::{
+    Labels, SealedBatch, SealedCompaction, SealedSeries, SeriesSamples, WriteBatch,
+};
 use edgefabric_tsdb::codec;
 use edgefabric_tsdb::engine::{SealedBlock, Series};
 use edgefabric_tsdb::matcher::{MatchOp, Matcher};
@@ -198,6 +200,34 @@ impl Node {
         Ok(out)
     }
 
+    /// A series' samples (sorted, one per timestamp) sealed under key `version` of `cfg`'s
+    /// namespace, in blocks of at most `SEALED_PIECE_SAMPLES`.
+    fn seal_samples(
+        &self,
+        cfg: &NamespaceConfig,
+        version: u32,
+        labels: &Labels,
+        samples: &[codec::Sample],
+    ) -> Result<Vec<SealedSeries>> {
+        let dk = self.data_key(cfg, version)?;
+        let mut out = Vec::new();
+        for piece in samples.chunks(SEALED_PIECE_SAMPLES) {
+            let (Some(first), Some(last)) = (piece.first(), piece.last()) else { continue };
+            let mut ss = SealedSeries {
+                labels: labels.clone(),
+                min_t: first.0,
+                max_t: last.0,
+                count: piece.len() as u32,
+                key_version: version,
+                sealed: Vec::new(),
+            };
+            ss.sealed = envelope::seal_series(&dk, version, &ss.aad(&cfg.name), &codec::encode(piece))
+                .map_err(|e| Error::Internal(format!("sealing samples: {e}")))?;
+            out.push(ss);
+        }
+        Ok(out)
+    }
+
     /// Re-routes a queued part whose shard is gone (a split or merge changed the map): its
     /// series go where they route now, each part applied or an error. A sealed part is split
     /// as it is (labels are in clear and not bound to a shard): nothing is unsealed.
@@ -262,24 +292,10 @@ impl Node {
             .map(|k| k.version)
             .max()
             .ok_or_else(|| Error::Storage(format!("confidential namespace {ns:?} has no data key")))?;
-        let dk = self.data_key(cfg, version)?;
         let mut sealed = Vec::with_capacity(batch.series.len());
         for s in batch.series {
             let samples = codec::merge_last_wins(vec![s.samples], i64::MIN, i64::MAX);
-            for piece in samples.chunks(SEALED_PIECE_SAMPLES) {
-                let (Some(first), Some(last)) = (piece.first(), piece.last()) else { continue };
-                let mut ss = SealedSeries {
-                    labels: s.labels.clone(),
-                    min_t: first.0,
-                    max_t: last.0,
-                    count: piece.len() as u32,
-                    key_version: version,
-                    sealed: Vec::new(),
-                };
-                ss.sealed = envelope::seal_series(&dk, version, &ss.aad(ns), &codec::encode(piece))
-                    .map_err(|e| Error::Internal(format!("sealing samples: {e}")))?;
-                sealed.push(ss);
-            }
+            sealed.extend(self.seal_samples(cfg, version, &s.labels, &samples)?);
         }
         let mut out = Vec::new();
         for (shard, series) in self.by_shard(ns, sealed, |s| &s.labels)? {
@@ -745,7 +761,10 @@ impl Node {
     /// Each replica does its own (the results are the same everywhere: rollups come from final
     /// samples only, and queries never see past retention sooner on one replica than another
     /// by more than a pass).
-    pub async fn ts_maintain(&self) -> Result<()> {
+    /// One maintenance pass over this node's replicas: rollups, retention, and (at key sites)
+    /// compaction of sealed blocks. Runs every `ts_maintenance`; `POST /v1/ts/maintain` runs
+    /// one now.
+    pub async fn ts_maintain(&self) -> Result<SealedCompactions> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -769,9 +788,106 @@ impl Node {
             .map_err(|e| Error::Internal(format!("time-series maintenance: {e}")))?
             .map_err(|e| Error::Storage(format!("time-series maintenance: {e}")))?;
         }
-        Ok(())
+        let c = self.compact_sealed(now).await?;
+        if c.merges > 0 {
+            tracing::info!(
+                merges = c.merges,
+                blocks = c.blocks,
+                samples = c.samples,
+                "sealed blocks compacted"
+            );
+        }
+        Ok(c)
+    }
+
+    /// Compacts the sealed blocks of confidential series (`Engine::sealed_compactions`): each
+    /// write batch leaves one block per series — a scrape's single sample costs a key, a nonce
+    /// and a tag, ~90 bytes — so a key site merges each settled window's blocks of a series,
+    /// and re-seals any block under an older key version than the newest (how a key rotation
+    /// reaches series). Only a key site can open blocks; of a shard's replicas at key sites,
+    /// the one with the lowest id does it (two doing it would be harmless, just wasted work:
+    /// the second's compaction finds its blocks gone and changes nothing).
+    pub(crate) async fn compact_sealed(&self, now_ms: i64) -> Result<SealedCompactions> {
+        let mut out = SealedCompactions::default();
+        let map = self.require_map()?;
+        let site = |id: &u64| map.nodes.get(id).map(|n| n.site.clone()).unwrap_or_default();
+        for g in self.data_groups() {
+            let Some(shard) = map.shard(g.id) else { continue };
+            for ns in g.kv.ts().namespaces() {
+                // A namespace the metadata replica does not have yet: next pass.
+                let Ok(cfg) = self.namespace_config(&ns).await else { continue };
+                let compactor = shard.replicas.iter().filter(|id| cfg.key_sites.contains(&site(id))).min();
+                if cfg.class != DataClass::Confidential || compactor != Some(&self.id()) {
+                    continue;
+                }
+                let newest = cfg.keys.iter().map(|k| k.version).max().unwrap_or(0);
+                let policy = edgefabric_tsdb::engine::CompactionPolicy {
+                    window_ms: SEALED_WINDOW_MS,
+                    settled_before: now_ms.saturating_sub(SEALED_SETTLE_MS),
+                    min_blocks: 4,
+                    reseal_below: newest,
+                    max_samples: SEALED_PIECE_SAMPLES as u64,
+                    limit: 256,
+                };
+                let engine = g.kv.ts().clone();
+                let ns2 = ns.clone();
+                let plans = tokio::task::spawn_blocking(move || engine.sealed_compactions(&ns2, &policy))
+                    .await
+                    .map_err(|e| Error::Internal(format!("sealed compaction: {e}")))?
+                    .map_err(|e| Error::Storage(format!("sealed compaction: {e}")))?;
+                for plan in plans {
+                    let replaces: Vec<edgefabric_tsdb::engine::BlockId> = plan
+                        .blocks
+                        .iter()
+                        .map(|b| edgefabric_tsdb::engine::BlockId {
+                            max_t: b.max_t,
+                            index: b.index,
+                            position: b.position,
+                            min_t: b.min_t,
+                        })
+                        .collect();
+                    let blocks = plan.blocks.len() as u64;
+                    let wire = WireSealed { labels: (*plan.labels).clone(), blocks: plan.blocks };
+                    let opened = self.open_sealed(&cfg, vec![vec![wire]], i64::MIN, i64::MAX).await?;
+                    let Some(series) = opened.into_iter().flatten().next() else { continue };
+                    let mut merged = self.seal_samples(&cfg, newest, &series.labels, &series.samples)?;
+                    let Some(merged) = merged.pop().filter(|_| merged.is_empty()) else {
+                        // More than one block's worth: the plan's sample bound prevents it.
+                        continue;
+                    };
+                    let samples = u64::from(merged.count);
+                    let c = SealedCompaction { ns: ns.clone(), replaces, merged };
+                    let cmd = Command::TsCompactSealed { shard: g.id, batch: c.encode() };
+                    match self.propose(cmd).await? {
+                        Response::TsWritten { written, .. } if written > 0 => {
+                            out.merges += 1;
+                            out.blocks += blocks;
+                            out.samples += samples;
+                        }
+                        Response::TsWritten { .. } => {}
+                        other => return Err(Error::Internal(format!("sealed compaction: {other:?}"))),
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
+
+/// What `compact_sealed` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedCompactions {
+    /// Compactions applied, the blocks they replaced and the samples they hold.
+    pub merges: u64,
+    pub blocks: u64,
+    pub samples: u64,
+}
+
+/// Sealed blocks are merged per series per window of this length (Prometheus's block span)...
+const SEALED_WINDOW_MS: i64 = 2 * 3_600_000;
+/// ...once the window ended this long ago: late writes (a store-and-forward queue draining)
+/// mostly land before, so a window is rewritten about once.
+const SEALED_SETTLE_MS: i64 = 15 * 60_000;
 
 /// The most samples one sealed block holds: with at most 18 bytes a sample encoded, a block
 /// stays under half a raft entry.
@@ -793,7 +909,9 @@ fn pack_sealed(ns: &str, shard: GroupId, series: Vec<SealedSeries>) -> Vec<TsPar
     for s in series {
         // The clear fields: labels as text plus a few varints.
         let size = s.sealed.len() + s.labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 48;
-        if cur_bytes + size > budget {
+        // A batch holds a series once (pieces of a long one are consecutive).
+        let again = cur.last().is_some_and(|l| l.labels == s.labels);
+        if cur_bytes + size > budget || again {
             flush(&mut cur, &mut out);
             cur_bytes = 0;
         }
@@ -877,6 +995,11 @@ mod tests {
             back.extend(b.series);
         }
         assert_eq!(back, series);
+        // Pieces of one long series go to different batches (a batch holds a series once).
+        let piece = |t: i64| SealedSeries { min_t: t, max_t: t, sealed: vec![1; 10], ..series[0].clone() };
+        let parts = pack_sealed("ns", 9, vec![piece(1), piece(2), piece(3)]);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| SealedBatch::decode(&p.batch).is_ok()));
     }
 
     #[test]

@@ -200,6 +200,12 @@ pub enum Command {
         shard: u64,
         batch: Vec<u8>,
     },
+    /// A key site's merge of sealed blocks of one series of `shard` (an encoded
+    /// `edgefabric_tsdb::batch::SealedCompaction`): replicas swap the blocks for the merge.
+    TsCompactSealed {
+        shard: u64,
+        batch: Vec<u8>,
+    },
 }
 
 /// What became of one submitted ledger entry.
@@ -361,7 +367,9 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
             }
             Ok(())
         }
-        Command::TsWrite { batch, .. } | Command::TsWriteSealed { batch, .. }
+        Command::TsWrite { batch, .. }
+        | Command::TsWriteSealed { batch, .. }
+        | Command::TsCompactSealed { batch, .. }
             if batch.is_empty() || batch.len() > MAX_TS_BATCH_BYTES =>
         {
             Err(Error::invalid(
@@ -393,6 +401,7 @@ pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
         | Command::SetSplit { .. }
         | Command::TsWrite { .. }
         | Command::TsWriteSealed { .. }
+        | Command::TsCompactSealed { .. }
         | Command::LedgerBlock(_) => Ok(()),
     }
 }

@@ -1240,20 +1240,16 @@ impl Engine {
         for id in ids {
             let Some(s) = st.series.get(&id) else { continue };
             if s.sealed {
-                // No rollups exist for sealed series (no replica can read them): the raw
-                // retention applies to their blocks as it is.
-                for k in
-                    self.data.range(self.blocks_from(id, i64::MIN)..self.blocks_from(id, raw_before)).keys()
+                // No rollups exist for sealed series (no replica can read them), so their
+                // samples stand in for rollups too: kept as long as the namespace keeps
+                // anything (the rollup retention, never shorter than the raw one).
+                let before = rollup_before.min(raw_before);
+                for k in self.data.range(self.blocks_from(id, i64::MIN)..self.blocks_from(id, before)).keys()
                 {
                     b.remove(k);
                     deleted += 1;
                 }
-                if self
-                    .data
-                    .range(self.blocks_from(id, raw_before)..=self.blocks_end(id))
-                    .keys()
-                    .next()
-                    .is_none()
+                if self.data.range(self.blocks_from(id, before)..=self.blocks_end(id)).keys().next().is_none()
                 {
                     b.remove(self.key(SEALED_MIN, &[&id.to_be_bytes()]));
                     gone.push(id);
@@ -1717,8 +1713,11 @@ mod tests {
             copy.select_sealed("secret", &room_a, 0, 300).unwrap(),
             e.select_sealed("secret", &room_a, 0, 300).unwrap()
         );
-        // Raw retention drops whole blocks by their end; a series with none left is gone.
-        assert_eq!(e.expire("secret", 150, i64::MIN).unwrap(), 2);
+        // The raw retention alone drops nothing (there are no rollups to fall back on)...
+        assert_eq!(e.expire("secret", 150, i64::MIN).unwrap(), 0);
+        // ...the rollup retention drops whole blocks by their end; a series with none left
+        // is gone.
+        assert_eq!(e.expire("secret", 150, 150).unwrap(), 2);
         assert_eq!(e.select_sealed("secret", &room_a, 0, 300).unwrap()[0].blocks.len(), 1);
         assert_eq!(e.series("secret", &[], 0, 1000).unwrap(), vec![Arc::new(a)]);
     }
