@@ -246,6 +246,16 @@ impl LogKv {
     /// consumed (from the file as it was when `range` was called, even if compacted since).
     pub fn range<R: RangeBounds<Vec<u8>>>(&self, range: R) -> Iter {
         let inner = self.lock();
+        // An empty range (start after end) is empty, not a panic as in `BTreeMap::range`.
+        use std::ops::Bound::{Excluded, Included};
+        let empty = match (range.start_bound(), range.end_bound()) {
+            (Included(s) | Excluded(s), Included(e) | Excluded(e)) if s > e => true,
+            (Excluded(s), Excluded(e)) => s == e,
+            _ => false,
+        };
+        if empty {
+            return Iter { file: inner.file.clone(), items: Vec::new().into_iter() };
+        }
         let items: Vec<(Vec<u8>, Loc)> =
             inner.map.range(range).map(|(k, l)| (k.clone(), l.clone())).collect();
         Iter { file: inner.file.clone(), items: items.into_iter() }
@@ -577,6 +587,13 @@ mod tests {
         assert_eq!(all(&kv), kvs(&[("a", "2"), ("b", &"x".repeat(1000))]));
         assert_eq!(kv.get(b"c").unwrap(), None);
         assert_eq!(kv.scan_prefix(b"b").keys().collect::<Vec<_>>(), vec![b"b".to_vec()]);
+        // Backwards or empty ranges are empty (`BTreeMap::range` would panic).
+        assert_eq!(kv.range(b"b".to_vec()..b"a".to_vec()).count(), 0);
+        assert_eq!(kv.range(b"b".to_vec()..=b"a".to_vec()).count(), 0);
+        assert_eq!(kv.range(b"a".to_vec()..b"a".to_vec()).count(), 0);
+        assert_eq!(kv.range(b"a".to_vec()..=b"a".to_vec()).count(), 1);
+        use std::ops::Bound::Excluded;
+        assert_eq!(kv.range((Excluded(b"a".to_vec()), Excluded(b"a".to_vec()))).count(), 0);
     }
 
     #[test]
