@@ -48,6 +48,24 @@ pub struct NodeConfig {
     pub audit: AuditSection,
     #[serde(default)]
     pub tsdb: TsdbSection,
+    /// Not written by `cluster init`: a test adds it.
+    #[serde(default, skip_serializing_if = "TestSection::is_off")]
+    pub test: TestSection,
+}
+
+/// Only for test clusters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestSection {
+    /// Serve `GET|PUT /v1/test/faults` (admin): drop or delay this node's messages to chosen
+    /// peers, for the fault-injection suite. Never set it in production.
+    pub faults: bool,
+}
+
+impl TestSection {
+    fn is_off(&self) -> bool {
+        !self.faults
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +303,7 @@ impl NodeConfig {
         o.verify_ledger_full = self.ledger.verify_full_at_start;
         o.audit = self.audit.enabled;
         o.ts_maintenance = Duration::from_millis(self.tsdb.maintenance_interval_ms.max(100));
+        o.test_faults = self.test.faults;
         o.initial_shards = self.cluster.initial_shards;
         o.replicas = self.cluster.replicas;
         o.split_keys = self.cluster.split_keys;
@@ -417,6 +436,7 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             ledger: LedgerSection { origin: origin.clone(), ..Default::default() },
             audit: AuditSection::default(),
             tsdb: TsdbSection::default(),
+            test: TestSection::default(),
         };
         let text = format!(
             "# EdgeFabric node {} at site {:?}. Start it with: edgefabric serve --config node{}.toml\n\
@@ -514,6 +534,7 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         ledger: LedgerSection { origin, ..Default::default() },
         audit: AuditSection::default(),
         tsdb: TsdbSection::default(),
+        test: TestSection::default(),
     };
     let config = dir.join(format!("node{id}.toml"));
     let text = format!(
@@ -574,6 +595,7 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
         ledger: LedgerSection { origin, ..Default::default() },
         audit: AuditSection::default(),
         tsdb: TsdbSection::default(),
+        test: TestSection::default(),
     };
     cfg.validate()?;
     Ok(cfg)

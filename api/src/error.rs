@@ -10,11 +10,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// A failed compare-and-set: the key's revision now (0: absent), as `current_revision`.
+    pub current_revision: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), current_revision: None }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
@@ -40,7 +42,11 @@ impl From<StoreError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        ApiError::new(status, code, e.to_string())
+        let current = match &e {
+            StoreError::Conflict { current, .. } => Some(*current),
+            _ => None,
+        };
+        ApiError { current_revision: current, ..ApiError::new(status, code, e.to_string()) }
     }
 }
 
@@ -62,7 +68,10 @@ impl From<ApiError> for tonic::Status {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(rev) = self.current_revision {
+            body["error"]["current_revision"] = rev.into();
+        }
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -27,7 +27,11 @@ use crate::server::AppState;
 type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
+    let mut api = Router::new();
+    if state.node.options().test_faults {
+        api = api.route("/v1/test/faults", get(get_faults).put(put_faults));
+    }
+    let api = api
         .route("/v1/namespaces", get(list_namespaces))
         .route("/v1/namespaces/{ns}", put(put_namespace).get(get_namespace))
         .route("/v1/namespaces/{ns}/rotate-key", post(rotate_key))
@@ -507,6 +511,23 @@ async fn put_namespace(
         SmResponse::Rejected(why) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
         other => Err(unexpected(other)),
     }
+}
+
+/// `GET /v1/test/faults` (admin; only with `[test] faults = true`): the faults in force on this
+/// node's outgoing links.
+async fn get_faults(State(st): State<Arc<AppState>>) -> Json<edgefabric_store::faults::FaultState> {
+    Json(st.node.faults().get())
+}
+
+/// `PUT /v1/test/faults` `{"drop_to": [2, 3], "delay_ms": {"4": 300}}` (admin; only with `[test]
+/// faults = true`): replaces them (`{}` heals every link).
+async fn put_faults(
+    State(st): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<edgefabric_store::faults::FaultState>,
+) -> Json<edgefabric_store::faults::FaultState> {
+    tracing::warn!(faults = ?body, "test faults set");
+    st.node.faults().set(body);
+    Json(st.node.faults().get())
 }
 
 /// `POST /v1/namespaces/{ns}/rotate-key`: a confidential namespace's next data key version;

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod codec;
 pub mod confidential;
 mod error;
+pub mod faults;
 pub mod kv;
 pub mod ledger;
 pub mod link;

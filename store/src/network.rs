@@ -39,6 +39,8 @@ pub const MAX_MESSAGE_BYTES: usize = codec::MAX_DECODE_BYTES;
 pub struct Channels {
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
     pub(crate) auth: Arc<LinkAuth>,
+    /// Test faults on outgoing links (`faults.rs`); empty unless a test sets them.
+    pub(crate) faults: Arc<crate::faults::Faults>,
 }
 
 /// A client for one peer node, with what authenticates frames to it.
@@ -46,16 +48,17 @@ pub struct Peer {
     client: InternalClient<Channel>,
     id: NodeId,
     auth: Arc<LinkAuth>,
+    faults: Arc<crate::faults::Faults>,
 }
 
 impl Channels {
     pub fn new(auth: Arc<LinkAuth>) -> Self {
-        Channels { by_addr: Default::default(), auth }
+        Channels { by_addr: Default::default(), auth, faults: Default::default() }
     }
 
     /// A client for node `id` at `addr`.
     pub fn client(&self, id: NodeId, addr: &str) -> Result<Peer> {
-        Ok(Peer { client: self.channel(addr)?, id, auth: self.auth.clone() })
+        Ok(Peer { client: self.channel(addr)?, id, auth: self.auth.clone(), faults: self.faults.clone() })
     }
 
     fn channel(&self, addr: &str) -> Result<InternalClient<Channel>> {
@@ -98,6 +101,21 @@ where
     F: FnOnce(InternalClient<Channel>, Frame) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
 {
+    match peer.faults.to(peer.id) {
+        crate::faults::Fault::None => {}
+        crate::faults::Fault::Drop => {
+            // As a cut link looks: no answer within the call's time, then unreachable.
+            tokio::time::sleep(timeout.min(Duration::from_millis(200))).await;
+            return Err(TransportError::Unreachable(format!("node {}: link cut (test fault)", peer.id)));
+        }
+        crate::faults::Fault::Delay(d) => {
+            if d >= timeout {
+                tokio::time::sleep(timeout).await;
+                return Err(TransportError::Timeout);
+            }
+            tokio::time::sleep(d).await;
+        }
+    }
     let data = codec::encode(req).map_err(|e| TransportError::Other(e.to_string()))?;
     let frame =
         peer.auth.request(name, peer.id, group, data).map_err(|e| TransportError::Other(e.to_string()))?;

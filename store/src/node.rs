@@ -91,6 +91,8 @@ pub struct NodeOptions {
     pub audit: bool,
     /// How often each replica computes time-series rollups and applies retention.
     pub ts_maintenance: Duration,
+    /// The fault-injection admin route (`faults.rs`): test clusters only.
+    pub test_faults: bool,
 }
 
 impl NodeOptions {
@@ -120,6 +122,7 @@ impl NodeOptions {
             verify_ledger_full: false,
             audit: true,
             ts_maintenance: Duration::from_secs(60),
+            test_faults: false,
         }
     }
 }
@@ -357,6 +360,11 @@ impl Node {
     }
 
     /// The data (shard) groups this node hosts: not the metadata or ledger group.
+    /// The test faults on this node's outgoing links (`faults.rs`).
+    pub fn faults(&self) -> &crate::faults::Faults {
+        &self.channels.faults
+    }
+
     pub(crate) fn data_groups(&self) -> Vec<Arc<Group>> {
         self.groups
             .read()
