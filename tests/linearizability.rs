@@ -425,7 +425,7 @@ mod tests {
                 },
                 _ => {
                     let cur = state.get(&key).map_or(0, |s| s.1);
-                    let expect = if (x >> 50) % 2 == 0 { cur } else { cur + 1 };
+                    let expect = if (x >> 50) & 1 == 0 { cur } else { cur + 1 };
                     if expect == cur {
                         rev += 1;
                         state.insert(key.clone(), (format!("c{t}"), rev));
