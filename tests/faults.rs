@@ -307,3 +307,253 @@ async fn kv_registers_stay_linearizable_under_faults() {
         assert!(acked > 20, "seed {seed}: only {acked} writes acknowledged: the run checked little");
     }
 }
+
+/// What writers had acknowledged, and what they could not tell.
+#[derive(Default)]
+struct Acked {
+    kv: Vec<(String, String)>,
+    kv_unknown: BTreeSet<String>,
+    /// Time-series samples (ms, value).
+    ts: BTreeMap<i64, f64>,
+    ts_unknown: BTreeMap<i64, f64>,
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+async fn get_json(client: &reqwest::Client, url: &str, token: &str) -> Result<serde_json::Value, String> {
+    let r = client.get(url).bearer_auth(token).send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{url}: {status} {v}"));
+    }
+    Ok(v)
+}
+
+/// Crash loops under write load (issue 8, workloads b–e): `FAULT_CRASH_CYCLES` (default 15;
+/// the long profile 50) times, one or two random nodes are killed with `kill -9` and restarted
+/// while writers put unique keys and time-series samples through the live nodes. Then: every
+/// acknowledged key reads back (b); every node holds the same ledger blocks at every height
+/// and its chain verifies (c); each acknowledged write is in the audit trail exactly once (d);
+/// each acknowledged sample is queryable, once, with its value (e).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_crash_loops() {
+    let cycles: u64 = std::env::var("FAULT_CRASH_CYCLES").ok().and_then(|r| r.parse().ok()).unwrap_or(15);
+    for seed in seeds() {
+        let mut c = fault_cluster(3, "a,b,c");
+        c.start_all();
+        c.wait_ready(READY).await;
+        let writer = c.issue_token("crasher", "writer:default").await;
+        let auditor = c.issue_token("auditor-x", "auditor").await;
+        let ep = c.endpoints();
+        let down = Arc::new(Mutex::new(BTreeSet::new()));
+        let acked = Arc::new(Mutex::new(Acked::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
+        let t0 =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let mut tasks = Vec::new();
+        for w in 0..3u64 {
+            let (ep, down, acked, stop, client, writer) =
+                (ep.clone(), down.clone(), acked.clone(), stop.clone(), client.clone(), writer.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = Rng(seed * 77 + w);
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let nodes: Vec<u64> = {
+                        let down = down.lock().unwrap();
+                        ep.http.keys().copied().filter(|i| !down.contains(i)).collect()
+                    };
+                    let via = &ep.http[&nodes[rng.below(nodes.len() as u64) as usize]];
+                    if w < 2 {
+                        let (key, value) = (format!("cl-{w}-{n}"), format!("v{w}-{n}"));
+                        let url = format!("{via}/v1/kv/default/{key}");
+                        match client.put(&url).bearer_auth(&writer).body(value.clone()).send().await {
+                            Ok(r) if r.status() == 200 => acked.lock().unwrap().kv.push((key, value)),
+                            Err(e) if e.is_connect() => {}
+                            _ => {
+                                acked.lock().unwrap().kv_unknown.insert(key);
+                            }
+                        }
+                    } else {
+                        // Samples 10 ms apart, one write each.
+                        let (t, v) = (t0 + n as i64 * 10, n as f64 * 0.5);
+                        let url = format!("{via}/v1/ts/write?ns=default&precision=ms");
+                        let body = format!("crash,w=ts v={v} {t}");
+                        match client.post(&url).bearer_auth(&writer).body(body).send().await {
+                            Ok(r) if r.status() == 204 => {
+                                acked.lock().unwrap().ts.insert(t, v);
+                            }
+                            Err(e) if e.is_connect() => {}
+                            _ => {
+                                acked.lock().unwrap().ts_unknown.insert(t, v);
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        let mut rng = Rng(seed);
+        let ids = c.ids();
+        let mut log = Vec::new();
+        for _ in 0..cycles {
+            tokio::time::sleep(rng.millis(300, 1200)).await;
+            let x = ids[rng.below(3) as usize];
+            // One in five cycles kills two nodes: no quorum until they are back.
+            let victims: Vec<u64> = if rng.below(5) == 0 {
+                vec![x, ids[(ids.iter().position(|i| *i == x).unwrap() + 1) % 3]]
+            } else {
+                vec![x]
+            };
+            let hold = rng.millis(200, 1500);
+            log.push(format!("kill -9 {victims:?} for {hold:?}"));
+            for v in &victims {
+                down.lock().unwrap().insert(*v);
+                c.kill9(*v);
+            }
+            tokio::time::sleep(hold).await;
+            for v in &victims {
+                c.start(*v);
+                down.lock().unwrap().remove(v);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        c.wait_ready(READY).await;
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        println!(
+            "seed {seed}: {} cycles; {} keys acknowledged ({} unknown), {} samples acknowledged ({} unknown)",
+            cycles,
+            acked.kv.len(),
+            acked.kv_unknown.len(),
+            acked.ts.len(),
+            acked.ts_unknown.len()
+        );
+        assert!(acked.kv.len() > 50 && acked.ts.len() > 20, "seed {seed}: too little acknowledged to check");
+
+        // (b) Every acknowledged key reads back, through every node in turn.
+        for (i, (key, value)) in acked.kv.iter().enumerate() {
+            let via = ids[i % 3];
+            let got = eventually(READY, &format!("seed {seed}: read {key}"), || async {
+                c.read_back(via, "default", key).await
+            })
+            .await;
+            assert_eq!(got.as_deref(), Some(value.as_bytes()), "seed {seed}: {key} lost; faults {log:?}");
+        }
+
+        // (e) Every acknowledged sample is there once with its value (queued ones are
+        // forwarded first); nothing that was never written.
+        let end_s = (t0 + 1_000_000) / 1000;
+        let query = format!("/api/v1/query?query=crash_v%5B1h%5D&time={end_s}");
+        let samples: BTreeMap<i64, f64> = eventually(READY, &format!("seed {seed}: samples"), || async {
+            let v = get_json(&client, &format!("{}{query}", c.http(1)), &c.token).await?;
+            let mut got = BTreeMap::new();
+            for s in v["data"]["result"].as_array().into_iter().flatten() {
+                for p in s["values"].as_array().into_iter().flatten() {
+                    let t = (p[0].as_f64().unwrap_or(0.0) * 1000.0).round() as i64;
+                    let val: f64 = p[1].as_str().unwrap_or("").parse().map_err(|_| format!("{p}"))?;
+                    if got.insert(t, val).is_some() {
+                        return Err(format!("sample at {t} twice"));
+                    }
+                }
+            }
+            let missing = acked.ts.iter().filter(|(t, v)| got.get(t) != Some(v)).count();
+            if missing > 0 {
+                return Err(format!("{missing} acknowledged samples missing"));
+            }
+            Ok(got)
+        })
+        .await;
+        for (t, v) in &samples {
+            assert!(
+                acked.ts.get(t) == Some(v) || acked.ts_unknown.get(t) == Some(v),
+                "seed {seed}: sample ({t}, {v}) was never written"
+            );
+        }
+
+        // (c) Every node ends with the same verified chain, block for block.
+        let heights: Vec<u64> =
+            eventually(READY, &format!("seed {seed}: identical ledger heads"), || async {
+                let mut heads = Vec::new();
+                for id in &ids {
+                    let v = get_json(&client, &format!("{}/v1/ledger/status", c.http(*id)), &c.token).await?;
+                    if v["health"] != "verified" {
+                        return Err(format!("node {id}: {v}"));
+                    }
+                    heads.push(v);
+                }
+                Ok(heads.iter().map(|h| h["height"].as_u64().unwrap_or(0)).collect())
+            })
+            .await;
+        let common_height = *heights.iter().min().unwrap();
+        for h in 0..=common_height {
+            let mut blocks = Vec::new();
+            for id in &ids {
+                let url = format!("{}/v1/ledger/blocks/{h}", c.http(*id));
+                blocks.push(
+                    eventually(READY, &format!("block {h} from {id}"), || get_json(&client, &url, &c.token))
+                        .await,
+                );
+            }
+            assert!(
+                blocks.iter().all(|b| *b == blocks[0]),
+                "seed {seed}: nodes differ at height {h}: {blocks:?}"
+            );
+        }
+
+        // (d) Each acknowledged put is in the audit trail exactly once (as a 200), and no key
+        // was recorded as written twice.
+        eventually(Duration::from_secs(90), &format!("seed {seed}: audit records"), || async {
+            let mut ok: BTreeMap<String, usize> = BTreeMap::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut url = format!("{}/v1/audit?actor=crasher&limit=1000", c.http(1));
+                if let Some(a) = &after {
+                    url.push_str(&format!("&after={a}"));
+                }
+                let v = get_json(&client, &url, &auditor).await?;
+                for r in v["records"].as_array().into_iter().flatten() {
+                    if r["action"] == "kv.put" && r["status"] == 200 {
+                        *ok.entry(r["key"].as_str().unwrap_or("").to_string()).or_default() += 1;
+                    }
+                }
+                match v["next"].as_str() {
+                    Some(n) => after = Some(n.to_string()),
+                    None => break,
+                }
+            }
+            if let Some((k, n)) = ok.iter().find(|(_, n)| **n > 1) {
+                panic!("seed {seed}: {k} recorded {n} times");
+            }
+            let missing: Vec<&String> =
+                acked.kv.iter().map(|(k, _)| k).filter(|k| !ok.contains_key(*k)).collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "{} acknowledged puts not in the audit trail, e.g. {:?}",
+                    missing.len(),
+                    missing[0]
+                ));
+            }
+            Ok(())
+        })
+        .await;
+    }
+}
