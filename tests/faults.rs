@@ -557,3 +557,109 @@ async fn acknowledged_writes_survive_crash_loops() {
         .await;
     }
 }
+
+/// A tmpfs of `mb` MiB mounted at `dir` (root only), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mb: u64) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Disk full: node 3's data directory is a small tmpfs, filled to the brim while clients
+/// write through every node. The other two keep acknowledging writes; node 3 refuses what it
+/// cannot make durable (an error, never a panic or a lie); once space is freed and it is
+/// restarted it catches up, and every acknowledged write reads back through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_on_one_node_loses_nothing() {
+    if !is_root() {
+        // tmpfs needs root (CI runs as root; `.ci/run` says so). Say it rather than pass.
+        println!("SKIPPED: a_full_disk_on_one_node_loses_nothing needs root to mount a tmpfs");
+        return;
+    }
+    let mut c = fault_cluster(3, "a,b,c");
+    let _disk = Tmpfs::mount(c.data_dir(3), 96).expect("mount a tmpfs for node 3 (root, CAP_SYS_ADMIN)");
+    c.start_all();
+    c.wait_ready(READY).await;
+    let ep = c.endpoints();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
+    // Fill node 3's disk, leaving a few KiB.
+    let filler = c.data_dir(3).join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    use std::io::Write;
+    while f.write_all(&chunk).is_ok() {}
+    let small = vec![7u8; 4096];
+    while f.write_all(&small).is_ok() {}
+    drop(f);
+    let _ = std::fs::OpenOptions::new().write(true).open(&filler).and_then(|f| {
+        let len = f.metadata()?.len();
+        f.set_len(len.saturating_sub(16 << 10))
+    });
+
+    // Writes through every node; node 3 can no longer make anything durable.
+    let mut acked = Vec::new();
+    let mut refused_at_3 = 0;
+    for n in 0..300u64 {
+        let via = 1 + n % 3;
+        let (key, value) = (format!("df-{n}"), format!("value-{n}-{}", "x".repeat(200)));
+        let url = format!("{}/v1/kv/default/{key}", ep.http[&via]);
+        match client.put(&url).bearer_auth(&ep.token).body(value.clone()).send().await {
+            Ok(r) if r.status() == 200 => acked.push((key, value)),
+            Ok(r) => {
+                let status = r.status().as_u16();
+                assert!(status == 503 || status == 500, "put via {via}: {status}");
+                if via == 3 {
+                    refused_at_3 += 1;
+                }
+            }
+            Err(e) => panic!("put via {via}: {e}"),
+        }
+    }
+    let via_others = acked.len();
+    println!("disk full on node 3: {via_others} of 300 puts acknowledged, {refused_at_3} refused by node 3");
+    assert!(via_others >= 150, "the two healthy nodes stopped acknowledging: {via_others}");
+    assert!(c.is_running(3), "node 3 exited on a full disk");
+    // Node 1 and 2 still serve every acknowledged write.
+    for (key, value) in acked.iter().take(50) {
+        assert_eq!(c.read_back(1, "default", key).await.unwrap().as_deref(), Some(value.as_bytes()));
+    }
+
+    // Space again, and a restart: node 3 catches up and serves everything acknowledged.
+    std::fs::remove_file(&filler).unwrap();
+    c.kill9(3);
+    c.start(3);
+    c.wait_ready(READY).await;
+    for (key, value) in &acked {
+        let got = eventually(READY, &format!("read {key} via 3"), || async {
+            c.read_back(3, "default", key).await
+        })
+        .await;
+        assert_eq!(got.as_deref(), Some(value.as_bytes()), "{key} via node 3 after the disk was freed");
+    }
+    let log = c.log_text(3);
+    assert!(!log.contains("panicked"), "node 3 panicked on the full disk");
+}
