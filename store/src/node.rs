@@ -53,6 +53,10 @@ const REJOIN_MARKER: &str = "REJOIN";
 /// `Status` for this group id answers for every hosted group.
 const ALL_GROUPS: GroupId = u64::MAX;
 const MAX_META_VOTERS: usize = 5;
+/// The longest one step of the control loop (a proposal, a membership change, stopping a
+/// group) may take before it is given up and retried: the loop that runs moves, leaves and
+/// leadership balance must never wait forever on one group.
+const CONTROL_STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -591,8 +595,11 @@ impl Node {
         let m = g.raft.metrics().borrow().clone();
         let known: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
         for n in map.nodes.values().filter(|n| !known.contains(&n.id) && !map.leaving.contains(&n.id)) {
-            if let Err(e) = g.raft.add_learner(n.id, BasicNode::new(&n.addr), false).await {
-                tracing::debug!(node = n.id, error = %e, "add metadata learner");
+            let add = g.raft.add_learner(n.id, BasicNode::new(&n.addr), false);
+            match tokio::time::timeout(CONTROL_STEP_TIMEOUT, add).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(node = n.id, error = %e, "add learner"),
+                Err(_) => tracing::warn!(group = g.id, node = n.id, "adding a learner timed out"),
             }
         }
     }
@@ -605,22 +612,29 @@ impl Node {
         // One change per pass: the membership read above is stale after it.
         let departed = membership.nodes().map(|(id, _)| *id).find(|id| gone(id));
         if let Some(id) = departed {
+            let change = |c: ChangeMembers<NodeId, BasicNode>| {
+                let raft = g.raft.clone();
+                async move {
+                    match tokio::time::timeout(CONTROL_STEP_TIMEOUT, raft.change_membership(c, false)).await {
+                        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("no answer within {CONTROL_STEP_TIMEOUT:?}")),
+                    }
+                }
+            };
             let r = if membership.voter_ids().any(|v| v == id) {
                 if let Some(l) = membership.learner_ids().find(|l| !gone(l)) {
-                    if let Err(e) =
-                        g.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([l])), false).await
-                    {
+                    if let Err(e) = change(ChangeMembers::AddVoterIds(BTreeSet::from([l]))).await {
                         tracing::debug!(group = g.id, error = %e, "promote learner");
                         return;
                     }
                 }
-                g.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await
+                change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await
             } else {
-                g.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await
+                change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await
             };
             match r {
-                Ok(_) => tracing::info!(group = g.id, node = id, "removed a departed node from the group"),
-                Err(e) => tracing::debug!(group = g.id, node = id, error = %e, "remove departed node"),
+                Ok(()) => tracing::info!(group = g.id, node = id, "removed a departed node from the group"),
+                Err(e) => tracing::warn!(group = g.id, node = id, error = %e, "remove departed node"),
             }
         }
     }
@@ -631,8 +645,15 @@ impl Node {
             return Ok(());
         };
         tracing::info!(group = id, "dropping a group moved off this node");
-        if let Err(e) = g.raft.shutdown().await {
-            tracing::warn!(group = id, error = %e, "raft shutdown");
+        match tokio::time::timeout(CONTROL_STEP_TIMEOUT, g.raft.shutdown()).await {
+            Ok(Err(e)) => tracing::warn!(group = id, error = %e, "raft shutdown"),
+            Ok(Ok(())) => {}
+            Err(_) => {
+                // Its files may still be in use: keep them (a leak, not a corruption), and let
+                // the control loop go on.
+                tracing::error!(group = id, "raft did not shut down in time; the group's data is kept");
+                return Ok(());
+            }
         }
         self.engine.drop_group(id)?;
         self.db.drop_tree(format!("group-{id}"))?;
@@ -861,23 +882,27 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        let change = |c: ChangeMembers<NodeId, BasicNode>| {
+            let raft = meta.raft.clone();
+            async move {
+                tokio::time::timeout(CONTROL_STEP_TIMEOUT, raft.change_membership(c, false))
+                    .await
+                    .map_err(|_| {
+                        Error::Unavailable(format!(
+                            "membership change: no answer within {CONTROL_STEP_TIMEOUT:?}"
+                        ))
+                    })?
+                    .map_err(map_err)
+            }
+        };
         if membership.voter_ids().any(|v| v == id) {
             let replacement = membership.learner_ids().find(|l| !map.leaving.contains(l));
             if let Some(l) = replacement {
-                meta.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([l])), false)
-                    .await
-                    .map_err(map_err)?;
+                change(ChangeMembers::AddVoterIds(BTreeSet::from([l]))).await?;
             }
-            meta.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(map_err)?;
+            change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
         } else if membership.get_node(&id).is_some() {
-            meta.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(map_err)?;
+            change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
         }
         if meta.is_leader() {
             expect_map(self.propose_local(&meta, Command::RemoveNode(id)).await?)?;
@@ -1101,7 +1126,15 @@ impl Node {
             }
             return self.ledger_enqueue(entries).await;
         }
-        match g.raft.client_write(cmd).await {
+        // Bounded: the control loop (moves, leaves, mark-seen) must not wait forever on a group
+        // that cannot commit. A write given up on may still commit later; every control
+        // command is idempotent or guarded by the map's epoch.
+        let write =
+            tokio::time::timeout(CONTROL_STEP_TIMEOUT, g.raft.client_write(cmd)).await.map_err(|_| {
+                tracing::warn!(group = g.id, "a proposal was not committed within {CONTROL_STEP_TIMEOUT:?}");
+                Error::Unavailable(format!("group {}: not committed within {CONTROL_STEP_TIMEOUT:?}", g.id))
+            })?;
+        match write {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(Error::Unavailable("not the leader".into()))

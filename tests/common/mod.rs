@@ -14,12 +14,15 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_edgefabric");
 
 /// Picks a base port with `2 * nodes` free ports after it. Ports are spread by process id so
-/// test binaries running side by side do not collide, and checked by binding.
+/// test binaries running side by side do not collide, and checked by binding. All below 32768,
+/// Linux's first ephemeral port: a node restarted by a test must get its port back, and an
+/// outgoing connection may take any free ephemeral port while the node is down (a restart
+/// once failed with "Address already in use" on port 47384).
 pub fn free_base_port(nodes: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     loop {
         let slot = NEXT.fetch_add(1, Ordering::SeqCst);
-        let base = 20_000 + ((std::process::id() as u16 % 200) * 150 + slot * 16) % 40_000;
+        let base = 10_000 + ((std::process::id() as u16 % 200) * 110 + slot * 16) % 22_000;
         let all_free = (0..2 * nodes).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return base;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for RUNS executions (default 10 million) on the committed corpus and
+# prints each one's final libFuzzer line. Needs nightly and cargo-fuzz (`cargo install
+# cargo-fuzz`). A crash stops the script with the target's output; the input is in
+# fuzz/artifacts/<target>/.
+#
+#   bash fuzz/run-all.sh [RUNS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-10000000}
+shift || true
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+  mapfile -t TARGETS < <(cargo +nightly fuzz list)
+fi
+for t in "${TARGETS[@]}"; do
+  mkdir -p "fuzz/corpus/$t"
+  log=$(mktemp)
+  start=$(date +%s)
+  if ! cargo +nightly fuzz run "$t" "fuzz/corpus/$t" -- -runs="$RUNS" -rss_limit_mb=2048 -max_len=65536 \
+    -print_final_stats=1 > "$log" 2>&1; then
+    cat "$log"
+    echo "FAILED: $t"
+    exit 1
+  fi
+  end=$(date +%s)
+  echo "$t: $(grep -E '^Done [0-9]+ runs' "$log" | tail -1) (wall $((end - start)) s)"
+  rm -f "$log"
+done
