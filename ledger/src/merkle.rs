@@ -143,13 +143,19 @@ fn as_hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, ProofError> {
 /// of proof hashes below that point ("inner") and above it, along the right border.
 fn decompose(index: u64, size: u64) -> (usize, usize) {
     let inner = (u64::BITS - (index ^ (size - 1)).leading_zeros()) as usize;
-    let border = (index >> inner).count_ones() as usize;
+    let border = shr(index, inner).count_ones() as usize;
     (inner, border)
+}
+
+/// `x >> n` with Go's meaning for `n >= 64` (0), which the reference verifier relies on: a
+/// server's sizes near 2^64 must be refused, not overflow (found by fuzzing).
+fn shr(x: u64, n: usize) -> u64 {
+    u32::try_from(n).ok().and_then(|n| x.checked_shr(n)).unwrap_or(0)
 }
 
 fn chain_inner(mut seed: Hash, proof: &[Hash], index: u64) -> Hash {
     for (i, h) in proof.iter().enumerate() {
-        seed = if (index >> i) & 1 == 0 { node_hash(&seed, h) } else { node_hash(h, &seed) };
+        seed = if shr(index, i) & 1 == 0 { node_hash(&seed, h) } else { node_hash(h, &seed) };
     }
     seed
 }
@@ -157,7 +163,7 @@ fn chain_inner(mut seed: Hash, proof: &[Hash], index: u64) -> Hash {
 /// Like `chain_inner`, using only the hashes on the path's left: the subtree as it was before.
 fn chain_inner_right(mut seed: Hash, proof: &[Hash], index: u64) -> Hash {
     for (i, h) in proof.iter().enumerate() {
-        if (index >> i) & 1 == 1 {
+        if shr(index, i) & 1 == 1 {
             seed = node_hash(h, &seed);
         }
     }
@@ -268,6 +274,23 @@ mod tests {
 
     fn v(p: &[Hash]) -> Vec<Vec<u8>> {
         p.iter().map(|h| h.to_vec()).collect()
+    }
+
+    #[test]
+    fn sizes_near_two_to_the_64_are_refused_not_overflowed() {
+        // The fuzzer's input: an index with the top bit set and a 64-hash proof.
+        let leaf = [1u8; 32].to_vec();
+        let proof: Vec<Vec<u8>> = (0..65u8).map(|i| vec![i; 32]).collect();
+        for n in [63, 64, 65] {
+            assert!(verify_inclusion(1 << 63, u64::MAX, &leaf, &proof[..n], &[0u8; 32]).is_err());
+            // The last leaf of a tree of 2^64 - 1: a path of 63 border hashes, computed.
+            let last = root_from_inclusion_proof(u64::MAX - 1, u64::MAX, &leaf, &proof[..n]);
+            assert_eq!(last.is_ok(), n == 63, "{last:?}");
+            assert!(verify_consistency(1 << 63, u64::MAX, &proof[..n], &[0u8; 32], &[1u8; 32]).is_err());
+            assert!(verify_consistency(3, u64::MAX, &proof[..n], &[0u8; 32], &[1u8; 32]).is_err());
+        }
+        assert_eq!(shr(5, 64), 0);
+        assert_eq!(shr(5, 1), 2);
     }
 
     #[test]
