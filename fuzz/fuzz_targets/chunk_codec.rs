@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = codec::count(data);
     let Ok(samples) = codec::decode(data) else { return };
-    if samples.windows(2).any(|w| w[0].0 >= w[1].0) {
+    // Round trips of long decodes (a few header bytes can say a million regular samples) only
+    // cost time: the decoder has been exercised by then.
+    if samples.len() > 4096 || samples.windows(2).any(|w| w[0].0 >= w[1].0) {
         return;
     }
     let bits = |s: &[(i64, f64)]| s.iter().map(|(t, v)| (*t, v.to_bits())).collect::<Vec<_>>();
