@@ -133,6 +133,17 @@ fn write_fuzz_seeds() {
     let dk = envelope::DataKey::from_bytes([3u8; 32]);
     seed("sealed_values", "value", envelope::seal(&dk, 1, "ns", "key", b"secret").unwrap());
     seed("sealed_values", "block", envelope::seal_series(&dk, 2, b"context", b"samples").unwrap());
+    // The write-ahead file: a real one, with entries, a vote and a purge.
+    let wal = tempfile::tempdir().unwrap();
+    {
+        let engine = edgefabric_store::log::LogEngine::open(wal.path()).unwrap();
+        engine.append(1, vec![(1, b"entry one".to_vec()), (2, b"entry two".to_vec())]).unwrap();
+        engine.append(u64::MAX - 3, vec![(1, b"queued".to_vec())]).unwrap();
+        engine.purge(1, 1, b"purged".to_vec()).unwrap();
+        engine.save_vote(1, b"vote".to_vec()).unwrap();
+        engine.sync_blocking().unwrap();
+    }
+    seed("raft_wal_replay", "entries", std::fs::read(wal.path().join("raft.wal")).unwrap());
     // Wire: commands and a record.
     let put = Command::Batch(vec![Op::Put {
         ns: "default".into(),

@@ -19,4 +19,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<AppendEntriesRequest<TypeConfig>>(data);
     let _ = decode::<VoteRequest<NodeId>>(data);
     let _ = decode::<InstallSnapshotRequest<TypeConfig>>(data);
+    // Every internal RPC's request type, the crate-private ones included.
+    edgefabric_store::fuzzing::decode_rpc_requests(data);
 });

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod confidential;
 mod error;
 pub mod faults;
+pub mod fuzzing;
 pub mod kv;
 pub mod ledger;
 pub mod link;

@@ -163,7 +163,7 @@ pub struct GroupStatus {
 }
 
 #[derive(Serialize, Deserialize)]
-struct ReadRequest {
+pub(crate) struct ReadRequest {
     ns: String,
     key: String,
     consistency: Consistency,
@@ -176,7 +176,7 @@ struct ReadRequest {
 const WRONG_SHARD: &str = "wrong shard: the shard's range changed";
 
 #[derive(Serialize, Deserialize)]
-struct ScanRequest {
+pub(crate) struct ScanRequest {
     ns: String,
     prefix: String,
     after: Option<String>,
