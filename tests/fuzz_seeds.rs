@@ -144,6 +144,37 @@ fn write_fuzz_seeds() {
         engine.sync_blocking().unwrap();
     }
     seed("raft_wal_replay", "entries", std::fs::read(wal.path().join("raft.wal")).unwrap());
+    // REST bodies and query strings.
+    for (i, body) in [
+        r#"{"class":"confidential","key_sites":["a","b"],"replicas":3}"#,
+        r#"{"class":"site-local","home_site":"a"}"#,
+        r#"{"ops":[{"op":"put","ns":"default","key":"k","value_base64":"dg==","cas":0},{"op":"delete","ns":"default","key":"j"}]}"#,
+        r#"{"subject":"app","roles":["reader:default"],"ttl":"1h"}"#,
+        r#"{"version":1}"#,
+        r#"{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","name":"app"}"#,
+        "query=rate(x%5B5m%5D)&start=1700000000&end=2023-11-14T22%3A13%3A20Z&step=15s&lookback_delta=1m",
+        "consistency=stale&prefix=a&after=b&limit=10",
+        "actor=app&ns=default&action=kv.put&from=0&until=2026-11-27T00:00:00Z&limit=5",
+        "/v1/kv/default/key",
+    ]
+    .iter()
+    .enumerate()
+    {
+        seed("rest_inputs", &format!("seed-{i}"), body);
+    }
+    // A remote-write body, as Prometheus sends it.
+    use prost::Message;
+    let req = edgefabric::ts::remote::WriteRequest {
+        timeseries: vec![edgefabric::ts::remote::TimeSeries {
+            labels: vec![
+                edgefabric::ts::remote::Label { name: "__name__".into(), value: "up".into() },
+                edgefabric::ts::remote::Label { name: "job".into(), value: "node".into() },
+            ],
+            samples: vec![edgefabric::ts::remote::Sample { value: 1.0, timestamp: 1_700_000_000_000 }],
+        }],
+    };
+    let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap();
+    seed("remote_write", "one-series", body);
     // Wire: commands and a record.
     let put = Command::Batch(vec![Op::Put {
         ns: "default".into(),

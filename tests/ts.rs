@@ -423,35 +423,9 @@ async fn vault_at(c: &Cluster, via: u64, query: &str, t: i64) -> (u16, Value) {
     prom(c, via, &c.token, &format!("/api/v1/query?ns=vault&query={}&time={t}", q(query))).await
 }
 
-/// Prometheus remote write 1.0, as a Prometheus server or agent sends it.
-mod remote {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WriteRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub timeseries: Vec<TimeSeries>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TimeSeries {
-        #[prost(message, repeated, tag = "1")]
-        pub labels: Vec<Label>,
-        #[prost(message, repeated, tag = "2")]
-        pub samples: Vec<Sample>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Label {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub value: String,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Sample {
-        #[prost(double, tag = "1")]
-        pub value: f64,
-        #[prost(int64, tag = "2")]
-        pub timestamp: i64,
-    }
-}
+/// Prometheus remote write 1.0, as a Prometheus server or agent sends it (the node's own
+/// message types).
+use edgefabric::ts::remote;
 
 /// (labels, samples as (ms, value)) of one series.
 type RemoteSeries<'a> = (&'a [(&'a str, &'a str)], &'a [(i64, f64)]);

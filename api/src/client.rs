@@ -93,3 +93,9 @@ impl Client {
         serde_json::from_slice(&bytes).context("the server's answer is not JSON")
     }
 }
+
+/// Prints a JSON answer as the CLI shows them (pretty).
+pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

@@ -820,3 +820,51 @@ async fn remove_node(
     let epoch = crate::cluster::remove_node(&st.node, id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"epoch": epoch, "draining": id}))).into_response())
 }
+
+/// For the `rest_inputs` fuzz target only: every JSON body and query string the `/v1` routes of
+/// this module parse, and the checks that follow (a namespace config is validated as the store
+/// validates it; a batch's base64 values decoded).
+#[doc(hidden)]
+pub fn fuzz_inputs(data: &[u8]) {
+    fn json<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
+        serde_json::from_slice(data).ok()
+    }
+    if let Some(b) = json::<NamespaceBody>(data) {
+        let cfg = NamespaceConfig {
+            name: "fuzz".into(),
+            class: b.class,
+            home_site: b.home_site,
+            key_sites: b.key_sites,
+            replicas: b.replicas.unwrap_or(3),
+            keys: vec![],
+        };
+        let _ = edgefabric_store::types::validate_namespace_config(&cfg);
+    }
+    if let Some(b) = json::<BatchBody>(data) {
+        for op in b.ops {
+            if let BatchOp::Put { value_base64, .. } = op {
+                let _ = STANDARD.decode(value_base64);
+            }
+        }
+    }
+    let _ = json::<TokenBody>(data);
+    let _ = json::<RevokeTokenBody>(data);
+    let _ = json::<RetireBody>(data);
+    let _ = json::<AddNodeBody>(data);
+    let _ = json::<crate::ledger::PublisherBody>(data);
+    let _ = json::<crate::ledger::ImageBody>(data);
+    let _ = json::<crate::ledger::ImageBatchBody>(data);
+    let _ = json::<crate::ledger::RevokeBody>(data);
+    // Query strings, as axum's `Query` parses them.
+    let Ok(uri) = format!("/x?{}", String::from_utf8_lossy(data)).parse::<axum::http::Uri>() else { return };
+    let _ = Query::<ReadParams>::try_from_uri(&uri);
+    let _ = Query::<WriteParams>::try_from_uri(&uri);
+    let _ = Query::<ScanParams>::try_from_uri(&uri);
+    let _ = Query::<RouteParams>::try_from_uri(&uri);
+    let _ = Query::<crate::audit::AuditParams>::try_from_uri(&uri);
+    let _ = Query::<crate::ledger::ConsistencyQuery>::try_from_uri(&uri);
+    let _ = Query::<crate::ledger::InclusionQuery>::try_from_uri(&uri);
+    let _ = crate::auth::Role::parse(&String::from_utf8_lossy(data));
+    let path = String::from_utf8_lossy(data);
+    let _ = crate::auth::permission_for("PUT", &path, &[]);
+}

@@ -152,7 +152,7 @@ pub async fn add_publisher_core(st: &AppState, id: &str, public_key: [u8; 32]) -
 }
 
 /// `POST /v1/publishers` (admin): registers a publisher's key in the ledger.
-pub async fn add_publisher(
+pub(crate) async fn add_publisher(
     State(st): State<Arc<AppState>>,
     crate::http::JsonBody(b): crate::http::JsonBody<PublisherBody>,
 ) -> ApiResult<Response> {
@@ -232,7 +232,7 @@ pub async fn register_core(
 /// `POST /v1/images`: registers an image digest signed by its publisher → 201. The same
 /// registration again answers 200 with the original entry's index (idempotent); the digest
 /// registered differently answers 409.
-pub async fn register_image(
+pub(crate) async fn register_image(
     State(st): State<Arc<AppState>>,
     crate::http::JsonBody(b): crate::http::JsonBody<ImageBody>,
 ) -> ApiResult<Response> {
@@ -251,7 +251,7 @@ pub struct ImageBatchBody {
 /// `POST /v1/images/batch` `{"images": [...]}`: many registrations in one request (the app
 /// store's bulk import, and the load generator). Each is checked and admitted on its own;
 /// the answer lists each one's outcome in order, with its HTTP status.
-pub async fn register_images(
+pub(crate) async fn register_images(
     State(st): State<Arc<AppState>>,
     crate::http::JsonBody(b): crate::http::JsonBody<ImageBatchBody>,
 ) -> ApiResult<Json<Value>> {
@@ -336,7 +336,7 @@ pub async fn revoke_core(
 }
 
 /// `POST /v1/images/{digest}/revoke` (admin): revokes an image, for good.
-pub async fn revoke_image(
+pub(crate) async fn revoke_image(
     State(st): State<Arc<AppState>>,
     digest: Result<Path<String>, PathRejection>,
     crate::http::JsonBody(b): crate::http::JsonBody<RevokeBody>,

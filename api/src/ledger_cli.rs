@@ -147,7 +147,7 @@ pub async fn image(cmd: ImageCmd) -> Result<i32> {
             let c = Client::new(&client)?;
             let body =
                 json!({"name": name, "digest": digest, "publisher": publisher, "signature": signature});
-            crate::print_json(&c.json(Method::POST, "/v1/images", Some(body)).await?)?;
+            crate::client::print_json(&c.json(Method::POST, "/v1/images", Some(body)).await?)?;
         }
         ImageCmd::Revoke { digest, reason, key, publisher, client } => {
             check_digest(&digest).context("--digest")?;
@@ -160,7 +160,7 @@ pub async fn image(cmd: ImageCmd) -> Result<i32> {
             }
             let c = Client::new(&client)?;
             let path = format!("/v1/images/{}/revoke", encode_segment(&digest));
-            crate::print_json(&c.json(Method::POST, &path, Some(body)).await?)?;
+            crate::client::print_json(&c.json(Method::POST, &path, Some(body)).await?)?;
         }
         ImageCmd::Verify { digest, endpoint, trust, min_signatures, name } => {
             return verify_image(&digest, &endpoint, &trust, min_signatures, name.as_deref()).await
@@ -182,7 +182,7 @@ pub async fn publisher(cmd: PublisherCmd) -> Result<i32> {
             let key = PublicKey::from_base64(key.trim()).context("the public key")?;
             let c = Client::new(&client)?;
             let body = json!({"id": id, "public_key": key.to_base64()});
-            crate::print_json(&c.json(Method::POST, "/v1/publishers", Some(body)).await?)?;
+            crate::client::print_json(&c.json(Method::POST, "/v1/publishers", Some(body)).await?)?;
         }
     }
     Ok(0)

@@ -4,19 +4,6 @@
 // than the default query depth allows when rustc computes their layouts.
 #![recursion_limit = "256"]
 
-mod audit;
-mod auth;
-mod client;
-mod cluster;
-mod config;
-mod error;
-mod grpc;
-mod http;
-mod ledger;
-mod ledger_cli;
-mod server;
-mod ts;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +13,9 @@ use clap::{Parser, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::client::{encode_segment, Client, ClientOpts};
+use edgefabric::client::{encode_segment, print_json, Client, ClientOpts};
+#[allow(unused_imports)]
+use edgefabric::{audit, auth, client, cluster, config, error, grpc, http, ledger, ledger_cli, server, ts};
 
 /// mimalloc rather than glibc's malloc: the ledger's apply and verification paths allocate
 /// many small, short-lived buffers, and glibc's fastbin consolidation showed up as ~15 % of a
@@ -307,11 +296,6 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("EDGEFABRIC_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-pub(crate) fn print_json(v: &serde_json::Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {

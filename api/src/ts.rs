@@ -142,7 +142,6 @@ pub async fn remote_write(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    use prost::Message;
     let ns = ns_of(&form_pairs(q.as_deref().unwrap_or("")));
     let body = axum::body::to_bytes(body, MAX_WRITE_BYTES).await.map_err(|_| {
         ApiError::new(
@@ -155,7 +154,19 @@ pub async fn remote_write(
     if !encoding.eq_ignore_ascii_case("snappy") {
         return Err(ApiError::bad_request(format!("Content-Encoding: `{encoding}` is not snappy")));
     }
-    let len = snap::raw::decompress_len(&body)
+    let points = remote_write_points(&body)?;
+    if points.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let batch = WriteBatch::from_points(&ns, points).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    stored(st.node.ts_write(batch).await?)
+}
+
+/// A remote-write body (snappy-compressed `prometheus.WriteRequest`) as points; bad bytes are a
+/// 400 naming what was wrong, and the decompressed size is bounded before decompressing.
+pub fn remote_write_points(body: &[u8]) -> Result<Vec<line::Point>, ApiError> {
+    use prost::Message;
+    let len = snap::raw::decompress_len(body)
         .map_err(|e| ApiError::bad_request(format!("body: not snappy: {e}")))?;
     if len > 8 * MAX_WRITE_BYTES {
         return Err(ApiError::new(
@@ -165,7 +176,7 @@ pub async fn remote_write(
         ));
     }
     let raw = snap::raw::Decoder::new()
-        .decompress_vec(&body)
+        .decompress_vec(body)
         .map_err(|e| ApiError::bad_request(format!("body: not snappy: {e}")))?;
     let req = remote::WriteRequest::decode(raw.as_slice())
         .map_err(|e| ApiError::bad_request(format!("body: not a prometheus.WriteRequest: {e}")))?;
@@ -179,11 +190,23 @@ pub async fn remote_write(
             points.push(line::Point { labels: labels.clone(), time_ms: s.timestamp, value: s.value });
         }
     }
-    if points.is_empty() {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    Ok(points)
+}
+
+/// For the `rest_inputs` fuzz target only: the Prometheus API's parameter parsing (query string
+/// and form body, times, durations, the lookback).
+#[doc(hidden)]
+pub fn fuzz_params(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut headers = HeaderMap::new();
+    headers
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-www-form-urlencoded"));
+    let p = params(&Method::POST, &headers, Some(&text), data);
+    for (k, v) in &p {
+        let _ = parse_time(k, v);
+        let _ = parse_duration(k, v);
     }
-    let batch = WriteBatch::from_points(&ns, points).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    stored(st.node.ts_write(batch).await?)
+    let _ = lookback(&p);
 }
 
 /// `PUT /v1/namespaces/{ns}/retention` `{"raw": "15d", "rollups": "400d"}` (role `admin:NS`):
