@@ -459,8 +459,29 @@ async fn acknowledged_writes_survive_crash_loops() {
             assert_eq!(got.as_deref(), Some(value.as_bytes()), "seed {seed}: {key} lost; faults {log:?}");
         }
 
-        // (e) Every acknowledged sample is there once with its value (queued ones are
-        // forwarded first); nothing that was never written.
+        // (e) Every acknowledged sample is there once with its value; nothing that was never
+        // written. Samples a node queued (their shard was unreachable) are forwarded first:
+        // wait until every queue is empty (a backlog of thousands of one-sample parts drains
+        // at one proposal each), and say so if one never empties.
+        eventually(
+            Duration::from_secs(300),
+            &format!("seed {seed}: store-and-forward queues drained"),
+            || async {
+                let mut left = Vec::new();
+                for id in &ids {
+                    let v = get_json(&client, &format!("{}/v1/ts/queue", c.http(*id)), &c.token).await?;
+                    if v["parts"] != 0 {
+                        left.push(format!("node {id}: {v}"));
+                    }
+                }
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(left.join("; "))
+                }
+            },
+        )
+        .await;
         let end_s = (t0 + 1_000_000) / 1000;
         let query = format!("/api/v1/query?query=crash_v%5B1h%5D&time={end_s}");
         let samples: BTreeMap<i64, f64> = eventually(READY, &format!("seed {seed}: samples"), || async {
@@ -475,9 +496,26 @@ async fn acknowledged_writes_survive_crash_loops() {
                     }
                 }
             }
-            let missing = acked.ts.iter().filter(|(t, v)| got.get(t) != Some(v)).count();
-            if missing > 0 {
-                return Err(format!("{missing} acknowledged samples missing"));
+            let missing: Vec<i64> =
+                acked.ts.iter().filter(|(t, v)| got.get(t) != Some(v)).map(|(t, _)| *t).collect();
+            if !missing.is_empty() {
+                // Contiguous runs (10 ms apart), relative to t0, for the report.
+                let mut runs: Vec<(i64, i64)> = Vec::new();
+                for t in &missing {
+                    match runs.last_mut() {
+                        Some(r) if *t - r.1 <= 10 => r.1 = *t,
+                        _ => runs.push((*t, *t)),
+                    }
+                }
+                let runs: Vec<String> =
+                    runs.iter().take(20).map(|(a, b)| format!("{}..{}", a - t0, b - t0)).collect();
+                return Err(format!(
+                    "{} acknowledged samples missing of {} (stored {}), runs (ms after t0): {}",
+                    missing.len(),
+                    acked.ts.len(),
+                    got.len(),
+                    runs.join(" ")
+                ));
             }
             Ok(got)
         })

@@ -561,6 +561,8 @@ async fn remote_write_and_store_and_forward_across_a_cut_off_and_a_restart() {
             .unwrap();
         if v["samples"] == 0 {
             assert_eq!(v["too_old"], 0, "{v}");
+            // The four plain parts of one shard went in one proposal, the sealed one alone.
+            assert_eq!(v["proposals"], 2, "{v}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the queue never drained: {v}");

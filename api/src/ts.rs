@@ -278,6 +278,7 @@ pub async fn queue(State(st): State<Arc<AppState>>) -> axum::Json<serde_json::Va
         "shards": s.shards,
         "forwarded": s.forwarded,
         "too_old": s.too_old,
+        "proposals": s.proposals,
     }))
 }
 

@@ -30,6 +30,9 @@ use crate::types::Response;
 /// The queue's id in the write-ahead file (the audit queue is `u64::MAX - 2`).
 pub const TS_QUEUE: GroupId = u64::MAX - 3;
 
+/// The most queued parts forwarded in one proposal.
+const MAX_MERGED_PARTS: usize = 512;
+
 /// How long a write tries its shard before it is queued instead.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -80,6 +83,7 @@ pub(crate) struct TsQueue {
     wake: Notify,
     forwarded: AtomicU64,
     too_old: AtomicU64,
+    proposals: AtomicU64,
 }
 
 /// What the queue holds (`edgefabric ts queue`, `/v1/ts/queue`, `/metrics`).
@@ -96,6 +100,8 @@ pub struct TsQueueStatus {
     /// Forwarded samples the shard refused as too old (they waited longer than the
     /// out-of-order window behind newer samples of their series).
     pub too_old: u64,
+    /// Raft proposals that forwarded them (a shard's consecutive parts go in one).
+    pub proposals: u64,
 }
 
 fn now_ms() -> u64 {
@@ -118,6 +124,7 @@ impl TsQueue {
             wake: Notify::new(),
             forwarded: AtomicU64::new(0),
             too_old: AtomicU64::new(0),
+            proposals: AtomicU64::new(0),
         })
     }
 
@@ -168,6 +175,7 @@ impl Node {
         let mut out = TsQueueStatus {
             forwarded: self.ts_queue.forwarded.load(Ordering::Relaxed),
             too_old: self.ts_queue.too_old.load(Ordering::Relaxed),
+            proposals: self.ts_queue.proposals.load(Ordering::Relaxed),
             ..Default::default()
         };
         let now = now_ms();
@@ -203,11 +211,31 @@ impl Node {
             // Shards that failed this round: their later parts wait (order per shard).
             let mut failed: Vec<GroupId> = Vec::new();
             let mut last_err = None;
-            for (i, shard) in pending {
-                if failed.contains(&shard) {
+            // A shard's next plain parts of one namespace go in one proposal (a long outage
+            // leaves thousands of small parts; one raft round each drains them slowly). Only
+            // that shard's parts are merged, in their order, so no part overtakes another.
+            let mut sent: std::collections::HashSet<u64> = std::collections::HashSet::new();
+            for (k, &(i, shard)) in pending.iter().enumerate() {
+                if failed.contains(&shard) || sent.contains(&i) {
                     continue;
                 }
-                match self.forward_one(i).await {
+                let run: Vec<u64> = pending[k..]
+                    .iter()
+                    .filter(|(_, s)| *s == shard)
+                    .take(MAX_MERGED_PARTS)
+                    .map(|(i, _)| *i)
+                    .collect();
+                let r = match self.merged_part(&run) {
+                    Ok(Some((merged, used))) => {
+                        let r = self.forward_merged(merged, &used).await;
+                        if r.is_ok() {
+                            sent.extend(used);
+                        }
+                        r
+                    }
+                    _ => self.forward_one(i).await,
+                };
+                match r {
                     Ok(()) => progress = true,
                     Err(e) => {
                         failed.push(shard);
@@ -236,6 +264,87 @@ impl Node {
         }
     }
 
+    /// The longest run of `run`'s parts (queue indices of one shard, in order) that are plain,
+    /// of one namespace and together within a raft entry, merged into one part; None if fewer
+    /// than two qualify (send the first alone).
+    fn merged_part(&self, run: &[u64]) -> Result<Option<(TsPart, Vec<u64>)>> {
+        let (Some(&first), Some(&last)) = (run.first(), run.last()) else { return Ok(None) };
+        let wanted: std::collections::HashSet<u64> = run.iter().copied().collect();
+        let entries = self.engine.entries(TS_QUEUE, first..=last)?;
+        let mut merged: Option<(edgefabric_tsdb::batch::WriteBatch, u64, GroupId)> = None;
+        let mut used = Vec::new();
+        let mut bytes = 0usize;
+        for (i, raw) in entries.into_iter().filter(|(i, _)| wanted.contains(i)) {
+            let p = decode_queued(&raw)?.part;
+            if p.sealed || bytes + p.batch.len() > crate::types::MAX_TS_BATCH_BYTES / 2 {
+                break;
+            }
+            let Ok(b) = edgefabric_tsdb::batch::WriteBatch::decode(&p.batch) else { break };
+            match &mut merged {
+                None => merged = Some((b, p.samples, p.shard)),
+                Some((m, _, _)) if m.ns != b.ns => break,
+                // Series in order: of two samples with one timestamp the later part's wins,
+                // as it would have applied after.
+                Some((m, samples, _)) => {
+                    m.series.extend(b.series);
+                    *samples += p.samples;
+                }
+            }
+            bytes += p.batch.len();
+            used.push(i);
+        }
+        match merged {
+            Some((b, samples, shard)) if used.len() > 1 => {
+                Ok(Some((TsPart { shard, batch: b.encode(), samples, sealed: false }, used)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Proposes a merged part; on success its queued parts are done.
+    async fn forward_merged(&self, part: TsPart, used: &[u64]) -> Result<()> {
+        let r = tokio::time::timeout(DIRECT_TIMEOUT, self.propose(part.command()))
+            .await
+            .map_err(|_| Error::Unavailable(format!("shard {} did not answer", part.shard)))?;
+        match r {
+            Ok(resp) => self.forwarded(&part, resp)?,
+            Err(Error::NotFound(_)) => {
+                Box::pin(self.ts_reroute(&part)).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        let mut st = self.ts_queue.lock();
+        for i in used {
+            st.pending.remove(i);
+        }
+        Ok(())
+    }
+
+    /// Counts what a forwarded part's shard answered (and says what it refused).
+    fn forwarded(&self, p: &TsPart, resp: Response) -> Result<()> {
+        self.ts_queue.proposals.fetch_add(1, Ordering::Relaxed);
+        match resp {
+            Response::TsWritten { written, too_old } => {
+                self.ts_queue.forwarded.fetch_add(written, Ordering::Relaxed);
+                if too_old > 0 {
+                    self.ts_queue.too_old.fetch_add(too_old, Ordering::Relaxed);
+                    tracing::warn!(
+                        shard = p.shard,
+                        too_old,
+                        "queued samples arrived after the out-of-order window and were dropped"
+                    );
+                }
+                Ok(())
+            }
+            Response::Rejected(why) => {
+                // Deterministically refused (it will never apply): drop it, loudly.
+                tracing::error!(shard = p.shard, samples = p.samples, %why, "a queued time-series part was refused; dropped");
+                Ok(())
+            }
+            other => Err(Error::Internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
     /// Proposes one queued part to its shard.
     async fn forward_one(&self, i: u64) -> Result<()> {
         let Some((_, raw)) = self.engine.entries(TS_QUEUE, i..=i)?.into_iter().next() else {
@@ -246,22 +355,7 @@ impl Node {
             .await
             .map_err(|_| Error::Unavailable(format!("shard {} did not answer", p.shard)))?;
         match r {
-            Ok(Response::TsWritten { written, too_old }) => {
-                self.ts_queue.forwarded.fetch_add(written, Ordering::Relaxed);
-                if too_old > 0 {
-                    self.ts_queue.too_old.fetch_add(too_old, Ordering::Relaxed);
-                    tracing::warn!(
-                        shard = p.shard,
-                        too_old,
-                        "queued samples arrived after the out-of-order window and were dropped"
-                    );
-                }
-            }
-            Ok(Response::Rejected(why)) => {
-                // Deterministically refused (it will never apply): drop it, loudly.
-                tracing::error!(shard = p.shard, samples = p.samples, %why, "a queued time-series part was refused; dropped");
-            }
-            Ok(other) => return Err(Error::Internal(format!("unexpected response {other:?}"))),
+            Ok(resp) => self.forwarded(&p, resp)?,
             // The shard is gone (a split or merge changed the map): any shard of the
             // namespace may hold the series, so send it to where it routes now.
             Err(Error::NotFound(_)) => {
