@@ -1751,67 +1751,28 @@ mod tests {
         put(5, 500, 999);
         put(6, 1200, 1300);
         put(7, 2000, 2100);
+        let plan = |settled_before: i64, min_blocks: usize, reseal_below: u32, max_samples: u64| {
+            let limit = 10;
+            let p = CompactionPolicy {
+                window_ms: 1000,
+                settled_before,
+                min_blocks,
+                reseal_below,
+                max_samples,
+                limit,
+            };
+            e.sealed_compactions("secret", &p).unwrap()
+        };
         // Nothing settled, or too few blocks: no plan.
-        assert!(e
-            .sealed_compactions(
-                "secret",
-                &CompactionPolicy {
-                    window_ms: 1000,
-                    settled_before: 999,
-                    min_blocks: 2,
-                    reseal_below: 0,
-                    max_samples: u64::MAX,
-                    limit: 10
-                }
-            )
-            .unwrap()
-            .is_empty());
-        assert!(e
-            .sealed_compactions(
-                "secret",
-                &CompactionPolicy {
-                    window_ms: 1000,
-                    settled_before: 3000,
-                    min_blocks: 6,
-                    reseal_below: 0,
-                    max_samples: u64::MAX,
-                    limit: 10
-                }
-            )
-            .unwrap()
-            .is_empty());
-        let plans = e
-            .sealed_compactions(
-                "secret",
-                &CompactionPolicy {
-                    window_ms: 1000,
-                    settled_before: 2000,
-                    min_blocks: 2,
-                    reseal_below: 0,
-                    max_samples: u64::MAX,
-                    limit: 10,
-                },
-            )
-            .unwrap();
+        assert!(plan(999, 2, 0, u64::MAX).is_empty());
+        assert!(plan(3000, 6, 0, u64::MAX).is_empty());
+        let plans = plan(2000, 2, 0, u64::MAX);
         assert_eq!(plans.len(), 1, "{plans:?}");
         let ids: Vec<u64> = plans[0].blocks.iter().map(|b| b.index).collect();
         // Batch 2 (older than 5, overlapping) comes along; 6 (alone, newer) does not.
         assert_eq!(ids, vec![1, 2, 3, 4, 5]);
         // Too big for one entry: skipped.
-        assert!(e
-            .sealed_compactions(
-                "secret",
-                &CompactionPolicy {
-                    window_ms: 1000,
-                    settled_before: 2000,
-                    min_blocks: 2,
-                    reseal_below: 0,
-                    max_samples: 14,
-                    limit: 10
-                }
-            )
-            .unwrap()
-            .is_empty());
+        assert!(plan(2000, 2, 0, 14).is_empty());
 
         let replaces: Vec<BlockId> = plans[0]
             .blocks
@@ -1842,33 +1803,8 @@ mod tests {
         assert_eq!(blocks(&e), want);
         // One block in the window now: no plan, unless its key version is to be replaced
         // (all test blocks are version 2): then the lone block of [1000, 2000) too.
-        assert!(e
-            .sealed_compactions(
-                "secret",
-                &CompactionPolicy {
-                    window_ms: 1000,
-                    settled_before: 2000,
-                    min_blocks: 2,
-                    reseal_below: 2,
-                    max_samples: u64::MAX,
-                    limit: 10
-                }
-            )
-            .unwrap()
-            .is_empty());
-        let resealed = e
-            .sealed_compactions(
-                "secret",
-                &CompactionPolicy {
-                    window_ms: 1000,
-                    settled_before: 2000,
-                    min_blocks: 2,
-                    reseal_below: 3,
-                    max_samples: u64::MAX,
-                    limit: 10,
-                },
-            )
-            .unwrap();
+        assert!(plan(2000, 2, 2, u64::MAX).is_empty());
+        let resealed = plan(2000, 2, 3, u64::MAX);
         let ids: Vec<Vec<u64>> =
             resealed.iter().map(|p| p.blocks.iter().map(|b| b.index).collect()).collect();
         assert_eq!(ids, vec![vec![5], vec![6]]);
