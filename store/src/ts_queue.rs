@@ -227,7 +227,7 @@ impl Node {
                     .collect();
                 let r = match self.merged_part(&run) {
                     Ok(Some((merged, used))) => {
-                        let r = self.forward_merged(merged, &used).await;
+                        let r = self.forward_part(merged, &used).await;
                         if r.is_ok() {
                             sent.extend(used);
                         }
@@ -301,13 +301,16 @@ impl Node {
         }
     }
 
-    /// Proposes a merged part; on success its queued parts are done.
-    async fn forward_merged(&self, part: TsPart, used: &[u64]) -> Result<()> {
+    /// Proposes a part (one queued part, or several merged); on success the queued parts
+    /// `used` are done.
+    async fn forward_part(&self, part: TsPart, used: &[u64]) -> Result<()> {
         let r = tokio::time::timeout(DIRECT_TIMEOUT, self.propose(part.command()))
             .await
             .map_err(|_| Error::Unavailable(format!("shard {} did not answer", part.shard)))?;
         match r {
             Ok(resp) => self.forwarded(&part, resp)?,
+            // The shard is gone (a split or merge changed the map): any shard of the
+            // namespace may hold the series, so send it to where it routes now.
             Err(Error::NotFound(_)) => {
                 Box::pin(self.ts_reroute(&part)).await?;
             }
@@ -350,21 +353,7 @@ impl Node {
         let Some((_, raw)) = self.engine.entries(TS_QUEUE, i..=i)?.into_iter().next() else {
             return Err(Error::Storage(format!("time-series queue entry {i} is missing")));
         };
-        let p = decode_queued(&raw)?.part;
-        let r = tokio::time::timeout(DIRECT_TIMEOUT, self.propose(p.command()))
-            .await
-            .map_err(|_| Error::Unavailable(format!("shard {} did not answer", p.shard)))?;
-        match r {
-            Ok(resp) => self.forwarded(&p, resp)?,
-            // The shard is gone (a split or merge changed the map): any shard of the
-            // namespace may hold the series, so send it to where it routes now.
-            Err(Error::NotFound(_)) => {
-                Box::pin(self.ts_reroute(&p)).await?;
-            }
-            Err(e) => return Err(e),
-        }
-        self.ts_queue.lock().pending.remove(&i);
-        Ok(())
+        self.forward_part(decode_queued(&raw)?.part, &[i]).await
     }
 
     /// Purges the queue's longest forwarded prefix.
