@@ -836,16 +836,7 @@ impl Node {
                     .map_err(|e| Error::Internal(format!("sealed compaction: {e}")))?
                     .map_err(|e| Error::Storage(format!("sealed compaction: {e}")))?;
                 for plan in plans {
-                    let replaces: Vec<edgefabric_tsdb::engine::BlockId> = plan
-                        .blocks
-                        .iter()
-                        .map(|b| edgefabric_tsdb::engine::BlockId {
-                            max_t: b.max_t,
-                            index: b.index,
-                            position: b.position,
-                            min_t: b.min_t,
-                        })
-                        .collect();
+                    let replaces = plan.blocks.iter().map(SealedBlock::id).collect();
                     let blocks = plan.blocks.len() as u64;
                     let wire = WireSealed { labels: (*plan.labels).clone(), blocks: plan.blocks };
                     let opened = self.open_sealed(&cfg, vec![vec![wire]], i64::MIN, i64::MAX).await?;

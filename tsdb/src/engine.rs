@@ -92,6 +92,13 @@ pub struct SealedBlock {
     pub sealed: Vec<u8>,
 }
 
+impl SealedBlock {
+    /// Where it is stored (what a compaction names it by).
+    pub fn id(&self) -> BlockId {
+        BlockId { max_t: self.max_t, index: self.index, position: self.position, min_t: self.min_t }
+    }
+}
+
 /// Where a sealed block is: what its key holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockId {
@@ -1774,11 +1781,7 @@ mod tests {
         // Too big for one entry: skipped.
         assert!(plan(2000, 2, 0, 14).is_empty());
 
-        let replaces: Vec<BlockId> = plans[0]
-            .blocks
-            .iter()
-            .map(|b| BlockId { max_t: b.max_t, index: b.index, position: b.position, min_t: b.min_t })
-            .collect();
+        let replaces: Vec<BlockId> = plans[0].blocks.iter().map(SealedBlock::id).collect();
         let mut merged = sealed(a.clone(), 0, 1100, b"merged");
         merged.count = 15;
         let c = SealedCompaction { ns: "secret".into(), replaces: replaces.clone(), merged };
