@@ -235,6 +235,15 @@ async fn kv_registers_stay_linearizable_under_faults() {
         let mut c = fault_cluster(3, "a,b,c");
         c.start_all();
         c.wait_ready(READY).await;
+        // A bad fault setting is refused, naming the field, and changes nothing.
+        let r = c
+            .request(1, reqwest::Method::PUT, "/v1/test/faults", Some(br#"{"drop":[2]}"#.to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("drop"), "{}", r.text());
+        let r = c.request(1, reqwest::Method::GET, "/v1/test/faults", None).await.unwrap();
+        assert_eq!(r.json(), serde_json::json!({"drop_to": [], "delay_ms": {}}));
         let start = Instant::now();
         let until = start + Duration::from_secs(run_secs());
         let down = Arc::new(Mutex::new(BTreeSet::new()));

@@ -269,6 +269,9 @@ async fn namespace_classes_apply_to_series() {
     let mut c = Cluster::init(3, "a,b,c", |t| common::set_toml(t, &[("maintenance_interval_ms", "3600000")]));
     c.start_all();
     c.wait_ready(READY).await;
+    // The test fault route exists only on nodes started with `[test] faults = true`.
+    let r = c.request(1, Method::PUT, "/v1/test/faults", Some(b"{}".to_vec())).await.unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
     for (ns, cfg) in [
         ("plant", r#"{"class":"site-local","home_site":"a","replicas":1}"#),
         ("vault", r#"{"class":"confidential","key_sites":["a","b"],"replicas":3}"#),
