@@ -32,9 +32,12 @@
 //! - The same batches in the same order give the same series ids and the same samples on every
 //!   replica. (Chunk boundaries may differ; queries do not see them.)
 //! - A later write of a sample's timestamp replaces its value.
-//! - A sample older than the newest sample of its series minus the out-of-order window, and
-//!   older than everything still in the head, is refused (and counted): accepting it would
-//!   mean rewriting old chunks without bound.
+//! - A sample older than the newest sample of its series minus the out-of-order window is
+//!   refused (and counted): accepting it would mean rewriting old chunks without bound. The
+//!   rule depends on the samples alone, not on this replica's chunk boundaries, so every
+//!   replica refuses the same ones. (One gap: the newest sample is rebuilt at open from what
+//!   is stored, so for a series whose every sample has expired a restarted replica forgets it
+//!   and would accept a sample the others refuse — one older than the retention.)
 //!
 //! The index and the series table are kept in memory (like Prometheus's head) and rebuilt at
 //! open from the series keys.
@@ -572,14 +575,15 @@ impl Engine {
                 let ser = st.series.get_mut(&id).ok_or_else(|| Error::Corrupt("series table".into()))?;
                 let was_empty = ser.head.is_empty();
                 for &smp in &s.samples {
+                    // Refused by the series' newest sample alone, never by where this replica
+                    // has cut its chunks (a local flush cuts early): every replica refuses the
+                    // same samples.
+                    if smp.0 < ser.max_t.saturating_sub(self.opts.ooo_window_ms) {
+                        out.too_old += 1;
+                        continue;
+                    }
                     match ser.last_chunk_end {
-                        Some(end) if smp.0 <= end => {
-                            if smp.0 < ser.max_t.saturating_sub(self.opts.ooo_window_ms) {
-                                out.too_old += 1;
-                                continue;
-                            }
-                            late.entry(id).or_default().push(smp);
-                        }
+                        Some(end) if smp.0 <= end => late.entry(id).or_default().push(smp),
                         _ => insert_sorted(&mut ser.head, smp),
                     }
                     out.written += 1;
@@ -1742,6 +1746,30 @@ mod tests {
         drop(e);
         let e = open(dir.path(), small());
         assert_eq!(all(&e, "ns")[0].samples, want);
+    }
+
+    /// Two replicas apply the same batches; one was flushed (a local cut, as `POST
+    /// /v1/ts/flush` does). A sample past the out-of-order window was refused by the flushed
+    /// replica (it fell in a chunk) and taken into the other's head: they diverged.
+    #[test]
+    fn every_replica_refuses_the_same_late_samples() {
+        let opts = Options { chunk_samples: 8, ooo_window_ms: 100, max_head_lag: 50 };
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), opts.clone()), open(db.path(), opts));
+        let l = labels("m", &[]);
+        let batches =
+            [vec![(0, 1.0), (10, 1.0), (20, 1.0)], vec![(300, 2.0)], vec![(150, 3.0)], vec![(250, 4.0)]];
+        for (i, s) in batches.iter().enumerate() {
+            let wb = batch("ns", vec![(l.clone(), s.clone())]);
+            let (oa, ob) = (a.apply(i as u64 + 1, &wb).unwrap(), b.apply(i as u64 + 1, &wb).unwrap());
+            assert_eq!(oa.too_old, ob.too_old, "batch {i}");
+            assert_eq!(oa.too_old, usize::from(i == 2), "batch {i}: only 150 is older than 300 - 100");
+            if i == 1 {
+                a.flush().unwrap();
+            }
+        }
+        assert_eq!(all(&a, "ns"), all(&b, "ns"));
+        assert_eq!(all(&a, "ns")[0].samples, vec![(0, 1.0), (10, 1.0), (20, 1.0), (250, 4.0), (300, 2.0)]);
     }
 
     fn sealed(labels: Labels, min_t: i64, max_t: i64, bytes: &[u8]) -> crate::batch::SealedSeries {
