@@ -516,6 +516,52 @@ impl Drop for Dev {
     }
 }
 
+/// An entry submitted the moment a new node answers is accepted, or the client is told to
+/// retry (503) while the genesis block is still being written — never refused as malformed.
+/// (`edgefabric demo` met a 400 "genesis: holds only the founding members, unsigned" there.)
+#[tokio::test]
+async fn entries_submitted_before_the_genesis_block_wait_instead_of_failing() {
+    let root = tempfile::tempdir().unwrap();
+    let dev = Dev::start(&root.path().join("data"), &[]);
+    let client = reqwest::Client::new();
+    let key = edgefabric_crypto::Identity::generate().unwrap().public_key().to_base64();
+    let body = json!({"id": "early", "public_key": key}).to_string();
+    let url = format!("{}/v1/publishers", dev.http);
+    let deadline = Instant::now() + READY;
+    let mut retries = 0;
+    loop {
+        assert!(Instant::now() < deadline, "no answer but 503 within {READY:?} ({retries} retries)");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The admin token is written at first start.
+        let Ok(token) = std::fs::read_to_string(dev.token()) else { continue };
+        let sent = client
+            .post(&url)
+            .bearer_auth(token.trim())
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        let Ok(r) = sent else { continue };
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        retries += 1;
+    }
+    let token = std::fs::read_to_string(dev.token()).unwrap();
+    let r = client
+        .get(format!("{}/v1/publishers/early", dev.http))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["public_key"].as_str(), Some(key.as_str()), "{v}");
+}
+
 /// A dev node with a publisher and `n` registered images, one block each.
 async fn dev_with_images(root: &Path, n: u64) -> (Dev, PathBuf) {
     let dev = Dev::start(&root.join("data"), &[]);

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use edgefabric_crypto::{Identity, PublicKey};
 use edgefabric_ledger::chain::{self, Head, ImageRecord};
-use edgefabric_ledger::entry::{Entry, EntryKind};
+use edgefabric_ledger::entry::{Author, Entry, EntryKind};
 use edgefabric_ledger::note::{self, Checkpoint, TrustedKey};
 use edgefabric_ledger::{Hash, LedgerError};
 use tokio::sync::{mpsc, oneshot};
@@ -209,19 +209,34 @@ impl Node {
         let tree = g.kv.tree().clone();
         let id = self.opts.id;
         let n = entries.len();
+        // Until the genesis block exists (the reconcile loop writes it as soon as this group
+        // has a leader) only the founders' entries can go in a block. Anything else submitted
+        // in that first moment waits — a retryable failure — instead of being refused by the
+        // genesis rule as if it were malformed.
+        let before_genesis = chain::head(&tree).map_err(ledger_err)?.is_none();
+        let waits: Vec<bool> =
+            entries.iter().map(|e| before_genesis && !matches!(e.author, Author::Genesis)).collect();
+        let admissible: Vec<Entry> =
+            entries.into_iter().zip(&waits).filter(|(_, w)| !**w).map(|(e, _)| e).collect();
         let (block, results) =
-            tokio::task::spawn_blocking(move || chain::build_block(&tree, &entries, now_ms(), id))
+            tokio::task::spawn_blocking(move || chain::build_block(&tree, &admissible, now_ms(), id))
                 .await
                 .map_err(|e| Error::Internal(format!("block builder: {e}")))?
                 .map_err(ledger_err)?;
-        let mut out: Vec<Admission> = results
-            .into_iter()
-            .map(|r| match r {
-                Ok(i) => Admission::Index(i),
-                Err(LedgerError::InvalidBlock { reason, .. }) => Admission::Refused(reason),
-                Err(e) => Admission::Failed(e.to_string()),
-            })
-            .collect();
+        let mut results = results.into_iter();
+        let mut out: Vec<Admission> = Vec::with_capacity(n);
+        for w in waits {
+            if w {
+                out.push(Admission::Failed("the ledger has no genesis block yet; retry in a moment".into()));
+                continue;
+            }
+            out.push(match results.next() {
+                Some(Ok(i)) => Admission::Index(i),
+                Some(Err(LedgerError::InvalidBlock { reason, .. })) => Admission::Refused(reason),
+                Some(Err(e)) => Admission::Failed(e.to_string()),
+                None => Admission::Failed("the block builder gave no answer".into()),
+            });
+        }
         let Some(block) = block else { return Ok(out) };
         self.ledger.ctx.built(block.header.hash().map_err(ledger_err)?);
         match self.propose_local(&g, Command::LedgerBlock(block)).await? {
