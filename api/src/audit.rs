@@ -321,6 +321,20 @@ pub struct Filters {
 }
 
 impl Filters {
+    /// Every record of one namespace, in pages of 500.
+    pub fn for_ns(ns: &str) -> Filters {
+        Filters {
+            ns: Some(ns.to_string()),
+            actor: None,
+            action: None,
+            result: None,
+            from: None,
+            to: None,
+            page: 500,
+            max: None,
+        }
+    }
+
     fn path(&self, after: Option<&str>) -> String {
         let mut q = vec![format!("limit={}", self.page)];
         for (k, v) in [

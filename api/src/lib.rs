@@ -11,6 +11,7 @@ pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -105,6 +105,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ts::TsCmd,
     },
+    /// Start a three-site cluster on this machine and walk through every capability; the
+    /// cluster keeps running until Ctrl-C.
+    Demo(edgefabric::demo::DemoOpts),
 }
 
 #[derive(Subcommand)]
@@ -444,6 +447,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Ledger { cmd } => return ledger_cli::ledger(cmd).await,
         Cmd::Audit { cmd } => return audit::run(cmd).await,
         Cmd::Ts { cmd } => return ts::run(cmd).await,
+        Cmd::Demo(opts) => return edgefabric::demo::run(opts).await,
         Cmd::Keygen { out } => {
             let id = edgefabric_crypto::Identity::generate()?;
             id.write(&out)?;
