@@ -27,7 +27,7 @@ use crate::server::AppState;
 type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut api = Router::new();
+    let mut api = crate::openapi::Routes::default();
     if state.node.options().test_faults {
         api = api.route("/v1/test/faults", get(get_faults).put(put_faults));
     }
@@ -66,11 +66,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/publishers", post(ledger::add_publisher))
         .route("/v1/images", post(ledger::register_image))
         .route("/v1/images/batch", post(ledger::register_images))
-        .route("/v1/images/{digest}/revoke", post(ledger::revoke_image))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/v1/images/{digest}/revoke", post(ledger::revoke_image));
+    let (api, mut registered) = api.into_parts();
+    let api = api.layer(middleware::from_fn_with_state(state.clone(), require_token));
     // Ledger reads need no token: what they return is verified by the client against the
     // node keys it pins (see ledger.rs).
-    let ledger_reads = Router::new()
+    let (ledger_reads, more) = crate::openapi::Routes::default()
         .route("/v1/images/{digest}", get(ledger::get_image))
         .route("/v1/publishers/{id}", get(ledger::get_publisher))
         .route("/v1/ledger/checkpoint", get(ledger::checkpoint))
@@ -78,17 +79,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ledger/proof/inclusion", get(ledger::inclusion))
         .route("/v1/ledger/entries/{index}", get(ledger::get_entry))
         .route("/v1/ledger/blocks/{height}", get(ledger::get_block))
-        .route("/v1/ledger/status", get(ledger::status));
-    Router::new()
+        .route("/v1/ledger/status", get(ledger::status))
+        .into_parts();
+    registered.extend(more);
+    let (public, more) = crate::openapi::Routes::default()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .into_parts();
+    registered.extend(more);
+    // Built once: the document is a function of the routes this node registered.
+    let doc = Arc::new(crate::openapi::document(&registered).to_string());
+    public
+        .layer(axum::Extension(doc))
         .merge(api)
         .merge(ledger_reads)
         .fallback(|| async { ApiError::not_found("no such route") })
         // Bodies are read with our own limit so that an oversized one gets the JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// `GET /openapi.json`: the OpenAPI 3 document of the routes this node serves (no token).
+async fn openapi(axum::Extension(doc): axum::Extension<Arc<String>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc.as_str().to_string()).into_response()
 }
 
 /// Authentication (401) and authorization (403, naming the missing permission) of every

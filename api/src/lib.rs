@@ -17,5 +17,6 @@ pub mod grpc;
 pub mod http;
 pub mod ledger;
 pub mod ledger_cli;
+pub mod openapi;
 pub mod server;
 pub mod ts;
