@@ -136,3 +136,68 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     let reply = c.request(1, reqwest::Method::GET, "/v1/nope", None).await.unwrap();
     assert!(reply.status == 404 && reply.text().contains("no such route"), "{}", reply.text());
 }
+
+/// The operator's small tools: `config example` (valid, checked by `config check`), a broken
+/// config named by field, shell completions, and `--log-format json` giving one JSON object
+/// per log line.
+#[test]
+fn config_example_completions_and_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["config", "example"]).output().unwrap();
+    assert!(out.status.success());
+    let example = dir.path().join("node1.toml");
+    std::fs::write(&example, &out.stdout).unwrap();
+    let out = Command::new(BIN).args(["config", "check"]).arg(&example).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+    let broken = dir.path().join("broken.toml");
+    let text = String::from_utf8(std::fs::read(&example).unwrap()).unwrap();
+    std::fs::write(&broken, text.replace("election_timeout_max_ms = 800", "election_timeout_max_ms = 300"))
+        .unwrap();
+    let out = Command::new(BIN).args(["config", "check"]).arg(&broken).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml") && err.contains("election_timeout_max_ms"), "{err}");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN).args(["completions", shell]).output().unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains("demo") && script.contains("serve"), "{shell}");
+    }
+    let out = Command::new(BIN).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+
+    // A dev node logging JSON: every line of its log parses, with a level and a message.
+    let base = common::free_base_port(1);
+    let data = dir.path().join("dev");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--dev", "--data", data.to_str().unwrap()])
+        .args(["--grpc", &format!("127.0.0.1:{base}"), "--http", &format!("127.0.0.1:{}", base + 1)])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read on a thread so that a node logging less than expected fails the test, not hangs it.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!lines.is_empty(), "the node logged nothing");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+}

@@ -113,6 +113,10 @@ impl Default for LedgerSection {
 
 pub const DEFAULT_ORIGIN: &str = "edgefabric/ledger";
 
+/// `edgefabric config example`: every field of a node's configuration, documented. A test
+/// checks that it parses, validates, and names every field `NodeConfig` has.
+pub const EXAMPLE: &str = include_str!("config-example.toml");
+
 /// How the cluster is sharded at creation. Must be the same on every node (`cluster init`
 /// writes the same values everywhere): the first map is derived from it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -604,6 +608,56 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every table's keys, dotted, of a TOML document (arrays of tables by their first element).
+    fn keys(v: &toml::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    out.insert(name.clone());
+                    keys(v, &name, out);
+                }
+            }
+            toml::Value::Array(a) if a.first().is_some_and(toml::Value::is_table) => keys(&a[0], prefix, out),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_documents_every_field() {
+        let cfg: NodeConfig = toml::from_str(EXAMPLE).unwrap();
+        cfg.validate().unwrap();
+        // Every field a full configuration has (the optional ones switched on so that they are
+        // written) appears in the example, set or commented out with its default.
+        let mut full = cfg.clone();
+        full.joined = true;
+        full.test.faults = true;
+        let mut want = std::collections::BTreeSet::new();
+        keys(&toml::Value::try_from(&full).unwrap(), "", &mut want);
+        let mut have = std::collections::BTreeSet::new();
+        keys(&toml::from_str::<toml::Value>(EXAMPLE).unwrap(), "", &mut have);
+        let commented: Vec<&str> = EXAMPLE.lines().filter_map(|l| l.strip_prefix("# ")).collect();
+        for k in want {
+            let leaf = k.rsplit('.').next().unwrap();
+            let documented = have.contains(&k)
+                || commented.iter().any(|l| l.starts_with(&format!("{leaf} =")) || *l == format!("[{k}]"));
+            assert!(documented, "`{k}` is not in config-example.toml");
+        }
+        // Defaults are what the example says they are.
+        let d = |s: &str| {
+            toml::from_str::<NodeConfig>(&format!("{}\n{s}", EXAMPLE.split("\n[cluster]").next().unwrap()))
+        };
+        let bare = d("").unwrap();
+        assert_eq!(bare.cluster.initial_shards, cfg.cluster.initial_shards);
+        assert_eq!(bare.raft.snapshot_logs, cfg.raft.snapshot_logs);
+        assert_eq!(bare.limits.max_value_bytes, cfg.limits.max_value_bytes);
+        assert_eq!(bare.tsdb.maintenance_interval_ms, cfg.tsdb.maintenance_interval_ms);
+        assert_eq!(bare.audit.enabled, cfg.audit.enabled);
+        // A typo is refused, naming the field.
+        let err = d("[raft]\nheartbeat = 5").unwrap_err().to_string();
+        assert!(err.contains("heartbeat"), "{err}");
+    }
 
     #[test]
     fn cluster_init_writes_everything_per_contract() {

@@ -26,8 +26,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "edgefabric", version, about = "EdgeFabric: the data and security fabric for 5G edge sites")]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +117,21 @@ enum Cmd {
     /// Start a three-site cluster on this machine and walk through every capability; the
     /// cluster keeps running until Ctrl-C.
     Demo(edgefabric::demo::DemoOpts),
+    /// Node configuration: `config example` prints every field, documented.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Print a shell completion script: `edgefabric completions bash > /etc/bash_completion.d/edgefabric`.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print an example node configuration with every field explained.
+    Example,
+    /// Check a configuration file: parse and validate it, say what is wrong or OK.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -294,11 +318,15 @@ enum NsCmd {
     },
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("EDGEFABRIC_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {
@@ -448,6 +476,22 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Audit { cmd } => return audit::run(cmd).await,
         Cmd::Ts { cmd } => return ts::run(cmd).await,
         Cmd::Demo(opts) => return edgefabric::demo::run(opts).await,
+        Cmd::Config { cmd: ConfigCmd::Example } => print!("{}", config::EXAMPLE),
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+            let cfg = config::NodeConfig::load(&file)?;
+            println!(
+                "OK: {}: node {} at site {:?}, {} members, data in {}",
+                file.display(),
+                cfg.id,
+                cfg.site,
+                cfg.members.len(),
+                cfg.data_dir.display()
+            );
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "edgefabric", &mut std::io::stdout());
+        }
         Cmd::Keygen { out } => {
             let id = edgefabric_crypto::Identity::generate()?;
             id.write(&out)?;
@@ -525,8 +569,8 @@ async fn kv(cmd: KvCmd) -> Result<i32> {
 
 #[tokio::main]
 async fn main() {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     match run(cli).await {
         Ok(code) => std::process::exit(code),
         Err(e) => {
