@@ -201,3 +201,123 @@ fn config_example_completions_and_json_logs() {
         assert!(v["level"].is_string() && v["message"].is_string() && v["timestamp"].is_string(), "{l}");
     }
 }
+
+/// One exposition line: `name{labels} value`, labels in a map.
+fn sample(line: &str) -> (String, std::collections::BTreeMap<String, String>, f64) {
+    let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+    let value: f64 = match value {
+        "+Inf" => f64::INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+    };
+    let (name, labels) = match series.split_once('{') {
+        None => (series.to_string(), Default::default()),
+        Some((n, rest)) => {
+            let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"));
+            let mut m = std::collections::BTreeMap::new();
+            // Label values here never contain `",`; split on it.
+            for pair in body.split("\",") {
+                let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("bad label: {line}"));
+                assert!(m.insert(k.to_string(), v.trim_end_matches('"').to_string()).is_none(), "{line}");
+            }
+            (n.to_string(), m)
+        }
+    };
+    assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad name: {line}");
+    (name, labels, value)
+}
+
+/// `/metrics` is valid exposition text (every sample's family declared first, no series twice)
+/// and counts what happened: REST requests by route template, method and code, their
+/// latency, raft commits and leaders, log sizes, and time-series samples written.
+#[tokio::test]
+async fn metrics_count_requests_commits_and_samples() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(60)).await;
+    let scrape = || async {
+        let text = reqwest::get(format!("{}/metrics", c.http(1))).await.unwrap().text().await.unwrap();
+        let mut typed = std::collections::BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(typed.insert(name.to_string(), kind.to_string()).is_none(), "{name} typed twice");
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (name, labels, value) = sample(line);
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s).filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(&name)
+                .to_string();
+            assert!(typed.contains_key(&family), "{name}: no TYPE line before it");
+            assert!(seen.insert(line.rsplit_once(' ').unwrap().0.to_string()), "{line}: series twice");
+            samples.push((name, labels, value));
+        }
+        samples
+    };
+    let get = |s: &[(String, std::collections::BTreeMap<String, String>, f64)],
+               name: &str,
+               want: &[(&str, &str)]| {
+        s.iter()
+            .filter(|(n, l, _)| {
+                n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|x| x.2)
+            .sum::<f64>()
+    };
+    let before = scrape().await;
+    for i in 0..3 {
+        c.put(1, "default", &format!("m{i}"), b"v").await.unwrap();
+    }
+    let r = c.request(1, reqwest::Method::GET, "/v1/kv/default/absent", None).await.unwrap();
+    assert_eq!(r.status, 404);
+    let r = c.request(1, reqwest::Method::GET, "/v1/nope", None).await.unwrap();
+    assert_eq!(r.status, 404);
+    let lines = "m,host=a v=1 1764151200000\nm,host=b v=2 1764151200000\n";
+    let r = c
+        .request(
+            1,
+            reqwest::Method::POST,
+            "/v1/ts/write?ns=default&precision=ms",
+            Some(lines.as_bytes().to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
+    let after = scrape().await;
+    let kv = [("route", "/v1/kv/{ns}/{*key}")];
+    let delta = |name: &str, want: &[(&str, &str)]| get(&after, name, want) - get(&before, name, want);
+    assert_eq!(delta("edgefabric_http_requests_total", &[kv[0], ("method", "PUT"), ("code", "200")]), 3.0);
+    assert_eq!(delta("edgefabric_http_requests_total", &[kv[0], ("method", "GET"), ("code", "404")]), 1.0);
+    assert_eq!(delta("edgefabric_http_requests_total", &[("route", "unmatched"), ("code", "404")]), 1.0);
+    // The histogram counts the same requests as the counters.
+    assert_eq!(
+        get(&after, "edgefabric_http_request_duration_seconds_count", &[kv[0], ("method", "PUT")]),
+        get(&after, "edgefabric_http_requests_total", &[kv[0], ("method", "PUT")])
+    );
+    assert_eq!(
+        get(
+            &after,
+            "edgefabric_http_request_duration_seconds_bucket",
+            &[kv[0], ("method", "PUT"), ("le", "+Inf")]
+        ),
+        get(&after, "edgefabric_http_request_duration_seconds_count", &[kv[0], ("method", "PUT")])
+    );
+    assert_eq!(delta("edgefabric_ts_samples_written_total", &[]), 2.0);
+    // Three puts and a time-series batch committed through raft on this (leader) node; the
+    // audit trail commits too, so at least that many.
+    assert!(delta("edgefabric_raft_commit_duration_seconds_count", &[]) >= 4.0);
+    assert!(get(&after, "edgefabric_raft_leader_changes_total", &[]) >= 1.0, "groups got leaders");
+    assert!(get(&after, "edgefabric_raft_log_entries", &[]) > 0.0);
+    for family in ["edgefabric_ledger_height", "edgefabric_ledger_entries", "edgefabric_ledger_verified"] {
+        assert!(after.iter().any(|(n, _, _)| n == family), "{family} missing");
+    }
+}

@@ -96,9 +96,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .merge(ledger_reads)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         // Bodies are read with our own limit so that an oversized one gets the JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Counts every REST request by its route template and times it (`/metrics`). Requests that
+/// match no route count as `route="unmatched"`, so a scanner cannot grow the label set.
+async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    st.http_metrics.observe(&route, &method, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// `GET /openapi.json`: the OpenAPI 3 document of the routes this node serves (no token).
@@ -460,6 +475,32 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "Audit records recorded here and not yet known to be in the ledger.",
         queued.saturating_sub(shipped),
     );
+    out.push_str(
+        "# HELP edgefabric_raft_leader_changes_total Times this replica saw its group get a new leader.\n\
+         # TYPE edgefabric_raft_leader_changes_total counter\n",
+    );
+    let logs = st.node.raft_log_stats();
+    for (g, changes, _) in &logs {
+        out.push_str(&format!("edgefabric_raft_leader_changes_total{{group=\"{g}\"}} {changes}\n"));
+    }
+    out.push_str(
+        "# HELP edgefabric_raft_log_entries Raft log entries kept per group (not yet purged behind a snapshot).\n\
+         # TYPE edgefabric_raft_log_entries gauge\n",
+    );
+    for (g, _, entries) in &logs {
+        out.push_str(&format!("edgefabric_raft_log_entries{{group=\"{g}\"}} {entries}\n"));
+    }
+    out.push_str(
+        "# HELP edgefabric_raft_commit_duration_seconds Time from proposing on this node (as leader) to the entry applied.\n\
+         # TYPE edgefabric_raft_commit_duration_seconds histogram\n",
+    );
+    st.node.commit_latency.render("edgefabric_raft_commit_duration_seconds", "", &mut out);
+    out.push_str(&format!(
+        "# HELP edgefabric_ts_samples_written_total Time-series samples accepted through this node.\n\
+         # TYPE edgefabric_ts_samples_written_total counter\nedgefabric_ts_samples_written_total {}\n",
+        st.ts_samples_written.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    st.http_metrics.render(&mut out);
     out.push_str(&format!(
         "# HELP edgefabric_ledger_rejected_blocks_total Ledger blocks this node refused as invalid.\n\
          # TYPE edgefabric_ledger_rejected_blocks_total counter\nedgefabric_ledger_rejected_blocks_total {}\n",

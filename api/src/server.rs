@@ -21,6 +21,64 @@ pub struct AppState {
     audit_secret: [u8; 32],
     /// Nonces of signed requests seen (anti-replay).
     pub nonces: crate::auth::NonceCache,
+    /// REST requests and their latency, for `/metrics`.
+    pub http_metrics: HttpMetrics,
+    /// Time-series samples accepted through this node (line protocol and remote write).
+    pub ts_samples_written: std::sync::atomic::AtomicU64,
+}
+
+/// REST requests by route template (`/v1/kv/{ns}/{*key}`, so the label set stays bounded),
+/// method and status, and a latency histogram per route and method.
+#[derive(Default)]
+pub struct HttpMetrics {
+    requests: std::sync::Mutex<std::collections::BTreeMap<(String, String, u16), u64>>,
+    latency: std::sync::Mutex<
+        std::collections::BTreeMap<(String, String), Arc<edgefabric_store::metrics::Histogram>>,
+    >,
+}
+
+impl HttpMetrics {
+    pub fn observe(&self, route: &str, method: &str, status: u16, took: std::time::Duration) {
+        let key = (route.to_string(), method.to_string());
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((key.0.clone(), key.1.clone(), status)).or_default() += 1;
+        }
+        let h = match self.latency.lock() {
+            Ok(mut m) => m.entry(key).or_default().clone(),
+            Err(_) => return,
+        };
+        h.observe(took);
+    }
+
+    /// Both families in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str(
+            "# HELP edgefabric_http_requests_total REST requests by route, method and status code.\n",
+        );
+        out.push_str("# TYPE edgefabric_http_requests_total counter\n");
+        if let Ok(m) = self.requests.lock() {
+            for ((route, method, code), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "edgefabric_http_requests_total{{route=\"{route}\",method=\"{method}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP edgefabric_http_request_duration_seconds Time to answer a REST request (to its headers).\n");
+        out.push_str("# TYPE edgefabric_http_request_duration_seconds histogram\n");
+        let hs: Vec<_> = match self.latency.lock() {
+            Ok(m) => m.iter().map(|(k, h)| (k.clone(), h.clone())).collect(),
+            Err(_) => return,
+        };
+        for ((route, method), h) in hs {
+            h.render(
+                "edgefabric_http_request_duration_seconds",
+                &format!("route=\"{route}\",method=\"{method}\""),
+                out,
+            );
+        }
+    }
 }
 
 /// Who made a request: the token's subject and roles.
@@ -61,7 +119,15 @@ impl AppState {
     pub fn new(node: Arc<Node>, admin_token: String) -> Self {
         let token_key = crate::auth::signing_key(&admin_token);
         let audit_secret = crate::auth::audit_hash_secret(&admin_token);
-        AppState { node, admin_token, token_key, audit_secret, nonces: Default::default() }
+        AppState {
+            node,
+            admin_token,
+            token_key,
+            audit_secret,
+            nonces: Default::default(),
+            http_metrics: Default::default(),
+            ts_samples_written: Default::default(),
+        }
     }
 
     pub fn check_token(&self, presented: &str) -> bool {

@@ -78,12 +78,13 @@ pub async fn write(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let batch = WriteBatch::from_points(&ns, points).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    stored(st.node.ts_write(batch).await?)
+    stored(&st, st.node.ts_write(batch).await?)
 }
 
 /// The answer to a write: 204 (with `X-EdgeFabric-Queued: N` when N samples wait in this node's
 /// durable queue for their shard), or a partial-write error naming what was dropped.
-fn stored(o: edgefabric_store::ts::TsWriteOutcome) -> Result<Response, ApiError> {
+fn stored(st: &AppState, o: edgefabric_store::ts::TsWriteOutcome) -> Result<Response, ApiError> {
+    st.ts_samples_written.fetch_add(o.written, std::sync::atomic::Ordering::Relaxed);
     if o.too_old > 0 {
         // As InfluxDB reports a partial write: the rest of the batch is stored.
         return Err(ApiError::new(
@@ -159,7 +160,7 @@ pub async fn remote_write(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let batch = WriteBatch::from_points(&ns, points).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    stored(st.node.ts_write(batch).await?)
+    stored(&st, st.node.ts_write(batch).await?)
 }
 
 /// A remote-write body (snappy-compressed `prometheus.WriteRequest`) as points; bad bytes are a

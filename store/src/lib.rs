@@ -17,6 +17,7 @@ pub mod kv;
 pub mod ledger;
 pub mod link;
 pub mod log;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod raft_store;

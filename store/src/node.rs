@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -194,6 +194,8 @@ pub struct Group {
     rejoining: AtomicBool,
     /// A fresh replica does not vote until it knows whether it is new or lost its data.
     deciding: AtomicBool,
+    /// Times this replica saw the group get a new leader (for `/metrics`).
+    leader_changes: AtomicU64,
 }
 
 impl Group {
@@ -251,6 +253,8 @@ pub struct Node {
     pub(crate) keys: crate::confidential::KeyCache,
     pub(crate) rotations: crate::confidential::Rotations,
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// How long proposals made on this node, as the group's leader, took to commit and apply.
+    pub commit_latency: crate::metrics::Histogram,
 }
 
 impl Node {
@@ -304,6 +308,7 @@ impl Node {
             keys: Default::default(),
             rotations: Default::default(),
             shutdown,
+            commit_latency: Default::default(),
         });
         // Keys of nodes added after the cluster's creation come from the cluster map.
         let weak = Arc::downgrade(&node);
@@ -457,6 +462,22 @@ impl Node {
             dir,
             rejoining: AtomicBool::new(rejoining),
             deciding: AtomicBool::new(fresh),
+            leader_changes: AtomicU64::new(0),
+        });
+        // Counts leader changes as this replica sees them; ends when raft stops (its metrics
+        // channel closes) or the group is dropped.
+        let mut watch = group.raft.metrics();
+        let weak = Arc::downgrade(&group);
+        tokio::spawn(async move {
+            let mut last = watch.borrow().current_leader;
+            while watch.changed().await.is_ok() {
+                let now = watch.borrow().current_leader;
+                let Some(g) = weak.upgrade() else { return };
+                if now != last && now.is_some() {
+                    g.leader_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                last = now;
+            }
         });
         self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, group.clone());
         if fresh || rejoining {
@@ -913,6 +934,24 @@ impl Node {
 
     // ---- status ----
 
+    /// Per hosted group: (group, leader changes seen, log entries kept — appended and not yet
+    /// purged behind a snapshot).
+    pub fn raft_log_stats(&self) -> Vec<(GroupId, u64, u64)> {
+        let groups: Vec<Arc<Group>> =
+            self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut out: Vec<(GroupId, u64, u64)> = groups
+            .iter()
+            .map(|g| {
+                let m = g.raft.metrics().borrow().clone();
+                let last = m.last_log_index.unwrap_or(0);
+                let purged = m.purged.map_or(0, |l| l.index);
+                (g.id, g.leader_changes.load(Ordering::Relaxed), last.saturating_sub(purged))
+            })
+            .collect();
+        out.sort_unstable_by_key(|x| x.0);
+        out
+    }
+
     pub fn group_statuses(&self) -> Vec<GroupStatus> {
         let groups: Vec<Arc<Group>> =
             self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
@@ -1076,7 +1115,7 @@ impl Node {
                         })
                     }
                 }
-                Some(g) => match g.raft.client_write(cmd.clone()).await {
+                Some(g) => match self.timed_write(&g, cmd.clone()).await {
                     Ok(resp) => return Ok(resp.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                         f.leader_node.map(|n| (f.leader_id.unwrap_or_default(), n.addr))
@@ -1118,6 +1157,23 @@ impl Node {
     }
 
     /// Proposes only if this node leads the group (the `Forward` handler): never forwards.
+    /// `client_write`, with its time in `commit_latency` when it commits here.
+    async fn timed_write(
+        &self,
+        g: &Group,
+        cmd: Command,
+    ) -> std::result::Result<
+        openraft::raft::ClientWriteResponse<crate::TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+    > {
+        let started = std::time::Instant::now();
+        let r = g.raft.client_write(cmd).await;
+        if r.is_ok() {
+            self.commit_latency.observe(started.elapsed());
+        }
+        r
+    }
+
     pub(crate) async fn propose_local(&self, g: &Group, cmd: Command) -> Result<Response> {
         validate_command(&cmd, crate::kv::APPLY_MAX_VALUE_BYTES)?;
         if let Command::LedgerSubmit(entries) = cmd {
@@ -1129,13 +1185,17 @@ impl Node {
         // Bounded: the control loop (moves, leaves, mark-seen) must not wait forever on a group
         // that cannot commit. A write given up on may still commit later; every control
         // command is idempotent or guarded by the map's epoch.
+        let started = std::time::Instant::now();
         let write =
             tokio::time::timeout(CONTROL_STEP_TIMEOUT, g.raft.client_write(cmd)).await.map_err(|_| {
                 tracing::warn!(group = g.id, "a proposal was not committed within {CONTROL_STEP_TIMEOUT:?}");
                 Error::Unavailable(format!("group {}: not committed within {CONTROL_STEP_TIMEOUT:?}", g.id))
             })?;
         match write {
-            Ok(resp) => Ok(resp.data),
+            Ok(resp) => {
+                self.commit_latency.observe(started.elapsed());
+                Ok(resp.data)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(Error::Unavailable("not the leader".into()))
             }
