@@ -321,3 +321,135 @@ async fn metrics_count_requests_commits_and_samples() {
         assert!(after.iter().any(|(n, _, _)| n == family), "{family} missing");
     }
 }
+
+/// Chromium, or `None` (the test then says SKIPPED: `.ci/run` installs it).
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// Loads `url` in headless Chromium, runs its scripts, and returns the DOM (or a screenshot).
+fn browse(browser: &str, url: &str, screenshot: Option<&std::path::Path>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--virtual-time-budget=20000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg("--window-size=1280,1500");
+    match screenshot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).output().unwrap();
+    assert!(out.status.success(), "{browser}: {}", String::from_utf8_lossy(&out.stderr));
+    // What the page shows: the DOM without its script (whose text holds every message).
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    match (dom.find("<script>"), dom.rfind("</script>")) {
+        (Some(a), Some(b)) if a < b => format!("{}{}", &dom[..a], &dom[b..]),
+        _ => dom,
+    }
+}
+
+/// The auditor's page (`/ui`, no token) verifies in the browser: the checkpoint's signatures
+/// against the pinned keys, an image's inclusion proof, and each audit record's proof — green.
+/// With a wrong key pinned the same page turns red. Inputs come in the URL fragment.
+#[tokio::test]
+async fn the_auditor_page_verifies_in_a_real_browser() {
+    let Some(browser) = chromium() else {
+        println!("SKIPPED: the_auditor_page_verifies_in_a_real_browser needs chromium (.ci/run installs it)");
+        return;
+    };
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(60)).await;
+    let r = reqwest::get(format!("{}/ui", c.http(1))).await.unwrap();
+    assert_eq!(r.status(), 200, "no token needed");
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = r.text().await.unwrap();
+    for outside in ["src=\"http", "href=\"http", "url(http", "import "] {
+        assert!(!html.contains(outside), "the page loads nothing from elsewhere: {outside}");
+    }
+
+    // An image, registered the way the app store does it.
+    let dir = c.cluster_dir();
+    let key = dir.join("acme.key");
+    let token = c.token_file();
+    let (t, h) = (token.to_str().unwrap(), c.http(1).to_string());
+    assert!(c.cli(&["keygen", "--out", key.to_str().unwrap()]).await.0);
+    let pubkey = format!("{}.pub", key.display());
+    let add = [
+        "publisher",
+        "add",
+        "--id",
+        "acme",
+        "--public-key-file",
+        &pubkey,
+        "--endpoint",
+        &h,
+        "--token-file",
+        t,
+    ];
+    let (ok, out, err) = c.cli(&add).await;
+    assert!(ok, "{out}{err}");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let k = key.to_str().unwrap();
+    let reg =
+        ["image", "register", "--key", k, "--name", "app:1", "--digest", &digest, "--publisher", "acme"];
+    let (ok, out, err) = c.cli(&[&reg[..], &["--endpoint", &h, "--token-file", t]].concat()).await;
+    assert!(ok, "{out}{err}");
+    c.put(1, "default", "seen-by-the-auditor", b"v").await.unwrap();
+    let auditor = c.issue_token("alice", "auditor").await;
+
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let trust = std::fs::read_to_string(dir.join("trust.json")).unwrap();
+    let page = |trust: &str| {
+        format!("{}/ui#trust={}&min=1&digest={digest}&token={auditor}&ns=default", c.http(1), b64(trust))
+    };
+    // Audit records reach the ledger in batches: wait until the page shows the put's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let dom = loop {
+        let dom = browse(browser, &page(&trust), None);
+        if dom.contains("seen-by-the-auditor") || std::time::Instant::now() > deadline {
+            break dom;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(dom.contains("data-ready=\"1\""), "the page's scripts did not finish:\n{dom}");
+    assert!(dom.contains("class=\"badge green\">verified<"), "{dom}");
+    assert!(dom.contains("✓ registered</span> — entry"), "{dom}");
+    assert!(dom.contains("records proven in the checkpoint") && !dom.contains("did not verify"), "{dom}");
+    assert!(dom.contains("seen-by-the-auditor"), "the put's audit record is listed");
+
+    // A screenshot of the green page, as a person sees it.
+    let shot = dir.join("ui.png");
+    browse(browser, &page(&trust), Some(&shot));
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    assert_eq!((w, h), (1280, 1500));
+    assert!(png.len() > 30_000, "{} bytes: a blank page?", png.len());
+
+    // Pin another key for node 1: nothing the server sends can make that page green.
+    let v: serde_json::Value = serde_json::from_str(&trust).unwrap();
+    let other = dir.join("other.key");
+    assert!(c.cli(&["keygen", "--out", other.to_str().unwrap()]).await.0);
+    let other_pub = std::fs::read_to_string(format!("{}.pub", other.display())).unwrap();
+    let mut wrong = v.clone();
+    wrong["nodes"][0]["public_key"] = serde_json::json!(other_pub.trim());
+    let dom = browse(browser, &page(&wrong.to_string()), None);
+    assert!(dom.contains("class=\"badge red\">verification FAILED<"), "{dom}");
+    assert!(dom.contains("signed by 0 pinned key(s); 1 required"), "{dom}");
+    assert!(!dom.contains("✓ registered"), "{dom}");
+}

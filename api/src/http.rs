@@ -87,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(ui))
         .into_parts();
     registered.extend(more);
     // Built once: the document is a function of the routes this node registered.
@@ -114,6 +115,23 @@ async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     let response = next.run(req).await;
     st.http_metrics.observe(&route, &method, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// `GET /ui`: the auditor's page (no token; it asks for one only for the audit log). One
+/// file, no external resources: it verifies checkpoints, proofs and signatures in the browser.
+async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        include_str!("ui.html"),
+    )
+        .into_response()
 }
 
 /// `GET /openapi.json`: the OpenAPI 3 document of the routes this node serves (no token).

@@ -125,6 +125,8 @@ pub fn paths() -> Vec<(&'static str, Vec<Op>)> {
         ("/metrics", vec![op("get", "Metrics in the Prometheus text format", Public)
             .answer(200, text("text/plain; version=0.0.4", "edgefabric_raft_groups 17", ""))]),
         ("/openapi.json", vec![op("get", "This document", Public)]),
+        ("/ui", vec![op("get", "The auditor's web page: blocks, checkpoint, image and audit lookups, verified in the browser", Public)
+            .answer(200, text("text/html", "<!doctype html>…", "One self-contained page"))]),
         ("/v1/test/faults", vec![
             op("get", "Injected transport faults (only on a node started with [test] faults = true)", admin),
             op("put", "Set injected transport faults (test builds of a cluster only)", admin)
