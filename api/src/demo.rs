@@ -644,7 +644,14 @@ impl Demo {
         );
         println!("  curl -H \"Authorization: Bearer $(cat {})\" {n3}/v1/kv/default/greeting", t.display());
         println!("  curl '{n1}/api/v1/query?query=camera_cpu'   (with the same header; Grafana: data source URL {n1})");
-        println!("  curl {n1}/metrics");
+        println!("  curl {n1}/metrics        curl {n1}/openapi.json");
+        match std::fs::read(self.dir.join("trust.json")) {
+            Ok(trust) => println!(
+                "  the auditor's page, with this cluster's node keys pinned (open it in a browser):\n    {n1}/ui#min=2&trust={}",
+                STANDARD.encode(trust)
+            ),
+            Err(_) => println!("  the auditor's page: {n1}/ui"),
+        }
         println!("  grpcurl -plaintext {} list", self.node(1).grpc);
         println!(
             "Node logs: {}/node{{1,2,3}}.log. The README and docs/ explain each part.",
