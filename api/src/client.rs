@@ -94,6 +94,21 @@ impl Client {
     }
 }
 
+/// A progress bar on standard error for long work a person watches (a drain, a rotation):
+/// with `len`, a bar of that many steps; without, a spinner. Hidden when standard error is not
+/// a terminal (`is_hidden`), where callers print plain progress lines instead.
+pub fn progress(len: Option<u64>, template: &str) -> indicatif::ProgressBar {
+    let bar = match len {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 /// Prints a JSON answer as the CLI shows them (pretty).
 pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

@@ -380,16 +380,31 @@ async fn run(cli: Cli) -> Result<i32> {
             let c = Client::new(&client)?;
             c.json(Method::DELETE, &format!("/v1/cluster/nodes/{node}"), None).await?;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+            let mut bar: Option<indicatif::ProgressBar> = None;
             loop {
                 let st = c.json(Method::GET, "/v1/cluster/status", None).await?;
                 let me = st["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == node).cloned());
                 match me {
                     None => {
+                        if let Some(b) = &bar {
+                            b.finish_and_clear();
+                        }
                         println!("node {node} has left the cluster");
                         break;
                     }
                     Some(n) => {
-                        eprintln!("draining node {node}: {} replicas left", n["replicas"]);
+                        let left = n["replicas"].as_u64().unwrap_or(0);
+                        // The first count is the bar's length: replicas to move elsewhere.
+                        let b = bar.get_or_insert_with(|| {
+                            client::progress(
+                                Some(left),
+                                &format!("draining node {node} [{{bar:30}}] {{pos}}/{{len}} replicas moved ({{elapsed}})"),
+                            )
+                        });
+                        b.set_position(b.length().unwrap_or(0).saturating_sub(left));
+                        if b.is_hidden() {
+                            eprintln!("draining node {node}: {left} replicas left");
+                        }
                     }
                 }
                 if std::time::Instant::now() > deadline {
@@ -416,14 +431,21 @@ async fn run(cli: Cli) -> Result<i32> {
             let path = format!("/v1/namespaces/{}", encode_segment(&ns));
             print_json(&c.json(Method::POST, &format!("{path}/rotate-key"), None).await?)?;
             if wait {
+                let bar = client::progress(None, "{spinner} re-encrypting {msg} ({elapsed})");
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     let p = c.json(Method::GET, &format!("{path}/rotation"), None).await?;
-                    eprintln!(
+                    let line = format!(
                         "scanned {} re-encrypted {} skipped {}",
                         p["scanned"], p["reencrypted"], p["skipped"]
                     );
+                    if bar.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        bar.set_message(line);
+                    }
                     if p["done"] == true {
+                        bar.finish_and_clear();
                         print_json(&p)?;
                         if !p["error"].is_null() || p["remaining_old"].as_u64() != Some(0) {
                             return Ok(1);
