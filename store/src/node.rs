@@ -465,8 +465,9 @@ impl Node {
             leader_changes: AtomicU64::new(0),
         });
         // Counts leader changes as this replica sees them; ends when raft stops (its metrics
-        // channel closes) or the group is dropped.
-        let mut watch = group.raft.metrics();
+        // channel closes) or the group is dropped. The server metrics change with the vote,
+        // state and leader only — not with every applied entry, as the full metrics do.
+        let mut watch = group.raft.server_metrics();
         let weak = Arc::downgrade(&group);
         tokio::spawn(async move {
             let mut last = watch.borrow().current_leader;
