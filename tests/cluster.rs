@@ -283,6 +283,18 @@ async fn followers_forward_and_grpc_matches_rest() {
         .get(with_token(&token, grpc::GetRequest { ns: "default".into(), key: "".into(), stale: false }))
         .await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // Each of those calls is counted by its action and outcome (as HTTP statuses, like the
+    // audit trail), with its latency.
+    let m = c.client.get(format!("{}/metrics", c.http(other))).send().await.unwrap().text().await.unwrap();
+    for (action, code, n) in
+        [("kv.put", 200, 1), ("kv.put", 409, 1), ("kv.get", 200, 1), ("kv.get", 401, 1), ("kv.get", 400, 1)]
+    {
+        let line = format!("edgefabric_grpc_requests_total{{action=\"{action}\",service=\"edgefabric.v1.Kv\",code=\"{code}\"}} {n}\n");
+        assert!(m.contains(&line), "{line} missing:\n{m}");
+    }
+    let count =
+        "edgefabric_grpc_request_duration_seconds_count{action=\"kv.get\",service=\"edgefabric.v1.Kv\"} 3\n";
+    assert!(m.contains(count), "{m}");
 
     // The gRPC Cluster service agrees with REST.
     let mut admin = grpc::cluster_client::ClusterClient::connect(c.grpc(other).to_string()).await.unwrap();

@@ -73,6 +73,8 @@ impl KvService {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
+        let started = std::time::Instant::now();
+        let action = targets.first().map_or_else(|| "unknown".to_string(), |t| t.action.clone());
         let (actor, out, allowed) = match self.authorize(meta, needs) {
             Ok(subject) => {
                 if mutates {
@@ -93,6 +95,13 @@ impl KvService {
             Ok(_) => 200,
             Err(s) => http_status(s.code()),
         };
+        let service = match action.split('.').next() {
+            Some("kv") => "edgefabric.v1.Kv",
+            Some("cluster") => "edgefabric.v1.Cluster",
+            Some("audit") => "edgefabric.v1.Audit",
+            _ => "edgefabric.v1.Ledger",
+        };
+        self.state.grpc_metrics.observe(&action, service, status, started.elapsed());
         if let Err(e) = self.state.record(&actor, targets, allowed, status).await {
             tracing::error!(error = %e.message, "an access could not be recorded in the audit trail");
             return Err(Status::unavailable(format!(

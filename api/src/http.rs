@@ -519,6 +519,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         st.ts_samples_written.load(std::sync::atomic::Ordering::Relaxed)
     ));
     st.http_metrics.render(&mut out);
+    st.grpc_metrics.render(&mut out);
     out.push_str(&format!(
         "# HELP edgefabric_ledger_rejected_blocks_total Ledger blocks this node refused as invalid.\n\
          # TYPE edgefabric_ledger_rejected_blocks_total counter\nedgefabric_ledger_rejected_blocks_total {}\n",

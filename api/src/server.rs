@@ -22,24 +22,34 @@ pub struct AppState {
     /// Nonces of signed requests seen (anti-replay).
     pub nonces: crate::auth::NonceCache,
     /// REST requests and their latency, for `/metrics`.
-    pub http_metrics: HttpMetrics,
+    pub http_metrics: RequestMetrics,
+    /// gRPC calls and their latency (status codes as HTTP's, as the audit trail records them).
+    pub grpc_metrics: RequestMetrics,
     /// Time-series samples accepted through this node (line protocol and remote write).
     pub ts_samples_written: std::sync::atomic::AtomicU64,
 }
 
-/// REST requests by route template (`/v1/kv/{ns}/{*key}`, so the label set stays bounded),
-/// method and status, and a latency histogram per route and method.
-#[derive(Default)]
-pub struct HttpMetrics {
+/// Requests by two labels and a status code, and a latency histogram per label pair: REST by
+/// route template (`/v1/kv/{ns}/{*key}`, so the label set stays bounded) and method, gRPC by
+/// the call's audit action (`kv.put`) and transport.
+pub struct RequestMetrics {
+    /// `edgefabric_<family>_requests_total`, `edgefabric_<family>_request_duration_seconds`.
+    family: &'static str,
+    labels: [&'static str; 2],
+    what: &'static str,
     requests: std::sync::Mutex<std::collections::BTreeMap<(String, String, u16), u64>>,
     latency: std::sync::Mutex<
         std::collections::BTreeMap<(String, String), Arc<edgefabric_store::metrics::Histogram>>,
     >,
 }
 
-impl HttpMetrics {
-    pub fn observe(&self, route: &str, method: &str, status: u16, took: std::time::Duration) {
-        let key = (route.to_string(), method.to_string());
+impl RequestMetrics {
+    pub fn new(family: &'static str, labels: [&'static str; 2], what: &'static str) -> Self {
+        RequestMetrics { family, labels, what, requests: Default::default(), latency: Default::default() }
+    }
+
+    pub fn observe(&self, a: &str, b: &str, status: u16, took: std::time::Duration) {
+        let key = (a.to_string(), b.to_string());
         if let Ok(mut m) = self.requests.lock() {
             *m.entry((key.0.clone(), key.1.clone(), status)).or_default() += 1;
         }
@@ -53,28 +63,28 @@ impl HttpMetrics {
     /// Both families in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        out.push_str(
-            "# HELP edgefabric_http_requests_total REST requests by route, method and status code.\n",
-        );
-        out.push_str("# TYPE edgefabric_http_requests_total counter\n");
+        let (f, [la, lb], what) = (self.family, self.labels, self.what);
+        let _ = writeln!(out, "# HELP edgefabric_{f}_requests_total {what} by {la}, {lb} and status code.");
+        let _ = writeln!(out, "# TYPE edgefabric_{f}_requests_total counter");
         if let Ok(m) = self.requests.lock() {
-            for ((route, method, code), n) in m.iter() {
+            for ((a, b, code), n) in m.iter() {
                 let _ = writeln!(
                     out,
-                    "edgefabric_http_requests_total{{route=\"{route}\",method=\"{method}\",code=\"{code}\"}} {n}"
+                    "edgefabric_{f}_requests_total{{{la}=\"{a}\",{lb}=\"{b}\",code=\"{code}\"}} {n}"
                 );
             }
         }
-        out.push_str("# HELP edgefabric_http_request_duration_seconds Time to answer a REST request (to its headers).\n");
-        out.push_str("# TYPE edgefabric_http_request_duration_seconds histogram\n");
+        let _ =
+            writeln!(out, "# HELP edgefabric_{f}_request_duration_seconds Time to answer one of the {what}.");
+        let _ = writeln!(out, "# TYPE edgefabric_{f}_request_duration_seconds histogram");
         let hs: Vec<_> = match self.latency.lock() {
             Ok(m) => m.iter().map(|(k, h)| (k.clone(), h.clone())).collect(),
             Err(_) => return,
         };
-        for ((route, method), h) in hs {
+        for ((a, b), h) in hs {
             h.render(
-                "edgefabric_http_request_duration_seconds",
-                &format!("route=\"{route}\",method=\"{method}\""),
+                &format!("edgefabric_{f}_request_duration_seconds"),
+                &format!("{la}=\"{a}\",{lb}=\"{b}\""),
                 out,
             );
         }
@@ -125,7 +135,8 @@ impl AppState {
             token_key,
             audit_secret,
             nonces: Default::default(),
-            http_metrics: Default::default(),
+            http_metrics: RequestMetrics::new("http", ["route", "method"], "REST requests"),
+            grpc_metrics: RequestMetrics::new("grpc", ["action", "service"], "gRPC calls"),
             ts_samples_written: Default::default(),
         }
     }
