@@ -89,6 +89,24 @@ fn the_demo_refuses_a_directory_it_did_not_make() {
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "do not delete");
+
+    // An earlier demo's directory whose nodes still answer: its files stay.
+    let earlier = root.path().join("earlier");
+    std::fs::create_dir(&earlier).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cluster = format!(r#"{{"nodes":[{{"id":1,"site":"a","grpc":"127.0.0.1:1","http":"{addr}"}}]}}"#);
+    std::fs::write(earlier.join("cluster.json"), cluster).unwrap();
+    std::fs::write(earlier.join("node1.toml"), "id = 1").unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--exit", "--dir", earlier.to_str().unwrap(), "--base-port", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("still runs") && stderr.contains(&addr.to_string()), "{stderr}");
+    let kept = std::fs::read_to_string(earlier.join("node1.toml")).unwrap_or_default();
+    assert_eq!(kept, "id = 1", "a running demo's files were replaced");
 }
 
 /// `/openapi.json` (CONTRACT.md: no token) documents exactly the routes a node serves: every

@@ -123,6 +123,21 @@ impl Demo {
                     dir.display()
                 );
             }
+            // Its nodes may still run (a demo in another terminal): never delete their files.
+            let text = std::fs::read_to_string(dir.join("cluster.json")).unwrap_or_default();
+            let cluster: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            for n in cluster["nodes"].as_array().into_iter().flatten() {
+                let Some(Ok(addr)) = n["http"].as_str().map(str::parse::<std::net::SocketAddr>) else {
+                    continue;
+                };
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+                    bail!(
+                        "--dir {}: the demo there still runs (node {} answers at {addr}); stop it (Ctrl-C) or choose another --dir",
+                        dir.display(),
+                        n["id"]
+                    );
+                }
+            }
             std::fs::remove_dir_all(dir)
                 .with_context(|| format!("removing the earlier demo's {}", dir.display()))?;
         }
