@@ -471,3 +471,59 @@ async fn the_auditor_page_verifies_in_a_real_browser() {
     assert!(dom.contains("signed by 0 pinned key(s); 1 required"), "{dom}");
     assert!(!dom.contains("✓ registered"), "{dom}");
 }
+
+/// Without `--exit` the demo keeps its cluster until Ctrl-C; Ctrl-C (SIGINT to the terminal's
+/// process group, which its nodes share) stops all of it gracefully.
+#[test]
+fn ctrl_c_stops_the_demo_and_its_nodes() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("demo");
+    let base = common::free_base_port(3);
+    let mut child = Command::new(BIN)
+        .args(["demo", "--dir", dir.to_str().unwrap(), "--base-port", &base.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .process_group(0) // as a shell puts a foreground job in its own group
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(240)) {
+            Ok(l) if l.contains("Ctrl-C stops the three nodes") => break,
+            Ok(l) => seen.push(l),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no 'Ctrl-C' prompt ({e}):\n{}", seen.join("\n"));
+            }
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("/ui#min=2&trust=")), "the page link is offered");
+    // Still serving while it waits.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", base + 1)).is_ok());
+    let pgid = child.id();
+    let ok = Command::new("bash").arg("-c").arg(format!("kill -INT -- -{pgid}")).status().unwrap();
+    assert!(ok.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the demo did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.starts_with("Stopped.")), "{rest:?}");
+    for p in base..base + 6 {
+        assert!(TcpListener::bind(("127.0.0.1", p)).is_ok(), "port {p} still taken after Ctrl-C");
+    }
+}

@@ -103,10 +103,17 @@ pub async fn run(opts: DemoOpts) -> Result<i32> {
         println!("\nThe nodes are stopped; their files are in {}.", demo.dir.display());
         return Ok(0);
     }
+    // Listening before the prompt, so a Ctrl-C right after it is caught, not fatal. Ctrl-C
+    // reaches the nodes too (same process group, same terminal): they shut down gracefully on
+    // their own; this waits for them, and stops them if the signal came from elsewhere.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     demo.try_next();
-    // Ctrl-C reaches the nodes too (same process group, same terminal): they shut down
-    // gracefully on their own; this waits for them, and stops them if it came from elsewhere.
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
     println!("\nStopping the nodes ...");
     demo.stop_all(Duration::from_secs(20));
     println!("Stopped. Their files stay in {}.", demo.dir.display());
