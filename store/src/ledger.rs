@@ -67,6 +67,9 @@ pub struct LedgerRuntime {
     cache: Mutex<Option<(u64, String, usize, Instant)>>,
     /// Serializes writes of the checkpoint file.
     file: Mutex<()>,
+    /// The chain has its genesis block (once true, always: blocks are never removed), so the
+    /// builder stops looking for it.
+    genesis_seen: std::sync::atomic::AtomicBool,
 }
 
 impl LedgerRuntime {
@@ -79,6 +82,7 @@ impl LedgerRuntime {
             rx: Mutex::new(Some(rx)),
             cache: Mutex::new(None),
             file: Mutex::new(()),
+            genesis_seen: Default::default(),
         }
     }
 
@@ -213,7 +217,11 @@ impl Node {
         // has a leader) only the founders' entries can go in a block. Anything else submitted
         // in that first moment waits — a retryable failure — instead of being refused by the
         // genesis rule as if it were malformed.
-        let before_genesis = chain::head(&tree).map_err(ledger_err)?.is_none();
+        let before_genesis = !self.ledger.genesis_seen.load(Ordering::Relaxed) && {
+            let none = chain::head(&tree).map_err(ledger_err)?.is_none();
+            self.ledger.genesis_seen.store(!none, Ordering::Relaxed);
+            none
+        };
         let waits: Vec<bool> =
             entries.iter().map(|e| before_genesis && !matches!(e.author, Author::Genesis)).collect();
         let admissible: Vec<Entry> =
