@@ -37,56 +37,61 @@ pub struct RequestMetrics {
     family: &'static str,
     labels: [&'static str; 2],
     what: &'static str,
-    requests: std::sync::Mutex<std::collections::BTreeMap<(String, String, u16), u64>>,
-    latency: std::sync::Mutex<
-        std::collections::BTreeMap<(String, String), Arc<edgefabric_store::metrics::Histogram>>,
-    >,
+    /// First label → second label → its counts and latency. Nested so that a request looks
+    /// its series up by `&str` under one lock, allocating only the first time it is seen.
+    series: std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, Series>>>,
+}
+
+#[derive(Default)]
+struct Series {
+    by_status: std::collections::BTreeMap<u16, u64>,
+    latency: edgefabric_store::metrics::Histogram,
 }
 
 impl RequestMetrics {
     pub fn new(family: &'static str, labels: [&'static str; 2], what: &'static str) -> Self {
-        RequestMetrics { family, labels, what, requests: Default::default(), latency: Default::default() }
+        RequestMetrics { family, labels, what, series: Default::default() }
     }
 
     pub fn observe(&self, a: &str, b: &str, status: u16, took: std::time::Duration) {
-        let key = (a.to_string(), b.to_string());
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((key.0.clone(), key.1.clone(), status)).or_default() += 1;
-        }
-        let h = match self.latency.lock() {
-            Ok(mut m) => m.entry(key).or_default().clone(),
-            Err(_) => return,
+        let Ok(mut m) = self.series.lock() else { return };
+        let by_b = match m.get_mut(a) {
+            Some(x) => x,
+            None => m.entry(a.to_string()).or_default(),
         };
-        h.observe(took);
+        let s = match by_b.get_mut(b) {
+            Some(x) => x,
+            None => by_b.entry(b.to_string()).or_default(),
+        };
+        *s.by_status.entry(status).or_default() += 1;
+        s.latency.observe(took);
     }
 
     /// Both families in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
         let (f, [la, lb], what) = (self.family, self.labels, self.what);
+        let Ok(m) = self.series.lock() else { return };
         let _ = writeln!(out, "# HELP edgefabric_{f}_requests_total {what} by {la}, {lb} and status code.");
         let _ = writeln!(out, "# TYPE edgefabric_{f}_requests_total counter");
-        if let Ok(m) = self.requests.lock() {
-            for ((a, b, code), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "edgefabric_{f}_requests_total{{{la}=\"{a}\",{lb}=\"{b}\",code=\"{code}\"}} {n}"
-                );
+        for (a, by_b) in m.iter() {
+            for (b, s) in by_b {
+                for (code, n) in &s.by_status {
+                    let _ = writeln!(
+                        out,
+                        "edgefabric_{f}_requests_total{{{la}=\"{a}\",{lb}=\"{b}\",code=\"{code}\"}} {n}"
+                    );
+                }
             }
         }
         let _ =
             writeln!(out, "# HELP edgefabric_{f}_request_duration_seconds Time to answer one of the {what}.");
         let _ = writeln!(out, "# TYPE edgefabric_{f}_request_duration_seconds histogram");
-        let hs: Vec<_> = match self.latency.lock() {
-            Ok(m) => m.iter().map(|(k, h)| (k.clone(), h.clone())).collect(),
-            Err(_) => return,
-        };
-        for ((a, b), h) in hs {
-            h.render(
-                &format!("edgefabric_{f}_request_duration_seconds"),
-                &format!("{la}=\"{a}\",{lb}=\"{b}\""),
-                out,
-            );
+        let name = format!("edgefabric_{f}_request_duration_seconds");
+        for (a, by_b) in m.iter() {
+            for (b, s) in by_b {
+                s.latency.render(&name, &format!("{la}=\"{a}\",{lb}=\"{b}\""), out);
+            }
         }
     }
 }
