@@ -25,10 +25,6 @@ impl Histogram {
         self.sum_micros.fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
     /// Appends this histogram's samples as `name{labels,le=...}`; `labels` is `k="v",...` or
     /// empty. The HELP and TYPE lines are the caller's (one per metric family).
     pub fn render(&self, name: &str, labels: &str, out: &mut String) {
