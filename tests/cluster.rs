@@ -858,3 +858,167 @@ async fn shards_split_under_load_invisibly() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Every audit record whose key starts with `prefix`, as the admin sees the ledger's trail.
+async fn audit_keys(c: &Cluster, via: u64, prefix: &str) -> Vec<(String, u64)> {
+    let mut out = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = "/v1/audit?ns=default&action=kv.get&limit=1000".to_string();
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let r = c.request(via, reqwest::Method::GET, &path, None).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        for rec in v["records"].as_array().unwrap() {
+            let key = rec["key"].as_str().unwrap_or("");
+            if key.starts_with(prefix) {
+                out.push((key.to_string(), rec["status"].as_u64().unwrap()));
+            }
+        }
+        match v["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// `edgefabric backup` of a running node, then the node's disk is lost and `edgefabric
+/// restore` brings it back: replicated data catches up (the restored groups rejoin as
+/// learners first), the site-local shard it alone holds comes back as backed up, audit records
+/// it had not shipped reach the ledger exactly once, and new ones follow. Bad restores are
+/// refused, naming what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_and_restore_a_node_after_losing_its_disk() {
+    let mut c = Cluster::init(3, "a,b,c", |t| format!("{t}\n[test]\nfaults = true\n"));
+    c.start_all();
+    c.wait_ready(READY).await;
+    let r = c
+        .request(
+            1,
+            reqwest::Method::PUT,
+            "/v1/namespaces/plant",
+            Some(br#"{"class":"site-local","home_site":"a"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    for i in 0..100 {
+        c.put((i % 3 + 1) as u64, "default", &format!("k{i}"), &value_of(i)).await.unwrap();
+    }
+    for i in 0..30 {
+        c.put(1, "plant", &format!("p{i}"), &value_of(i)).await.unwrap();
+    }
+    // Cut node 1 off: what it serves now is audited in its queue only.
+    let cut = serde_json::json!({"drop_to": [2, 3], "delay_ms": {}});
+    let r = c
+        .request(1, reqwest::Method::PUT, "/v1/test/faults", Some(serde_json::to_vec(&cut).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    for i in 0..20 {
+        // The answer does not matter (200, 404 or 503): each access is audited.
+        let _ = c.get(1, "default", &format!("probe{i}"), true).await;
+    }
+
+    let dir = c.cluster_dir();
+    let backup = dir.join("node1.efb");
+    let (b, t) = (backup.to_str().unwrap().to_string(), c.token_file().to_str().unwrap().to_string());
+    let (ok, out, err) = c.cli(&["backup", "--endpoint", c.http(1), "--token-file", &t, "--out", &b]).await;
+    assert!(ok, "backup: {out} {err}");
+    assert!(out.contains("backup of node 1 (site a)"), "{out}");
+    let (ok, out, err) = c.cli(&["backup", "--endpoint", c.http(1), "--token-file", &t, "--out", &b]).await;
+    assert!(!ok && err.contains("exists"), "an existing --out is refused: {out} {err}");
+    let (ok, out, err) = c.cli(&["restore", "--from", &b, "--check"]).await;
+    assert!(ok, "restore --check: {out} {err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["node"], 1);
+    assert!(summary["audit_records"].as_u64().unwrap() >= 20, "the probes' records are queued: {summary}");
+    assert!(summary["groups"].as_array().unwrap().len() >= 3, "{summary}");
+
+    // After the backup: a site-local write only node 1 holds (lost with its disk), and, from
+    // the others, writes node 1 must catch up on.
+    c.put(1, "plant", "after-backup", b"x").await.unwrap();
+    for i in 100..150 {
+        c.put((i % 2 + 2) as u64, "default", &format!("k{i}"), &value_of(i)).await.unwrap();
+    }
+    // The disk is lost while node 1 is still cut off: the probes' records never left it.
+    c.kill9(1);
+    c.wipe(1);
+
+    // Bad restores first: each refused, naming the problem, writing nothing.
+    let cfg = dir.join("node1.toml");
+    let cfg2 = dir.join("node2.toml");
+    let (cfg, cfg2) = (cfg.to_str().unwrap(), cfg2.to_str().unwrap());
+    let torn = dir.join("torn.efb");
+    let bytes = std::fs::read(&backup).unwrap();
+    std::fs::write(&torn, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, _, err) = c.cli(&["restore", "--from", torn.to_str().unwrap(), "--config", cfg]).await;
+    assert!(!ok && err.contains("truncated"), "a torn backup: {err}");
+    assert!(!c.data_dir(1).join("raft").exists(), "nothing written from a torn backup");
+    let (ok, _, err) = c.cli(&["restore", "--from", &b, "--config", cfg2]).await;
+    assert!(!ok && err.contains("the backup is of node 1"), "another node's config: {err}");
+    let (ok, _, err) = c.cli(&["restore", "--from", &b, "--data", c.data_dir(2).to_str().unwrap()]).await;
+    assert!(!ok && err.contains("already holds"), "a directory with data: {err}");
+
+    let (ok, out, err) = c.cli(&["restore", "--from", &b, "--config", cfg]).await;
+    assert!(ok, "restore: {out} {err}");
+    c.start(1);
+    c.wait_ready(Duration::from_secs(90)).await;
+
+    // Replicated data: everything, including what was written after the backup, read from
+    // node 1's own replicas once they have caught up.
+    for i in 0..150 {
+        assert_eq!(
+            c.read_back(1, "default", &format!("k{i}")).await,
+            Ok(Some(value_of(i))),
+            "k{i} through the restored node"
+        );
+    }
+    // The site-local shard had no other replica: back as it was at the backup.
+    for i in 0..30 {
+        assert_eq!(c.read_back(1, "plant", &format!("p{i}")).await, Ok(Some(value_of(i))), "p{i}");
+    }
+    assert_eq!(c.read_back(1, "plant", "after-backup").await, Ok(None), "written after the backup");
+    c.put(1, "plant", "after-restore", b"y").await.unwrap();
+    let log = c.log_text(1);
+    assert!(log.contains("rejoining as a learner"), "shared groups rejoined:\n{log}");
+    assert!(log.contains("only replica"), "the site-local shard was its only copy:\n{log}");
+    let status = c.status(1).await.unwrap();
+    for shard in status["shards"].as_array().unwrap() {
+        let voters: Vec<u64> = serde_json::from_value(shard["voters"].clone()).unwrap();
+        let replicas: Vec<u64> = serde_json::from_value(shard["replicas"].clone()).unwrap_or_default();
+        if replicas.contains(&1) {
+            assert!(voters.contains(&1), "node 1 votes again in {shard}");
+        }
+    }
+
+    // The probes' records, shipped from the restored queue under the old instance: each
+    // exactly once. And the new instance's records follow.
+    let _ = c.get(1, "default", "probe-after-restore", false).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys = audit_keys(&c, 2, "probe").await;
+        let mut probes: Vec<String> =
+            keys.iter().map(|(k, _)| k.clone()).filter(|k| k != "probe-after-restore").collect();
+        let after = keys.iter().filter(|(k, _)| k == "probe-after-restore").count();
+        probes.sort();
+        let want: Vec<String> = {
+            let mut w: Vec<String> = (0..20).map(|i| format!("probe{i}")).collect();
+            w.sort();
+            w
+        };
+        if probes == want && after == 1 {
+            break;
+        }
+        assert!(probes.len() <= 20 && after <= 1, "a record twice: {keys:?}");
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("audit records after the restore: {keys:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = c.log_text(1);
+    assert!(log.contains("restored audit records shipped"), "from the restored queue:\n{log}");
+}

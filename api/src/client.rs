@@ -72,14 +72,26 @@ impl Client {
         if status.is_success() || ok_statuses.contains(&status) {
             return Ok((status, headers, bytes));
         }
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                let e = v.get("error")?;
-                Some(format!("{}: {}", e.get("code")?.as_str()?, e.get("message")?.as_str()?))
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        bail!("{} {}", status.as_u16(), message)
+        bail!("{} {}", status.as_u16(), server_message(&bytes))
+    }
+
+    /// Sends a request without a body and returns the answer to read as a stream (a large
+    /// download); a non-2xx answer is an error carrying the server's message.
+    pub async fn stream(&self, method: Method, path: &str) -> Result<reqwest::Response> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("reading the answer")?;
+        bail!("{} {}", status.as_u16(), server_message(&bytes))
     }
 
     pub async fn json(
@@ -92,6 +104,17 @@ impl Client {
         let (_, _, bytes) = self.send(method, path, body, true, &[]).await?;
         serde_json::from_slice(&bytes).context("the server's answer is not JSON")
     }
+}
+
+/// The message of an error answer: `code: message` from our JSON errors, else the body.
+fn server_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(format!("{}: {}", e.get("code")?.as_str()?, e.get("message")?.as_str()?))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// A progress bar on standard error for long work a person watches (a drain, a rotation):

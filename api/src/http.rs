@@ -50,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ts/queue", get(crate::ts::queue))
         .route("/v1/ts/flush", post(crate::ts::flush))
         .route("/v1/ts/maintain", post(crate::ts::maintain))
+        .route("/v1/backup", post(crate::backup::take))
         .route("/api/v1/write", post(crate::ts::remote_write))
         .route("/api/v1/query", get(crate::ts::query).post(crate::ts::query))
         .route("/api/v1/query_range", get(crate::ts::query_range).post(crate::ts::query_range))

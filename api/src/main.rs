@@ -117,6 +117,10 @@ enum Cmd {
     /// Start a three-site cluster on this machine and walk through every capability; the
     /// cluster keeps running until Ctrl-C.
     Demo(edgefabric::demo::DemoOpts),
+    /// Back up a running node: its groups' snapshots and its local queues, into one file.
+    Backup(edgefabric::backup::BackupOpts),
+    /// Restore a stopped node's data directory from a backup (`--check` only reads it).
+    Restore(edgefabric::backup::RestoreOpts),
     /// Node configuration: `config example` prints every field, documented.
     Config {
         #[command(subcommand)]
@@ -418,6 +422,8 @@ async fn run(cli: Cli) -> Result<i32> {
             print_json(&c.json(Method::GET, "/v1/cluster/status", None).await?)?;
         }
         Cmd::Kv { cmd } => return kv(cmd).await,
+        Cmd::Backup(o) => edgefabric::backup::run_backup(o).await?,
+        Cmd::Restore(o) => edgefabric::backup::run_restore(o)?,
         Cmd::Ns { cmd: NsCmd::Create { ns, class, home_site, key_sites, replicas, client } } => {
             let c = Client::new(&client)?;
             let body =

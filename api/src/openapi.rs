@@ -181,6 +181,8 @@ pub fn paths() -> Vec<(&'static str, Vec<Op>)> {
         ("/v1/ts/queue", vec![op("get", "This node's store-and-forward backlog", admin)]),
         ("/v1/ts/flush", vec![op("post", "Cut every head into chunks, snapshot, purge raft logs, compact; reports bytes", admin)]),
         ("/v1/ts/maintain", vec![op("post", "Run rollups, retention and sealed-series compaction now", admin)]),
+        ("/v1/backup", vec![op("post", "A backup of this node, streamed (see `edgefabric backup`); summary in the x-edgefabric-backup header", admin)
+            .answer(200, text("application/octet-stream", "", "The backup file (EFBACKUP format)"))]),
         ("/api/v1/write", vec![op("post", "Prometheus remote write (snappy-compressed protobuf)", Token("writer:NS"))
             .query(&[p("ns", "Namespace (default `default`)")])
             .body(text("application/x-protobuf", "", "snappy(WriteRequest)"))

@@ -239,6 +239,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let http_listener =
         TcpListener::bind(cfg.http).await.with_context(|| format!("binding HTTP {}", cfg.http))?;
 
+    crate::backup::remove_leftovers(&cfg.data_dir);
     let node = Node::start(cfg.node_options(identity.clone())?).await.context("starting the node")?;
     if !cfg.audit.enabled {
         tracing::warn!("auditing is OFF ([audit] enabled = false): accesses leave no record in the ledger");

@@ -32,6 +32,12 @@ use crate::types::Admission;
 /// the metadata and ledger groups are `u64::MAX` and `u64::MAX - 1`).
 pub const AUDIT_QUEUE: GroupId = u64::MAX - 2;
 
+/// Records a restore brought back from an earlier data-directory instance, not yet known to
+/// be in the ledger (`backup.rs`). Each keeps its own (instance, seq); the entry index is only
+/// queue order. They are shipped under their old instance, where the chain's sequence rule
+/// makes a resend of what the old node shipped after the backup a no-op.
+pub const AUDIT_INHERITED: GroupId = u64::MAX - 4;
+
 /// Most records shipped in one ledger submission.
 const SHIP_BATCH: usize = 4096;
 /// Most records in one ledger entry, and the most bytes of records (the leaf limit is 16 KiB).
@@ -67,6 +73,8 @@ pub(crate) struct AuditQueue {
     synced: std::sync::atomic::AtomicBool,
     wake: Notify,
     pub(crate) enabled: bool,
+    /// Records of an earlier instance are waiting (`AUDIT_INHERITED`).
+    inherited: std::sync::atomic::AtomicBool,
 }
 
 impl AuditQueue {
@@ -77,6 +85,7 @@ impl AuditQueue {
         // make it durable before any of it is shipped.
         engine.sync_blocking().map_err(|e| Error::Storage(format!("syncing the log at start: {e}")))?;
         let last = last_entry.max(purged);
+        let inherited = engine.last_entry(AUDIT_INHERITED)?.is_some();
         Ok(AuditQueue {
             last: Mutex::new(last),
             durable: AtomicU64::new(last),
@@ -84,6 +93,7 @@ impl AuditQueue {
             synced: std::sync::atomic::AtomicBool::new(false),
             wake: Notify::new(),
             enabled,
+            inherited: std::sync::atomic::AtomicBool::new(inherited),
         })
     }
 }
@@ -167,9 +177,11 @@ impl Node {
         let mut shutdown = self.shutdown.subscribe();
         let mut backoff = Duration::from_millis(50);
         loop {
+            let inherited = self.audit.inherited.load(Ordering::SeqCst);
             let pending = self.audit.durable.load(Ordering::SeqCst)
                 > self.audit.shipped.load(Ordering::SeqCst)
-                || !self.audit.synced.load(Ordering::SeqCst);
+                || !self.audit.synced.load(Ordering::SeqCst)
+                || inherited;
             if !pending {
                 tokio::select! {
                     _ = self.audit.wake.notified() => {}
@@ -189,7 +201,16 @@ impl Node {
                     _ = shutdown.changed() => return,
                 }
             }
-            match self.ship_once().await {
+            // Inherited records first, but never in the way of this instance's own: a run the
+            // ledger keeps refusing must not stop the audit trail.
+            let shipped = match inherited {
+                true => match self.ship_inherited().await {
+                    Ok(()) => self.ship_once().await,
+                    Err(e) => self.ship_once().await.and(Err(e)),
+                },
+                false => self.ship_once().await,
+            };
+            match shipped {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     // Short outages (a leader change) are routine; a failure that outlasts the
@@ -234,47 +255,15 @@ impl Node {
         if queued.is_empty() {
             return Ok(());
         }
-        let identity = self.opts.identity.clone();
-        let id = self.opts.id;
-        // Records go into the ledger as batches, one signed entry each: the signature, the
-        // leaf and its checks are paid once per batch, not per access.
-        let entries = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Entry)>> {
-            let mut out = vec![];
-            let mut batch: Vec<AuditRecord> = vec![];
-            let mut bytes = 0;
-            let (mut lo, mut hi) = (u64::MAX, 0u64);
-            let mut seal = |batch: &mut Vec<AuditRecord>| -> Result<()> {
-                let last = batch.last().map_or(0, |r| r.seq);
-                let e = Entry::by_node(id, EntryKind::Audit(std::mem::take(batch)), &identity)
-                    .map_err(|e| Error::Internal(format!("signing audit records: {e}")))?;
-                out.push((last, e));
-                Ok(())
-            };
-            for (seq, raw) in queued {
-                let rec: AuditRecord = crate::codec::decode(&raw)?;
-                if rec.seq != seq {
-                    return Err(Error::Storage(format!("audit queue entry {seq} holds record {}", rec.seq)));
-                }
-                let span = hi.max(rec.time_ms) - lo.min(rec.time_ms);
-                if !batch.is_empty()
-                    && (batch.len() == ENTRY_RECORDS
-                        || bytes + raw.len() > ENTRY_BYTES
-                        || span > edgefabric_ledger::entry::AUDIT_BATCH_SPAN_MS)
-                {
-                    seal(&mut batch)?;
-                    (bytes, lo, hi) = (0, u64::MAX, 0);
-                }
-                bytes += raw.len();
-                (lo, hi) = (lo.min(rec.time_ms), hi.max(rec.time_ms));
-                batch.push(rec);
+        let mut records = Vec::with_capacity(queued.len());
+        for (seq, raw) in queued {
+            let rec: AuditRecord = crate::codec::decode(&raw)?;
+            if rec.seq != seq {
+                return Err(Error::Storage(format!("audit queue entry {seq} holds record {}", rec.seq)));
             }
-            if !batch.is_empty() {
-                seal(&mut batch)?;
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("audit signer: {e}")))??;
+            records.push((rec, raw.len()));
+        }
+        let entries = self.seal_entries(records).await?;
         let lasts: Vec<u64> = entries.iter().map(|(s, _)| *s).collect();
         let results = self.ledger_submit(entries.into_iter().map(|(_, e)| e).collect()).await?;
         // The longest prefix the ledger now holds.
@@ -301,6 +290,108 @@ impl Node {
             }
         }
         self.mark_shipped(held)
+    }
+
+    /// Signs records, in order, into ledger entries: (the last seq in the entry, the entry).
+    /// Records go into the ledger as batches, one signed entry each: the signature, the leaf
+    /// and its checks are paid once per batch, not per access.
+    async fn seal_entries(&self, records: Vec<(AuditRecord, usize)>) -> Result<Vec<(u64, Entry)>> {
+        let identity = self.opts.identity.clone();
+        let id = self.opts.id;
+        tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Entry)>> {
+            let mut out = vec![];
+            let mut batch: Vec<AuditRecord> = vec![];
+            let mut bytes = 0;
+            let (mut lo, mut hi) = (u64::MAX, 0u64);
+            let mut seal = |batch: &mut Vec<AuditRecord>| -> Result<()> {
+                let last = batch.last().map_or(0, |r| r.seq);
+                let e = Entry::by_node(id, EntryKind::Audit(std::mem::take(batch)), &identity)
+                    .map_err(|e| Error::Internal(format!("signing audit records: {e}")))?;
+                out.push((last, e));
+                Ok(())
+            };
+            for (rec, len) in records {
+                let span = hi.max(rec.time_ms) - lo.min(rec.time_ms);
+                if !batch.is_empty()
+                    && (batch.len() == ENTRY_RECORDS
+                        || bytes + len > ENTRY_BYTES
+                        || span > edgefabric_ledger::entry::AUDIT_BATCH_SPAN_MS)
+                {
+                    seal(&mut batch)?;
+                    (bytes, lo, hi) = (0, u64::MAX, 0);
+                }
+                bytes += len;
+                (lo, hi) = (lo.min(rec.time_ms), hi.max(rec.time_ms));
+                batch.push(rec);
+            }
+            if !batch.is_empty() {
+                seal(&mut batch)?;
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("audit signer: {e}")))?
+    }
+
+    /// Ships the records a restore inherited from an earlier instance (`AUDIT_INHERITED`), one
+    /// instance's run at a time, in order: asks the ledger where that instance's sequence
+    /// stands, sends what follows, and drops what it holds already.
+    async fn ship_inherited(&self) -> Result<()> {
+        let queued = self.engine.entries(AUDIT_INHERITED, ..)?;
+        let Some(&(first_index, _)) = queued.first() else {
+            self.audit.inherited.store(false, Ordering::SeqCst);
+            return Ok(());
+        };
+        let mut run: Vec<(u64, AuditRecord, usize)> = vec![];
+        for (index, raw) in queued.into_iter().take(SHIP_BATCH) {
+            let rec: AuditRecord = crate::codec::decode(&raw)?;
+            if run.first().is_some_and(|(_, r, _)| r.instance != rec.instance) {
+                break;
+            }
+            run.push((index, rec, raw.len()));
+        }
+        let instance = run[0].1.instance;
+        let last_index = run.last().map_or(first_index, |(i, _, _)| *i);
+        let g = self.ledger_readable()?;
+        self.read_barrier(&g).await?;
+        let at = chain::audit_last_seq(g.kv.tree(), self.opts.id, instance)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let records: Vec<(AuditRecord, usize)> =
+            run.into_iter().filter(|(_, r, _)| r.seq > at).map(|(_, r, len)| (r, len)).collect();
+        if let Some((first, _)) = records.first() {
+            if first.seq != at + 1 {
+                // The records between are gone (lost with the earlier data directory after
+                // the backup was taken); the chain can never take these after such a gap.
+                tracing::error!(
+                    instance,
+                    ledger_holds = at,
+                    first = first.seq,
+                    dropped = records.len(),
+                    "restored audit records cannot follow the ledger's sequence; dropped"
+                );
+            } else {
+                let entries = self.seal_entries(records).await?;
+                for r in self.ledger_submit(entries.into_iter().map(|(_, e)| e).collect()).await? {
+                    match r {
+                        Admission::Index(_) | Admission::Refused(Invalid::Duplicate { .. }) => {}
+                        Admission::Refused(why) => {
+                            return Err(Error::Unavailable(format!("restored audit records refused: {why}")))
+                        }
+                        Admission::Failed(why) => {
+                            return Err(Error::Unavailable(format!(
+                                "restored audit records not appended: {why}"
+                            )))
+                        }
+                    }
+                }
+                tracing::info!(instance, through = last_index, "restored audit records shipped");
+            }
+        }
+        self.engine.purge(AUDIT_INHERITED, last_index, vec![])?;
+        if self.engine.last_entry(AUDIT_INHERITED)?.is_none() {
+            self.audit.inherited.store(false, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// The ledger holds every record up to `seq`: they may leave the queue.

@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod audit;
+pub mod backup;
 pub mod codec;
 pub mod confidential;
 mod error;

@@ -190,7 +190,7 @@ pub struct Group {
     pub id: GroupId,
     pub raft: Raft,
     pub(crate) kv: Arc<KvStore>,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     rejoining: AtomicBool,
     /// A fresh replica does not vote until it knows whether it is new or lost its data.
     deciding: AtomicBool,
@@ -374,6 +374,11 @@ impl Node {
         &self.channels.faults
     }
 
+    /// Every group this node hosts, the metadata and ledger groups too, in id order.
+    pub(crate) fn all_groups(&self) -> Vec<Arc<Group>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
     pub(crate) fn data_groups(&self) -> Vec<Arc<Group>> {
         self.groups
             .read()
@@ -455,6 +460,12 @@ impl Node {
             Raft::new(self.opts.id, self.config.clone(), network, LogStore::new(self.engine.clone(), id), sm)
                 .await
                 .map_err(|e| Error::Internal(format!("raft start for group {id}: {e}")))?;
+        if rejoining {
+            // A restored (or half-rejoined) replica knows a membership in which it is a voter,
+            // and its log may lack entries it acknowledged: it must not campaign either, not
+            // only refuse votes, until the leader has caught it up (`rejoin`).
+            raft.runtime_config().elect(false);
+        }
         let group = Arc::new(Group {
             id,
             raft,
@@ -1580,6 +1591,24 @@ impl Node {
             return;
         }
         g.rejoining.store(true, Ordering::SeqCst);
+        g.raft.runtime_config().elect(false);
+        if !members.keys().any(|id| *id != self.opts.id) {
+            // The only replica (a site-local shard at a one-node site, a one-node cluster):
+            // nobody can catch it up, and what it holds is all there is. A restore brings
+            // such a group back as it was backed up.
+            tracing::warn!(
+                group = g.id,
+                "this node is the group's only replica: serving it as restored (writes after its backup are lost)"
+            );
+            if let Err(e) = std::fs::remove_file(&marker) {
+                tracing::error!(error = %e, "cannot remove rejoin marker");
+                return;
+            }
+            g.rejoining.store(false, Ordering::SeqCst);
+            g.deciding.store(false, Ordering::SeqCst);
+            g.raft.runtime_config().elect(true);
+            return;
+        }
         tracing::warn!(
             group = g.id,
             "this node lost its data; rejoining as a learner before it may vote again"
@@ -1587,6 +1616,12 @@ impl Node {
         let mut shutdown = self.shutdown.subscribe();
         loop {
             if *shutdown.borrow() {
+                return;
+            }
+            // The map moved the group away meanwhile (a restored node's old map named it):
+            // nothing to rejoin.
+            if self.group(g.id).is_none_or(|h| !std::ptr::eq(h.as_ref(), g)) {
+                tracing::info!(group = g.id, "group no longer hosted here; rejoin abandoned");
                 return;
             }
             for info in members.values().filter(|m| m.id != self.opts.id) {
@@ -1608,6 +1643,7 @@ impl Node {
                         }
                         g.rejoining.store(false, Ordering::SeqCst);
                         g.deciding.store(false, Ordering::SeqCst);
+                        g.raft.runtime_config().elect(true);
                         tracing::info!(group = g.id, "rejoined the cluster as a voter");
                         return;
                     }
@@ -1687,6 +1723,11 @@ fn load_instance(dir: &Path) -> Result<u64> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Marks a group directory as rejoining after data loss (a restore writes it for every group).
+pub(crate) fn write_rejoin_marker(group_dir: &Path) -> std::io::Result<()> {
+    write_marker(&group_dir.join(REJOIN_MARKER))
 }
 
 fn write_marker(path: &Path) -> std::io::Result<()> {

@@ -249,6 +249,38 @@ fn write_snapshot_file(dir: &Path, file: &SnapshotFile) -> Result<(), crate::Err
     Ok(())
 }
 
+/// A snapshot's meta and its full image, encoded.
+pub type SnapshotImage = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
+
+/// The group's current snapshot in `dir` as a full image: what a follower is sent, and what a
+/// backup holds. Blocking (reads every chunk of the time series back).
+pub fn read_snapshot_image(dir: &Path) -> Result<Option<SnapshotImage>, crate::Error> {
+    let mut attempt = 0;
+    loop {
+        let Some(f) = read_snapshot_file(dir)? else { return Ok(None) };
+        match full_image(dir, &f) {
+            Ok(full) => return Ok(Some((f.meta.clone(), full))),
+            // A build replaced the file and removed the links it named between the two
+            // reads: read the new one.
+            Err(_) if attempt < 3 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes `dir/snapshot.bin` from a full image (a group restored from a backup); the image is
+/// checked to decode first. The group then opens from it as from a snapshot installed by a
+/// leader: the state machine is imported, and the (empty) log starts after it.
+pub fn write_snapshot_image(
+    dir: &Path,
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+) -> Result<(), crate::Error> {
+    codec::decode::<Image>(&data)?;
+    std::fs::create_dir_all(dir)?;
+    write_snapshot_file(dir, &SnapshotFile { meta, data, ts: None })
+}
+
 /// The state machine of one group.
 pub struct StateMachineStore {
     kv: Arc<KvStore>,
@@ -509,21 +541,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
         let dir = self.dir.clone();
-        type Found = Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>;
-        let read = move || -> Result<Found, crate::Error> {
-            let mut attempt = 0;
-            loop {
-                let Some(f) = read_snapshot_file(&dir)? else { return Ok(None) };
-                match full_image(&dir, &f) {
-                    Ok(full) => return Ok(Some((f.meta.clone(), full))),
-                    // A build replaced the file and removed the links it named between the
-                    // two reads: read the new one.
-                    Err(_) if attempt < 3 => attempt += 1,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        let got = tokio::task::spawn_blocking(read)
+        let got = tokio::task::spawn_blocking(move || read_snapshot_image(&dir))
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?
             .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;

@@ -1,0 +1,215 @@
+//! `POST /v1/backup` and the `edgefabric backup` / `restore` commands. The work is in
+//! `edgefabric_store::backup` (what a backup holds, and why a restore is safe); this is the
+//! glue: the node writes the backup to a temporary file in its data directory and streams it,
+//! the CLI saves it (fsynced, then renamed into place, checked before it says "done"), and
+//! `restore` writes a stopped node's new data directory from it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use reqwest::Method;
+
+use crate::client::{progress, Client, ClientOpts};
+use crate::error::ApiError;
+use crate::server::AppState;
+use edgefabric_store::backup::BackupSummary;
+
+/// Temporary backup files in a data directory start with this; a node removes leftovers (from
+/// a crash mid-backup) when it starts.
+pub const TMP_PREFIX: &str = "backup-";
+const TMP_SUFFIX: &str = ".efb.tmp";
+
+/// Removes temporary backup files a crash left in `dir`.
+pub fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(TMP_PREFIX) && name.ends_with(TMP_SUFFIX) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// `POST /v1/backup` (admin): a backup of this node, streamed (`application/octet-stream`); its
+/// summary is in the `x-edgefabric-backup` header (JSON).
+pub async fn take(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let path = st.node.options().data_dir.join(format!("{TMP_PREFIX}{nanos}{TMP_SUFFIX}"));
+    let summary = match st.node.backup_to(&path, |_| {}).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+    };
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("backup: {e}"))
+    })?;
+    // Unlinked now: the open handle still reads it, and nothing is left behind if the
+    // client goes away.
+    let _ = std::fs::remove_file(&path);
+    let stream = futures::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let name = format!("node{}-{}.efb", summary.node, summary.created_ms);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, summary.bytes.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+            (header::HeaderName::from_static("x-edgefabric-backup"), summary_json(&summary).to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A summary as the API and the CLI show it.
+pub fn summary_json(s: &BackupSummary) -> serde_json::Value {
+    serde_json::json!({
+        "node": s.node,
+        "site": s.site,
+        "instance": s.instance.to_string(),
+        "created_ms": s.created_ms,
+        "groups": s.groups.iter().map(|(g, last, bytes)| serde_json::json!({
+            "group": g.to_string(), "last_index": last, "bytes": bytes,
+        })).collect::<Vec<_>>(),
+        "audit_records": s.audit_records,
+        "ts_parts": s.ts_parts,
+        "bytes": s.bytes,
+    })
+}
+
+#[derive(clap::Args)]
+pub struct BackupOpts {
+    /// Where to write the backup (refused if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `edgefabric backup`: downloads a backup of the node at `--endpoint` into `--out`.
+pub async fn run_backup(o: BackupOpts) -> Result<()> {
+    if o.out.exists() {
+        bail!("--out: {} exists; choose a new file", o.out.display());
+    }
+    let c = Client::new(&o.client)?;
+    let bar = progress(None, "{spinner} snapshotting the node's groups ({elapsed})");
+    let mut resp = c.stream(Method::POST, "/v1/backup").await?;
+    bar.finish_and_clear();
+    let len = resp.content_length();
+    let bar = progress(len, "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})");
+    let tmp = o.out.with_extension("partial");
+    let result = async {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut got = 0u64;
+        while let Some(chunk) = resp.chunk().await.context("reading the backup")? {
+            std::io::Write::write_all(&mut f, &chunk)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            got += chunk.len() as u64;
+            bar.set_position(got);
+        }
+        f.sync_all()?;
+        if len.is_some_and(|l| l != got) {
+            bail!("the node sent {got} of {} bytes; the backup is incomplete", len.unwrap_or(0));
+        }
+        // Checked before it is called a backup.
+        let summary =
+            edgefabric_store::backup::check_backup(&tmp).context("checking the downloaded backup")?;
+        std::fs::rename(&tmp, &o.out)?;
+        if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(summary)
+    }
+    .await;
+    bar.finish_and_clear();
+    match result {
+        Ok(s) => {
+            println!(
+                "backup of node {} (site {}) written to {}: {} groups, {} audit records and {} time-series parts queued, {} bytes",
+                s.node,
+                s.site,
+                o.out.display(),
+                s.groups.len(),
+                s.audit_records,
+                s.ts_parts,
+                s.bytes
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RestoreOpts {
+    /// The backup file (`edgefabric backup --out`).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The node's configuration: restores into its `data_dir`, and checks that the backup is
+    /// of the same node.
+    #[arg(long, conflicts_with = "data", required_unless_present_any = ["data", "check"])]
+    pub config: Option<PathBuf>,
+    /// Restore into this directory instead (a `serve --dev` node's `--data`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Only read and check the backup, and say what it holds.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `edgefabric restore`: writes a stopped node's data directory from a backup.
+pub fn run_restore(o: RestoreOpts) -> Result<()> {
+    if o.check {
+        let s = edgefabric_store::backup::check_backup(&o.from)
+            .with_context(|| format!("{} is not a usable backup", o.from.display()))?;
+        println!("{}", serde_json::to_string_pretty(&summary_json(&s))?);
+        return Ok(());
+    }
+    let (dir, node) = match (&o.config, &o.data) {
+        (Some(path), _) => {
+            let cfg = crate::config::NodeConfig::load(path)?;
+            (cfg.data_dir, Some(cfg.id))
+        }
+        (None, Some(d)) => (d.clone(), None),
+        (None, None) => bail!("--config or --data is required"),
+    };
+    let bar = progress(None, "{spinner} restoring: {msg}");
+    bar.set_message("reading and checking the backup");
+    let s = edgefabric_store::backup::restore(&o.from, &dir, node, |g| {
+        bar.set_message(format!("wrote group {g}"))
+    })
+    .with_context(|| format!("restoring {} into {}", o.from.display(), dir.display()))?;
+    bar.finish_and_clear();
+    println!(
+        "restored node {} (site {}) into {}: {} groups, {} audit records and {} time-series parts to ship. \
+         Start the node: each group rejoins as a learner and catches up before it votes.",
+        s.node,
+        s.site,
+        dir.display(),
+        s.groups.len(),
+        s.audit_records,
+        s.ts_parts
+    );
+    Ok(())
+}

@@ -1,0 +1,580 @@
+//! Backup and restore of one node's data.
+//!
+//! A backup is taken from a running node: every raft group it hosts is snapshotted and its
+//! snapshot's full image written out (the same image a lagging follower is sent), followed by
+//! the node's local queues — audit records not yet known to be in the ledger, and time-series
+//! parts waiting to be forwarded (store-and-forward). Each group is consistent at its own
+//! applied index; groups are not frozen together, and need not be: see below.
+//!
+//! Restore writes a new data directory from a backup, offline, for the same node id:
+//! - each group gets the image as its `snapshot.bin` and a `REJOIN` marker. The restored
+//!   replica is behind what it once acknowledged, so it may neither vote nor campaign until
+//!   the group's leader has demoted it, caught it up and promoted it again (`node.rs`,
+//!   "Data loss") — unless it is the group's only replica (a site-local shard at a one-node
+//!   site, a one-node cluster): then the group comes back as backed up, and writes to it after
+//!   the backup are lost, as with any restore of the only copy;
+//! - the directory gets a new instance id (the node makes one when it starts), so groups
+//!   assigned to the node after the backup are recognised as lost too, and its new audit
+//!   records start a new sequence in the ledger;
+//! - the queued audit records keep their old (instance, seq) and are shipped under the old
+//!   instance (`audit.rs`, `AUDIT_INHERITED`): whatever the old node shipped after the backup
+//!   is a duplicate the chain ignores, so each record is in the ledger once;
+//! - the queued time-series parts are queued again; a part the old node forwarded after the
+//!   backup is written again at the same timestamps, which replaces a sample with itself
+//!   (unless a newer write replaced it meanwhile: that write is then undone).
+//!
+//! Not in a backup: the node's key, configuration and admin token (they are secrets or
+//! configuration, kept apart from data; `dev` mode keeps them in the data directory, and a
+//! restore leaves them there), and the ledger checkpoint the node last signed (it signs again).
+//!
+//! The file: `EFBACKUP`, a format version (u32 LE), then frames `kind (u8) ‖ length (u64 LE)
+//! ‖ payload`, ending with a frame holding the SHA-256 of every byte before it. A restore reads
+//! the whole file and checks that digest before it writes anything.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use openraft::{BasicNode, SnapshotMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::log::{GroupId, LogEngine};
+use crate::node::Node;
+use crate::raft_store::NodeId;
+
+const MAGIC: &[u8; 8] = b"EFBACKUP";
+const VERSION: u32 = 1;
+const KIND_HEADER: u8 = 1;
+const KIND_GROUP: u8 = 2;
+const KIND_IMAGE: u8 = 3;
+const KIND_AUDIT: u8 = 4;
+const KIND_TS_QUEUE: u8 = 5;
+const KIND_END: u8 = 255;
+
+/// What a backup says about itself (its first frame).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupHeader {
+    pub node: NodeId,
+    pub site: String,
+    /// The data-directory instance it was taken from.
+    pub instance: u64,
+    pub created_ms: u64,
+    /// The groups it holds, in order.
+    pub groups: Vec<GroupId>,
+    /// The binary that wrote it (`CARGO_PKG_VERSION` of the store).
+    pub software: String,
+}
+
+/// What a backup holds, as `restore --check` and the backup command report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSummary {
+    pub node: NodeId,
+    pub site: String,
+    pub instance: u64,
+    pub created_ms: u64,
+    /// (group, last log index in its snapshot, image bytes).
+    pub groups: Vec<(GroupId, u64, u64)>,
+    pub audit_records: u64,
+    pub ts_parts: u64,
+    pub bytes: u64,
+}
+
+/// Writes frames and the running digest.
+struct ArchiveWriter<W: Write> {
+    w: W,
+    digest: ring::digest::Context,
+    bytes: u64,
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    fn new(w: W) -> Result<Self> {
+        let mut a = ArchiveWriter { w, digest: ring::digest::Context::new(&ring::digest::SHA256), bytes: 0 };
+        a.raw(MAGIC)?;
+        a.raw(&VERSION.to_le_bytes())?;
+        Ok(a)
+    }
+
+    fn raw(&mut self, b: &[u8]) -> Result<()> {
+        self.w.write_all(b)?;
+        self.digest.update(b);
+        self.bytes += b.len() as u64;
+        Ok(())
+    }
+
+    fn frame(&mut self, kind: u8, payload: &[u8]) -> Result<()> {
+        self.raw(&[kind])?;
+        self.raw(&(payload.len() as u64).to_le_bytes())?;
+        self.raw(payload)
+    }
+
+    fn finish(mut self) -> Result<(W, u64)> {
+        let sum = self.digest.clone().finish();
+        self.frame(KIND_END, sum.as_ref())?;
+        self.w.flush()?;
+        Ok((self.w, self.bytes))
+    }
+}
+
+/// Reads frames, checking the digest at the end frame.
+struct ArchiveReader<R: Read> {
+    r: R,
+    digest: ring::digest::Context,
+    /// Bytes left in the file (a frame can never claim more).
+    left: u64,
+    ended: bool,
+}
+
+fn bad(message: impl std::fmt::Display) -> Error {
+    Error::invalid("backup", message)
+}
+
+impl<R: Read> ArchiveReader<R> {
+    fn new(mut r: R, len: u64) -> Result<Self> {
+        let mut head = [0u8; 12];
+        r.read_exact(&mut head).map_err(|_| bad("too short to be a backup"))?;
+        if &head[..8] != MAGIC {
+            return Err(bad("not an EdgeFabric backup (no EFBACKUP magic)"));
+        }
+        let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if version != VERSION {
+            return Err(bad(format!("format version {version}; this binary reads version {VERSION}")));
+        }
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(&head);
+        Ok(ArchiveReader { r, digest, left: len.saturating_sub(12), ended: false })
+    }
+
+    /// The next frame, or None after the end frame (whose digest has then been checked).
+    fn next(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let mut h = [0u8; 9];
+        self.r.read_exact(&mut h).map_err(|_| bad("truncated: the file ends inside a frame header"))?;
+        self.left = self.left.saturating_sub(9);
+        let len = u64::from_le_bytes([h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]]);
+        if len > self.left {
+            return Err(bad(format!("truncated: a frame of {len} bytes with {} bytes left", self.left)));
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.r.read_exact(&mut payload).map_err(|_| bad("truncated: the file ends inside a frame"))?;
+        self.left -= len;
+        if h[0] == KIND_END {
+            let want = self.digest.clone().finish();
+            if payload != want.as_ref() {
+                return Err(bad("checksum mismatch: the file is damaged"));
+            }
+            let mut extra = [0u8; 1];
+            if self.r.read(&mut extra)? != 0 {
+                return Err(bad("bytes after the end of the backup"));
+            }
+            self.ended = true;
+            return Ok(None);
+        }
+        self.digest.update(&h);
+        self.digest.update(&payload);
+        Ok(Some((h[0], payload)))
+    }
+}
+
+/// One group's frame (its image follows in a `KIND_IMAGE` frame).
+#[derive(Serialize, Deserialize)]
+struct GroupFrame {
+    id: GroupId,
+    meta: SnapshotMeta<NodeId, BasicNode>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// Writes a backup of this node to `path` (created; fsynced). `progress` is told each
+    /// group's id as it is written. See the module comment for what a backup holds.
+    pub async fn backup_to(&self, path: &Path, mut progress: impl FnMut(GroupId)) -> Result<BackupSummary> {
+        let groups = self.all_groups();
+        let header = BackupHeader {
+            node: self.opts.id,
+            site: self
+                .opts
+                .members
+                .iter()
+                .find(|m| m.id == self.opts.id)
+                .map(|m| m.site.clone())
+                .unwrap_or_default(),
+            instance: self.instance,
+            created_ms: now_ms(),
+            groups: groups.iter().map(|g| g.id).collect(),
+            software: env!("CARGO_PKG_VERSION").into(),
+        };
+        let file = std::fs::File::create(path)?;
+        let mut w = ArchiveWriter::new(std::io::BufWriter::new(file))?;
+        w.frame(KIND_HEADER, &crate::codec::encode(&header)?)?;
+        let mut summary = BackupSummary {
+            node: header.node,
+            site: header.site.clone(),
+            instance: header.instance,
+            created_ms: header.created_ms,
+            ..Default::default()
+        };
+        for g in groups {
+            // A snapshot of everything this replica has applied: taken now, unless one as
+            // recent exists.
+            let applied = g.raft.metrics().borrow().last_applied.map(|l| l.index);
+            if applied.is_some() {
+                let stopped =
+                    |e: openraft::error::Fatal<u64>| Error::Unavailable(format!("raft stopped: {e}"));
+                g.raft.trigger().snapshot().await.map_err(stopped)?;
+                g.raft
+                    .wait(Some(std::time::Duration::from_secs(60)))
+                    .metrics(|m| m.snapshot.map(|s| s.index) >= applied, "snapshot for backup")
+                    .await
+                    .map_err(|e| {
+                        Error::Unavailable(format!("group {}: no snapshot for the backup: {e}", g.id))
+                    })?;
+            }
+            let dir = g.dir.clone();
+            let image = tokio::task::spawn_blocking(move || crate::raft_store::read_snapshot_image(&dir))
+                .await
+                .map_err(|e| Error::Internal(format!("backup: {e}")))??;
+            // A group that never applied anything (not initialized yet) has nothing to keep.
+            let Some((meta, image)) = image else { continue };
+            let last = meta.last_log_id.map_or(0, |l| l.index);
+            w.frame(KIND_GROUP, &crate::codec::encode(&GroupFrame { id: g.id, meta })?)?;
+            w.frame(KIND_IMAGE, &image)?;
+            summary.groups.push((g.id, last, image.len() as u64));
+            progress(g.id);
+        }
+        // Every record still queued (some may be in the ledger already: a restore asks).
+        let mut audit: Vec<Vec<u8>> =
+            self.engine.entries(crate::audit::AUDIT_INHERITED, ..)?.into_iter().map(|(_, r)| r).collect();
+        audit.extend(self.engine.entries(crate::audit::AUDIT_QUEUE, ..)?.into_iter().map(|(_, r)| r));
+        summary.audit_records = audit.len() as u64;
+        w.frame(KIND_AUDIT, &crate::codec::encode(&audit)?)?;
+        let parts: Vec<Vec<u8>> =
+            self.engine.entries(crate::ts_queue::TS_QUEUE, ..)?.into_iter().map(|(_, r)| r).collect();
+        summary.ts_parts = parts.len() as u64;
+        w.frame(KIND_TS_QUEUE, &crate::codec::encode(&parts)?)?;
+        let (buf, bytes) = w.finish()?;
+        let file = buf.into_inner().map_err(|e| Error::Storage(format!("writing the backup: {e}")))?;
+        file.sync_all()?;
+        summary.bytes = bytes;
+        Ok(summary)
+    }
+}
+
+/// Everything a backup file holds, read and checked (digest, frame order, every image).
+struct Contents {
+    header: BackupHeader,
+    groups: Vec<(GroupFrame, Vec<u8>)>,
+    audit: Vec<Vec<u8>>,
+    ts_parts: Vec<Vec<u8>>,
+    bytes: u64,
+}
+
+/// Reads and checks a backup. With `keep_images` false the images are checked and dropped
+/// (one in memory at a time).
+fn read_backup(path: &Path, keep_images: bool) -> Result<Contents> {
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let len = file.metadata()?.len();
+    let mut r = ArchiveReader::new(std::io::BufReader::new(file), len)?;
+    let header: BackupHeader = match r.next()? {
+        Some((KIND_HEADER, p)) => crate::codec::decode(&p).map_err(|e| bad(format!("header: {e}")))?,
+        _ => return Err(bad("the first frame is not the header")),
+    };
+    let mut c = Contents { header, groups: vec![], audit: vec![], ts_parts: vec![], bytes: len };
+    let (mut audit, mut ts) = (None, None);
+    while let Some((kind, payload)) = r.next()? {
+        match kind {
+            KIND_GROUP => {
+                let g: GroupFrame =
+                    crate::codec::decode(&payload).map_err(|e| bad(format!("group frame: {e}")))?;
+                if !c.header.groups.contains(&g.id) || c.groups.iter().any(|(o, _)| o.id == g.id) {
+                    return Err(bad(format!("group {} is not in the header, or twice", g.id)));
+                }
+                let image = match r.next()? {
+                    Some((KIND_IMAGE, image)) => image,
+                    _ => return Err(bad(format!("group {}: its image does not follow", g.id))),
+                };
+                crate::codec::decode::<crate::kv::Image>(&image)
+                    .map_err(|e| bad(format!("group {}: image: {e}", g.id)))?;
+                c.groups.push((g, if keep_images { image } else { Vec::new() }));
+            }
+            KIND_AUDIT if audit.is_none() => {
+                audit = Some(crate::codec::decode(&payload).map_err(|e| bad(format!("audit records: {e}")))?)
+            }
+            KIND_TS_QUEUE if ts.is_none() => {
+                ts = Some(crate::codec::decode(&payload).map_err(|e| bad(format!("time-series queue: {e}")))?)
+            }
+            other => return Err(bad(format!("unexpected frame kind {other}"))),
+        }
+    }
+    c.audit = audit.ok_or_else(|| bad("no audit frame"))?;
+    c.ts_parts = ts.ok_or_else(|| bad("no time-series queue frame"))?;
+    for raw in &c.audit {
+        let rec: edgefabric_ledger::entry::AuditRecord =
+            crate::codec::decode(raw).map_err(|e| bad(format!("audit record: {e}")))?;
+        if rec.node != c.header.node {
+            return Err(bad(format!(
+                "an audit record of node {} in node {}'s backup",
+                rec.node, c.header.node
+            )));
+        }
+    }
+    Ok(c)
+}
+
+impl Contents {
+    fn summary(&self, image_bytes: impl Fn(usize) -> u64) -> BackupSummary {
+        BackupSummary {
+            node: self.header.node,
+            site: self.header.site.clone(),
+            instance: self.header.instance,
+            created_ms: self.header.created_ms,
+            groups: self
+                .groups
+                .iter()
+                .enumerate()
+                .map(|(i, (g, _))| (g.id, g.meta.last_log_id.map_or(0, |l| l.index), image_bytes(i)))
+                .collect(),
+            audit_records: self.audit.len() as u64,
+            ts_parts: self.ts_parts.len() as u64,
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// Reads and checks a backup without restoring it.
+pub fn check_backup(path: &Path) -> Result<BackupSummary> {
+    let c = read_backup(path, false)?;
+    Ok(c.summary(|_| 0))
+}
+
+/// What a data directory must not hold for a restore into it: a node's data. (A `dev` node's
+/// key, trust file and admin token may stay.)
+fn node_data_in(dir: &Path) -> Result<Vec<String>> {
+    let mut found = vec![];
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                let name = e?.file_name().to_string_lossy().to_string();
+                if ["raft", "sm", "INSTANCE"].contains(&name.as_str()) || name.starts_with("group-") {
+                    found.push(name);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Restores a backup into `data_dir` (offline: no node may run on it). Refuses a directory
+/// that holds a node's data, and a backup of another node than `expect_node`. `progress` is
+/// told each group as it is written. Everything written is fsynced before it returns.
+pub fn restore(
+    path: &Path,
+    data_dir: &Path,
+    expect_node: Option<NodeId>,
+    mut progress: impl FnMut(GroupId),
+) -> Result<BackupSummary> {
+    let c = read_backup(path, true)?;
+    if let Some(want) = expect_node {
+        if c.header.node != want {
+            return Err(Error::invalid(
+                "config",
+                format!("the backup is of node {}, the configuration is node {want}", c.header.node),
+            ));
+        }
+    }
+    let present = node_data_in(data_dir)?;
+    if !present.is_empty() {
+        return Err(Error::invalid(
+            "data",
+            format!(
+                "{} already holds a node's data ({}); restore only into an empty directory",
+                data_dir.display(),
+                present.join(", ")
+            ),
+        ));
+    }
+    let summary = c.summary(|i| c.groups[i].1.len() as u64);
+    std::fs::create_dir_all(data_dir)?;
+    let mut written: Vec<PathBuf> = vec![];
+    for (g, image) in c.groups {
+        let dir = data_dir.join(format!("group-{}", g.id));
+        crate::raft_store::write_snapshot_image(&dir, g.meta, image)?;
+        crate::node::write_rejoin_marker(&dir)?;
+        written.push(dir);
+        progress(g.id);
+    }
+    let engine = LogEngine::open(&data_dir.join("raft"))?;
+    if !c.audit.is_empty() {
+        let n = c.audit.len() as u64;
+        engine.append(crate::audit::AUDIT_INHERITED, (1..=n).zip(c.audit).collect())?;
+    }
+    if !c.ts_parts.is_empty() {
+        let n = c.ts_parts.len() as u64;
+        engine.append(crate::ts_queue::TS_QUEUE, (1..=n).zip(c.ts_parts).collect())?;
+    }
+    engine.sync_blocking()?;
+    drop(engine);
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_archive(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut a = ArchiveWriter::new(Vec::new()).unwrap();
+        for (k, p) in frames {
+            a.frame(*k, p).unwrap();
+        }
+        a.finish().unwrap().0
+    }
+
+    fn sample() -> Vec<u8> {
+        let header = BackupHeader {
+            node: 2,
+            site: "b".into(),
+            instance: 7,
+            created_ms: 1,
+            groups: vec![1],
+            software: "test".into(),
+        };
+        let image: crate::kv::Image = vec![(b"k".to_vec(), b"v".to_vec())];
+        let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: Default::default(),
+            snapshot_id: "s".into(),
+        };
+        let rec = edgefabric_ledger::entry::AuditRecord {
+            actor: "a".into(),
+            node: 2,
+            ns: "default".into(),
+            key: Some("k".into()),
+            key_hash: None,
+            action: "get".into(),
+            result: "allowed".into(),
+            status: 200,
+            time_ms: 5,
+            instance: 7,
+            seq: 3,
+        };
+        write_archive(&[
+            (KIND_HEADER, crate::codec::encode(&header).unwrap()),
+            (KIND_GROUP, crate::codec::encode(&GroupFrame { id: 1, meta }).unwrap()),
+            (KIND_IMAGE, crate::codec::encode(&image).unwrap()),
+            (KIND_AUDIT, crate::codec::encode(&vec![crate::codec::encode(&rec).unwrap()]).unwrap()),
+            (KIND_TS_QUEUE, crate::codec::encode(&Vec::<Vec<u8>>::new()).unwrap()),
+        ])
+    }
+
+    fn check_bytes(bytes: &[u8]) -> Result<BackupSummary> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.efb");
+        std::fs::write(&p, bytes).unwrap();
+        check_backup(&p)
+    }
+
+    #[test]
+    fn a_good_backup_reads_back() {
+        let s = check_bytes(&sample()).unwrap();
+        assert_eq!((s.node, s.instance, s.audit_records, s.ts_parts), (2, 7, 1, 0));
+        assert_eq!(s.groups.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(), vec![(1, 42)]);
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_refused() {
+        let good = sample();
+        for cut in 0..good.len() {
+            let e = check_bytes(&good[..cut]).unwrap_err().to_string();
+            assert!(e.contains("backup"), "cut at {cut}: {e}");
+        }
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x40;
+            assert!(check_bytes(&b).is_err(), "flipped byte {i} was accepted");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(check_bytes(&longer).unwrap_err().to_string().contains("after the end"));
+    }
+
+    #[test]
+    fn wrong_magic_version_and_frame_order_are_named() {
+        let mut b = sample();
+        b[0] = b'X';
+        assert!(check_bytes(&b).unwrap_err().to_string().contains("EFBACKUP"));
+        let mut b = sample();
+        b[8] = 9;
+        assert!(check_bytes(&b).unwrap_err().to_string().contains("version 9"));
+        // A well-formed file whose image does not follow its group frame.
+        let header = BackupHeader {
+            node: 1,
+            site: "a".into(),
+            instance: 1,
+            created_ms: 1,
+            groups: vec![1],
+            software: "t".into(),
+        };
+        let meta =
+            SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: "s".into() };
+        let b = write_archive(&[
+            (KIND_HEADER, crate::codec::encode(&header).unwrap()),
+            (KIND_GROUP, crate::codec::encode(&GroupFrame { id: 1, meta }).unwrap()),
+            (KIND_AUDIT, crate::codec::encode(&Vec::<Vec<u8>>::new()).unwrap()),
+        ]);
+        assert!(check_bytes(&b).unwrap_err().to_string().contains("image does not follow"));
+        let b = write_archive(&[(KIND_HEADER, crate::codec::encode(&header).unwrap())]);
+        assert!(check_bytes(&b).unwrap_err().to_string().contains("no audit frame"));
+    }
+
+    #[test]
+    fn restore_refuses_a_directory_with_data_and_another_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.efb");
+        std::fs::write(&p, sample()).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("raft")).unwrap();
+        let e = restore(&p, &data, Some(2), |_| {}).unwrap_err().to_string();
+        assert!(e.contains("already holds") && e.contains("raft"), "{e}");
+        let fresh = dir.path().join("fresh");
+        let e = restore(&p, &fresh, Some(3), |_| {}).unwrap_err().to_string();
+        assert!(e.contains("node 2") && e.contains("node 3"), "{e}");
+        assert!(!fresh.join("group-1").exists(), "nothing written for the wrong node");
+    }
+
+    #[test]
+    fn restore_writes_snapshots_markers_and_the_inherited_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.efb");
+        std::fs::write(&p, sample()).unwrap();
+        let data = dir.path().join("data");
+        // A dev node's key files may stay.
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("node.key"), b"x").unwrap();
+        let mut seen = vec![];
+        let s = restore(&p, &data, Some(2), |g| seen.push(g)).unwrap();
+        assert_eq!(seen, vec![1]);
+        assert_eq!(s.audit_records, 1);
+        assert!(data.join("group-1").join("REJOIN").exists());
+        assert!(!data.join("INSTANCE").exists(), "the node makes a new instance when it starts");
+        let (meta, image) = crate::raft_store::read_snapshot_image(&data.join("group-1")).unwrap().unwrap();
+        assert_eq!(meta.last_log_id.map(|l| l.index), Some(42));
+        let image: crate::kv::Image = crate::codec::decode(&image).unwrap();
+        assert_eq!(image, vec![(b"k".to_vec(), b"v".to_vec())]);
+        let engine = LogEngine::open(&data.join("raft")).unwrap();
+        let queued = engine.entries(crate::audit::AUDIT_INHERITED, ..).unwrap();
+        assert_eq!(queued.len(), 1);
+        let rec: edgefabric_ledger::entry::AuditRecord = crate::codec::decode(&queued[0].1).unwrap();
+        assert_eq!((rec.instance, rec.seq), (7, 3));
+        drop(engine);
+        // And a second restore into it is refused.
+        assert!(restore(&p, &data, Some(2), |_| {}).is_err());
+    }
+}
