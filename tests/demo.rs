@@ -338,6 +338,15 @@ async fn metrics_count_requests_commits_and_samples() {
     for family in ["edgefabric_ledger_height", "edgefabric_ledger_entries", "edgefabric_ledger_verified"] {
         assert!(after.iter().any(|(n, _, _)| n == family), "{family} missing");
     }
+    // Compression: the two samples are still in the head; a flush cuts them into chunks.
+    assert_eq!(delta("edgefabric_ts_chunk_samples_total", &[]), 0.0);
+    let r = c.request(1, reqwest::Method::POST, "/v1/ts/flush", None).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let flushed = scrape().await;
+    let cut = |name: &str| get(&flushed, name, &[]) - get(&before, name, &[]);
+    assert_eq!(cut("edgefabric_ts_chunk_samples_total"), 2.0, "two series, one sample each");
+    let bytes = cut("edgefabric_ts_chunk_bytes_total");
+    assert!(bytes > 2.0 && bytes < 64.0, "two one-sample chunks take {bytes} bytes");
 }
 
 /// Chromium, or `None` (the test then says SKIPPED: `.ci/run` installs it).

@@ -519,6 +519,14 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
          # TYPE edgefabric_ts_samples_written_total counter\nedgefabric_ts_samples_written_total {}\n",
         st.ts_samples_written.load(std::sync::atomic::Ordering::Relaxed)
     ));
+    let (cut_bytes, cut_samples) = st.node.ts_cut_totals();
+    out.push_str(&format!(
+        "# HELP edgefabric_ts_chunk_bytes_total Bytes of the chunks cut from in-memory heads on this node's replicas \
+         (bytes per sample: divide by edgefabric_ts_chunk_samples_total).\n\
+         # TYPE edgefabric_ts_chunk_bytes_total counter\nedgefabric_ts_chunk_bytes_total {cut_bytes}\n\
+         # HELP edgefabric_ts_chunk_samples_total Samples in the chunks cut from in-memory heads on this node's replicas.\n\
+         # TYPE edgefabric_ts_chunk_samples_total counter\nedgefabric_ts_chunk_samples_total {cut_samples}\n"
+    ));
     st.http_metrics.render(&mut out);
     st.grpc_metrics.render(&mut out);
     out.push_str(&format!(

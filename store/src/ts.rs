@@ -677,6 +677,15 @@ impl Node {
         })
     }
 
+    /// (bytes, samples) of the chunks cut on this node's replicas since they opened (a
+    /// replica dropped after a move takes its share with it).
+    pub fn ts_cut_totals(&self) -> (u64, u64) {
+        self.data_groups().iter().fold((0, 0), |(b, s), g| {
+            let (gb, gs) = g.kv.ts().cut_totals();
+            (b + gb, s + gs)
+        })
+    }
+
     /// Sets a namespace's retention (through the metadata group).
     pub async fn set_ts_retention(&self, ns: &str, raw_ms: u64, rollup_ms: u64) -> Result<()> {
         match self.propose(Command::SetTsRetention { ns: ns.into(), raw_ms, rollup_ms }).await? {

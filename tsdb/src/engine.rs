@@ -194,6 +194,11 @@ pub struct Engine {
     dir: std::path::PathBuf,
     opts: Options,
     state: RwLock<State>,
+    /// Bytes and samples of the chunks cut from heads since the engine opened (replay
+    /// included): their ratio is what compression achieves on this data, as Prometheus's
+    /// `chunk_size_bytes` and `chunk_samples` histograms tell it.
+    cut_bytes: std::sync::atomic::AtomicU64,
+    cut_samples: std::sync::atomic::AtomicU64,
 }
 
 /// A `checkpoint`: the two linked files' names (in the directory it was taken in) and lengths.
@@ -330,6 +335,8 @@ impl Engine {
             dir: dir.to_path_buf(),
             opts,
             state: RwLock::new(State::default()),
+            cut_bytes: Default::default(),
+            cut_samples: Default::default(),
         };
         let marker = dir.join(IMPORTING);
         if marker.exists() {
@@ -688,7 +695,10 @@ impl Engine {
         let pieces = (ser.head.len() / self.opts.chunk_samples.max(1)).max(1);
         for piece in ser.head.chunks(ser.head.len().div_ceil(pieces).max(1)) {
             let Some(last) = piece.last() else { continue };
-            b.insert(self.chunk_key(id, last.0), chunk_value(piece));
+            let value = chunk_value(piece);
+            self.cut_bytes.fetch_add(value.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.cut_samples.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            b.insert(self.chunk_key(id, last.0), value);
             ser.last_chunk_end = Some(last.0);
         }
         ser.head.clear();
@@ -1361,6 +1371,12 @@ impl Engine {
             }
         }
         Ok((sizes[0], sizes[1]))
+    }
+
+    /// (bytes, samples) of the chunks cut from heads since the engine opened.
+    pub fn cut_totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.cut_bytes.load(Relaxed), self.cut_samples.load(Relaxed))
     }
 
     /// Series count and samples still in memory (the head).
