@@ -1021,4 +1021,13 @@ async fn backup_and_restore_a_node_after_losing_its_disk() {
     }
     let log = c.log_text(1);
     assert!(log.contains("restored audit records shipped"), "from the restored queue:\n{log}");
+    // Node 1's own (restored, then caught up) ledger replica: verified, and it answers the
+    // auditor the same.
+    let r = c.request(1, reqwest::Method::GET, "/v1/ledger/status", None).await.unwrap();
+    assert_eq!(r.json()["health"], "verified", "{}", r.text());
+    let mut via1 = audit_keys(&c, 1, "probe").await;
+    let mut via2 = audit_keys(&c, 2, "probe").await;
+    via1.sort();
+    via2.sort();
+    assert_eq!(via1, via2);
 }

@@ -233,17 +233,25 @@ impl Node {
                         Error::Unavailable(format!("group {}: no snapshot for the backup: {e}", g.id))
                     })?;
             }
-            let dir = g.dir.clone();
-            let image = tokio::task::spawn_blocking(move || crate::raft_store::read_snapshot_image(&dir))
-                .await
-                .map_err(|e| Error::Internal(format!("backup: {e}")))??;
-            // A group that never applied anything (not initialized yet) has nothing to keep.
-            let Some((meta, image)) = image else { continue };
-            let last = meta.last_log_id.map_or(0, |l| l.index);
-            w.frame(KIND_GROUP, &crate::codec::encode(&GroupFrame { id: g.id, meta })?)?;
-            w.frame(KIND_IMAGE, &image)?;
-            summary.groups.push((g.id, last, image.len() as u64));
-            progress(g.id);
+            // Reading the image back and writing it are blocking file work: off the runtime.
+            let (dir, id) = (g.dir.clone(), g.id);
+            let (back, done) = tokio::task::spawn_blocking(move || -> Result<_> {
+                // A group that never applied anything (not initialized yet) has nothing to keep.
+                let Some((meta, image)) = crate::raft_store::read_snapshot_image(&dir)? else {
+                    return Ok((w, None));
+                };
+                let last = meta.last_log_id.map_or(0, |l| l.index);
+                w.frame(KIND_GROUP, &crate::codec::encode(&GroupFrame { id, meta })?)?;
+                w.frame(KIND_IMAGE, &image)?;
+                Ok((w, Some((id, last, image.len() as u64))))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("backup: {e}")))??;
+            w = back;
+            if let Some(done) = done {
+                summary.groups.push(done);
+                progress(g.id);
+            }
         }
         // Every record still queued (some may be in the ledger already: a restore asks).
         let mut audit: Vec<Vec<u8>> =
