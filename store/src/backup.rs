@@ -444,15 +444,19 @@ mod tests {
         a.finish().unwrap().0
     }
 
-    fn sample() -> Vec<u8> {
-        let header = BackupHeader {
-            node: 2,
+    fn header(node: NodeId) -> Vec<u8> {
+        let h = BackupHeader {
+            node,
             site: "b".into(),
             instance: 7,
             created_ms: 1,
             groups: vec![1],
             software: "test".into(),
         };
+        crate::codec::encode(&h).unwrap()
+    }
+
+    fn sample() -> Vec<u8> {
         let image: crate::kv::Image = vec![(b"k".to_vec(), b"v".to_vec())];
         let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42);
         let meta = SnapshotMeta {
@@ -474,7 +478,7 @@ mod tests {
             seq: 3,
         };
         write_archive(&[
-            (KIND_HEADER, crate::codec::encode(&header).unwrap()),
+            (KIND_HEADER, header(2)),
             (KIND_GROUP, crate::codec::encode(&GroupFrame { id: 1, meta }).unwrap()),
             (KIND_IMAGE, crate::codec::encode(&image).unwrap()),
             (KIND_AUDIT, crate::codec::encode(&vec![crate::codec::encode(&rec).unwrap()]).unwrap()),
@@ -522,23 +526,15 @@ mod tests {
         b[8] = 9;
         assert!(check_bytes(&b).unwrap_err().to_string().contains("version 9"));
         // A well-formed file whose image does not follow its group frame.
-        let header = BackupHeader {
-            node: 1,
-            site: "a".into(),
-            instance: 1,
-            created_ms: 1,
-            groups: vec![1],
-            software: "t".into(),
-        };
         let meta =
             SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: "s".into() };
         let b = write_archive(&[
-            (KIND_HEADER, crate::codec::encode(&header).unwrap()),
+            (KIND_HEADER, header(1)),
             (KIND_GROUP, crate::codec::encode(&GroupFrame { id: 1, meta }).unwrap()),
             (KIND_AUDIT, crate::codec::encode(&Vec::<Vec<u8>>::new()).unwrap()),
         ]);
         assert!(check_bytes(&b).unwrap_err().to_string().contains("image does not follow"));
-        let b = write_archive(&[(KIND_HEADER, crate::codec::encode(&header).unwrap())]);
+        let b = write_archive(&[(KIND_HEADER, header(1))]);
         assert!(check_bytes(&b).unwrap_err().to_string().contains("no audit frame"));
     }
 

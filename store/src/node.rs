@@ -1600,13 +1600,7 @@ impl Node {
                 group = g.id,
                 "this node is the group's only replica: serving it as restored (writes after its backup are lost)"
             );
-            if let Err(e) = std::fs::remove_file(&marker) {
-                tracing::error!(error = %e, "cannot remove rejoin marker");
-                return;
-            }
-            g.rejoining.store(false, Ordering::SeqCst);
-            g.deciding.store(false, Ordering::SeqCst);
-            g.raft.runtime_config().elect(true);
+            finish_rejoin(g, &marker);
             return;
         }
         tracing::warn!(
@@ -1637,14 +1631,9 @@ impl Node {
                 .await;
                 match r {
                     Ok(Ok(())) => {
-                        if let Err(e) = std::fs::remove_file(&marker) {
-                            tracing::error!(error = %e, "cannot remove rejoin marker");
-                            return;
+                        if finish_rejoin(g, &marker) {
+                            tracing::info!(group = g.id, "rejoined the cluster as a voter");
                         }
-                        g.rejoining.store(false, Ordering::SeqCst);
-                        g.deciding.store(false, Ordering::SeqCst);
-                        g.raft.runtime_config().elect(true);
-                        tracing::info!(group = g.id, "rejoined the cluster as a voter");
                         return;
                     }
                     Ok(Err(e)) => tracing::debug!(group = g.id, peer = info.id, error = %e, "rejoin refused"),
@@ -1689,6 +1678,19 @@ impl Node {
         tracing::info!(group = g.id, node = id, "re-admitted node as voter after data loss");
         Ok(())
     }
+}
+
+/// The group may vote and campaign again: the marker goes first (a crash before it is removed
+/// only means rejoining once more). False if the marker could not be removed.
+fn finish_rejoin(g: &Group, marker: &Path) -> bool {
+    if let Err(e) = std::fs::remove_file(marker) {
+        tracing::error!(error = %e, "cannot remove rejoin marker");
+        return false;
+    }
+    g.rejoining.store(false, Ordering::SeqCst);
+    g.deciding.store(false, Ordering::SeqCst);
+    g.raft.runtime_config().elect(true);
+    true
 }
 
 fn expect_map(r: Response) -> Result<()> {
