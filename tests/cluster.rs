@@ -150,7 +150,38 @@ async fn wiped_node_catches_up_by_snapshot() {
     }
     let log = c.log_text(victim);
     assert!(log.contains("rejoining as a learner"), "the data-loss path ran:\n{log}");
-    assert!(log.contains("rejoined the cluster as a voter"), "and finished:\n{log}");
+    assert!(log.contains("rejoined the cluster: caught up"), "and finished:\n{log}");
+}
+
+/// A wiped node that replicated the metadata group as a learner (the group seats 5 voters)
+/// comes back a learner: rejoining must not grow the voter set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_metadata_learner_rejoins_as_a_learner() {
+    let mut c = Cluster::init(6, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let learner = loop {
+        let st = c.status(1).await.unwrap();
+        if let Some(l) = st["meta"]["learners"].as_array().and_then(|l| l.first()).and_then(|l| l.as_u64()) {
+            assert_eq!(st["meta"]["voters"].as_array().unwrap().len(), 5, "{st}");
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no metadata learner: {st}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    c.kill9(learner);
+    c.wipe(learner);
+    c.start(learner);
+    c.wait_ready(Duration::from_secs(90)).await;
+    let log = c.log_text(learner);
+    assert!(log.contains("rejoined the cluster: caught up"), "the data-loss path ran:\n{log}");
+    let via = if learner == 1 { 2 } else { 1 };
+    let st = c.status(via).await.unwrap();
+    let voters: Vec<u64> = serde_json::from_value(st["meta"]["voters"].clone()).unwrap();
+    let learners: Vec<u64> = serde_json::from_value(st["meta"]["learners"].clone()).unwrap();
+    assert_eq!(voters.len(), 5, "{st}");
+    assert!(learners.contains(&learner) && !voters.contains(&learner), "{st}");
 }
 
 /// `kill -9` of every node at once, then a restart: nothing acknowledged is lost.

@@ -1632,7 +1632,10 @@ impl Node {
                 match r {
                     Ok(Ok(())) => {
                         if finish_rejoin(g, &marker) {
-                            tracing::info!(group = g.id, "rejoined the cluster as a voter");
+                            tracing::info!(
+                                group = g.id,
+                                "rejoined the cluster: caught up, voting where it votes"
+                            );
                         }
                         return;
                     }
@@ -1663,19 +1666,28 @@ impl Node {
             .ok_or_else(|| Error::NotFound(format!("node {id} is not a member of group {}", g.id)))?;
         let map_err =
             |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| Error::Unavailable(e.to_string());
-        if membership.voter_ids().any(|v| v == id) {
+        let was_voter = membership.voter_ids().any(|v| v == id);
+        // The metadata and ledger groups seat at most MAX_META_VOTERS voters; the other nodes
+        // replicate them as learners and must come back as learners. (A voter demoted by an
+        // earlier attempt that did not finish left a seat free: it gets it back.)
+        let capped = g.id == META_GROUP || g.id == LEDGER_GROUP;
+        let promote = was_voter || !capped || membership.voter_ids().count() < MAX_META_VOTERS;
+        if was_voter {
             g.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
                 .await
                 .map_err(map_err)?;
         }
         g.raft.add_learner(id, node, true).await.map_err(map_err)?;
-        g.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(map_err)?;
+        if promote {
+            g.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(map_err)?;
+        }
         self.propose_local(g, Command::MarkSeen { node: id, instance }).await?;
-        tracing::info!(group = g.id, node = id, "re-admitted node as voter after data loss");
+        let as_what = if promote { "voter" } else { "learner" };
+        tracing::info!(group = g.id, node = id, as_what, "re-admitted node after data loss");
         Ok(())
     }
 }
