@@ -68,6 +68,78 @@ fn decode_queued(raw: &[u8]) -> Result<Queued> {
     }
 }
 
+/// The longest prefix of `parts` (queue index, part; one shard's, in queue order) that can
+/// go in one proposal, merged, with the indices it used; None if fewer than two can. A merge
+/// keeps one kind (plain or sealed) and one namespace, stays within `max_bytes`, and never
+/// names a sealed series twice (the shard refuses such a sealed batch, as every replica must).
+/// Series stay in order: of two samples with one timestamp the later part's wins, as it would
+/// have applied after (a sealed block of a later position reads after one of an earlier
+/// position of the same entry).
+fn merge_parts(parts: Vec<(u64, TsPart)>, max_bytes: usize) -> Option<(TsPart, Vec<u64>)> {
+    use edgefabric_tsdb::batch::{SealedBatch, WriteBatch};
+    let mut merged: Option<(Merging, u64, GroupId)> = None;
+    let mut used = Vec::new();
+    let mut bytes = 0usize;
+    for (i, p) in parts {
+        if bytes + p.batch.len() > max_bytes {
+            break;
+        }
+        let next = match p.sealed {
+            false => WriteBatch::decode(&p.batch).map(Merging::Plain),
+            true => SealedBatch::decode(&p.batch).map(|b| {
+                let seen = b.series.iter().map(|s| s.labels.clone()).collect();
+                Merging::Sealed(b, seen)
+            }),
+        };
+        let Ok(next) = next else { break };
+        match &mut merged {
+            None => merged = Some((next, p.samples, p.shard)),
+            Some((m, samples, shard)) => {
+                if *shard != p.shard || !m.absorb(next) {
+                    break;
+                }
+                *samples += p.samples;
+            }
+        }
+        bytes += p.batch.len();
+        used.push(i);
+    }
+    match merged {
+        Some((m, samples, shard)) if used.len() > 1 => {
+            let (batch, sealed) = match m {
+                Merging::Plain(b) => (b.encode(), false),
+                Merging::Sealed(b, _) => (b.encode(), true),
+            };
+            Some((TsPart { shard, batch, samples, sealed }, used))
+        }
+        _ => None,
+    }
+}
+
+/// Queued parts being merged into one proposal: one kind and one namespace throughout.
+enum Merging {
+    Plain(edgefabric_tsdb::batch::WriteBatch),
+    /// With the series it names (a sealed batch may not name one twice).
+    Sealed(edgefabric_tsdb::batch::SealedBatch, std::collections::HashSet<edgefabric_tsdb::batch::Labels>),
+}
+
+impl Merging {
+    /// Appends `next`'s series if it is of the same kind and namespace; false if not.
+    fn absorb(&mut self, next: Merging) -> bool {
+        match (self, next) {
+            (Merging::Plain(m), Merging::Plain(b)) if m.ns == b.ns => m.series.extend(b.series),
+            (Merging::Sealed(m, seen), Merging::Sealed(b, _))
+                if m.ns == b.ns && !b.series.iter().any(|s| seen.contains(&s.labels)) =>
+            {
+                seen.extend(b.series.iter().map(|s| s.labels.clone()));
+                m.series.extend(b.series)
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// The last index appended.
@@ -264,41 +336,19 @@ impl Node {
         }
     }
 
-    /// The longest run of `run`'s parts (queue indices of one shard, in order) that are plain,
-    /// of one namespace and together within a raft entry, merged into one part; None if fewer
-    /// than two qualify (send the first alone).
+    /// The longest run of `run`'s parts (queue indices of one shard, in order) that are all
+    /// plain or all sealed, of one namespace and together within a raft entry, merged into one
+    /// part; None if fewer than two qualify (send the first alone).
     fn merged_part(&self, run: &[u64]) -> Result<Option<(TsPart, Vec<u64>)>> {
         let (Some(&first), Some(&last)) = (run.first(), run.last()) else { return Ok(None) };
         let wanted: std::collections::HashSet<u64> = run.iter().copied().collect();
-        let entries = self.engine.entries(TS_QUEUE, first..=last)?;
-        let mut merged: Option<(edgefabric_tsdb::batch::WriteBatch, u64, GroupId)> = None;
-        let mut used = Vec::new();
-        let mut bytes = 0usize;
-        for (i, raw) in entries.into_iter().filter(|(i, _)| wanted.contains(i)) {
-            let p = decode_queued(&raw)?.part;
-            if p.sealed || bytes + p.batch.len() > crate::types::MAX_TS_BATCH_BYTES / 2 {
-                break;
+        let mut parts = vec![];
+        for (i, raw) in self.engine.entries(TS_QUEUE, first..=last)? {
+            if wanted.contains(&i) {
+                parts.push((i, decode_queued(&raw)?.part));
             }
-            let Ok(b) = edgefabric_tsdb::batch::WriteBatch::decode(&p.batch) else { break };
-            match &mut merged {
-                None => merged = Some((b, p.samples, p.shard)),
-                Some((m, _, _)) if m.ns != b.ns => break,
-                // Series in order: of two samples with one timestamp the later part's wins,
-                // as it would have applied after.
-                Some((m, samples, _)) => {
-                    m.series.extend(b.series);
-                    *samples += p.samples;
-                }
-            }
-            bytes += p.batch.len();
-            used.push(i);
         }
-        match merged {
-            Some((b, samples, shard)) if used.len() > 1 => {
-                Ok(Some((TsPart { shard, batch: b.encode(), samples, sealed: false }, used)))
-            }
-            _ => Ok(None),
-        }
+        Ok(merge_parts(parts, crate::types::MAX_TS_BATCH_BYTES / 2))
     }
 
     /// Proposes a part (one queued part, or several merged); on success the queued parts
@@ -391,5 +441,64 @@ mod tests {
         assert_eq!((q.part, q.queued_ms), (sealed.part, queued_ms));
 
         assert!(decode_queued(b"\x01").is_err());
+    }
+
+    fn plain(ns: &str, name: &str, t: i64) -> TsPart {
+        let points = vec![edgefabric_tsdb::line::Point {
+            labels: vec![("__name__".into(), name.into())],
+            time_ms: t,
+            value: 1.0,
+        }];
+        let batch = edgefabric_tsdb::batch::WriteBatch::from_points(ns, points).unwrap().encode();
+        TsPart { shard: 1, batch, samples: 1, sealed: false }
+    }
+
+    fn sealed(ns: &str, name: &str) -> TsPart {
+        let batch = edgefabric_tsdb::batch::SealedBatch {
+            ns: ns.into(),
+            series: vec![edgefabric_tsdb::batch::SealedSeries {
+                labels: vec![("__name__".into(), name.into())],
+                min_t: 1,
+                max_t: 2,
+                count: 2,
+                key_version: 1,
+                sealed: b"ciphertext".to_vec(),
+            }],
+        };
+        TsPart { shard: 1, batch: batch.encode(), samples: 2, sealed: true }
+    }
+
+    fn merge(parts: Vec<TsPart>, max_bytes: usize) -> Option<(TsPart, Vec<u64>)> {
+        merge_parts((1..).zip(parts).collect(), max_bytes)
+    }
+
+    #[test]
+    fn queued_parts_merge_by_kind_namespace_shard_and_size() {
+        // Plain parts merge, a series named twice included (the engine takes that).
+        let (p, used) =
+            merge(vec![plain("a", "x", 1), plain("a", "x", 2), plain("a", "y", 1)], 1 << 20).unwrap();
+        assert_eq!((used, p.samples, p.sealed), (vec![1, 2, 3], 3, false));
+        let b = edgefabric_tsdb::batch::WriteBatch::decode(&p.batch).unwrap();
+        assert_eq!(b.series.len(), 3);
+        // Sealed parts of distinct series merge into a batch the shard accepts.
+        let (p, used) = merge(vec![sealed("a", "x"), sealed("a", "y")], 1 << 20).unwrap();
+        assert_eq!((used, p.samples, p.sealed), (vec![1, 2], 4, true));
+        assert_eq!(edgefabric_tsdb::batch::SealedBatch::decode(&p.batch).unwrap().series.len(), 2);
+        // A sealed series twice stops the merge: such a batch would be refused.
+        let (_, used) = merge(vec![sealed("a", "x"), sealed("a", "y"), sealed("a", "x")], 1 << 20).unwrap();
+        assert_eq!(used, vec![1, 2]);
+        assert!(merge(vec![sealed("a", "x"), sealed("a", "x")], 1 << 20).is_none());
+        // Kinds, namespaces and shards do not mix.
+        assert!(merge(vec![plain("a", "x", 1), sealed("a", "y")], 1 << 20).is_none());
+        assert!(merge(vec![sealed("a", "x"), plain("a", "y", 1)], 1 << 20).is_none());
+        assert!(merge(vec![plain("a", "x", 1), plain("b", "x", 1)], 1 << 20).is_none());
+        let mut other = plain("a", "y", 1);
+        other.shard = 2;
+        assert!(merge(vec![plain("a", "x", 1), other], 1 << 20).is_none());
+        // The size bound holds.
+        let one = plain("a", "x", 1).batch.len();
+        let (_, used) =
+            merge(vec![plain("a", "x", 1), plain("a", "x", 2), plain("a", "x", 3)], 2 * one + 1).unwrap();
+        assert_eq!(used, vec![1, 2]);
     }
 }
