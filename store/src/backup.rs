@@ -32,7 +32,7 @@
 //! the whole file and checks that digest before it writes anything.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
@@ -409,15 +409,26 @@ pub fn restore(
     }
     let summary = c.summary(|i| c.groups[i].1.len() as u64);
     std::fs::create_dir_all(data_dir)?;
-    let mut written: Vec<PathBuf> = vec![];
+    let mut votes = vec![];
     for (g, image) in c.groups {
+        if let Some(l) = g.meta.last_log_id.filter(|l| l.leader_id.term > 0) {
+            votes.push((g.id, l.leader_id.term, l.leader_id.node_id));
+        }
         let dir = data_dir.join(format!("group-{}", g.id));
         crate::raft_store::write_snapshot_image(&dir, g.meta, image)?;
         crate::node::write_rejoin_marker(&dir)?;
-        written.push(dir);
         progress(g.id);
     }
     let engine = LogEngine::open(&data_dir.join("raft"))?;
+    // Each group's vote starts at its snapshot's term. Without it the vote would be term 0,
+    // and the first election the group held (its only replica's, or one after a rejoin)
+    // would be for term 1: a leader whose entries follow entries of a higher term, which
+    // raft's log order forbids. (A restored replica never voted in a later term than the
+    // one it saw last, as far as it can know; a rejoining one does not vote at all.)
+    for (id, term, leader) in &votes {
+        let vote = openraft::Vote::<NodeId>::new(*term, *leader);
+        engine.save_vote(*id, crate::codec::encode(&vote)?)?;
+    }
     if !c.audit.is_empty() {
         let n = c.audit.len() as u64;
         engine.append(crate::audit::AUDIT_INHERITED, (1..=n).zip(c.audit).collect())?;
@@ -435,6 +446,7 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn write_archive(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
         let mut a = ArchiveWriter::new(Vec::new()).unwrap();
@@ -577,8 +589,57 @@ mod tests {
         assert_eq!(queued.len(), 1);
         let rec: edgefabric_ledger::entry::AuditRecord = crate::codec::decode(&queued[0].1).unwrap();
         assert_eq!((rec.instance, rec.seq), (7, 3));
+        // The group's vote is at its snapshot's term (3, by node 1), not term 0.
+        let vote: openraft::Vote<NodeId> = crate::codec::decode(&engine.vote(1).unwrap()).unwrap();
+        assert_eq!(vote, openraft::Vote::new(3, 1));
         drop(engine);
         // And a second restore into it is refused.
         assert!(restore(&p, &data, Some(2), |_| {}).is_err());
+    }
+
+    /// A restored group that is its own only voter elects itself in a term after its
+    /// snapshot's, so its new entries follow the old ones in log order (with a vote of term 0
+    /// it would lead term 1 after entries of term 5).
+    #[tokio::test]
+    async fn a_restored_only_replica_leads_a_term_after_its_snapshot() {
+        use openraft::{CommittedLeaderId, LogId, Membership, StoredMembership};
+        let dir = tempfile::tempdir().unwrap();
+        let log_id = LogId::new(CommittedLeaderId::new(5, 1), 10);
+        let membership = Membership::new(vec![std::collections::BTreeSet::from([1u64])], None);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: StoredMembership::new(Some(log_id), membership),
+            snapshot_id: "s".into(),
+        };
+        let image: crate::kv::Image = vec![];
+        let file = write_archive(&[
+            (KIND_HEADER, header(1)),
+            (KIND_GROUP, crate::codec::encode(&GroupFrame { id: 1, meta }).unwrap()),
+            (KIND_IMAGE, crate::codec::encode(&image).unwrap()),
+            (KIND_AUDIT, crate::codec::encode(&Vec::<Vec<u8>>::new()).unwrap()),
+            (KIND_TS_QUEUE, crate::codec::encode(&Vec::<Vec<u8>>::new()).unwrap()),
+        ]);
+        let path = dir.path().join("b.efb");
+        std::fs::write(&path, file).unwrap();
+        let data = dir.path().join("data");
+        restore(&path, &data, Some(1), |_| {}).unwrap();
+
+        let engine = LogEngine::open(&data.join("raft")).unwrap();
+        let db = sled::Config::new().path(data.join("sm")).open().unwrap();
+        let sm = crate::raft_store::StateMachineStore::open(&data.join("group-1"), &db, 1, None).unwrap();
+        let identity = Arc::new(edgefabric_crypto::Identity::generate().unwrap());
+        let link = Arc::new(crate::link::LinkAuth::new(1, identity, Default::default()));
+        let network =
+            crate::network::NetworkFactory { channels: crate::network::Channels::new(link), group: 1 };
+        let config = Arc::new(openraft::Config::default().validate().unwrap());
+        let raft = crate::raft_store::Raft::new(1, config, network, crate::LogStore::new(engine, 1), sm)
+            .await
+            .unwrap();
+        raft.wait(Some(std::time::Duration::from_secs(10))).current_leader(1, "elected").await.unwrap();
+        let put = crate::types::Command::MarkSeen { node: 1, instance: 9 };
+        let r = raft.client_write(put).await.unwrap();
+        assert!(r.log_id.leader_id.term > 5, "{:?} follows entries of term 5", r.log_id);
+        assert!(r.log_id.index > 10);
+        raft.shutdown().await.unwrap();
     }
 }
