@@ -214,6 +214,9 @@ impl AppState {
     }
 }
 
+/// How long a stopping node waits for the requests in flight.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(15);
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -294,12 +297,25 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         r = &mut grpc_task => failed = Some(format!("gRPC server stopped: {r:?}")),
         r = &mut http_task => failed = Some(format!("HTTP server stopped: {r:?}")),
     }
+    // Stop accepting, let the requests in flight finish (their raft groups still run, so a
+    // write being committed gets its answer), then stop the groups. Bounded: a client that
+    // keeps a request open cannot hold the node up for ever.
+    node.stop_campaigning();
     let _ = stop_tx.send(true);
+    if failed.is_none() {
+        let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+            let _ = (&mut grpc_task).await;
+            let _ = (&mut http_task).await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(after = ?SHUTDOWN_DRAIN, "requests still in flight at shutdown; stopping anyway");
+        }
+    }
     node.shutdown().await;
     if let Some(f) = failed {
         anyhow::bail!(f);
     }
-    let _ = grpc_task.await;
-    let _ = http_task.await;
+    tracing::info!("stopped");
     Ok(())
 }

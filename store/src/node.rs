@@ -350,6 +350,16 @@ impl Node {
             .max_encoding_message_size(network::MAX_MESSAGE_BYTES)
     }
 
+    /// The first step of a graceful stop, before the servers stop taking requests: no group of
+    /// this node starts an election any more. A draining node stops hearing its leaders (its
+    /// server refuses new connections) while its groups still run; campaigning then would
+    /// only depose healthy leaders and stall the very requests it is finishing.
+    pub fn stop_campaigning(&self) {
+        for g in self.all_groups() {
+            g.raft.runtime_config().elect(false);
+        }
+    }
+
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         let groups: Vec<Arc<Group>> =

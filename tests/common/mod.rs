@@ -200,6 +200,26 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, then waits (up to `within`) for the process to exit; its exit status, or None
+    /// if it had to be killed.
+    pub fn terminate(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(id, "-TERM");
+        let node = self.nodes.get_mut(&id).expect("node id");
+        let mut child = node.child.take().expect("node running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGSTOP: the process freezes with its sockets open, as a node behind a partition looks
     /// to the others (connections hang instead of being refused).
     pub fn pause(&mut self, id: u64) {
