@@ -249,7 +249,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     }
     let state = Arc::new(AppState::new(node.clone(), admin_token));
 
+    // REST stops first, gRPC (which carries node-to-node traffic too) after it: see below.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (grpc_stop_tx, grpc_stop_rx) = watch::channel(false);
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -268,7 +270,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         // No Nagle: raft and client replies are small, and Nagle with delayed ACKs adds ~40 ms.
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            wait_stop(stop_rx.clone()),
+            wait_stop(grpc_stop_rx),
         );
     let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -297,21 +299,26 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         r = &mut grpc_task => failed = Some(format!("gRPC server stopped: {r:?}")),
         r = &mut http_task => failed = Some(format!("HTTP server stopped: {r:?}")),
     }
-    // Stop accepting, let the requests in flight finish (their raft groups still run, so a
-    // write being committed gets its answer), then stop the groups. Bounded: a client that
-    // keeps a request open cannot hold the node up for ever.
+    // Stop accepting, let the requests in flight finish, then stop the groups; bounded, so a
+    // client that keeps a request open cannot hold the node up for ever. The groups run until
+    // then, so a write being committed gets its answer. REST drains first while the gRPC port
+    // still takes node-to-node traffic: a read waiting to apply its read index, or a write
+    // waiting for its leader, needs this node to keep hearing its leaders. Elections are off
+    // from the start: a node on its way out must not depose anyone.
     node.stop_campaigning();
     let _ = stop_tx.send(true);
     if failed.is_none() {
         let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
-            let _ = (&mut grpc_task).await;
             let _ = (&mut http_task).await;
+            let _ = grpc_stop_tx.send(true);
+            let _ = (&mut grpc_task).await;
         })
         .await;
         if drained.is_err() {
             tracing::warn!(after = ?SHUTDOWN_DRAIN, "requests still in flight at shutdown; stopping anyway");
         }
     }
+    let _ = grpc_stop_tx.send(true);
     node.shutdown().await;
     if let Some(f) = failed {
         anyhow::bail!(f);
