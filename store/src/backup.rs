@@ -258,11 +258,11 @@ impl Node {
             self.engine.entries(crate::audit::AUDIT_INHERITED, ..)?.into_iter().map(|(_, r)| r).collect();
         audit.extend(self.engine.entries(crate::audit::AUDIT_QUEUE, ..)?.into_iter().map(|(_, r)| r));
         summary.audit_records = audit.len() as u64;
-        w.frame(KIND_AUDIT, &crate::codec::encode(&audit)?)?;
+        write_chunked(&mut w, KIND_AUDIT, audit)?;
         let parts: Vec<Vec<u8>> =
             self.engine.entries(crate::ts_queue::TS_QUEUE, ..)?.into_iter().map(|(_, r)| r).collect();
         summary.ts_parts = parts.len() as u64;
-        w.frame(KIND_TS_QUEUE, &crate::codec::encode(&parts)?)?;
+        write_chunked(&mut w, KIND_TS_QUEUE, parts)?;
         let (buf, bytes) = w.finish()?;
         let file = buf.into_inner().map_err(|e| Error::Storage(format!("writing the backup: {e}")))?;
         file.sync_all()?;
@@ -271,18 +271,47 @@ impl Node {
     }
 }
 
-/// Everything a backup file holds, read and checked (digest, frame order, every image).
+/// The most bytes of queue entries in one frame: a long backlog (a site cut off for days)
+/// spans several frames, each well within what a reader decodes (`codec::MAX_DECODE_BYTES`).
+const QUEUE_FRAME_BYTES: usize = 16 << 20;
+
+/// Writes `items` as frames of `kind`, each an encoded list of at most `QUEUE_FRAME_BYTES`;
+/// at least one frame, so a reader can tell an empty queue from a missing one.
+fn write_chunked<W: Write>(w: &mut ArchiveWriter<W>, kind: u8, items: Vec<Vec<u8>>) -> Result<()> {
+    let mut chunk: Vec<Vec<u8>> = vec![];
+    let mut bytes = 0;
+    let mut wrote = false;
+    for item in items {
+        if !chunk.is_empty() && bytes + item.len() > QUEUE_FRAME_BYTES {
+            w.frame(kind, &crate::codec::encode(&std::mem::take(&mut chunk))?)?;
+            (bytes, wrote) = (0, true);
+        }
+        bytes += item.len() + 8;
+        chunk.push(item);
+    }
+    if !chunk.is_empty() || !wrote {
+        w.frame(kind, &crate::codec::encode(&chunk)?)?;
+    }
+    Ok(())
+}
+
+/// What a backup file holds besides its images, read and checked (digest, frame order, every
+/// image decoded).
 struct Contents {
     header: BackupHeader,
-    groups: Vec<(GroupFrame, Vec<u8>)>,
+    /// (group frame, image bytes).
+    groups: Vec<(GroupFrame, u64)>,
     audit: Vec<Vec<u8>>,
     ts_parts: Vec<Vec<u8>>,
     bytes: u64,
 }
 
-/// Reads and checks a backup. With `keep_images` false the images are checked and dropped
-/// (one in memory at a time).
-fn read_backup(path: &Path, keep_images: bool) -> Result<Contents> {
+/// Reads and checks a backup, handing each group's image to `on_group` as it is read (one
+/// image in memory at a time); an error from it stops the read.
+fn read_backup(
+    path: &Path,
+    mut on_group: impl FnMut(&GroupFrame, Vec<u8>) -> Result<()>,
+) -> Result<Contents> {
     let file = std::fs::File::open(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let len = file.metadata()?.len();
     let mut r = ArchiveReader::new(std::io::BufReader::new(file), len)?;
@@ -291,7 +320,7 @@ fn read_backup(path: &Path, keep_images: bool) -> Result<Contents> {
         _ => return Err(bad("the first frame is not the header")),
     };
     let mut c = Contents { header, groups: vec![], audit: vec![], ts_parts: vec![], bytes: len };
-    let (mut audit, mut ts) = (None, None);
+    let (mut audit, mut ts) = (false, false);
     while let Some((kind, payload)) = r.next()? {
         match kind {
             KIND_GROUP => {
@@ -306,19 +335,31 @@ fn read_backup(path: &Path, keep_images: bool) -> Result<Contents> {
                 };
                 crate::codec::decode::<crate::kv::Image>(&image)
                     .map_err(|e| bad(format!("group {}: image: {e}", g.id)))?;
-                c.groups.push((g, if keep_images { image } else { Vec::new() }));
+                let len = image.len() as u64;
+                on_group(&g, image)?;
+                c.groups.push((g, len));
             }
-            KIND_AUDIT if audit.is_none() => {
-                audit = Some(crate::codec::decode(&payload).map_err(|e| bad(format!("audit records: {e}")))?)
+            KIND_AUDIT => {
+                let more: Vec<Vec<u8>> =
+                    crate::codec::decode(&payload).map_err(|e| bad(format!("audit records: {e}")))?;
+                c.audit.extend(more);
+                audit = true;
             }
-            KIND_TS_QUEUE if ts.is_none() => {
-                ts = Some(crate::codec::decode(&payload).map_err(|e| bad(format!("time-series queue: {e}")))?)
+            KIND_TS_QUEUE => {
+                let more: Vec<Vec<u8>> =
+                    crate::codec::decode(&payload).map_err(|e| bad(format!("time-series queue: {e}")))?;
+                c.ts_parts.extend(more);
+                ts = true;
             }
             other => return Err(bad(format!("unexpected frame kind {other}"))),
         }
     }
-    c.audit = audit.ok_or_else(|| bad("no audit frame"))?;
-    c.ts_parts = ts.ok_or_else(|| bad("no time-series queue frame"))?;
+    if !audit {
+        return Err(bad("no audit frame"));
+    }
+    if !ts {
+        return Err(bad("no time-series queue frame"));
+    }
     for raw in &c.audit {
         let rec: edgefabric_ledger::entry::AuditRecord =
             crate::codec::decode(raw).map_err(|e| bad(format!("audit record: {e}")))?;
@@ -333,7 +374,7 @@ fn read_backup(path: &Path, keep_images: bool) -> Result<Contents> {
 }
 
 impl Contents {
-    fn summary(&self, image_bytes: impl Fn(usize) -> u64) -> BackupSummary {
+    fn summary(&self) -> BackupSummary {
         BackupSummary {
             node: self.header.node,
             site: self.header.site.clone(),
@@ -342,8 +383,7 @@ impl Contents {
             groups: self
                 .groups
                 .iter()
-                .enumerate()
-                .map(|(i, (g, _))| (g.id, g.meta.last_log_id.map_or(0, |l| l.index), image_bytes(i)))
+                .map(|(g, bytes)| (g.id, g.meta.last_log_id.map_or(0, |l| l.index), *bytes))
                 .collect(),
             audit_records: self.audit.len() as u64,
             ts_parts: self.ts_parts.len() as u64,
@@ -354,8 +394,7 @@ impl Contents {
 
 /// Reads and checks a backup without restoring it.
 pub fn check_backup(path: &Path) -> Result<BackupSummary> {
-    let c = read_backup(path, false)?;
-    Ok(c.summary(|_| 0))
+    Ok(read_backup(path, |_, _| Ok(()))?.summary())
 }
 
 /// What a data directory must not hold for a restore into it: a node's data. (A `dev` node's
@@ -387,7 +426,9 @@ pub fn restore(
     expect_node: Option<NodeId>,
     mut progress: impl FnMut(GroupId),
 ) -> Result<BackupSummary> {
-    let c = read_backup(path, true)?;
+    // First the whole file is read and checked, images dropped as they go; only then is
+    // anything written, by a second read (so one image at a time is in memory).
+    let c = read_backup(path, |_, _| Ok(()))?;
     if let Some(want) = expect_node {
         if c.header.node != want {
             return Err(Error::invalid(
@@ -407,18 +448,36 @@ pub fn restore(
             ),
         ));
     }
-    let summary = c.summary(|i| c.groups[i].1.len() as u64);
+    let summary = c.summary();
     std::fs::create_dir_all(data_dir)?;
+    let written = write_restore(path, data_dir, c, &mut progress);
+    if written.is_err() {
+        // Nothing of a node was there before: leave nothing half-written.
+        for name in node_data_in(data_dir).unwrap_or_default() {
+            let p = data_dir.join(name);
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+    written.map(|()| summary)
+}
+
+fn write_restore(
+    path: &Path,
+    data_dir: &Path,
+    c: Contents,
+    progress: &mut impl FnMut(GroupId),
+) -> Result<()> {
     let mut votes = vec![];
-    for (g, image) in c.groups {
+    read_backup(path, |g, image| {
         if let Some(l) = g.meta.last_log_id.filter(|l| l.leader_id.term > 0) {
             votes.push((g.id, l.leader_id.term, l.leader_id.node_id));
         }
         let dir = data_dir.join(format!("group-{}", g.id));
-        crate::raft_store::write_snapshot_image(&dir, g.meta, image)?;
+        crate::raft_store::write_snapshot_image(&dir, g.meta.clone(), image)?;
         crate::node::write_rejoin_marker(&dir)?;
         progress(g.id);
-    }
+        Ok(())
+    })?;
     let engine = LogEngine::open(&data_dir.join("raft"))?;
     // Each group's vote starts at its snapshot's term. Without it the vote would be term 0,
     // and the first election the group held (its only replica's, or one after a rejoin)
@@ -440,7 +499,7 @@ pub fn restore(
     engine.sync_blocking()?;
     drop(engine);
     std::fs::File::open(data_dir)?.sync_all()?;
-    Ok(summary)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -641,5 +700,30 @@ mod tests {
         assert!(r.log_id.leader_id.term > 5, "{:?} follows entries of term 5", r.log_id);
         assert!(r.log_id.index > 10);
         raft.shutdown().await.unwrap();
+    }
+
+    /// A long queue spans several frames, each small enough for a reader to decode, and
+    /// reads back whole and in order.
+    #[test]
+    fn long_queues_span_frames_and_read_back_in_order() {
+        let items: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 7 << 20]).collect();
+        let mut w = ArchiveWriter::new(Vec::new()).unwrap();
+        w.frame(KIND_HEADER, &header(1)).unwrap();
+        write_chunked(&mut w, KIND_AUDIT, vec![]).unwrap();
+        write_chunked(&mut w, KIND_TS_QUEUE, items.clone()).unwrap();
+        let bytes = w.finish().unwrap().0;
+        let mut r = ArchiveReader::new(&bytes[..], bytes.len() as u64).unwrap();
+        let mut kinds = vec![];
+        while let Some((kind, payload)) = r.next().unwrap() {
+            assert!(payload.len() <= crate::codec::MAX_DECODE_BYTES);
+            kinds.push(kind);
+        }
+        assert_eq!(kinds, vec![KIND_HEADER, KIND_AUDIT, KIND_TS_QUEUE, KIND_TS_QUEUE, KIND_TS_QUEUE]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.efb");
+        std::fs::write(&p, &bytes).unwrap();
+        let c = read_backup(&p, |_, _| Ok(())).unwrap();
+        assert!(c.audit.is_empty());
+        assert_eq!(c.ts_parts, items);
     }
 }
