@@ -333,7 +333,7 @@ fn read_backup(
                     Some((KIND_IMAGE, image)) => image,
                     _ => return Err(bad(format!("group {}: its image does not follow", g.id))),
                 };
-                crate::codec::decode::<crate::kv::Image>(&image)
+                crate::codec::decode_snapshot::<crate::kv::Image>(&image)
                     .map_err(|e| bad(format!("group {}: image: {e}", g.id)))?;
                 let len = image.len() as u64;
                 on_group(&g, image)?;

@@ -200,8 +200,8 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 fn read_snapshot_file(dir: &Path) -> Result<Option<SnapshotFile>, crate::Error> {
     let path = dir.join(SNAPSHOT_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(codec::decode(&bytes).or_else(|e| {
-            codec::decode::<SnapshotFileV1>(&bytes)
+        Ok(bytes) => Ok(Some(codec::decode_snapshot(&bytes).or_else(|e| {
+            codec::decode_snapshot::<SnapshotFileV1>(&bytes)
                 .map(|v1| SnapshotFile { meta: v1.meta, data: v1.data, ts: None })
                 .map_err(|_| e)
         })?)),
@@ -213,7 +213,7 @@ fn read_snapshot_file(dir: &Path) -> Result<Option<SnapshotFile>, crate::Error> 
 /// The snapshot's full image, encoded: what followers are sent and what a re-import reads.
 fn full_image(dir: &Path, file: &SnapshotFile) -> Result<Vec<u8>, crate::Error> {
     let Some(cp) = &file.ts else { return Ok(file.data.clone()) };
-    let mut image: Image = codec::decode(&file.data)?;
+    let mut image: Image = codec::decode_snapshot(&file.data)?;
     let ts = cp.read(dir).map_err(|e| crate::Error::Storage(format!("snapshot's time series: {e}")))?;
     KvStore::append_ts(&mut image, ts);
     codec::encode(&image)
@@ -276,7 +276,7 @@ pub fn write_snapshot_image(
     meta: SnapshotMeta<NodeId, BasicNode>,
     data: Vec<u8>,
 ) -> Result<(), crate::Error> {
-    codec::decode::<Image>(&data)?;
+    codec::decode_snapshot::<Image>(&data)?;
     std::fs::create_dir_all(dir)?;
     write_snapshot_file(dir, &SnapshotFile { meta, data, ts: None })
 }
@@ -329,7 +329,7 @@ impl StateMachineStore {
     }
 
     fn import(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), crate::Error> {
-        let mut image: Image = codec::decode(data)?;
+        let mut image: Image = codec::decode_snapshot(data)?;
         // The image carries the leader's raft meta; the snapshot's meta is authoritative.
         image.retain(|(k, _)| k.as_slice() != b"mraft");
         let raft_meta: RaftMeta = (meta.last_log_id, meta.last_membership.clone());
@@ -531,7 +531,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let sig = Some(meta.signature());
         // Validate before touching anything: a bad snapshot must not wipe the store.
-        codec::decode::<Image>(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
+        codec::decode_snapshot::<Image>(&data)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
         let file = SnapshotFile { meta: meta.clone(), data, ts: None };
         write_snapshot_file(&self.dir, &file)
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), any(e)))?;
@@ -648,6 +649,45 @@ mod tests {
             .set_len(cp.data.1 - 1)
             .unwrap();
         assert!(sm.get_current_snapshot().await.is_err());
+    }
+
+    /// A group past the 64 MiB message limit (66 values of 1 MiB) still snapshots, is sent to
+    /// a follower and installed there, and re-imports at open: these decodes were capped at
+    /// the message limit, so such a shard could never catch up a follower, and a node whose
+    /// sled was behind its snapshot could not start.
+    #[tokio::test]
+    async fn a_snapshot_larger_than_a_message_installs_and_reimports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut sm = StateMachineStore::open(&tmp.path().join("group-1"), &db, 1, None).unwrap();
+        let big = "v".repeat(1 << 20);
+        let puts: Vec<_> = (0..66u64)
+            .map(|i| {
+                let op = crate::types::Op::Put {
+                    ns: "default".into(),
+                    key: format!("k{i}"),
+                    value: big.clone().into(),
+                    cas: None,
+                };
+                entry(i + 1, Command::Batch(vec![op]))
+            })
+            .collect();
+        sm.apply(puts).await.unwrap();
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let sent = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert!(sent.snapshot.get_ref().len() > codec::MAX_DECODE_BYTES);
+
+        let db2 = sled::Config::new().temporary(true).open().unwrap();
+        let dir2 = tmp.path().join("follower");
+        let mut follower = StateMachineStore::open(&dir2, &db2, 1, None).unwrap();
+        follower.install_snapshot(&built.meta, sent.snapshot).await.unwrap();
+        assert_eq!(follower.kv().key_count().unwrap(), 66);
+        drop(follower);
+        // Its sled lost everything (a crash before sled flushed): it imports again at open.
+        let db3 = sled::Config::new().temporary(true).open().unwrap();
+        let reopened = StateMachineStore::open(&dir2, &db3, 1, None).unwrap();
+        assert_eq!(reopened.kv().key_count().unwrap(), 66);
+        assert_eq!(reopened.meta().unwrap().0, built.meta.last_log_id);
     }
 
     /// `snapshot.bin` written before checkpoints existed (no `ts` field) still reads.
