@@ -193,4 +193,13 @@ fn write_fuzz_seeds() {
         "record",
         edgefabric_store::codec::encode(&Record { revision: 9, value: b"v".to_vec() }).unwrap(),
     );
+    write_backup_seed();
+}
+
+/// The backup file's seed alone (it is deterministic): `cargo test -p edgefabric --test
+/// fuzz_seeds write_backup_seed -- --ignored`.
+#[test]
+#[ignore]
+fn write_backup_seed() {
+    seed("backup_file", "backup", edgefabric_store::backup::sample_backup().unwrap());
 }
