@@ -111,8 +111,9 @@ pub async fn run_backup(o: BackupOpts) -> Result<()> {
     }
     let c = Client::new(&o.client)?;
     let bar = progress(None, "{spinner} snapshotting the node's groups ({elapsed})");
-    let mut resp = c.stream(Method::POST, "/v1/backup").await?;
+    let resp = c.stream(Method::POST, "/v1/backup").await;
     bar.finish_and_clear();
+    let mut resp = resp?;
     let len = resp.content_length();
     let bar = progress(len, "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})");
     let tmp = o.out.with_extension("partial");
