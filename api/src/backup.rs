@@ -199,9 +199,9 @@ pub fn run_restore(o: RestoreOpts) -> Result<()> {
     bar.set_message("reading and checking the backup");
     let s = edgefabric_store::backup::restore(&o.from, &dir, node, |g| {
         bar.set_message(format!("wrote group {g}"))
-    })
-    .with_context(|| format!("restoring {} into {}", o.from.display(), dir.display()))?;
+    });
     bar.finish_and_clear();
+    let s = s.with_context(|| format!("restoring {} into {}", o.from.display(), dir.display()))?;
     println!(
         "restored node {} (site {}) into {}: {} groups, {} audit records and {} time-series parts to ship. \
          Start the node: each group rejoins as a learner and catches up before it votes.",
