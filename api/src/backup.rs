@@ -41,7 +41,7 @@ pub async fn take(State(st): State<Arc<AppState>>) -> Result<Response, ApiError>
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let path = st.node.options().data_dir.join(format!("{TMP_PREFIX}{nanos}{TMP_SUFFIX}"));
-    let summary = match st.node.backup_to(&path, |_| {}).await {
+    let summary = match st.node.backup_to(&path).await {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(&path);

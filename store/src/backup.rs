@@ -189,9 +189,9 @@ fn now_ms() -> u64 {
 }
 
 impl Node {
-    /// Writes a backup of this node to `path` (created; fsynced). `progress` is told each
-    /// group's id as it is written. See the module comment for what a backup holds.
-    pub async fn backup_to(&self, path: &Path, mut progress: impl FnMut(GroupId)) -> Result<BackupSummary> {
+    /// Writes a backup of this node to `path` (created; fsynced). See the module comment for
+    /// what a backup holds.
+    pub async fn backup_to(&self, path: &Path) -> Result<BackupSummary> {
         let groups = self.all_groups();
         let header = BackupHeader {
             node: self.opts.id,
@@ -248,10 +248,7 @@ impl Node {
             .await
             .map_err(|e| Error::Internal(format!("backup: {e}")))??;
             w = back;
-            if let Some(done) = done {
-                summary.groups.push(done);
-                progress(g.id);
-            }
+            summary.groups.extend(done);
         }
         // Every record still queued (some may be in the ledger already: a restore asks).
         let mut audit: Vec<Vec<u8>> =
@@ -504,7 +501,8 @@ pub fn restore(
     }
     let summary = c.summary();
     std::fs::create_dir_all(data_dir)?;
-    let written = write_restore(path, data_dir, c, &mut progress);
+    drop(c);
+    let written = write_restore(path, data_dir, &mut progress);
     if written.is_err() {
         // Nothing of a node was there before: leave nothing half-written.
         for name in node_data_in(data_dir).unwrap_or_default() {
@@ -515,14 +513,11 @@ pub fn restore(
     written.map(|()| summary)
 }
 
-fn write_restore(
-    path: &Path,
-    data_dir: &Path,
-    c: Contents,
-    progress: &mut impl FnMut(GroupId),
-) -> Result<()> {
+/// The second read of a checked backup: writes each group as it is read, then the votes and
+/// the queues.
+fn write_restore(path: &Path, data_dir: &Path, progress: &mut impl FnMut(GroupId)) -> Result<()> {
     let mut votes = vec![];
-    read_backup(path, |g, image| {
+    let c = read_backup(path, |g, image| {
         if let Some(l) = g.meta.last_log_id.filter(|l| l.leader_id.term > 0) {
             votes.push((g.id, l.leader_id.term, l.leader_id.node_id));
         }

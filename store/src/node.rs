@@ -362,9 +362,7 @@ impl Node {
 
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        let groups: Vec<Arc<Group>> =
-            self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        for g in groups {
+        for g in self.all_groups() {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(group = g.id, error = %e, "raft shutdown");
             }

@@ -268,15 +268,14 @@ pub fn read_snapshot_image(dir: &Path) -> Result<Option<SnapshotImage>, crate::E
     }
 }
 
-/// Writes `dir/snapshot.bin` from a full image (a group restored from a backup); the image is
-/// checked to decode first. The group then opens from it as from a snapshot installed by a
-/// leader: the state machine is imported, and the (empty) log starts after it.
+/// Writes `dir/snapshot.bin` from a full image (a group restored from a backup, whose reader
+/// has decoded the image already). The group then opens from it as from a snapshot installed
+/// by a leader: the state machine is imported, and the (empty) log starts after it.
 pub fn write_snapshot_image(
     dir: &Path,
     meta: SnapshotMeta<NodeId, BasicNode>,
     data: Vec<u8>,
 ) -> Result<(), crate::Error> {
-    codec::decode_snapshot::<Image>(&data)?;
     std::fs::create_dir_all(dir)?;
     write_snapshot_file(dir, &SnapshotFile { meta, data, ts: None })
 }
