@@ -1103,8 +1103,13 @@ async fn backup_and_restore_a_node_after_losing_its_disk() {
     // After the backup: a site-local write only node 1 holds (lost with its disk), and, from
     // the others, writes node 1 must catch up on.
     c.put(1, "plant", "after-backup", b"x").await.unwrap();
+    // Shards node 1 led elect new leaders meanwhile (it cannot reach its followers): a write
+    // may meet that with an "outcome unknown" 503, and is sent again (the same value).
+    let api = c.endpoints();
     for i in 100..150 {
-        c.put((i % 2 + 2) as u64, "default", &format!("k{i}"), &value_of(i)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let via = (i % 2 + 2) as u64;
+        assert!(api.put_until_acked(via, "default", &format!("k{i}"), &value_of(i), deadline).await, "k{i}");
     }
     // The disk is lost while node 1 is still cut off: the probes' records never left it.
     c.kill9(1);
