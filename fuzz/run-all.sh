@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-10000000}
+# The regex crates are built without coverage feedback: see fuzz/rustc-wrapper.sh. Cargo does
+# not rebuild when only the wrapper changes, so these builds have a target directory of their own.
+export RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper.sh"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
@@ -21,7 +24,7 @@ for t in "${TARGETS[@]}"; do
   # assertions, allocation bombs past -rss_limit_mb, hangs past -timeout) libFuzzer sees
   # without one, at several times the speed. Add `-s address` to look for memory errors in
   # dependencies' unsafe code.
-  if ! cargo +nightly fuzz run -s none "$t" "fuzz/corpus/$t" -- -runs="$RUNS" -rss_limit_mb=2048 -max_len=65536 -timeout=10 \
+  if ! cargo +nightly fuzz run -s none --target-dir fuzz/target/wrapped "$t" "fuzz/corpus/$t" -- -runs="$RUNS" -rss_limit_mb=2048 -max_len=65536 -timeout=10 \
     -print_final_stats=1 > "$log" 2>&1; then
     cat "$log"
     echo "FAILED: $t"
