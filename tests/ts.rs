@@ -214,6 +214,12 @@ async fn line_protocol_in_prometheus_api_out() {
         "{v}"
     );
     assert!(v["error"].as_str().unwrap().contains("expected type range vector"), "{v}");
+    // A query nested past the parser's limit is refused; before the limit, it overflowed the
+    // thread's stack and aborted the node (node 1 answers the requests below).
+    let deep = format!("{}x{}", "abs(".repeat(2_000), ")".repeat(2_000));
+    let (s, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query={}", q(&deep))).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("query nests more than 128 levels deep"), "{v}");
     let (s, v) = prom(&c, 1, &reader, "/api/v1/query_range?query=up&start=10&end=5&step=1").await;
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().contains("end timestamp must not be before start time"));

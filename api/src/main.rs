@@ -595,11 +595,23 @@ async fn kv(cmd: KvCmd) -> Result<i32> {
     Ok(0)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    match run(cli).await {
+    // PromQL parsing (on the workers) and evaluation (on the blocking pool) recurse over the
+    // query's tree, which the parser bounds for this stack size.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(edgefabric_tsdb::promql::parser::STACK_SIZE)
+        .build();
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
