@@ -310,14 +310,21 @@ impl<'a> Ev<'a> {
         })
     }
 
-    fn load(&mut self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, Error> {
-        let s = self.q.select(matchers, mint, maxt)?;
-        self.samples += s.iter().map(|x| x.samples.len()).sum::<usize>();
+    /// Counts `k` more samples (loaded, or slots of a step vector about to be allocated)
+    /// against `max_samples`. The count only grows, so it bounds the query's memory from above.
+    fn charge(&mut self, k: usize) -> Result<(), Error> {
+        self.samples = self.samples.saturating_add(k);
         if self.samples > self.opts.max_samples {
             return Err(Error::Invalid(
                 "query processing would load too many samples into memory in query execution".into(),
             ));
         }
+        Ok(())
+    }
+
+    fn load(&mut self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, Error> {
+        let s = self.q.select(matchers, mint, maxt)?;
+        self.charge(s.iter().map(|x| x.samples.len()).sum::<usize>())?;
         Ok(s)
     }
 
@@ -362,6 +369,7 @@ impl<'a> Ev<'a> {
         let (lo, hi) = self.refs(s.offset, at);
         let lookback = self.opts.lookback_ms;
         let data = self.load(&s.matchers, lo - lookback + 1, hi)?;
+        self.charge(data.len().saturating_mul(self.n))?;
         let mut rows = Vec::with_capacity(data.len());
         for series in data {
             let smp = &series.samples;
@@ -420,6 +428,11 @@ impl<'a> Ev<'a> {
         if start <= from {
             start += step;
         }
+        // A subquery's steps are not bounded the way a range query's are (11,000): `[1000d:1ms]`
+        // asks for 86 billion, and allocating one vector of them aborted the process. Each
+        // step is a sample the inner evaluation holds, as Prometheus counts them.
+        let steps = (hi.max(start) - start) / step + 1;
+        self.charge(usize::try_from(steps).unwrap_or(usize::MAX))?;
         let mut inner =
             Ev::new(self.q, start, hi.max(start), step, self.query_start, self.query_end, self.opts);
         inner.samples = self.samples;
@@ -720,6 +733,7 @@ impl<'a> Ev<'a> {
             return Ok(Val::Vector(rows));
         }
         let keep = functions::keeps_name(func);
+        self.charge(m.series.len().saturating_mul(n))?;
         let mut rows = Vec::with_capacity(m.series.len());
         for (labels, samples) in &m.series {
             let mut vals = vec![None; n];

@@ -1,8 +1,12 @@
-//! Deeply nested queries: refused past `MAX_DEPTH` with a clear error, however deep, and
-//! anything accepted parses, evaluates and is dropped on half the stack the node gives its
-//! threads (`STACK_SIZE`), in a debug build, whose frames are the largest. Before the limit a
-//! few hundred nested parentheses overflowed a 2 MiB stack and aborted the process (the fuzzer
-//! found it); without it this test aborts the same way.
+//! Queries built to hurt the node: each one answers or is refused with a clear error, and none
+//! aborts the process.
+//!
+//! Deeply nested queries are refused past `MAX_DEPTH`, however deep, and anything accepted
+//! parses, evaluates and is dropped on half the stack the node gives its threads
+//! (`STACK_SIZE`), in a debug build, whose frames are the largest. Before the limit a few
+//! hundred nested parentheses overflowed a 2 MiB stack and aborted the process (the fuzzer found
+//! it); without it the first test aborts the same way. Subqueries of billions of steps are
+//! refused before anything is allocated, and extreme times and parameters do not overflow.
 
 use std::sync::Arc;
 
@@ -109,4 +113,86 @@ fn queries_past_the_limit_are_refused_however_deep() {
     let long = format!("sum by (job) (rate(x{{{matchers}}}[5m])) > on (job) x{{job=~\"{alternatives}\"}}");
     assert!(long.len() > 30_000, "{}", long.len());
     parse(&long).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_subquery_of_too_many_steps_is_refused_not_allocated() {
+    // 86 billion steps: allocating their vector aborted the process before steps were counted.
+    for q in
+        ["max_over_time(x[1000d:1ms])", "max_over_time(x[1d:1ms])", "count_over_time(vector(1)[1000d:1ms])"]
+    {
+        let e = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let err = instant_query(&OneSeries, &e, 3_600_000, &Options::default()).expect_err(q).to_string();
+        assert!(err.contains("too many samples"), "{q}: {err}");
+    }
+    // The same subquery at a sane step answers.
+    let e = parse("max_over_time(x[1d:1m])").unwrap_or_else(|e| panic!("{e}"));
+    match instant_query(&OneSeries, &e, 3_600_000, &Options::default()) {
+        Ok(QueryResult::Vector(rows)) => assert_eq!(rows.len(), 1, "{rows:?}"),
+        other => panic!("{other:?}"),
+    }
+    // And the limit is the configured one: a smaller budget refuses a smaller subquery.
+    let small = Options { max_samples: 1_000, ..Options::default() };
+    let e = parse("max_over_time(x[1d:1m])").unwrap_or_else(|e| panic!("{e}"));
+    assert!(instant_query(&OneSeries, &e, 3_600_000, &small).is_err());
+}
+
+/// Extreme values everywhere a query takes a number or a time: each answers or is refused,
+/// in an instant query, a range query and a range query spanning all of `i64` milliseconds;
+/// none panics (this is a debug build, so an arithmetic overflow would) or aborts.
+#[test]
+fn extreme_times_and_parameters_answer_or_are_refused() {
+    let queries = [
+        "x offset 106751991d",
+        "x offset -106751991d",
+        "x @ 9e15",
+        "x @ -9e15",
+        "max_over_time(x[106751991d])",
+        "rate(x[106751991d] offset -106751991d)",
+        "max_over_time(x[106751991d:106751991d])",
+        "max_over_time(x[1ms:106751991d] offset 106751991d)",
+        "max_over_time(x[106751991d:1d] @ -9e15)",
+        "max_over_time(x[1h:1ms] @ 9e15 offset -106751991d)",
+        "predict_linear(x[5m], 1e308)",
+        "quantile(1e308, x)",
+        "topk(1e308, x)",
+        "topk(-1, x)",
+        "topk(NaN, x)",
+        "bottomk(9e18, x)",
+        "round(x, 1e-320)",
+        "round(x, -1e308)",
+        "clamp(x, NaN, 1)",
+        "vector(1) / 0",
+        "timestamp(x @ 9e15)",
+        "x ^ 1e308",
+        "x % 0",
+        "time() - 9e18",
+        "count_values(\"__name__\", x)",
+        "label_replace(x, \"__name__\", \"$1$1$1$1$1$1$1$1\", \"job\", \"(.*)\")",
+        "histogram_quantile(9e18, x)",
+        "quantile_over_time(-1, x[5m])",
+        "deriv(x[106751991d])",
+        "changes(x[106751991d])",
+        "scalar(x) * -9e18",
+    ];
+    let opts = Options::default();
+    let mut answered = 0;
+    for q in queries {
+        let e = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let results = [
+            instant_query(&OneSeries, &e, 3_600_000, &opts),
+            range_query(&OneSeries, &e, 0, 3_600_000, 600_000, &opts),
+            range_query(
+                &OneSeries,
+                &e,
+                -9_000_000_000_000_000,
+                9_000_000_000_000_000,
+                1_000_000_000_000_000,
+                &opts,
+            ),
+        ];
+        answered += results.iter().filter(|r| r.is_ok()).count();
+    }
+    // Most of them are ordinary queries with odd numbers: they answer.
+    assert!(answered > queries.len() * 2, "{answered} answers");
 }
