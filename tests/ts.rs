@@ -220,6 +220,17 @@ async fn line_protocol_in_prometheus_api_out() {
     let (s, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query={}", q(&deep))).await;
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("query nests more than 128 levels deep"), "{v}");
+    // `timeout`: a malformed one is refused, and a query that runs past it stops with
+    // Prometheus's timeout error (a subquery of 360,000 steps, each window sorted).
+    let (s, v) = prom(&c, 1, &reader, "/api/v1/query?query=up&timeout=soon").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("invalid parameter \"timeout\""), "{v}");
+    let heavy = q("quantile_over_time(0.5, cpu_usage_user[1h:10ms])");
+    let path =
+        format!("/api/v1/query_range?query={heavy}&start={}&end={t_end}&step=60&timeout=1ms", t_end - 600);
+    let (s, v) = prom(&c, 1, &reader, &path).await;
+    assert_eq!((s, v["errorType"].as_str()), (503, Some("timeout")), "{v}");
+    assert_eq!(v["error"], "query timed out in expression evaluation", "{v}");
     let (s, v) = prom(&c, 1, &reader, "/api/v1/query_range?query=up&start=10&end=5&step=1").await;
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().contains("end timestamp must not be before start time"));

@@ -68,7 +68,7 @@ const PROM_MATCH: Param = p("match[]", "Series selectors (repeatable); with `sta
 const PROM_QUERY: &[Param] = &[
     req("query", "PromQL expression"),
     p("time", "Evaluation time: RFC 3339 or Unix seconds (default: now)"),
-    p("timeout", "Evaluation timeout, e.g. `30s`"),
+    p("timeout", "Evaluation timeout, e.g. `30s` (default and most: 2m; past it, 503 `timeout`)"),
     p("lookback_delta", "Lookback for instant selectors (default 5m)"),
     p("ns", "Namespace (default `default`)"),
 ];
@@ -77,7 +77,7 @@ const PROM_RANGE: &[Param] = &[
     req("start", "RFC 3339 or Unix seconds"),
     req("end", "RFC 3339 or Unix seconds"),
     req("step", "Resolution: a duration (`15s`) or seconds"),
-    p("timeout", "Evaluation timeout"),
+    p("timeout", "Evaluation timeout, e.g. `30s` (default and most: 2m; past it, 503 `timeout`)"),
     p("lookback_delta", "Lookback for instant selectors (default 5m)"),
     p("ns", "Namespace (default `default`)"),
 ];

@@ -459,6 +459,15 @@ fn lookback(p: &[(String, String)]) -> Result<promql::Options, PromError> {
             return Err(PromError::bad("invalid parameter \"lookback_delta\": must be positive"));
         }
     }
+    // Prometheus's `timeout`: shorter than the node's (2 minutes) if asked, never longer.
+    if let Some(t) = get(p, "timeout").filter(|t| !t.is_empty()) {
+        let ms = parse_duration("timeout", t).map_err(PromError::bad)?;
+        if ms <= 0 {
+            return Err(PromError::bad("invalid parameter \"timeout\": must be positive"));
+        }
+        let asked = std::time::Duration::from_millis(ms as u64);
+        o.timeout = Some(o.timeout.map_or(asked, |max| max.min(asked)));
+    }
     Ok(o)
 }
 
@@ -479,6 +488,9 @@ async fn run_query(
         };
         r.map_err(|e| match q.failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(node_err) => PromError::from(node_err),
+            None if matches!(e, edgefabric_tsdb::Error::Timeout) => {
+                PromError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "timeout", msg: e.to_string() }
+            }
             None => {
                 PromError { status: StatusCode::UNPROCESSABLE_ENTITY, kind: "execution", msg: e.to_string() }
             }

@@ -26,4 +26,7 @@ pub enum Error {
     /// The disk failed (a read or a write of the engine's files).
     #[error("storage: {0}")]
     Io(String),
+    /// A query ran past its deadline (`promql::Options::timeout`).
+    #[error("query timed out in expression evaluation")]
+    Timeout,
 }

@@ -9,6 +9,7 @@
 //! refused before anything is allocated, and extreme times and parameters do not overflow.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use edgefabric_tsdb::engine::Series;
 use edgefabric_tsdb::matcher::Matcher;
@@ -195,4 +196,59 @@ fn extreme_times_and_parameters_answer_or_are_refused() {
     }
     // Most of them are ordinary queries with odd numbers: they answer.
     assert!(answered > queries.len() * 2, "{answered} answers");
+}
+
+/// `d`: one sample a second for a day.
+struct DenseSeries;
+
+impl Queryable for DenseSeries {
+    fn select(&self, m: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, edgefabric_tsdb::Error> {
+        let labels = vec![("__name__".to_string(), "d".to_string())];
+        if !m.iter().all(|m| m.matches_labels(&labels)) {
+            return Ok(vec![]);
+        }
+        let lo = mint.max(0) / 1000;
+        let hi = maxt.min(DAY_MS) / 1000;
+        let samples = (lo..=hi).map(|s| (s * 1000, (s % 97) as f64)).collect();
+        Ok(vec![Series { labels: Arc::new(labels), samples }])
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+#[test]
+fn a_query_past_its_timeout_stops_with_a_timeout_error() {
+    // 11,000 steps, each a quantile over a window of up to a day of samples: about a billion
+    // samples sorted in windows, minutes of work.
+    let e = parse("quantile_over_time(0.5, d[1d])").unwrap_or_else(|e| panic!("{e}"));
+    let step = DAY_MS / 10_999;
+    let opts = Options { timeout: Some(Duration::from_millis(200)), ..Options::default() };
+    let started = Instant::now();
+    let r = range_query(&DenseSeries, &e, 0, DAY_MS, step, &opts);
+    assert!(matches!(r, Err(edgefabric_tsdb::Error::Timeout)), "{:?}", r.map(|_| ()));
+    // Not a performance figure: a bound far above the 200 ms that only a loop without a look at
+    // the clock would break.
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert_eq!(
+        edgefabric_tsdb::Error::Timeout.to_string(),
+        "query timed out in expression evaluation",
+        "Prometheus's message"
+    );
+
+    // Inside a subquery too.
+    {
+        let q = "max_over_time(quantile_over_time(0.5, d[1d:1s])[1d:1m])";
+        let e = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let started = Instant::now();
+        let r = range_query(&DenseSeries, &e, 0, DAY_MS, step, &opts);
+        assert!(matches!(r, Err(edgefabric_tsdb::Error::Timeout)), "{q}: {:?}", r.map(|_| ()));
+        assert!(started.elapsed() < Duration::from_secs(30), "{q}: {:?}", started.elapsed());
+    }
+
+    // The same query over a short range answers within the same timeout.
+    let r = range_query(&DenseSeries, &e, 0, 600_000, 60_000, &opts);
+    match r {
+        Ok(QueryResult::Matrix(m)) => assert_eq!(m.len(), 1, "{m:?}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
 }

@@ -12,6 +12,7 @@
 //! metric name, vector matching ignores `__name__`, duplicate label sets in a result are an error.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use super::ast::*;
 use super::functions::{self, kahan_inc, quantile, Window};
@@ -43,13 +44,26 @@ pub struct Options {
     pub max_samples: usize,
     /// Subquery step when none is given.
     pub default_step_ms: i64,
+    /// How long an evaluation may run before it stops with `Error::Timeout` (Prometheus's
+    /// `-query.timeout`, 2 minutes by default). The sample limit bounds a query's memory, not
+    /// its time: a range function over long windows at many steps does work proportional to
+    /// both, and nothing else would stop it.
+    pub timeout: Option<Duration>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { lookback_ms: 300_000, max_samples: 50_000_000, default_step_ms: 60_000 }
+        Options {
+            lookback_ms: 300_000,
+            max_samples: 50_000_000,
+            default_step_ms: 60_000,
+            timeout: Some(Duration::from_secs(120)),
+        }
     }
 }
+
+/// Work units (about one sample or step touched each) between two looks at the clock.
+const CLOCK_EVERY: u64 = 1 << 14;
 
 /// A query's result, as the HTTP API returns it.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,8 +163,6 @@ struct MatrixVal {
     range: i64,
     offset: i64,
     at: Option<i64>,
-    /// The selector, for absent_over_time's labels.
-    matchers: Vec<Matcher>,
 }
 
 impl MatrixVal {
@@ -181,6 +193,9 @@ struct Ev<'a> {
     query_step: i64,
     opts: &'a Options,
     samples: usize,
+    deadline: Option<Instant>,
+    /// Work done since the clock was last read.
+    work: u64,
 }
 
 fn drop_name(mut l: Labels) -> Labels {
@@ -295,7 +310,34 @@ impl<'a> Ev<'a> {
         opts: &'a Options,
     ) -> Ev<'a> {
         let n = ((end - start) / step.max(1)) as usize + 1;
-        Ev { q, start, end, step, n, query_start, query_end, query_step: 0, opts, samples: 0 }
+        let deadline = opts.timeout.and_then(|t| Instant::now().checked_add(t));
+        Ev {
+            q,
+            start,
+            end,
+            step,
+            n,
+            query_start,
+            query_end,
+            query_step: 0,
+            opts,
+            samples: 0,
+            deadline,
+            work: 0,
+        }
+    }
+
+    /// Counts `units` of work about to be done, and stops the query once it is past its
+    /// deadline. Every loop whose length the query controls calls this.
+    fn spend(&mut self, units: usize) -> Result<(), Error> {
+        self.work = self.work.saturating_add(units as u64);
+        if self.work >= CLOCK_EVERY {
+            self.work = 0;
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+        }
+        Ok(())
     }
 
     fn t(&self, i: usize) -> i64 {
@@ -337,6 +379,8 @@ impl<'a> Ev<'a> {
     }
 
     fn eval(&mut self, e: &Expr) -> Result<Val, Error> {
+        // Every node does at least a step vector's worth of work.
+        self.spend(self.n)?;
         match e {
             Expr::Number(v) => Ok(Val::Scalar(vec![*v; self.n])),
             Expr::Str(s) => Ok(Val::Str(s.clone())),
@@ -370,6 +414,7 @@ impl<'a> Ev<'a> {
         let lookback = self.opts.lookback_ms;
         let data = self.load(&s.matchers, lo - lookback + 1, hi)?;
         self.charge(data.len().saturating_mul(self.n))?;
+        self.spend(data.len().saturating_mul(self.n))?;
         let mut rows = Vec::with_capacity(data.len());
         for series in data {
             let smp = &series.samples;
@@ -408,7 +453,7 @@ impl<'a> Ev<'a> {
                 ((*x.labels).clone(), samples)
             })
             .collect();
-        Ok(MatrixVal { series, range, offset: s.offset, at, matchers: s.matchers.clone() })
+        Ok(MatrixVal { series, range, offset: s.offset, at })
     }
 
     fn subquery(
@@ -436,6 +481,7 @@ impl<'a> Ev<'a> {
         let mut inner =
             Ev::new(self.q, start, hi.max(start), step, self.query_start, self.query_end, self.opts);
         inner.samples = self.samples;
+        inner.deadline = self.deadline;
         inner.query_step = self.query_step;
         let v = inner.eval(expr)?;
         self.samples = inner.samples;
@@ -452,7 +498,7 @@ impl<'a> Ev<'a> {
                 (r.labels, s)
             })
             .collect();
-        Ok(MatrixVal { series, range, offset, at, matchers: Vec::new() })
+        Ok(MatrixVal { series, range, offset, at })
     }
 
     fn scalar_arg(&mut self, e: &Expr) -> Result<Vec<f64>, Error> {
@@ -462,9 +508,13 @@ impl<'a> Ev<'a> {
         }
     }
 
+    /// An instant-vector argument; whatever takes it does work in proportion to its rows.
     fn vector_arg(&mut self, e: &Expr) -> Result<Vec<Row>, Error> {
         match self.eval(e)? {
-            Val::Vector(v) => Ok(v),
+            Val::Vector(v) => {
+                self.spend(v.len().saturating_mul(self.n))?;
+                Ok(v)
+            }
             _ => Err(Error::Invalid("expected an instant vector".into())),
         }
     }
@@ -717,18 +767,22 @@ impl<'a> Ev<'a> {
             _ => return Err(Error::Invalid(format!("expected a range vector in call to {func}"))),
         };
         if func == "absent_over_time" {
-            let vals: Vec<Option<f64>> = (0..n)
-                .map(|i| {
-                    let (lo, hi) = m.bounds(self, i);
-                    let present = m.series.iter().any(|(_, s)| s.iter().any(|x| x.0 > lo && x.0 <= hi));
-                    (!present).then_some(1.0)
-                })
-                .collect();
+            // Each series' samples are in time order: a binary search per series and step
+            // (a scan of every sample at every step was quadratic).
+            let mut vals = Vec::with_capacity(n);
+            for i in 0..n {
+                self.spend(m.series.len())?;
+                let (lo, hi) = m.bounds(self, i);
+                let present = m.series.iter().any(|(_, s)| {
+                    let j = s.partition_point(|x| x.0 <= lo);
+                    j < s.len() && s[j].0 <= hi
+                });
+                vals.push((!present).then_some(1.0));
+            }
             let labels = match unwrap_paren(matrix_arg) {
                 Expr::Matrix(s, _) => labels_of_equal_matchers(&s.matchers),
                 _ => Vec::new(),
             };
-            let _ = &m.matchers;
             let rows = if vals.iter().any(Option::is_some) { vec![Row { labels, vals }] } else { Vec::new() };
             return Ok(Val::Vector(rows));
         }
@@ -753,6 +807,9 @@ impl<'a> Ev<'a> {
                 if a >= b {
                     continue;
                 }
+                // Windows overlap when the range is longer than the step, so this work grows
+                // with both: the deadline's main reason.
+                self.spend(b - a)?;
                 let w =
                     Window { samples: &samples[a..b], start: lo, end: hi, range: m.range, eval_t: self.t(i) };
                 let p = param.as_ref().map_or(0.0, |p| p[i]);
@@ -999,6 +1056,8 @@ impl<'a> Ev<'a> {
         m: Option<&Matching>,
     ) -> Result<Val, Error> {
         let n = self.n;
+        let rows = |v: &Val| if let Val::Vector(r) = v { r.len() } else { 1 };
+        self.spend((rows(&l) + rows(&r)).saturating_mul(n))?;
         match (l, r) {
             (Val::Scalar(a), Val::Scalar(b)) => Ok(Val::Scalar(
                 a.into_iter()
