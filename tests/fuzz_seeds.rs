@@ -41,6 +41,18 @@ fn write_fuzz_seeds() {
     let golden = include_str!("../benches/golden-queries.promql");
     for (i, q) in golden.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).enumerate() {
         seed("promql", &format!("golden-{i}"), q);
+        seed("promql_eval", &format!("golden-{i}"), q);
+    }
+    for (i, q) in [
+        "histogram_quantile(0.9, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))",
+        "max_over_time(deriv(node_load1[10m])[1h:1m] offset 5m) > bool 0",
+        "label_replace(weird, \"k\", \"$1\", \"kind\", \"(s.*)\") or absent_over_time(nope[5m])",
+        "sum without (cpu) (resets(node_cpu_seconds_total[1h])) @ end() * on (host) group_left node_uname_info",
+    ]
+    .iter()
+    .enumerate()
+    {
+        seed("promql_eval", &format!("eval-{i}"), q);
     }
     seed("promql", "selector", r#"{__name__=~"node_.+",job!="x"}[5m] offset 1h @ 1700000000"#);
     // Chunks: regular and irregular times, integers, decimals, floats, specials.
