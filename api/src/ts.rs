@@ -350,8 +350,10 @@ fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
 
 /// A time: RFC 3339 or Unix seconds (fractions allowed), as Prometheus accepts.
 pub fn parse_time(field: &str, s: &str) -> Result<i64, String> {
+    // Within the bound PromQL's `@` has, so that no time the evaluator computes overflows.
+    const MAX_SECS: f64 = promql::parser::MAX_TIME_MS as f64 / 1000.0;
     if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs.abs() < 9.2e15 {
+        if secs.is_finite() && secs.abs() <= MAX_SECS {
             return Ok((secs * 1000.0).round() as i64);
         }
     }
@@ -362,13 +364,15 @@ pub fn parse_time(field: &str, s: &str) -> Result<i64, String> {
 
 /// A duration: Prometheus's syntax (`5m`, `1h30m`) or seconds.
 fn parse_duration(field: &str, s: &str) -> Result<i64, String> {
+    // At most a query's longest duration (Prometheus's, about 292 years).
+    const MAX_MS: i64 = promql::parser::MAX_DURATION_MS;
     if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs.abs() < 9.2e15 {
+        if secs.is_finite() && secs.abs() * 1000.0 <= MAX_MS as f64 {
             return Ok((secs * 1000.0).round() as i64);
         }
     }
     match promql::lexer::duration(s) {
-        Some((ms, n)) if n == s.len() => Ok(ms),
+        Some((ms, n)) if n == s.len() && ms <= MAX_MS => Ok(ms),
         _ => Err(format!("invalid parameter \"{field}\": cannot parse \"{s}\" to a valid duration")),
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use edgefabric_tsdb::engine::Series;
 use edgefabric_tsdb::matcher::Matcher;
-use edgefabric_tsdb::promql::parser::{MAX_DEPTH, STACK_SIZE};
+use edgefabric_tsdb::promql::parser::{MAX_DEPTH, MAX_TIME_MS, STACK_SIZE};
 use edgefabric_tsdb::promql::{instant_query, parse, range_query, Options, QueryResult, Queryable};
 
 /// One series, `x{job="a"}`, one sample a minute with the value 2.
@@ -138,22 +138,23 @@ fn a_subquery_of_too_many_steps_is_refused_not_allocated() {
     assert!(instant_query(&OneSeries, &e, 3_600_000, &small).is_err());
 }
 
-/// Extreme values everywhere a query takes a number or a time: each answers or is refused,
-/// in an instant query, a range query and a range query spanning all of `i64` milliseconds;
-/// none panics (this is a debug build, so an arithmetic overflow would) or aborts.
+/// Extreme values everywhere a query takes a number or a time, up to the bounds the parser
+/// allows (`MAX_DURATION_MS`, `MAX_TIME_MS`): each answers or is refused, in an instant query,
+/// a range query and a range query across all the times a query may name; none panics (this
+/// is a debug build, so an arithmetic overflow would) or aborts.
 #[test]
 fn extreme_times_and_parameters_answer_or_are_refused() {
     let queries = [
-        "x offset 106751991d",
-        "x offset -106751991d",
-        "x @ 9e15",
-        "x @ -9e15",
-        "max_over_time(x[106751991d])",
-        "rate(x[106751991d] offset -106751991d)",
-        "max_over_time(x[106751991d:106751991d])",
-        "max_over_time(x[1ms:106751991d] offset 106751991d)",
-        "max_over_time(x[106751991d:1d] @ -9e15)",
-        "max_over_time(x[1h:1ms] @ 9e15 offset -106751991d)",
+        "x offset 106751d",
+        "x offset -106751d",
+        "x @ 2.3e15",
+        "x @ -2.3e15",
+        "max_over_time(x[106751d])",
+        "rate(x[106751d] offset -106751d)",
+        "max_over_time(x[106751d:106751d])",
+        "max_over_time(x[1ms:106751d] offset 106751d)",
+        "max_over_time(x[106751d:1d] @ -2.3e15)",
+        "max_over_time(x[1h:1ms] @ 2.3e15 offset -106751d)",
         "predict_linear(x[5m], 1e308)",
         "quantile(1e308, x)",
         "topk(1e308, x)",
@@ -164,7 +165,7 @@ fn extreme_times_and_parameters_answer_or_are_refused() {
         "round(x, -1e308)",
         "clamp(x, NaN, 1)",
         "vector(1) / 0",
-        "timestamp(x @ 9e15)",
+        "timestamp(x @ 2.3e15)",
         "x ^ 1e308",
         "x % 0",
         "time() - 9e18",
@@ -172,9 +173,14 @@ fn extreme_times_and_parameters_answer_or_are_refused() {
         "label_replace(x, \"__name__\", \"$1$1$1$1$1$1$1$1\", \"job\", \"(.*)\")",
         "histogram_quantile(9e18, x)",
         "quantile_over_time(-1, x[5m])",
-        "deriv(x[106751991d])",
-        "changes(x[106751991d])",
+        "deriv(x[106751d])",
+        "changes(x[106751d])",
         "scalar(x) * -9e18",
+        // Times and durations at their bounds, stacked through nested subqueries.
+        "rate(x[292y] @ -2.3e15 offset -292y)",
+        "max_over_time(max_over_time(x[292y:1w] offset 292y)[292y:1w] @ -2.3e15 offset 292y)",
+        "max_over_time(max_over_time(x[292y:1w] offset -292y)[292y:1w] @ 2.3e15 offset -292y)",
+        "timestamp(x @ 2305843009213693.951)",
     ];
     let opts = Options::default();
     let mut answered = 0;
@@ -183,19 +189,26 @@ fn extreme_times_and_parameters_answer_or_are_refused() {
         let results = [
             instant_query(&OneSeries, &e, 3_600_000, &opts),
             range_query(&OneSeries, &e, 0, 3_600_000, 600_000, &opts),
-            range_query(
-                &OneSeries,
-                &e,
-                -9_000_000_000_000_000,
-                9_000_000_000_000_000,
-                1_000_000_000_000_000,
-                &opts,
-            ),
+            range_query(&OneSeries, &e, -MAX_TIME_MS, MAX_TIME_MS, MAX_TIME_MS / 1000, &opts),
         ];
         answered += results.iter().filter(|r| r.is_ok()).count();
     }
     // Most of them are ordinary queries with odd numbers: they answer.
     assert!(answered > queries.len() * 2, "{answered} answers");
+
+    // Past the bounds, the parser refuses, naming what is out of range. These used to overflow
+    // in the evaluator: a panic in a debug build, wrapped times in a release one.
+    for (q, what) in [
+        ("rate(x[293y])", "range: out of range (at most 292 years)"),
+        ("x offset 9223372036854775807ms", "offset: out of range"),
+        ("max_over_time(x[1h:106752d])", "step: out of range"),
+        ("x @ 2.4e15", "timestamp out of bounds for @ modifier"),
+        ("x @ -2.4e15", "timestamp out of bounds for @ modifier"),
+        ("x @ 106751991167d", "timestamp out of bounds for @ modifier"),
+    ] {
+        let e = parse(q).map(|_| ()).expect_err(q).to_string();
+        assert!(e.contains(what), "{q}: {e}");
+    }
 }
 
 /// `d`: one sample a second for a day.

@@ -20,8 +20,19 @@ pub const MAX_DEPTH: usize = 128;
 /// The stack a thread must have to parse and evaluate any query `parse` accepts. The node runs
 /// its tokio threads (workers and the blocking pool) with it. At `MAX_DEPTH` the deepest shape
 /// (nested function calls) needs under 0.5 MiB in a release build and 3 MiB in a debug build;
-/// `tsdb/tests/promql_depth.rs` checks every shape at the limit on half of this.
+/// `tsdb/tests/promql_limits.rs` checks every shape at the limit on half of this.
 pub const STACK_SIZE: usize = 8 << 20;
+
+/// The longest duration (range, step, offset) a query may hold: Prometheus's, the largest Go
+/// `time.Duration`, about 292 years.
+pub const MAX_DURATION_MS: i64 = i64::MAX / 1_000_000;
+
+/// The furthest time from 1970 a query may name (`@`, and the HTTP API's times): 2^61 ms, about
+/// 73 million years. With `MAX_DURATION_MS` this keeps every time the evaluator computes (a
+/// time less offsets, ranges and a lookback, through at most `MAX_DEPTH` nested subqueries)
+/// and the distance between any two inside i64, where `[292277026y]` or
+/// `@ -9e15 offset 106751991167d` used to overflow.
+pub const MAX_TIME_MS: i64 = 1 << 61;
 
 pub fn parse(src: &str) -> Result<Expr, Error> {
     let toks = lex(src)?;
@@ -349,7 +360,8 @@ impl Parser {
                                 .ok_or(())
                                 .or_else(|_| self.err("timestamp out of bounds for @ modifier"))?,
                         ),
-                        Tok::Duration(d) => At::Time(d),
+                        Tok::Duration(d) if d <= MAX_TIME_MS => At::Time(d),
+                        Tok::Duration(_) => return self.err("timestamp out of bounds for @ modifier"),
                         Tok::Sub => match self.next() {
                             Tok::Number(n) => At::Time(
                                 secs_to_ms(-n)
@@ -384,14 +396,16 @@ impl Parser {
         }
     }
 
-    /// A duration, or a number of seconds.
+    /// A duration, or a number of seconds; at most `MAX_DURATION_MS` either way.
     fn duration(&mut self, what: &str) -> Result<i64, Error> {
-        match self.next() {
-            Tok::Duration(d) => Ok(d),
-            Tok::Number(n) if n.is_finite() => {
-                secs_to_ms(n).ok_or(()).or_else(|_| self.err(format!("{what}: out of range")))
-            }
-            t => self.err(format!("{what}: expected a duration, found {}", describe(&t))),
+        let d = match self.next() {
+            Tok::Duration(d) => Some(d),
+            Tok::Number(n) if n.is_finite() => secs_to_ms(n),
+            t => return self.err(format!("{what}: expected a duration, found {}", describe(&t))),
+        };
+        match d {
+            Some(d) if d.unsigned_abs() <= MAX_DURATION_MS as u64 => Ok(d),
+            _ => self.err(format!("{what}: out of range (at most 292 years)")),
         }
     }
 
@@ -644,9 +658,10 @@ impl Parser {
     }
 }
 
+/// Seconds as milliseconds, if within `MAX_TIME_MS`.
 fn secs_to_ms(s: f64) -> Option<i64> {
     let ms = (s * 1000.0).round();
-    (ms.is_finite() && ms.abs() < 9.2e18).then_some(ms as i64)
+    (ms.is_finite() && ms.abs() <= MAX_TIME_MS as f64).then_some(ms as i64)
 }
 
 #[cfg(test)]
