@@ -225,6 +225,12 @@ async fn line_protocol_in_prometheus_api_out() {
     let (s, v) = prom(&c, 1, &reader, "/api/v1/query?query=up&timeout=soon").await;
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("invalid parameter \"timeout\""), "{v}");
+    // Times and durations past the bounds that keep the evaluator's arithmetic inside i64.
+    for (param, bad) in [("lookback_delta", "lookback_delta=293y"), ("time", "time=9e15")] {
+        let (s, v) = prom(&c, 1, &reader, &format!("/api/v1/query?query=up&{bad}")).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(&format!("invalid parameter \"{param}\"")), "{v}");
+    }
     let heavy = q("quantile_over_time(0.5, cpu_usage_user[1h:10ms])");
     let path =
         format!("/api/v1/query_range?query={heavy}&start={}&end={t_end}&step=60&timeout=1ms", t_end - 600);
