@@ -5,6 +5,7 @@
 
 pub mod envelope;
 pub mod paseto;
+pub mod tls;
 
 use std::fs;
 use std::io::Write;
@@ -32,6 +33,8 @@ pub enum Error {
     BadCiphertext,
     #[error("the system random generator failed")]
     Random,
+    #[error("TLS: {what}: {message}")]
+    Tls { what: String, message: String },
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -86,6 +89,17 @@ impl Identity {
 
     pub fn public_key(&self) -> PublicKey {
         PublicKey(self.key.verifying_key())
+    }
+
+    /// The key as PKCS#8 (RFC 8410's one-key form), for TLS: the node key certificate.
+    pub fn pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }
+        let mut der = Zeroizing::new(Vec::with_capacity(48));
+        der.extend_from_slice(&[
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+        ]);
+        der.extend_from_slice(self.key.as_bytes());
+        der
     }
 
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
