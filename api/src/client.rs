@@ -1,6 +1,6 @@
 //! The CLI's client side: REST calls with the admin token, errors printed as the server said.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -16,6 +16,42 @@ pub struct ClientOpts {
     /// File holding the bearer token.
     #[arg(long, default_value = "edgefabric-data/admin.token", env = "EDGEFABRIC_TOKEN_FILE")]
     pub token_file: PathBuf,
+    /// CA certificate(s) (PEM) that verify the node's certificate for https:// endpoints.
+    /// Default: `ca.pem` beside the token file, when there is one (`cluster init` writes both).
+    #[arg(long, env = "EDGEFABRIC_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The CA file to use: the one given, else `ca.pem` in `near`'s directory when it exists.
+pub fn ca_file_or_default(given: Option<&Path>, near: Option<&Path>) -> Option<PathBuf> {
+    if let Some(g) = given {
+        return Some(g.to_path_buf());
+    }
+    let dir = near?.parent()?;
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    Some(dir.join("ca.pem")).filter(|p| p.exists())
+}
+
+/// An HTTP client for the CLI: rustls; with `ca_file`, servers are verified against its
+/// certificates only, else against the system's roots.
+pub fn http_client(ca_file: Option<&Path>, timeout: Option<std::time::Duration>) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().use_rustls_tls();
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("--ca-file: reading {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-file: {} holds no PEM certificate", path.display()))?;
+        if certs.is_empty() {
+            bail!("--ca-file: {} holds no PEM certificate", path.display());
+        }
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().context("building the HTTP client")
 }
 
 pub struct Client {
@@ -44,7 +80,8 @@ impl Client {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--endpoint: {base:?} must start with http:// or https://");
         }
-        Ok(Client { http: reqwest::Client::new(), base, token })
+        let ca = ca_file_or_default(opts.ca_file.as_deref(), Some(&opts.token_file));
+        Ok(Client { http: http_client(ca.as_deref(), None)?, base, token })
     }
 
     /// Sends a request; returns status, headers and body. Non-2xx answers become errors that

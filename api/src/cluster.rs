@@ -22,6 +22,9 @@ pub struct ClusterView {
     pub leaving: BTreeSet<u64>,
     pub moving: Option<Move>,
     pub splitting: Option<edgefabric_store::shard::Split>,
+    /// The answering node's transport: `"tls"`, or `"plaintext"` (`--dev`, or `[tls] enabled =
+    /// false`, which an operator should see at a glance).
+    pub transport: &'static str,
 }
 
 #[derive(Serialize)]
@@ -69,7 +72,7 @@ fn require_map(node: &Node) -> Result<std::sync::Arc<ClusterMap>, ApiError> {
 
 /// Nodes, sites, shards, leaders and replica placement, from the cluster map and every node's
 /// report on its groups.
-pub async fn view(node: &Node) -> Result<ClusterView, ApiError> {
+pub async fn view(node: &Node, tls: bool) -> Result<ClusterView, ApiError> {
     let map = require_map(node)?;
     let reports = node.cluster_statuses().await;
     // For each group, the leader as reported in the highest term any replica knows, and the
@@ -131,6 +134,7 @@ pub async fn view(node: &Node) -> Result<ClusterView, ApiError> {
         leaving: map.leaving.clone(),
         moving: map.moving,
         splitting: map.splitting,
+        transport: if tls { "tls" } else { "plaintext" },
     })
 }
 

@@ -48,6 +48,11 @@ pub struct NodeConfig {
     pub audit: AuditSection,
     #[serde(default)]
     pub tsdb: TsdbSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// `serve --dev`: plaintext on loopback is expected there (never read from a file).
+    #[serde(skip)]
+    pub dev: bool,
     /// Not written by `cluster init`: a test adds it.
     #[serde(default, skip_serializing_if = "TestSection::is_off")]
     pub test: TestSection,
@@ -78,6 +83,39 @@ pub struct TsdbSection {
 impl Default for TsdbSection {
     fn default() -> Self {
         TsdbSection { maintenance_interval_ms: 60_000 }
+    }
+}
+
+/// TLS on the REST and gRPC listeners and between nodes. On unless `enabled = false`, which
+/// only `--dev` does by itself; then the node warns at start and `/v1/cluster/status` says so.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    pub enabled: bool,
+    /// The certificate (PEM, chain first to last) this node serves on both ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that peers' serving certificates are verified against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection { enabled: true, cert_file: None, key_file: None, ca_file: None }
+    }
+}
+
+impl TlsSection {
+    /// The three files, when TLS is on (`validate` has checked they are all given).
+    pub fn files(&self) -> Option<(&Path, &Path, &Path)> {
+        match (self.enabled, &self.cert_file, &self.key_file, &self.ca_file) {
+            (true, Some(c), Some(k), Some(ca)) => Some((c, k, ca)),
+            _ => None,
+        }
     }
 }
 
@@ -197,7 +235,11 @@ impl NodeConfig {
         let mut cfg: NodeConfig =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.data_dir, &mut cfg.key_file, &mut cfg.admin_token_file] {
+        let tls = [&mut cfg.tls.cert_file, &mut cfg.tls.key_file, &mut cfg.tls.ca_file];
+        for p in [&mut cfg.data_dir, &mut cfg.key_file, &mut cfg.admin_token_file]
+            .into_iter()
+            .chain(tls.into_iter().flatten())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -207,6 +249,20 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.tls.enabled {
+            for (field, v) in [
+                ("cert_file", &self.tls.cert_file),
+                ("key_file", &self.tls.key_file),
+                ("ca_file", &self.tls.ca_file),
+            ] {
+                if v.is_none() {
+                    bail!(
+                        "tls.{field}: required: every listener speaks TLS (`cluster init` writes the files); \
+                         plaintext only with an explicit `[tls] enabled = false`"
+                    );
+                }
+            }
+        }
         if !self.members.iter().any(|m| m.id == self.id) {
             bail!("members: this node's id {} is not listed", self.id);
         }
@@ -318,6 +374,10 @@ impl NodeConfig {
         o.keep_logs = self.raft.keep_logs;
         o.request_timeout = Duration::from_millis(self.limits.request_timeout_ms);
         o.max_value_bytes = self.limits.max_value_bytes;
+        if let Some((_, _, ca)) = self.tls.files() {
+            let v = edgefabric_crypto::tls::ReloadingCaVerifier::new(ca).context("tls.ca_file")?;
+            o.peer_tls = Some(std::sync::Arc::new(v));
+        }
         Ok(o)
     }
 }
@@ -360,16 +420,48 @@ fn write_new(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes the admin token file with mode 0600.
-pub fn write_token(path: &Path) -> Result<String> {
-    let token = edgefabric_crypto::random_token()?;
-    write_new(path, &format!("{token}\n"))?;
+/// Creates a new file readable by its owner only: mode 0600 from the moment it exists, so the
+/// secret is never readable by others, not even between a write and a chmod.
+fn write_secret(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
     }
+    let mut f =
+        opts.open(path).with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Writes the admin token file, mode 0600 from its creation.
+pub fn write_token(path: &Path) -> Result<String> {
+    let token = edgefabric_crypto::random_token()?;
+    write_secret(path, &format!("{token}\n"))?;
     Ok(token)
+}
+
+/// `node<K>.crt` and `node<K>.tls.key` in `dir`: node K's serving certificate for `host`,
+/// issued by `ca`.
+fn write_node_cert(dir: &Path, ca: &edgefabric_crypto::tls::Pem, id: u64, host: &str) -> Result<()> {
+    let pem = edgefabric_crypto::tls::issue_node_cert(ca, id, &[host.to_string()])?;
+    write_new(&dir.join(format!("node{id}.crt")), &pem.cert)?;
+    write_secret(&dir.join(format!("node{id}.tls.key")), &pem.key)?;
+    Ok(())
+}
+
+/// The `[tls]` section `cluster init` and `cluster join` write for node `id`.
+fn node_tls(id: u64) -> TlsSection {
+    TlsSection {
+        enabled: true,
+        cert_file: Some(PathBuf::from(format!("node{id}.crt"))),
+        key_file: Some(PathBuf::from(format!("node{id}.tls.key"))),
+        ca_file: Some(PathBuf::from("ca.pem")),
+    }
 }
 
 pub fn read_token(path: &Path) -> Result<String> {
@@ -414,6 +506,14 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
         members.push(Member { id: k, site, grpc, http, public_key: None });
     }
     write_token(&spec.out.join("admin.token"))?;
+    // The cluster CA: ca.pem verifies every node's certificate; ca.key (the operator's, never
+    // named in a node's config) issues them, here and at `cluster join`.
+    let ca = edgefabric_crypto::tls::new_ca(&origin)?;
+    write_new(&spec.out.join("ca.pem"), &ca.cert)?;
+    write_secret(&spec.out.join("ca.key"), &ca.key)?;
+    for m in &members {
+        write_node_cert(&spec.out, &ca, m.id, &spec.host)?;
+    }
     let mut trust = vec![];
     // Every key first: each node's config lists all founders' keys.
     for m in members.iter_mut() {
@@ -440,6 +540,8 @@ pub fn cluster_init(spec: &InitSpec) -> Result<()> {
             ledger: LedgerSection { origin: origin.clone(), ..Default::default() },
             audit: AuditSection::default(),
             tsdb: TsdbSection::default(),
+            tls: node_tls(m.id),
+            dev: false,
             test: TestSection::default(),
         };
         let text = format!(
@@ -521,6 +623,16 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         public_key: Some(identity.public_key().to_base64()),
     });
     let origin = trust.origin.clone().unwrap_or_else(|| DEFAULT_ORIGIN.into());
+    // The new node's certificate, from the cluster CA that `cluster init` left here.
+    let ca =
+        edgefabric_crypto::tls::Pem {
+            cert: std::fs::read_to_string(dir.join("ca.pem"))
+                .with_context(|| format!("reading {} (the cluster CA)", dir.join("ca.pem").display()))?,
+            key: zeroize::Zeroizing::new(std::fs::read_to_string(dir.join("ca.key")).with_context(|| {
+                format!("reading {} (the cluster CA's key)", dir.join("ca.key").display())
+            })?),
+        };
+    write_node_cert(dir, &ca, id, host)?;
     identity.write(&dir.join(&key_name))?;
     let cfg = NodeConfig {
         id,
@@ -538,6 +650,8 @@ pub fn prepare_join(dir: &Path, site: &str, host: &str, port: u16) -> Result<Joi
         ledger: LedgerSection { origin, ..Default::default() },
         audit: AuditSection::default(),
         tsdb: TsdbSection::default(),
+        tls: node_tls(id),
+        dev: false,
         test: TestSection::default(),
     };
     let config = dir.join(format!("node{id}.toml"));
@@ -599,6 +713,9 @@ pub fn dev_config(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Result<Node
         ledger: LedgerSection { origin, ..Default::default() },
         audit: AuditSection::default(),
         tsdb: TsdbSection::default(),
+        // Plaintext on loopback, as Vault's dev server; `server::run` refuses other addresses.
+        tls: TlsSection { enabled: false, ..Default::default() },
+        dev: true,
         test: TestSection::default(),
     };
     cfg.validate()?;

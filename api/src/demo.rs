@@ -165,14 +165,15 @@ impl Demo {
                 NodeProc {
                     id,
                     site: sites[(id - 1) as usize],
-                    http: format!("http://127.0.0.1:{}", grpc_port + 1),
+                    http: format!("https://127.0.0.1:{}", grpc_port + 1),
                     grpc: format!("127.0.0.1:{grpc_port}"),
                     config: dir.join(format!("node{id}.toml")),
                     child: None,
                 }
             })
             .collect();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        // Every node serves TLS under the cluster's own CA, which `cluster init` wrote.
+        let http = crate::client::http_client(Some(&dir.join("ca.pem")), Some(Duration::from_secs(30)))?;
         Ok(Demo { dir, http, token, nodes, step: 0, image: None })
     }
 
@@ -519,6 +520,7 @@ impl Demo {
             crate::ledger_cli::image(crate::ledger_cli::ImageCmd::Verify {
                 digest: digest.clone(),
                 endpoint: self.node(3).http.clone(),
+                ca_file: None,
                 trust: self.dir.join("trust.json"),
                 min_signatures: 2,
                 name: Some(name.to_string()),
@@ -589,7 +591,11 @@ impl Demo {
             filters: crate::audit::Filters::for_ns("default"),
             trust: self.dir.join("trust.json"),
             min_signatures: 2,
-            client: ClientOpts { endpoint: self.node(3).http.clone(), token_file: token_file.clone() },
+            client: ClientOpts {
+                endpoint: self.node(3).http.clone(),
+                token_file: token_file.clone(),
+                ca_file: None,
+            },
         })
         .await?;
         if rc != 0 {
@@ -665,9 +671,15 @@ impl Demo {
             self.image.as_deref().unwrap_or("sha256:<hex>"),
             self.dir.join("trust.json").display()
         );
-        println!("  curl -H \"Authorization: Bearer $(cat {})\" {n3}/v1/kv/default/greeting", t.display());
-        println!("  curl '{n1}/api/v1/query?query=camera_cpu'   (with the same header; Grafana: data source URL {n1})");
-        println!("  curl {n1}/metrics        curl {n1}/openapi.json");
+        let ca = self.dir.join("ca.pem");
+        let ca = ca.display();
+        println!("  (every node speaks TLS under this cluster's CA: {ca})");
+        println!(
+            "  curl --cacert {ca} -H \"Authorization: Bearer $(cat {})\" {n3}/v1/kv/default/greeting",
+            t.display()
+        );
+        println!("  curl --cacert {ca} '{n1}/api/v1/query?query=camera_cpu'   (with the same header; Grafana: data source URL {n1})");
+        println!("  curl --cacert {ca} {n1}/metrics        curl --cacert {ca} {n1}/openapi.json");
         match std::fs::read(self.dir.join("trust.json")) {
             Ok(trust) => println!(
                 "  the auditor's page, with this cluster's node keys pinned (open it in a browser):\n    {n1}/ui#min=2&trust={}",
@@ -675,7 +687,7 @@ impl Demo {
             ),
             Err(_) => println!("  the auditor's page: {n1}/ui"),
         }
-        println!("  grpcurl -plaintext {} list", self.node(1).grpc);
+        println!("  grpcurl -cacert {ca} {} list", self.node(1).grpc);
         println!(
             "Node logs: {}/node{{1,2,3}}.log. The README and docs/ explain each part.",
             self.dir.display()

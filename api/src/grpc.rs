@@ -323,7 +323,7 @@ impl pb::cluster_server::Cluster for ClusterService {
 
 impl ClusterService {
     async fn status_inner(&self) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let v = crate::cluster::view(&self.kv.state.node).await?;
+        let v = crate::cluster::view(&self.kv.state.node, self.kv.state.tls).await?;
         let hex = |s: &str| u64::from_str_radix(s, 16).unwrap_or_default();
         Ok(Response::new(pb::ClusterStatusResponse {
             node: v.node,

@@ -853,7 +853,7 @@ async fn batch(
 
 /// `GET /v1/cluster/status`: nodes, sites, shards, leaders and replica placement.
 async fn cluster_status(State(st): State<Arc<AppState>>) -> ApiResult<Json<crate::cluster::ClusterView>> {
-    Ok(Json(crate::cluster::view(&st.node).await?))
+    Ok(Json(crate::cluster::view(&st.node, st.tls).await?))
 }
 
 #[derive(Deserialize)]

@@ -67,6 +67,10 @@ pub enum ImageCmd {
         /// The node to ask (nothing it says is trusted).
         #[arg(long, default_value = "http://127.0.0.1:7480", env = "EDGEFABRIC_ENDPOINT")]
         endpoint: String,
+        /// CA certificate(s) (PEM) for https:// endpoints. Default: `ca.pem` beside the trust
+        /// file, when there is one.
+        #[arg(long, env = "EDGEFABRIC_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// trust.json: `{"nodes":[{"id":1,"public_key":"..."}], "origin": "..."}`.
         #[arg(long)]
         trust: PathBuf,
@@ -112,6 +116,10 @@ pub enum LedgerCmd {
     Checkpoint {
         #[arg(long, default_value = "http://127.0.0.1:7480", env = "EDGEFABRIC_ENDPOINT")]
         endpoint: String,
+        /// CA certificate(s) (PEM) for https:// endpoints. Default: `ca.pem` beside the trust
+        /// file, when there is one.
+        #[arg(long, env = "EDGEFABRIC_CA_FILE")]
+        ca_file: Option<PathBuf>,
         #[arg(long)]
         trust: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
@@ -124,6 +132,10 @@ pub enum LedgerCmd {
         old: PathBuf,
         #[arg(long, default_value = "http://127.0.0.1:7480", env = "EDGEFABRIC_ENDPOINT")]
         endpoint: String,
+        /// CA certificate(s) (PEM) for https:// endpoints. Default: `ca.pem` beside the trust
+        /// file, when there is one.
+        #[arg(long, env = "EDGEFABRIC_CA_FILE")]
+        ca_file: Option<PathBuf>,
         #[arg(long)]
         trust: PathBuf,
         #[arg(long, default_value_t = 1)]
@@ -162,8 +174,9 @@ pub async fn image(cmd: ImageCmd) -> Result<i32> {
             let path = format!("/v1/images/{}/revoke", encode_segment(&digest));
             crate::client::print_json(&c.json(Method::POST, &path, Some(body)).await?)?;
         }
-        ImageCmd::Verify { digest, endpoint, trust, min_signatures, name } => {
-            return verify_image(&digest, &endpoint, &trust, min_signatures, name.as_deref()).await
+        ImageCmd::Verify { digest, endpoint, ca_file, trust, min_signatures, name } => {
+            let http = anonymous_client(ca_file.as_deref(), Some(&trust))?;
+            return verify_image(&http, &digest, &endpoint, &trust, min_signatures, name.as_deref()).await;
         }
     }
     Ok(0)
@@ -212,9 +225,15 @@ fn base(endpoint: &str) -> Result<String> {
     Ok(b)
 }
 
+/// The client of the commands that read without a token (what they read is verified, not
+/// trusted; TLS keeps it private and the endpoint honest about who it is).
+fn anonymous_client(ca_file: Option<&Path>, trust: Option<&Path>) -> Result<reqwest::Client> {
+    let ca = crate::client::ca_file_or_default(ca_file, trust);
+    crate::client::http_client(ca.as_deref(), Some(std::time::Duration::from_secs(30)))
+}
+
 /// A GET without a token; the body (JSON or text) whatever the status.
-async fn get(url: &str) -> Result<(reqwest::StatusCode, Vec<u8>)> {
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+async fn get(client: &reqwest::Client, url: &str) -> Result<(reqwest::StatusCode, Vec<u8>)> {
     let r = client.get(url).send().await.with_context(|| format!("cannot reach {url}"))?;
     let status = r.status();
     let body = r.bytes().await.context("reading the answer")?.to_vec();
@@ -248,6 +267,7 @@ fn proof_of(v: &Value) -> Result<InclusionParts> {
 }
 
 async fn verify_image(
+    http: &reqwest::Client,
     digest: &str,
     endpoint: &str,
     trust: &Path,
@@ -263,7 +283,7 @@ async fn verify_image(
         bail!("--min-signatures {min}: {} pins only {} node keys", trust.display(), keys.len());
     }
     let url = format!("{}/v1/images/{}", base(endpoint)?, encode_segment(digest));
-    let (status, body) = get(&url).await?;
+    let (status, body) = get(http, &url).await?;
     let v: Value =
         serde_json::from_slice(&body).with_context(|| format!("{url}: the answer is not JSON ({status})"))?;
     match v["status"].as_str() {
@@ -317,9 +337,10 @@ async fn verify_image(
 pub async fn ledger(cmd: LedgerCmd) -> Result<i32> {
     match cmd {
         LedgerCmd::Verify { data, config } => verify_store(&data, config.as_deref()),
-        LedgerCmd::Checkpoint { endpoint, trust, min_signatures } => {
+        LedgerCmd::Checkpoint { endpoint, ca_file, trust, min_signatures } => {
             let url = format!("{}/v1/ledger/checkpoint", base(&endpoint)?);
-            let (status, body) = get(&url).await?;
+            let http = anonymous_client(ca_file.as_deref(), trust.as_deref())?;
+            let (status, body) = get(&http, &url).await?;
             let text = String::from_utf8_lossy(&body).into_owned();
             if !status.is_success() {
                 bail!("{url}: {status}: {text}");
@@ -338,14 +359,15 @@ pub async fn ledger(cmd: LedgerCmd) -> Result<i32> {
             print!("{text}");
             Ok(0)
         }
-        LedgerCmd::Consistency { old, endpoint, trust, min_signatures } => {
+        LedgerCmd::Consistency { old, endpoint, ca_file, trust, min_signatures } => {
+            let http = anonymous_client(ca_file.as_deref(), Some(&trust))?;
             let (keys, origin) = load_trust(&trust)?;
             let old_text =
                 std::fs::read_to_string(&old).with_context(|| format!("reading {}", old.display()))?;
             let (old_cp, _) =
                 note::verify_checkpoint(&old_text, &keys, min_signatures).context("the old checkpoint")?;
             let b = base(&endpoint)?;
-            let (status, body) = get(&format!("{b}/v1/ledger/checkpoint")).await?;
+            let (status, body) = get(&http, &format!("{b}/v1/ledger/checkpoint")).await?;
             let new_text = String::from_utf8_lossy(&body).into_owned();
             if !status.is_success() {
                 bail!("checkpoint: {status}: {new_text}");
@@ -360,7 +382,7 @@ pub async fn ledger(cmd: LedgerCmd) -> Result<i32> {
                 }
             }
             let url = format!("{b}/v1/ledger/proof/consistency?from={}&to={}", old_cp.size, new_cp.size);
-            let (status, body) = get(&url).await?;
+            let (status, body) = get(&http, &url).await?;
             let v: Value =
                 serde_json::from_slice(&body).with_context(|| format!("{url}: not JSON ({status})"))?;
             let hashes = v["hashes"]

@@ -20,4 +20,5 @@ pub mod ledger;
 pub mod ledger_cli;
 pub mod openapi;
 pub mod server;
+pub mod tls;
 pub mod ts;

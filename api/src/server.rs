@@ -27,6 +27,8 @@ pub struct AppState {
     pub grpc_metrics: RequestMetrics,
     /// Time-series samples accepted through this node (line protocol and remote write).
     pub ts_samples_written: std::sync::atomic::AtomicU64,
+    /// This node's listeners and links speak TLS (`/v1/cluster/status` shows it).
+    pub tls: bool,
 }
 
 /// Requests by two labels and a status code, and a latency histogram per label pair: REST by
@@ -143,6 +145,7 @@ impl AppState {
             http_metrics: RequestMetrics::new("http", ["route", "method"], "REST requests"),
             grpc_metrics: RequestMetrics::new("grpc", ["action", "service"], "gRPC calls"),
             ts_samples_written: Default::default(),
+            tls: false,
         }
     }
 
@@ -233,7 +236,50 @@ async fn shutdown_signal() {
     }
 }
 
+/// The TLS configs of the REST and gRPC listeners: both serve the node's certificate (reloaded
+/// when its files change); the gRPC port also asks callers for a client certificate, which only
+/// a member's node-key certificate satisfies (apps and tools present none).
+type ListenerTls = (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>);
+
+fn listener_tls(cfg: &NodeConfig, node: &Arc<Node>) -> Result<Option<ListenerTls>> {
+    let Some((cert, key, _)) = cfg.tls.files() else {
+        return Ok(None);
+    };
+    use edgefabric_crypto::tls;
+    let served = Arc::new(tls::ReloadingCert::new(cert, key).context("tls.cert_file / tls.key_file")?);
+    let weak = Arc::downgrade(node);
+    let members: tls::MemberCheck = Arc::new(move |k| weak.upgrade().is_some_and(|n| n.is_member_key(k)));
+    let rest = tls::server_config(served.clone(), None, &[b"h2", b"http/1.1"])?;
+    let grpc =
+        tls::server_config(served, Some(Arc::new(tls::NodeKeyClientVerifier::new(members))), &[b"h2"])?;
+    Ok(Some((Arc::new(rest), Arc::new(grpc))))
+}
+
+/// Refuses what would put plaintext on a network: `--dev` beyond loopback. Outside `--dev`,
+/// plaintext needs `[tls] enabled = false` and is logged as a warning.
+fn check_transport(cfg: &NodeConfig) -> Result<()> {
+    if cfg.tls.enabled {
+        return Ok(());
+    }
+    if cfg.dev {
+        for (flag, addr) in [("--http", cfg.http), ("--grpc", cfg.grpc)] {
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "{flag} {addr}: `serve --dev` serves plaintext, so only on loopback (127.0.0.1 or ::1); \
+                     for a node others reach, use `cluster init` (TLS with its own CA) or a config with [tls]"
+                );
+            }
+        }
+    } else {
+        tracing::warn!(
+            "TLS is OFF ([tls] enabled = false): values, tokens and node-to-node traffic cross the network in clear"
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(cfg: NodeConfig) -> Result<()> {
+    check_transport(&cfg)?;
     let admin_token = read_token(&cfg.admin_token_file)?;
     let identity = Arc::new(Identity::read(&cfg.key_file).context("node key")?);
     // Bind first, so a port in use is reported before anything starts.
@@ -247,7 +293,10 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     if !cfg.audit.enabled {
         tracing::warn!("auditing is OFF ([audit] enabled = false): accesses leave no record in the ledger");
     }
-    let state = Arc::new(AppState::new(node.clone(), admin_token));
+    let tls = listener_tls(&cfg, &node)?;
+    let mut state = AppState::new(node.clone(), admin_token);
+    state.tls = tls.is_some();
+    let state = Arc::new(state);
 
     // REST stops first, gRPC (which carries node-to-node traffic too) after it: see below.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -260,28 +309,52 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("gRPC reflection")?;
-    let grpc_server = tonic::transport::Server::builder()
+    let grpc_router = tonic::transport::Server::builder()
         .add_service(node.internal_service())
         .add_service(grpc::service(state.clone()))
         .add_service(grpc::cluster_service(state.clone()))
         .add_service(grpc::ledger_service(state.clone()))
         .add_service(crate::audit::service(state.clone()))
-        .add_service(reflection)
-        // No Nagle: raft and client replies are small, and Nagle with delayed ACKs adds ~40 ms.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            wait_stop(grpc_stop_rx),
-        );
-    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
+        .add_service(reflection);
+    let http_router = crate::http::router(state.clone());
+    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+    let (grpc_server, http_server, scheme): (Serving, Serving, &str) = match &tls {
+        Some((rest_tls, grpc_tls)) => {
+            let grpc = grpc_router.serve_with_incoming_shutdown(
+                crate::tls::incoming(grpc_listener, grpc_tls.clone()),
+                wait_stop(grpc_stop_rx),
+            );
+            let http = axum::serve(crate::tls::Listener::new(http_listener, rest_tls.clone())?, http_router)
+                .with_graceful_shutdown(wait_stop(stop_rx.clone()));
+            (
+                Box::pin(async move { grpc.await.map_err(std::io::Error::other) }),
+                Box::pin(std::future::IntoFuture::into_future(http)),
+                "https",
+            )
         }
-    });
-    let http_server = axum::serve(http_listener, crate::http::router(state.clone()))
-        .with_graceful_shutdown(wait_stop(stop_rx.clone()));
+        None => {
+            // No Nagle: raft and client replies are small, and Nagle with delayed ACKs adds ~40 ms.
+            let grpc = grpc_router.serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                wait_stop(grpc_stop_rx),
+            );
+            let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY");
+                }
+            });
+            let http =
+                axum::serve(http_listener, http_router).with_graceful_shutdown(wait_stop(stop_rx.clone()));
+            (
+                Box::pin(async move { grpc.await.map_err(std::io::Error::other) }),
+                Box::pin(std::future::IntoFuture::into_future(http)),
+                "http",
+            )
+        }
+    };
 
     println!(
-        "EdgeFabric node {} (site {}) serving\n  REST  http://{}\n  gRPC  {}\n  data  {}\n  admin token in {}\n  node key {}",
+        "EdgeFabric node {} (site {}) serving\n  REST  {scheme}://{}\n  gRPC  {scheme}://{}\n  data  {}\n  admin token in {}\n  node key {}",
         cfg.id,
         cfg.site,
         cfg.http,
@@ -292,7 +365,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     );
 
     let mut grpc_task = tokio::spawn(grpc_server);
-    let mut http_task = tokio::spawn(async move { http_server.await });
+    let mut http_task = tokio::spawn(http_server);
     let mut failed = None;
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),

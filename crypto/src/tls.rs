@@ -59,7 +59,8 @@ fn validity(years: i64) -> (time::OffsetDateTime, time::OffsetDateTime) {
 
 /// A new cluster CA (ECDSA P-256, 10 years) named after `label` (the cluster's origin).
 pub fn new_ca(label: &str) -> Result<Pem> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| tls_err("CA key", e))?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| tls_err("CA key", e))?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_err("CA", e))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::OrganizationName, "EdgeFabric");
@@ -79,8 +80,10 @@ pub fn issue_node_cert(ca: &Pem, node_id: u64, hosts: &[String]) -> Result<Pem> 
         return Err(tls_err("node certificate", "needs at least one host name or address"));
     }
     let ca_key = rcgen::KeyPair::from_pem(&ca.key).map_err(|e| tls_err("CA key", e))?;
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| tls_err("CA certificate", e))?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| tls_err("node key", e))?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| tls_err("CA certificate", e))?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| tls_err("node key", e))?;
     let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| tls_err("node host", e))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::OrganizationName, "EdgeFabric");
@@ -104,7 +107,8 @@ pub fn node_key_cert(identity: &Identity) -> Result<Pem> {
         &rcgen::PKCS_ED25519,
     )
     .map_err(|e| tls_err("node key", e))?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_err("node key", e))?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_err("node key", e))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, "edgefabric node key");
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
@@ -193,7 +197,10 @@ impl ReloadingCert {
             .map_err(|e| tls_err(key_file.display().to_string(), e))?;
         let ck = CertifiedKey::new(certs, signer);
         ck.keys_match().map_err(|e| {
-            tls_err(cert_file.display().to_string(), format!("does not match the key in {}: {e}", key_file.display()))
+            tls_err(
+                cert_file.display().to_string(),
+                format!("does not match the key in {}: {e}", key_file.display()),
+            )
         })?;
         Ok(Arc::new(ck))
     }
@@ -275,7 +282,9 @@ impl ClientCertVerifier for NodeKeyClientVerifier {
             )))),
         ))?;
         if !(self.is_member)(&key) {
-            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure));
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -286,7 +295,12 @@ impl ClientCertVerifier for NodeKeyClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -295,7 +309,12 @@ impl ClientCertVerifier for NodeKeyClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -324,7 +343,10 @@ impl ReloadingCaVerifier {
         Ok(ReloadingCaVerifier { ca_file: ca_file.to_path_buf(), provider, state: Mutex::new((s, v)) })
     }
 
-    fn load(provider: &Arc<CryptoProvider>, ca_file: &Path) -> Result<Arc<rustls::client::WebPkiServerVerifier>> {
+    fn load(
+        provider: &Arc<CryptoProvider>,
+        ca_file: &Path,
+    ) -> Result<Arc<rustls::client::WebPkiServerVerifier>> {
         let mut roots = rustls::RootCertStore::empty();
         for c in read_certs(ca_file)? {
             roots.add(c).map_err(|e| tls_err(ca_file.display().to_string(), e))?;
@@ -343,7 +365,9 @@ impl ReloadingCaVerifier {
                     tracing::info!(ca = %self.ca_file.display(), "TLS CA file reloaded");
                     *state = (s, v);
                 }
-                Err(e) => tracing::warn!(error = %e, "TLS CA file changed but does not load; using the previous one"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS CA file changed but does not load; using the previous one")
+                }
             }
         }
         state.1.clone()
@@ -368,7 +392,12 @@ impl ServerCertVerifier for ReloadingCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -377,7 +406,12 @@ impl ServerCertVerifier for ReloadingCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -744,7 +744,7 @@ mod tests {
         let identity = Arc::new(edgefabric_crypto::Identity::generate().unwrap());
         let link = Arc::new(crate::link::LinkAuth::new(1, identity, Default::default()));
         let network =
-            crate::network::NetworkFactory { channels: crate::network::Channels::new(link), group: 1 };
+            crate::network::NetworkFactory { channels: crate::network::Channels::new(link, None), group: 1 };
         let config = Arc::new(openraft::Config::default().validate().unwrap());
         let raft = crate::raft_store::Raft::new(1, config, network, crate::LogStore::new(engine, 1), sm)
             .await

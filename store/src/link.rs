@@ -16,7 +16,9 @@
 //!
 //! What this does not give is confidentiality of the link: public data crosses it readable
 //! (confidential data is sealed before it is proposed; site-local data stays on its site's
-//! nodes). TLS on the internal port is the next step.
+//! nodes) — TLS gives that (`edgefabric_crypto::tls`), and binds each connection to a member's
+//! node key; these frames still authenticate every message on top of it, and stay the only
+//! authentication when TLS is explicitly off.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -120,6 +122,11 @@ impl LinkAuth {
             .and_then(|d| d(peer))
             .filter(|k| !k.is_empty())
             .or_else(|| self.configured.get(&peer).cloned())
+    }
+
+    /// A peer's node key, as bytes (`None`: unknown, or not a key).
+    pub fn peer_key_bytes(&self, peer: NodeId) -> Option<[u8; 32]> {
+        PublicKey::from_base64(&self.peer_key(peer)?).ok().map(|k| k.to_bytes())
     }
 
     fn link(&self, peer: NodeId) -> Result<hmac::Key, LinkError> {

@@ -33,11 +33,33 @@ pub use pb::Frame;
 /// Largest gRPC message either side accepts (raft batches, snapshot chunks).
 pub const MAX_MESSAGE_BYTES: usize = codec::MAX_DECODE_BYTES;
 
+/// What a node needs to call its peers over TLS: the verifier of their serving certificates
+/// (the cluster's CA file, reloaded when it changes) and its own node-key certificate.
+#[derive(Clone)]
+pub struct PeerTls {
+    verifier: Arc<edgefabric_crypto::tls::ReloadingCaVerifier>,
+    identity: tonic::transport::Identity,
+}
+
+impl PeerTls {
+    pub fn new(
+        node_key: &edgefabric_crypto::Identity,
+        verifier: Option<Arc<edgefabric_crypto::tls::ReloadingCaVerifier>>,
+    ) -> Result<Option<Self>> {
+        let Some(verifier) = verifier else { return Ok(None) };
+        let pem = edgefabric_crypto::tls::node_key_cert(node_key)
+            .map_err(|e| Error::invalid("node key certificate", e))?;
+        let identity = tonic::transport::Identity::from_pem(pem.cert.as_bytes(), pem.key.as_bytes());
+        Ok(Some(PeerTls { verifier, identity }))
+    }
+}
+
 /// Channels by peer address, shared by raft replication and request forwarding, and the
 /// link authentication every frame goes through.
 #[derive(Clone)]
 pub struct Channels {
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<PeerTls>,
     pub(crate) auth: Arc<LinkAuth>,
     /// Test faults on outgoing links (`faults.rs`); empty unless a test sets them.
     pub(crate) faults: Arc<crate::faults::Faults>,
@@ -52,8 +74,8 @@ pub struct Peer {
 }
 
 impl Channels {
-    pub fn new(auth: Arc<LinkAuth>) -> Self {
-        Channels { by_addr: Default::default(), auth, faults: Default::default() }
+    pub fn new(auth: Arc<LinkAuth>, tls: Option<PeerTls>) -> Self {
+        Channels { by_addr: Default::default(), tls, auth, faults: Default::default() }
     }
 
     /// A client for node `id` at `addr`.
@@ -66,12 +88,21 @@ impl Channels {
         let channel = match map.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(format!("http://{addr}"))
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut e = Endpoint::from_shared(format!("{scheme}://{addr}"))
                     .map_err(|e| Error::invalid("peer address", format!("{addr:?}: {e}")))?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .connect_lazy();
+                    .http2_keep_alive_interval(Duration::from_secs(10));
+                if let Some(tls) = &self.tls {
+                    // The peer's certificate must be the CA's for the address's host; ours
+                    // carries our node key.
+                    let cfg = tonic::transport::ClientTlsConfig::new().identity(tls.identity.clone());
+                    e = e
+                        .tls_config_with_verifier(cfg, tls.verifier.clone())
+                        .map_err(|e| Error::invalid("peer TLS", format!("{addr:?}: {e}")))?;
+                }
+                let c = e.connect_lazy();
                 map.insert(addr.to_string(), c.clone());
                 c
             }

@@ -97,6 +97,11 @@ pub struct NodeOptions {
     pub ts_maintenance: Duration,
     /// The fault-injection admin route (`faults.rs`): test clusters only.
     pub test_faults: bool,
+    /// TLS between nodes: peers' serving certificates are verified against this CA, this node
+    /// presents its node-key certificate, and internal calls are taken only over TLS from the
+    /// member whose node key the caller's certificate holds. `None`: plaintext (`--dev`, or an
+    /// explicit `[tls] enabled = false`).
+    pub peer_tls: Option<Arc<edgefabric_crypto::tls::ReloadingCaVerifier>>,
 }
 
 impl NodeOptions {
@@ -127,6 +132,7 @@ impl NodeOptions {
             audit: true,
             ts_maintenance: Duration::from_secs(60),
             test_faults: false,
+            peer_tls: None,
         }
     }
 }
@@ -289,13 +295,14 @@ impl Node {
             .map(|m| (m.id, m.public_key.clone()))
             .collect();
         let link = Arc::new(crate::link::LinkAuth::new(opts.id, opts.identity.clone(), configured));
+        let peer_tls = network::PeerTls::new(&opts.identity, opts.peer_tls.clone())?;
         let node = Arc::new(Node {
             opts,
             instance,
             engine,
             db,
             config: Arc::new(config),
-            channels: Channels::new(link),
+            channels: Channels::new(link, peer_tls),
             groups: RwLock::new(BTreeMap::new()),
             starting: Mutex::new(BTreeSet::new()),
             last_elect: Mutex::new(BTreeMap::new()),
@@ -343,11 +350,32 @@ impl Node {
         &self.opts
     }
 
-    /// The internal gRPC service, to be served on the node's gRPC port.
-    pub fn internal_service(self: &Arc<Self>) -> InternalServer<InternalService> {
-        InternalServer::new(InternalService { node: self.clone() })
+    /// The internal gRPC service, to be served on the node's gRPC port. With TLS, a call
+    /// without a member's node-key certificate is refused from its headers, before its body
+    /// (up to `MAX_MESSAGE_BYTES`) is read or decoded.
+    pub fn internal_service(
+        self: &Arc<Self>,
+    ) -> tonic::service::interceptor::InterceptedService<InternalServer<InternalService>, MemberCallsOnly>
+    {
+        let svc = InternalServer::new(InternalService { node: self.clone() })
             .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(network::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
+        tonic::service::interceptor::InterceptedService::new(
+            svc,
+            MemberCallsOnly { tls: self.opts.peer_tls.is_some() },
+        )
+    }
+
+    /// Whether `key` is a member's node key: one the cluster map lists, or (before this node
+    /// has a map) one its configuration lists. Decides which client certificates the gRPC port
+    /// takes.
+    pub fn is_member_key(&self, key: &[u8; 32]) -> bool {
+        let b64 = edgefabric_crypto::PublicKey::from_bytes(key).map(|k| k.to_base64());
+        let Ok(b64) = b64 else { return false };
+        match self.map() {
+            Some(map) => map.nodes.values().any(|n| n.public_key == b64),
+            None => self.opts.members.iter().any(|m| m.public_key == b64),
+        }
     }
 
     /// The first step of a graceful stop, before the servers stop taking requests: no group of
@@ -1770,13 +1798,49 @@ pub struct InternalService {
 
 type RpcResult = std::result::Result<tonic::Response<Frame>, tonic::Status>;
 
+/// Refuses internal calls that did not come over TLS with a member's node-key certificate
+/// (the handshake already refused non-members' certificates; see `edgefabric_crypto::tls`).
+#[derive(Clone)]
+pub struct MemberCallsOnly {
+    tls: bool,
+}
+
+impl tonic::service::Interceptor for MemberCallsOnly {
+    fn call(&mut self, req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if self.tls && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(tonic::Status::unauthenticated(
+                "internal calls need TLS with a member's node-key client certificate",
+            ));
+        }
+        Ok(req)
+    }
+}
+
 impl InternalService {
-    /// Authenticates a request frame (`link.rs`); an unauthenticated one is logged and refused.
+    /// Authenticates a request frame (`link.rs`), and with TLS, that the connection's client
+    /// certificate holds the key of the node the frame names as its sender; an unauthenticated
+    /// one is logged and refused.
     fn accept(&self, rpc: &str, req: tonic::Request<Frame>) -> std::result::Result<Frame, tonic::Status> {
+        let cert_key =
+            req.peer_certs().and_then(|c| c.first().and_then(|c| edgefabric_crypto::tls::ed25519_key_of(c)));
         let f = req.into_inner();
         if let Err(e) = self.node.channels.auth.accept(rpc, &f) {
             tracing::warn!(rpc, from = f.from, error = %e, "refused an internal request");
             return Err(e.into());
+        }
+        if self.node.opts.peer_tls.is_some() {
+            let sender = self.node.channels.auth.peer_key_bytes(f.from);
+            if cert_key.is_none() || cert_key != sender {
+                tracing::warn!(
+                    rpc,
+                    from = f.from,
+                    "refused an internal request: its TLS client certificate is not that node's key"
+                );
+                return Err(tonic::Status::unauthenticated(format!(
+                    "the connection's client certificate is not node {}'s key",
+                    f.from
+                )));
+            }
         }
         Ok(f)
     }
