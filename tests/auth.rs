@@ -127,7 +127,7 @@ async fn tokens_carry_roles_and_every_route_checks_them() {
     t.insert(20, if t.as_bytes()[20] == b'A' { 'B' } else { 'A' });
     assert_eq!(call(&c, &t, Method::GET, "/v1/kv/med/k", None).await, 401);
     // The same rules over gRPC.
-    let mut kv = grpc::kv_client::KvClient::connect(c.grpc(1).to_string()).await.unwrap();
+    let mut kv = grpc::kv_client::KvClient::new(c.grpc_channel(1).await);
     let get = grpc::GetRequest { ns: "med".into(), key: "k2".into(), stale: false };
     assert!(kv.get(with(&tokens["reader:med"], get.clone())).await.is_ok());
     let put = grpc::PutRequest { ns: "med".into(), key: "g".into(), value: b"v".to_vec(), cas: None };
@@ -137,7 +137,7 @@ async fn tokens_carry_roles_and_every_route_checks_them() {
     assert!(kv.put(with(&tokens["writer:med"], put)).await.is_ok());
     let err = kv.get(with("v4.public.AAAA", get)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let mut cluster = grpc::cluster_client::ClusterClient::connect(c.grpc(1).to_string()).await.unwrap();
+    let mut cluster = grpc::cluster_client::ClusterClient::new(c.grpc_channel(1).await);
     let rm = grpc::RemoveNodeRequest { id: 1 };
     let err = cluster.remove_node(with(&tokens["admin:med"], rm)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -188,14 +188,44 @@ async fn internal_rpcs_need_a_members_node_key() {
         edgefabric_crypto::Identity::read(&c.cluster_dir().join("node1.key")).unwrap().public_key();
     let keys: std::collections::HashMap<u64, String> =
         [(1, node1_pub.to_base64()), (2, node2_key.public_key().to_base64())].into();
-    let client = InternalClient::connect(c.grpc(1).to_string()).await.unwrap();
+    let node3_key = Arc::new(edgefabric_crypto::Identity::read(&c.cluster_dir().join("node3.key")).unwrap());
+    let data = bincode::serde::encode_to_vec((), bincode::config::standard()).unwrap();
+    let genuine = LinkAuth::new(2, node2_key.clone(), keys.clone());
+
+    // TLS without a client certificate (as apps connect): internal calls are refused from
+    // their headers, whatever the frame.
+    let anonymous = InternalClient::new(c.grpc_channel(1).await);
+    let e =
+        anonymous.clone().status(genuine.request("status", 1, 0, data.clone()).unwrap()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("client certificate"), "{e:?}");
+    // A node-key certificate of a key no member has: the handshake itself is refused.
+    let outsider = edgefabric_crypto::Identity::generate().unwrap();
+    match c.grpc_channel_as(1, Some(&outsider)).await {
+        Err(_) => {}
+        Ok(ch) => {
+            let r =
+                InternalClient::new(ch).status(genuine.request("status", 1, 0, data.clone()).unwrap()).await;
+            assert!(r.is_err(), "a non-member's certificate was let in");
+        }
+    }
+    // Node 3's genuine frame over a connection bound to node 2's key: refused (a member can
+    // not relay or speak as another over its own connection).
+    let as_node2 = InternalClient::new(c.grpc_channel_as(1, Some(&node2_key)).await.unwrap());
+    let keys3: std::collections::HashMap<u64, String> = [(1, node1_pub.to_base64())].into();
+    let from3 = LinkAuth::new(3, node3_key.clone(), keys3).request("status", 1, 0, data.clone()).unwrap();
+    let e = as_node2.clone().status(from3.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("not node 3's key"), "{e:?}");
+
+    // From here on, over node 2's connection: the frame checks still apply on top of TLS.
+    let client = as_node2;
     // The metadata group's status, asked as node 2 (a harmless read: what matters is whether
     // the frame is let in).
     let status = |f: Frame| {
         let mut client = client.clone();
         async move { client.status(f).await }
     };
-    let data = bincode::serde::encode_to_vec((), bincode::config::standard()).unwrap();
 
     // No authentication at all.
     let bare = Frame { group: 0, data: data.clone(), from: 2, to: 1, time_ms: 0, nonce: 1, mac: vec![] };
@@ -215,7 +245,6 @@ async fn internal_rpcs_need_a_members_node_key() {
     assert_eq!(client.clone().vote(vote).await.unwrap_err().code(), tonic::Code::Unauthenticated);
 
     // With node 2's real key the same request is answered, and the reply is authentic.
-    let genuine = LinkAuth::new(2, node2_key.clone(), keys.clone());
     let req = genuine.request("status", 1, 0, data.clone()).unwrap();
     let reply = status(req.clone()).await.expect("a member's frame is let in").into_inner();
     genuine.accept_reply("status", 1, req.nonce, &reply).expect("the reply is node 1's");
@@ -361,7 +390,7 @@ async fn a_replayed_signed_request_is_refused_and_audited() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Over gRPC (no request signing there yet) the key-bound token does not work at all.
-    let mut kv = grpc::kv_client::KvClient::connect(c.grpc(1).to_string()).await.unwrap();
+    let mut kv = grpc::kv_client::KvClient::new(c.grpc_channel(1).await);
     let req = grpc::GetRequest { ns: "default".into(), key: "signed".into(), stale: false };
     assert_eq!(kv.get(with(&token, req)).await.unwrap_err().code(), tonic::Code::Unauthenticated);
 }

@@ -417,7 +417,7 @@ async fn followers_forward_and_grpc_matches_rest() {
 
     // gRPC, through another follower.
     let other = c.ids().into_iter().find(|id| *id != leader && *id != follower).unwrap();
-    let mut kv = grpc::kv_client::KvClient::connect(c.grpc(other).to_string()).await.unwrap();
+    let mut kv = grpc::kv_client::KvClient::new(c.grpc_channel(other).await);
     let token = c.token.clone();
     let put = kv
         .put(with_token(
@@ -464,7 +464,7 @@ async fn followers_forward_and_grpc_matches_rest() {
     assert!(m.contains(count), "{m}");
 
     // The gRPC Cluster service agrees with REST.
-    let mut admin = grpc::cluster_client::ClusterClient::connect(c.grpc(other).to_string()).await.unwrap();
+    let mut admin = grpc::cluster_client::ClusterClient::new(c.grpc_channel(other).await);
     let st = admin.status(with_token(&token, grpc::ClusterStatusRequest {})).await.unwrap().into_inner();
     let rest = c.status(other).await.unwrap();
     assert_eq!(st.nodes.len(), 3);

@@ -356,10 +356,38 @@ fn chromium() -> Option<&'static str> {
         .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
+/// `certutil` (Debian's libnss3-tools), which puts a CA into the NSS database Chromium trusts.
+fn certutil() -> Option<&'static str> {
+    Command::new("certutil").arg("-H").output().ok().map(|_| "certutil")
+}
+
 /// Loads `url` in headless Chromium, runs its scripts, and returns the DOM (or a screenshot).
-fn browse(browser: &str, url: &str, screenshot: Option<&std::path::Path>) -> String {
+/// With `ca`, that CA certificate is the one root the browser's profile trusts (an NSS
+/// database under a fresh HOME): the page is verified as any HTTPS page is, no flag that
+/// skips certificate checks.
+fn browse(
+    browser: &str,
+    url: &str,
+    ca: Option<&std::path::Path>,
+    screenshot: Option<&std::path::Path>,
+) -> String {
     let profile = tempfile::tempdir().unwrap();
+    let home = profile.path().join("home");
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    if let Some(ca) = ca {
+        let db = format!("sql:{}", nssdb.display());
+        let ok = Command::new("certutil").args(["-N", "--empty-password", "-d", &db]).status().unwrap();
+        assert!(ok.success(), "certutil -N");
+        let ok = Command::new("certutil")
+            .args(["-A", "-d", &db, "-n", "edgefabric-test-ca", "-t", "C,,", "-i"])
+            .arg(ca)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "certutil -A");
+    }
     let mut cmd = Command::new(browser);
+    cmd.env("HOME", &home);
     cmd.args([
         "--headless=new",
         "--no-sandbox",
@@ -388,14 +416,17 @@ fn browse(browser: &str, url: &str, screenshot: Option<&std::path::Path>) -> Str
 /// With a wrong key pinned the same page turns red. Inputs come in the URL fragment.
 #[tokio::test]
 async fn the_auditor_page_verifies_in_a_real_browser() {
-    let Some(browser) = chromium() else {
-        println!("SKIPPED: the_auditor_page_verifies_in_a_real_browser needs chromium (.ci/run installs it)");
+    let (Some(browser), Some(_)) = (chromium(), certutil()) else {
+        println!(
+            "SKIPPED: the_auditor_page_verifies_in_a_real_browser needs chromium and certutil (.ci/run installs them)"
+        );
         return;
     };
     let mut c = Cluster::init(1, "a", |t| t);
     c.start_all();
     c.wait_ready(Duration::from_secs(60)).await;
-    let r = reqwest::get(format!("{}/ui", c.http(1))).await.unwrap();
+    assert!(c.http(1).starts_with("https://"), "{}", c.http(1));
+    let r = c.client.get(format!("{}/ui", c.http(1))).send().await.unwrap();
     assert_eq!(r.status(), 200, "no token needed");
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let html = r.text().await.unwrap();
@@ -447,9 +478,13 @@ async fn the_auditor_page_verifies_in_a_real_browser() {
         format!("{}/ui#trust={}&min=1&digest={digest}&token={auditor}&ns=default", c.http(1), b64(trust))
     };
     // Audit records reach the ledger in batches: wait until the page shows the put's.
+    let ca = dir.join("ca.pem");
+    // A browser that does not trust the cluster's CA does not load the page at all.
+    let untrusted = browse(browser, &page(&trust), None, None);
+    assert!(!untrusted.contains("data-ready"), "the page loaded without its CA trusted:\n{untrusted}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let dom = loop {
-        let dom = browse(browser, &page(&trust), None);
+        let dom = browse(browser, &page(&trust), Some(&ca), None);
         if dom.contains("seen-by-the-auditor") || std::time::Instant::now() > deadline {
             break dom;
         }
@@ -463,7 +498,7 @@ async fn the_auditor_page_verifies_in_a_real_browser() {
 
     // A screenshot of the green page, as a person sees it.
     let shot = dir.join("ui.png");
-    browse(browser, &page(&trust), Some(&shot));
+    browse(browser, &page(&trust), Some(&ca), Some(&shot));
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let (w, h) = (
@@ -480,7 +515,7 @@ async fn the_auditor_page_verifies_in_a_real_browser() {
     let other_pub = std::fs::read_to_string(format!("{}.pub", other.display())).unwrap();
     let mut wrong = v.clone();
     wrong["nodes"][0]["public_key"] = serde_json::json!(other_pub.trim());
-    let dom = browse(browser, &page(&wrong.to_string()), None);
+    let dom = browse(browser, &page(&wrong.to_string()), Some(&ca), None);
     assert!(dom.contains("class=\"badge red\">verification FAILED<"), "{dom}");
     assert!(dom.contains("signed by 0 pinned key(s); 1 required"), "{dom}");
     assert!(!dom.contains("✓ registered"), "{dom}");

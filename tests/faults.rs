@@ -121,7 +121,7 @@ fn spawn_clients(
     until: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let ep = c.endpoints();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
+    let client = c.http_client(Duration::from_secs(8));
     (0..CLIENTS)
         .map(|id| {
             let (ep, client, down, history) = (ep.clone(), client.clone(), down.clone(), history.clone());
@@ -259,7 +259,7 @@ async fn kv_registers_stay_linearizable_under_faults() {
             set_faults(&c, id, serde_json::json!({})).await;
         }
         c.wait_ready(READY).await;
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
+        let client = c.http_client(Duration::from_secs(8));
         let ep = c.endpoints();
         for k in 0..KEYS {
             for id in c.ids() {
@@ -372,7 +372,7 @@ async fn acknowledged_writes_survive_crash_loops() {
         let down = Arc::new(Mutex::new(BTreeSet::new()));
         let acked = Arc::new(Mutex::new(Acked::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
+        let client = c.http_client(Duration::from_secs(8));
         let t0 =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
         let mut tasks = Vec::new();
@@ -660,7 +660,7 @@ async fn a_full_disk_on_one_node_loses_nothing() {
     c.start_all();
     c.wait_ready(READY).await;
     let ep = c.endpoints();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
+    let client = c.http_client(Duration::from_secs(8));
     // Fill node 3's disk, leaving a few KiB.
     let filler = c.data_dir(3).join("filler");
     let mut f = std::fs::File::create(&filler).unwrap();

@@ -70,8 +70,8 @@ impl Node {
             id,
             config: out.join(format!("node{id}.toml")),
             data_dir: out.join(format!("node{id}")),
-            http: format!("http://{}", n["http"].as_str().unwrap()),
-            grpc: format!("http://{}", n["grpc"].as_str().unwrap()),
+            http: format!("https://{}", n["http"].as_str().unwrap()),
+            grpc: format!("https://{}", n["grpc"].as_str().unwrap()),
             child: None,
             log: out.join(format!("node{id}.log")),
             starts: 0,
@@ -130,8 +130,40 @@ impl Cluster {
             nodes.insert(id, Node::from_cluster_json(&out, n));
         }
         let token = std::fs::read_to_string(out.join("admin.token")).unwrap().trim().to_string();
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+        let client = tls_client(&out.join("ca.pem"), Duration::from_secs(20));
         Cluster { _slot: slot, dir, nodes, token, client }
+    }
+
+    /// A REST client that verifies the nodes against the cluster's CA (`DIR/ca.pem`).
+    pub fn http_client(&self, timeout: Duration) -> reqwest::Client {
+        tls_client(&self.cluster_dir().join("ca.pem"), timeout)
+    }
+
+    /// A gRPC channel to node `id`, verifying it against the cluster's CA; with `client`, the
+    /// connection presents that ed25519 key's node-key certificate (as nodes do to each other).
+    pub async fn grpc_channel_as(
+        &self,
+        id: u64,
+        client: Option<&edgefabric_crypto::Identity>,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let ca = std::fs::read(self.cluster_dir().join("ca.pem")).unwrap();
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        if let Some(key) = client {
+            let pem = edgefabric_crypto::tls::node_key_cert(key).unwrap();
+            tls = tls.identity(tonic::transport::Identity::from_pem(pem.cert.as_bytes(), pem.key.as_bytes()));
+        }
+        tonic::transport::Endpoint::from_shared(self.grpc(id).to_string())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+    }
+
+    /// A gRPC channel to node `id` as an app has one: TLS, no client certificate.
+    pub async fn grpc_channel(&self, id: u64) -> tonic::transport::Channel {
+        self.grpc_channel_as(id, None).await.expect("connect over TLS")
     }
 
     /// The directory `cluster init` wrote.
@@ -470,6 +502,18 @@ pub fn set_toml(text: String, settings: &[(&str, &str)]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A reqwest client that trusts only the CA certificate in `ca` (rustls).
+pub fn tls_client(ca: &Path, timeout: Duration) -> reqwest::Client {
+    let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("{}: {e}", ca.display()));
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(timeout)
+        .build()
+        .unwrap()
 }
 
 /// A cloneable handle for client traffic, usable from tasks while the test kills nodes.

@@ -1,0 +1,308 @@
+//! Transport security: a cluster from `cluster init` serves only TLS, verified against its
+//! `ca.pem`; nothing a client or a node sends crosses the wire in clear (a real packet capture
+//! of the loopback interface); plaintext needs an explicit switch and shows; `--dev` stays on
+//! loopback; served certificates are replaced without a restart.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Cluster, BIN};
+
+const READY: Duration = Duration::from_secs(30);
+
+mod grpc {
+    tonic::include_proto!("edgefabric.v1");
+}
+
+fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Sends `bytes` in clear to a local port: a marker the capture must contain, to prove that it
+/// was recording at that moment (the node refuses it as a bad TLS handshake).
+fn send_in_clear(port: u16, bytes: &[u8]) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(bytes).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// A real capture: tcpdump on the loopback interface, over the cluster's ports, while public
+/// values are written and read through every node over REST and gRPC (and replicated between
+/// the nodes by raft). Neither a value, nor a key name, nor the admin token appears in it;
+/// markers sent in clear just before and after do, so the capture saw the whole exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_crosses_the_wire_in_clear() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tcpdump = Command::new("tcpdump").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !(root && tcpdump) {
+        println!("SKIPPED: nothing_crosses_the_wire_in_clear needs root and tcpdump (.ci/run installs it)");
+        return;
+    }
+    let mut c = Cluster::init(3, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let ports: Vec<u16> =
+        c.ids().iter().flat_map(|id| [port_of(c.http(*id)), port_of(c.grpc(*id))]).collect();
+    let (lo, hi) = (*ports.iter().min().unwrap(), *ports.iter().max().unwrap());
+    let pcap = c.cluster_dir().join("capture.pcap");
+    let mut dump = Command::new("tcpdump")
+        .args(["-i", "lo", "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .arg(format!("tcp portrange {lo}-{hi}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // tcpdump says "listening on lo" once it captures.
+    let mut stderr = dump.stderr.take().unwrap();
+    let started = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        let mut seen = Vec::new();
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("listening on") {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(started.join().unwrap(), "tcpdump did not start");
+    send_in_clear(lo, b"CANARY-BEFORE-7c1f");
+
+    let mut values = vec![];
+    for id in c.ids() {
+        let value = format!("wire-secret-rest-{id}-9d2e");
+        c.put(id, "default", &format!("wire-key-{id}"), value.as_bytes()).await.unwrap();
+        values.push(value);
+    }
+    for id in c.ids() {
+        for k in c.ids() {
+            let got = c.get(id, "default", &format!("wire-key-{k}"), false).await.unwrap();
+            assert_eq!(got.as_deref(), Some(format!("wire-secret-rest-{k}-9d2e").as_bytes()));
+        }
+        // And over gRPC, an app's way: TLS verified against the CA, no client certificate.
+        let mut kv = grpc::kv_client::KvClient::new(c.grpc_channel(id).await);
+        let value = format!("wire-secret-grpc-{id}-4a6b");
+        let put = grpc::PutRequest {
+            ns: "default".into(),
+            key: format!("wire-grpc-{id}"),
+            value: value.as_bytes().to_vec(),
+            cas: None,
+        };
+        kv.put(with_token(&c.token, put)).await.unwrap();
+        let get = grpc::GetRequest { ns: "default".into(), key: format!("wire-grpc-{id}"), stale: false };
+        assert_eq!(kv.get(with_token(&c.token, get)).await.unwrap().into_inner().value, value.as_bytes());
+        values.push(value);
+    }
+    // Raft carries each write to every replica: read every value back through every node.
+    for id in c.ids() {
+        for k in c.ids() {
+            let got = c.get(id, "default", &format!("wire-grpc-{k}"), false).await.unwrap();
+            assert_eq!(got.as_deref(), Some(format!("wire-secret-grpc-{k}-4a6b").as_bytes()));
+        }
+    }
+    send_in_clear(hi, b"CANARY-AFTER-3e8a");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").arg("-INT").arg(dump.id().to_string()).status();
+    let _ = dump.wait();
+
+    let captured = std::fs::read(&pcap).unwrap();
+    let contains = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        contains(b"CANARY-BEFORE-7c1f") && contains(b"CANARY-AFTER-3e8a"),
+        "the capture missed its markers"
+    );
+    assert!(captured.len() > 50_000, "only {} bytes captured: was the traffic seen?", captured.len());
+    for v in &values {
+        assert!(!contains(v.as_bytes()), "{v} crossed the wire in clear");
+    }
+    for secret in [c.token.as_str(), "wire-key-1", "wire-grpc-2", "Bearer", "/v1/kv/default"] {
+        assert!(!contains(secret.as_bytes()), "{secret:?} crossed the wire in clear");
+    }
+}
+
+/// The CLI verifies the node against `ca.pem` beside the token file, or `--ca-file`; another
+/// CA, or none, is refused — as is plain HTTP to a TLS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_verify_the_node_against_the_cluster_ca() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let (h, t) = (c.http(1).to_string(), c.token_file());
+    let t = t.to_str().unwrap();
+    let (ok, out, err) =
+        c.cli(&["kv", "put", "default", "k", "v", "--endpoint", &h, "--token-file", t]).await;
+    assert!(ok, "ca.pem beside the token file is used: {out}{err}");
+    // A token file elsewhere, with no ca.pem beside it: the system's roots do not know this CA.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let t2 = elsewhere.path().join("admin.token");
+    std::fs::copy(c.token_file(), &t2).unwrap();
+    let t2 = t2.to_str().unwrap();
+    let (ok, _, err) = c.cli(&["kv", "get", "default", "k", "--endpoint", &h, "--token-file", t2]).await;
+    assert!(!ok, "an unknown CA was trusted");
+    assert!(err.contains("cannot reach"), "{err}");
+    let ca = c.cluster_dir().join("ca.pem");
+    let (ok, out, err) = c
+        .cli(&[
+            "kv",
+            "get",
+            "default",
+            "k",
+            "--endpoint",
+            &h,
+            "--token-file",
+            t2,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ])
+        .await;
+    assert!(ok && out == "v", "--ca-file: {out}{err}");
+    // Another cluster's CA does not verify this node.
+    let other = tempfile::tempdir().unwrap();
+    let out_dir = other.path().join("c");
+    let (ok, _, err) = c
+        .cli(&[
+            "cluster",
+            "init",
+            "--nodes",
+            "1",
+            "--sites",
+            "a",
+            "--base-port",
+            "20000",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .await;
+    assert!(ok, "{err}");
+    let wrong = out_dir.join("ca.pem");
+    let (ok, _, _) = c
+        .cli(&[
+            "kv",
+            "get",
+            "default",
+            "k",
+            "--endpoint",
+            &h,
+            "--token-file",
+            t2,
+            "--ca-file",
+            wrong.to_str().unwrap(),
+        ])
+        .await;
+    assert!(!ok, "another cluster's CA verified this node");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = reqwest::Client::new().get(h.replacen("https://", "http://", 1) + "/healthz").send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // Status says TLS.
+    let st = c.request(1, reqwest::Method::GET, "/v1/cluster/status", None).await.unwrap();
+    assert_eq!(st.json()["transport"], "tls", "{}", st.text());
+}
+
+/// A node's certificate files replaced while it runs (as an operator rotates them): the next
+/// connection gets the new certificate, without a restart. A half-done swap (a certificate
+/// that does not match the key) keeps the old one in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_is_served_without_a_restart() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let dir = c.cluster_dir();
+    let served = || async {
+        // A new client, hence a new connection and handshake.
+        let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .tls_info(true)
+            .build()
+            .unwrap();
+        let r = client.get(format!("{}/healthz", c.http(1))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.extensions().get::<reqwest::tls::TlsInfo>().unwrap().peer_certificate().unwrap().to_vec()
+    };
+    let before = served().await;
+    let on_disk = |f: &str| {
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(dir.join(f)).unwrap();
+        rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap().to_vec()
+    };
+    assert_eq!(before, on_disk("node1.crt"));
+    // A new certificate from the cluster CA, for the same host.
+    let ca = edgefabric_crypto::tls::Pem {
+        cert: std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        key: std::fs::read_to_string(dir.join("ca.key")).unwrap().into(),
+    };
+    let new = edgefabric_crypto::tls::issue_node_cert(&ca, 1, &["127.0.0.1".into()]).unwrap();
+    // Only the certificate first: it does not match the key on disk, so the old pair stays.
+    std::fs::write(dir.join("node1.crt"), &new.cert).unwrap();
+    assert_eq!(served().await, before, "a certificate without its key was served");
+    std::fs::write(dir.join("node1.tls.key"), new.key.as_bytes()).unwrap();
+    let after = served().await;
+    assert_ne!(after, before, "the new certificate was not picked up");
+    assert_eq!(after, on_disk("node1.crt"));
+    assert!(c.log_text(1).contains("TLS certificate reloaded"));
+}
+
+/// Plaintext outside `--dev` only with `[tls] enabled = false`: the node warns and its status
+/// says so. Without the files and without that switch, it does not start, naming the field.
+/// `--dev` serves plaintext on loopback only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_needs_an_explicit_switch_and_shows() {
+    // No [tls] files: refused at start.
+    let c = Cluster::init(1, "a", |t| {
+        let start = t.find("[tls]").unwrap();
+        t[..start].to_string()
+    });
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(c.cluster_dir().join("node1.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls.cert_file: required"), "{err}");
+    drop(c);
+
+    let mut c = Cluster::init(1, "a", |t| {
+        let start = t.find("[tls]").unwrap();
+        format!("{}[tls]\nenabled = false\n", &t[..start])
+    });
+    for n in c.nodes.values_mut() {
+        n.http = n.http.replacen("https://", "http://", 1);
+    }
+    c.client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    c.start_all();
+    c.wait_ready(READY).await;
+    let st = c.request(1, reqwest::Method::GET, "/v1/cluster/status", None).await.unwrap();
+    assert_eq!(st.json()["transport"], "plaintext", "{}", st.text());
+    assert!(c.log_text(1).contains("TLS is OFF"), "{}", c.log_text(1));
+    drop(c);
+
+    // --dev beyond loopback: refused, naming the flag.
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--dev", "--http", "0.0.0.0:0", "--grpc", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--http 0.0.0.0:0") && err.contains("loopback"), "{err}");
+}
