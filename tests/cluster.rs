@@ -268,8 +268,8 @@ async fn sigterm_answers_requests_in_flight_and_exits_cleanly() {
     for w in 0..8 {
         let (url, token, stop, acked, cut_off) =
             (url.clone(), token.clone(), stop.clone(), acked.clone(), cut_off.clone());
+        let client = c.http_client(Duration::from_secs(30));
         writers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
             for i in 0.. {
                 if stop.load(Ordering::SeqCst) {
                     return;

@@ -117,7 +117,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     let mut c = Cluster::init(1, "a", |t| t);
     c.start_all();
     c.wait_ready(Duration::from_secs(60)).await;
-    let r = reqwest::get(format!("{}/openapi.json", c.http(1))).await.unwrap();
+    let r = c.client.get(format!("{}/openapi.json", c.http(1))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
     let doc: serde_json::Value = r.json().await.unwrap();
@@ -253,7 +253,7 @@ async fn metrics_count_requests_commits_and_samples() {
     c.start_all();
     c.wait_ready(Duration::from_secs(60)).await;
     let scrape = || async {
-        let text = reqwest::get(format!("{}/metrics", c.http(1))).await.unwrap().text().await.unwrap();
+        let text = c.client.get(format!("{}/metrics", c.http(1))).send().await.unwrap().text().await.unwrap();
         let mut typed = std::collections::BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
         let mut samples = Vec::new();
