@@ -178,6 +178,13 @@ impl PublicKey {
         Ok(PublicKey(key))
     }
 
+    /// A small-order key: with it, a signature can "verify" for messages its holder never
+    /// signed (under the cofactored equation that batch verification uses). Refused wherever a
+    /// key is registered.
+    pub fn is_weak(&self) -> bool {
+        self.0.is_weak()
+    }
+
     /// Strict verification (RFC 8032 with the malleability checks of `verify_strict`).
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<()> {
         let sig: [u8; 64] = sig.try_into().map_err(|_| Error::BadSignature)?;

@@ -471,7 +471,11 @@ fn check_entry(
                     if member(st, *new)?.is_some() {
                         return Err(dup(format!("node {new} is already a member")).into());
                     }
-                    public_key(k, pos)?;
+                    if public_key(k, pos)?.is_weak() {
+                        return Err(
+                            rule(format!("node {new}: a small-order public key proves nothing")).into()
+                        );
+                    }
                 }
                 EntryKind::NodeRemoved { id: gone } => {
                     if member(st, *gone)?.is_none() {
@@ -482,7 +486,12 @@ fn check_entry(
                     if publisher(st, p)?.is_some() {
                         return Err(dup(format!("publisher {p:?} is already registered")).into());
                     }
-                    public_key(k, pos)?;
+                    if public_key(k, pos)?.is_weak() {
+                        return Err(rule(format!(
+                            "publisher {p:?}: a small-order public key proves nothing"
+                        ))
+                        .into());
+                    }
                 }
                 EntryKind::PublisherRemoved { id: p, .. } => {
                     if publisher(st, p)?.is_none() {

@@ -158,8 +158,12 @@ impl Note {
     }
 
     /// Verifies against the pinned keys; returns the names of the trusted keys that signed.
+    /// Signatures count by key: one key pinned under two names (a copy-paste slip in a trust
+    /// file, or a node registered twice) is one signer, so it cannot meet a threshold of two
+    /// alone.
     pub fn verify(&self, trusted: &[TrustedKey], min: usize) -> Result<Vec<String>, NoteError> {
         let mut signed: Vec<String> = vec![];
+        let mut keys: Vec<[u8; 32]> = vec![];
         for s in &self.signatures {
             let Some(k) = trusted.iter().find(|k| k.name == s.name && key_id(&k.name, &k.key) == s.key_id)
             else {
@@ -168,12 +172,14 @@ impl Note {
             if k.key.verify(self.text.as_bytes(), &s.sig).is_err() {
                 return Err(NoteError::BadSignature { name: s.name.clone() });
             }
-            if !signed.contains(&s.name) {
+            let key = k.key.to_bytes();
+            if !keys.contains(&key) {
+                keys.push(key);
                 signed.push(s.name.clone());
             }
         }
-        if signed.len() < min.max(1) {
-            return Err(NoteError::TooFewSignatures { got: signed.len(), want: min.max(1) });
+        if keys.len() < min.max(1) {
+            return Err(NoteError::TooFewSignatures { got: keys.len(), want: min.max(1) });
         }
         Ok(signed)
     }
@@ -264,6 +270,17 @@ mod tests {
         let note = Note::parse(&signed).unwrap();
         assert_eq!(note.text, GO_TEXT);
         assert_eq!(note.verify(&[trusted], 1).unwrap(), vec!["PeterNeumann".to_string()]);
+    }
+
+    #[test]
+    fn one_key_pinned_under_two_names_is_one_signer() {
+        let id = go_identity();
+        let a = TrustedKey { name: "node-1".into(), key: id.public_key() };
+        let b = TrustedKey { name: "node-2".into(), key: id.public_key() };
+        let signed = sign(GO_TEXT, &[("node-1", &id), ("node-2", &id)]).unwrap();
+        let note = Note::parse(&signed).unwrap();
+        assert_eq!(note.verify(&[a.clone(), b.clone()], 1).unwrap(), vec!["node-1".to_string()]);
+        assert!(matches!(note.verify(&[a, b], 2), Err(NoteError::TooFewSignatures { got: 1, want: 2 })));
     }
 
     #[test]

@@ -164,6 +164,16 @@ fn rules_reject_each_kind_of_bad_entry() {
         matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::UnknownAuthor { .. }, .. })),
         "{r:?}"
     );
+    // A publisher with a small-order key (the identity point): refused by the rules, which
+    // every node applies (a batch-verified signature under it would prove nothing).
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let kind = EntryKind::PublisherAdded { id: "weak".into(), public_key: weak, by: "admin".into() };
+    let (_, r) = chain::build_block(&f.tree, &[f.node_entry(1, kind)], 0, 1).unwrap();
+    assert!(
+        matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Rule { message, .. }, .. }) if message.contains("small-order")),
+        "{r:?}"
+    );
     f.append_ok(vec![f.add_publisher()]);
     // Twice the same publisher.
     let (_, r) = chain::build_block(&f.tree, &[f.add_publisher()], 0, 1).unwrap();
