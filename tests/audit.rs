@@ -240,7 +240,7 @@ async fn every_acknowledged_access_is_in_the_ledger_exactly_once_after_a_crash()
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?limit=0", "").await, 400);
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?from=yesterday", "").await, 400);
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, "/v1/audit?limit=many", "").await, 400);
-    // The route as CONTRACT.md writes it, every parameter empty: the defaults.
+    // The route as docs/api.md writes it, every parameter empty: the defaults.
     let path = "/v1/audit?ns=&actor=&action=&from=&to=&limit=";
     assert_eq!(send(&c, 1, Some(&auditor), Method::GET, path, "").await, 200);
 
@@ -333,4 +333,75 @@ async fn a_cut_off_node_queues_its_records_and_ships_them_when_the_partition_hea
     // And nothing more arrives later (no late duplicates).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(tally(&records(&c, 3, &auditor, "app-1").await.unwrap()), want);
+}
+
+/// Audit content on the ledger's public routes (issue 18, defect a): an entry of audit records
+/// needs the `auditor` role (401 without a token, 403 with another role); a block shows its
+/// audit entries redacted — kind, signer, record count and leaf hash, no actor, key or action —
+/// unless the reader is an auditor. Image registrations, checkpoints and proofs stay public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_on_ledger_routes_need_the_auditor_role() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    assert_eq!(send(&c, 1, Some(&c.token), Method::PUT, "/v1/kv/default/patient-7731", "v").await, 200);
+    let auditor = c.issue_token("alice", "auditor").await;
+    let reader = c.issue_token("bob", "reader:default").await;
+    // Find the entry that records the put (the admin sees everything).
+    let get = |path: String, token: Option<String>| {
+        let req = c.client.get(format!("{}{path}", c.http(1)));
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let deadline = Instant::now() + READY;
+    let index = 'found: loop {
+        let (_, st) = get("/v1/ledger/status".into(), None).await;
+        let size = serde_json::from_str::<serde_json::Value>(&st).unwrap()["log_size"].as_u64().unwrap_or(0);
+        for i in 0..size {
+            let (s, body) = get(format!("/v1/ledger/entries/{i}"), Some(c.token.clone())).await;
+            if s == 200 && body.contains("patient-7731") {
+                break 'found i;
+            }
+        }
+        assert!(Instant::now() < deadline, "the put's audit record never reached the ledger");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let path = format!("/v1/ledger/entries/{index}");
+    assert_eq!(get(path.clone(), None).await.0, 401);
+    assert_eq!(get(path.clone(), Some(reader.clone())).await.0, 403);
+    assert_eq!(get(path.clone(), Some("v4.public.garbage".into())).await.0, 401);
+    let (s, body) = get(path.clone(), Some(auditor.clone())).await;
+    assert_eq!(s, 200);
+    assert!(body.contains("patient-7731") && body.contains("kv.put"), "{body}");
+    // The block that holds it: redacted for everyone but auditors.
+    let mut height = None;
+    for h in 0.. {
+        let (s, body) = get(format!("/v1/ledger/blocks/{h}"), Some(auditor.clone())).await;
+        assert_eq!(s, 200, "block {h}: {body}");
+        if body.contains("patient-7731") {
+            height = Some(h);
+            break;
+        }
+    }
+    let block = format!("/v1/ledger/blocks/{}", height.unwrap());
+    for token in [None, Some(reader.clone())] {
+        let (s, body) = get(block.clone(), token).await;
+        assert_eq!(s, 200);
+        for secret in ["patient-7731", "kv.put", "\"actor\"", "admin"] {
+            assert!(!body.contains(secret), "{secret} shown without the auditor role: {body}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let audit = v["entries"].as_array().unwrap().iter().find(|e| e["type"] == "audit").unwrap().clone();
+        assert!(audit["record_count"].as_u64().unwrap() >= 1 && audit["leaf_hash"].is_string(), "{audit}");
+    }
+    // Genesis (node registrations) and the checkpoint stay public.
+    assert_eq!(get("/v1/ledger/entries/0".into(), None).await.0, 200);
+    assert_eq!(get("/v1/ledger/checkpoint".into(), None).await.0, 200);
+    assert_eq!(get(format!("/v1/ledger/proof/inclusion?index={index}"), None).await.0, 200);
 }

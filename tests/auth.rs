@@ -261,7 +261,6 @@ async fn internal_rpcs_need_a_members_node_key() {
 /// replayed requests are refused with 401 — and each refusal is in the audit trail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_signed_request_is_refused_and_audited() {
-    use base64::Engine;
     let mut c = Cluster::init(1, "a", |t| t);
     c.start_all();
     c.wait_ready(READY).await;
@@ -294,11 +293,11 @@ async fn a_replayed_signed_request_is_refused_and_audited() {
     let token = out.split_whitespace().last().unwrap().to_string();
     let now =
         || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    // The documented message: method, path and query, date, nonce, hex SHA-256 of the body.
+    // The documented message: method, host, path and query, date, nonce, hex SHA-256 of the
+    // token, hex SHA-256 of the body.
+    let host = c.http(1).trim_start_matches("https://").to_string();
     let signed = |method: &str, path: &str, date: u64, nonce: &str, body: &[u8]| {
-        let body_hash: String = edgefabric_crypto::sha256(body).iter().map(|b| format!("{b:02x}")).collect();
-        let msg = format!("edgefabric-request-v1\n{method}\n{path}\n{date}\n{nonce}\n{body_hash}\n");
-        base64::engine::general_purpose::STANDARD.encode(client.sign(msg.as_bytes()))
+        sign_request(&client, method, &host, path, date, nonce, &token, body)
     };
     let send = |method: Method, path: &str, date: u64, nonce: &str, sig: Option<String>, body: &str| {
         let mut req = c.client.request(method, format!("{}{path}", c.http(1))).bearer_auth(&token);
@@ -393,4 +392,236 @@ async fn a_replayed_signed_request_is_refused_and_audited() {
     let mut kv = grpc::kv_client::KvClient::new(c.grpc_channel(1).await);
     let req = grpc::GetRequest { ns: "default".into(), key: "signed".into(), stale: false };
     assert_eq!(kv.get(with(&token, req)).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+}
+
+/// The documented signed-request message (README, "Signed requests"), signed by `client`.
+#[allow(clippy::too_many_arguments)]
+fn sign_request(
+    client: &edgefabric_crypto::Identity,
+    method: &str,
+    host: &str,
+    path: &str,
+    date: u64,
+    nonce: &str,
+    token: &str,
+    body: &[u8],
+) -> String {
+    use base64::Engine;
+    let hex = |b: &[u8]| edgefabric_crypto::sha256(b).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let msg = format!(
+        "edgefabric-request-v2\n{method}\n{host}\n{path}\n{date}\n{nonce}\n{}\n{}\n",
+        hex(token.as_bytes()),
+        hex(body)
+    );
+    base64::engine::general_purpose::STANDARD.encode(client.sign(msg.as_bytes()))
+}
+
+/// A signed request names the node it is for (defect e): replayed to another node of the
+/// cluster within the window — whose nonce cache never saw it — it is refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_request_cannot_be_replayed_to_another_node() {
+    let mut c = Cluster::init(2, "a,b", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let key_file = c.cluster_dir().join("app.key");
+    let (ok, out, err) = c.cli(&["keygen", "--out", key_file.to_str().unwrap()]).await;
+    assert!(ok, "{out} {err}");
+    let client = edgefabric_crypto::Identity::read(&key_file).unwrap();
+    let pub_file = c.cluster_dir().join("app.key.pub");
+    let token_file = c.token_file();
+    let (ok, out, err) = c
+        .cli(&[
+            "token",
+            "issue",
+            "--subject",
+            "signed-app",
+            "--role",
+            "writer:default",
+            "--client-key",
+            pub_file.to_str().unwrap(),
+            "--endpoint",
+            c.http(1),
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .await;
+    assert!(ok, "{out} {err}");
+    let token = out.split_whitespace().last().unwrap().to_string();
+    let node1 = c.http(1).trim_start_matches("https://").to_string();
+    let date = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let (path, nonce) = ("/v1/kv/default/replayed", "nonce-cross-node-01");
+    let sig = sign_request(&client, "PUT", &node1, path, date, nonce, &token, b"v");
+    let headers = format!("X-EF-Date: {date}\r\nX-EF-Nonce: {nonce}\r\nX-EF-Signature: {sig}\r\n");
+    // The very bytes sent to node 1, Host header and all, captured and sent to node 2 first.
+    let (status, text) = raw_request(&c, 2, "PUT", path.as_bytes(), &node1, &token, &headers, b"v").await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("not this node"), "{text}");
+    // Node 1, which it was made for, takes it.
+    let (status, text) = raw_request(&c, 1, "PUT", path.as_bytes(), &node1, &token, &headers, b"v").await;
+    assert_eq!(status, 200, "{text}");
+    // Signed for node 2's name but sent to node 1 (or the other way round): refused.
+    let node2 = c.http(2).trim_start_matches("https://").to_string();
+    let sig = sign_request(&client, "PUT", &node2, path, date, "nonce-cross-node-02", &token, b"v");
+    let headers =
+        format!("X-EF-Date: {date}\r\nX-EF-Nonce: nonce-cross-node-02\r\nX-EF-Signature: {sig}\r\n");
+    let (status, _) = raw_request(&c, 1, "PUT", path.as_bytes(), &node1, &token, &headers, b"v").await;
+    assert_eq!(status, 401);
+    let (status, text) = raw_request(&c, 2, "PUT", path.as_bytes(), &node2, &token, &headers, b"v").await;
+    assert_eq!(status, 200, "{text}");
+}
+
+/// Revocations (issue 18, defect c): a `publisher` token cannot revoke as the admin (an
+/// unsigned revocation, which the node would sign); a publisher revokes only its own images,
+/// with its own signature; the admin revokes anything. Publisher keys of small order are
+/// refused (defect i).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_admin_revokes_without_a_publishers_signature() {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use edgefabric_ledger::entry::{image_message, revocation_message};
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let admin = c.token.clone();
+    let acme = edgefabric_crypto::Identity::generate().unwrap();
+    let evil = edgefabric_crypto::Identity::generate().unwrap();
+    for (id, key) in [("acme", &acme), ("evil", &evil)] {
+        let body = serde_json::json!({"id": id, "public_key": key.public_key().to_base64()}).to_string();
+        assert_eq!(call(&c, &admin, Method::POST, "/v1/publishers", Some(&body)).await, 201, "{id}");
+    }
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let body = serde_json::json!({"id": "weak", "public_key": STANDARD.encode(weak)}).to_string();
+    let r = c
+        .client
+        .post(format!("{}/v1/publishers", c.http(1)))
+        .bearer_auth(&admin)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("small-order"));
+
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let sig = STANDARD.encode(acme.sign(&image_message("app:1", &digest)));
+    let body = serde_json::json!({"name": "app:1", "digest": digest, "publisher": "acme", "signature": sig});
+    assert_eq!(call(&c, &admin, Method::POST, "/v1/images", Some(&body.to_string())).await, 201);
+    let publisher = c.issue_token("store", "publisher").await;
+    let status = || async {
+        let r = c.client.get(format!("{}/v1/images/{digest}", c.http(1))).send().await.unwrap();
+        r.json::<serde_json::Value>().await.unwrap()["status"].as_str().unwrap().to_string()
+    };
+    let revoke = format!("/v1/images/{digest}/revoke");
+    // Unsigned by a publisher token: the admin's act, refused.
+    assert_eq!(call(&c, &publisher, Method::POST, &revoke, Some(r#"{"reason":"x"}"#)).await, 403);
+    assert_eq!(
+        call(&c, &publisher, Method::POST, &revoke, Some(r#"{"reason":"x","signature":null}"#)).await,
+        403
+    );
+    // Signed by another publisher: the ledger's rules refuse it.
+    let by_evil = serde_json::json!({
+        "reason": "x", "publisher": "evil",
+        "signature": STANDARD.encode(evil.sign(&revocation_message(&digest, "x"))),
+    });
+    let got = call(&c, &publisher, Method::POST, &revoke, Some(&by_evil.to_string())).await;
+    assert!((400..500).contains(&got), "another publisher's revocation: {got}");
+    // Over gRPC, the same.
+    let mut ledger = grpc::ledger_client::LedgerClient::new(c.grpc_channel(1).await);
+    let req = grpc::RevokeImageRequest { digest: digest.clone(), reason: "x".into(), ..Default::default() };
+    let e = ledger.revoke_image(with(&publisher, req.clone())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert_eq!(status().await, "registered");
+    // The image's own publisher, signed: revoked.
+    let by_acme = serde_json::json!({
+        "reason": "CVE", "publisher": "acme",
+        "signature": STANDARD.encode(acme.sign(&revocation_message(&digest, "CVE"))),
+    });
+    assert_eq!(call(&c, &publisher, Method::POST, &revoke, Some(&by_acme.to_string())).await, 200);
+    assert_eq!(status().await, "revoked");
+    // The admin, unsigned, revokes another image.
+    let d2 = format!("sha256:{}", "ef".repeat(32));
+    let sig = STANDARD.encode(acme.sign(&image_message("app:2", &d2)));
+    let body = serde_json::json!({"name": "app:2", "digest": d2, "publisher": "acme", "signature": sig});
+    assert_eq!(call(&c, &admin, Method::POST, "/v1/images", Some(&body.to_string())).await, 201);
+    let r2 = format!("/v1/images/{d2}/revoke");
+    assert_eq!(call(&c, &admin, Method::POST, &r2, Some(r#"{"reason":"pulled"}"#)).await, 200);
+}
+
+/// Paths the router decodes (defect b): raw UTF-8 right after `%` once panicked in the
+/// authorization layer (the connection dropped, nothing audited). Now every odd path gets an
+/// HTTP answer, and the key authorized and audited is the key served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_percent_encodings_get_answers_not_dropped_connections() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    // `%+0` is a literal key, stored and read under that name.
+    assert_eq!(call(&c, &c.token, Method::PUT, "/v1/kv/default/%+0", Some("v")).await, 200);
+    let r = c
+        .client
+        .get(format!("{}/v1/kv/default/%25%2B0", c.http(1)))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the key is `%+0`");
+    // Raw bytes in the path need a raw request: reqwest would encode them.
+    let raw = |path: &'static [u8]| raw_get(&c, path);
+    let status = raw(b"/v1/kv/default/%\xe2\x82\xac").await;
+    assert_eq!(status, 404, "GET /v1/kv/default/%€ answers (no such key)");
+    let status = raw(b"/v1/kv/default/%FF").await;
+    assert_eq!(status, 400, "not UTF-8 once decoded");
+}
+
+/// Sends `GET path` with the admin token over TLS as raw bytes; the answer's status.
+async fn raw_get(c: &Cluster, path: &[u8]) -> u16 {
+    let host = c.http(1).trim_start_matches("https://").to_string();
+    raw_request(c, 1, "GET", path, &host, &c.token, "", b"").await.0
+}
+
+/// One HTTP/1.1 request written byte for byte over TLS to node `to`, with `host` as its Host
+/// header and `extra` headers (each ending in CRLF); the status and the whole answer.
+#[allow(clippy::too_many_arguments)]
+async fn raw_request(
+    c: &Cluster,
+    to: u64,
+    method: &str,
+    path: &[u8],
+    host: &str,
+    token: &str,
+    extra: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = std::fs::read(c.cluster_dir().join("ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(&ca).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(edgefabric_crypto::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let addr = c.http(to).trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let mut req = format!("{method} ").into_bytes();
+    req.extend_from_slice(path);
+    req.extend_from_slice(
+        format!(
+            " HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    req.extend_from_slice(body);
+    tls.write_all(&req).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(text.starts_with("HTTP/1.1 "), "no HTTP answer: {text:?}");
+    (text[9..12].parse().unwrap(), text)
 }

@@ -109,7 +109,7 @@ fn the_demo_refuses_a_directory_it_did_not_make() {
     assert_eq!(kept, "id = 1", "a running demo's files were replaced");
 }
 
-/// `/openapi.json` (CONTRACT.md: no token) documents exactly the routes a node serves: every
+/// `/openapi.json` (docs/api.md: no token) documents exactly the routes a node serves: every
 /// documented operation is answered by its route — never 405, never the fallback's "no such
 /// route" — and every documented path is in the document.
 #[tokio::test]

@@ -213,7 +213,7 @@ async fn app_store_flow_and_identical_chains_on_three_nodes() {
     assert_eq!(code, 1, "an unknown image is not genuine");
 
     // The same over gRPC (edgefabric.v1.Ledger): the proof verifies offline with the pinned keys.
-    let mut ledger = grpc::ledger_client::LedgerClient::connect(c.grpc(3).to_string()).await.unwrap();
+    let mut ledger = grpc::ledger_client::LedgerClient::new(c.grpc_channel(3).await);
     let img = ledger.get_image(grpc::GetImageRequest { digest: d1.clone() }).await.unwrap().into_inner();
     assert_eq!((img.status.as_str(), img.name.as_str()), ("registered", "camera-ai:2.1"));
     let e = img.entry.unwrap();

@@ -720,3 +720,70 @@ async fn retention_keeps_rollups_after_raw_samples_expire() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Namespace confusion (issue 18, defect d): the authorization layer read `ns` from the query
+/// and a form body, the line-protocol handler from the query alone. A body that is both a form
+/// naming `ns=mine` and valid line protocol let a `writer:mine` token write into `default`.
+/// Now the handler writes where authorization looked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lands_in_the_namespace_it_was_authorized_for() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let r = c
+        .request(1, Method::PUT, "/v1/namespaces/mine", Some(br#"{"class":"public"}"#.to_vec()))
+        .await
+        .unwrap();
+    assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    let writer = c.issue_token("tenant", "writer:mine").await;
+    // A form (`ns=mine`, `m value=1 ...`) that is also one line of line protocol.
+    let body = format!("ns=mine&m value=1 {T0}");
+    let r = c
+        .client
+        .post(format!("{}/v1/ts/write?precision=s", c.http(1)))
+        .bearer_auth(&writer)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let all =
+        format!("/api/v1/series?match[]={}&start={}&end={}", q(r#"{__name__=~".+"}"#), T0 - 60, T0 + 60);
+    let c = &c;
+    let count = |ns: &str| {
+        let path = format!("{all}&ns={ns}");
+        async move {
+            let (s, v) = prom(c, 1, &c.token, &path).await;
+            assert_eq!(s, 200, "{v}");
+            v["data"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(status, 204, "the body is valid line protocol: {text}");
+    assert_eq!(count("default").await, 0, "a writer:mine token wrote into default");
+    assert_eq!(count("mine").await, 1, "the authorized namespace holds the series");
+    // The plain way works, and the token still cannot write elsewhere.
+    let r = c
+        .call(
+            1,
+            Some(&writer),
+            Method::POST,
+            "/v1/ts/write?ns=mine&precision=s",
+            format!("up v=1 {T0}").into_bytes(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = c
+        .call(
+            1,
+            Some(&writer),
+            Method::POST,
+            "/v1/ts/write?precision=s",
+            format!("up v=1 {T0}").into_bytes(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+}

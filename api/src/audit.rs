@@ -149,7 +149,7 @@ fn build_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!("limit: must be between 1 and {MAX_LIMIT}")));
     }
-    // Empty parameters (`?ns=&from=`, as CONTRACT.md writes the route) mean "not given".
+    // Empty parameters (`?ns=&from=`, as docs/api.md writes the route) mean "not given".
     let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
     let from_ms = given(&p.from).map(|s| parse_time("from", &s)).transpose()?.unwrap_or(0);
     let to_ms = given(&p.to).map(|s| parse_time("to", &s)).transpose()?.unwrap_or(u64::MAX);
@@ -172,7 +172,7 @@ fn build_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
     })
 }
 
-/// One record as REST shows it (CONTRACT.md); its proof is in the page's `entries`.
+/// One record as REST shows it (docs/api.md); its proof is in the page's `entries`.
 fn record_json(r: &FoundRecord) -> Value {
     let a = &r.record;
     let mut v = json!({

@@ -2,7 +2,7 @@
 //! v4.public tokens signed by the cluster's admin key, carrying a subject, roles, an expiry, an
 //! issue time and a token id; and the rules of what each role allows, as pure functions.
 //!
-//! Roles (CONTRACT.md): `reader:NS`, `writer:NS`, `admin:NS`, `auditor`, `publisher`, `admin`.
+//! Roles (docs/api.md): `reader:NS`, `writer:NS`, `admin:NS`, `auditor`, `publisher`, `admin`.
 //! `admin` allows everything; `admin:NS` ⊇ `writer:NS` ⊇ `reader:NS` within one namespace;
 //! `auditor` reads the audit log, `publisher` registers images.
 
@@ -42,11 +42,27 @@ pub const SIG_SIGNATURE: &str = "x-ef-signature";
 pub const SIG_WINDOW_MS: u64 = 30_000;
 
 /// What a client bound to a key signs for each request (README, "Signed requests"):
-/// `edgefabric-request-v1\n<METHOD>\n<path and query>\n<date>\n<nonce>\n<hex sha256 of body>\n`.
-pub fn request_message(method: &str, path_and_query: &str, date: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
+/// `edgefabric-request-v2\n<METHOD>\n<host>\n<path and query>\n<date>\n<nonce>\n<hex sha256 of
+/// the token>\n<hex sha256 of body>\n`. The host (the node addressed, as `host:port`) binds the
+/// request to one node: nonces are remembered per node, so without it a request could be
+/// replayed once to every other node within the window. The token's hash binds it to the
+/// token it was sent with.
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path_and_query: &'a str,
+    pub token: &'a str,
+    pub body: &'a [u8],
+}
+
+pub fn request_message(r: &SignedRequest<'_>, date: &str, nonce: &str) -> Vec<u8> {
     format!(
-        "edgefabric-request-v1\n{method}\n{path_and_query}\n{date}\n{nonce}\n{}\n",
-        hex::encode(edgefabric_crypto::sha256(body))
+        "edgefabric-request-v2\n{}\n{}\n{}\n{date}\n{nonce}\n{}\n{}\n",
+        r.method,
+        r.host,
+        r.path_and_query,
+        hex::encode(edgefabric_crypto::sha256(r.token.as_bytes())),
+        hex::encode(edgefabric_crypto::sha256(r.body))
     )
     .into_bytes()
 }
@@ -66,15 +82,17 @@ pub enum SignatureError {
     BadSignature,
     #[error("replayed request: this nonce was already used")]
     Replay,
+    #[error(
+        "Host: {0:?} is not this node (a signed request names the node it is for; this one answers as {1})"
+    )]
+    OtherNode(String, String),
 }
 
 /// Checks a signed request's headers and signature (not the nonce's freshness: `NonceCache`).
 pub fn check_signed(
     key: &PublicKey,
-    method: &str,
-    path_and_query: &str,
+    req: &SignedRequest<'_>,
     header: impl Fn(&'static str) -> Option<String>,
-    body: &[u8],
     now_ms: u64,
 ) -> Result<String, SignatureError> {
     let get = |h: &'static str| header(h).ok_or(SignatureError::Missing(h));
@@ -96,8 +114,7 @@ pub fn check_signed(
         .map_err(|_| SignatureError::Malformed(SIG_SIGNATURE, "not base64".into()))?;
     let sig: [u8; 64] =
         raw.try_into().map_err(|_| SignatureError::Malformed(SIG_SIGNATURE, "not 64 bytes".into()))?;
-    key.verify(&request_message(method, path_and_query, &date, &nonce, body), &sig)
-        .map_err(|_| SignatureError::BadSignature)?;
+    key.verify(&request_message(req, &date, &nonce), &sig).map_err(|_| SignatureError::BadSignature)?;
     Ok(nonce)
 }
 
@@ -277,8 +294,10 @@ impl Target {
 }
 
 /// The audit targets of a REST call: one per key a batch touches (`batch_ops`: (op, ns, key)),
-/// else one. Paths are matched as `permission_for` does; keys are percent-decoded.
+/// else one. Paths are matched as `permission_for` does; keys are percent-decoded, and a
+/// segment that does not decode is recorded as written (the request gets a 400).
 pub fn targets_for(method: &str, path: &str, batch_ops: &[(String, String, String)]) -> Vec<Target> {
+    let decoded = |s: &str| percent_decode(s).unwrap_or_else(|| s.to_string());
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let verb = match method {
         "GET" | "HEAD" => "get",
@@ -288,10 +307,10 @@ pub fn targets_for(method: &str, path: &str, batch_ops: &[(String, String, Strin
     };
     let one = |action: String, ns: &str, key: Option<String>| vec![Target { action, ns: ns.into(), key }];
     match seg.as_slice() {
-        ["v1", "kv", ns] => one("kv.scan".into(), &percent_decode(ns), None),
+        ["v1", "kv", ns] => one("kv.scan".into(), &decoded(ns), None),
         ["v1", "kv", ns, key @ ..] => {
-            let key = percent_decode(&key.join("/"));
-            one(format!("kv.{verb}"), &percent_decode(ns), Some(key))
+            let key = decoded(&key.join("/"));
+            one(format!("kv.{verb}"), &decoded(ns), Some(key))
         }
         ["v1", "batch"] if !batch_ops.is_empty() => batch_ops
             .iter()
@@ -303,8 +322,8 @@ pub fn targets_for(method: &str, path: &str, batch_ops: &[(String, String, Strin
             .collect(),
         ["v1", "batch"] => one("kv.batch".into(), "", None),
         ["v1", "namespaces"] => one("ns.list".into(), "", None),
-        ["v1", "namespaces", ns] => one(format!("ns.{verb}"), &percent_decode(ns), None),
-        ["v1", "namespaces", ns, what, ..] => one(format!("ns.{what}"), &percent_decode(ns), None),
+        ["v1", "namespaces", ns] => one(format!("ns.{verb}"), &decoded(ns), None),
+        ["v1", "namespaces", ns, what, ..] => one(format!("ns.{what}"), &decoded(ns), None),
         ["v1", "tokens"] => one("token.issue".into(), "", None),
         ["v1", "tokens", "revoke"] => one("token.revoke".into(), "", None),
         ["v1", "cluster", "nodes"] => one("cluster.add-node".into(), "", None),
@@ -334,23 +353,17 @@ pub fn ts_targets(path: &str, ns: &str) -> Vec<Target> {
     vec![Target { action, ns: ns.into(), key: None }]
 }
 
-/// `%XX` sequences decoded; anything malformed is kept as written.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+/// A path segment percent-decoded exactly as axum's `Path` extractor decodes it (the same
+/// crate, the same call), so that what is authorized and audited is what the handler serves:
+/// `%` followed by two hex digits is a byte, anything else is kept as written, and the result
+/// must be UTF-8. `None` when it is not (the request is refused with a 400 naming the path).
+pub fn percent_decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode(s.as_bytes()).decode_utf8().ok().map(|c| c.into_owned())
+}
+
+/// The first path segment that does not decode, if any (`percent_decode`).
+pub fn undecodable_path(path: &str) -> Option<&str> {
+    path.split('/').find(|seg| percent_decode(seg).is_none())
 }
 
 /// The keyed hash that stands for a key in the audit records of namespaces whose key names must
@@ -396,6 +409,27 @@ pub fn verify(admin: &PublicKey, token: &str, now: u64) -> Result<Claims, AuthEr
 mod tests {
     use super::*;
 
+    #[test]
+    fn paths_decode_as_the_router_decodes_them_and_never_panic() {
+        // Raw UTF-8 right after `%` (this panicked: a byte slice cut inside '€').
+        for m in ["GET", "PUT", "DELETE"] {
+            let t = targets_for(m, "/v1/kv/default/%€", &[]);
+            assert_eq!(t[0].key.as_deref(), Some("%€"));
+        }
+        assert_eq!(percent_decode("%€"), Some("%€".into()));
+        // `%+0` is not an escape (a sign is no hex digit): kept as written, as axum keeps it.
+        assert_eq!(percent_decode("%+0"), Some("%+0".into()));
+        assert_eq!(targets_for("GET", "/v1/kv/default/%+0", &[])[0].key.as_deref(), Some("%+0"));
+        assert_eq!(percent_decode("a%2Fb%20c"), Some("a/b c".into()));
+        assert_eq!(percent_decode("%e2%82%ac"), Some("€".into()));
+        assert_eq!(percent_decode("%zz%4"), Some("%zz%4".into()));
+        // Bytes that are no UTF-8: refused, and the segment is named.
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(undecodable_path("/v1/kv/default/ok%FFx"), Some("ok%FFx"));
+        assert_eq!(undecodable_path("/v1/kv/default/%€"), None);
+        assert_eq!(targets_for("GET", "/v1/kv/default/%FF", &[])[0].key.as_deref(), Some("%FF"));
+    }
+
     fn claims(roles: &[&str], exp: u64) -> Claims {
         Claims {
             sub: "app-1".into(),
@@ -413,12 +447,19 @@ mod tests {
         let client = Identity::from_seed(&[5; 32]);
         let key = client.public_key();
         let nonce = "abcdefghijklmnop";
-        let sign = |date: &str, body: &[u8]| {
-            let m = request_message("PUT", "/v1/kv/med/k?cas=0", date, nonce, body);
-            base64::engine::general_purpose::STANDARD.encode(client.sign(&m))
+        let req = |method, host, path, token, body| SignedRequest {
+            method,
+            host,
+            path_and_query: path,
+            token,
+            body,
+        };
+        let good = req("PUT", "10.0.0.1:7480", "/v1/kv/med/k?cas=0", "tok-a", b"v");
+        let sign = |date: &str, r: &SignedRequest<'_>| {
+            base64::engine::general_purpose::STANDARD.encode(client.sign(&request_message(r, date, nonce)))
         };
         let now = 1_000_000u64;
-        let sig = sign("1000000", b"v");
+        let sig = sign("1000000", &good);
         let headers = |date: &str, sig: &str| {
             let (date, sig) = (date.to_string(), sig.to_string());
             move |h: &'static str| match h {
@@ -428,30 +469,40 @@ mod tests {
                 _ => None,
             }
         };
-        let ok = check_signed(&key, "PUT", "/v1/kv/med/k?cas=0", headers("1000000", &sig), b"v", now);
+        let ok = check_signed(&key, &good, headers("1000000", &sig), now);
         assert_eq!(ok.as_deref(), Ok(nonce));
-        // Another body, path, method or date: the signature no longer fits.
-        for (m, p, body) in [
-            ("PUT", "/v1/kv/med/k?cas=0", b"w"),
-            ("PUT", "/v1/kv/med/j?cas=0", b"v"),
-            ("GET", "/v1/kv/med/k?cas=0", b"v"),
+        // Another body, path, method, node, token or date: the signature no longer fits.
+        for other in [
+            req("PUT", "10.0.0.1:7480", "/v1/kv/med/k?cas=0", "tok-a", b"w"),
+            req("PUT", "10.0.0.1:7480", "/v1/kv/med/j?cas=0", "tok-a", b"v"),
+            req("GET", "10.0.0.1:7480", "/v1/kv/med/k?cas=0", "tok-a", b"v"),
+            req("PUT", "10.0.0.2:7480", "/v1/kv/med/k?cas=0", "tok-a", b"v"),
+            req("PUT", "10.0.0.1:7480", "/v1/kv/med/k?cas=0", "tok-b", b"v"),
         ] {
-            let r = check_signed(&key, m, p, headers("1000000", &sig), body, now);
-            assert_eq!(r, Err(SignatureError::BadSignature), "{m} {p}");
+            let r = check_signed(&key, &other, headers("1000000", &sig), now);
+            assert_eq!(
+                r,
+                Err(SignatureError::BadSignature),
+                "{} {} {}",
+                other.method,
+                other.host,
+                other.path_and_query
+            );
         }
         assert_eq!(
-            check_signed(&key, "PUT", "/v1/kv/med/k?cas=0", headers("1000001", &sig), b"v", now),
+            check_signed(&key, &good, headers("1000001", &sig), now),
             Err(SignatureError::BadSignature)
         );
         // Too old (or too far ahead), even when correctly signed.
-        let old = sign("900000", b"v");
+        let old = sign("900000", &good);
         assert!(matches!(
-            check_signed(&key, "PUT", "/v1/kv/med/k?cas=0", headers("900000", &old), b"v", now),
+            check_signed(&key, &good, headers("900000", &old), now),
             Err(SignatureError::Stale(_))
         ));
         // Missing headers name the header.
         let none = |_: &'static str| None;
-        assert_eq!(check_signed(&key, "PUT", "/", none, b"", now), Err(SignatureError::Missing(SIG_DATE)));
+        let empty = req("PUT", "h:1", "/", "t", b"");
+        assert_eq!(check_signed(&key, &empty, none, now), Err(SignatureError::Missing(SIG_DATE)));
         // A nonce counts once.
         let cache = NonceCache::default();
         assert!(cache.first_use("k", nonce, now));

@@ -436,8 +436,10 @@ impl pb::ledger_server::Ledger for LedgerService {
     ) -> Result<Response<pb::RevokeImageResponse>, Status> {
         let (meta, _, r) = req.into_parts();
         let targets = vec![Target::new("image.revoke", "", None)];
+        // Unsigned, the node signs it as the admin's revocation: that needs `admin`.
+        let needs = if r.signature.is_empty() { Permission::ClusterAdmin } else { Permission::Publish };
         self.kv
-            .audited(&meta, &[Permission::Publish], targets, true, |_| async move {
+            .audited(&meta, &[needs], targets, true, |_| async move {
                 let by = match (r.publisher.is_empty(), r.signature.is_empty()) {
                     (false, false) => Some((r.publisher.as_str(), r.signature)),
                     (true, true) => None,

@@ -1,4 +1,4 @@
-//! REST routes (CONTRACT.md). Handlers parse and check input, call the node, shape the answer;
+//! REST routes (docs/api.md). Handlers parse and check input, call the node, shape the answer;
 //! every failure, extractor rejections included, becomes the JSON error shape.
 
 use std::sync::Arc;
@@ -197,13 +197,16 @@ async fn authorize(
             ApiError::unauthenticated("missing Authorization: Bearer <token> header"),
         );
     };
-    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
+    let Some(token) =
+        value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(|t| t.trim().to_string())
+    else {
         return whole(
             req,
             ANONYMOUS,
             ApiError::unauthenticated("Authorization header must be 'Bearer <token>'"),
         );
     };
+    let token = token.as_str();
     let who = match st.principal(token) {
         Ok(p) => p,
         Err(e @ (crate::auth::AuthError::Expired | crate::auth::AuthError::Revoked)) => {
@@ -228,9 +231,33 @@ async fn authorize(
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
+            // The node the client addressed: HTTP/2's :authority, or HTTP/1's Host.
+            let host = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| header("host"))
+                .unwrap_or_default();
+            let signed = crate::auth::SignedRequest {
+                method,
+                host: &host,
+                path_and_query: &path_and_query,
+                token,
+                body: &bytes,
+            };
             let checked = edgefabric_crypto::PublicKey::from_base64(key)
                 .map_err(|_| crate::auth::SignatureError::BadSignature)
-                .and_then(|k| crate::auth::check_signed(&k, method, &path_and_query, header, &bytes, now))
+                .and_then(|k| crate::auth::check_signed(&k, &signed, header, now))
+                .and_then(|nonce| {
+                    if st.answers_as(&host) {
+                        Ok(nonce)
+                    } else {
+                        Err(crate::auth::SignatureError::OtherNode(
+                            host.clone(),
+                            st.http_names().join(" or "),
+                        ))
+                    }
+                })
                 .and_then(|nonce| {
                     if st.nonces.first_use(key, &nonce, now) {
                         Ok(())
@@ -245,6 +272,14 @@ async fn authorize(
             req
         }
     };
+    // A path the router would decode differently, or not at all (bad UTF-8 after `%`): refused
+    // here, with the attempt audited under the path as written.
+    if let Some(seg) = crate::auth::undecodable_path(path) {
+        let refusal = ApiError::bad_request(format!(
+            "path: segment {seg:?} does not percent-decode to UTF-8 (encode each byte of a multi-byte character as %XX)"
+        ));
+        return whole(req, &who.subject, refusal);
+    }
     // A batch's namespaces and keys are in its body: read it (bounded), then hand it on unchanged.
     // Time-series routes name their namespace in the `ns` parameter: the query string, or a
     // form body (Prometheus clients POST queries as forms). Read the form (bounded) and put it back.
@@ -286,6 +321,31 @@ async fn authorize(
     } else {
         (req, vec![])
     };
+    // A revocation without a publisher's signature is the admin's (the node signs it): it
+    // needs `admin`, where one signed by the image's publisher needs only `publisher`.
+    let (req, admin_revocation) = if method == "POST" && is_revoke_path(path) {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+            let refusal =
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_argument", "body: larger than 1 MiB");
+            return whole(Request::from_parts(parts, Body::empty()), &who.subject, refusal);
+        };
+        let unsigned = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_or(true, |v| v.get("signature").is_none_or(serde_json::Value::is_null));
+        (Request::from_parts(parts, Body::from(bytes)), unsigned)
+    } else {
+        (req, false)
+    };
+    if admin_revocation && !crate::auth::allows(&who.roles, &crate::auth::Permission::ClusterAdmin) {
+        let refusal = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "a revocation without the publisher's signature is the admin's: this needs the role admin \
+             (a publisher revokes its own images with publisher and signature)",
+        );
+        let targets = crate::auth::targets_for(method, path, &batch);
+        return (who.subject, req, Err(refusal.into_response()), targets);
+    }
     let targets = match &ts_ns {
         Some(ns) => crate::auth::ts_targets(path, ns),
         None => crate::auth::targets_for(method, path, &batch),
@@ -301,7 +361,20 @@ async fn authorize(
             return (who.subject, req, Err(refusal.into_response()), targets);
         }
     }
+    // Handlers read the namespace that was authorized, never their own parse of it.
+    let mut req = req;
+    if let Some(ns) = ts_ns {
+        req.extensions_mut().insert(crate::ts::AuthorizedNs(ns));
+    }
     (who.subject, req, Ok(()), targets)
+}
+
+/// `/v1/images/{digest}/revoke`.
+fn is_revoke_path(path: &str) -> bool {
+    matches!(
+        path.trim_start_matches('/').split('/').collect::<Vec<_>>().as_slice(),
+        ["v1", "images", _, "revoke"]
+    )
 }
 
 /// (op, ns, key) of each operation of a batch body, as far as it parses (the handler reports
@@ -949,6 +1022,12 @@ pub fn fuzz_inputs(data: &[u8]) {
     let _ = Query::<crate::ledger::ConsistencyQuery>::try_from_uri(&uri);
     let _ = Query::<crate::ledger::InclusionQuery>::try_from_uri(&uri);
     let _ = crate::auth::Role::parse(&String::from_utf8_lossy(data));
+    // Request paths, as authorization and the audit read them (`%` before raw UTF-8 once
+    // panicked here: defect b of issue 18).
     let path = String::from_utf8_lossy(data);
-    let _ = crate::auth::permission_for("PUT", &path, &[]);
+    for method in ["GET", "PUT", "POST", "DELETE"] {
+        let _ = crate::auth::permission_for(method, &path, &[]);
+        let _ = crate::auth::targets_for(method, &path, &[]);
+    }
+    let _ = crate::auth::undecodable_path(&path);
 }

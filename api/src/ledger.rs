@@ -100,9 +100,14 @@ fn refused(reason: Invalid) -> ApiError {
 }
 
 fn decode_key(field: &'static str, b64: &str) -> ApiResult<[u8; 32]> {
-    edgefabric_crypto::PublicKey::from_base64(b64)
-        .map(|k| k.to_bytes())
-        .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+    let k = edgefabric_crypto::PublicKey::from_base64(b64)
+        .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))?;
+    if k.is_weak() {
+        return Err(ApiError::bad_request(format!(
+            "{field}: a small-order ed25519 key (signatures under it can verify for messages never signed)"
+        )));
+    }
+    Ok(k.to_bytes())
 }
 
 fn decode_signature(b64: &str) -> ApiResult<Vec<u8>> {
@@ -498,30 +503,100 @@ pub async fn inclusion(
     ))
 }
 
-/// `GET /v1/ledger/entries/{index}`.
+/// Whether a ledger read may show audit content (who accessed what): the request carries a
+/// token with the `auditor` role (or `admin`). `Ok(None)` without a token; a token that does
+/// not verify is a 401 (it was meant to be used). Key-bound tokens must sign their requests,
+/// which these public routes do not check: they read audit content through `/v1/audit`.
+fn audit_reader(st: &AppState, headers: &axum::http::HeaderMap) -> ApiResult<Option<bool>> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthenticated("Authorization header must be 'Bearer <token>'"))?;
+    let who = st.principal(token).map_err(|e| ApiError::unauthenticated(format!("token: {e}")))?;
+    if who.cnf.is_some() {
+        return Err(ApiError::unauthenticated(
+            "a token bound to a client key reads audit records through /v1/audit (signed)",
+        ));
+    }
+    Ok(Some(crate::auth::allows(&who.roles, &crate::auth::Permission::Audit)))
+}
+
+/// What a reader without the `auditor` role sees of an audit entry: that it is one, who signed
+/// it, how many records it holds and its leaf hash (so the block's entry root and the log's
+/// proofs can still be checked), but not one record.
+fn redacted_audit_json(e: &Entry, leaf_hash: &[u8]) -> Value {
+    let author = match &e.author {
+        Author::Node(id) => json!({"node": id}),
+        _ => json!(null),
+    };
+    let count = match &e.kind {
+        EntryKind::Audit(batch) => batch.len(),
+        _ => 0,
+    };
+    json!({
+        "type": e.kind.name(), "author": author, "record_count": count,
+        "leaf_hash": hex::encode(leaf_hash),
+        "redacted": "audit records are shown to the auditor role only",
+    })
+}
+
+fn forbid_audit(reader: Option<bool>) -> ApiError {
+    match reader {
+        None => ApiError::unauthenticated(
+            "this entry holds audit records: they need a token with the role auditor",
+        ),
+        Some(_) => ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "this needs the role auditor"),
+    }
+}
+
+/// `GET /v1/ledger/entries/{index}`: public, except an entry of audit records, which needs the
+/// `auditor` role.
 pub async fn get_entry(
     State(st): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     index: Result<Path<u64>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path(index) = index.map_err(path_err)?;
+    let reader = audit_reader(&st, &headers)?;
     let (e, leaf) = st.node.ledger_entry(index).await?;
+    if matches!(e.kind, EntryKind::Audit(_)) && reader != Some(true) {
+        return Err(forbid_audit(reader));
+    }
     Ok(Json(json!({"log_index": index, "entry": entry_json(&e), "leaf_base64": STANDARD.encode(leaf)})))
 }
 
 /// `GET /v1/ledger/blocks/{height}`: the header and its entries.
+/// Audit entries are shown in full to the `auditor` role only; others see them redacted
+/// (`redacted_audit_json`).
 pub async fn get_block(
     State(st): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     height: Result<Path<u64>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path(height) = height.map_err(path_err)?;
+    let auditor = audit_reader(&st, &headers)? == Some(true);
     let b = st.node.ledger_block(height).await?;
     let h = &b.header;
+    let entries = b
+        .entries
+        .iter()
+        .map(|e| match &e.kind {
+            EntryKind::Audit(_) if !auditor => {
+                let leaf = e.leaf_bytes().map_err(bad)?;
+                Ok(redacted_audit_json(e, &edgefabric_ledger::merkle::leaf_hash(&leaf)))
+            }
+            _ => Ok(entry_json(e)),
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(json!({
         "height": h.height, "hash": hex::encode(h.hash().map_err(bad)?), "prev": hex::encode(h.prev),
         "time_ms": h.time_ms, "proposer": h.proposer, "entry_count": h.entry_count,
         "entry_root": hex::encode(h.entry_root), "log_size": h.log_size, "log_root": hex::encode(h.log_root),
         "first_index": h.first_index(),
-        "entries": b.entries.iter().map(entry_json).collect::<Vec<_>>(),
+        "entries": entries,
     })))
 }
 

@@ -375,7 +375,7 @@ pub fn document(registered: &[&str]) -> Value {
         "info": {
             "title": "EdgeFabric REST API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The REST surface of an EdgeFabric node (CONTRACT.md). Any node answers any request. Errors are JSON: {\"error\": {\"code\", \"message\"}}.",
+            "description": "The REST surface of an EdgeFabric node (docs/api.md). Any node answers any request. Errors are JSON: {\"error\": {\"code\", \"message\"}}.",
         },
         "security": [{"bearer": []}],
         "components": {

@@ -149,6 +149,25 @@ impl AppState {
         }
     }
 
+    /// The `host:port` names this node answers signed requests as: its REST address from the
+    /// configuration, and `localhost:PORT` when that address is loopback.
+    pub fn http_names(&self) -> Vec<String> {
+        let opts = self.node.options();
+        let Some(me) = opts.members.iter().find(|m| m.id == opts.id) else { return vec![] };
+        let mut names = vec![me.http.clone()];
+        if let Ok(a) = me.http.parse::<std::net::SocketAddr>() {
+            if a.ip().is_loopback() {
+                names.push(format!("localhost:{}", a.port()));
+            }
+        }
+        names
+    }
+
+    /// Whether a signed request addressed to `host` is for this node.
+    pub fn answers_as(&self, host: &str) -> bool {
+        self.http_names().iter().any(|n| n.eq_ignore_ascii_case(host))
+    }
+
     pub fn check_token(&self, presented: &str) -> bool {
         edgefabric_crypto::constant_time_eq(presented.as_bytes(), self.admin_token.as_bytes())
     }
@@ -249,7 +268,10 @@ fn listener_tls(cfg: &NodeConfig, node: &Arc<Node>) -> Result<Option<ListenerTls
     let served = Arc::new(tls::ReloadingCert::new(cert, key).context("tls.cert_file / tls.key_file")?);
     let weak = Arc::downgrade(node);
     let members: tls::MemberCheck = Arc::new(move |k| weak.upgrade().is_some_and(|n| n.is_member_key(k)));
-    let rest = tls::server_config(served.clone(), None, &[b"h2", b"http/1.1"])?;
+    // REST offers HTTP/1.1 only: hyper's HTTP/2 server caps a request's headers at 16 KiB (431
+    // above it) and axum::serve does not let that be raised, while PromQL clients send long
+    // queries in GET URLs (Prometheus takes 1 MiB of headers). Plaintext REST was HTTP/1.1 too.
+    let rest = tls::server_config(served.clone(), None, &[b"http/1.1"])?;
     let grpc =
         tls::server_config(served, Some(Arc::new(tls::NodeKeyClientVerifier::new(members))), &[b"h2"])?;
     Ok(Some((Arc::new(rest), Arc::new(grpc))))

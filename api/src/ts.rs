@@ -31,6 +31,30 @@ pub fn form_pairs(s: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(s.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
+/// The namespace the authorization layer checked the token against (`http::authorize` reads
+/// it once, from the query string and a form body, and hands it on in the request's
+/// extensions). Time-series handlers take their namespace from here and nowhere else, so what
+/// was authorized and audited is what is written or read.
+#[derive(Clone, Debug)]
+pub struct AuthorizedNs(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AuthorizedNs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<AuthorizedNs>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no namespace was authorized for this request",
+            )
+        })
+    }
+}
+
 /// The namespace a time-series request names (`ns=`, default `default`).
 pub fn ns_of(pairs: &[(String, String)]) -> String {
     pairs
@@ -49,6 +73,7 @@ fn now_ms() -> i64 {
 /// and column of the first bad line (and nothing of the batch is written).
 pub async fn write(
     State(st): State<Arc<AppState>>,
+    AuthorizedNs(ns): AuthorizedNs,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -58,7 +83,6 @@ pub async fn write(
             return Err(ApiError::bad_request(format!("query: unknown parameter `{k}`")));
         }
     }
-    let ns = ns_of(&pairs);
     let precision = match pairs.iter().find(|(k, _)| k == "precision") {
         Some((_, p)) => Precision::parse(p).map_err(|e| ApiError::bad_request(e.to_string()))?,
         None => Precision::Ns,
@@ -139,11 +163,10 @@ pub mod remote {
 /// `POST /api/v1/write?ns=NS` — Prometheus remote write 1.0: 204, or 400 naming the series.
 pub async fn remote_write(
     State(st): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
+    AuthorizedNs(ns): AuthorizedNs,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let ns = ns_of(&form_pairs(q.as_deref().unwrap_or("")));
     let body = axum::body::to_bytes(body, MAX_WRITE_BYTES).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -512,6 +535,7 @@ async fn run_query(
 /// `GET|POST /api/v1/query`.
 pub async fn query(
     State(st): State<Arc<AppState>>,
+    AuthorizedNs(ns): AuthorizedNs,
     method: Method,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -528,7 +552,7 @@ pub async fn query(
             _ => now_ms(),
         };
         let opts = lookback(&p)?;
-        let r = run_query(st, ns_of(&p), expr, None, t, opts).await?;
+        let r = run_query(st, ns, expr, None, t, opts).await?;
         Ok::<_, PromError>(success(result_json(&r)))
     };
     inner.await.unwrap_or_else(IntoResponse::into_response)
@@ -537,6 +561,7 @@ pub async fn query(
 /// `GET|POST /api/v1/query_range`.
 pub async fn query_range(
     State(st): State<Arc<AppState>>,
+    AuthorizedNs(ns): AuthorizedNs,
     method: Method,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -569,7 +594,7 @@ pub async fn query_range(
         let expr =
             promql::parse(text).map_err(|e| PromError::bad(format!("invalid parameter \"query\": {e}")))?;
         let opts = lookback(&p)?;
-        let r = run_query(st, ns_of(&p), expr, Some((start, end, step)), 0, opts).await?;
+        let r = run_query(st, ns, expr, Some((start, end, step)), 0, opts).await?;
         Ok::<_, PromError>(success(result_json(&r)))
     };
     inner.await.unwrap_or_else(IntoResponse::into_response)
@@ -635,6 +660,7 @@ pub async fn buildinfo() -> Response {
 /// for `/series`) and time range, in its namespace.
 async fn matching_series(
     st: &AppState,
+    ns: &str,
     method: &Method,
     headers: &HeaderMap,
     q: Option<&str>,
@@ -644,7 +670,7 @@ async fn matching_series(
     let body = read_form(body).await?;
     let p = params(method, headers, q, &body);
     let (sels, start, end) = selection(&p, required)?;
-    Ok(st.node.ts_series(&ns_of(&p), &sels, start, end, Consistency::Linearizable).await?)
+    Ok(st.node.ts_series(ns, &sels, start, end, Consistency::Linearizable).await?)
 }
 
 fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Response {
@@ -654,12 +680,13 @@ fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Response {
 /// `GET|POST /api/v1/series`.
 pub async fn series(
     State(st): State<Arc<AppState>>,
+    AuthorizedNs(ns): AuthorizedNs,
     method: Method,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
-    match matching_series(&st, &method, &headers, q.as_deref(), body, true).await {
+    match matching_series(&st, &ns, &method, &headers, q.as_deref(), body, true).await {
         Ok(all) => success(format!("[{}]", all.iter().map(|l| fmt_metric(l)).collect::<Vec<_>>().join(","))),
         Err(e) => e.into_response(),
     }
@@ -668,12 +695,13 @@ pub async fn series(
 /// `GET|POST /api/v1/labels`.
 pub async fn labels(
     State(st): State<Arc<AppState>>,
+    AuthorizedNs(ns): AuthorizedNs,
     method: Method,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
-    match matching_series(&st, &method, &headers, q.as_deref(), body, false).await {
+    match matching_series(&st, &ns, &method, &headers, q.as_deref(), body, false).await {
         Ok(all) => {
             let names: std::collections::BTreeSet<&str> =
                 all.iter().flat_map(|l| l.iter().map(|(k, _)| k.as_str())).collect();
@@ -686,13 +714,14 @@ pub async fn labels(
 /// `GET /api/v1/label/{name}/values`.
 pub async fn label_values(
     State(st): State<Arc<AppState>>,
+    AuthorizedNs(ns): AuthorizedNs,
     Path(name): Path<String>,
     method: Method,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
-    match matching_series(&st, &method, &headers, q.as_deref(), body, false).await {
+    match matching_series(&st, &ns, &method, &headers, q.as_deref(), body, false).await {
         Ok(all) => {
             let values: std::collections::BTreeSet<&str> = all
                 .iter()

@@ -11,7 +11,7 @@
 //! unsigned integers (`1u`), strings (`"..."`), booleans (`t`, `T`, `true`, `True`, `TRUE`, `f`,
 //! ...). Lines starting with `#` and blank lines are skipped.
 //!
-//! Mapping to series (the convention VictoriaMetrics uses, CONTRACT.md): field `f` of
+//! Mapping to series (the convention VictoriaMetrics uses; docs/api.md): field `f` of
 //! measurement `m` becomes the series `m_f` with the tags as labels; booleans become 1 and 0;
 //! string fields carry no number and are not stored (they are still checked for syntax).
 //!
