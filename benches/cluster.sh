@@ -1,8 +1,10 @@
 # Shared by the benchmark scripts: a 3-node release EdgeFabric cluster on loopback.
-#   source benches/cluster.sh; start_cluster BASE_PORT [audit_off]
-#     → $WORK, $EF_DIR, $HTTP (array), $GRPC (array)
+#   source benches/cluster.sh; start_cluster BASE_PORT [audit_off|tls_off]
+#     → $WORK, $EF_DIR, $HTTP (array), $GRPC (array), $CA (the cluster's ca.pem)
 # Sites a, b, c; node K uses gRPC BASE+2(K-1) and HTTP BASE+2(K-1)+1. Stopped on exit.
-# `audit_off` starts the nodes with `[audit] enabled = false` (for the audit benchmark only).
+# TLS on, as `cluster init` writes it (the default every user gets): URLs are https:// and
+# EDGEFABRIC_CA_FILE names the CA for the load generators. `audit_off` starts the nodes with
+# `[audit] enabled = false`, `tls_off` with `[tls] enabled = false` (to measure what each costs).
 # Several clusters may run at once (different base ports); each call sets the variables anew.
 BIN=target/release
 WORK=$(mktemp -d /tmp/ef-bench.XXXXXX)
@@ -18,22 +20,29 @@ start_cluster() { # base port [audit_off]
   local base=$1
   EF_DIR="$WORK/ef-$base"
   "$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port "$base" --out "$EF_DIR" >/dev/null
-  if [ "${2:-}" = audit_off ]; then
+  local section="" scheme=https
+  case "${2:-}" in
+    audit_off) section="[audit]" ;;
+    tls_off) section="[tls]"; scheme=http ;;
+  esac
+  if [ -n "$section" ]; then
     for k in 1 2 3; do
-      awk '/^\[/{s=$0} s=="[audit]" && /^enabled *=/{$0="enabled = false"} {print}' "$EF_DIR/node$k.toml" >"$EF_DIR/tmp.toml"
+      awk -v sec="$section" '/^\[/{s=$0} s==sec && /^enabled *=/{$0="enabled = false"} {print}' "$EF_DIR/node$k.toml" >"$EF_DIR/tmp.toml"
       mv "$EF_DIR/tmp.toml" "$EF_DIR/node$k.toml"
-      grep -q '^enabled = false' "$EF_DIR/node$k.toml" || { echo "could not turn auditing off" >&2; exit 1; }
+      grep -q '^enabled = false' "$EF_DIR/node$k.toml" || { echo "could not set $section enabled = false" >&2; exit 1; }
     done
   fi
+  CA="$EF_DIR/ca.pem"
+  export EDGEFABRIC_CA_FILE="$CA"
   HTTP=(); GRPC=()
   for k in 1 2 3; do
     EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$EF_DIR/node$k.toml" >"$WORK/ef-$base-$k.log" 2>&1 &
     PIDS+=($!)
-    GRPC+=("http://127.0.0.1:$((base + 2 * (k - 1)))")
-    HTTP+=("http://127.0.0.1:$((base + 2 * (k - 1) + 1))")
+    GRPC+=("$scheme://127.0.0.1:$((base + 2 * (k - 1)))")
+    HTTP+=("$scheme://127.0.0.1:$((base + 2 * (k - 1) + 1))")
   done
   for url in "${HTTP[@]}"; do
-    for _ in $(seq 1 120); do curl -sf "$url/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
-    curl -sf "$url/readyz" >/dev/null || { echo "not ready: $url" >&2; exit 1; }
+    for _ in $(seq 1 120); do curl -sf --cacert "$CA" "$url/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
+    curl -sf --cacert "$CA" "$url/readyz" >/dev/null || { echo "not ready: $url" >&2; exit 1; }
   done
 }

@@ -6,7 +6,8 @@
 # Installs etcd from Debian's etcd-server package if it is missing (needs root), starts a
 # 3-member etcd on loopback with its default durability (WAL fsync on every commit), starts a
 # 3-node EdgeFabric cluster on loopback (release build; 3 sites, 16 shards, raft log fdatasync
-# on every commit), runs benches/loadgen.rs against both, prints the table, and stops both.
+# on every commit), both over TLS (clients verify the servers; peers authenticate each other),
+# runs benches/loadgen.rs against both, prints the table, and stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,19 +27,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# etcd: 3 members, peers on 2380x, clients on 2379x.
-CLUSTER="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+# EdgeFabric: 3 nodes, gRPC on 2410x/2410x+2/.., HTTP next to each; TLS, as `cluster init`
+# writes it. Its CA also issues etcd's certificates, so both sides stand on the same footing:
+# clients over TLS (server authenticated), peers over mutual TLS.
+"$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port 24100 --out "$WORK/ef" >/dev/null
+CA="$WORK/ef/ca.pem"
+for i in 1 2 3; do
+  "$BIN/edgefabric" cluster cert --dir "$WORK/ef" --host 127.0.0.1 --name "etcd-$i" --out "$WORK/etcd$i-tls" >/dev/null
+done
+
+# etcd: 3 members, peers on 2380x, clients on 2379x, all over TLS.
+CLUSTER="e1=https://127.0.0.1:23801,e2=https://127.0.0.1:23802,e3=https://127.0.0.1:23803"
 for i in 1 2 3; do
   etcd --name "e$i" --data-dir "$WORK/etcd$i" \
-    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
-    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+    --listen-peer-urls "https://127.0.0.1:2380$i" --initial-advertise-peer-urls "https://127.0.0.1:2380$i" \
+    --listen-client-urls "https://127.0.0.1:2379$i" --advertise-client-urls "https://127.0.0.1:2379$i" \
+    --cert-file "$WORK/etcd$i-tls.crt" --key-file "$WORK/etcd$i-tls.key" --trusted-ca-file "$CA" \
+    --peer-cert-file "$WORK/etcd$i-tls.crt" --peer-key-file "$WORK/etcd$i-tls.key" \
+    --peer-trusted-ca-file "$CA" --peer-client-cert-auth \
     --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token bench \
     --log-level error >"$WORK/etcd$i.log" 2>&1 &
   PIDS+=($!)
 done
 
-# EdgeFabric: 3 nodes, gRPC on 2410x/2410x+2/.., HTTP next to each.
-"$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port 24100 --out "$WORK/ef" >/dev/null
 for k in 1 2 3; do
   EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$WORK/ef/node$k.toml" >"$WORK/ef$k.log" 2>&1 &
   PIDS+=($!)
@@ -46,16 +57,16 @@ done
 
 wait_ready() { # url
   for _ in $(seq 1 120); do
-    if curl -sf "$1" >/dev/null 2>&1; then return 0; fi
+    if curl -sf --cacert "$CA" "$1" >/dev/null 2>&1; then return 0; fi
     sleep 0.5
   done
   echo "not ready: $1" >&2; exit 1
 }
-for i in 1 2 3; do wait_ready "http://127.0.0.1:2379$i/health"; done
-for k in 1 2 3; do wait_ready "http://127.0.0.1:$((24100 + 2 * (k - 1) + 1))/readyz"; done
+for i in 1 2 3; do wait_ready "https://127.0.0.1:2379$i/health"; done
+for k in 1 2 3; do wait_ready "https://127.0.0.1:$((24100 + 2 * (k - 1) + 1))/readyz"; done
 
 "$BIN/edgefabric-loadgen" \
-  --edgefabric http://127.0.0.1:24100,http://127.0.0.1:24102,http://127.0.0.1:24104 \
-  --token-file "$WORK/ef/admin.token" \
-  --etcd http://127.0.0.1:23791,http://127.0.0.1:23792,http://127.0.0.1:23793 \
+  --edgefabric https://127.0.0.1:24100,https://127.0.0.1:24102,https://127.0.0.1:24104 \
+  --token-file "$WORK/ef/admin.token" --ca-file "$CA" \
+  --etcd https://127.0.0.1:23791,https://127.0.0.1:23792,https://127.0.0.1:23793 \
   "$@"

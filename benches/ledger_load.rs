@@ -91,7 +91,7 @@ async fn run_cell(
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(vec![]));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let http = bench_client(Some(Duration::from_secs(30)))?;
     let mut tasks = vec![];
     for c in 0..clients {
         let (pool, next, stop, done, errors, lat, http) = (
@@ -176,7 +176,7 @@ async fn main() -> Result<()> {
         .to_string();
     // A publisher for this run (registered once; a rerun registers a new one).
     let publisher = Arc::new(Identity::generate()?);
-    let http = reqwest::Client::new();
+    let http = bench_client(None)?;
     let base = args.http[0].trim_end_matches('/');
     let r = http
         .post(format!("{base}/v1/publishers"))
@@ -215,4 +215,11 @@ async fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An HTTP client for the benchmark: https:// nodes are verified against the CA file named by
+/// `EDGEFABRIC_CA_FILE` (the cluster's `ca.pem`), as the CLI does.
+fn bench_client(timeout: Option<std::time::Duration>) -> anyhow::Result<reqwest::Client> {
+    let ca = std::env::var_os("EDGEFABRIC_CA_FILE").map(std::path::PathBuf::from);
+    edgefabric::client::http_client(ca.as_deref(), timeout)
 }

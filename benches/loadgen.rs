@@ -66,6 +66,13 @@ struct Args {
     /// Names for the first and the second cluster in the table.
     #[arg(long, value_delimiter = ',', default_value = "A,B")]
     labels: Vec<String>,
+    /// CA certificate (PEM) that verifies https:// EdgeFabric endpoints. Default: `ca.pem`
+    /// beside each cluster's token file (where `cluster init` writes both).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) for https:// etcd endpoints (default: --ca-file).
+    #[arg(long)]
+    etcd_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -152,18 +159,29 @@ impl Target {
     }
 }
 
-/// One HTTP/2 connection per 16 clients per endpoint (at least one per endpoint).
-async fn connect(endpoints: &[String], clients: usize) -> Result<Vec<Channel>> {
+/// The CA for a cluster whose token file is `token_file`: `--ca-file`, else `ca.pem` beside it.
+fn ca_near(args: &Args, token_file: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    edgefabric::client::ca_file_or_default(args.ca_file.as_deref(), token_file)
+}
+
+/// One HTTP/2 connection per 16 clients per endpoint (at least one per endpoint); https://
+/// endpoints over TLS verified against `ca`.
+async fn connect(endpoints: &[String], clients: usize, ca: Option<&std::path::Path>) -> Result<Vec<Channel>> {
     let per = clients.div_ceil(16).max(1);
     let mut out = vec![];
     for _ in 0..per {
         for e in endpoints {
-            let ch = Endpoint::from_shared(e.clone())
+            let mut ep = Endpoint::from_shared(e.clone())
                 .with_context(|| format!("endpoint {e:?}"))?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {e}"))?;
+                .tcp_nodelay(true);
+            if e.starts_with("https://") {
+                let ca = ca.context("https:// endpoints need --ca-file")?;
+                let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                ep = ep.tls_config(tls)?;
+            }
+            let ch = ep.connect().await.with_context(|| format!("connecting to {e}"))?;
             out.push(ch);
         }
     }
@@ -299,7 +317,12 @@ async fn main() -> Result<()> {
         for &clients in &args.clients {
             for ns in &args.ns {
                 let ef = Target::EdgeFabric {
-                    channels: connect(&args.edgefabric, clients).await?,
+                    channels: connect(
+                        &args.edgefabric,
+                        clients,
+                        ca_near(&args, args.token_file.as_deref()).as_deref(),
+                    )
+                    .await?,
                     auth: auth.clone(),
                     ns: ns.clone(),
                     label: label(0),
@@ -307,7 +330,12 @@ async fn main() -> Result<()> {
                 cells.push(run_cell(ef, *op, clients, &args).await?);
                 if let Some(auth2) = &compare {
                     let ef = Target::EdgeFabric {
-                        channels: connect(&args.compare, clients).await?,
+                        channels: connect(
+                            &args.compare,
+                            clients,
+                            ca_near(&args, args.compare_token_file.as_deref()).as_deref(),
+                        )
+                        .await?,
                         auth: auth2.clone(),
                         ns: ns.clone(),
                         label: label(1),
@@ -316,7 +344,14 @@ async fn main() -> Result<()> {
                 }
             }
             if !args.etcd.is_empty() {
-                let et = Target::Etcd { channels: connect(&args.etcd, clients).await? };
+                let et = Target::Etcd {
+                    channels: connect(
+                        &args.etcd,
+                        clients,
+                        args.etcd_ca_file.as_deref().or(args.ca_file.as_deref()),
+                    )
+                    .await?,
+                };
                 cells.push(run_cell(et, *op, clients, &args).await?);
             }
         }

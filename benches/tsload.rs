@@ -311,7 +311,7 @@ async fn main() -> Result<()> {
         }
         Cmd::Send { file, url, token_file, senders, batch_lines } => {
             let token = token(&token_file)?;
-            let client = reqwest::Client::new();
+            let client = bench_client(None)?;
             let (tx, rx) = async_channel(senders * 2);
             let samples = Arc::new(AtomicU64::new(0));
             let started = Instant::now();
@@ -401,7 +401,7 @@ async fn main() -> Result<()> {
         }
         Cmd::Compare { a, a_token_file, b, b_token_file, queries, at, range } => {
             let (ta, tb) = (token(&a_token_file)?, token(&b_token_file)?);
-            let client = reqwest::Client::new();
+            let client = bench_client(None)?;
             let get = |base: &str, tok: &Option<String>, path: String| {
                 let mut req = client.get(format!("{base}{path}"));
                 if let Some(t) = tok {
@@ -449,7 +449,7 @@ async fn main() -> Result<()> {
         }
         Cmd::Query { base, token_file, query, start, end, step, repeat, extra } => {
             let token = token(&token_file)?;
-            let client = reqwest::Client::new();
+            let client = bench_client(None)?;
             let q: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
             let mut url = format!("{base}/api/v1/query_range?query={q}&start={start}&end={end}&step={step}");
             if let Some(e) = &extra {
@@ -584,4 +584,11 @@ impl<T> Receiver<T> {
     async fn recv(&self) -> std::result::Result<T, ()> {
         self.0.lock().await.recv().await.ok_or(())
     }
+}
+
+/// An HTTP client for the benchmark: https:// nodes are verified against the CA file named by
+/// `EDGEFABRIC_CA_FILE` (the cluster's `ca.pem`), as the CLI does.
+fn bench_client(timeout: Option<std::time::Duration>) -> anyhow::Result<reqwest::Client> {
+    let ca = std::env::var_os("EDGEFABRIC_CA_FILE").map(std::path::PathBuf::from);
+    edgefabric::client::http_client(ca.as_deref(), timeout)
 }

@@ -445,6 +445,38 @@ pub fn write_token(path: &Path) -> Result<String> {
     Ok(token)
 }
 
+/// The cluster CA that `cluster init` left in `dir`.
+fn read_ca(dir: &Path) -> Result<edgefabric_crypto::tls::Pem> {
+    Ok(edgefabric_crypto::tls::Pem {
+        cert: std::fs::read_to_string(dir.join("ca.pem"))
+            .with_context(|| format!("reading {} (the cluster CA)", dir.join("ca.pem").display()))?,
+        key: zeroize::Zeroizing::new(
+            std::fs::read_to_string(dir.join("ca.key")).with_context(|| {
+                format!("reading {} (the cluster CA's key)", dir.join("ca.key").display())
+            })?,
+        ),
+    })
+}
+
+/// `cluster cert`: a certificate for `hosts` from the CA in `dir`, written to `OUT.crt` and
+/// `OUT.key` (0600). Returns both paths.
+pub fn issue_cert(dir: &Path, hosts: &[String], name: &str, out: &Path) -> Result<(PathBuf, PathBuf)> {
+    if hosts.iter().any(|h| h.is_empty()) {
+        bail!("--host: empty name");
+    }
+    let ca = read_ca(dir)?;
+    let pem = edgefabric_crypto::tls::issue_cert(&ca, name, hosts)?;
+    let with = |ext: &str| {
+        let mut s = out.as_os_str().to_owned();
+        s.push(ext);
+        PathBuf::from(s)
+    };
+    let (crt, key) = (with(".crt"), with(".key"));
+    write_new(&crt, &pem.cert)?;
+    write_secret(&key, &pem.key)?;
+    Ok((crt, key))
+}
+
 /// `node<K>.crt` and `node<K>.tls.key` in `dir`: node K's serving certificate for `host`,
 /// issued by `ca`.
 fn write_node_cert(dir: &Path, ca: &edgefabric_crypto::tls::Pem, id: u64, host: &str) -> Result<()> {

@@ -228,6 +228,23 @@ enum ClusterCmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Issue a TLS certificate from the cluster CA in --dir (`ca.pem`, `ca.key`): to renew a
+    /// node's (write it over `node<K>.crt` / `node<K>.tls.key`: the node picks it up at the next
+    /// connection), or for a host or tool that must present one. Writes OUT.crt and OUT.key.
+    Cert {
+        /// The directory `cluster init` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Host names or IP addresses the certificate is for (its SANs), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        host: Vec<String>,
+        /// The certificate's name (its common name).
+        #[arg(long, default_value = "edgefabric")]
+        name: String,
+        /// Output prefix: OUT.crt and OUT.key (mode 0600); both must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -379,6 +396,10 @@ async fn run(cli: Cli) -> Result<i32> {
             c.json(Method::POST, "/v1/cluster/nodes", Some(body)).await?;
             println!("node {} joined the cluster map; start it with:", joined.id);
             println!("  edgefabric serve --config {}", joined.config.display());
+        }
+        Cmd::Cluster { cmd: ClusterCmd::Cert { dir, host, name, out } } => {
+            let (crt, key) = config::issue_cert(&dir, &host, &name, &out)?;
+            println!("wrote {} and {}", crt.display(), key.display());
         }
         Cmd::Cluster { cmd: ClusterCmd::Leave { node, timeout_secs, client } } => {
             let c = Client::new(&client)?;

@@ -76,6 +76,11 @@ pub fn new_ca(label: &str) -> Result<Pem> {
 /// A node's serving certificate (ECDSA P-256, 2 years) for `hosts` (IP addresses or DNS
 /// names, the SANs), issued by `ca`. Usable as server and as client certificate.
 pub fn issue_node_cert(ca: &Pem, node_id: u64, hosts: &[String]) -> Result<Pem> {
+    issue_cert(ca, &format!("edgefabric node {node_id}"), hosts)
+}
+
+/// A certificate named `name` for `hosts`, issued by `ca` (as [`issue_node_cert`]).
+pub fn issue_cert(ca: &Pem, name: &str, hosts: &[String]) -> Result<Pem> {
     if hosts.is_empty() {
         return Err(tls_err("node certificate", "needs at least one host name or address"));
     }
@@ -87,7 +92,7 @@ pub fn issue_node_cert(ca: &Pem, node_id: u64, hosts: &[String]) -> Result<Pem> 
     let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| tls_err("node host", e))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::OrganizationName, "EdgeFabric");
-    params.distinguished_name.push(rcgen::DnType::CommonName, format!("edgefabric node {node_id}"));
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
