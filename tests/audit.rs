@@ -405,3 +405,56 @@ async fn audit_records_on_ledger_routes_need_the_auditor_role() {
     assert_eq!(get("/v1/ledger/checkpoint".into(), None).await.0, 200);
     assert_eq!(get(format!("/v1/ledger/proof/inclusion?index={index}"), None).await.0, 200);
 }
+
+/// A flood of denied requests (issue 18, defect f): each would cost a durable record and a
+/// ledger entry on every node. Past a source's rate they are counted into one aggregate
+/// record per source instead — every request still accounted for, the work bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_denied_requests_is_recorded_in_aggregate() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let auditor = c.issue_token("alice", "auditor").await;
+    const FLOOD: usize = 200;
+    let mut tasks = vec![];
+    for i in 0..FLOOD {
+        let (client, url) = (c.client.clone(), format!("{}/v1/kv/default/flood-{i}", c.http(1)));
+        tasks.push(tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 401, "every request still gets its answer");
+    }
+    // Recorded one by one: at most the burst plus what the rate refilled meanwhile; the rest in
+    // aggregates whose counts make up the difference exactly.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let recs = records(&c, 1, &auditor, "anonymous").await.unwrap();
+        let single = recs.iter().filter(|r| r["action"] == "kv.get" && r["status"] == 401).count();
+        let aggregated: u64 = recs
+            .iter()
+            .filter(|r| r["action"] == "http.denied-aggregate")
+            .map(|r| {
+                assert_eq!(r["status"], 429, "{r}");
+                assert_eq!(r["result"], "denied", "{r}");
+                let key = r["key"].as_str().unwrap();
+                assert!(key.contains("from 127.0.0.1"), "{key}");
+                key.split_whitespace().next().unwrap().parse::<u64>().unwrap()
+            })
+            .sum();
+        if single as u64 + aggregated == FLOOD as u64 {
+            assert!(single < FLOOD / 2, "{single} of {FLOOD} recorded one by one");
+            assert!(aggregated > 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{single} single + {aggregated} aggregated != {FLOOD}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = c.client.get(format!("{}/metrics", c.http(1))).send().await.unwrap().text().await.unwrap();
+    let n: f64 = r
+        .lines()
+        .find_map(|l| l.strip_prefix("edgefabric_http_denied_aggregated_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n > 0.0, "{r}");
+}

@@ -146,6 +146,8 @@ async fn openapi(axum::Extension(doc): axum::Extension<Arc<String>>) -> Response
 /// here, allowed or denied, is recorded durably before its response leaves (`AppState::record`);
 /// if it cannot be recorded the client gets 503, never an unrecorded answer.
 async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let source =
+        req.extensions().get::<axum::extract::ConnectInfo<crate::tls::PeerAddr>>().map(|c| c.0 .0.ip());
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let (actor, req, verdict, targets) = authorize(&st, req, &method, &path).await;
@@ -170,7 +172,16 @@ async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next
             }
             (next.run(req).await, true)
         }
-        Err(refusal) => (refusal, false),
+        Err(refusal) => {
+            // Past its source's rate, a denied request is counted into an aggregate record
+            // instead of a record of its own (`DeniedLimiter`): a flood costs bounded work.
+            if let Some(ip) = source {
+                if !st.denied.record_one(ip) {
+                    return refusal;
+                }
+            }
+            (refusal, false)
+        }
     };
     let status = response.status().as_u16();
     if let Err(e) = st.record(&actor, targets, allowed, status).await {
@@ -591,6 +602,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "# HELP edgefabric_ts_samples_written_total Time-series samples accepted through this node.\n\
          # TYPE edgefabric_ts_samples_written_total counter\nedgefabric_ts_samples_written_total {}\n",
         st.ts_samples_written.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "# HELP edgefabric_http_denied_aggregated_total Denied REST requests past their source's rate, recorded in \
+         aggregate audit records (http.denied-aggregate) rather than one by one.\n\
+         # TYPE edgefabric_http_denied_aggregated_total counter\nedgefabric_http_denied_aggregated_total {}\n",
+        st.denied.aggregated.load(std::sync::atomic::Ordering::Relaxed)
     ));
     let (cut_bytes, cut_samples) = st.node.ts_cut_totals();
     out.push_str(&format!(

@@ -29,6 +29,101 @@ pub struct AppState {
     pub ts_samples_written: std::sync::atomic::AtomicU64,
     /// This node's listeners and links speak TLS (`/v1/cluster/status` shows it).
     pub tls: bool,
+    /// Denied requests recorded one by one, per source (`DeniedLimiter`).
+    pub denied: DeniedLimiter,
+}
+
+/// Bounds what denied requests cost. Each denied request is recorded durably and then enters
+/// the ledger on every node, so a flood of them (no token needed) would be amplified many times
+/// over. Per source address, `DENIED_RATE` a second (bursts of `DENIED_BURST`) are recorded one
+/// by one; past that, each is counted, and the counts are recorded as one aggregate record per
+/// source every `DENIED_FLUSH` (`flush_denied`): nothing goes unrecorded, the cost is bounded.
+pub struct DeniedLimiter {
+    state: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Bucket>>,
+    /// Requests counted into aggregates since start (`/metrics`).
+    pub aggregated: std::sync::atomic::AtomicU64,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+    /// Denied requests not yet recorded (waiting for the next aggregate).
+    counted: u64,
+}
+
+pub const DENIED_RATE: f64 = 5.0;
+pub const DENIED_BURST: f64 = 20.0;
+pub const DENIED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
+/// Sources tracked at once; past it, sources with nothing to report are forgotten.
+const DENIED_SOURCES: usize = 10_000;
+
+impl Default for DeniedLimiter {
+    fn default() -> Self {
+        DeniedLimiter { state: Default::default(), aggregated: Default::default() }
+    }
+}
+
+impl DeniedLimiter {
+    /// Whether a denied request from `ip` is recorded on its own; if not, it is counted.
+    pub fn record_one(&self, ip: std::net::IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= DENIED_SOURCES && !m.contains_key(&ip) {
+            m.retain(|_, b| b.counted > 0);
+        }
+        let b = m.entry(ip).or_insert(Bucket { tokens: DENIED_BURST, last: now, counted: 0 });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * DENIED_RATE).min(DENIED_BURST);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            b.counted += 1;
+            self.aggregated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Takes the counts to record: (source, how many).
+    fn take(&self) -> Vec<(std::net::IpAddr, u64)> {
+        let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let out = m.iter().filter(|(_, b)| b.counted > 0).map(|(ip, b)| (*ip, b.counted)).collect();
+        for b in m.values_mut() {
+            b.counted = 0;
+        }
+        out
+    }
+
+    /// Puts counts back that could not be recorded (the next flush tries again).
+    fn restore(&self, counts: &[(std::net::IpAddr, u64)]) {
+        let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (ip, n) in counts {
+            let now = std::time::Instant::now();
+            m.entry(*ip).or_insert(Bucket { tokens: 0.0, last: now, counted: 0 }).counted += n;
+        }
+    }
+}
+
+/// Records the denied requests counted since the last flush: one audit record per source,
+/// action `http.denied-aggregate`, status 429, its key saying how many and from where.
+pub async fn flush_denied(st: &AppState) {
+    let counts = st.denied.take();
+    if counts.is_empty() {
+        return;
+    }
+    for (i, (ip, n)) in counts.iter().enumerate() {
+        let what = format!("{n} denied requests from {ip}, over {DENIED_RATE}/s, recorded as one");
+        let target = crate::auth::Target {
+            action: "http.denied-aggregate".into(),
+            ns: String::new(),
+            key: Some(what),
+        };
+        if let Err(e) = st.record(ANONYMOUS, vec![target], false, 429).await {
+            tracing::warn!(error = %e.message, "could not record denied-request aggregates; retrying later");
+            st.denied.restore(&counts[i..]);
+            return;
+        }
+    }
 }
 
 /// Requests by two labels and a status code, and a latency histogram per label pair: REST by
@@ -146,6 +241,7 @@ impl AppState {
             grpc_metrics: RequestMetrics::new("grpc", ["action", "service"], "gRPC calls"),
             ts_samples_written: Default::default(),
             tls: false,
+            denied: Default::default(),
         }
     }
 
@@ -346,8 +442,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 crate::tls::incoming(grpc_listener, grpc_tls.clone()),
                 wait_stop(grpc_stop_rx),
             );
-            let http = axum::serve(crate::tls::Listener::new(http_listener, rest_tls.clone())?, http_router)
-                .with_graceful_shutdown(wait_stop(stop_rx.clone()));
+            let http = axum::serve(
+                crate::tls::Listener::new(http_listener, rest_tls.clone())?,
+                http_router.into_make_service_with_connect_info::<crate::tls::PeerAddr>(),
+            )
+            .with_graceful_shutdown(wait_stop(stop_rx.clone()));
             (
                 Box::pin(async move { grpc.await.map_err(std::io::Error::other) }),
                 Box::pin(std::future::IntoFuture::into_future(http)),
@@ -360,13 +459,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 wait_stop(grpc_stop_rx),
             );
-            let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY");
-                }
-            });
-            let http =
-                axum::serve(http_listener, http_router).with_graceful_shutdown(wait_stop(stop_rx.clone()));
+            let http = axum::serve(
+                crate::tls::PlainListener(http_listener),
+                http_router.into_make_service_with_connect_info::<crate::tls::PeerAddr>(),
+            )
+            .with_graceful_shutdown(wait_stop(stop_rx.clone()));
             (
                 Box::pin(async move { grpc.await.map_err(std::io::Error::other) }),
                 Box::pin(std::future::IntoFuture::into_future(http)),
@@ -386,6 +483,20 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         identity.public_key().to_base64(),
     );
 
+    // Denied-request aggregates, recorded every DENIED_FLUSH (and once more at shutdown).
+    let flusher = {
+        let (st, mut stopped) = (state.clone(), Box::pin(wait_stop(stop_rx.clone())));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DENIED_FLUSH);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => flush_denied(&st).await,
+                    _ = &mut stopped => break,
+                }
+            }
+            flush_denied(&st).await;
+        })
+    };
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(http_server);
     let mut failed = None;
@@ -414,6 +525,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         }
     }
     let _ = grpc_stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flusher).await;
     node.shutdown().await;
     if let Some(f) = failed {
         anyhow::bail!(f);

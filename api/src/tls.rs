@@ -101,3 +101,41 @@ pub fn incoming(
     let rx = accept(listener, config);
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|(s, _)| (Ok(s), rx)) })
 }
+
+/// The address a REST request came from, for rate limits (`axum::extract::ConnectInfo`), over
+/// TLS or plaintext alike.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Listener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Listener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// A plaintext REST listener (`[tls] enabled = false`, `--dev`): TCP with no Nagle.
+pub struct PlainListener(pub TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        // No Nagle: replies are small, and Nagle with delayed ACKs adds ~40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
