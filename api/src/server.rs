@@ -38,6 +38,7 @@ pub struct AppState {
 /// over. Per source address, `DENIED_RATE` a second (bursts of `DENIED_BURST`) are recorded one
 /// by one; past that, each is counted, and the counts are recorded as one aggregate record per
 /// source every `DENIED_FLUSH` (`flush_denied`): nothing goes unrecorded, the cost is bounded.
+#[derive(Default)]
 pub struct DeniedLimiter {
     state: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Bucket>>,
     /// Requests counted into aggregates since start (`/metrics`).
@@ -56,12 +57,6 @@ pub const DENIED_BURST: f64 = 20.0;
 pub const DENIED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 /// Sources tracked at once; past it, sources with nothing to report are forgotten.
 const DENIED_SOURCES: usize = 10_000;
-
-impl Default for DeniedLimiter {
-    fn default() -> Self {
-        DeniedLimiter { state: Default::default(), aggregated: Default::default() }
-    }
-}
 
 impl DeniedLimiter {
     /// Whether a denied request from `ip` is recorded on its own; if not, it is counted.
