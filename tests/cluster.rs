@@ -217,13 +217,16 @@ async fn a_one_node_cluster_comes_back_from_its_backup() {
 
     let backup = c.cluster_dir().join("one.efb");
     let (b, t) = (backup.to_str().unwrap().to_string(), c.token_file().to_str().unwrap().to_string());
-    let (ok, out, err) = c.cli(&["backup", "--endpoint", c.http(1), "--token-file", &t, "--out", &b]).await;
+    let (op_key, op_pub) = operator_key(&c).await;
+    let args = ["backup", "--endpoint", c.http(1), "--token-file", &t, "--out", &b, "--recipient", &op_pub];
+    let (ok, out, err) = c.cli(&args).await;
     assert!(ok, "backup: {out} {err}");
     c.put(1, "default", "after-backup", b"x").await.unwrap();
     c.kill9(1);
     c.wipe(1);
     let cfg = c.cluster_dir().join("node1.toml");
-    let (ok, out, err) = c.cli(&["restore", "--from", &b, "--config", cfg.to_str().unwrap()]).await;
+    let (ok, out, err) =
+        c.cli(&["restore", "--from", &b, "--config", cfg.to_str().unwrap(), "--identity", &op_key]).await;
     assert!(ok, "restore: {out} {err}");
     // What a crash in the middle of a backup leaves: removed when the node starts.
     let leftover = c.data_dir(1).join("backup-1.efb.tmp");
@@ -672,6 +675,15 @@ async fn bad_input_is_a_clear_json_error() {
     assert!(m.contains("edgefabric_raft_term{group=\"0\"}"), "{m}");
 }
 
+/// A fresh operator key pair (`edgefabric keygen`), as paths: (secret, public).
+async fn operator_key(c: &Cluster) -> (String, String) {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let key = c.cluster_dir().join(format!("operator-{n}.key"));
+    let (ok, out, err) = c.cli(&["keygen", "--out", key.to_str().unwrap()]).await;
+    assert!(ok, "keygen: {out} {err}");
+    (key.to_str().unwrap().to_string(), format!("{}.pub", key.display()))
+}
+
 fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -1092,12 +1104,39 @@ async fn backup_and_restore_a_node_after_losing_its_disk() {
     let dir = c.cluster_dir();
     let backup = dir.join("node1.efb");
     let (b, t) = (backup.to_str().unwrap().to_string(), c.token_file().to_str().unwrap().to_string());
-    let (ok, out, err) = c.cli(&["backup", "--endpoint", c.http(1), "--token-file", &t, "--out", &b]).await;
+    let (op_key, op_pub) = operator_key(&c).await;
+    let (ok, out, err) = c
+        .cli(&["backup", "--endpoint", c.http(1), "--token-file", &t, "--out", &b, "--recipient", &op_pub])
+        .await;
     assert!(ok, "backup: {out} {err}");
     assert!(out.contains("backup of node 1 (site a)"), "{out}");
-    let (ok, out, err) = c.cli(&["backup", "--endpoint", c.http(1), "--token-file", &t, "--out", &b]).await;
+    // Sealed to the operator's key, readable by its owner only, with no clear value in it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the backup file is {mode:o}");
+        let bytes = std::fs::read(&backup).unwrap();
+        assert!(bytes.starts_with(b"EFSEALED-FILE-1\n"));
+        assert!(!bytes.windows(8).any(|w| w == b"EFBACKUP"), "the backup's own header is sealed too");
+        assert!(!bytes.windows(4).any(|w| w == b"k100"), "no key name in clear");
+        assert!(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().contains("partial")),
+            "no unsealed download left beside it"
+        );
+    }
+    let (ok, out, err) = c
+        .cli(&["backup", "--endpoint", c.http(1), "--token-file", &t, "--out", &b, "--recipient", &op_pub])
+        .await;
     assert!(!ok && err.contains("exists"), "an existing --out is refused: {out} {err}");
-    let (ok, out, err) = c.cli(&["restore", "--from", &b, "--check"]).await;
+    let (ok, _, err) = c.cli(&["restore", "--from", &b, "--check"]).await;
+    assert!(!ok && err.contains("--identity"), "a sealed backup needs its key: {err}");
+    let (other_key, _) = operator_key(&c).await;
+    let (ok, _, err) = c.cli(&["restore", "--from", &b, "--check", "--identity", &other_key]).await;
+    assert!(!ok && err.contains("sealed for the key"), "another key: {err}");
+    let (ok, out, err) = c.cli(&["restore", "--from", &b, "--check", "--identity", &op_key]).await;
     assert!(ok, "restore --check: {out} {err}");
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["node"], 1);
@@ -1126,15 +1165,29 @@ async fn backup_and_restore_a_node_after_losing_its_disk() {
     let torn = dir.join("torn.efb");
     let bytes = std::fs::read(&backup).unwrap();
     std::fs::write(&torn, &bytes[..bytes.len() / 2]).unwrap();
-    let (ok, _, err) = c.cli(&["restore", "--from", torn.to_str().unwrap(), "--config", cfg]).await;
-    assert!(!ok && err.contains("truncated"), "a torn backup: {err}");
+    let id = ["--identity", op_key.as_str()];
+    let (ok, _, err) =
+        c.cli(&[&["restore", "--from", torn.to_str().unwrap(), "--config", cfg][..], &id].concat()).await;
+    assert!(!ok && err.contains("cut short"), "a torn backup: {err}");
     assert!(!c.data_dir(1).join("raft").exists(), "nothing written from a torn backup");
-    let (ok, _, err) = c.cli(&["restore", "--from", &b, "--config", cfg2]).await;
+    // One flipped byte in the middle: refused as altered.
+    let tampered = dir.join("tampered.efb");
+    let mut t2 = bytes.clone();
+    let mid = t2.len() / 2;
+    t2[mid] ^= 1;
+    std::fs::write(&tampered, &t2).unwrap();
+    let (ok, _, err) =
+        c.cli(&[&["restore", "--from", tampered.to_str().unwrap(), "--config", cfg][..], &id].concat()).await;
+    assert!(!ok && err.contains("does not authenticate"), "a tampered backup: {err}");
+    assert!(!c.data_dir(1).join("raft").exists(), "nothing written from a tampered backup");
+    let (ok, _, err) = c.cli(&[&["restore", "--from", &b, "--config", cfg2][..], &id].concat()).await;
     assert!(!ok && err.contains("the backup is of node 1"), "another node's config: {err}");
-    let (ok, _, err) = c.cli(&["restore", "--from", &b, "--data", c.data_dir(2).to_str().unwrap()]).await;
+    let (ok, _, err) = c
+        .cli(&[&["restore", "--from", &b, "--data", c.data_dir(2).to_str().unwrap()][..], &id].concat())
+        .await;
     assert!(!ok && err.contains("already holds"), "a directory with data: {err}");
 
-    let (ok, out, err) = c.cli(&["restore", "--from", &b, "--config", cfg]).await;
+    let (ok, out, err) = c.cli(&[&["restore", "--from", &b, "--config", cfg][..], &id].concat()).await;
     assert!(ok, "restore: {out} {err}");
     c.start(1);
     c.wait_ready(Duration::from_secs(90)).await;

@@ -97,9 +97,14 @@ pub fn summary_json(s: &BackupSummary) -> serde_json::Value {
 
 #[derive(clap::Args)]
 pub struct BackupOpts {
-    /// Where to write the backup (refused if it exists).
+    /// Where to write the backup (refused if it exists). Mode 0600.
     #[arg(long)]
     pub out: PathBuf,
+    /// The public key the backup is sealed to (`KEY.pub` from `edgefabric keygen`, or the
+    /// base64 key): only its secret key opens it (`restore --identity KEY`). Keep that key off
+    /// the nodes.
+    #[arg(long)]
+    pub recipient: String,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -116,9 +121,11 @@ pub async fn run_backup(o: BackupOpts) -> Result<()> {
     let mut resp = resp?;
     let len = resp.content_length();
     let bar = progress(len, "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})");
+    let recipient = read_recipient(&o.recipient)?;
     let tmp = o.out.with_extension("partial");
+    let sealing = o.out.with_extension("sealing");
     let result = async {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = create_private(&tmp)?;
         let mut got = 0u64;
         while let Some(chunk) = resp.chunk().await.context("reading the backup")? {
             std::io::Write::write_all(&mut f, &chunk)
@@ -133,13 +140,23 @@ pub async fn run_backup(o: BackupOpts) -> Result<()> {
         // Checked before it is called a backup.
         let summary =
             edgefabric_store::backup::check_backup(&tmp).context("checking the downloaded backup")?;
-        std::fs::rename(&tmp, &o.out)?;
+        // Sealed to the operator's key; the unsealed download (0600, beside it) goes at once.
+        let mut sealed = std::io::BufWriter::new(create_private(&sealing)?);
+        let src = std::io::BufReader::new(std::fs::File::open(&tmp)?);
+        edgefabric_crypto::sealed_file::seal(src, &mut sealed, &recipient).context("sealing the backup")?;
+        let sealed = sealed.into_inner().map_err(|e| e.into_error())?;
+        sealed.sync_all()?;
+        std::fs::remove_file(&tmp)?;
+        std::fs::rename(&sealing, &o.out)?;
         if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(summary)
     }
     .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&sealing);
+    }
     bar.finish_and_clear();
     match result {
         Ok(s) => {
@@ -177,12 +194,90 @@ pub struct RestoreOpts {
     /// Only read and check the backup, and say what it holds.
     #[arg(long)]
     pub check: bool,
+    /// The secret key the backup was sealed to (`edgefabric keygen --out KEY`; `backup
+    /// --recipient KEY.pub`).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+}
+
+/// A new file, mode 0600 from its creation (refused if it exists).
+fn create_private(path: &Path) -> Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// `--recipient`: a `.pub` file or the base64 ed25519 key itself.
+fn read_recipient(arg: &str) -> Result<edgefabric_crypto::PublicKey> {
+    let text = match std::fs::read_to_string(arg) {
+        Ok(t) => t,
+        Err(_) if !Path::new(arg).exists() => arg.to_string(),
+        Err(e) => bail!("--recipient: reading {arg}: {e}"),
+    };
+    let key = edgefabric_crypto::PublicKey::from_base64(text.trim())
+        .with_context(|| format!("--recipient: {arg:?} is neither a key file nor a base64 ed25519 key"))?;
+    if key.is_weak() {
+        bail!("--recipient: a small-order key");
+    }
+    Ok(key)
+}
+
+/// The backup to read: a sealed one is opened with `--identity` into a private temporary file
+/// beside it (removed when the returned guard drops); an unsealed one (made before backups
+/// were sealed) is read as it is, with a warning: nothing but its checksum protects it.
+struct Opened {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn open_backup(from: &Path, identity: Option<&Path>) -> Result<Opened> {
+    let mut head = [0u8; 16];
+    let n = std::io::Read::read(
+        &mut std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?,
+        &mut head,
+    )?;
+    if !edgefabric_crypto::sealed_file::is_sealed(&head[..n]) {
+        eprintln!(
+            "warning: {} is not sealed (made before backups were): only its checksum protects it",
+            from.display()
+        );
+        return Ok(Opened { path: from.to_path_buf(), temporary: false });
+    }
+    let Some(key) = identity else {
+        bail!("--identity: {} is sealed; give the secret key it was sealed to", from.display());
+    };
+    let id = edgefabric_crypto::Identity::read(key).context("--identity")?;
+    let mut name = from.as_os_str().to_owned();
+    name.push(".opened");
+    let opened = Opened { path: PathBuf::from(name), temporary: true };
+    let _ = std::fs::remove_file(&opened.path);
+    let mut dst = std::io::BufWriter::new(create_private(&opened.path)?);
+    let src = std::io::BufReader::new(std::fs::File::open(from)?);
+    edgefabric_crypto::sealed_file::open(src, &mut dst, &id)
+        .with_context(|| format!("{} does not open: refused", from.display()))?;
+    std::io::Write::flush(&mut dst)?;
+    Ok(opened)
 }
 
 /// `edgefabric restore`: writes a stopped node's data directory from a backup.
 pub fn run_restore(o: RestoreOpts) -> Result<()> {
+    let opened = open_backup(&o.from, o.identity.as_deref())?;
+    let from = opened.path.clone();
     if o.check {
-        let s = edgefabric_store::backup::check_backup(&o.from)
+        let s = edgefabric_store::backup::check_backup(&from)
             .with_context(|| format!("{} is not a usable backup", o.from.display()))?;
         println!("{}", serde_json::to_string_pretty(&summary_json(&s))?);
         return Ok(());
@@ -197,9 +292,8 @@ pub fn run_restore(o: RestoreOpts) -> Result<()> {
     };
     let bar = progress(None, "{spinner} restoring: {msg}");
     bar.set_message("reading and checking the backup");
-    let s = edgefabric_store::backup::restore(&o.from, &dir, node, |g| {
-        bar.set_message(format!("wrote group {g}"))
-    });
+    let s =
+        edgefabric_store::backup::restore(&from, &dir, node, |g| bar.set_message(format!("wrote group {g}")));
     bar.finish_and_clear();
     let s = s.with_context(|| format!("restoring {} into {}", o.from.display(), dir.display()))?;
     println!(

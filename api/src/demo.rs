@@ -665,7 +665,9 @@ impl Demo {
         println!("  export EDGEFABRIC_ENDPOINT={n1} EDGEFABRIC_TOKEN_FILE={}", t.display());
         println!("  edgefabric kv put default hello world && edgefabric kv get default hello");
         println!("  edgefabric cluster status");
-        println!("  edgefabric backup --out node1.efb && edgefabric restore --from node1.efb --check");
+        println!(
+            "  edgefabric keygen --out backup.key && edgefabric backup --recipient backup.key.pub --out node1.efb \\\n      && edgefabric restore --from node1.efb --identity backup.key --check"
+        );
         println!(
             "  edgefabric image verify --digest {} --trust {} --min-signatures 2",
             self.image.as_deref().unwrap_or("sha256:<hex>"),

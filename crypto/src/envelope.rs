@@ -60,6 +60,10 @@ impl DataKey {
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new((&self.0).into())
     }
+
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 fn value_aad(ns: &str, key: &str, version: u32) -> Vec<u8> {

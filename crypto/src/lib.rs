@@ -5,6 +5,7 @@
 
 pub mod envelope;
 pub mod paseto;
+pub mod sealed_file;
 pub mod tls;
 
 use std::fs;

@@ -207,7 +207,16 @@ impl Node {
             groups: groups.iter().map(|g| g.id).collect(),
             software: env!("CARGO_PKG_VERSION").into(),
         };
-        let file = std::fs::File::create(path)?;
+        // Readable by the node's user only: it holds every value of the node in clear until
+        // the client seals it.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let file = opts.open(path)?;
         let mut w = ArchiveWriter::new(std::io::BufWriter::new(file))?;
         w.frame(KIND_HEADER, &crate::codec::encode(&header)?)?;
         let mut summary = BackupSummary {
