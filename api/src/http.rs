@@ -173,10 +173,11 @@ async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next
             (next.run(req).await, true)
         }
         Err(refusal) => {
-            // Past its source's rate, a denied request is counted into an aggregate record
-            // instead of a record of its own (`DeniedLimiter`): a flood costs bounded work.
+            // Past its source's and actor's budget, a denied request is counted into an
+            // aggregate record instead of a record of its own (`DeniedLimiter`): a flood
+            // costs bounded work.
             if let Some(ip) = source {
-                if !st.denied.record_one(ip) {
+                if !st.denied.record_one(ip, &actor) {
                     return refusal;
                 }
             }

@@ -34,13 +34,16 @@ pub struct AppState {
 }
 
 /// Bounds what denied requests cost. Each denied request is recorded durably and then enters
-/// the ledger on every node, so a flood of them (no token needed) would be amplified many times
-/// over. Per source address, `DENIED_RATE` a second (bursts of `DENIED_BURST`) are recorded one
-/// by one; past that, each is counted, and the counts are recorded as one aggregate record per
-/// source every `DENIED_FLUSH` (`flush_denied`): nothing goes unrecorded, the cost is bounded.
+/// the ledger on every node, so a flood of them would be amplified many times over. Denials are
+/// budgeted per source address and actor: one with no valid credential (`anonymous`, free for
+/// anyone to send) gets `DENIED_RATE` a second in bursts of `DENIED_BURST`; a verified
+/// principal, whose every denial is the signal an auditor looks for and whose token the admin
+/// can revoke, gets ten times that. Within the budget each denial is recorded on its own; past
+/// it, each is counted, and the counts are recorded as one aggregate record per (source, actor)
+/// every `DENIED_FLUSH` (`flush_denied`): nothing goes unrecorded, the cost is bounded.
 #[derive(Default)]
 pub struct DeniedLimiter {
-    state: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Bucket>>,
+    state: std::sync::Mutex<std::collections::HashMap<(std::net::IpAddr, String), Bucket>>,
     /// Requests counted into aggregates since start (`/metrics`).
     pub aggregated: std::sync::atomic::AtomicU64,
 }
@@ -52,22 +55,31 @@ struct Bucket {
     counted: u64,
 }
 
+/// Denials without a valid credential recorded one by one, per second and source.
 pub const DENIED_RATE: f64 = 5.0;
 pub const DENIED_BURST: f64 = 20.0;
+/// How many times the anonymous budget a verified principal gets.
+const PRINCIPAL_FACTOR: f64 = 10.0;
 pub const DENIED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 /// Sources tracked at once; past it, sources with nothing to report are forgotten.
 const DENIED_SOURCES: usize = 10_000;
 
 impl DeniedLimiter {
-    /// Whether a denied request from `ip` is recorded on its own; if not, it is counted.
-    pub fn record_one(&self, ip: std::net::IpAddr) -> bool {
+    /// Whether a denial of `actor` from `ip` is recorded on its own; if not, it is counted.
+    pub fn record_one(&self, ip: std::net::IpAddr, actor: &str) -> bool {
+        let (rate, burst) = if actor == ANONYMOUS {
+            (DENIED_RATE, DENIED_BURST)
+        } else {
+            (DENIED_RATE * PRINCIPAL_FACTOR, DENIED_BURST * PRINCIPAL_FACTOR)
+        };
         let now = std::time::Instant::now();
         let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() >= DENIED_SOURCES && !m.contains_key(&ip) {
+        let key = (ip, actor.to_string());
+        if m.len() >= DENIED_SOURCES && !m.contains_key(&key) {
             m.retain(|_, b| b.counted > 0);
         }
-        let b = m.entry(ip).or_insert(Bucket { tokens: DENIED_BURST, last: now, counted: 0 });
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * DENIED_RATE).min(DENIED_BURST);
+        let b = m.entry(key).or_insert(Bucket { tokens: burst, last: now, counted: 0 });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
         b.last = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -79,10 +91,14 @@ impl DeniedLimiter {
         }
     }
 
-    /// Takes the counts to record: (source, how many).
-    fn take(&self) -> Vec<(std::net::IpAddr, u64)> {
+    /// Takes the counts to record: (source, actor, how many).
+    fn take(&self) -> Vec<(std::net::IpAddr, String, u64)> {
         let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let out = m.iter().filter(|(_, b)| b.counted > 0).map(|(ip, b)| (*ip, b.counted)).collect();
+        let out = m
+            .iter()
+            .filter(|(_, b)| b.counted > 0)
+            .map(|((ip, actor), b)| (*ip, actor.clone(), b.counted))
+            .collect();
         for b in m.values_mut() {
             b.counted = 0;
         }
@@ -90,30 +106,31 @@ impl DeniedLimiter {
     }
 
     /// Puts counts back that could not be recorded (the next flush tries again).
-    fn restore(&self, counts: &[(std::net::IpAddr, u64)]) {
+    fn restore(&self, counts: &[(std::net::IpAddr, String, u64)]) {
         let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for (ip, n) in counts {
+        for (ip, actor, n) in counts {
             let now = std::time::Instant::now();
-            m.entry(*ip).or_insert(Bucket { tokens: 0.0, last: now, counted: 0 }).counted += n;
+            m.entry((*ip, actor.clone())).or_insert(Bucket { tokens: 0.0, last: now, counted: 0 }).counted +=
+                n;
         }
     }
 }
 
-/// Records the denied requests counted since the last flush: one audit record per source,
-/// action `http.denied-aggregate`, status 429, its key saying how many and from where.
+/// Records the denied requests counted since the last flush: one audit record per source and
+/// actor, action `http.denied-aggregate`, status 429, its key saying how many and from where.
 pub async fn flush_denied(st: &AppState) {
     let counts = st.denied.take();
     if counts.is_empty() {
         return;
     }
-    for (i, (ip, n)) in counts.iter().enumerate() {
-        let what = format!("{n} denied requests from {ip}, over {DENIED_RATE}/s, recorded as one");
+    for (i, (ip, actor, n)) in counts.iter().enumerate() {
+        let what = format!("{n} denied requests from {ip}, over the rate of denials recorded one by one");
         let target = crate::auth::Target {
             action: "http.denied-aggregate".into(),
             ns: String::new(),
             key: Some(what),
         };
-        if let Err(e) = st.record(ANONYMOUS, vec![target], false, 429).await {
+        if let Err(e) = st.record(actor, vec![target], false, 429).await {
             tracing::warn!(error = %e.message, "could not record denied-request aggregates; retrying later");
             st.denied.restore(&counts[i..]);
             return;
@@ -527,4 +544,34 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denials_are_budgeted_per_source_and_actor() {
+        let l = DeniedLimiter::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // Anonymous: the burst one by one, then counted (refill over the loop is far below 1).
+        let one_by_one = (0..40).filter(|_| l.record_one(a, ANONYMOUS)).count();
+        assert!((20..22).contains(&one_by_one), "{one_by_one}");
+        // Another source and a verified principal from the same source have budgets of their own.
+        assert!(l.record_one(b, ANONYMOUS));
+        let app = (0..300).filter(|_| l.record_one(a, "app-9")).count();
+        assert!((200..202).contains(&app), "{app}");
+        let mut counts = l.take();
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![(a, "anonymous".to_string(), 40 - one_by_one as u64), (a, "app-9".into(), 300 - app as u64)]
+        );
+        assert_eq!(l.aggregated.load(std::sync::atomic::Ordering::Relaxed), (340 - one_by_one - app) as u64);
+        // Taken once: nothing is reported twice; what could not be recorded comes back.
+        assert!(l.take().is_empty());
+        l.restore(&counts);
+        assert_eq!(l.take().len(), 2);
+    }
 }
