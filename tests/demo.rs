@@ -2,6 +2,8 @@
 //! show every capability. Runs it to the end with `--exit` and checks what it printed, that its
 //! node processes are gone afterwards, and that it refuses to touch a directory it did not make.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
 use std::net::TcpListener;
@@ -349,74 +351,15 @@ async fn metrics_count_requests_commits_and_samples() {
     assert!(bytes > 2.0 && bytes < 64.0, "two one-sample chunks take {bytes} bytes");
 }
 
-/// Chromium, or `None` (the test then says SKIPPED: `.ci/run` installs it).
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
-}
-
-/// `certutil` (Debian's libnss3-tools), which puts a CA into the NSS database Chromium trusts.
-fn certutil() -> Option<&'static str> {
-    Command::new("certutil").arg("-H").output().ok().map(|_| "certutil")
-}
-
-/// Loads `url` in headless Chromium, runs its scripts, and returns the DOM (or a screenshot).
-/// With `ca`, that CA certificate is the one root the browser's profile trusts (an NSS
-/// database under a fresh HOME): the page is verified as any HTTPS page is, no flag that
-/// skips certificate checks.
-fn browse(
-    browser: &str,
-    url: &str,
-    ca: Option<&std::path::Path>,
-    screenshot: Option<&std::path::Path>,
-) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let home = profile.path().join("home");
-    let nssdb = home.join(".pki/nssdb");
-    std::fs::create_dir_all(&nssdb).unwrap();
-    if let Some(ca) = ca {
-        let db = format!("sql:{}", nssdb.display());
-        let ok = Command::new("certutil").args(["-N", "--empty-password", "-d", &db]).status().unwrap();
-        assert!(ok.success(), "certutil -N");
-        let ok = Command::new("certutil")
-            .args(["-A", "-d", &db, "-n", "edgefabric-test-ca", "-t", "C,,", "-i"])
-            .arg(ca)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "certutil -A");
-    }
-    let mut cmd = Command::new(browser);
-    cmd.env("HOME", &home);
-    cmd.args([
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--hide-scrollbars",
-        "--virtual-time-budget=20000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .arg("--window-size=1280,1500");
-    match screenshot {
-        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
-        None => cmd.arg("--dump-dom"),
-    };
-    let out = cmd.arg(url).output().unwrap();
-    assert!(out.status.success(), "{browser}: {}", String::from_utf8_lossy(&out.stderr));
-    // What the page shows: the DOM without its script (whose text holds every message).
-    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    match (dom.find("<script>"), dom.rfind("</script>")) {
-        (Some(a), Some(b)) if a < b => format!("{}{}", &dom[..a], &dom[b..]),
-        _ => dom,
-    }
-}
-
 /// The auditor's page (`/ui`, no token) verifies in the browser: the checkpoint's signatures
 /// against the pinned keys, an image's inclusion proof, and each audit record's proof — green.
-/// With a wrong key pinned the same page turns red. Inputs come in the URL fragment.
+/// A link can carry the inputs in its fragment, but keys other than the pinned ones, or fewer
+/// signatures than required, are only offered: nothing changes until the person accepts. With a
+/// wrong key accepted the page turns red. Its script runs under a CSP with no inline script.
 #[tokio::test]
 async fn the_auditor_page_verifies_in_a_real_browser() {
-    let (Some(browser), Some(_)) = (chromium(), certutil()) else {
+    use browser::Browser;
+    let (Some(chromium), Some(_)) = (browser::chromium(), browser::certutil()) else {
         println!(
             "SKIPPED: the_auditor_page_verifies_in_a_real_browser needs chromium and certutil (.ci/run installs them)"
         );
@@ -429,9 +372,20 @@ async fn the_auditor_page_verifies_in_a_real_browser() {
     let r = c.client.get(format!("{}/ui", c.http(1))).send().await.unwrap();
     assert_eq!(r.status(), 200, "no token needed");
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(!csp.contains("unsafe-inline") && csp.contains("script-src 'self'"), "{csp}");
     let html = r.text().await.unwrap();
     for outside in ["src=\"http", "href=\"http", "url(http", "import "] {
         assert!(!html.contains(outside), "the page loads nothing from elsewhere: {outside}");
+    }
+    for inline in ["<script>", "<style", "style=\"", "onclick"] {
+        assert!(!html.contains(inline), "no inline script or style: {inline}");
+    }
+    for (file, kind) in [("app.js", "text/javascript"), ("app.css", "text/css")] {
+        let r = c.client.get(format!("{}/ui/{file}", c.http(1))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind));
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     }
 
     // An image, registered the way the app store does it.
@@ -477,29 +431,52 @@ async fn the_auditor_page_verifies_in_a_real_browser() {
     let page = |trust: &str| {
         format!("{}/ui#trust={}&min=1&digest={digest}&token={auditor}&ns=default", c.http(1), b64(trust))
     };
-    // Audit records reach the ledger in batches: wait until the page shows the put's.
     let ca = dir.join("ca.pem");
+    let minute = Duration::from_secs(60);
+    let passes = |n: u32| format!("Number(document.body.dataset.ready || 0) >= {n}");
+
     // A browser that does not trust the cluster's CA does not load the page at all.
-    let untrusted = browse(browser, &page(&trust), None, None);
-    assert!(!untrusted.contains("data-ready"), "the page loaded without its CA trusted:\n{untrusted}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut untrusting = Browser::start(chromium, None);
+    let e = untrusting.goto(&page(&trust)).unwrap_err();
+    assert!(e.contains("CERT"), "{e}");
+    drop(untrusting);
+
+    // The link's keys are offered, not taken: nothing is pinned and nothing verifies until the
+    // person accepts — the link also asks to lower the signatures required from 2 to 1.
+    let mut b = Browser::start(chromium, Some(&ca));
+    b.goto(&page(&trust)).unwrap();
+    b.wait_for(&passes(1), minute);
+    let shown = b.text();
+    assert!(shown.contains("This link asks to change what this page trusts"), "{shown}");
+    assert!(shown.contains("It asks to pin 1 node key(s)") && shown.contains("with none pinned"), "{shown}");
+    assert!(shown.contains("lower the signatures required from 2 to 1"), "{shown}");
+    assert_eq!(b.eval("document.getElementById('status').textContent"), "no keys pinned");
+    assert!(!shown.contains("✓ registered"), "{shown}");
+    assert_eq!(b.eval("localStorage.getItem('edgefabric.trust')"), serde_json::Value::Null);
+
+    // Accepted: pinned, and everything verifies. Audit records reach the ledger in batches:
+    // reload until the page shows the put's (the link now asks for nothing new).
+    b.click("acceptLink");
+    b.wait_for(&passes(2), minute);
+    assert_eq!(b.eval("document.getElementById('linkOffer').hidden"), true);
+    let deadline = std::time::Instant::now() + minute;
     let dom = loop {
-        let dom = browse(browser, &page(&trust), Some(&ca), None);
+        let dom = b.dom();
         if dom.contains("seen-by-the-auditor") || std::time::Instant::now() > deadline {
             break dom;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        b.goto(&page(&trust)).unwrap();
+        b.wait_for(&passes(1), minute);
+        assert_eq!(b.eval("document.getElementById('linkOffer').hidden"), true, "nothing new to offer");
     };
-    assert!(dom.contains("data-ready=\"1\""), "the page's scripts did not finish:\n{dom}");
     assert!(dom.contains("class=\"badge green\">verified<"), "{dom}");
     assert!(dom.contains("✓ registered</span> — entry"), "{dom}");
     assert!(dom.contains("records proven in the checkpoint") && !dom.contains("did not verify"), "{dom}");
     assert!(dom.contains("seen-by-the-auditor"), "the put's audit record is listed");
 
     // A screenshot of the green page, as a person sees it.
-    let shot = dir.join("ui.png");
-    browse(browser, &page(&trust), Some(&ca), Some(&shot));
-    let png = std::fs::read(&shot).unwrap();
+    let png = b.screenshot();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let (w, h) = (
         u32::from_be_bytes(png[16..20].try_into().unwrap()),
@@ -507,18 +484,52 @@ async fn the_auditor_page_verifies_in_a_real_browser() {
     );
     assert_eq!((w, h), (1280, 1500));
     assert!(png.len() > 30_000, "{} bytes: a blank page?", png.len());
+    std::fs::write(dir.join("ui.png"), &png).unwrap();
 
-    // Pin another key for node 1: nothing the server sends can make that page green.
+    // A link with another key for node 1: offered as a replacement, and until it is accepted
+    // the page goes on verifying with the pinned key — green.
     let v: serde_json::Value = serde_json::from_str(&trust).unwrap();
     let other = dir.join("other.key");
     assert!(c.cli(&["keygen", "--out", other.to_str().unwrap()]).await.0);
     let other_pub = std::fs::read_to_string(format!("{}.pub", other.display())).unwrap();
     let mut wrong = v.clone();
     wrong["nodes"][0]["public_key"] = serde_json::json!(other_pub.trim());
-    let dom = browse(browser, &page(&wrong.to_string()), Some(&ca), None);
+    b.goto(&page(&wrong.to_string())).unwrap();
+    b.wait_for(&passes(1), minute);
+    let shown = b.text();
+    assert!(shown.contains("replacing the 1 key(s) pinned in this browser"), "{shown}");
+    assert!(shown.contains(other_pub.trim()), "the offered key is shown: {shown}");
+    assert!(!shown.contains("lower the signatures"), "min=1 is what is required now: {shown}");
+    assert_eq!(b.eval("document.getElementById('status').textContent"), "verified");
+    // Accepted, nothing the server sends can make that page green.
+    b.click("acceptLink");
+    b.wait_for(&passes(2), minute);
+    let dom = b.dom();
     assert!(dom.contains("class=\"badge red\">verification FAILED<"), "{dom}");
     assert!(dom.contains("signed by 0 pinned key(s); 1 required"), "{dom}");
     assert!(!dom.contains("✓ registered"), "{dom}");
+    // A malformed link changes nothing and says why.
+    b.goto(&format!("{}/ui#min=0", c.http(1))).unwrap();
+    b.wait_for(&passes(1), minute);
+    assert!(b.text().contains("This link's inputs were not used: min: 0 is not a positive whole number"));
+    drop(b);
+
+    // A hostile node: markup in every field of its ledger status and block. Shown as text;
+    // no element of its making appears in the page.
+    let mut b = Browser::start(chromium, Some(&ca));
+    let tag = |n: u32| format!("<img id=pwned{n} src=x>");
+    let status = serde_json::json!({"height": 0, "log_size": tag(1), "health": tag(2), "origin": tag(3)});
+    let block = serde_json::json!({
+        "height": tag(4), "time_ms": tag(5), "entry_count": tag(6), "first_index": tag(7),
+        "proposer": tag(8), "hash": tag(9), "entries": [{"type": tag(10)}],
+    });
+    b.fake("/v1/ledger/status", (200, "application/json", status.to_string()));
+    b.fake("/v1/ledger/blocks/0", (200, "application/json", block.to_string()));
+    b.goto(&format!("{}/ui", c.http(1))).unwrap();
+    b.wait_for(&passes(1), minute);
+    let shown = b.text();
+    assert!(shown.contains(&tag(1)) && shown.contains(&tag(8)), "shown as text: {shown}");
+    assert_eq!(b.eval("document.querySelectorAll('[id^=pwned]').length"), 0, "{}", b.dom());
 }
 
 /// Without `--exit` the demo keeps its cluster until Ctrl-C; Ctrl-C (SIGINT to the terminal's

@@ -89,6 +89,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/ui", get(ui))
+        .route("/ui/app.js", get(ui_script))
+        .route("/ui/app.css", get(ui_style))
         .into_parts();
     registered.extend(more);
     // Built once: the document is a function of the routes this node registered.
@@ -118,21 +120,40 @@ async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     response
 }
 
-/// `GET /ui`: the auditor's page (no token; it asks for one only for the audit log). One
-/// file, no external resources: it verifies checkpoints, proofs and signatures in the browser.
-async fn ui() -> Response {
+/// The auditor's page's policy: its script and style come only from this node, as files of
+/// their own, and no inline script, style or event handler runs — so markup that ever slipped
+/// into the page could not act. It loads nothing from elsewhere and cannot be framed.
+const UI_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+    img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn ui_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
-            ),
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, UI_CSP),
             (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
-        include_str!("ui.html"),
+        body,
     )
         .into_response()
+}
+
+/// `GET /ui`: the auditor's page (no token; it asks for one only for the audit log). No
+/// external resources: it verifies checkpoints, proofs and signatures in the browser.
+async fn ui() -> Response {
+    ui_file("text/html; charset=utf-8", include_str!("ui/index.html"))
+}
+
+/// `GET /ui/app.js`: the page's script.
+async fn ui_script() -> Response {
+    ui_file("text/javascript; charset=utf-8", include_str!("ui/app.js"))
+}
+
+/// `GET /ui/app.css`: the page's style.
+async fn ui_style() -> Response {
+    ui_file("text/css; charset=utf-8", include_str!("ui/app.css"))
 }
 
 /// `GET /openapi.json`: the OpenAPI 3 document of the routes this node serves (no token).

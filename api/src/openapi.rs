@@ -126,7 +126,11 @@ pub fn paths() -> Vec<(&'static str, Vec<Op>)> {
             .answer(200, text("text/plain; version=0.0.4", "edgefabric_raft_groups 17", ""))]),
         ("/openapi.json", vec![op("get", "This document", Public)]),
         ("/ui", vec![op("get", "The auditor's web page: blocks, checkpoint, image and audit lookups, verified in the browser", Public)
-            .answer(200, text("text/html", "<!doctype html>…", "One self-contained page"))]),
+            .answer(200, text("text/html", "<!doctype html>…", "The page; its script and style are the two routes below"))]),
+        ("/ui/app.js", vec![op("get", "The auditor's page's script (the page's CSP runs no inline script)", Public)
+            .answer(200, text("text/javascript", "\"use strict\";…", ""))]),
+        ("/ui/app.css", vec![op("get", "The auditor's page's style", Public)
+            .answer(200, text("text/css", "body { … }", ""))]),
         ("/v1/test/faults", vec![
             op("get", "Injected transport faults (only on a node started with [test] faults = true)", admin),
             op("put", "Set injected transport faults (test builds of a cluster only)", admin)

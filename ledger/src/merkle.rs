@@ -5,7 +5,7 @@
 //! their preconditions first and return a typed error, so a verifier (an auditor, `image
 //! verify`, the web page) can tell *why* a proof was refused. Any RFC 6962 verifier accepts the
 //! proofs made here, and these functions accept any RFC 6962 proof: both are checked against
-//! transparency-dev/merkle's test vectors (`../shared/vectors/rfc6962`), negative cases included.
+//! transparency-dev/merkle's RFC 6962 test vectors, negative cases included.
 //!
 //! Proof *generation* here is the RFC's recursive definition over the list of leaf hashes: the
 //! reference implementation. A faster one over stored subtree hashes must agree with it.
