@@ -293,6 +293,33 @@ async fn plaintext_needs_an_explicit_switch_and_shows() {
     let st = c.request(1, reqwest::Method::GET, "/v1/cluster/status", None).await.unwrap();
     assert_eq!(st.json()["transport"], "plaintext", "{}", st.text());
     assert!(c.log_text(1).contains("TLS is OFF"), "{}", c.log_text(1));
+    // Without TLS, internal calls are still refused from their headers unless they carry a
+    // member's call ticket: a stranger's 16 MiB body is not decoded (issue 18, defect f).
+    let plain = tonic::transport::Endpoint::from_shared(c.nodes[&1].grpc.replacen("https://", "http://", 1))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let big = edgefabric_store::network::Frame {
+        group: 0,
+        data: vec![7; 16 << 20],
+        from: 2,
+        to: 1,
+        time_ms: 0,
+        nonce: 1,
+        mac: vec![0; 32],
+    };
+    let mut client = edgefabric_store::network::InternalClient::new(plain)
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20);
+    let e = client.status(big.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("call ticket"), "{e:?}");
+    let mut forged = tonic::Request::new(big);
+    forged.metadata_mut().insert(edgefabric_store::link::TICKET_HEADER, "2.1.0.1.00ff".parse().unwrap());
+    let e = client.status(forged).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(c.log_text(1).contains("refused an internal call by its ticket"), "{}", c.log_text(1));
     drop(c);
 
     // --dev beyond loopback: refused, naming the flag.

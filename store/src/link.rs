@@ -70,6 +70,8 @@ pub enum LinkError {
     Replay(NodeId),
     #[error("reply does not answer this request")]
     NotOurReply,
+    #[error("call ticket: expected <from>.<to>.<time_ms>.<nonce>.<hex mac>")]
+    BadTicket,
     #[error("cannot derive the link key with node {0}: {1}")]
     Key(NodeId, String),
 }
@@ -224,6 +226,61 @@ impl LinkAuth {
     pub fn id(&self) -> NodeId {
         self.id
     }
+
+    /// A call ticket for a request to `to`: `<from>.<to>.<time_ms>.<nonce>.<hex mac>`, sent as the
+    /// `TICKET_HEADER` metadata. It lets the receiver refuse a call from a non-member by its
+    /// headers, before the body (up to 64 MiB) is read and decoded (`check_ticket`). Over TLS the
+    /// client certificate does that; the ticket is what bounds pre-authentication work when TLS
+    /// is off. It is not replay-protected: whoever reads a plaintext link can reuse one within
+    /// `WINDOW` — to make the node decode a body whose frame then fails its own MAC. The frame's
+    /// MAC, window and nonce remain what authenticate the message itself.
+    pub fn ticket(&self, to: NodeId) -> Result<String, LinkError> {
+        let nonce = u64::from_le_bytes(
+            edgefabric_crypto::random_bytes::<8>().map_err(|e| LinkError::Key(to, e.to_string()))?,
+        );
+        let time = now_ms();
+        let mac = hmac::sign(&self.link(to)?, &ticket_input(self.id, to, time, nonce));
+        Ok(format!("{}.{to}.{time}.{nonce}.{}", self.id, hex::encode(mac.as_ref())))
+    }
+
+    /// Checks a call ticket: made with the link key of the member it names, for this node, and
+    /// within `WINDOW` of this node's clock.
+    pub fn check_ticket(&self, ticket: &str) -> Result<NodeId, LinkError> {
+        let parts: Vec<&str> = ticket.split('.').collect();
+        let [from, to, time, nonce, mac] = parts.as_slice() else { return Err(LinkError::BadTicket) };
+        let (Ok(from), Ok(to), Ok(time), Ok(nonce), Ok(mac)) = (
+            from.parse::<NodeId>(),
+            to.parse::<NodeId>(),
+            time.parse::<u64>(),
+            nonce.parse::<u64>(),
+            hex::decode(mac),
+        ) else {
+            return Err(LinkError::BadTicket);
+        };
+        if to != self.id {
+            return Err(LinkError::WrongReceiver { to, me: self.id });
+        }
+        let key = self.link(from)?;
+        hmac::verify(&key, &ticket_input(from, to, time, nonce), &mac)
+            .map_err(|_| LinkError::BadMac(from))?;
+        let skew = now_ms() as i64 - time as i64;
+        let window = WINDOW.as_millis() as u64;
+        if skew.unsigned_abs() > window {
+            return Err(LinkError::Stale { from, skew_ms: skew, window_ms: window });
+        }
+        Ok(from)
+    }
+}
+
+/// The metadata header that carries a call ticket (`LinkAuth::ticket`).
+pub const TICKET_HEADER: &str = "x-edgefabric-ticket";
+
+fn ticket_input(from: NodeId, to: NodeId, time_ms: u64, nonce: u64) -> Vec<u8> {
+    let mut v = b"edgefabric-ticket-v1\0".to_vec();
+    for n in [from, to, time_ms, nonce] {
+        v.extend_from_slice(&n.to_be_bytes());
+    }
+    v
 }
 
 #[cfg(test)]
@@ -236,6 +293,25 @@ mod tests {
         let keys: HashMap<NodeId, String> =
             [(1, a.public_key().to_base64()), (2, b.public_key().to_base64())].into_iter().collect();
         (LinkAuth::new(1, a, keys.clone()), LinkAuth::new(2, b, keys))
+    }
+
+    #[test]
+    fn call_tickets_name_a_member_and_this_node() {
+        let (a, b) = pair();
+        let t = a.ticket(2).unwrap();
+        assert_eq!(b.check_ticket(&t), Ok(1));
+        // For another node, altered, or malformed: refused.
+        assert_eq!(a.check_ticket(&t), Err(LinkError::WrongReceiver { to: 2, me: 1 }));
+        let mut bad = t.clone().into_bytes();
+        let last = bad.len() - 1;
+        bad[last] = if bad[last] == b'0' { b'1' } else { b'0' };
+        assert_eq!(b.check_ticket(std::str::from_utf8(&bad).unwrap()), Err(LinkError::BadMac(1)));
+        let later = t.replacen(&format!(".{}.", t.split('.').nth(2).unwrap()), ".1.", 1);
+        assert_eq!(b.check_ticket(&later), Err(LinkError::BadMac(1)), "the time is covered");
+        for junk in ["", "1.2.3", "x.2.3.4.00", "1.2.3.4.zz", "9.2.3.4.00"] {
+            assert!(b.check_ticket(junk).is_err(), "{junk}");
+        }
+        assert_eq!(b.check_ticket("9.2.3.4.00"), Err(LinkError::UnknownPeer(9)));
     }
 
     #[test]

@@ -129,7 +129,7 @@ where
     Req: Serialize,
     Resp: DeserializeOwned,
     E: DeserializeOwned,
-    F: FnOnce(InternalClient<Channel>, Frame) -> Fut,
+    F: FnOnce(InternalClient<Channel>, tonic::Request<Frame>) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
 {
     match peer.faults.to(peer.id) {
@@ -151,7 +151,13 @@ where
     let frame =
         peer.auth.request(name, peer.id, group, data).map_err(|e| TransportError::Other(e.to_string()))?;
     let (to, nonce) = (frame.to, frame.nonce);
-    let reply = match tokio::time::timeout(timeout, rpc(peer.client, frame)).await {
+    let ticket = peer.auth.ticket(peer.id).map_err(|e| TransportError::Other(e.to_string()))?;
+    let mut request = tonic::Request::new(frame);
+    request.metadata_mut().insert(
+        crate::link::TICKET_HEADER,
+        ticket.parse().map_err(|_| TransportError::Other("call ticket: not a header value".into()))?,
+    );
+    let reply = match tokio::time::timeout(timeout, rpc(peer.client, request)).await {
         Err(_) => return Err(TransportError::Timeout),
         Ok(Err(status)) => return Err(TransportError::from_status(status)),
         Ok(Ok(r)) => r.into_inner(),
@@ -240,7 +246,7 @@ impl Network {
         Req: Serialize,
         Resp: DeserializeOwned,
         E: DeserializeOwned + std::error::Error,
-        F: FnOnce(InternalClient<Channel>, Frame) -> Fut,
+        F: FnOnce(InternalClient<Channel>, tonic::Request<Frame>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
     {
         let peer = self

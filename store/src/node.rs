@@ -350,9 +350,9 @@ impl Node {
         &self.opts
     }
 
-    /// The internal gRPC service, to be served on the node's gRPC port. With TLS, a call
-    /// without a member's node-key certificate is refused from its headers, before its body
-    /// (up to `MAX_MESSAGE_BYTES`) is read or decoded.
+    /// The internal gRPC service, to be served on the node's gRPC port. A call from a
+    /// non-member (no member's node-key certificate with TLS; no valid call ticket, always) is
+    /// refused from its headers, before its body (up to `MAX_MESSAGE_BYTES`) is read or decoded.
     pub fn internal_service(
         self: &Arc<Self>,
     ) -> tonic::service::interceptor::InterceptedService<InternalServer<InternalService>, MemberCallsOnly>
@@ -362,7 +362,7 @@ impl Node {
             .max_encoding_message_size(network::MAX_MESSAGE_BYTES);
         tonic::service::interceptor::InterceptedService::new(
             svc,
-            MemberCallsOnly { tls: self.opts.peer_tls.is_some() },
+            MemberCallsOnly { tls: self.opts.peer_tls.is_some(), node: self.clone() },
         )
     }
 
@@ -1438,7 +1438,7 @@ impl Node {
     where
         Req: Serialize,
         Resp: serde::de::DeserializeOwned,
-        F: Fn(network::InternalClient<tonic::transport::Channel>, Frame) -> Fut + Clone,
+        F: Fn(network::InternalClient<tonic::transport::Channel>, tonic::Request<Frame>) -> Fut + Clone,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
     {
         let mut last = Error::Unavailable(format!("no replica of shard {group} answered"));
@@ -1798,11 +1798,15 @@ pub struct InternalService {
 
 type RpcResult = std::result::Result<tonic::Response<Frame>, tonic::Status>;
 
-/// Refuses internal calls that did not come over TLS with a member's node-key certificate
-/// (the handshake already refused non-members' certificates; see `edgefabric_crypto::tls`).
+/// Refuses internal calls from non-members by their headers, before their bodies (up to
+/// `MAX_MESSAGE_BYTES`) are read or decoded: without TLS with a member's node-key certificate
+/// (the handshake already refused non-members' certificates; see `edgefabric_crypto::tls`),
+/// and in every case without a valid call ticket (`LinkAuth::ticket`), which is what bounds
+/// this work when TLS is off.
 #[derive(Clone)]
 pub struct MemberCallsOnly {
     tls: bool,
+    node: Arc<Node>,
 }
 
 impl tonic::service::Interceptor for MemberCallsOnly {
@@ -1811,6 +1815,17 @@ impl tonic::service::Interceptor for MemberCallsOnly {
             return Err(tonic::Status::unauthenticated(
                 "internal calls need TLS with a member's node-key client certificate",
             ));
+        }
+        let ticket = req.metadata().get(crate::link::TICKET_HEADER).and_then(|v| v.to_str().ok());
+        let Some(ticket) = ticket else {
+            return Err(tonic::Status::unauthenticated(format!(
+                "internal calls need a call ticket ({})",
+                crate::link::TICKET_HEADER
+            )));
+        };
+        if let Err(e) = self.node.channels.auth.check_ticket(ticket) {
+            tracing::warn!(error = %e, "refused an internal call by its ticket");
+            return Err(e.into());
         }
         Ok(req)
     }
