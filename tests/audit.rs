@@ -13,6 +13,10 @@ use reqwest::Method;
 
 const READY: Duration = Duration::from_secs(30);
 
+mod grpc {
+    tonic::include_proto!("edgefabric.v1");
+}
+
 async fn send(c: &Cluster, via: u64, token: Option<&str>, method: Method, path: &str, body: &str) -> u16 {
     let mut req = c.client.request(method, format!("{}{path}", c.http(via)));
     if let Some(t) = token {
@@ -449,12 +453,24 @@ async fn a_flood_of_denied_requests_is_recorded_in_aggregate() {
         assert!(Instant::now() < deadline, "{single} single + {aggregated} aggregated != {FLOOD}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let r = c.client.get(format!("{}/metrics", c.http(1))).send().await.unwrap().text().await.unwrap();
-    let n: f64 = r
-        .lines()
-        .find_map(|l| l.strip_prefix("edgefabric_http_denied_aggregated_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(n > 0.0, "{r}");
+    let aggregated = || async {
+        let r = c.client.get(format!("{}/metrics", c.http(1))).send().await.unwrap().text().await.unwrap();
+        r.lines()
+            .find_map(|l| l.strip_prefix("edgefabric_http_denied_aggregated_total "))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let before = aggregated().await;
+    assert!(before > 0.0);
+    // gRPC denials come out of the same budget: a flood of anonymous calls is answered call by
+    // call, and past the budget counted into aggregates, not recorded one by one.
+    let mut kv = grpc::kv_client::KvClient::new(c.grpc_channel(1).await);
+    for i in 0..100 {
+        let get = grpc::GetRequest { ns: "default".into(), key: format!("g{i}"), stale: false };
+        let e = kv.get(get).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    }
+    let counted = aggregated().await - before;
+    assert!(counted >= 50.0, "{counted} of 100 denied gRPC calls counted into aggregates");
 }

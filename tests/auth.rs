@@ -191,12 +191,19 @@ async fn internal_rpcs_need_a_members_node_key() {
     let node3_key = Arc::new(edgefabric_crypto::Identity::read(&c.cluster_dir().join("node3.key")).unwrap());
     let data = bincode::serde::encode_to_vec((), bincode::config::standard()).unwrap();
     let genuine = LinkAuth::new(2, node2_key.clone(), keys.clone());
+    // A frame as nodes send it: with the sender's call ticket for node 1 in its headers.
+    let ticketed = |auth: &LinkAuth, f: Frame| {
+        let mut r = tonic::Request::new(f);
+        let t = auth.ticket(1).unwrap();
+        r.metadata_mut().insert(edgefabric_store::link::TICKET_HEADER, t.parse().unwrap());
+        r
+    };
 
     // TLS without a client certificate (as apps connect): internal calls are refused from
     // their headers, whatever the frame.
     let anonymous = InternalClient::new(c.grpc_channel(1).await);
-    let e =
-        anonymous.clone().status(genuine.request("status", 1, 0, data.clone()).unwrap()).await.unwrap_err();
+    let frame = genuine.request("status", 1, 0, data.clone()).unwrap();
+    let e = anonymous.clone().status(ticketed(&genuine, frame)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("client certificate"), "{e:?}");
     // A node-key certificate of a key no member has: the handshake itself is refused.
@@ -204,8 +211,8 @@ async fn internal_rpcs_need_a_members_node_key() {
     match c.grpc_channel_as(1, Some(&outsider)).await {
         Err(_) => {}
         Ok(ch) => {
-            let r =
-                InternalClient::new(ch).status(genuine.request("status", 1, 0, data.clone()).unwrap()).await;
+            let frame = genuine.request("status", 1, 0, data.clone()).unwrap();
+            let r = InternalClient::new(ch).status(ticketed(&genuine, frame)).await;
             assert!(r.is_err(), "a non-member's certificate was let in");
         }
     }
@@ -213,8 +220,9 @@ async fn internal_rpcs_need_a_members_node_key() {
     // not relay or speak as another over its own connection).
     let as_node2 = InternalClient::new(c.grpc_channel_as(1, Some(&node2_key)).await.unwrap());
     let keys3: std::collections::HashMap<u64, String> = [(1, node1_pub.to_base64())].into();
-    let from3 = LinkAuth::new(3, node3_key.clone(), keys3).request("status", 1, 0, data.clone()).unwrap();
-    let e = as_node2.clone().status(from3.clone()).await.unwrap_err();
+    let node3 = LinkAuth::new(3, node3_key.clone(), keys3);
+    let from3 = node3.request("status", 1, 0, data.clone()).unwrap();
+    let e = as_node2.clone().status(ticketed(&node3, from3)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("not node 3's key"), "{e:?}");
 
@@ -222,34 +230,46 @@ async fn internal_rpcs_need_a_members_node_key() {
     let client = as_node2;
     // The metadata group's status, asked as node 2 (a harmless read: what matters is whether
     // the frame is let in).
-    let status = |f: Frame| {
+    let status = |r: tonic::Request<Frame>| {
         let mut client = client.clone();
-        async move { client.status(f).await }
+        async move { client.status(r).await }
     };
 
-    // No authentication at all.
+    // No authentication at all: no ticket, no MAC.
     let bare = Frame { group: 0, data: data.clone(), from: 2, to: 1, time_ms: 0, nonce: 1, mac: vec![] };
-    assert_eq!(status(bare).await.unwrap_err().code(), tonic::Code::Unauthenticated);
-    // Well formed, but made with a key that is not node 2's.
+    let e = status(tonic::Request::new(bare.clone())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("call ticket"), "{e:?}");
+    // A genuine ticket on an unauthenticated frame: the frame's own MAC still refuses it.
+    let e = status(ticketed(&genuine, bare)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("frame authentication failed"), "{e:?}");
+    // Well formed, but made with a key that is not node 2's: its ticket is refused.
     let impostor = LinkAuth::new(2, Arc::new(edgefabric_crypto::Identity::generate().unwrap()), keys.clone());
     let forged = impostor.request("status", 1, 0, data.clone()).unwrap();
-    let e = status(forged).await.unwrap_err();
+    let e = status(ticketed(&impostor, forged)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     // An id that is no member.
     let stranger = LinkAuth::new(9, Arc::new(edgefabric_crypto::Identity::generate().unwrap()), keys.clone());
-    let e = status(stranger.request("status", 1, 0, data.clone()).unwrap()).await.unwrap_err();
+    let e = status(ticketed(&stranger, stranger.request("status", 1, 0, data.clone()).unwrap()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     assert!(e.message().contains("not a member"), "{e:?}");
     // Vote requests from the impostor, for every group: refused, so it cannot disturb raft.
     let vote = impostor.request("vote", 1, 0, data.clone()).unwrap();
-    assert_eq!(client.clone().vote(vote).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        client.clone().vote(ticketed(&impostor, vote)).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
 
     // With node 2's real key the same request is answered, and the reply is authentic.
     let req = genuine.request("status", 1, 0, data.clone()).unwrap();
-    let reply = status(req.clone()).await.expect("a member's frame is let in").into_inner();
+    let reply =
+        status(ticketed(&genuine, req.clone())).await.expect("a member's frame is let in").into_inner();
     genuine.accept_reply("status", 1, req.nonce, &reply).expect("the reply is node 1's");
-    // The same frame again is a replay.
-    let e = status(req).await.unwrap_err();
+    // The same frame again (with a fresh ticket) is a replay.
+    let e = status(ticketed(&genuine, req)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     assert!(e.message().contains("replay"), "{e:?}");
     // The refusals are in node 1's log, and the cluster is unaffected.
@@ -572,6 +592,39 @@ async fn odd_percent_encodings_get_answers_not_dropped_connections() {
     assert_eq!(status, 404, "GET /v1/kv/default/%€ answers (no such key)");
     let status = raw(b"/v1/kv/default/%FF").await;
     assert_eq!(status, 400, "not UTF-8 once decoded");
+}
+
+/// Issue 18, defect d in general: authorization is declared with each route and reads the
+/// namespace the router decoded for the handler, never a second reading of the path. A
+/// percent-encoded namespace was authorized as written (`de%66ault`) and served as decoded
+/// (`default`): a `writer:default` token got 403 for its own namespace, and a role naming the
+/// encoded form would have been checked against a namespace it did not name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_authorized_as_the_handler_reads_it() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let writer = c.issue_token("app-1", "writer:default").await;
+    let other = c.issue_token("app-2", "writer:other").await;
+    assert_eq!(call(&c, &writer, Method::PUT, "/v1/kv/de%66ault/k", Some("v")).await, 200);
+    let r = c.client.get(format!("{}/v1/kv/default/k", c.http(1))).bearer_auth(&writer).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "v", "written where it was authorized");
+    assert_eq!(call(&c, &other, Method::PUT, "/v1/kv/de%66ault/k", Some("x")).await, 403);
+    assert_eq!(call(&c, &other, Method::GET, "/v1/kv/%64efault/k", None).await, 403);
+    // A batch is authorized by the operations the handler runs: every one of them. (One key, so
+    // that the batch stays in one shard.)
+    let ops = |ns2: &str| {
+        format!(
+            r#"{{"ops":[{{"op":"put","ns":"default","key":"b1","value_base64":"eA=="}},{{"op":"delete","ns":"{ns2}","key":"b1"}}]}}"#
+        )
+    };
+    assert_eq!(call(&c, &writer, Method::POST, "/v1/batch", Some(&ops("default"))).await, 200);
+    assert_eq!(call(&c, &writer, Method::POST, "/v1/batch", Some(&ops("other"))).await, 403);
+    // A field given twice is refused, never read one way by the check and another by the write.
+    let twice = r#"{"ops":[{"op":"put","ns":"other","ns":"default","key":"b3","value_base64":"eA=="}]}"#;
+    assert_eq!(call(&c, &writer, Method::POST, "/v1/batch", Some(twice)).await, 400);
+    assert_eq!(call(&c, &other, Method::POST, "/v1/batch", Some(twice)).await, 400);
 }
 
 /// Sends `GET path` with the admin token over TLS as raw bytes; the answer's status.

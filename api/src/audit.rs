@@ -233,7 +233,8 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<pb::AuditQueryResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = crate::grpc::Caller::new(meta, &ext);
         let targets = vec![Target::new("audit.query", "", None)];
         self.kv
             .audited(&meta, &[Permission::Audit], targets, false, |_| async move {

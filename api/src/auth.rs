@@ -242,32 +242,6 @@ pub fn signing_key(admin_token: &str) -> Identity {
     Identity::from_seed(&seed)
 }
 
-/// The permission a REST request needs, from its method and path (`None`: any valid token).
-/// `batch_namespaces` are the namespaces of a `/v1/batch` body's operations.
-pub fn permission_for(method: &str, path: &str, batch_namespaces: &[String]) -> Vec<Permission> {
-    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let write = matches!(method, "PUT" | "POST" | "DELETE");
-    match seg.as_slice() {
-        ["v1", "kv", ns, ..] => {
-            let ns = ns.to_string();
-            vec![if write { Permission::Write(ns) } else { Permission::Read(ns) }]
-        }
-        ["v1", "batch"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
-        // Time series: the namespace comes from the `ns` parameter (`batch_namespaces`).
-        ["v1", "ts", "write"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
-        ["api", "v1", "write"] => batch_namespaces.iter().map(|ns| Permission::Write(ns.clone())).collect(),
-        ["api", "v1", ..] => batch_namespaces.iter().map(|ns| Permission::Read(ns.clone())).collect(),
-        ["v1", "namespaces"] => vec![],
-        ["v1", "namespaces", ns] if !write => vec![Permission::Read(ns.to_string())],
-        ["v1", "namespaces", ns, ..] => vec![Permission::ManageNamespace(ns.to_string())],
-        ["v1", "images", ..] => vec![Permission::Publish],
-        ["v1", "audit"] => vec![Permission::Audit],
-        ["v1", "cluster", "status" | "route"] => vec![],
-        // Cluster membership, publishers, tokens, and anything not listed: the admin.
-        _ => vec![Permission::ClusterAdmin],
-    }
-}
-
 /// The status of the audit record a state-changing request gets once authorized and before it
 /// can take effect; its outcome follows in a second record with the final status.
 pub const RECEIVED: u16 = 0;
@@ -293,77 +267,12 @@ impl Target {
     }
 }
 
-/// The audit targets of a REST call: one per key a batch touches (`batch_ops`: (op, ns, key)),
-/// else one. Paths are matched as `permission_for` does; keys are percent-decoded, and a
-/// segment that does not decode is recorded as written (the request gets a 400).
-pub fn targets_for(method: &str, path: &str, batch_ops: &[(String, String, String)]) -> Vec<Target> {
-    let decoded = |s: &str| percent_decode(s).unwrap_or_else(|| s.to_string());
-    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let verb = match method {
-        "GET" | "HEAD" => "get",
-        "PUT" => "put",
-        "DELETE" => "delete",
-        _ => "post",
-    };
-    let one = |action: String, ns: &str, key: Option<String>| vec![Target { action, ns: ns.into(), key }];
-    match seg.as_slice() {
-        ["v1", "kv", ns] => one("kv.scan".into(), &decoded(ns), None),
-        ["v1", "kv", ns, key @ ..] => {
-            let key = decoded(&key.join("/"));
-            one(format!("kv.{verb}"), &decoded(ns), Some(key))
-        }
-        ["v1", "batch"] if !batch_ops.is_empty() => batch_ops
-            .iter()
-            .map(|(op, ns, key)| Target {
-                action: format!("kv.{op}"),
-                ns: ns.clone(),
-                key: Some(key.clone()),
-            })
-            .collect(),
-        ["v1", "batch"] => one("kv.batch".into(), "", None),
-        ["v1", "namespaces"] => one("ns.list".into(), "", None),
-        ["v1", "namespaces", ns] => one(format!("ns.{verb}"), &decoded(ns), None),
-        ["v1", "namespaces", ns, what, ..] => one(format!("ns.{what}"), &decoded(ns), None),
-        ["v1", "tokens"] => one("token.issue".into(), "", None),
-        ["v1", "tokens", "revoke"] => one("token.revoke".into(), "", None),
-        ["v1", "cluster", "nodes"] => one("cluster.add-node".into(), "", None),
-        ["v1", "cluster", "nodes", _] => one("cluster.remove-node".into(), "", None),
-        ["v1", "cluster", what] => one(format!("cluster.{what}"), "", None),
-        ["v1", "publishers"] => one("publisher.add".into(), "", None),
-        ["v1", "images"] => one("image.register".into(), "", None),
-        ["v1", "images", "batch"] => one("image.register-batch".into(), "", None),
-        ["v1", "images", _, "revoke"] => one("image.revoke".into(), "", None),
-        ["v1", "audit"] => one("audit.query".into(), "", None),
-        ["v1", area, ..] => one(format!("{area}.{verb}"), "", None),
-        _ => one(format!("http.{verb}"), "", None),
-    }
-}
-
-/// The audit target of a time-series route (`ts.write`, `ts.query`, `ts.query_range`,
-/// `ts.series`, `ts.labels`, `ts.label-values`) in namespace `ns`.
-pub fn ts_targets(path: &str, ns: &str) -> Vec<Target> {
-    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let action = match seg.as_slice() {
-        ["v1", "ts", "write"] => "ts.write".to_string(),
-        ["api", "v1", "write"] => "ts.remote-write".to_string(),
-        ["api", "v1", "label", _, "values"] => "ts.label-values".to_string(),
-        ["api", "v1", what, ..] => format!("ts.{what}"),
-        _ => "ts.other".to_string(),
-    };
-    vec![Target { action, ns: ns.into(), key: None }]
-}
-
 /// A path segment percent-decoded exactly as axum's `Path` extractor decodes it (the same
 /// crate, the same call), so that what is authorized and audited is what the handler serves:
 /// `%` followed by two hex digits is a byte, anything else is kept as written, and the result
 /// must be UTF-8. `None` when it is not (the request is refused with a 400 naming the path).
 pub fn percent_decode(s: &str) -> Option<String> {
     percent_encoding::percent_decode(s.as_bytes()).decode_utf8().ok().map(|c| c.into_owned())
-}
-
-/// The first path segment that does not decode, if any (`percent_decode`).
-pub fn undecodable_path(path: &str) -> Option<&str> {
-    path.split('/').find(|seg| percent_decode(seg).is_none())
 }
 
 /// The keyed hash that stands for a key in the audit records of namespaces whose key names must
@@ -412,22 +321,15 @@ mod tests {
     #[test]
     fn paths_decode_as_the_router_decodes_them_and_never_panic() {
         // Raw UTF-8 right after `%` (this panicked: a byte slice cut inside '€').
-        for m in ["GET", "PUT", "DELETE"] {
-            let t = targets_for(m, "/v1/kv/default/%€", &[]);
-            assert_eq!(t[0].key.as_deref(), Some("%€"));
-        }
         assert_eq!(percent_decode("%€"), Some("%€".into()));
         // `%+0` is not an escape (a sign is no hex digit): kept as written, as axum keeps it.
         assert_eq!(percent_decode("%+0"), Some("%+0".into()));
-        assert_eq!(targets_for("GET", "/v1/kv/default/%+0", &[])[0].key.as_deref(), Some("%+0"));
         assert_eq!(percent_decode("a%2Fb%20c"), Some("a/b c".into()));
         assert_eq!(percent_decode("%e2%82%ac"), Some("€".into()));
         assert_eq!(percent_decode("%zz%4"), Some("%zz%4".into()));
-        // Bytes that are no UTF-8: refused, and the segment is named.
+        // Bytes that are no UTF-8: refused.
         assert_eq!(percent_decode("%FF"), None);
-        assert_eq!(undecodable_path("/v1/kv/default/ok%FFx"), Some("ok%FFx"));
-        assert_eq!(undecodable_path("/v1/kv/default/%€"), None);
-        assert_eq!(targets_for("GET", "/v1/kv/default/%FF", &[])[0].key.as_deref(), Some("%FF"));
+        assert_eq!(percent_decode("ok%FFx"), None);
     }
 
     fn claims(roles: &[&str], exp: u64) -> Claims {

@@ -25,6 +25,24 @@ pub struct KvService {
     pub(crate) state: Arc<AppState>,
 }
 
+/// Who is calling: the call's metadata (its token) and the address it came from (for the
+/// budget of denials recorded one by one, `server::DeniedLimiter`, as REST has).
+pub(crate) struct Caller {
+    meta: MetadataMap,
+    source: Option<std::net::IpAddr>,
+}
+
+impl Caller {
+    pub(crate) fn new(meta: MetadataMap, ext: &tonic::Extensions) -> Caller {
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let addr = ext
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .or_else(|| ext.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.get_ref().remote_addr()));
+        Caller { meta, source: addr.map(|a| a.ip()) }
+    }
+}
+
 impl KvService {
     pub fn new(state: Arc<AppState>) -> KvService {
         KvService { state }
@@ -63,7 +81,7 @@ impl KvService {
     /// it runs, as REST does.
     pub(crate) async fn audited<T, F, Fut>(
         &self,
-        meta: &MetadataMap,
+        caller: &Caller,
         needs: &[Permission],
         targets: Vec<Target>,
         mutates: bool,
@@ -75,7 +93,7 @@ impl KvService {
     {
         let started = std::time::Instant::now();
         let action = targets.first().map_or_else(|| "unknown".to_string(), |t| t.action.clone());
-        let (actor, out, allowed) = match self.authorize(meta, needs) {
+        let (actor, out, allowed) = match self.authorize(&caller.meta, needs) {
             Ok(subject) => {
                 if mutates {
                     if let Err(e) =
@@ -89,7 +107,16 @@ impl KvService {
                 }
                 (subject.clone(), call(subject).await, true)
             }
-            Err((actor, refusal)) => (actor, Err(refusal), false),
+            Err((actor, refusal)) => {
+                // Past its source's and actor's budget, a denial is counted into an aggregate
+                // record instead of a record of its own (as REST: `DeniedLimiter`).
+                if let Some(ip) = caller.source {
+                    if !self.state.denied.record_one(ip, &actor) {
+                        return Err(refusal);
+                    }
+                }
+                (actor, Err(refusal), false)
+            }
         };
         let status = match &out {
             Ok(_) => 200,
@@ -159,7 +186,8 @@ fn consistency(stale: bool) -> Consistency {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("kv.put", &r.ns, Some(&r.key))];
         self.audited(&meta, &[Permission::Write(r.ns.clone())], targets, true, |_| async move {
             self.check_value(&r.value)?;
@@ -171,7 +199,8 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("kv.get", &r.ns, Some(&r.key))];
         self.audited(&meta, &[Permission::Read(r.ns.clone())], targets, false, |_| async move {
             let rec =
@@ -185,7 +214,8 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("kv.delete", &r.ns, Some(&r.key))];
         self.audited(&meta, &[Permission::Write(r.ns.clone())], targets, true, |_| async move {
             let (revision, existed) =
@@ -199,14 +229,16 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("kv.scan", &r.ns, None)];
         let needs = [Permission::Read(r.ns.clone())];
         self.audited(&meta, &needs, targets, false, |_| self.scan_inner(r)).await
     }
 
     async fn batch(&self, req: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let (mut needs, mut targets) = (vec![], vec![]);
         for o in &r.ops {
             let (verb, ns, key) = match &o.op {
@@ -274,13 +306,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let (meta, _, _) = req.into_parts();
+        let (meta, ext, _) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("cluster.status", "", None)];
         self.kv.audited(&meta, &[], targets, false, |_| self.status_inner()).await
     }
 
     async fn route(&self, req: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("cluster.route", "", None)];
         self.kv
             .audited(&meta, &[], targets, false, |_| async move {
@@ -294,7 +328,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("cluster.add-node", "", None)];
         self.kv
             .audited(&meta, &[Permission::ClusterAdmin], targets, true, |_| async move {
@@ -310,7 +345,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("cluster.remove-node", "", None)];
         self.kv
             .audited(&meta, &[Permission::ClusterAdmin], targets, true, |_| async move {
@@ -391,7 +427,8 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::AddPublisherRequest>,
     ) -> Result<Response<pb::AddPublisherResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("publisher.add", "", None)];
         self.kv
             .audited(&meta, &[Permission::ClusterAdmin], targets, true, |_| async move {
@@ -413,7 +450,8 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::RegisterImageRequest>,
     ) -> Result<Response<pb::RegisterImageResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("image.register", "", None)];
         self.kv
             .audited(&meta, &[Permission::Publish], targets, true, |_| async move {
@@ -434,7 +472,8 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::RevokeImageRequest>,
     ) -> Result<Response<pb::RevokeImageResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let meta = Caller::new(meta, &ext);
         let targets = vec![Target::new("image.revoke", "", None)];
         // Unsigned, the node signs it as the admin's revocation: that needs `admin`.
         let needs = if r.signature.is_empty() { Permission::ClusterAdmin } else { Permission::Publish };

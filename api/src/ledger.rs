@@ -299,7 +299,7 @@ pub(crate) async fn register_images(
     Ok(Json(json!({ "results": results })))
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     reason: String,
@@ -309,6 +309,13 @@ pub struct RevokeBody {
     publisher: Option<String>,
     #[serde(default)]
     signature: Option<String>,
+}
+
+impl RevokeBody {
+    /// Signed by the image's publisher (else it is the admin's revocation).
+    pub fn signed(&self) -> bool {
+        self.signature.is_some()
+    }
 }
 
 /// Revokes an image for good: by its publisher (with the publisher's signature over the
@@ -344,7 +351,7 @@ pub async fn revoke_core(
 pub(crate) async fn revoke_image(
     State(st): State<Arc<AppState>>,
     digest: Result<Path<String>, PathRejection>,
-    crate::http::JsonBody(b): crate::http::JsonBody<RevokeBody>,
+    crate::guard::Authorized(b): crate::guard::Authorized<RevokeBody>,
 ) -> ApiResult<Response> {
     let Path(digest) = digest.map_err(path_err)?;
     let by = match (&b.publisher, &b.signature) {

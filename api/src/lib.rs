@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod grpc;
+pub mod guard;
 pub mod http;
 pub mod ledger;
 pub mod ledger_cli;

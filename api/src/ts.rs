@@ -31,7 +31,7 @@ pub fn form_pairs(s: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(s.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
-/// The namespace the authorization layer checked the token against (`http::authorize` reads
+/// The namespace the authorization layer checked the token against (`guard::authorize` reads
 /// it once, from the query string and a form body, and hands it on in the request's
 /// extensions). Time-series handlers take their namespace from here and nowhere else, so what
 /// was authorized and audited is what is written or read.
