@@ -144,6 +144,12 @@ impl Browser {
 
     /// Sends a command and waits for its answer, handling events meanwhile.
     fn exchange(&mut self, method: &str, params: Value, session: Option<String>) -> Value {
+        self.try_exchange(method, params, session).unwrap_or_else(|err| panic!("{method}: {err}"))
+    }
+
+    /// As `exchange`, with the browser's refusal as `Err` (the page's context can go away
+    /// under a command while the page navigates).
+    fn try_exchange(&mut self, method: &str, params: Value, session: Option<String>) -> Result<Value, Value> {
         let id = self.send(method, params, session);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -154,9 +160,9 @@ impl Browser {
                 .unwrap_or_else(|e| panic!("{method}: no answer from the browser: {e}"));
             if msg["id"] == json!(id) {
                 if let Some(err) = msg.get("error") {
-                    panic!("{method}: {err}");
+                    return Err(err.clone());
                 }
-                return msg["result"].clone();
+                return Ok(msg["result"].clone());
             }
             if msg["method"] == "Fetch.requestPaused" {
                 self.on_paused(&msg);
@@ -223,7 +229,14 @@ impl Browser {
         let deadline = Instant::now() + within;
         // A page still loading may not have a body yet: that reads as "not yet".
         let check = format!("(() => {{ try {{ return !!({expr}); }} catch (e) {{ return false; }} }})()");
-        while self.eval(&check) != json!(true) {
+        // So may the browser refuse the evaluation outright, while a document is replaced.
+        let params = json!({"expression": check, "returnByValue": true});
+        loop {
+            let s = self.session.clone();
+            let r = self.try_exchange("Runtime.evaluate", params.clone(), Some(s));
+            if r.is_ok_and(|r| r["result"]["value"] == json!(true)) {
+                return;
+            }
             if Instant::now() > deadline {
                 panic!("never true: {expr}\npage:\n{}", self.text());
             }
