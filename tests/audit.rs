@@ -474,3 +474,62 @@ async fn a_flood_of_denied_requests_is_recorded_in_aggregate() {
     let counted = aggregated().await - before;
     assert!(counted >= 50.0, "{counted} of 100 denied gRPC calls counted into aggregates");
 }
+
+/// A batch past the operation limit is refused before the node makes one audit target per
+/// operation: a megabyte of tiny operations, allowed or denied, used to cost tens of
+/// thousands of audit records (found by a hostile review of issue 18). Now it costs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_batch_costs_one_audit_record() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    let auditor = c.issue_token("alice", "auditor").await;
+    let writer = c.issue_token("app-1", "writer:default").await;
+    let outsider = c.issue_token("app-2", "writer:other").await;
+    let ops: Vec<String> =
+        (0..5000).map(|i| format!(r#"{{"op":"delete","ns":"default","key":"k{i}"}}"#)).collect();
+    let body = format!(r#"{{"ops":[{}]}}"#, ops.join(","));
+    let r = c.client.post(format!("{}/v1/batch", c.http(1))).bearer_auth(&writer).body(body.clone());
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("ops") && text.contains("5000") && text.contains("1024"), "{text}");
+    assert_eq!(send(&c, 1, Some(&outsider), Method::POST, "/v1/batch", &body).await, 400);
+    // The same over gRPC.
+    let mut kv = grpc::kv_client::KvClient::new(c.grpc_channel(1).await);
+    let del = |i: usize| grpc::BatchOp {
+        op: Some(grpc::batch_op::Op::Delete(grpc::DeleteRequest {
+            ns: "default".into(),
+            key: format!("k{i}"),
+            cas: None,
+        })),
+    };
+    let mut req = tonic::Request::new(grpc::BatchRequest { ops: (0..5000).map(del).collect() });
+    req.metadata_mut().insert("authorization", format!("Bearer {outsider}").parse().unwrap());
+    let e = kv.batch(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("5000"), "{e:?}");
+    // Each refusal is one record, and stays one.
+    let one_each = |actor: &'static str, n: usize| {
+        let (c, auditor) = (&c, &auditor);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let recs = records(c, 1, auditor, actor).await.unwrap_or_default();
+                if recs.len() >= n {
+                    return recs;
+                }
+                assert!(Instant::now() < deadline, "{actor}: {} records", recs.len());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    one_each("app-1", 1).await;
+    one_each("app-2", 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer_recs = records(&c, 1, &auditor, "app-1").await.unwrap();
+    assert_eq!(writer_recs.len(), 1, "{writer_recs:?}");
+    assert_eq!(writer_recs[0]["status"], 400, "{writer_recs:?}");
+    let outsider_recs = records(&c, 1, &auditor, "app-2").await.unwrap();
+    assert_eq!(outsider_recs.len(), 2, "{outsider_recs:?}");
+}

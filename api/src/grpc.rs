@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use edgefabric_store::node::Consistency;
-use edgefabric_store::types::{Command, Op, Response as SmResponse};
+use edgefabric_store::types::{Command, Op, Response as SmResponse, MAX_BATCH_OPS};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -240,6 +240,15 @@ impl pb::kv_server::Kv for KvService {
         let (meta, ext, r) = req.into_parts();
         let meta = Caller::new(meta, &ext);
         let (mut needs, mut targets) = (vec![], vec![]);
+        // As on REST: past the limit the request is refused as one record, before one audit
+        // target per operation is made.
+        if r.ops.len() > MAX_BATCH_OPS {
+            let n = r.ops.len();
+            let refusal = move |_| async move {
+                Err(Status::invalid_argument(format!("ops: {n} operations, the limit is {MAX_BATCH_OPS}")))
+            };
+            return self.audited(&meta, &needs, vec![Target::new("kv.batch", "", None)], false, refusal).await;
+        }
         for o in &r.ops {
             let (verb, ns, key) = match &o.op {
                 Some(pb::batch_op::Op::Put(p)) => ("kv.put", &p.ns, &p.key),

@@ -23,6 +23,7 @@ use axum::routing::{MethodFilter, MethodRouter};
 use crate::auth::{Permission, Target};
 use crate::error::ApiError;
 use crate::server::{AppState, ANONYMOUS};
+use edgefabric_store::types::MAX_BATCH_OPS;
 
 /// What a route's handler needs, and the action its accesses are recorded under.
 #[derive(Clone, Copy, Debug)]
@@ -294,7 +295,9 @@ async fn authorize(st: &AppState, rule: Rule, req: Request, method: &str) -> Ver
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-            let req = if method == "POST" && form {
+            // Only the Prometheus read routes take form bodies; a write's body is its data
+            // (line protocol, remote-write), never parameters.
+            let req = if method == "POST" && form && rule.need == Need::TsRead {
                 match read_body(req).await {
                     Ok((req, bytes)) => {
                         pairs.extend(crate::ts::form_pairs(&String::from_utf8_lossy(&bytes)));
@@ -325,6 +328,15 @@ async fn authorize(st: &AppState, rule: Rule, req: Request, method: &str) -> Ver
                 Ok(b) => b,
                 Err(e) => return whole(req, &who.subject, ApiError::bad_request(format!("body: {e}")), base),
             };
+            // Checked before one audit target is made per operation: a megabyte of tiny ops
+            // would otherwise cost tens of thousands of audit records, allowed or denied.
+            if body.ops.len() > MAX_BATCH_OPS {
+                let refusal = ApiError::bad_request(format!(
+                    "ops: {} operations, the limit is {MAX_BATCH_OPS}",
+                    body.ops.len()
+                ));
+                return whole(req, &who.subject, refusal, base);
+            }
             let targets: Vec<Target> = body
                 .ops
                 .iter()

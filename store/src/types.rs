@@ -298,14 +298,21 @@ pub fn validate_value(value: &[u8], max: usize) -> Result<()> {
 /// sample, so millions of samples). Ingest splits bigger requests.
 pub const MAX_TS_BATCH_BYTES: usize = 8 << 20;
 
+/// The most operations one atomic batch may carry. The API edge checks it before it builds
+/// one audit target per operation, so a request's audit cost is bounded too.
+pub const MAX_BATCH_OPS: usize = 1024;
+
 pub fn validate_command(cmd: &Command, max_value: usize) -> Result<()> {
     match cmd {
         Command::Batch(ops) => {
             if ops.is_empty() {
                 return Err(Error::invalid("ops", "a batch needs at least one operation"));
             }
-            if ops.len() > 1024 {
-                return Err(Error::invalid("ops", format!("{} operations, the limit is 1024", ops.len())));
+            if ops.len() > MAX_BATCH_OPS {
+                return Err(Error::invalid(
+                    "ops",
+                    format!("{} operations, the limit is {MAX_BATCH_OPS}", ops.len()),
+                ));
             }
             for op in ops {
                 validate_namespace(op.ns())?;
