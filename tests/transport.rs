@@ -333,3 +333,47 @@ async fn plaintext_needs_an_explicit_switch_and_shows() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--http 0.0.0.0:0") && err.contains("loopback"), "{err}");
 }
+
+/// Connections that never start their TLS handshake must not make a listener deaf (found by a
+/// hostile review of issue 18: 256 idle connections stopped the accept loop, for REST, client
+/// gRPC and reconnecting peers alike). One source gets a few handshake slots; everyone else
+/// is still served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_host_do_not_shut_others_out() {
+    let mut c = Cluster::init(1, "a", |t| t);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    // Opened all at once, as an attacker would (one by one, the kernel's accept queue makes
+    // the later ones wait for SYN retransmits, and the first ones time out meanwhile).
+    let mut opening = vec![];
+    for url in [c.http(1).to_string(), c.grpc(1).to_string()] {
+        let port = port_of(&url);
+        for _ in 0..300 {
+            opening.push(tokio::spawn(async move {
+                // From another loopback address, so that the test's own client is another source.
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                tokio::time::timeout(Duration::from_millis(500), s.connect(to))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+            }));
+        }
+    }
+    let mut idle = vec![];
+    for o in opening {
+        idle.extend(o.await.unwrap());
+    }
+    assert!(idle.len() >= 400, "only {} idle connections opened", idle.len());
+    let client = c.http_client(Duration::from_secs(3));
+    let r = client.get(format!("{}/v1/cluster/status", c.http(1))).bearer_auth(&c.token).send().await;
+    eprintln!("DEBUG rest at {:?}", std::time::SystemTime::now());
+    assert_eq!(r.expect("REST answers beside 300 idle connections").status().as_u16(), 200);
+    let ch = tokio::time::timeout(Duration::from_secs(3), c.grpc_channel(1)).await;
+    let mut kv = grpc::kv_client::KvClient::new(ch.expect("gRPC connects beside 300 idle connections"));
+    let get = grpc::GetRequest { ns: "default".into(), key: "absent".into(), stale: false };
+    let r = tokio::time::timeout(Duration::from_secs(3), kv.get(with_token(&c.token, get))).await;
+    assert!(!r.expect("gRPC answers in time").unwrap().into_inner().found);
+    drop(idle);
+}

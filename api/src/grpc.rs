@@ -247,7 +247,9 @@ impl pb::kv_server::Kv for KvService {
             let refusal = move |_| async move {
                 Err(Status::invalid_argument(format!("ops: {n} operations, the limit is {MAX_BATCH_OPS}")))
             };
-            return self.audited(&meta, &needs, vec![Target::new("kv.batch", "", None)], false, refusal).await;
+            return self
+                .audited(&meta, &needs, vec![Target::new("kv.batch", "", None)], false, refusal)
+                .await;
         }
         for o in &r.ops {
             let (verb, ns, key) = match &o.op {

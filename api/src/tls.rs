@@ -2,20 +2,83 @@
 //! time, and in number), and finished TLS streams handed to axum (REST) or tonic (gRPC). The
 //! certificates and the client-certificate policy come from `edgefabric_crypto::tls`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// The longest a client may take to finish its handshake; a slow one must not hold a slot.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS 1.3 handshake is one round trip plus the certificates, so even a slow uplink takes
+/// well under a second.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once per listener: the work a node does for connections that
-/// have not yet proven anything is bounded.
-const MAX_HANDSHAKES: usize = 256;
+/// have not yet proven anything is bounded. Past it, new connections are closed at once
+/// (the client retries) — the accept loop itself never stops, so one source holding slots
+/// cannot make the listener deaf.
+const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes in progress at once from one source (an IPv4 address, an IPv6 /64): one host
+/// opening idle connections gets this many slots, not all of them.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 8;
+
+/// The source a connection is counted under: IPv4 address, or the /64 an IPv6 host can pick
+/// its addresses from.
+fn source_of(addr: &SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Handshakes in progress, in all and per source.
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// One handshake's slot; given back when dropped.
+struct Slot {
+    pending: Arc<Mutex<Pending>>,
+    source: IpAddr,
+}
+
+impl Slot {
+    fn take(pending: &Arc<Mutex<Pending>>, addr: &SocketAddr) -> Option<Slot> {
+        let source = source_of(addr);
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = p.by_source.get(&source).copied().unwrap_or(0);
+        if p.total >= MAX_HANDSHAKES || mine >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        p.total += 1;
+        p.by_source.insert(source, mine + 1);
+        Some(Slot { pending: pending.clone(), source })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.total = p.total.saturating_sub(1);
+        if let Some(n) = p.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                p.by_source.remove(&self.source);
+            }
+        }
+    }
+}
 
 /// Accepts on `listener`, runs the TLS handshakes, and yields the finished connections. The
 /// accept task ends when the receiver is dropped.
@@ -25,13 +88,9 @@ pub fn accept(
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                _ = tx.closed() => return,
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
             let (tcp, addr) = tokio::select! {
                 _ = tx.closed() => return,
                 r = listener.accept() => match r {
@@ -44,12 +103,17 @@ pub fn accept(
                     }
                 },
             };
+            let Some(slot) = Slot::take(&pending, &addr) else {
+                tracing::debug!(peer = %addr, "too many TLS handshakes in progress; connection closed");
+                drop(tcp);
+                continue;
+            };
             // No Nagle: raft and client replies are small, and Nagle with delayed ACKs adds ~40 ms.
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(permit);
+                drop(slot);
                 match done {
                     Ok(Ok(tls)) => {
                         let _ = tx.send((tls, addr)).await;
@@ -137,5 +201,36 @@ impl axum::serve::Listener for PlainListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.0.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_hosts_and_ipv6_prefixes() {
+        let at = |s: &str| source_of(&s.parse::<SocketAddr>().unwrap());
+        assert_eq!(at("10.0.0.7:1"), at("10.0.0.7:2"));
+        assert_ne!(at("10.0.0.7:1"), at("10.0.0.8:1"));
+        // One /64 is one source: a host picks addresses from it freely.
+        assert_eq!(at("[2001:db8:1:2:aaaa::1]:1"), at("[2001:db8:1:2:bbbb::9]:1"));
+        assert_ne!(at("[2001:db8:1:2::1]:1"), at("[2001:db8:1:3::1]:1"));
+        assert_eq!(at("[::ffff:10.0.0.7]:1"), at("10.0.0.7:5"));
+    }
+
+    #[test]
+    fn a_source_gets_its_share_of_slots_and_gives_them_back() {
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let mine: Vec<Slot> =
+            (0..MAX_HANDSHAKES_PER_SOURCE).map(|_| Slot::take(&pending, &a).unwrap()).collect();
+        assert!(Slot::take(&pending, &a).is_none(), "a source past its share is refused");
+        let other = Slot::take(&pending, &b).expect("another source still gets a slot");
+        drop(mine);
+        drop(other);
+        let p = pending.lock().unwrap();
+        assert_eq!((p.total, p.by_source.len()), (0, 0));
     }
 }
