@@ -33,8 +33,10 @@ use crate::raft_store::NodeId;
 /// How far a frame's time may be from the receiver's clock.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
-/// Looks a node's ed25519 key (base64, as the cluster map holds it) up by id.
-pub type Directory = Box<dyn Fn(NodeId) -> Option<String> + Send + Sync>;
+/// Looks a node's ed25519 key (base64, as the cluster map holds it) up by id: `None` while
+/// there is no cluster map yet, `Some(None)` for a node the map does not list,
+/// `Some(Some(key))` for a member (the key may be empty in maps written before keys were kept).
+pub type Directory = Box<dyn Fn(NodeId) -> Option<Option<String>> + Send + Sync>;
 
 pub struct LinkAuth {
     id: NodeId,
@@ -118,12 +120,16 @@ impl LinkAuth {
     }
 
     fn peer_key(&self, peer: NodeId) -> Option<String> {
-        // The map is the authority once it lists the node (a founder's key is in both).
-        self.directory
-            .get()
-            .and_then(|d| d(peer))
-            .filter(|k| !k.is_empty())
-            .or_else(|| self.configured.get(&peer).cloned())
+        // Once there is a cluster map it is the one source of who is a member: a founder the
+        // map no longer lists (removed) is refused even though its key is in the configuration.
+        // Before the first map, the configuration's founders are the members.
+        match self.directory.get().and_then(|d| d(peer)) {
+            Some(Some(k)) if !k.is_empty() => Some(k),
+            // Listed, by a map that kept no key for it: the configuration's key, if any.
+            Some(Some(_)) => self.configured.get(&peer).cloned(),
+            Some(None) => None,
+            None => self.configured.get(&peer).cloned(),
+        }
     }
 
     /// A peer's node key, as bytes (`None`: unknown, or not a key).
@@ -286,6 +292,7 @@ fn ticket_input(from: NodeId, to: NodeId, time_ms: u64, nonce: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn pair() -> (LinkAuth, LinkAuth) {
         let a = Arc::new(Identity::from_seed(&[1; 32]));
@@ -367,8 +374,37 @@ mod tests {
         // Keys from the directory (the cluster map) count too.
         let c_id = Arc::new(Identity::from_seed(&[3; 32]));
         let c_key = c_id.public_key().to_base64();
-        b.set_directory(Box::new(move |id| (id == 3).then(|| c_key.clone())));
+        b.set_directory(Box::new(move |id| Some((id == 3).then(|| c_key.clone()))));
         let c = LinkAuth::new(3, c_id, [(2, Identity::from_seed(&[2; 32]).public_key().to_base64())].into());
         b.accept("vote", &c.request("vote", 2, 1, vec![]).unwrap()).unwrap();
+    }
+
+    /// Once a cluster map exists, a founder it no longer lists is no member, although its key
+    /// is still in every founder's configuration (found by a hostile review of issue 18).
+    #[test]
+    fn a_founder_removed_from_the_map_is_refused() {
+        let (a, b) = pair();
+        // No map yet: the configuration's founders.
+        let no_map = Arc::new(AtomicBool::new(true));
+        let flag = no_map.clone();
+        let b_key = Identity::from_seed(&[2; 32]).public_key().to_base64();
+        b.set_directory(Box::new(move |id| {
+            if flag.load(Ordering::SeqCst) {
+                None
+            } else {
+                // The map lists node 2 only: node 1 was removed.
+                Some((id == 2).then(|| b_key.clone()))
+            }
+        }));
+        b.accept("vote", &a.request("vote", 2, 1, vec![]).unwrap()).unwrap();
+        let ticket = a.ticket(2).unwrap();
+        b.check_ticket(&ticket).unwrap();
+        no_map.store(false, Ordering::SeqCst);
+        assert_eq!(
+            b.accept("vote", &a.request("vote", 2, 1, vec![]).unwrap()),
+            Err(LinkError::UnknownPeer(1))
+        );
+        assert!(b.check_ticket(&a.ticket(2).unwrap()).is_err(), "its call tickets are refused too");
+        assert_eq!(b.peer_key_bytes(1), None, "and its TLS certificate matches no member");
     }
 }

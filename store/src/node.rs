@@ -321,7 +321,7 @@ impl Node {
         let weak = Arc::downgrade(&node);
         node.channels.auth.set_directory(Box::new(move |id| {
             let map = weak.upgrade()?.map()?;
-            Some(map.nodes.get(&id)?.public_key.clone())
+            Some(map.nodes.get(&id).map(|n| n.public_key.clone()))
         }));
         let meta_members = node.meta_voters();
         node.start_group(META_GROUP, meta_members.clone(), true).await?;
