@@ -35,17 +35,29 @@ pub struct AppState {
 
 /// Bounds what denied requests cost. Each denied request is recorded durably and then enters
 /// the ledger on every node, so a flood of them would be amplified many times over. Denials are
-/// budgeted per source address and actor: one with no valid credential (`anonymous`, free for
-/// anyone to send) gets `DENIED_RATE` a second in bursts of `DENIED_BURST`; a verified
-/// principal, whose every denial is the signal an auditor looks for and whose token the admin
-/// can revoke, gets ten times that. Within the budget each denial is recorded on its own; past
-/// it, each is counted, and the counts are recorded as one aggregate record per (source, actor)
-/// every `DENIED_FLUSH` (`flush_denied`): nothing goes unrecorded, the cost is bounded.
+/// budgeted per source and actor: one with no valid credential (`anonymous`, free for anyone to
+/// send) gets `DENIED_RATE` a second in bursts of `DENIED_BURST`; a verified principal, whose
+/// every denial is the signal an auditor looks for and whose token the admin can revoke, gets
+/// ten times that. A source is an IPv4 address or an IPv6 /64 (one host can pick addresses
+/// from its /64 freely), and all anonymous sources together share `DENIED_ANON_RATE`, so
+/// many addresses buy no more than one node-wide budget. Within the budget each denial is
+/// recorded on its own; past it, each is counted, and the counts are recorded as one aggregate
+/// record per (source, actor) every `DENIED_FLUSH` (`flush_denied`): nothing goes unrecorded,
+/// the cost is bounded.
 #[derive(Default)]
 pub struct DeniedLimiter {
-    state: std::sync::Mutex<std::collections::HashMap<(std::net::IpAddr, String), Bucket>>,
+    state: std::sync::Mutex<Denials>,
     /// Requests counted into aggregates since start (`/metrics`).
     pub aggregated: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Denials {
+    buckets: std::collections::HashMap<(std::net::IpAddr, String), Bucket>,
+    /// The budget all anonymous sources share (`None` until the first anonymous denial).
+    anonymous: Option<(f64, std::time::Instant)>,
+    /// When the table was last swept for sources with nothing to report.
+    swept: Option<std::time::Instant>,
 }
 
 struct Bucket {
@@ -58,30 +70,61 @@ struct Bucket {
 /// Denials without a valid credential recorded one by one, per second and source.
 pub const DENIED_RATE: f64 = 5.0;
 pub const DENIED_BURST: f64 = 20.0;
+/// Denials without a valid credential recorded one by one, per second, from all sources.
+pub const DENIED_ANON_RATE: f64 = 50.0;
+pub const DENIED_ANON_BURST: f64 = 200.0;
 /// How many times the anonymous budget a verified principal gets.
 const PRINCIPAL_FACTOR: f64 = 10.0;
 pub const DENIED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
-/// Sources tracked at once; past it, sources with nothing to report are forgotten.
+/// Sources tracked at once; past it, sources with nothing to report are forgotten (at most once
+/// a second, so a full table costs no scan per request), and while it stays full, denials from
+/// new sources are counted under one overflow source (the unspecified address).
 const DENIED_SOURCES: usize = 10_000;
+
+/// The source a denial is counted under (see `DeniedLimiter`).
+pub fn denial_source(ip: std::net::IpAddr) -> std::net::IpAddr {
+    crate::tls::source_of(&std::net::SocketAddr::new(ip, 0))
+}
+
+fn refill(tokens: &mut f64, last: &mut std::time::Instant, now: std::time::Instant, rate: f64, burst: f64) {
+    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+    *last = now;
+}
 
 impl DeniedLimiter {
     /// Whether a denial of `actor` from `ip` is recorded on its own; if not, it is counted.
     pub fn record_one(&self, ip: std::net::IpAddr, actor: &str) -> bool {
-        let (rate, burst) = if actor == ANONYMOUS {
+        let anonymous = actor == ANONYMOUS;
+        let (rate, burst) = if anonymous {
             (DENIED_RATE, DENIED_BURST)
         } else {
             (DENIED_RATE * PRINCIPAL_FACTOR, DENIED_BURST * PRINCIPAL_FACTOR)
         };
         let now = std::time::Instant::now();
-        let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (ip, actor.to_string());
-        if m.len() >= DENIED_SOURCES && !m.contains_key(&key) {
-            m.retain(|_, b| b.counted > 0);
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let d = &mut *guard;
+        let mut key = (denial_source(ip), actor.to_string());
+        if d.buckets.len() >= DENIED_SOURCES && !d.buckets.contains_key(&key) {
+            if d.swept.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1)) {
+                d.buckets.retain(|_, b| b.counted > 0);
+                d.swept = Some(now);
+            }
+            if d.buckets.len() >= DENIED_SOURCES {
+                key.0 = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+            }
         }
-        let b = m.entry(key).or_insert(Bucket { tokens: burst, last: now, counted: 0 });
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
+        let b = d.buckets.entry(key).or_insert(Bucket { tokens: burst, last: now, counted: 0 });
+        refill(&mut b.tokens, &mut b.last, now, rate, burst);
+        let mut one = b.tokens >= 1.0;
+        if one && anonymous {
+            let (tokens, last) = d.anonymous.get_or_insert((DENIED_ANON_BURST, now));
+            refill(tokens, last, now, DENIED_ANON_RATE, DENIED_ANON_BURST);
+            one = *tokens >= 1.0;
+            if one {
+                *tokens -= 1.0;
+            }
+        }
+        if one {
             b.tokens -= 1.0;
             true
         } else {
@@ -95,11 +138,12 @@ impl DeniedLimiter {
     fn take(&self) -> Vec<(std::net::IpAddr, String, u64)> {
         let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let out = m
+            .buckets
             .iter()
             .filter(|(_, b)| b.counted > 0)
             .map(|((ip, actor), b)| (*ip, actor.clone(), b.counted))
             .collect();
-        for b in m.values_mut() {
+        for b in m.buckets.values_mut() {
             b.counted = 0;
         }
         out
@@ -110,8 +154,10 @@ impl DeniedLimiter {
         let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (ip, actor, n) in counts {
             let now = std::time::Instant::now();
-            m.entry((*ip, actor.clone())).or_insert(Bucket { tokens: 0.0, last: now, counted: 0 }).counted +=
-                n;
+            m.buckets
+                .entry((*ip, actor.clone()))
+                .or_insert(Bucket { tokens: 0.0, last: now, counted: 0 })
+                .counted += n;
         }
     }
 }
@@ -124,7 +170,12 @@ pub async fn flush_denied(st: &AppState) {
         return;
     }
     for (i, (ip, actor, n)) in counts.iter().enumerate() {
-        let what = format!("{n} denied requests from {ip}, over the rate of denials recorded one by one");
+        let from = match ip {
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => "sources past the tracking limit".to_string(),
+            std::net::IpAddr::V6(v6) => format!("{v6}/64"),
+            v4 => v4.to_string(),
+        };
+        let what = format!("{n} denied requests from {from}, over the rate of denials recorded one by one");
         let target = crate::auth::Target {
             action: "http.denied-aggregate".into(),
             ns: String::new(),
@@ -573,5 +624,46 @@ mod tests {
         assert!(l.take().is_empty());
         l.restore(&counts);
         assert_eq!(l.take().len(), 2);
+    }
+
+    /// Found by a hostile review of issue 18: every new address got a burst of its own, and an
+    /// IPv6 host has a /64 of them.
+    #[test]
+    fn many_addresses_buy_no_more_than_one_budget() {
+        let l = DeniedLimiter::default();
+        // One /64: one source.
+        let in_64 = |i: u16| std::net::IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, i, 0, 0, 1));
+        let one_by_one = (0..200).filter(|&i| l.record_one(in_64(i), ANONYMOUS)).count();
+        assert!((20..22).contains(&one_by_one), "{one_by_one}");
+        // Many /64s (and IPv4 hosts): together no more than the node-wide anonymous budget.
+        let l = DeniedLimiter::default();
+        let spread = |i: u16| std::net::IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 1));
+        let one_by_one = (0..2000).filter(|&i| l.record_one(spread(i), ANONYMOUS)).count();
+        assert!((200..205).contains(&one_by_one), "{one_by_one}");
+        // A verified principal's denials are not held to the anonymous budget.
+        assert!(l.record_one(spread(1), "app-9"));
+        let counted: u64 = l.take().iter().map(|c| c.2).sum();
+        assert_eq!(counted, 2000 - one_by_one as u64);
+    }
+
+    #[test]
+    fn a_full_table_counts_new_sources_under_one_overflow_source() {
+        let l = DeniedLimiter::default();
+        let v4 = |i: u32| std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        // Every source with something to report, so nothing can be forgotten.
+        for i in 0..DENIED_SOURCES as u32 {
+            for _ in 0..25 {
+                l.record_one(v4(i), ANONYMOUS);
+            }
+        }
+        let new_counted =
+            (0..100).filter(|i| !l.record_one(v4(DENIED_SOURCES as u32 + i), ANONYMOUS)).count();
+        let counts = l.take();
+        assert!(counts.len() <= DENIED_SOURCES + 1, "{}", counts.len());
+        let overflow = counts.iter().find(|c| c.0.is_unspecified()).expect("an overflow source");
+        assert_eq!(overflow.2, new_counted as u64);
+        assert!(counts.iter().all(|c| c.0 < v4(DENIED_SOURCES as u32) || c.0.is_unspecified()));
+        let total: u64 = counts.iter().map(|c| c.2).sum();
+        assert_eq!(total, l.aggregated.load(std::sync::atomic::Ordering::Relaxed));
     }
 }

@@ -27,7 +27,7 @@ const MAX_HANDSHAKES_PER_SOURCE: usize = 8;
 
 /// The source a connection is counted under: IPv4 address, or the /64 an IPv6 host can pick
 /// its addresses from.
-fn source_of(addr: &SocketAddr) -> IpAddr {
+pub fn source_of(addr: &SocketAddr) -> IpAddr {
     match addr.ip() {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
