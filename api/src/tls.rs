@@ -8,22 +8,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// The longest a client may take to finish its handshake; a slow one must not hold a slot.
-/// A TLS 1.3 handshake is one round trip plus the certificates, so even a slow uplink takes
-/// well under a second.
+/// The longest a client may take to finish its handshake, counted from its accept (waiting for
+/// its source's turn included); a slow one must not hold a slot. A TLS 1.3 handshake is one
+/// round trip plus the certificates, so even a slow uplink takes well under a second.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes in progress at once per listener: the work a node does for connections that
-/// have not yet proven anything is bounded. Past it, new connections are closed at once
-/// (the client retries) — the accept loop itself never stops, so one source holding slots
-/// cannot make the listener deaf.
-const MAX_HANDSHAKES: usize = 1024;
-/// Handshakes in progress at once from one source (an IPv4 address, an IPv6 /64): one host
-/// opening idle connections gets this many slots, not all of them.
-const MAX_HANDSHAKES_PER_SOURCE: usize = 8;
+/// Handshakes run at once for one source (an IPv4 address, an IPv6 /64); the source's other
+/// new connections wait their turn. So one host opening idle connections only delays its own
+/// handshakes, and a client host opening hundreds at once (a load generator, a NAT) is served
+/// a few at a time, milliseconds each.
+const HANDSHAKES_PER_SOURCE: usize = 8;
+/// New connections one source may have waiting or in handshake; past it, its connections are
+/// closed at once (the client retries).
+const PENDING_PER_SOURCE: usize = 512;
+/// New connections waiting or in handshake at once per listener, from all sources: the work a
+/// node does for connections that have not yet proven anything is bounded. The accept loop
+/// itself never stops, so nobody can make the listener deaf by holding connections open.
+const PENDING_TOTAL: usize = 4096;
 
 /// The source a connection is counted under: IPv4 address, or the /64 an IPv6 host can pick
 /// its addresses from.
@@ -40,30 +44,37 @@ pub fn source_of(addr: &SocketAddr) -> IpAddr {
     }
 }
 
-/// Handshakes in progress, in all and per source.
+/// New connections not yet through their handshake, in all and per source (with the source's
+/// handshake turns).
 #[derive(Default)]
 struct Pending {
     total: usize,
-    by_source: HashMap<IpAddr, usize>,
+    by_source: HashMap<IpAddr, (usize, Arc<Semaphore>)>,
 }
 
-/// One handshake's slot; given back when dropped.
+/// One new connection's place; given back when dropped.
 struct Slot {
     pending: Arc<Mutex<Pending>>,
     source: IpAddr,
+    turns: Arc<Semaphore>,
 }
 
 impl Slot {
     fn take(pending: &Arc<Mutex<Pending>>, addr: &SocketAddr) -> Option<Slot> {
         let source = source_of(addr);
         let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = p.by_source.get(&source).copied().unwrap_or(0);
-        if p.total >= MAX_HANDSHAKES || mine >= MAX_HANDSHAKES_PER_SOURCE {
+        if p.total >= PENDING_TOTAL {
             return None;
         }
+        let (n, turns) =
+            p.by_source.entry(source).or_insert_with(|| (0, Arc::new(Semaphore::new(HANDSHAKES_PER_SOURCE))));
+        if *n >= PENDING_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        let turns = turns.clone();
         p.total += 1;
-        p.by_source.insert(source, mine + 1);
-        Some(Slot { pending: pending.clone(), source })
+        Some(Slot { pending: pending.clone(), source, turns })
     }
 }
 
@@ -71,7 +82,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.total = p.total.saturating_sub(1);
-        if let Some(n) = p.by_source.get_mut(&self.source) {
+        if let Some((n, _)) = p.by_source.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
                 p.by_source.remove(&self.source);
@@ -104,7 +115,7 @@ pub fn accept(
                 },
             };
             let Some(slot) = Slot::take(&pending, &addr) else {
-                tracing::debug!(peer = %addr, "too many TLS handshakes in progress; connection closed");
+                tracing::debug!(peer = %addr, "too many new connections waiting for a handshake; closed");
                 drop(tcp);
                 continue;
             };
@@ -112,7 +123,11 @@ pub fn accept(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                let handshake = async {
+                    let _turn = slot.turns.acquire().await;
+                    acceptor.accept(tcp).await
+                };
+                let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
                 drop(slot);
                 match done {
                     Ok(Ok(tls)) => {
@@ -220,14 +235,17 @@ mod tests {
     }
 
     #[test]
-    fn a_source_gets_its_share_of_slots_and_gives_them_back() {
+    fn a_source_gets_its_share_of_places_and_gives_them_back() {
         let pending = Arc::new(Mutex::new(Pending::default()));
         let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:1".parse().unwrap();
-        let mine: Vec<Slot> =
-            (0..MAX_HANDSHAKES_PER_SOURCE).map(|_| Slot::take(&pending, &a).unwrap()).collect();
+        let mine: Vec<Slot> = (0..PENDING_PER_SOURCE).map(|_| Slot::take(&pending, &a).unwrap()).collect();
         assert!(Slot::take(&pending, &a).is_none(), "a source past its share is refused");
-        let other = Slot::take(&pending, &b).expect("another source still gets a slot");
+        let other = Slot::take(&pending, &b).expect("another source still gets a place");
+        // One source's connections share its handshake turns; another's has turns of its own.
+        assert!(Arc::ptr_eq(&mine[0].turns, &mine[1].turns));
+        assert!(!Arc::ptr_eq(&mine[0].turns, &other.turns));
+        assert_eq!(mine[0].turns.available_permits(), HANDSHAKES_PER_SOURCE);
         drop(mine);
         drop(other);
         let p = pending.lock().unwrap();
