@@ -20,6 +20,37 @@ pub struct ClientOpts {
     /// Default: `ca.pem` beside the token file, when there is one (`cluster init` writes both).
     #[arg(long, env = "EDGEFABRIC_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Allow an http:// endpoint on another host (a cluster run with `[tls] enabled = false`):
+    /// the token then crosses the network readable by anyone on the path.
+    #[arg(long)]
+    pub plaintext: bool,
+}
+
+/// Refuses to send a bearer token in clear to another host unless told to: a mistyped
+/// `http://` would otherwise hand the token to everyone on the path before the node's TLS
+/// listener refused the request.
+pub fn check_endpoint(endpoint: &str, plaintext: bool) -> Result<()> {
+    if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+        bail!("--endpoint: {endpoint:?} must start with http:// or https://");
+    }
+    let url =
+        reqwest::Url::parse(endpoint).with_context(|| format!("--endpoint: {endpoint:?} is not a URL"))?;
+    if url.scheme() == "http" && !plaintext {
+        let host = url.host_str().unwrap_or("");
+        let local = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !local {
+            bail!(
+                "--endpoint: {endpoint} is plain http to another host, so the token would cross the network in clear; \
+                 use https:// (nodes serve TLS by default), or pass --plaintext for a cluster run with [tls] enabled = false"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The CA file to use: the one given, else `ca.pem` in `near`'s directory when it exists.
@@ -77,9 +108,7 @@ impl Client {
     pub fn new(opts: &ClientOpts) -> Result<Self> {
         let token = read_token(&opts.token_file)?;
         let base = opts.endpoint.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            bail!("--endpoint: {base:?} must start with http:// or https://");
-        }
+        check_endpoint(&base, opts.plaintext)?;
         let ca = ca_file_or_default(opts.ca_file.as_deref(), Some(&opts.token_file));
         Ok(Client { http: http_client(ca.as_deref(), None)?, base, token })
     }
@@ -173,4 +202,23 @@ pub fn progress(len: Option<u64>, template: &str) -> indicatif::ProgressBar {
 pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_goes_in_clear_only_to_this_machine_unless_told() {
+        for ok in
+            ["https://node1.example:7480", "http://127.0.0.1:7480", "http://localhost:1", "http://[::1]:7480"]
+        {
+            check_endpoint(ok, false).unwrap();
+        }
+        let e = check_endpoint("http://node1.example:7480", false).unwrap_err().to_string();
+        assert!(e.contains("--endpoint") && e.contains("--plaintext"), "{e}");
+        assert!(check_endpoint("http://10.0.0.5:7480", false).is_err());
+        check_endpoint("http://10.0.0.5:7480", true).unwrap();
+        assert!(check_endpoint("ftp://x", true).unwrap_err().to_string().contains("must start with"));
+    }
 }

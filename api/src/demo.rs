@@ -595,6 +595,7 @@ impl Demo {
                 endpoint: self.node(3).http.clone(),
                 token_file: token_file.clone(),
                 ca_file: None,
+                plaintext: false,
             },
         })
         .await?;
