@@ -530,6 +530,68 @@ async fn the_auditor_page_verifies_in_a_real_browser() {
     let shown = b.text();
     assert!(shown.contains(&tag(1)) && shown.contains(&tag(8)), "shown as text: {shown}");
     assert_eq!(b.eval("document.querySelectorAll('[id^=pwned]').length"), 0, "{}", b.dom());
+    drop(b);
+
+    // A hostile node that answers with genuine leaves and proofs, but not the ones it claims
+    // (found by a hostile review of issue 18: the page searched the leaf for the digest, the
+    // actor and the action as substrings). An anonymous read of a key named like an image
+    // digest puts that digest into an audit record; the node offers that record's proven leaf
+    // as the image's registration. And it shows the put's audit record with another result.
+    let forged = format!("sha256:{}", "cd".repeat(32));
+    let r = c.client.get(format!("{}/v1/kv/default/{forged}", c.http(1))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let audit = |q: &str| {
+        let url = format!("{}/v1/audit?{q}", c.http(1));
+        let (client, auditor) = (c.client.clone(), auditor.clone());
+        async move {
+            let r = client.get(url).bearer_auth(auditor).send().await.unwrap();
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let deadline = std::time::Instant::now() + minute;
+    let (answer, record) = loop {
+        let v = audit("actor=anonymous&limit=1000").await;
+        let hit = v["records"].as_array().unwrap().iter().find(|r| r["key"] == forged.as_str()).cloned();
+        if let Some(r) = hit {
+            break (v, r);
+        }
+        assert!(std::time::Instant::now() < deadline, "the anonymous read never reached the ledger");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let proven = &answer["entries"][record["log_index"].to_string()];
+    let image = serde_json::json!({
+        "digest": forged, "status": "registered", "checkpoint": answer["checkpoint"],
+        "leaf_base64": proven["leaf_base64"], "inclusion_proof": proven["inclusion_proof"],
+        "entry": {"type": "image_registered", "digest": forged},
+    });
+    let mut listing = audit("ns=default&limit=200").await;
+    let mut changed = 0;
+    for r in listing["records"].as_array_mut().unwrap() {
+        if r["key"] == "seen-by-the-auditor" {
+            r["status"] = serde_json::json!(500);
+            r["result"] = serde_json::json!("denied");
+            changed += 1;
+        }
+    }
+    assert!(changed > 0, "{listing}");
+    let mut b = Browser::start(chromium, Some(&ca));
+    b.fake(
+        &format!("/v1/images/{}", forged.replace(':', "%3A")),
+        (200, "application/json", image.to_string()),
+    );
+    b.fake("/v1/audit?", (200, "application/json", listing.to_string()));
+    let url =
+        format!("{}/ui#trust={}&min=1&digest={forged}&token={auditor}&ns=default", c.http(1), b64(&trust));
+    b.goto(&url).unwrap();
+    b.wait_for(&passes(1), minute);
+    b.click("acceptLink");
+    b.wait_for(&passes(2), minute);
+    let dom = b.dom();
+    assert!(dom.contains("class=\"badge green\">verified<"), "the checkpoint itself is genuine: {dom}");
+    assert!(!dom.contains("✓ registered"), "{dom}");
+    assert!(dom.contains("the proven entry does not register or revoke this digest"), "{dom}");
+    assert!(dom.contains("records did not verify"), "{dom}");
+    assert!(dom.contains("the proven entry does not hold this record"), "{dom}");
 }
 
 /// Without `--exit` the demo keeps its cluster until Ctrl-C; Ctrl-C (SIGINT to the terminal's

@@ -18,7 +18,55 @@ const unhex = (s) => { if (!/^([0-9a-f]{2})*$/i.test(s)) throw new Error("not he
 const hex = (u) => Array.from(u, (b) => b.toString(16).padStart(2, "0")).join("");
 const cat = (...parts) => { const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0)); let o = 0; for (const p of parts) { out.set(p, o); o += p.length; } return out; };
 const eq = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
-const contains = (hay, needle) => { outer: for (let i = 0; i + needle.length <= hay.length; i++) { for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer; return true; } return false; };
+
+// A ledger leaf is an entry in bincode's standard encoding (ledger/src/entry.rs): integers as
+// varints (below 251: one byte; 251/252/253: a little-endian u16/u32/u64 follows), strings and
+// byte vectors as a varint length and the bytes, Option as a 0/1 tag, enum variants as a varint
+// index, [u8; 32] as 32 bytes. What the page shows as proven is compared field by field with
+// the decoded entry, never searched for as a substring of the leaf.
+function decodeLeaf(leaf) {
+  let at = 0;
+  const need = (n) => { if (at + n > leaf.length) throw new Error("the proven entry is cut short"); const s = leaf.subarray(at, at + n); at += n; return s; };
+  const le = (b) => b.reduceRight((acc, x) => (acc << 8n) | BigInt(x), 0n);
+  const big = () => { const t = need(1)[0]; if (t < 251) return BigInt(t); if (t === 251) return le(need(2)); if (t === 252) return le(need(4)); if (t === 253) return le(need(8)); throw new Error("the proven entry has an integer tag " + t); };
+  const num = () => { const v = big(); if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error("the proven entry has an integer out of range"); return Number(v); };
+  const bytes = () => need(num());
+  const str = () => new TextDecoder("utf-8", { fatal: true }).decode(bytes());
+  const opt = (f) => { const t = need(1)[0]; if (t === 0) return null; if (t === 1) return f(); throw new Error("the proven entry has an option tag " + t); };
+  const kinds = ["node_added", "node_removed", "publisher_added", "publisher_removed", "image_registered", "image_revoked", "audit"];
+  const type = kinds[num()];
+  let e;
+  switch (type) {
+    case "node_added": e = { id: num(), site: str(), public_key: need(32) }; break;
+    case "node_removed": e = { id: num() }; break;
+    case "publisher_added": e = { id: str(), public_key: need(32), by: str() }; break;
+    case "publisher_removed": e = { id: str(), by: str() }; break;
+    case "image_registered": e = { name: str(), digest: str(), publisher: str() }; break;
+    case "image_revoked": e = { digest: str(), reason: str(), by: str() }; break;
+    case "audit": {
+      const n = num();
+      if (n > leaf.length) throw new Error("the proven entry claims too many records");
+      const records = [];
+      for (let i = 0; i < n; i++) {
+        records.push({ actor: str(), node: num(), ns: str(), key: opt(str), key_hash: opt(str), action: str(), result: str(), status: num(), time_ms: num(), instance: big(), seq: num() });
+      }
+      e = { records };
+      break;
+    }
+    default: throw new Error("the proven entry is of an unknown type");
+  }
+  e.type = type;
+  return e; // the author and signature follow; the node's rules checked them, the proof binds them
+}
+
+// Whether a record as the node shows it is, field by field, one of the proven entry's records.
+function sameRecord(shown, proven) {
+  return shown.actor === proven.actor && shown.node === proven.node && shown.ns === proven.ns
+    && (shown.key ?? null) === proven.key && (shown.key_hash ?? null) === proven.key_hash
+    && shown.action === proven.action && shown.result === proven.result && shown.status === proven.status
+    && shown.time === new Date(proven.time_ms).toISOString() && shown.seq === proven.seq
+    && typeof shown.instance === "number" && shown.instance === Number(proven.instance);
+}
 const canVerify = () => !!(window.crypto && crypto.subtle);
 async function sha256(u) { return new Uint8Array(await crypto.subtle.digest("SHA-256", u)); }
 async function ed25519Verify(pub, sig, msg) {
@@ -170,10 +218,13 @@ async function lookupImage() {
     // The image's answer carries its own checkpoint: verify it the same way.
     const cp = await verifyNote(v.checkpoint, loadTrust(), minSigs());
     const leaf = await provenLeaf(v.leaf_base64, v.inclusion_proof, cp);
-    if (!contains(leaf, enc.encode(digest)) && !contains(leaf, unhex(digest.slice(7)))) throw new Error("the proven entry does not name this digest");
-    const kind = v.status === "revoked" ? html`<span class="bad">REVOKED</span>` : html`<span class="ok">✓ registered</span>`;
+    const e = decodeLeaf(leaf);
+    if ((e.type !== "image_registered" && e.type !== "image_revoked") || e.digest !== digest) throw new Error("the proven entry does not register or revoke this digest");
+    if ((e.type === "image_revoked") !== (v.status === "revoked")) throw new Error(`the node says ${v.status}, the proven entry is ${e.type}`);
+    // What is shown comes from the proven entry, not from the node's description of it.
+    const kind = e.type === "image_revoked" ? html`<span class="bad">REVOKED</span>` : html`<span class="ok">✓ registered</span>`;
     setHtml(out, html`${kind} — entry ${v.inclusion_proof.log_index} proven in the checkpoint of ${cp.size} entries signed by ${cp.signed.join(", ")}
-      <pre class="mono">${JSON.stringify(v.entry, null, 1)}</pre>`);
+      <pre class="mono">${JSON.stringify(e, null, 1)}</pre>`);
   } catch (e) { setHtml(out, html`<span class="bad">✗ ${e.message}</span>`); }
 }
 
@@ -196,7 +247,8 @@ async function queryAudit() {
         const e = v.entries[String(r.log_index)];
         if (!e) throw new Error("no proof");
         const leaf = await provenLeaf(e.leaf_base64, e.inclusion_proof, cp);
-        if (!contains(leaf, enc.encode(r.actor)) || !contains(leaf, enc.encode(r.action))) throw new Error("the proven entry does not match");
+        const proven = decodeLeaf(leaf);
+        if (proven.type !== "audit" || !proven.records.some((p) => sameRecord(r, p))) throw new Error("the proven entry does not hold this record");
         mark = html`<span class="ok">✓</span>`; good++;
       } catch (err) { mark = html`<span class="bad" title="${err.message}">✗ ${err.message}</span>`; }
       rows.push(html`<tr><td>${mark}</td><td>${r.time}</td><td>${r.node}</td><td>${r.actor}</td><td>${r.action}</td>
