@@ -1140,6 +1140,7 @@ async fn backup_and_restore_a_node_after_losing_its_disk() {
     assert!(ok, "restore --check: {out} {err}");
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["node"], 1);
+    assert_eq!(summary["signed"], true, "signed by its node: {summary}");
     assert!(summary["audit_records"].as_u64().unwrap() >= 20, "the probes' records are queued: {summary}");
     assert!(summary["groups"].as_array().unwrap().len() >= 3, "{summary}");
 
@@ -1186,6 +1187,22 @@ async fn backup_and_restore_a_node_after_losing_its_disk() {
         .cli(&[&["restore", "--from", &b, "--data", c.data_dir(2).to_str().unwrap()][..], &id].concat())
         .await;
     assert!(!ok && err.contains("already holds"), "a directory with data: {err}");
+    // Checked against another key than node 1's (as a file made by someone else would be):
+    // refused by its signature.
+    let fresh = dir.join("fresh-data");
+    let other_node = dir.join("node2.key.pub");
+    let args = [
+        "restore",
+        "--from",
+        &b,
+        "--data",
+        fresh.to_str().unwrap(),
+        "--node-key",
+        other_node.to_str().unwrap(),
+    ];
+    let (ok, _, err) = c.cli(&[&args[..], &id].concat()).await;
+    assert!(!ok && err.contains("signature does not verify"), "another key: {err}");
+    assert!(!fresh.join("raft").exists(), "nothing written from a backup that fails its signature");
 
     let (ok, out, err) = c.cli(&[&["restore", "--from", &b, "--config", cfg][..], &id].concat()).await;
     assert!(ok, "restore: {out} {err}");

@@ -92,6 +92,7 @@ pub fn summary_json(s: &BackupSummary) -> serde_json::Value {
         "audit_records": s.audit_records,
         "ts_parts": s.ts_parts,
         "bytes": s.bytes,
+        "signed": s.signed,
     })
 }
 
@@ -198,6 +199,14 @@ pub struct RestoreOpts {
     /// --recipient KEY.pub`).
     #[arg(long)]
     pub identity: Option<PathBuf>,
+    /// The node's public key (`nodeK.key.pub`, or the base64 key), to check the node's
+    /// signature on the backup with when restoring with `--data`; with `--config` the key is
+    /// the configuration's own.
+    #[arg(long)]
+    pub node_key: Option<String>,
+    /// Restore a backup its node did not sign (made before backups were signed).
+    #[arg(long)]
+    pub allow_unsigned: bool,
 }
 
 /// A new file, mode 0600 from its creation (refused if it exists).
@@ -214,15 +223,20 @@ fn create_private(path: &Path) -> Result<std::fs::File> {
 
 /// `--recipient`: a `.pub` file or the base64 ed25519 key itself.
 fn read_recipient(arg: &str) -> Result<edgefabric_crypto::PublicKey> {
+    read_public_key("--recipient", arg)
+}
+
+/// A public key given as a file (`KEY.pub`) or as base64; `flag` names it in errors.
+fn read_public_key(flag: &str, arg: &str) -> Result<edgefabric_crypto::PublicKey> {
     let text = match std::fs::read_to_string(arg) {
         Ok(t) => t,
         Err(_) if !Path::new(arg).exists() => arg.to_string(),
-        Err(e) => bail!("--recipient: reading {arg}: {e}"),
+        Err(e) => bail!("{flag}: reading {arg}: {e}"),
     };
     let key = edgefabric_crypto::PublicKey::from_base64(text.trim())
-        .with_context(|| format!("--recipient: {arg:?} is neither a key file nor a base64 ed25519 key"))?;
+        .with_context(|| format!("{flag}: {arg:?} is neither a key file nor a base64 ed25519 key"))?;
     if key.is_weak() {
-        bail!("--recipient: a small-order key");
+        bail!("{flag}: a small-order key");
     }
     Ok(key)
 }
@@ -282,18 +296,38 @@ pub fn run_restore(o: RestoreOpts) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary_json(&s))?);
         return Ok(());
     }
-    let (dir, node) = match (&o.config, &o.data) {
+    // The node's key, to check its signature with: the configuration's own key, or the one
+    // given. Without either (a dev node's --data), the signature is not checked, and we say so.
+    let given = o.node_key.as_deref().map(|k| read_public_key("--node-key", k)).transpose()?;
+    let (dir, node, key) = match (&o.config, &o.data) {
         (Some(path), _) => {
             let cfg = crate::config::NodeConfig::load(path)?;
-            (cfg.data_dir, Some(cfg.id))
+            let own = edgefabric_crypto::Identity::read(&cfg.key_file)
+                .with_context(|| format!("key_file: reading the node's key {}", cfg.key_file.display()))?
+                .public_key();
+            if given.as_ref().is_some_and(|g| *g != own) {
+                bail!("--node-key: not the key of the node in {}", path.display());
+            }
+            (cfg.data_dir, Some(cfg.id), Some(own))
         }
-        (None, Some(d)) => (d.clone(), None),
+        (None, Some(d)) => (d.clone(), None, given),
         (None, None) => bail!("--config or --data is required"),
+    };
+    let signature = match &key {
+        Some(k) => edgefabric_store::backup::Signature::Key(k),
+        None => {
+            eprintln!(
+                "warning: the node's signature on {} is not checked (give --node-key, or restore with --config)",
+                o.from.display()
+            );
+            edgefabric_store::backup::Signature::Unchecked
+        }
     };
     let bar = progress(None, "{spinner} restoring: {msg}");
     bar.set_message("reading and checking the backup");
-    let s =
-        edgefabric_store::backup::restore(&from, &dir, node, |g| bar.set_message(format!("wrote group {g}")));
+    let s = edgefabric_store::backup::restore(&from, &dir, node, signature, o.allow_unsigned, |g| {
+        bar.set_message(format!("wrote group {g}"))
+    });
     bar.finish_and_clear();
     let s = s.with_context(|| format!("restoring {} into {}", o.from.display(), dir.display()))?;
     println!(

@@ -28,8 +28,12 @@
 //! restore leaves them there), and the ledger checkpoint the node last signed (it signs again).
 //!
 //! The file: `EFBACKUP`, a format version (u32 LE), then frames `kind (u8) ‖ length (u64 LE)
-//! ‖ payload`, ending with a frame holding the SHA-256 of every byte before it. A restore reads
-//! the whole file and checks that digest before it writes anything.
+//! ‖ payload`, ending with a frame holding the SHA-256 of every byte before it. Since version 2
+//! the frame before that end frame is the node's ed25519 signature over `SIGNING_CONTEXT` and
+//! the SHA-256 of every byte before the signature frame: a backup is the node's statement of
+//! its data, so a file an attacker put in the backup store (sealed to the operator's public
+//! key, which anyone can do) is refused by a restore that checks it against the node's key. A
+//! restore reads the whole file and checks digest and signature before it writes anything.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -43,7 +47,13 @@ use crate::node::Node;
 use crate::raft_store::NodeId;
 
 const MAGIC: &[u8; 8] = b"EFBACKUP";
-const VERSION: u32 = 1;
+/// The version written. Version 1 (no signature) is still read; whether an unsigned backup
+/// may be restored is the caller's decision (`Signature`).
+const VERSION: u32 = 2;
+const KIND_SIGNATURE: u8 = 6;
+/// What a backup's signature is over, besides the digest: so that no other signature of the
+/// node key (ledger entries, checkpoints, link frames) can pass for one.
+const SIGNING_CONTEXT: &[u8] = b"edgefabric backup v2\n";
 const KIND_HEADER: u8 = 1;
 const KIND_GROUP: u8 = 2;
 const KIND_IMAGE: u8 = 3;
@@ -77,6 +87,10 @@ pub struct BackupSummary {
     pub audit_records: u64,
     pub ts_parts: u64,
     pub bytes: u64,
+    /// Whether the node signed it (version 2); a restore checks the signature against the
+    /// node's key when it has that key.
+    #[serde(default)]
+    pub signed: bool,
 }
 
 /// Writes frames and the running digest.
@@ -107,7 +121,13 @@ impl<W: Write> ArchiveWriter<W> {
         self.raw(payload)
     }
 
-    fn finish(mut self) -> Result<(W, u64)> {
+    /// Ends the file: the signature frame (with a signer), then the digest frame.
+    fn finish(mut self, signer: Option<&edgefabric_crypto::Identity>) -> Result<(W, u64)> {
+        if let Some(id) = signer {
+            let sum = self.digest.clone().finish();
+            let sig = id.sign(&[SIGNING_CONTEXT, sum.as_ref()].concat());
+            self.frame(KIND_SIGNATURE, &sig)?;
+        }
         let sum = self.digest.clone().finish();
         self.frame(KIND_END, sum.as_ref())?;
         self.w.flush()?;
@@ -122,6 +142,8 @@ struct ArchiveReader<R: Read> {
     /// Bytes left in the file (a frame can never claim more).
     left: u64,
     ended: bool,
+    /// At a signature frame: the digest it signs.
+    signed: Option<Vec<u8>>,
 }
 
 fn bad(message: impl std::fmt::Display) -> Error {
@@ -136,12 +158,12 @@ impl<R: Read> ArchiveReader<R> {
             return Err(bad("not an EdgeFabric backup (no EFBACKUP magic)"));
         }
         let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if version != VERSION {
-            return Err(bad(format!("format version {version}; this binary reads version {VERSION}")));
+        if version != 1 && version != VERSION {
+            return Err(bad(format!("format version {version}; this binary reads versions 1 to {VERSION}")));
         }
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         digest.update(&head);
-        Ok(ArchiveReader { r, digest, left: len.saturating_sub(12), ended: false })
+        Ok(ArchiveReader { r, digest, left: len.saturating_sub(12), ended: false, signed: None })
     }
 
     /// The next frame, or None after the end frame (whose digest has then been checked).
@@ -159,6 +181,10 @@ impl<R: Read> ArchiveReader<R> {
         let mut payload = vec![0u8; len as usize];
         self.r.read_exact(&mut payload).map_err(|_| bad("truncated: the file ends inside a frame"))?;
         self.left -= len;
+        if h[0] == KIND_SIGNATURE {
+            // What the signature is over: every byte before this frame.
+            self.signed = Some(self.digest.clone().finish().as_ref().to_vec());
+        }
         if h[0] == KIND_END {
             let want = self.digest.clone().finish();
             if payload != want.as_ref() {
@@ -269,7 +295,8 @@ impl Node {
             self.engine.entries(crate::ts_queue::TS_QUEUE, ..)?.into_iter().map(|(_, r)| r).collect();
         summary.ts_parts = parts.len() as u64;
         write_chunked(&mut w, KIND_TS_QUEUE, parts)?;
-        let (buf, bytes) = w.finish()?;
+        let (buf, bytes) = w.finish(Some(&self.opts.identity))?;
+        summary.signed = true;
         let file = buf.into_inner().map_err(|e| Error::Storage(format!("writing the backup: {e}")))?;
         file.sync_all()?;
         summary.bytes = bytes;
@@ -310,6 +337,8 @@ struct Contents {
     audit: Vec<Vec<u8>>,
     ts_parts: Vec<Vec<u8>>,
     bytes: u64,
+    /// The node's signature and the digest it signs (`None`: a version-1 backup).
+    signature: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Reads and checks a backup, handing each group's image to `on_group` as it is read (one
@@ -331,10 +360,21 @@ fn read_backup_from<R: Read>(
         Some((KIND_HEADER, p)) => crate::codec::decode(&p).map_err(|e| bad(format!("header: {e}")))?,
         _ => return Err(bad("the first frame is not the header")),
     };
-    let mut c = Contents { header, groups: vec![], audit: vec![], ts_parts: vec![], bytes: len };
+    let mut c =
+        Contents { header, groups: vec![], audit: vec![], ts_parts: vec![], bytes: len, signature: None };
     let (mut audit, mut ts) = (false, false);
     while let Some((kind, payload)) = r.next()? {
+        if c.signature.is_some() {
+            return Err(bad("a frame after the signature"));
+        }
         match kind {
+            KIND_SIGNATURE => {
+                let signed = r.signed.take().ok_or_else(|| bad("signature frame"))?;
+                if payload.len() != 64 {
+                    return Err(bad(format!("a signature of {} bytes", payload.len())));
+                }
+                c.signature = Some((payload, signed));
+            }
             KIND_GROUP => {
                 let g: GroupFrame =
                     crate::codec::decode(&payload).map_err(|e| bad(format!("group frame: {e}")))?;
@@ -400,11 +440,44 @@ impl Contents {
             audit_records: self.audit.len() as u64,
             ts_parts: self.ts_parts.len() as u64,
             bytes: self.bytes,
+            signed: self.signature.is_some(),
         }
     }
 }
 
-/// Reads and checks a backup without restoring it.
+/// How a restore treats the node's signature.
+pub enum Signature<'a> {
+    /// It must be there and verify under this key (the node's own).
+    Key(&'a edgefabric_crypto::PublicKey),
+    /// Not checked: the caller has no key to check it with (and says so to the person).
+    Unchecked,
+}
+
+impl Contents {
+    /// Checks the node's signature as `policy` says; an unsigned (version-1) backup passes
+    /// only with `allow_unsigned`.
+    fn check_signature(&self, policy: &Signature, allow_unsigned: bool) -> Result<()> {
+        let Some((sig, digest)) = &self.signature else {
+            if allow_unsigned {
+                return Ok(());
+            }
+            return Err(bad(
+                "it is not signed by its node (made before backups were signed); restoring it needs --allow-unsigned",
+            ));
+        };
+        if let Signature::Key(key) = policy {
+            key.verify(&[SIGNING_CONTEXT, digest].concat(), sig).map_err(|_| {
+                bad(format!(
+                    "its signature does not verify under node {}'s key: made or altered by someone else",
+                    self.header.node
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks a backup without restoring it (its signature is reported, not checked).
 pub fn check_backup(path: &Path) -> Result<BackupSummary> {
     Ok(read_backup(path, |_, _| Ok(()))?.summary())
 }
@@ -454,7 +527,7 @@ pub fn sample_backup() -> Result<Vec<u8>> {
     w.frame(KIND_IMAGE, &crate::codec::encode(&image)?)?;
     write_chunked(&mut w, KIND_AUDIT, vec![crate::codec::encode(&record)?])?;
     write_chunked(&mut w, KIND_TS_QUEUE, vec![b"part".to_vec()])?;
-    Ok(w.finish()?.0)
+    Ok(w.finish(Some(&edgefabric_crypto::Identity::from_seed(&[1; 32])))?.0)
 }
 
 /// What a data directory must not hold for a restore into it: a node's data. (A `dev` node's
@@ -484,6 +557,8 @@ pub fn restore(
     path: &Path,
     data_dir: &Path,
     expect_node: Option<NodeId>,
+    signature: Signature,
+    allow_unsigned: bool,
     mut progress: impl FnMut(GroupId),
 ) -> Result<BackupSummary> {
     // First the whole file is read and checked, images dropped as they go; only then is
@@ -497,6 +572,7 @@ pub fn restore(
             ));
         }
     }
+    c.check_signature(&signature, allow_unsigned)?;
     let present = node_data_in(data_dir)?;
     if !present.is_empty() {
         return Err(Error::invalid(
@@ -510,8 +586,9 @@ pub fn restore(
     }
     let summary = c.summary();
     std::fs::create_dir_all(data_dir)?;
+    let checked = c.signature.clone();
     drop(c);
-    let written = write_restore(path, data_dir, &mut progress);
+    let written = write_restore(path, data_dir, checked, &mut progress);
     if written.is_err() {
         // Nothing of a node was there before: leave nothing half-written.
         for name in node_data_in(data_dir).unwrap_or_default() {
@@ -524,7 +601,12 @@ pub fn restore(
 
 /// The second read of a checked backup: writes each group as it is read, then the votes and
 /// the queues.
-fn write_restore(path: &Path, data_dir: &Path, progress: &mut impl FnMut(GroupId)) -> Result<()> {
+fn write_restore(
+    path: &Path,
+    data_dir: &Path,
+    checked: Option<(Vec<u8>, Vec<u8>)>,
+    progress: &mut impl FnMut(GroupId),
+) -> Result<()> {
     let mut votes = vec![];
     let c = read_backup(path, |g, image| {
         if let Some(l) = g.meta.last_log_id.filter(|l| l.leader_id.term > 0) {
@@ -536,6 +618,10 @@ fn write_restore(path: &Path, data_dir: &Path, progress: &mut impl FnMut(GroupId
         progress(g.id);
         Ok(())
     })?;
+    // The file read twice must be the file checked once (the caller removes what was written).
+    if c.signature != checked {
+        return Err(bad("the file changed between its check and the restore"));
+    }
     let engine = LogEngine::open(&data_dir.join("raft"))?;
     // Each group's vote starts at its snapshot's term. Without it the vote would be term 0,
     // and the first election the group held (its only replica's, or one after a rejoin)
@@ -565,12 +651,25 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn write_archive(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    /// The key of the node the test backups are of.
+    fn node_key() -> edgefabric_crypto::Identity {
+        edgefabric_crypto::Identity::from_seed(&[2; 32])
+    }
+
+    fn signed_by(frames: &[(u8, Vec<u8>)], signer: Option<&edgefabric_crypto::Identity>) -> Vec<u8> {
         let mut a = ArchiveWriter::new(Vec::new()).unwrap();
         for (k, p) in frames {
             a.frame(*k, p).unwrap();
         }
-        a.finish().unwrap().0
+        a.finish(signer).unwrap().0
+    }
+
+    fn write_archive(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        signed_by(frames, Some(&node_key()))
+    }
+
+    fn by_node() -> edgefabric_crypto::PublicKey {
+        node_key().public_key()
     }
 
     fn header(node: NodeId) -> Vec<u8> {
@@ -586,6 +685,10 @@ mod tests {
     }
 
     fn sample() -> Vec<u8> {
+        sample_signed_by(Some(&node_key()))
+    }
+
+    fn sample_signed_by(signer: Option<&edgefabric_crypto::Identity>) -> Vec<u8> {
         let image: crate::kv::Image = vec![(b"k".to_vec(), b"v".to_vec())];
         let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42);
         let meta = SnapshotMeta {
@@ -606,13 +709,82 @@ mod tests {
             instance: 7,
             seq: 3,
         };
-        write_archive(&[
-            (KIND_HEADER, header(2)),
-            (KIND_GROUP, crate::codec::encode(&GroupFrame { id: 1, meta }).unwrap()),
-            (KIND_IMAGE, crate::codec::encode(&image).unwrap()),
-            (KIND_AUDIT, crate::codec::encode(&vec![crate::codec::encode(&rec).unwrap()]).unwrap()),
-            (KIND_TS_QUEUE, crate::codec::encode(&Vec::<Vec<u8>>::new()).unwrap()),
-        ])
+        signed_by(
+            &[
+                (KIND_HEADER, header(2)),
+                (KIND_GROUP, crate::codec::encode(&GroupFrame { id: 1, meta }).unwrap()),
+                (KIND_IMAGE, crate::codec::encode(&image).unwrap()),
+                (KIND_AUDIT, crate::codec::encode(&vec![crate::codec::encode(&rec).unwrap()]).unwrap()),
+                (KIND_TS_QUEUE, crate::codec::encode(&Vec::<Vec<u8>>::new()).unwrap()),
+            ],
+            signer,
+        )
+    }
+
+    /// A file an attacker made (sealing it to the operator's public key is open to anyone) is
+    /// refused by a restore that checks the node's signature (found by a hostile review of
+    /// issue 18); so is one without a signature, unless the person allows it.
+    #[test]
+    fn restore_takes_only_what_the_node_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let attempt = |bytes: Vec<u8>, policy: Signature, allow_unsigned: bool| {
+            let p = dir.path().join(format!("b{}.efb", rand_suffix()));
+            std::fs::write(&p, bytes).unwrap();
+            let data = dir.path().join(format!("data{}", rand_suffix()));
+            let r = restore(&p, &data, Some(2), policy, allow_unsigned, |_| {});
+            (r.map_err(|e| e.to_string()), data.join("group-1").exists())
+        };
+        let forger = edgefabric_crypto::Identity::from_seed(&[66; 32]);
+        let (r, written) = attempt(sample_signed_by(Some(&forger)), Signature::Key(&by_node()), false);
+        assert!(r.unwrap_err().contains("does not verify under node 2's key"));
+        assert!(!written, "nothing written from a forged backup");
+        let (r, written) = attempt(sample_signed_by(None), Signature::Key(&by_node()), false);
+        assert!(r.unwrap_err().contains("--allow-unsigned"));
+        assert!(!written);
+        // A signature from elsewhere: the same node key's signature over another digest.
+        let mut b = sample();
+        let n = b.len();
+        let sig_at = n - (1 + 8 + 32) - 64;
+        b[sig_at] ^= 1;
+        let (r, _) = attempt(b, Signature::Key(&by_node()), false);
+        // (The end digest covers the signature too: an altered one is refused either way.)
+        assert!(r.is_err());
+        // The genuine one, and an unsigned one when allowed.
+        let (r, written) = attempt(sample(), Signature::Key(&by_node()), false);
+        assert_eq!(r.unwrap().signed, true);
+        assert!(written);
+        let (r, _) = attempt(sample_signed_by(None), Signature::Key(&by_node()), true);
+        assert_eq!(r.unwrap().signed, false);
+        // Unchecked (no key at hand): a signed file is taken, and says it was signed.
+        let (r, _) = attempt(sample_signed_by(Some(&forger)), Signature::Unchecked, false);
+        assert!(r.is_ok());
+        // Version 1 (before signatures) still reads.
+        let mut v1 = sample_signed_by(None);
+        v1[8] = 1;
+        let fixed = {
+            // Re-make its end digest over the changed version field.
+            let body = &v1[..v1.len() - (1 + 8 + 32)];
+            let sum = ring::digest::digest(&ring::digest::SHA256, body);
+            let mut f = body.to_vec();
+            f.push(KIND_END);
+            f.extend_from_slice(&32u64.to_le_bytes());
+            f.extend_from_slice(sum.as_ref());
+            f
+        };
+        assert!(!check_bytes(&fixed).unwrap().signed);
+        // Nothing may follow the signature but the end.
+        let mut a = ArchiveWriter::new(Vec::new()).unwrap();
+        a.frame(KIND_HEADER, &header(2)).unwrap();
+        a.frame(KIND_SIGNATURE, &[0; 64]).unwrap();
+        a.frame(KIND_AUDIT, &crate::codec::encode(&Vec::<Vec<u8>>::new()).unwrap()).unwrap();
+        let b = a.finish(None).unwrap().0;
+        assert!(check_bytes(&b).unwrap_err().to_string().contains("after the signature"));
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::SeqCst)
     }
 
     fn check_bytes(bytes: &[u8]) -> Result<BackupSummary> {
@@ -680,10 +852,12 @@ mod tests {
         std::fs::write(&p, sample()).unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join("raft")).unwrap();
-        let e = restore(&p, &data, Some(2), |_| {}).unwrap_err().to_string();
+        let e =
+            restore(&p, &data, Some(2), Signature::Key(&by_node()), false, |_| {}).unwrap_err().to_string();
         assert!(e.contains("already holds") && e.contains("raft"), "{e}");
         let fresh = dir.path().join("fresh");
-        let e = restore(&p, &fresh, Some(3), |_| {}).unwrap_err().to_string();
+        let e =
+            restore(&p, &fresh, Some(3), Signature::Key(&by_node()), false, |_| {}).unwrap_err().to_string();
         assert!(e.contains("node 2") && e.contains("node 3"), "{e}");
         assert!(!fresh.join("group-1").exists(), "nothing written for the wrong node");
     }
@@ -698,7 +872,7 @@ mod tests {
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("node.key"), b"x").unwrap();
         let mut seen = vec![];
-        let s = restore(&p, &data, Some(2), |g| seen.push(g)).unwrap();
+        let s = restore(&p, &data, Some(2), Signature::Key(&by_node()), false, |g| seen.push(g)).unwrap();
         assert_eq!(seen, vec![1]);
         assert_eq!(s.audit_records, 1);
         assert!(data.join("group-1").join("REJOIN").exists());
@@ -717,7 +891,7 @@ mod tests {
         assert_eq!(vote, openraft::Vote::new(3, 1));
         drop(engine);
         // And a second restore into it is refused.
-        assert!(restore(&p, &data, Some(2), |_| {}).is_err());
+        assert!(restore(&p, &data, Some(2), Signature::Key(&by_node()), false, |_| {}).is_err());
     }
 
     /// A restored group that is its own only voter elects itself in a term after its
@@ -745,7 +919,7 @@ mod tests {
         let path = dir.path().join("b.efb");
         std::fs::write(&path, file).unwrap();
         let data = dir.path().join("data");
-        restore(&path, &data, Some(1), |_| {}).unwrap();
+        restore(&path, &data, Some(1), Signature::Unchecked, false, |_| {}).unwrap();
 
         let engine = LogEngine::open(&data.join("raft")).unwrap();
         let db = sled::Config::new().path(data.join("sm")).open().unwrap();
@@ -775,7 +949,7 @@ mod tests {
         w.frame(KIND_HEADER, &header(1)).unwrap();
         write_chunked(&mut w, KIND_AUDIT, vec![]).unwrap();
         write_chunked(&mut w, KIND_TS_QUEUE, items.clone()).unwrap();
-        let bytes = w.finish().unwrap().0;
+        let bytes = w.finish(None).unwrap().0;
         let mut r = ArchiveReader::new(&bytes[..], bytes.len() as u64).unwrap();
         let mut kinds = vec![];
         while let Some((kind, payload)) = r.next().unwrap() {
