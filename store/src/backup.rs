@@ -751,10 +751,10 @@ mod tests {
         assert!(r.is_err());
         // The genuine one, and an unsigned one when allowed.
         let (r, written) = attempt(sample(), Signature::Key(&by_node()), false);
-        assert_eq!(r.unwrap().signed, true);
+        assert!(r.unwrap().signed);
         assert!(written);
         let (r, _) = attempt(sample_signed_by(None), Signature::Key(&by_node()), true);
-        assert_eq!(r.unwrap().signed, false);
+        assert!(!r.unwrap().signed);
         // Unchecked (no key at hand): a signed file is taken, and says it was signed.
         let (r, _) = attempt(sample_signed_by(Some(&forger)), Signature::Unchecked, false);
         assert!(r.is_ok());
