@@ -452,6 +452,12 @@ fn check_entry(
                 return Err(role(&e.author).into());
             }
             match &e.kind {
+                EntryKind::NodeAdded { id, public_key: k, .. } if public_key(k, pos)?.is_weak() => {
+                    return Err(Invalid::Genesis(format!(
+                        "node {id}: a small-order public key proves nothing"
+                    ))
+                    .into())
+                }
                 EntryKind::NodeAdded { id, .. } if member(st, *id)?.is_none() => return Ok(None),
                 EntryKind::NodeAdded { id, .. } => {
                     return Err(Invalid::Genesis(format!("node {id} is listed twice")).into())

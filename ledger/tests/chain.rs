@@ -303,6 +303,19 @@ fn genesis_must_match_the_configured_members() {
     let signed = Entry::by_node(1, EntryKind::NodeRemoved { id: 1 }, &Identity::from_seed(&[1; 32])).unwrap();
     let (_, r) = chain::build_block(&tree, &[signed], 0, 1).unwrap();
     assert!(matches!(&r[0], Err(LedgerError::InvalidBlock { reason: Invalid::Genesis(_), .. })));
+    // A founder with a small-order key (the identity point) is refused in genesis too, as a
+    // node added later is (found by a hostile review of issue 18).
+    let dir = tempfile::tempdir().unwrap();
+    let tree = sled::open(dir.path()).unwrap().open_tree("t").unwrap();
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let weak_genesis = chain::genesis_entries(&[(1, "a".into(), key(1)), (2, "b".into(), weak)]);
+    let (_, r) = chain::build_block(&tree, &weak_genesis, 0, 1).unwrap();
+    assert!(
+        matches!(&r[1], Err(LedgerError::InvalidBlock { reason: Invalid::Genesis(m), .. }) if m.contains("small-order")),
+        "{:?}",
+        r[1]
+    );
 }
 
 #[test]

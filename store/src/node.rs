@@ -1824,12 +1824,49 @@ impl tonic::service::Interceptor for MemberCallsOnly {
             )));
         };
         if let Err(e) = self.node.channels.auth.check_ticket(ticket) {
-            tracing::warn!(error = %e, "refused an internal call by its ticket");
+            // Anyone who reaches the port can send bad tickets (in plaintext mode, without a
+            // handshake first): logged at most once a second, with how many since.
+            if let Some(suppressed) = REFUSED_TICKETS.allow() {
+                tracing::warn!(error = %e, suppressed, "refused an internal call by its ticket");
+            }
             return Err(e.into());
         }
         Ok(req)
     }
 }
+
+/// At most one log line a second for a kind of event anyone can cause.
+pub(crate) struct LogBudget {
+    last_ms: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogBudget {
+    pub(crate) const fn new() -> Self {
+        LogBudget {
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events not logged since the last line)` when this one may be logged.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+static REFUSED_TICKETS: LogBudget = LogBudget::new();
 
 impl InternalService {
     /// Authenticates a request frame (`link.rs`), and with TLS, that the connection's client
@@ -2000,5 +2037,19 @@ impl Internal for InternalService {
             None => Err(Error::Unavailable(format!("group {} is not hosted here", f.group))),
         };
         self.reply(RPC, &f, &out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogBudget;
+
+    #[test]
+    fn a_log_budget_lets_one_line_a_second_through_and_counts_the_rest() {
+        let b = LogBudget::new();
+        assert_eq!(b.allow(), Some(0));
+        assert_eq!((0..5).filter_map(|_| b.allow()).count(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(b.allow(), Some(5), "the next line says how many were not logged");
     }
 }
