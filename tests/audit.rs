@@ -408,6 +408,26 @@ async fn audit_records_on_ledger_routes_need_the_auditor_role() {
     assert_eq!(get("/v1/ledger/entries/0".into(), None).await.0, 200);
     assert_eq!(get("/v1/ledger/checkpoint".into(), None).await.0, 200);
     assert_eq!(get(format!("/v1/ledger/proof/inclusion?index={index}"), None).await.0, 200);
+    // Reading audit content through these routes leaves a trace, as reading it through
+    // /v1/audit does; so does being refused it (found by a hostile review of issue 18).
+    let entry_read = format!("entry {index}");
+    let deadline = Instant::now() + READY;
+    loop {
+        let alice = records(&c, 1, &auditor, "alice").await.unwrap_or_default();
+        let bob = records(&c, 1, &auditor, "bob").await.unwrap_or_default();
+        let read = |recs: &[serde_json::Value], key: &str, status: u64| {
+            recs.iter()
+                .any(|r| r["action"] == "ledger.read-audit" && r["key"] == key && r["status"] == status)
+        };
+        let block_read = format!("block {}", height.unwrap());
+        if read(&alice, &entry_read, 200) && read(&alice, &block_read, 200) && read(&bob, &entry_read, 403) {
+            // Redacted blocks show no audit content: nothing to record for bob's block reads.
+            assert!(!read(&bob, &block_read, 200), "{bob:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "reads of audit content not recorded: {alice:?} {bob:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// A flood of denied requests (issue 18, defect f): each would cost a durable record and a

@@ -510,25 +510,78 @@ pub async fn inclusion(
     ))
 }
 
-/// Whether a ledger read may show audit content (who accessed what): the request carries a
-/// token with the `auditor` role (or `admin`). `Ok(None)` without a token; a token that does
-/// not verify is a 401 (it was meant to be used). Key-bound tokens must sign their requests,
-/// which these public routes do not check: they read audit content through `/v1/audit`.
-fn audit_reader(st: &AppState, headers: &axum::http::HeaderMap) -> ApiResult<Option<bool>> {
+/// Who reads a ledger route that can show audit content (who accessed what): `None` without a
+/// token; else the token's subject and whether it has the `auditor` role (or `admin`). A token
+/// that does not verify is a 401 (it was meant to be used), recorded like any denied request.
+/// Key-bound tokens must sign their requests, which these public routes do not check: they
+/// read audit content through `/v1/audit`.
+struct AuditReader {
+    subject: String,
+    auditor: bool,
+}
+
+async fn audit_reader(
+    st: &AppState,
+    headers: &axum::http::HeaderMap,
+    source: Option<std::net::IpAddr>,
+    target: &crate::auth::Target,
+) -> ApiResult<Option<AuditReader>> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let token = value
+    let who = value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(|| ApiError::unauthenticated("Authorization header must be 'Bearer <token>'"))?;
-    let who = st.principal(token).map_err(|e| ApiError::unauthenticated(format!("token: {e}")))?;
-    if who.cnf.is_some() {
-        return Err(ApiError::unauthenticated(
-            "a token bound to a client key reads audit records through /v1/audit (signed)",
-        ));
+        .ok_or_else(|| ApiError::unauthenticated("Authorization header must be 'Bearer <token>'"))
+        .and_then(|token| st.principal(token).map_err(|e| ApiError::unauthenticated(format!("token: {e}"))))
+        .and_then(|who| {
+            if who.cnf.is_some() {
+                return Err(ApiError::unauthenticated(
+                    "a token bound to a client key reads audit records through /v1/audit (signed)",
+                ));
+            }
+            Ok(who)
+        });
+    match who {
+        Ok(who) => {
+            let auditor = crate::auth::allows(&who.roles, &crate::auth::Permission::Audit);
+            Ok(Some(AuditReader { subject: who.subject, auditor }))
+        }
+        Err(refusal) => {
+            record_read(st, crate::server::ANONYMOUS, target, false, refusal.status.as_u16(), source).await?;
+            Err(refusal)
+        }
     }
-    Ok(Some(crate::auth::allows(&who.roles, &crate::auth::Permission::Audit)))
+}
+
+/// Records a read of audit content through the ledger routes (the auditor's reads leave a trace
+/// here as they do through `/v1/audit`), or its refusal (counted within the denied-request
+/// budget of its source, as every refusal is).
+async fn record_read(
+    st: &AppState,
+    actor: &str,
+    target: &crate::auth::Target,
+    allowed: bool,
+    status: u16,
+    source: Option<std::net::IpAddr>,
+) -> ApiResult<()> {
+    if !allowed {
+        if let Some(ip) = source {
+            if !st.denied.record_one(ip, actor) {
+                return Ok(());
+            }
+        }
+    }
+    st.record(actor, vec![target.clone()], allowed, status).await
+}
+
+fn read_target(what: String) -> crate::auth::Target {
+    crate::auth::Target { action: "ledger.read-audit".into(), ns: String::new(), key: Some(what) }
+}
+
+/// The address a request came from (absent when the router runs without connection info).
+fn source_of(parts: &axum::http::request::Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<axum::extract::ConnectInfo<crate::tls::PeerAddr>>().map(|c| c.0 .0.ip())
 }
 
 /// What a reader without the `auditor` role sees of an audit entry: that it is one, who signed
@@ -550,7 +603,7 @@ fn redacted_audit_json(e: &Entry, leaf_hash: &[u8]) -> Value {
     })
 }
 
-fn forbid_audit(reader: Option<bool>) -> ApiError {
+fn forbid_audit(reader: &Option<AuditReader>) -> ApiError {
     match reader {
         None => ApiError::unauthenticated(
             "this entry holds audit records: they need a token with the role auditor",
@@ -563,14 +616,24 @@ fn forbid_audit(reader: Option<bool>) -> ApiError {
 /// `auditor` role.
 pub async fn get_entry(
     State(st): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
+    parts: axum::http::request::Parts,
     index: Result<Path<u64>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path(index) = index.map_err(path_err)?;
-    let reader = audit_reader(&st, &headers)?;
+    let (source, headers) = (source_of(&parts), &parts.headers);
+    let target = read_target(format!("entry {index}"));
+    let reader = audit_reader(&st, headers, source, &target).await?;
     let (e, leaf) = st.node.ledger_entry(index).await?;
-    if matches!(e.kind, EntryKind::Audit(_)) && reader != Some(true) {
-        return Err(forbid_audit(reader));
+    if matches!(e.kind, EntryKind::Audit(_)) {
+        match &reader {
+            Some(r) if r.auditor => record_read(&st, &r.subject, &target, true, 200, source).await?,
+            _ => {
+                let refusal = forbid_audit(&reader);
+                let actor = reader.as_ref().map_or(crate::server::ANONYMOUS, |r| r.subject.as_str());
+                record_read(&st, actor, &target, false, refusal.status.as_u16(), source).await?;
+                return Err(refusal);
+            }
+        }
     }
     Ok(Json(json!({"log_index": index, "entry": entry_json(&e), "leaf_base64": STANDARD.encode(leaf)})))
 }
@@ -580,12 +643,20 @@ pub async fn get_entry(
 /// (`redacted_audit_json`).
 pub async fn get_block(
     State(st): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
+    parts: axum::http::request::Parts,
     height: Result<Path<u64>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path(height) = height.map_err(path_err)?;
-    let auditor = audit_reader(&st, &headers)? == Some(true);
+    let (source, headers) = (source_of(&parts), &parts.headers);
+    let target = read_target(format!("block {height}"));
+    let reader = audit_reader(&st, headers, source, &target).await?;
+    let auditor = reader.as_ref().is_some_and(|r| r.auditor);
     let b = st.node.ledger_block(height).await?;
+    if let Some(r) = reader.as_ref().filter(|r| r.auditor) {
+        if b.entries.iter().any(|e| matches!(e.kind, EntryKind::Audit(_))) {
+            record_read(&st, &r.subject, &target, true, 200, source).await?;
+        }
+    }
     let h = &b.header;
     let entries = b
         .entries
