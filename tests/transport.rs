@@ -56,31 +56,36 @@ async fn nothing_crosses_the_wire_in_clear() {
     let (lo, hi) = (*ports.iter().min().unwrap(), *ports.iter().max().unwrap());
     let pcap = c.cluster_dir().join("capture.pcap");
     let mut dump = Command::new("tcpdump")
-        .args(["-i", "lo", "-U", "-s", "0", "-w"])
+        // Immediate mode: without it libpcap hands packets over a ring block at a time (up to a
+        // second late), and a capture stopped sooner records nothing at all.
+        .args(["-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w"])
         .arg(&pcap)
         .arg(format!("tcp portrange {lo}-{hi}"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // tcpdump says "listening on lo" once it captures.
+    // tcpdump says "listening on lo" once it captures. Its stderr is read to the end (its
+    // closing statistics too: a closed pipe would kill it before it finishes the file).
     let mut stderr = dump.stderr.take().unwrap();
-    let started = std::thread::spawn(move || {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::Read;
         let mut buf = [0u8; 256];
         let mut seen = Vec::new();
+        let mut told = false;
         while let Ok(n) = stderr.read(&mut buf) {
             if n == 0 {
                 break;
             }
             seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen).contains("listening on") {
-                return true;
+            if !told && String::from_utf8_lossy(&seen).contains("listening on") {
+                told = started_tx.send(true).is_ok();
             }
         }
-        false
+        let _ = started_tx.send(false);
     });
-    assert!(started.join().unwrap(), "tcpdump did not start");
+    assert!(started.recv().unwrap_or(false), "tcpdump did not start");
     send_in_clear(lo, b"CANARY-BEFORE-7c1f");
 
     let mut values = vec![];
@@ -124,7 +129,10 @@ async fn nothing_crosses_the_wire_in_clear() {
     let contains = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
     assert!(
         contains(b"CANARY-BEFORE-7c1f") && contains(b"CANARY-AFTER-3e8a"),
-        "the capture missed its markers"
+        "the capture missed its markers (before: {}, after: {}, {} bytes)",
+        contains(b"CANARY-BEFORE-7c1f"),
+        contains(b"CANARY-AFTER-3e8a"),
+        captured.len()
     );
     assert!(captured.len() > 50_000, "only {} bytes captured: was the traffic seen?", captured.len());
     for v in &values {
