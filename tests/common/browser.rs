@@ -43,6 +43,22 @@ impl Browser {
     /// the one root the profile trusts (an NSS database under a fresh HOME): pages are verified
     /// as any HTTPS page is, with no flag that skips certificate checks.
     pub fn start(browser: &str, ca: Option<&Path>) -> Browser {
+        // Chromium now and then dies while it starts on a loaded machine (other tests start
+        // browsers and clusters beside it); a browser that never answered is started again.
+        let mut failures = vec![];
+        for _ in 0..3 {
+            match Self::launch(browser, ca) {
+                Ok(b) => return b,
+                Err(e) => {
+                    eprintln!("Chromium did not start; starting it again: {e}");
+                    failures.push(e)
+                }
+            }
+        }
+        panic!("Chromium did not start: {failures:#?}");
+    }
+
+    fn launch(browser: &str, ca: Option<&Path>) -> Result<Browser, String> {
         use std::os::unix::process::CommandExt;
         let profile = tempfile::tempdir().unwrap();
         let home = profile.path().join("home");
@@ -77,7 +93,7 @@ impl Browser {
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(profile.path().join("chromium.log")).unwrap());
         // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it puts the
         // pipe ends where Chromium looks for them (fd 3 in, fd 4 out) and clears close-on-exec.
         unsafe {
@@ -110,8 +126,26 @@ impl Browser {
                 }
             }
         });
+        let log = profile.path().join("chromium.log");
         let mut b =
             Browser { child, to, from, next_id: 0, session: String::new(), fakes: vec![], _profile: profile };
+        // The first exchange tells whether it started: it answers, or its end of the pipe is gone.
+        let first = b.send_raw("Browser.getVersion", json!({}), None);
+        let answered = first.is_ok() && b.from.recv_timeout(Duration::from_secs(30)).is_ok();
+        if !answered {
+            let status = b.child.try_wait().ok().flatten();
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: String = said
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(format!("no answer ({first:?}, exit {status:?}); its stderr ends:\n{tail}"));
+        }
         let target = b.browser_call("Target.createTarget", json!({"url": "about:blank"}));
         let target = target["targetId"].as_str().unwrap().to_string();
         let attached = b.browser_call("Target.attachToTarget", json!({"targetId": target, "flatten": true}));
@@ -120,7 +154,7 @@ impl Browser {
             "Emulation.setDeviceMetricsOverride",
             json!({"width": 1280, "height": 1500, "deviceScaleFactor": 1, "mobile": false}),
         );
-        b
+        Ok(b)
     }
 
     /// From now on, requests whose URL contains `url_part` get `fake` from the test instead of
@@ -131,15 +165,20 @@ impl Browser {
     }
 
     fn send(&mut self, method: &str, params: Value, session: Option<String>) -> u64 {
+        self.send_raw(method, params, session)
+            .unwrap_or_else(|e| panic!("{method}: writing to the browser: {e}"))
+    }
+
+    fn send_raw(&mut self, method: &str, params: Value, session: Option<String>) -> std::io::Result<u64> {
         self.next_id += 1;
         let mut msg = json!({"id": self.next_id, "method": method, "params": params});
         if let Some(s) = session {
             msg["sessionId"] = json!(s);
         }
-        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        let mut bytes = serde_json::to_vec(&msg)?;
         bytes.push(0);
-        self.to.write_all(&bytes).unwrap();
-        self.next_id
+        self.to.write_all(&bytes)?;
+        Ok(self.next_id)
     }
 
     /// Sends a command and waits for its answer, handling events meanwhile.
