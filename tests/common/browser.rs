@@ -77,6 +77,21 @@ impl Browser {
         }
         let (child_reads, to) = std::io::pipe().unwrap();
         let (mut from_child, child_writes) = std::io::pipe().unwrap();
+        // The child's ends are moved to descriptors above 10 first: a pipe end that already is
+        // fd 3 or 4 would make a dup2 below a no-op (keeping close-on-exec, so Chromium starts
+        // without its pipe) or overwrite the other end.
+        let high = |fd: &dyn std::os::fd::AsRawFd| {
+            // SAFETY: F_DUPFD_CLOEXEC duplicates an open descriptor; the result is owned below.
+            let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+            assert!(n >= 10, "fcntl(F_DUPFD_CLOEXEC): {}", std::io::Error::last_os_error());
+            // SAFETY: `n` is a fresh descriptor nothing else owns.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) }
+        };
+        let (child_reads, child_writes) = {
+            let moved = (high(&child_reads), high(&child_writes));
+            drop((child_reads, child_writes));
+            moved
+        };
         let (r, w) =
             (std::os::fd::AsRawFd::as_raw_fd(&child_reads), std::os::fd::AsRawFd::as_raw_fd(&child_writes));
         let mut cmd = Command::new(browser);
