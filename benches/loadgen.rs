@@ -3,9 +3,12 @@
 //!
 //! Workload (issue 3): puts of `--value-size` bytes over `--keys` keys, and linearizable gets,
 //! at each of `--clients` concurrency levels, each cell for `--duration` seconds. Both systems
-//! are driven over gRPC (EdgeFabric's `edgefabric.v1.Kv`, etcd's `etcdserverpb.KV`), with
-//! clients spread over every endpoint of each cluster, so both forward to their leaders alike.
-//! Cells alternate between the systems, so machine noise hits both.
+//! are driven over gRPC (EdgeFabric's `edgefabric.v1.Kv`, etcd's `etcdserverpb.KV`). etcd's
+//! clients are spread over its endpoints (etcd's own client does not route; a follower hands
+//! proposals to its leader). EdgeFabric's route each request to its shard's leader from the
+//! shard map, as its Rust client does (`edgefabric::kv_client`; `--route any` spreads them over
+//! the nodes instead, `--route both` runs both). Cells alternate between the systems, so
+//! machine noise hits both.
 //!
 //! Example (what `benches/etcd-vs-edgefabric.sh` runs):
 //!   edgefabric-loadgen --edgefabric http://127.0.0.1:9100,... --token-file DIR/admin.token \
@@ -73,6 +76,12 @@ struct Args {
     /// CA certificate (PEM) for https:// etcd endpoints (default: --ca-file).
     #[arg(long)]
     etcd_ca_file: Option<std::path::PathBuf>,
+    /// How EdgeFabric clients pick a node: `leader` sends each request to its shard's leader
+    /// (learned from the shard map, as `edgefabric::kv_client` does); `any` spreads clients over
+    /// the endpoints given and lets the node forward; `both` runs every EdgeFabric cell both
+    /// ways, side by side.
+    #[arg(long, default_value = "leader")]
+    route: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -89,6 +98,8 @@ enum Target {
         ns: String,
         /// Set when two clusters are compared: its name in the table.
         label: Option<String>,
+        /// Routing to shard leaders (`--route leader`); `None`: any node.
+        router: Option<edgefabric::kv_client::Client>,
     },
     Etcd {
         channels: Vec<Channel>,
@@ -116,6 +127,14 @@ impl Target {
     async fn op(&self, ch: Channel, op: Op, key: u64, value: &[u8]) -> Result<()> {
         let key = format!("bench/{key:08}");
         match self {
+            Target::EdgeFabric { router: Some(r), ns, .. } => match op {
+                Op::Put => {
+                    r.put(ns, &key, value.to_vec()).await?;
+                }
+                Op::Get => {
+                    r.get(ns, &key).await?;
+                }
+            },
             Target::EdgeFabric { auth, ns, .. } => {
                 let mut c = ef::kv_client::KvClient::new(ch);
                 match op {
@@ -303,6 +322,25 @@ async fn main() -> Result<()> {
             format!("Bearer {token}").parse().context("token")
         };
     let auth = read_auth(&args.token_file, "--token-file")?;
+    let routes: Vec<bool> = match args.route.as_str() {
+        "leader" => vec![true],
+        "any" => vec![false],
+        "both" => vec![true, false],
+        other => bail!("--route: {other:?} is not leader, any or both"),
+    };
+    if routes.len() == 2 && !args.compare.is_empty() {
+        bail!("--route both and --compare: one comparison at a time");
+    }
+    let token = match &args.token_file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        None => bail!("--token-file: EdgeFabric needs its admin token"),
+    };
+    let router = |endpoints: &[String], token: &str, ca: Option<std::path::PathBuf>, clients: usize| {
+        let mut o = edgefabric::kv_client::Options::new(endpoints.to_vec(), token);
+        o.ca_file = ca;
+        o.connections_per_node = clients.div_ceil(16).max(1);
+        edgefabric::kv_client::Client::connect(o)
+    };
     let compare = if args.compare.is_empty() {
         None
     } else {
@@ -316,29 +354,43 @@ async fn main() -> Result<()> {
     for op in &ops {
         for &clients in &args.clients {
             for ns in &args.ns {
-                let ef = Target::EdgeFabric {
-                    channels: connect(
-                        &args.edgefabric,
-                        clients,
-                        ca_near(&args, args.token_file.as_deref()).as_deref(),
-                    )
-                    .await?,
-                    auth: auth.clone(),
-                    ns: ns.clone(),
-                    label: label(0),
-                };
-                cells.push(run_cell(ef, *op, clients, &args).await?);
-                if let Some(auth2) = &compare {
+                for &routed in &routes {
+                    let ca = ca_near(&args, args.token_file.as_deref());
                     let ef = Target::EdgeFabric {
-                        channels: connect(
-                            &args.compare,
-                            clients,
-                            ca_near(&args, args.compare_token_file.as_deref()).as_deref(),
-                        )
-                        .await?,
+                        channels: connect(&args.edgefabric, clients, ca.as_deref()).await?,
+                        auth: auth.clone(),
+                        ns: ns.clone(),
+                        label: if routes.len() == 2 {
+                            Some(if routed { "EF leader" } else { "EF any" }.into())
+                        } else {
+                            label(0)
+                        },
+                        router: if routed {
+                            Some(router(&args.edgefabric, &token, ca, clients).await?)
+                        } else {
+                            None
+                        },
+                    };
+                    cells.push(run_cell(ef, *op, clients, &args).await?);
+                }
+                if let Some(auth2) = &compare {
+                    let ca = ca_near(&args, args.compare_token_file.as_deref());
+                    let token2 = match &args.compare_token_file {
+                        Some(f) => {
+                            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+                        }
+                        None => bail!("--compare-token-file: the second cluster's admin token"),
+                    };
+                    let ef = Target::EdgeFabric {
+                        channels: connect(&args.compare, clients, ca.as_deref()).await?,
                         auth: auth2.clone(),
                         ns: ns.clone(),
                         label: label(1),
+                        router: if routes[0] {
+                            Some(router(&args.compare, &token2, ca, clients).await?)
+                        } else {
+                            None
+                        },
                     };
                     cells.push(run_cell(ef, *op, clients, &args).await?);
                 }
@@ -359,8 +411,14 @@ async fn main() -> Result<()> {
     println!("\n{} keys, {}-byte values, {} s per cell\n", args.keys, args.value_size, args.duration);
     // Ratios against etcd when it ran, else against the first namespace's cells.
     let baseline = if args.etcd.is_empty() {
-        Target::EdgeFabric { channels: vec![], auth: auth.clone(), ns: args.ns[0].clone(), label: label(0) }
-            .name()
+        Target::EdgeFabric {
+            channels: vec![],
+            auth: auth.clone(),
+            ns: args.ns[0].clone(),
+            label: if routes.len() == 2 { Some("EF leader".into()) } else { label(0) },
+            router: None,
+        }
+        .name()
     } else {
         "etcd".to_string()
     };

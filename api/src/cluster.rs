@@ -59,6 +59,10 @@ pub struct ShardView {
     pub sites: Vec<Option<String>>,
     pub preferred_leader: Option<u64>,
     pub leader: Option<u64>,
+    /// The site-local namespace this shard is pinned for (it holds all of that namespace, by
+    /// name, not a hash range); absent for the shards that split the hash space.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned_ns: Option<String>,
     /// As the group's leader reports them (`None` if no leader answered).
     pub voters: Option<Vec<u64>>,
     pub learners: Option<Vec<u64>>,
@@ -121,6 +125,7 @@ pub async fn view(node: &Node, tls: bool) -> Result<ClusterView, ApiError> {
             sites: s.replicas.iter().map(|r| map.nodes.get(r).map(|n| n.site.clone())).collect(),
             preferred_leader: s.replicas.first().copied(),
             leader: leader_of(s.id),
+            pinned_ns: map.pinned.iter().find(|(_, p)| p.shard.id == s.id).map(|(ns, _)| ns.clone()),
             voters: members.get(&s.id).map(|m| m.0.clone()),
             learners: members.get(&s.id).map(|m| m.1.clone()),
         })

@@ -399,6 +399,7 @@ impl ClusterService {
                     replicas: s.replicas,
                     sites: s.sites.into_iter().map(Option::unwrap_or_default).collect(),
                     leader: s.leader,
+                    pinned_ns: s.pinned_ns,
                     voters: s.voters.unwrap_or_default(),
                     learners: s.learners.unwrap_or_default(),
                 })

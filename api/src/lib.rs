@@ -17,6 +17,7 @@ pub mod error;
 pub mod grpc;
 pub mod guard;
 pub mod http;
+pub mod kv_client;
 pub mod ledger;
 pub mod ledger_cli;
 pub mod openapi;
