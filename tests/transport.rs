@@ -459,3 +459,52 @@ async fn the_rust_client_sends_each_request_to_its_shard_leader() {
     }
     assert!(expected.len() > 1, "the keys spread over more than one leader: {expected:?}");
 }
+
+/// Thousands of connections may wait for a TLS handshake (`api/src/tls.rs`): a node raises its
+/// soft open-files limit to the hard one at start, as Go's runtime does for etcd, so a common
+/// default soft limit (1024; here 256) does not turn a burst of connections into failed accepts.
+#[test]
+fn a_node_raises_its_open_files_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -Sn 256; exec {BIN} serve --dev --http 127.0.0.1:0 --grpc 127.0.0.1:0 --data {}",
+        data.path().display()
+    );
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // First the shell sets the limit and becomes the node (before that, its limits are the
+    // test's own).
+    let exe = format!("/proc/{}/exe", child.id());
+    while !std::fs::read_link(&exe).is_ok_and(|p| p.ends_with("edgefabric")) {
+        assert!(std::time::Instant::now() < deadline, "the node never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (soft, hard) = loop {
+        let text = std::fs::read_to_string(&limits).unwrap_or_default();
+        let files: Vec<String> = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        // Raised as the node starts serving; until then, poll.
+        if files.len() > 4 && files[3] == files[4] {
+            break (files[3].clone(), files[4].clone());
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the soft open-files limit stayed below the hard one: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_ne!(soft, "256");
+    assert_eq!(soft, hard);
+}

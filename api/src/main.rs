@@ -376,6 +376,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 config::NodeConfig::load(&path)?
             };
             cfg.ledger.verify_full_at_start |= verify_ledger;
+            raise_open_files_limit();
             server::run(cfg).await?;
         }
         Cmd::Cluster { cmd: ClusterCmd::Init { nodes, sites, host, base_port, out } } => {
@@ -614,6 +615,23 @@ async fn kv(cmd: KvCmd) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime does for etcd: the
+/// listeners may hold thousands of connections waiting for their TLS handshake
+/// (`api/src/tls.rs`), beside peers, clients, and the data files, and a default soft limit of
+/// 1024 would turn a burst of connections into failed accepts.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                tracing::warn!(soft = lim.rlim_cur, "could not raise the open-files limit");
+            }
+        }
+    }
 }
 
 fn main() {
