@@ -116,15 +116,16 @@ impl Target {
         }
     }
 
-    fn channel(&self, i: usize) -> Channel {
+    /// Client `i`'s connection; none for routed clients (the router holds its own per node).
+    fn channel(&self, i: usize) -> Option<Channel> {
         match self {
             Target::EdgeFabric { channels, .. } | Target::Etcd { channels } => {
-                channels[i % channels.len()].clone()
+                (!channels.is_empty()).then(|| channels[i % channels.len()].clone())
             }
         }
     }
 
-    async fn op(&self, ch: Channel, op: Op, key: u64, value: &[u8]) -> Result<()> {
+    async fn op(&self, ch: Option<Channel>, op: Op, key: u64, value: &[u8]) -> Result<()> {
         let key = format!("bench/{key:08}");
         match self {
             Target::EdgeFabric { router: Some(r), ns, .. } => match op {
@@ -136,7 +137,7 @@ impl Target {
                 }
             },
             Target::EdgeFabric { auth, ns, .. } => {
-                let mut c = ef::kv_client::KvClient::new(ch);
+                let mut c = ef::kv_client::KvClient::new(ch.context("no connection")?);
                 match op {
                     Op::Put => {
                         let mut req = tonic::Request::new(ef::PutRequest {
@@ -157,7 +158,7 @@ impl Target {
                 }
             }
             Target::Etcd { .. } => {
-                let mut c = etcd::kv_client::KvClient::new(ch);
+                let mut c = etcd::kv_client::KvClient::new(ch.context("no connection")?);
                 match op {
                     Op::Put => {
                         c.put(etcd::PutRequest {
@@ -357,7 +358,11 @@ async fn main() -> Result<()> {
                 for &routed in &routes {
                     let ca = ca_near(&args, args.token_file.as_deref());
                     let ef = Target::EdgeFabric {
-                        channels: connect(&args.edgefabric, clients, ca.as_deref()).await?,
+                        channels: if routed {
+                            vec![]
+                        } else {
+                            connect(&args.edgefabric, clients, ca.as_deref()).await?
+                        },
                         auth: auth.clone(),
                         ns: ns.clone(),
                         label: if routes.len() == 2 {
@@ -382,7 +387,11 @@ async fn main() -> Result<()> {
                         None => bail!("--compare-token-file: the second cluster's admin token"),
                     };
                     let ef = Target::EdgeFabric {
-                        channels: connect(&args.compare, clients, ca.as_deref()).await?,
+                        channels: if routes[0] {
+                            vec![]
+                        } else {
+                            connect(&args.compare, clients, ca.as_deref()).await?
+                        },
                         auth: auth2.clone(),
                         ns: ns.clone(),
                         label: label(1),

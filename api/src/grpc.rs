@@ -110,10 +110,8 @@ impl KvService {
             Err((actor, refusal)) => {
                 // Past its source's and actor's budget, a denial is counted into an aggregate
                 // record instead of a record of its own (as REST: `DeniedLimiter`).
-                if let Some(ip) = caller.source {
-                    if !self.state.denied.record_one(ip, &actor) {
-                        return Err(refusal);
-                    }
+                if self.state.denial_counted(caller.source, &actor) {
+                    return Err(refusal);
                 }
                 (actor, Err(refusal), false)
             }

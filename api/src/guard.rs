@@ -142,8 +142,7 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    let source =
-        req.extensions().get::<axum::extract::ConnectInfo<crate::tls::PeerAddr>>().map(|c| c.0 .0.ip());
+    let source = crate::tls::peer_ip(req.extensions());
     let method = req.method().as_str().to_string();
     let (actor, req, verdict, targets) = authorize(&st, rule, req, &method).await;
     let unrecorded = |e: ApiError| {
@@ -171,10 +170,8 @@ async fn require_token(
             // Past its source's and actor's budget, a denied request is counted into an
             // aggregate record instead of a record of its own (`DeniedLimiter`): a flood
             // costs bounded work.
-            if let Some(ip) = source {
-                if !st.denied.record_one(ip, &actor) {
-                    return refusal;
-                }
+            if st.denial_counted(source, &actor) {
+                return refusal;
             }
             (refusal, false)
         }

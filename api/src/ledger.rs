@@ -565,23 +565,14 @@ async fn record_read(
     status: u16,
     source: Option<std::net::IpAddr>,
 ) -> ApiResult<()> {
-    if !allowed {
-        if let Some(ip) = source {
-            if !st.denied.record_one(ip, actor) {
-                return Ok(());
-            }
-        }
+    if !allowed && st.denial_counted(source, actor) {
+        return Ok(());
     }
     st.record(actor, vec![target.clone()], allowed, status).await
 }
 
 fn read_target(what: String) -> crate::auth::Target {
     crate::auth::Target { action: "ledger.read-audit".into(), ns: String::new(), key: Some(what) }
-}
-
-/// The address a request came from (absent when the router runs without connection info).
-fn source_of(parts: &axum::http::request::Parts) -> Option<std::net::IpAddr> {
-    parts.extensions.get::<axum::extract::ConnectInfo<crate::tls::PeerAddr>>().map(|c| c.0 .0.ip())
 }
 
 /// What a reader without the `auditor` role sees of an audit entry: that it is one, who signed
@@ -620,7 +611,7 @@ pub async fn get_entry(
     index: Result<Path<u64>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path(index) = index.map_err(path_err)?;
-    let (source, headers) = (source_of(&parts), &parts.headers);
+    let (source, headers) = (crate::tls::peer_ip(&parts.extensions), &parts.headers);
     let target = read_target(format!("entry {index}"));
     let reader = audit_reader(&st, headers, source, &target).await?;
     let (e, leaf) = st.node.ledger_entry(index).await?;
@@ -647,7 +638,7 @@ pub async fn get_block(
     height: Result<Path<u64>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path(height) = height.map_err(path_err)?;
-    let (source, headers) = (source_of(&parts), &parts.headers);
+    let (source, headers) = (crate::tls::peer_ip(&parts.extensions), &parts.headers);
     let target = read_target(format!("block {height}"));
     let reader = audit_reader(&st, headers, source, &target).await?;
     let auditor = reader.as_ref().is_some_and(|r| r.auditor);

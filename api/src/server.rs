@@ -81,11 +81,6 @@ pub const DENIED_FLUSH: std::time::Duration = std::time::Duration::from_secs(10)
 /// new sources are counted under one overflow source (the unspecified address).
 const DENIED_SOURCES: usize = 10_000;
 
-/// The source a denial is counted under (see `DeniedLimiter`).
-pub fn denial_source(ip: std::net::IpAddr) -> std::net::IpAddr {
-    crate::tls::source_of(&std::net::SocketAddr::new(ip, 0))
-}
-
 fn refill(tokens: &mut f64, last: &mut std::time::Instant, now: std::time::Instant, rate: f64, burst: f64) {
     *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
     *last = now;
@@ -103,7 +98,7 @@ impl DeniedLimiter {
         let now = std::time::Instant::now();
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let d = &mut *guard;
-        let mut key = (denial_source(ip), actor.to_string());
+        let mut key = (crate::tls::source_of(ip), actor.to_string());
         if d.buckets.len() >= DENIED_SOURCES && !d.buckets.contains_key(&key) {
             if d.swept.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1)) {
                 d.buckets.retain(|_, b| b.counted > 0);
@@ -344,6 +339,13 @@ impl AppState {
             return Err(crate::auth::AuthError::Revoked);
         }
         Ok(Principal { subject: claims.sub, roles: claims.roles, cnf: claims.cnf })
+    }
+
+    /// Whether a denial of `actor` from `source` is past its budget and so only counted into
+    /// an aggregate record (`DeniedLimiter`); the caller then records nothing of its own. Every
+    /// place that records a refusal (REST guard, gRPC, the ledger's audit reads) asks here.
+    pub fn denial_counted(&self, source: Option<std::net::IpAddr>, actor: &str) -> bool {
+        source.is_some_and(|ip| !self.denied.record_one(ip, actor))
     }
 
     /// Records one request's accesses in the audit trail, durably, before its answer goes out

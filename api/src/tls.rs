@@ -31,8 +31,8 @@ const PENDING_TOTAL: usize = 4096;
 
 /// The source a connection is counted under: IPv4 address, or the /64 an IPv6 host can pick
 /// its addresses from.
-pub fn source_of(addr: &SocketAddr) -> IpAddr {
-    match addr.ip() {
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
             None => {
@@ -61,7 +61,7 @@ struct Slot {
 
 impl Slot {
     fn take(pending: &Arc<Mutex<Pending>>, addr: &SocketAddr) -> Option<Slot> {
-        let source = source_of(addr);
+        let source = source_of(addr.ip());
         let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.total >= PENDING_TOTAL {
             return None;
@@ -198,6 +198,12 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Plai
     }
 }
 
+/// The address a REST request came from, from its extensions (absent when the router runs
+/// without connection info, as in unit tests).
+pub fn peer_ip(ext: &axum::http::Extensions) -> Option<IpAddr> {
+    ext.get::<axum::extract::ConnectInfo<PeerAddr>>().map(|c| c.0 .0.ip())
+}
+
 /// A plaintext REST listener (`[tls] enabled = false`, `--dev`): TCP with no Nagle.
 pub struct PlainListener(pub TcpListener);
 
@@ -225,7 +231,7 @@ mod tests {
 
     #[test]
     fn sources_are_hosts_and_ipv6_prefixes() {
-        let at = |s: &str| source_of(&s.parse::<SocketAddr>().unwrap());
+        let at = |s: &str| source_of(s.parse::<SocketAddr>().unwrap().ip());
         assert_eq!(at("10.0.0.7:1"), at("10.0.0.7:2"));
         assert_ne!(at("10.0.0.7:1"), at("10.0.0.8:1"));
         // One /64 is one source: a host picks addresses from it freely.
