@@ -394,6 +394,17 @@ async fn the_rust_client_sends_each_request_to_its_shard_leader() {
     let mut c = Cluster::init(3, "a,b,c", |t| t);
     c.start_all();
     c.wait_ready(Duration::from_secs(60)).await;
+    // A site-local namespace lives on one shard pinned to its site, routed to by name.
+    let r = c
+        .request(
+            1,
+            reqwest::Method::PUT,
+            "/v1/namespaces/plant",
+            Some(br#"{"class":"site-local","home_site":"b"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
     // Leadership settles on the preferred replicas shortly after start: wait for it, so that
     // the map the client learns stays true while the test runs.
     let leaders = |st: &serde_json::Value| -> Vec<(u64, u64, u64)> {
@@ -401,6 +412,7 @@ async fn the_rust_client_sends_each_request_to_its_shard_leader() {
             .as_array()
             .unwrap()
             .iter()
+            .filter(|s| s["pinned_ns"].is_null())
             .map(|s| {
                 let hex = |v: &serde_json::Value| u64::from_str_radix(v.as_str().unwrap(), 16).unwrap();
                 (hex(&s["range"][0]), hex(&s["range"][1]), s["leader"].as_u64().unwrap_or(0))
@@ -408,11 +420,12 @@ async fn the_rust_client_sends_each_request_to_its_shard_leader() {
             .collect()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let routes = loop {
+    let (routes, plant_leader) = loop {
         let st = c.status(1).await.unwrap();
         let settled = st["shards"].as_array().unwrap().iter().all(|s| s["leader"] == s["preferred_leader"]);
-        if settled {
-            break leaders(&st);
+        let plant = st["shards"].as_array().unwrap().iter().find(|s| s["pinned_ns"] == "plant").cloned();
+        if let (true, Some(plant)) = (settled, plant) {
+            break (leaders(&st), plant["leader"].as_u64().unwrap());
         }
         assert!(std::time::Instant::now() < deadline, "leadership never settled: {st}");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -447,6 +460,13 @@ async fn the_rust_client_sends_each_request_to_its_shard_leader() {
         let leader = routes.iter().find(|(s, e, _)| *s <= h && h <= *e).unwrap().2;
         *expected.entry(leader).or_default() += 1.0;
     }
+    for i in 0..10 {
+        let key = format!("sensor-{i}");
+        let rev = kv.put("plant", &key, b"on".to_vec()).await.unwrap();
+        assert_eq!(kv.get("plant", &key).await.unwrap(), Some((b"on".to_vec(), rev)));
+        *expected.entry(plant_leader).or_default() += 1.0;
+    }
+    assert_eq!(plant_leader, 2, "site b's only node leads the plant's shard");
     assert_eq!(kv.get("default", "never-written").await.unwrap(), None);
     assert_eq!(c.status(1).await.map(|st| leaders(&st)).unwrap(), routes, "leaders moved during the test");
     for id in c.ids() {

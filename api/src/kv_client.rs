@@ -273,4 +273,19 @@ mod tests {
             assert_eq!(route_of(&routes, h), Some(map.shard_for_hash(h).unwrap().id), "{h:x}");
         }
     }
+
+    #[tokio::test]
+    async fn bad_options_are_named() {
+        let e = Client::connect(Options::new(vec![], "t")).await.err().unwrap().to_string();
+        assert!(e.contains("endpoints"), "{e}");
+        let e = Client::connect(Options::new(vec!["https://127.0.0.1:1".into()], "t")).await.err().unwrap();
+        assert!(e.to_string().contains("CA file"), "{e}");
+        let e = Client::connect(Options::new(vec!["not a url".into()], "t")).await.err().unwrap();
+        assert!(e.to_string().contains("endpoint"), "{e}");
+        let e = Client::connect(Options::new(vec!["http://127.0.0.1:1".into()], "bad\ntoken"))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("token"), "{e}");
+    }
 }
