@@ -11,10 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v etcd >/dev/null; then
-  if [ "$(id -u)" != 0 ]; then echo "etcd is missing: install Debian's etcd-server package" >&2; exit 1; fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-fi
+source benches/etcd.sh
+ensure_etcd
 cargo build --release -q -p edgefabric --bin edgefabric --bin edgefabric-loadgen
 BIN=target/release
 
@@ -32,25 +30,8 @@ trap cleanup EXIT
 # clients over TLS (server authenticated), peers over mutual TLS.
 "$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port 24100 --out "$WORK/ef" >/dev/null
 CA="$WORK/ef/ca.pem"
-for i in 1 2 3; do
-  "$BIN/edgefabric" cluster cert --dir "$WORK/ef" --host 127.0.0.1 --name "etcd-$i" --out "$WORK/etcd$i-tls" >/dev/null
-done
-
-# etcd: 3 members, peers on 2380x, clients on 2379x, all over TLS. No client --trusted-ca-file:
-# etcd 3.4 then demands a client certificate from every client, and neither side's clients
-# authenticate by certificate here (EdgeFabric's by bearer token; etcd's not at all).
-CLUSTER="e1=https://127.0.0.1:23801,e2=https://127.0.0.1:23802,e3=https://127.0.0.1:23803"
-for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$WORK/etcd$i" \
-    --listen-peer-urls "https://127.0.0.1:2380$i" --initial-advertise-peer-urls "https://127.0.0.1:2380$i" \
-    --listen-client-urls "https://127.0.0.1:2379$i" --advertise-client-urls "https://127.0.0.1:2379$i" \
-    --cert-file "$WORK/etcd$i-tls.crt" --key-file "$WORK/etcd$i-tls.key" \
-    --peer-cert-file "$WORK/etcd$i-tls.crt" --peer-key-file "$WORK/etcd$i-tls.key" \
-    --peer-trusted-ca-file "$CA" --peer-client-cert-auth \
-    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token bench \
-    --log-level error >"$WORK/etcd$i.log" 2>&1 &
-  PIDS+=($!)
-done
+# etcd: 3 members, peers on 2380x, clients on 2379x, all over TLS (benches/etcd.sh).
+start_etcd "$WORK/ef" 23800 23790
 
 for k in 1 2 3; do
   EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$WORK/ef/node$k.toml" >"$WORK/ef$k.log" 2>&1 &

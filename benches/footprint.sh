@@ -20,10 +20,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if ! command -v etcd >/dev/null; then
-  if [ "$(id -u)" != 0 ]; then echo "etcd is missing: install Debian's etcd-server package" >&2; exit 1; fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-fi
+source benches/etcd.sh
+ensure_etcd
 cargo build --release -q -p edgefabric --bin edgefabric
 BIN=target/release
 WORK=$(mktemp -d /tmp/ef-footprint.XXXXXX)
@@ -43,22 +41,8 @@ for k in 1 2 3; do
   mv "$WORK/tmp.toml" "$WORK/ef/node$k.toml"
   grep -q "^initial_shards = $SHARDS\$" "$WORK/ef/node$k.toml" || { echo "could not set initial_shards" >&2; exit 1; }
 done
-for i in 1 2 3; do
-  "$BIN/edgefabric" cluster cert --dir "$WORK/ef" --host 127.0.0.1 --name "etcd-$i" --out "$WORK/etcd$i-tls" >/dev/null
-done
-CLUSTER="e1=https://127.0.0.1:23811,e2=https://127.0.0.1:23812,e3=https://127.0.0.1:23813"
-ETCD=() EF=()
-for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$WORK/etcd$i" \
-    --listen-peer-urls "https://127.0.0.1:2381$i" --initial-advertise-peer-urls "https://127.0.0.1:2381$i" \
-    --listen-client-urls "https://127.0.0.1:2378$i" --advertise-client-urls "https://127.0.0.1:2378$i" \
-    --cert-file "$WORK/etcd$i-tls.crt" --key-file "$WORK/etcd$i-tls.key" \
-    --peer-cert-file "$WORK/etcd$i-tls.crt" --peer-key-file "$WORK/etcd$i-tls.key" \
-    --peer-trusted-ca-file "$CA" --peer-client-cert-auth \
-    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token footprint \
-    --log-level error >"$WORK/etcd$i.log" 2>&1 &
-  PIDS+=($!); ETCD+=($!)
-done
+start_etcd "$WORK/ef" 23810 23780
+EF=()
 for k in 1 2 3; do
   EDGEFABRIC_LOG=warn "$BIN/edgefabric" serve --config "$WORK/ef/node$k.toml" >"$WORK/ef$k.log" 2>&1 &
   PIDS+=($!); EF+=($!)
