@@ -6,7 +6,7 @@
 # EDGEFABRIC_CA_FILE names the CA for the load generators. `audit_off` starts the nodes with
 # `[audit] enabled = false`, `tls_off` with `[tls] enabled = false` (to measure what each costs).
 # Several clusters may run at once (different base ports); each call sets the variables anew.
-BIN=target/release
+BIN=${BIN:-target/release}
 WORK=$(mktemp -d /tmp/ef-bench.XXXXXX)
 PIDS=()
 cleanup() {
