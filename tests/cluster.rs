@@ -1284,3 +1284,116 @@ async fn backup_and_restore_a_node_after_losing_its_disk() {
     via2.sort();
     assert_eq!(via1, via2);
 }
+
+/// One gauge or counter summed over a node's `/metrics` lines named `name` (any labels).
+async fn metric_sum(c: &Cluster, id: u64, name: &str) -> Option<u64> {
+    let r = c.request(id, reqwest::Method::GET, "/metrics", None).await.ok()?;
+    let text = r.text();
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (metric, value) = line.rsplit_once(' ')?;
+        let bare = metric.split('{').next().unwrap_or(metric);
+        if bare == name {
+            *sum.get_or_insert(0) += value.parse::<f64>().ok()? as u64;
+        }
+    }
+    sum
+}
+
+/// (quiet groups, groups) summed over the running nodes.
+async fn quiet_counts(c: &Cluster) -> (u64, u64) {
+    let (mut quiet, mut all) = (0, 0);
+    for id in c.ids().into_iter().filter(|id| c.is_running(*id)) {
+        quiet += metric_sum(c, id, "edgefabric_raft_groups_quiet").await.unwrap_or(0);
+        all += metric_sum(c, id, "edgefabric_raft_groups").await.unwrap_or(0);
+    }
+    (quiet, all)
+}
+
+async fn wait_all_quiet(c: &Cluster, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (quiet, all) = quiet_counts(c).await;
+        if all > 0 && quiet == all {
+            return;
+        }
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("only {quiet} of {all} group replicas went quiet within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn leader_changes(c: &Cluster) -> u64 {
+    let mut n = 0;
+    for id in c.ids().into_iter().filter(|id| c.is_running(*id)) {
+        n += metric_sum(c, id, "edgefabric_raft_leader_changes_total").await.unwrap_or(0);
+    }
+    n
+}
+
+/// Idle groups go quiet (raft stops ticking: no heartbeats, no timers), stay quiet without
+/// spurious elections while their leaders' nodes ping, wake for a write, and still fail over:
+/// a kill -9 of a quiet group's leader is noticed through node liveness and its followers
+/// elect a new one, which takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_groups_go_quiet_wake_for_writes_and_still_fail_over() {
+    let mut c = Cluster::init(3, "a,b,c", |t| t);
+    c.start_all();
+    c.wait_ready(READY).await;
+    wait_status(&c, 1, "every shard led by its preferred replica", all_led_by_preferred).await;
+    wait_all_quiet(&c, Duration::from_secs(30)).await;
+
+    // Quiet means no elections: the followers' timers are off, and pings keep the leaders'
+    // nodes known alive.
+    let changes = leader_changes(&c).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(leader_changes(&c).await, changes, "a quiet cluster elects nobody");
+    let (quiet, all) = quiet_counts(&c).await;
+    assert_eq!(quiet, all, "and stays quiet");
+
+    // A write wakes its group (and the ledger's, for its audit records) and is answered at
+    // once, not after an election.
+    let e = c.endpoints();
+    let started = Instant::now();
+    e.put(1, "default", "wake", b"up").await.expect("a write to a quiet group");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    let (quiet, all) = quiet_counts(&c).await;
+    assert!(quiet < all, "the written group woke ({quiet} of {all} quiet)");
+    assert_eq!(leader_changes(&c).await, changes, "waking elects nobody");
+
+    // Failover of a quiet group: kill its leader's node.
+    wait_all_quiet(&c, Duration::from_secs(30)).await;
+    let shard = c.shard_of("default", "after-kill").await;
+    let st = c.status(1).await.unwrap();
+    let old = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"].as_u64() == Some(shard))
+        .and_then(|s| s["leader"].as_u64())
+        .unwrap_or_else(|| panic!("shard {shard} has a leader: {st}"));
+    c.kill9(old);
+    let mut e = c.endpoints();
+    e.http.remove(&old);
+    let first = *e.http.keys().next().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    assert!(
+        e.put_until_acked(first, "default", "after-kill", b"v", deadline).await,
+        "the quiet shard's followers elected a new leader that takes writes"
+    );
+    let st = c.status(first).await.unwrap();
+    let new = st["shards"].as_array().unwrap().iter().find(|s| s["id"].as_u64() == Some(shard)).unwrap()
+        ["leader"]
+        .as_u64();
+    assert!(new.is_some() && new != Some(old), "shard {shard}: leader {new:?} after killing {old}");
+
+    // The killed node comes back, catches up, and the cluster goes quiet again.
+    c.start(old);
+    c.wait_ready(READY).await;
+    for id in c.ids() {
+        assert_eq!(c.read_back(id, "default", "after-kill").await, Ok(Some(b"v".to_vec())), "via {id}");
+    }
+    wait_all_quiet(&c, Duration::from_secs(30)).await;
+}

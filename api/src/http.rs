@@ -349,6 +349,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "Samples in memory not yet cut into chunks, over this node's replicas (the head log holds them).",
         head,
     );
+    gauge(
+        "edgefabric_raft_groups_quiet",
+        "Raft groups hosted here that are quiet: idle, not ticking or heartbeating until they wake.",
+        st.node.quiet_groups() as u64,
+    );
     let (queued, shipped) = st.node.audit_backlog();
     gauge(
         "edgefabric_audit_records_queued",

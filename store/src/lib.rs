@@ -1,6 +1,6 @@
 //! EdgeFabric's replicated store: the raft log (`log`), the KV state machine (`kv`), the
 //! openraft glue (`raft_store`), the node-to-node transport (`network`), the node runtime
-//! that ties them together (`node`), the ledger's runtime on a node (`ledger`), and the audit
+//! that ties them together (`node`), idle groups' quiescence (`quiesce`), the ledger's runtime on a node (`ledger`), and the audit
 //! trail's durable queue and shipper (`audit`).
 
 // openraft's `StorageError` is large and is the error type its traits require; boxing it at
@@ -21,6 +21,7 @@ pub mod log;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod quiesce;
 pub mod raft_store;
 pub mod shard;
 pub mod ts;

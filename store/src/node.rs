@@ -27,7 +27,7 @@
 //! `REJOIN` marker (so a crash mid-way resumes), keeps refusing votes, and asks the leader to
 //! demote it to learner, catch it up and promote it back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -202,9 +202,15 @@ pub struct Group {
     deciding: AtomicBool,
     /// Times this replica saw the group get a new leader (for `/metrics`).
     leader_changes: AtomicU64,
+    /// Whether the group is quiet (raft not ticking while idle: `quiesce.rs`).
+    pub(crate) quiet: crate::quiesce::Quiet,
 }
 
 impl Group {
+    pub(crate) fn is_rejoining(&self) -> bool {
+        self.rejoining.load(Ordering::SeqCst) || self.deciding.load(Ordering::SeqCst)
+    }
+
     fn status(&self, node: NodeId, instance: u64) -> GroupStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -261,6 +267,12 @@ pub struct Node {
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// How long proposals made on this node, as the group's leader, took to commit and apply.
     pub commit_latency: crate::metrics::Histogram,
+    /// Peers' liveness, which quiet groups rely on (`quiesce.rs`).
+    pub(crate) liveness: crate::quiesce::Liveness,
+    /// The ed25519 key of each peer certificate seen (parsing X.509 on every internal call
+    /// cost more than the call's own work). Keyed by the whole DER, so a different
+    /// certificate is parsed anew; bounded (cleared when full).
+    cert_keys: Mutex<HashMap<Vec<u8>, Option<[u8; 32]>>>,
 }
 
 impl Node {
@@ -316,6 +328,8 @@ impl Node {
             rotations: Default::default(),
             shutdown,
             commit_latency: Default::default(),
+            liveness: crate::quiesce::Liveness::new(),
+            cert_keys: Mutex::new(HashMap::new()),
         });
         // Keys of nodes added after the cluster's creation come from the cluster map.
         let weak = Arc::downgrade(&node);
@@ -339,11 +353,29 @@ impl Node {
         }
         let n = node.clone();
         tokio::spawn(async move { n.reconcile_loop().await });
+        let n = node.clone();
+        tokio::spawn(async move { n.quiesce_loop().await });
         Ok(node)
     }
 
     pub fn id(&self) -> NodeId {
         self.opts.id
+    }
+
+    /// The ed25519 key a peer's certificate is for (`edgefabric_crypto::tls::ed25519_key_of`),
+    /// remembered per certificate.
+    fn cert_key(&self, der: &[u8]) -> Option<[u8; 32]> {
+        const MAX_CERTS: usize = 1024;
+        if let Some(k) = self.cert_keys.lock().unwrap_or_else(|p| p.into_inner()).get(der) {
+            return *k;
+        }
+        let key = edgefabric_crypto::tls::ed25519_key_of(der);
+        let mut cache = self.cert_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CERTS {
+            cache.clear();
+        }
+        cache.insert(der.to_vec(), key);
+        key
     }
 
     pub fn options(&self) -> &NodeOptions {
@@ -510,6 +542,7 @@ impl Node {
             rejoining: AtomicBool::new(rejoining),
             deciding: AtomicBool::new(fresh),
             leader_changes: AtomicU64::new(0),
+            quiet: Default::default(),
         });
         // Counts leader changes as this replica sees them; ends when raft stops (its metrics
         // channel closes) or the group is dropped. The server metrics change with the vote,
@@ -664,6 +697,7 @@ impl Node {
         let m = g.raft.metrics().borrow().clone();
         let known: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
         for n in map.nodes.values().filter(|n| !known.contains(&n.id) && !map.leaving.contains(&n.id)) {
+            g.wake();
             let add = g.raft.add_learner(n.id, BasicNode::new(&n.addr), false);
             match tokio::time::timeout(CONTROL_STEP_TIMEOUT, add).await {
                 Ok(Ok(_)) => {}
@@ -681,6 +715,7 @@ impl Node {
         // One change per pass: the membership read above is stale after it.
         let departed = membership.nodes().map(|(id, _)| *id).find(|id| gone(id));
         if let Some(id) = departed {
+            g.wake();
             let change = |c: ChangeMembers<NodeId, BasicNode>| {
                 let raft = g.raft.clone();
                 async move {
@@ -899,6 +934,7 @@ impl Node {
         // it leads for a moment, and its proposals could never commit.
         let limit = self.opts.request_timeout;
         let timed_out = || Error::Unavailable(format!("membership change not confirmed within {limit:?}"));
+        g.wake();
         if !membership.voter_ids().any(|v| v == to) {
             tokio::time::timeout(
                 Duration::from_secs(120),
@@ -951,6 +987,7 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        meta.wake();
         let change = |c: ChangeMembers<NodeId, BasicNode>| {
             let raft = meta.raft.clone();
             async move {
@@ -1215,6 +1252,7 @@ impl Node {
         RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
     > {
         let started = std::time::Instant::now();
+        g.wake();
         let r = g.raft.client_write(cmd).await;
         if r.is_ok() {
             self.commit_latency.observe(started.elapsed());
@@ -1234,6 +1272,7 @@ impl Node {
         // that cannot commit. A write given up on may still commit later; every control
         // command is idempotent or guarded by the map's epoch.
         let started = std::time::Instant::now();
+        g.wake();
         let write =
             tokio::time::timeout(CONTROL_STEP_TIMEOUT, g.raft.client_write(cmd)).await.map_err(|_| {
                 tracing::warn!(group = g.id, "a proposal was not committed within {CONTROL_STEP_TIMEOUT:?}");
@@ -1708,6 +1747,7 @@ impl Node {
         // earlier attempt that did not finish left a seat free: it gets it back.)
         let capped = g.id == META_GROUP || g.id == LEDGER_GROUP;
         let promote = was_voter || !capped || membership.voter_ids().count() < MAX_META_VOTERS;
+        g.wake();
         if was_voter {
             g.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
@@ -1873,8 +1913,7 @@ impl InternalService {
     /// certificate holds the key of the node the frame names as its sender; an unauthenticated
     /// one is logged and refused.
     fn accept(&self, rpc: &str, req: tonic::Request<Frame>) -> std::result::Result<Frame, tonic::Status> {
-        let cert_key =
-            req.peer_certs().and_then(|c| c.first().and_then(|c| edgefabric_crypto::tls::ed25519_key_of(c)));
+        let cert_key = req.peer_certs().and_then(|c| c.first().and_then(|c| self.node.cert_key(c)));
         let f = req.into_inner();
         if let Err(e) = self.node.channels.auth.accept(rpc, &f) {
             tracing::warn!(rpc, from = f.from, error = %e, "refused an internal request");
@@ -1894,6 +1933,7 @@ impl InternalService {
                 )));
             }
         }
+        self.node.liveness.heard(f.from);
         Ok(f)
     }
 
@@ -1914,7 +1954,8 @@ impl Internal for InternalService {
         const RPC: &str = "append_entries";
         let f = self.accept(RPC, req)?;
         let g = self.group(&f)?;
-        let rpc = network::request(&f)?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> = network::request(&f)?;
+        g.on_append(&rpc.vote, !rpc.entries.is_empty());
         self.reply(RPC, &f, &g.raft.append_entries(rpc).await)
     }
 
@@ -1926,6 +1967,7 @@ impl Internal for InternalService {
             return Err(tonic::Status::unavailable("fresh or rejoining after data loss: not voting yet"));
         }
         let rpc = network::request(&f)?;
+        g.wake();
         self.reply(RPC, &f, &g.raft.vote(rpc).await)
     }
 
@@ -1934,7 +1976,22 @@ impl Internal for InternalService {
         let f = self.accept(RPC, req)?;
         let g = self.group(&f)?;
         let rpc = network::request(&f)?;
+        g.wake();
         self.reply(RPC, &f, &g.raft.install_snapshot(rpc).await)
+    }
+
+    async fn ping(&self, req: tonic::Request<Frame>) -> RpcResult {
+        const RPC: &str = "ping";
+        let f = self.accept(RPC, req)?;
+        let boot: u64 = network::request(&f)?;
+        self.reply(RPC, &f, &Ok::<_, Error>(self.node.on_ping(f.from, boot)))
+    }
+
+    async fn quiesce(&self, req: tonic::Request<Frame>) -> RpcResult {
+        const RPC: &str = "quiesce";
+        let f = self.accept(RPC, req)?;
+        let items: Vec<crate::quiesce::QuiesceItem> = network::request(&f)?;
+        self.reply(RPC, &f, &self.node.on_quiesce(f.from, &items))
     }
 
     async fn forward(&self, req: tonic::Request<Frame>) -> RpcResult {

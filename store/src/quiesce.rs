@@ -1,0 +1,502 @@
+//! Quiet groups: an idle raft group stops ticking, so a node with a thousand idle shards does
+//! not send a thousand groups' heartbeats (as CockroachDB quiesces idle ranges and TiKV
+//! hibernates idle regions).
+//!
+//! How a group goes quiet. Once a second this node's loop looks at the groups it leads. One
+//! whose log has not moved for [`IDLE`], whose every entry is applied here and matched by every
+//! follower and learner, and whose membership is not joint, goes quiet: the leader turns its
+//! raft ticker off (no heartbeats, no timers) and asks each follower, in one `Quiesce` call per
+//! peer, to do the same. A follower agrees only if the caller is the group's leader in the term
+//! given and its own log ends at the index given; otherwise the leader wakes the group again.
+//!
+//! What wakes a group (raft ticking again, heartbeats and election timers as before):
+//! - on the leader: a proposal or membership change made here ([`Group::wake`]); its log moving
+//!   for any other reason (checked every `heartbeat`); losing leadership;
+//! - on a follower: an append carrying entries, or any message from another leader or term
+//!   (a heartbeat of the same leader, as a linearizable read sends, keeps it quiet); a vote
+//!   request; a snapshot; a different leader or term in its own view;
+//! - the leader's node falling silent: every node sends each peer a small authenticated `Ping`
+//!   every two `heartbeat`s, and a follower that has not heard from its quiet group's leader
+//!   (any request from it counts) for `election_timeout_max` wakes the group,
+//!   whose election timer then runs out as it would have without quiescence. Only what the
+//!   peer *sent* counts (not its answers), so a node whose outgoing links are cut is seen as
+//!   gone, as raft's own heartbeats would show;
+//! - a peer restarting (its ping carries a boot nonce): the quiet groups this node leads with
+//!   it as a member wake, so the restarted follower gets heartbeats before its election timer
+//!   runs out, and those it led wake here, so their followers elect a new leader.
+//!
+//! Safety does not depend on any of this: quiescence only switches raft's timers off and on
+//! (`Raft::runtime_config().tick`), never its votes or its log. A group that stays quiet too
+//! long is only unavailable until it wakes; a group woken too early only heartbeats.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::{ServerState, Vote};
+
+use crate::error::{Error, Result};
+use crate::log::GroupId;
+use crate::network::call;
+use crate::node::{Group, Node};
+use crate::raft_store::NodeId;
+
+/// How long a group's log must stand still before its leader quiets it.
+pub const IDLE: Duration = Duration::from_secs(2);
+
+/// A replica's quiescence, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Active,
+    /// Quiet as the leader, with the log ending at `index`.
+    Leader {
+        index: u64,
+    },
+    /// Quiet as a follower of `leader` in `term`.
+    Follower {
+        leader: NodeId,
+        term: u64,
+    },
+}
+
+/// Per-group quiescence state (held by [`Group`]).
+pub(crate) struct Quiet {
+    /// `state != Active`, readable without the lock on the write path.
+    quiet: AtomicBool,
+    state: Mutex<State>,
+    /// The last log index the idle check saw, and since when it has not moved.
+    idle: Mutex<(Option<u64>, Instant)>,
+}
+
+impl Default for Quiet {
+    fn default() -> Self {
+        Quiet {
+            quiet: AtomicBool::new(false),
+            state: Mutex::new(State::Active),
+            idle: Mutex::new((None, Instant::now())),
+        }
+    }
+}
+
+impl Quiet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Group {
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.quiet.load(Ordering::Acquire)
+    }
+
+    /// Makes the group tick again (a no-op when it is active). Cheap when active: one load.
+    pub(crate) fn wake(&self) {
+        if !self.is_quiet() {
+            return;
+        }
+        let mut s = self.quiet.lock();
+        if *s != State::Active {
+            *s = State::Active;
+            self.quiet.quiet.store(false, Ordering::Release);
+            *self.quiet.idle.lock().unwrap_or_else(|p| p.into_inner()) = (None, Instant::now());
+            self.raft.runtime_config().tick(true);
+            tracing::debug!(group = self.id, "group woke");
+        }
+    }
+
+    /// An append arrived for this replica: a quiet follower stays quiet only for a heartbeat
+    /// (no entries) of the leader and term it went quiet under.
+    pub(crate) fn on_append(&self, vote: &Vote<NodeId>, has_entries: bool) {
+        if !self.is_quiet() {
+            return;
+        }
+        let keep = match *self.quiet.lock() {
+            State::Follower { leader, term } => {
+                !has_entries
+                    && vote.is_committed()
+                    && vote.leader_id().voted_for() == Some(leader)
+                    && vote.leader_id().get_term() == term
+            }
+            _ => false,
+        };
+        if !keep {
+            self.wake();
+        }
+    }
+
+    /// Quiets this replica if it still is what the check saw. Returns whether it did.
+    fn quiet_as(&self, state: State) -> bool {
+        let mut s = self.quiet.lock();
+        if *s != State::Active {
+            return false;
+        }
+        self.raft.runtime_config().tick(false);
+        *s = state;
+        self.quiet.quiet.store(true, Ordering::Release);
+        true
+    }
+
+    fn quiet_state(&self) -> State {
+        *self.quiet.lock()
+    }
+}
+
+/// One group a leader asks a follower to quiet: (group, term, last log index).
+pub type QuiesceItem = (GroupId, u64, u64);
+
+/// What this node knows of each peer's liveness.
+#[derive(Default)]
+struct PeerLive {
+    addr: String,
+    /// When the peer last sent this node an authenticated request (any internal call).
+    heard: Option<Instant>,
+    /// The peer's boot nonce (changes with every start of its process).
+    boot: Option<u64>,
+    /// Seen silent for longer than the election timeout (and not heard since).
+    silent: bool,
+    /// A ping to it is out (a cut peer's takes up to its timeout).
+    pinging: bool,
+}
+
+/// The node-level liveness that quiet groups rely on instead of their own heartbeats.
+pub(crate) struct Liveness {
+    /// Random per process start.
+    boot: u64,
+    peers: Mutex<HashMap<NodeId, PeerLive>>,
+}
+
+impl Liveness {
+    pub(crate) fn new() -> Self {
+        let mut b = [0u8; 8];
+        // Only needs to differ between starts; the clock is the fallback.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+            b = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64))
+            .to_le_bytes();
+        }
+        Liveness { boot: u64::from_le_bytes(b), peers: Mutex::new(HashMap::new()) }
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, PeerLive>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An authenticated request from `peer` arrived.
+    pub(crate) fn heard(&self, peer: NodeId) {
+        if let Some(p) = self.peers().get_mut(&peer) {
+            p.heard = Some(Instant::now());
+            p.silent = false;
+        }
+    }
+
+    /// Records `peer`'s boot nonce (from its ping, or its answer to ours); true if it changed:
+    /// the peer restarted.
+    fn boot_of(&self, peer: NodeId, boot: u64) -> bool {
+        let mut peers = self.peers();
+        let Some(p) = peers.get_mut(&peer) else { return false };
+        let restarted = p.boot.is_some_and(|b| b != boot);
+        p.boot = Some(boot);
+        restarted
+    }
+}
+
+impl Node {
+    /// Every `heartbeat`: wake groups whose leader fell silent; every other: ping peers; every second:
+    /// quiet idle groups this node leads, and check every quiet group against raft's view.
+    pub(crate) async fn quiesce_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut tick = tokio::time::interval(self.opts.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let per_pass = (Duration::from_secs(1).as_millis() / self.opts.heartbeat.as_millis().max(1)).max(1);
+        let mut n: u128 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            // The first pass runs at once: it learns the peers, and a restarted node's first
+            // ping is what wakes the quiet groups it follows before its election timer runs out.
+            if n.is_multiple_of(per_pass) {
+                self.quiesce_pass().await;
+            }
+            if n.is_multiple_of(2) {
+                self.ping_peers();
+            }
+            self.wake_for_silent_peers();
+            self.check_quiet_leaders();
+            n += 1;
+        }
+    }
+
+    /// Sends `Ping` to each peer (one out at a time per peer). Its answer only carries the
+    /// peer's boot nonce: liveness counts what a peer sends, and the peer's own pings to this
+    /// node are what show it alive here.
+    fn ping_peers(self: &Arc<Self>) {
+        let due: Vec<(NodeId, String)> = self
+            .liveness
+            .peers()
+            .iter_mut()
+            .filter(|(_, p)| !p.pinging)
+            .map(|(id, p)| {
+                p.pinging = true;
+                (*id, p.addr.clone())
+            })
+            .collect();
+        for (id, addr) in due {
+            let n = self.clone();
+            tokio::spawn(async move {
+                if let Ok(peer) = n.channels.client(id, &addr) {
+                    let r = call::<_, u64, Error, _, _>(
+                        peer,
+                        0,
+                        &n.liveness.boot,
+                        n.opts.election_timeout_min,
+                        "ping",
+                        |mut c, f| async move { c.ping(f).await },
+                    )
+                    .await;
+                    if let Ok(Ok(boot)) = r {
+                        if n.liveness.boot_of(id, boot) {
+                            n.peer_restarted(id);
+                        }
+                    }
+                }
+                if let Some(p) = n.liveness.peers().get_mut(&id) {
+                    p.pinging = false;
+                }
+            });
+        }
+    }
+
+    /// The `Ping` handler: `boot` is the caller's boot nonce; answers with this node's.
+    pub(crate) fn on_ping(&self, from: NodeId, boot: u64) -> u64 {
+        self.liveness.heard(from);
+        if self.liveness.boot_of(from, boot) {
+            self.peer_restarted(from);
+        }
+        self.liveness.boot
+    }
+
+    /// Wakes the quiet groups this node leads with `peer` as a member (so the restarted peer
+    /// gets heartbeats again before its election timer runs out) and those `peer` led (its
+    /// followers elect). Not the groups where both are followers: waking a follower of a quiet
+    /// leader would start an election for nothing.
+    fn peer_restarted(&self, peer: NodeId) {
+        tracing::info!(peer, "peer restarted: waking the quiet groups it shares with this node");
+        for g in self.all_groups() {
+            let wake = match g.quiet_state() {
+                State::Active => false,
+                State::Follower { leader, .. } => leader == peer,
+                State::Leader { .. } => {
+                    g.raft.metrics().borrow().membership_config.membership().get_node(&peer).is_some()
+                }
+            };
+            if wake {
+                g.wake();
+            }
+        }
+    }
+
+    /// Wakes quiet groups led by a peer not heard from for `election_timeout_max` (pings go
+    /// every two heartbeats, so that is several missed in a row: a false alarm costs an
+    /// election, since a woken follower of a quiet leader hears no heartbeats).
+    fn wake_for_silent_peers(&self) {
+        let now = Instant::now();
+        let silent: Vec<NodeId> = {
+            let mut peers = self.liveness.peers();
+            peers
+                .iter_mut()
+                .filter(|(_, p)| {
+                    !p.silent
+                        && p.heard.is_none_or(|t| now.duration_since(t) > self.opts.election_timeout_max)
+                })
+                .map(|(id, p)| {
+                    p.silent = true;
+                    *id
+                })
+                .collect()
+        };
+        if silent.is_empty() {
+            return;
+        }
+        for g in self.all_groups() {
+            if let State::Follower { leader, .. } = g.quiet_state() {
+                if silent.contains(&leader) {
+                    tracing::info!(group = g.id, leader, "the quiet group's leader fell silent: waking it");
+                    g.wake();
+                }
+            }
+        }
+    }
+
+    /// A quiet leader whose log moved (a proposal that raced the quiescing, a membership
+    /// change) or that lost leadership wakes at once, before any follower's timer could run out.
+    fn check_quiet_leaders(&self) {
+        for g in self.all_groups() {
+            if let State::Leader { index } = g.quiet_state() {
+                let moved = {
+                    let m = g.raft.metrics();
+                    let m = m.borrow();
+                    m.state != ServerState::Leader || m.last_log_index != Some(index)
+                };
+                if moved {
+                    g.wake();
+                }
+            }
+        }
+    }
+
+    /// Refreshes the peer list, checks quiet followers against raft's view, and quiets the
+    /// idle groups this node leads.
+    async fn quiesce_pass(self: &Arc<Self>) {
+        let me = self.opts.id;
+        let now = Instant::now();
+        let mut members: BTreeMap<NodeId, String> = BTreeMap::new();
+        let mut asks: BTreeMap<NodeId, Vec<QuiesceItem>> = BTreeMap::new();
+        let mut quieted: Vec<(Arc<Group>, Vec<NodeId>)> = vec![];
+        for g in self.all_groups() {
+            let (candidate, followers, term, index) = {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                let membership = m.membership_config.membership();
+                for (id, node) in membership.nodes() {
+                    if *id != me {
+                        members.insert(*id, node.addr.clone());
+                    }
+                }
+                if let State::Follower { leader, term } = g.quiet_state() {
+                    if m.current_leader != Some(leader)
+                        || m.current_term != term
+                        || m.state != ServerState::Follower
+                    {
+                        g.wake();
+                    }
+                    continue;
+                }
+                if g.is_quiet() || m.state != ServerState::Leader || g.is_rejoining() {
+                    continue;
+                }
+                let index = m.last_log_index;
+                let mut idle = g.quiet.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.0 != index {
+                    *idle = (index, now);
+                    continue;
+                }
+                let settled = now.duration_since(idle.1) >= IDLE
+                    && index.is_some()
+                    && m.last_applied.map(|l| l.index) == index
+                    && membership.get_joint_config().len() == 1
+                    && m.replication.as_ref().is_some_and(|rep| {
+                        membership.nodes().filter(|(id, _)| **id != me).all(|(id, _)| {
+                            rep.get(id).is_some_and(|matched| matched.map(|l| l.index) == index)
+                        })
+                    });
+                let followers: Vec<NodeId> =
+                    membership.nodes().map(|(id, _)| *id).filter(|id| *id != me).collect();
+                (settled, followers, m.current_term, index.unwrap_or(0))
+            };
+            if !candidate {
+                continue;
+            }
+            if !g.quiet_as(State::Leader { index }) {
+                continue;
+            }
+            for f in &followers {
+                asks.entry(*f).or_default().push((g.id, term, index));
+            }
+            quieted.push((g, followers));
+        }
+        {
+            let mut peers = self.liveness.peers();
+            peers.retain(|id, _| members.contains_key(id));
+            for (id, addr) in &members {
+                let p = peers.entry(*id).or_default();
+                if p.heard.is_none() {
+                    // Not heard from yet: count from now, not from never.
+                    p.heard = Some(now);
+                }
+                p.addr.clone_from(addr);
+            }
+        }
+        if asks.is_empty() {
+            return;
+        }
+        // Ask each follower peer once, for all its groups; a group stays quiet only if every
+        // follower of it agreed.
+        let calls = asks.into_iter().map(|(peer, items)| {
+            let n = self.clone();
+            let addr = members.get(&peer).cloned().unwrap_or_default();
+            async move {
+                let answer = match n.channels.client(peer, &addr) {
+                    Ok(client) => call::<_, Vec<bool>, Error, _, _>(
+                        client,
+                        0,
+                        &items,
+                        Duration::from_secs(2),
+                        "quiesce",
+                        |mut c, f| async move { c.quiesce(f).await },
+                    )
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok()),
+                    Err(_) => None,
+                };
+                let answer =
+                    answer.filter(|a| a.len() == items.len()).unwrap_or_else(|| vec![false; items.len()]);
+                (
+                    peer,
+                    items.into_iter().zip(answer).filter(|(_, ok)| !ok).map(|(i, _)| i.0).collect::<Vec<_>>(),
+                )
+            }
+        });
+        let refused: Vec<(NodeId, Vec<GroupId>)> = futures::future::join_all(calls).await;
+        let refused: std::collections::BTreeSet<GroupId> =
+            refused.into_iter().flat_map(|(_, gs)| gs).collect();
+        let mut quiet = 0;
+        for (g, _) in quieted {
+            if refused.contains(&g.id) {
+                g.wake();
+            } else {
+                quiet += 1;
+            }
+        }
+        if quiet > 0 {
+            tracing::debug!(groups = quiet, "quieted idle groups");
+        }
+    }
+
+    /// The `Quiesce` handler (on a follower): for each item, quiets the group if `from` leads
+    /// it in that term and this replica's log ends at that index.
+    pub(crate) fn on_quiesce(&self, from: NodeId, items: &[QuiesceItem]) -> Result<Vec<bool>> {
+        if items.len() > 1_000_000 {
+            return Err(Error::invalid("quiesce", "too many groups in one request"));
+        }
+        Ok(items
+            .iter()
+            .map(|&(group, term, index)| {
+                let Some(g) = self.group(group) else { return false };
+                if g.is_rejoining() {
+                    return false;
+                }
+                let agrees = {
+                    let m = g.raft.metrics();
+                    let m = m.borrow();
+                    m.state == ServerState::Follower
+                        && m.current_leader == Some(from)
+                        && m.current_term == term
+                        && m.last_log_index == Some(index)
+                };
+                agrees
+                    && (g.quiet_as(State::Follower { leader: from, term })
+                        || g.quiet_state() == State::Follower { leader: from, term })
+            })
+            .collect())
+    }
+
+    /// Quiet groups among those hosted here (for `/metrics`).
+    pub fn quiet_groups(&self) -> usize {
+        self.all_groups().iter().filter(|g| g.is_quiet()).count()
+    }
+}
