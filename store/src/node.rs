@@ -204,9 +204,26 @@ pub struct Group {
     leader_changes: AtomicU64,
     /// Whether the group is quiet (raft not ticking while idle: `quiesce.rs`).
     pub(crate) quiet: crate::quiesce::Quiet,
+    /// `seen`'s last answer and the applied index it was read at.
+    seen_cache: Mutex<Option<(Option<u64>, Vec<(u64, u64)>)>>,
 }
 
 impl Group {
+    /// The members recorded as having replicated the group (`KvStore::seen`), read again only
+    /// when the applied index moved: a thousand idle groups would otherwise scan sled four
+    /// times a second each, for the same answer.
+    fn seen(&self, applied: Option<u64>) -> Vec<(u64, u64)> {
+        let mut cache = self.seen_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, seen)) = &*cache {
+            if *at == applied {
+                return seen.clone();
+            }
+        }
+        let seen = self.kv.seen().unwrap_or_default();
+        *cache = Some((applied, seen.clone()));
+        seen
+    }
+
     pub(crate) fn is_rejoining(&self) -> bool {
         self.rejoining.load(Ordering::SeqCst) || self.deciding.load(Ordering::SeqCst)
     }
@@ -226,7 +243,7 @@ impl Group {
             last_applied: m.last_applied.map(|l| l.index),
             voters,
             learners: membership.learner_ids().collect(),
-            seen: self.kv.seen().unwrap_or_default(),
+            seen: self.seen(m.last_applied.map(|l| l.index)),
             rejoining: self.rejoining.load(Ordering::SeqCst),
             instance,
             keys: self.kv.key_count().unwrap_or_default(),
@@ -543,6 +560,7 @@ impl Node {
             deciding: AtomicBool::new(fresh),
             leader_changes: AtomicU64::new(0),
             quiet: Default::default(),
+            seen_cache: Mutex::new(None),
         });
         // Counts leader changes as this replica sees them; ends when raft stops (its metrics
         // channel closes) or the group is dropped. The server metrics change with the vote,
@@ -631,6 +649,9 @@ impl Node {
         }
         let groups: Vec<Arc<Group>> =
             self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        // The map's shards by id, once per pass (a lookup per group would be quadratic).
+        let preferred_of: HashMap<GroupId, NodeId> =
+            map.all_shards().filter_map(|s| Some((s.id, *s.replicas.first()?))).collect();
         for g in groups {
             let m = g.raft.metrics().borrow().clone();
             if m.state == ServerState::Leader {
@@ -641,7 +662,7 @@ impl Node {
             }
             // Leadership balance: the preferred replica takes its shard back once it is a
             // caught-up follower (a restarted node gets its share again).
-            let preferred = map.shard(g.id).and_then(|s| s.replicas.first().copied());
+            let preferred = preferred_of.get(&g.id).copied();
             if preferred == Some(self.opts.id)
                 && m.state == ServerState::Follower
                 && m.current_leader.is_some()
@@ -668,7 +689,7 @@ impl Node {
 
     /// Records each member that has replicated the group's log (see `Command::MarkSeen`).
     async fn mark_seen(&self, g: &Group, m: &openraft::RaftMetrics<NodeId, BasicNode>) {
-        let seen: BTreeMap<NodeId, u64> = g.kv.seen().unwrap_or_default().into_iter().collect();
+        let seen: BTreeMap<NodeId, u64> = g.seen(m.last_applied.map(|l| l.index)).into_iter().collect();
         let mut replicated = vec![self.opts.id];
         if let Some(rep) = &m.replication {
             replicated.extend(rep.iter().filter(|(_, matched)| matched.is_some()).map(|(id, _)| *id));

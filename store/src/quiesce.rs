@@ -335,6 +335,9 @@ impl Node {
     /// change) or that lost leadership wakes at once, before any follower's timer could run out.
     fn check_quiet_leaders(&self) {
         for g in self.all_groups() {
+            if !g.is_quiet() {
+                continue;
+            }
             if let State::Leader { index } = g.quiet_state() {
                 let moved = {
                     let m = g.raft.metrics();
@@ -367,10 +370,7 @@ impl Node {
                     }
                 }
                 if let State::Follower { leader, term } = g.quiet_state() {
-                    if m.current_leader != Some(leader)
-                        || m.current_term != term
-                        || m.state != ServerState::Follower
-                    {
+                    if m.current_leader != Some(leader) || m.current_term != term || !following(m.state) {
                         g.wake();
                     }
                     continue;
@@ -483,7 +483,7 @@ impl Node {
                 let agrees = {
                     let m = g.raft.metrics();
                     let m = m.borrow();
-                    m.state == ServerState::Follower
+                    following(m.state)
                         && m.current_leader == Some(from)
                         && m.current_term == term
                         && m.last_log_index == Some(index)
@@ -499,4 +499,10 @@ impl Node {
     pub fn quiet_groups(&self) -> usize {
         self.all_groups().iter().filter(|g| g.is_quiet()).count()
     }
+}
+
+/// A replica that follows a leader: a voter, or a learner (which has no election timer, but
+/// quieting it lets the group it is in go quiet).
+fn following(state: ServerState) -> bool {
+    matches!(state, ServerState::Follower | ServerState::Learner)
 }
