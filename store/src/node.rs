@@ -460,6 +460,12 @@ impl Node {
     }
 
     /// Every group this node hosts, the metadata and ledger groups too, in id order.
+    /// The hosted groups, read-locked (for passes that must not copy the list; never held
+    /// across an await).
+    pub(crate) fn groups_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<GroupId, Arc<Group>>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn all_groups(&self) -> Vec<Arc<Group>> {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
@@ -618,13 +624,16 @@ impl Node {
                 self.start_shard(&map, shard).await?;
             }
         }
+        // The map's shards by id, once per pass (a lookup per group would be quadratic).
+        let by_id: HashMap<GroupId, &crate::shard::ShardInfo> = map.all_shards().map(|s| (s.id, s)).collect();
         // Groups the committed map no longer assigns here were moved away (the map changes
         // only after the group's membership did): drop their data.
         let hosted: Vec<GroupId> =
             self.groups.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
         for id in hosted {
-            let assigned = map.shard(id).is_some_and(|s| s.replicas.contains(&self.opts.id));
-            if id != META_GROUP && map.shard(id).is_some() && !assigned {
+            let shard = by_id.get(&id);
+            let assigned = shard.is_some_and(|s| s.replicas.contains(&self.opts.id));
+            if id != META_GROUP && shard.is_some() && !assigned {
                 self.drop_group(id).await?;
             }
         }
@@ -649,24 +658,29 @@ impl Node {
         }
         let groups: Vec<Arc<Group>> =
             self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        // The map's shards by id, once per pass (a lookup per group would be quadratic).
-        let preferred_of: HashMap<GroupId, NodeId> =
-            map.all_shards().filter_map(|s| Some((s.id, *s.replicas.first()?))).collect();
         for g in groups {
-            let m = g.raft.metrics().borrow().clone();
-            if m.state == ServerState::Leader {
-                self.mark_seen(&g, &m).await;
+            let (state, leader, applied, last) = {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                (m.state, m.current_leader, m.last_applied.map(|l| l.index), m.last_log_index)
+            };
+            if state == ServerState::Leader {
+                // A quiet group is idle: who has replicated it cannot have changed.
+                if !g.is_quiet() {
+                    let m = g.raft.metrics().borrow().clone();
+                    self.mark_seen(&g, &m).await;
+                }
                 if g.id == META_GROUP {
                     self.add_learners(&g, &map).await;
                 }
             }
             // Leadership balance: the preferred replica takes its shard back once it is a
             // caught-up follower (a restarted node gets its share again).
-            let preferred = preferred_of.get(&g.id).copied();
+            let preferred = by_id.get(&g.id).and_then(|s| s.replicas.first().copied());
             if preferred == Some(self.opts.id)
-                && m.state == ServerState::Follower
-                && m.current_leader.is_some()
-                && m.last_applied.map(|l| l.index) >= m.last_log_index
+                && state == ServerState::Follower
+                && leader.is_some()
+                && applied >= last
                 && !g.rejoining.load(Ordering::SeqCst)
             {
                 let now = Instant::now();
@@ -816,15 +830,7 @@ impl Node {
             due
         };
         if due {
-            let reports = self.cluster_statuses().await;
-            let big = reports
-                .values()
-                .flatten()
-                .flatten()
-                .filter(|g| g.leader == Some(g.node) && g.group != META_GROUP)
-                .filter(|g| g.keys > self.opts.split_keys)
-                .max_by_key(|g| g.keys)
-                .map(|g| (g.group, g.keys));
+            let big = self.oversized_shards().await.into_iter().max_by_key(|(_, keys)| *keys);
             if let Some((shard, keys)) = big {
                 if let Some(split) = map.plan_split(shard) {
                     tracing::info!(shard, keys, child = split.child, "splitting a shard");
@@ -1106,6 +1112,45 @@ impl Node {
             out.insert(id, st);
         }
         out
+    }
+
+    /// Every node's led shards with more than `split_keys` keys (asked of all nodes at once;
+    /// a node that does not answer counts as having none). Cheap on purpose: it runs every
+    /// two seconds, and a node may lead hundreds of shards.
+    async fn oversized_shards(&self) -> Vec<(GroupId, u64)> {
+        let nodes: Vec<NodeInfo> = match self.map() {
+            Some(m) => m.nodes.values().cloned().collect(),
+            None => self.opts.members.clone(),
+        };
+        let over = self.opts.split_keys;
+        let calls = nodes.iter().map(|n| async move {
+            if n.id == self.opts.id {
+                return self.led_shards_over(over);
+            }
+            let Ok(client) = self.channels.client(n.id, &n.addr) else { return vec![] };
+            call::<_, Vec<(GroupId, u64)>, Error, _, _>(
+                client,
+                0,
+                &over,
+                Duration::from_millis(800),
+                "sizes",
+                |mut c, f| async move { c.sizes(f).await },
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default()
+        });
+        futures::future::join_all(calls).await.into_iter().flatten().collect()
+    }
+
+    /// The data shards this node leads that hold more than `over` keys, with their key counts.
+    fn led_shards_over(&self, over: u64) -> Vec<(GroupId, u64)> {
+        self.all_groups()
+            .iter()
+            .filter(|g| g.id != META_GROUP && g.id != LEDGER_GROUP && g.is_leader())
+            .filter_map(|g| g.kv.key_count().ok().filter(|k| *k > over).map(|k| (g.id, k)))
+            .collect()
     }
 
     // ---- writes ----
@@ -2045,6 +2090,13 @@ impl Internal for InternalService {
         }
         let g = self.group(&f)?;
         self.reply(RPC, &f, &Ok::<_, Error>(g.status(self.node.opts.id, self.node.instance)))
+    }
+
+    async fn sizes(&self, req: tonic::Request<Frame>) -> RpcResult {
+        const RPC: &str = "sizes";
+        let f = self.accept(RPC, req)?;
+        let over: u64 = network::request(&f)?;
+        self.reply(RPC, &f, &Ok::<_, Error>(self.node.led_shards_over(over)))
     }
 
     async fn rejoin(&self, req: tonic::Request<Frame>) -> RpcResult {
