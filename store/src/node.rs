@@ -191,6 +191,9 @@ pub(crate) struct ScanRequest {
     range: (u64, u64),
 }
 
+/// A group's seen-members list (node, instance) and the applied index it was read at.
+type SeenAt = (Option<u64>, Vec<(NodeId, u64)>);
+
 /// One raft group hosted by this node.
 pub struct Group {
     pub id: GroupId,
@@ -205,14 +208,14 @@ pub struct Group {
     /// Whether the group is quiet (raft not ticking while idle: `quiesce.rs`).
     pub(crate) quiet: crate::quiesce::Quiet,
     /// `seen`'s last answer and the applied index it was read at.
-    seen_cache: Mutex<Option<(Option<u64>, Vec<(u64, u64)>)>>,
+    seen_cache: Mutex<Option<SeenAt>>,
 }
 
 impl Group {
     /// The members recorded as having replicated the group (`KvStore::seen`), read again only
     /// when the applied index moved: a thousand idle groups would otherwise scan sled four
     /// times a second each, for the same answer.
-    fn seen(&self, applied: Option<u64>) -> Vec<(u64, u64)> {
+    pub(crate) fn seen(&self, applied: Option<u64>) -> Vec<(u64, u64)> {
         let mut cache = self.seen_cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, seen)) = &*cache {
             if *at == applied {
@@ -576,11 +579,17 @@ impl Node {
         tokio::spawn(async move {
             let mut last = watch.borrow().current_leader;
             while watch.changed().await.is_ok() {
-                let now = watch.borrow().current_leader;
+                let (now, term) = {
+                    let m = watch.borrow();
+                    (m.current_leader, m.vote.leader_id().get_term())
+                };
                 let Some(g) = weak.upgrade() else { return };
                 if now != last && now.is_some() {
                     g.leader_changes.fetch_add(1, Ordering::Relaxed);
                 }
+                // A quiet replica whose leader or term changed wakes at once (not at the next
+                // quiesce pass): it may be leading, or following someone new, without a timer.
+                g.on_view(now, term);
                 last = now;
             }
         });
@@ -694,6 +703,7 @@ impl Node {
                 };
                 if due {
                     tracing::info!(group = g.id, "taking back leadership as the preferred replica");
+                    g.wake();
                     let _ = g.raft.trigger().elect().await;
                 }
             }
@@ -1291,6 +1301,13 @@ impl Node {
                     |mut c, f| async move { c.forward(f).await },
                 )
                 .await;
+                if r.is_err() {
+                    // The leader's node did not answer: a quiet replica here must not wait for
+                    // heartbeats that will not come.
+                    if let Some(g) = self.group(group) {
+                        g.wake();
+                    }
+                }
                 match r {
                     Ok(Ok(resp)) => return Ok(resp),
                     // "Not leader": the peer did not propose it; safe to retry.
@@ -1388,6 +1405,11 @@ impl Node {
                             |mut c, f| async move { c.read_index(f).await },
                         )
                         .await;
+                        if r.is_err() {
+                            // The leader's node did not answer: if the group is quiet here,
+                            // let its election timer run (a quiet follower hears no heartbeats).
+                            g.wake();
+                        }
                         if let Ok(Ok(index)) = r {
                             let left = deadline.saturating_duration_since(Instant::now());
                             g.raft
@@ -2033,8 +2055,14 @@ impl Internal for InternalService {
             return Err(tonic::Status::unavailable("fresh or rejoining after data loss: not voting yet"));
         }
         let rpc = network::request(&f)?;
-        g.wake();
-        self.reply(RPC, &f, &g.raft.vote(rpc).await)
+        let answer = g.raft.vote(rpc).await;
+        // Wake only for a vote given: a stale candidate (a removed replica cut off during its
+        // removal, say) that is refused must not wake up-to-date followers of a quiet leader,
+        // which would then campaign themselves.
+        if answer.as_ref().is_ok_and(|r| r.vote_granted) {
+            g.wake();
+        }
+        self.reply(RPC, &f, &answer)
     }
 
     async fn install_snapshot(&self, req: tonic::Request<Frame>) -> RpcResult {
@@ -2051,6 +2079,13 @@ impl Internal for InternalService {
         let f = self.accept(RPC, req)?;
         let boot: u64 = network::request(&f)?;
         self.reply(RPC, &f, &Ok::<_, Error>(self.node.on_ping(f.from, boot)))
+    }
+
+    async fn wake(&self, req: tonic::Request<Frame>) -> RpcResult {
+        const RPC: &str = "wake";
+        let f = self.accept(RPC, req)?;
+        let groups: Vec<GroupId> = network::request(&f)?;
+        self.reply(RPC, &f, &self.node.on_wake(f.from, &groups))
     }
 
     async fn quiesce(&self, req: tonic::Request<Frame>) -> RpcResult {

@@ -4,17 +4,22 @@
 //!
 //! How a group goes quiet. Once a second this node's loop looks at the groups it leads. One
 //! whose log has not moved for [`IDLE`], whose every entry is applied here and matched by every
-//! follower and learner, and whose membership is not joint, goes quiet: the leader turns its
-//! raft ticker off (no heartbeats, no timers) and asks each follower, in one `Quiesce` call per
-//! peer, to do the same. A follower agrees only if the caller is the group's leader in the term
-//! given and its own log ends at the index given; otherwise the leader wakes the group again.
+//! follower and learner, whose members all answer pings and are all recorded as having
+//! replicated it (`MarkSeen`), and whose membership is not joint, goes quiet: the leader turns
+//! its raft ticker off (no heartbeats, no timers) and asks each follower, in one `Quiesce` call
+//! per peer (from its own task, with a short timeout, one round at a time), to do the same. A
+//! follower agrees only if the caller is the group's leader in the term given and its own log
+//! ends, applied, at the index given; otherwise the leader wakes the group again.
 //!
 //! What wakes a group (raft ticking again, heartbeats and election timers as before):
 //! - on the leader: a proposal or membership change made here ([`Group::wake`]); its log moving
 //!   for any other reason (checked every third `heartbeat`); losing leadership;
 //! - on a follower: an append carrying entries, or any message from another leader or term
-//!   (a heartbeat of the same leader, as a linearizable read sends, keeps it quiet); a vote
-//!   request; a snapshot; a different leader or term in its own view;
+//!   (a heartbeat of the same leader, as a linearizable read sends, keeps it quiet); a vote it
+//!   grants (not one it refuses: a stale candidate must not wake followers into campaigning);
+//!   a snapshot; a different leader or term in raft's view (`server_metrics`); a forwarded
+//!   write or read-index call to the leader that gets no answer; a `Wake` from the leader whose
+//!   raft stopped for the group (its node still pings, so silence would never show it);
 //! - the leader's node falling silent: every node sends each peer a small authenticated `Ping`
 //!   every two `heartbeat`s, and a follower that has not heard from its quiet group's leader
 //!   (any request from it counts) for `election_timeout_max` wakes the group,
@@ -41,6 +46,8 @@ use crate::log::GroupId;
 use crate::network::call;
 use crate::node::{Group, Node};
 use crate::raft_store::NodeId;
+
+static RESTARTS: crate::node::LogBudget = crate::node::LogBudget::new();
 
 /// How long a group's log must stand still before its leader quiets it.
 pub const IDLE: Duration = Duration::from_secs(2);
@@ -125,6 +132,22 @@ impl Group {
         }
     }
 
+    /// raft's view changed (`server_metrics`): a quiet follower whose leader or term is no
+    /// longer the one it went quiet under wakes.
+    pub(crate) fn on_view(&self, leader: Option<NodeId>, term: u64) {
+        if !self.is_quiet() {
+            return;
+        }
+        let stale = match *self.quiet.lock() {
+            State::Follower { leader: l, term: t } => leader != Some(l) || term != t,
+            State::Leader { .. } => false,
+            State::Active => false,
+        };
+        if stale {
+            self.wake();
+        }
+    }
+
     /// Quiets this replica if it still is what the check saw. Returns whether it did.
     fn quiet_as(&self, state: State) -> bool {
         let mut s = self.quiet.lock();
@@ -155,6 +178,9 @@ struct PeerLive {
     boot: Option<u64>,
     /// Seen silent for longer than the election timeout (and not heard since).
     silent: bool,
+    /// When a restart of it was last acted on (a member sending a new boot nonce with every
+    /// ping must not make this node scan its groups every time).
+    restarted: Option<Instant>,
     /// A ping to it is out (a cut peer's takes up to its timeout).
     pinging: bool,
 }
@@ -164,6 +190,8 @@ pub(crate) struct Liveness {
     /// Random per process start.
     boot: u64,
     peers: Mutex<HashMap<NodeId, PeerLive>>,
+    /// A round of `Quiesce` asks is out.
+    asking: AtomicBool,
 }
 
 impl Liveness {
@@ -176,7 +204,11 @@ impl Liveness {
                 .map_or(0, |d| d.as_nanos() as u64))
             .to_le_bytes();
         }
-        Liveness { boot: u64::from_le_bytes(b), peers: Mutex::new(HashMap::new()) }
+        Liveness {
+            boot: u64::from_le_bytes(b),
+            peers: Mutex::new(HashMap::new()),
+            asking: AtomicBool::new(false),
+        }
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, PeerLive>> {
@@ -193,10 +225,14 @@ impl Liveness {
 
     /// Records `peer`'s boot nonce (from its ping, or its answer to ours); true if it changed:
     /// the peer restarted.
-    fn boot_of(&self, peer: NodeId, boot: u64) -> bool {
+    fn boot_of(&self, peer: NodeId, boot: u64, at_most_every: Duration) -> bool {
         let mut peers = self.peers();
         let Some(p) = peers.get_mut(&peer) else { return false };
-        let restarted = p.boot.is_some_and(|b| b != boot);
+        let restarted =
+            p.boot.is_some_and(|b| b != boot) && p.restarted.is_none_or(|t| t.elapsed() >= at_most_every);
+        if restarted {
+            p.restarted = Some(Instant::now());
+        }
         p.boot = Some(boot);
         restarted
     }
@@ -263,7 +299,7 @@ impl Node {
                     )
                     .await;
                     if let Ok(Ok(boot)) = r {
-                        if n.liveness.boot_of(id, boot) {
+                        if n.liveness.boot_of(id, boot, n.opts.election_timeout_max) {
                             n.peer_restarted(id);
                         }
                     }
@@ -278,7 +314,7 @@ impl Node {
     /// The `Ping` handler: `boot` is the caller's boot nonce; answers with this node's.
     pub(crate) fn on_ping(&self, from: NodeId, boot: u64) -> u64 {
         self.liveness.heard(from);
-        if self.liveness.boot_of(from, boot) {
+        if self.liveness.boot_of(from, boot, self.opts.election_timeout_max) {
             self.peer_restarted(from);
         }
         self.liveness.boot
@@ -289,7 +325,13 @@ impl Node {
     /// followers elect). Not the groups where both are followers: waking a follower of a quiet
     /// leader would start an election for nothing.
     fn peer_restarted(&self, peer: NodeId) {
-        tracing::info!(peer, "peer restarted: waking the quiet groups it shares with this node");
+        if let Some(suppressed) = RESTARTS.allow() {
+            tracing::info!(
+                peer,
+                suppressed,
+                "peer restarted: waking the quiet groups it shares with this node"
+            );
+        }
         for g in self.all_groups() {
             let wake = match g.quiet_state() {
                 State::Active => false,
@@ -338,25 +380,83 @@ impl Node {
 
     /// A quiet leader whose log moved (a proposal that raced the quiescing, a membership
     /// change) or that lost leadership wakes at once, before any follower's timer could run out.
-    fn check_quiet_leaders(&self) {
-        // Under the groups' read lock, without copying the list: this runs ten times a second
-        // over every hosted group.
-        let groups = self.groups_read();
-        for g in groups.values() {
-            if !g.is_quiet() {
-                continue;
+    fn check_quiet_leaders(self: &Arc<Self>) {
+        let me = self.opts.id;
+        // Quiet groups whose raft stopped here (a storage error, say): their followers, quiet,
+        // would go on hearing this node's pings and never elect; they are told to wake.
+        let mut stopped: BTreeMap<NodeId, Vec<GroupId>> = BTreeMap::new();
+        {
+            // Under the groups' read lock, without copying the list: this runs often, over
+            // every hosted group.
+            let groups = self.groups_read();
+            for g in groups.values() {
+                if !g.is_quiet() {
+                    continue;
+                }
+                if let State::Leader { index } = g.quiet_state() {
+                    let (moved, dead, followers) = {
+                        let m = g.raft.metrics();
+                        let m = m.borrow();
+                        let dead = m.running_state.is_err() || m.state == ServerState::Shutdown;
+                        let followers: Vec<NodeId> = if dead {
+                            m.membership_config
+                                .membership()
+                                .nodes()
+                                .map(|(id, _)| *id)
+                                .filter(|id| *id != me)
+                                .collect()
+                        } else {
+                            vec![]
+                        };
+                        (m.state != ServerState::Leader || m.last_log_index != Some(index), dead, followers)
+                    };
+                    if moved || dead {
+                        g.wake();
+                    }
+                    for f in followers {
+                        stopped.entry(f).or_default().push(g.id);
+                    }
+                }
             }
-            if let State::Leader { index } = g.quiet_state() {
-                let moved = {
-                    let m = g.raft.metrics();
-                    let m = m.borrow();
-                    m.state != ServerState::Leader || m.last_log_index != Some(index)
-                };
-                if moved {
+        }
+        for (peer, groups) in stopped {
+            let addr = self.liveness.peers().get(&peer).map(|p| p.addr.clone());
+            let Some(addr) = addr else { continue };
+            let n = self.clone();
+            tokio::spawn(async move {
+                tracing::warn!(
+                    peer,
+                    groups = groups.len(),
+                    "raft stopped for quiet groups led here: telling the followers to wake"
+                );
+                if let Ok(client) = n.channels.client(peer, &addr) {
+                    let _ = call::<_, (), Error, _, _>(
+                        client,
+                        0,
+                        &groups,
+                        n.opts.election_timeout_min,
+                        "wake",
+                        |mut c, f| async move { c.wake(f).await },
+                    )
+                    .await;
+                }
+            });
+        }
+    }
+
+    /// The `Wake` handler: the groups `from` led quietly and can no longer lead wake here.
+    pub(crate) fn on_wake(&self, from: NodeId, groups: &[GroupId]) -> Result<()> {
+        if groups.len() > self.groups_read().len() {
+            return Err(Error::invalid("wake", "more groups named than this node hosts"));
+        }
+        for id in groups {
+            if let Some(g) = self.group(*id) {
+                if matches!(g.quiet_state(), State::Follower { leader, .. } if leader == from) {
                     g.wake();
                 }
             }
         }
+        Ok(())
     }
 
     /// Refreshes the peer list, checks quiet followers against raft's view, and quiets the
@@ -364,6 +464,18 @@ impl Node {
     async fn quiesce_pass(self: &Arc<Self>) {
         let me = self.opts.id;
         let now = Instant::now();
+        // Peers heard from lately: a group with a member that is not answering stays awake
+        // (asking it would only wait, and its replica may need the group's heartbeats).
+        let responsive: std::collections::BTreeSet<NodeId> = self
+            .liveness
+            .peers()
+            .iter()
+            .filter(|(_, p)| p.heard.is_some_and(|t| now.duration_since(t) <= self.opts.election_timeout_min))
+            .map(|(id, _)| *id)
+            .collect();
+        // One round of asks at a time (they run in their own task, so this loop's pings and
+        // silence checks never wait on a slow peer).
+        let may_quiet = !self.liveness.asking.load(Ordering::Acquire);
         let mut members: BTreeMap<NodeId, String> = BTreeMap::new();
         let mut asks: BTreeMap<NodeId, Vec<QuiesceItem>> = BTreeMap::new();
         let mut quieted: Vec<(Arc<Group>, Vec<NodeId>)> = vec![];
@@ -392,8 +504,10 @@ impl Node {
                     *idle = (index, now);
                     continue;
                 }
-                let settled = now.duration_since(idle.1) >= IDLE
+                let settled = may_quiet
+                    && now.duration_since(idle.1) >= IDLE
                     && index.is_some()
+                    && membership.nodes().all(|(id, _)| *id == me || responsive.contains(id))
                     && m.last_applied.map(|l| l.index) == index
                     && membership.get_joint_config().len() == 1
                     && m.replication.as_ref().is_some_and(|rep| {
@@ -405,7 +519,15 @@ impl Node {
                     membership.nodes().map(|(id, _)| *id).filter(|id| *id != me).collect();
                 (settled, followers, m.current_term, index.unwrap_or(0))
             };
-            if !candidate {
+            // Every member must be recorded as having replicated the group (`MarkSeen`, which
+            // data-loss detection relies on) before it goes quiet: the reconcile pass does not
+            // record members of quiet groups.
+            let seen = candidate && {
+                let applied = g.raft.metrics().borrow().last_applied.map(|l| l.index);
+                let seen = g.seen(applied);
+                followers.iter().chain(std::iter::once(&me)).all(|id| seen.iter().any(|(s, _)| s == id))
+            };
+            if !seen {
                 continue;
             }
             if !g.quiet_as(State::Leader { index }) {
@@ -431,8 +553,23 @@ impl Node {
         if asks.is_empty() {
             return;
         }
-        // Ask each follower peer once, for all its groups; a group stays quiet only if every
-        // follower of it agreed.
+        self.liveness.asking.store(true, Ordering::Release);
+        let n = self.clone();
+        tokio::spawn(async move {
+            n.ask_to_quiesce(asks, members, quieted).await;
+            n.liveness.asking.store(false, Ordering::Release);
+        });
+    }
+
+    /// Asks each follower peer once, for all its groups; a group stays quiet only if every
+    /// follower of it agreed within a short timeout.
+    async fn ask_to_quiesce(
+        self: &Arc<Self>,
+        asks: BTreeMap<NodeId, Vec<QuiesceItem>>,
+        members: BTreeMap<NodeId, String>,
+        quieted: Vec<(Arc<Group>, Vec<NodeId>)>,
+    ) {
+        let timeout = self.opts.election_timeout_min;
         let calls = asks.into_iter().map(|(peer, items)| {
             let n = self.clone();
             let addr = members.get(&peer).cloned().unwrap_or_default();
@@ -442,7 +579,7 @@ impl Node {
                         client,
                         0,
                         &items,
-                        Duration::from_secs(2),
+                        timeout,
                         "quiesce",
                         |mut c, f| async move { c.quiesce(f).await },
                     )
@@ -478,8 +615,12 @@ impl Node {
     /// The `Quiesce` handler (on a follower): for each item, quiets the group if `from` leads
     /// it in that term and this replica's log ends at that index.
     pub(crate) fn on_quiesce(&self, from: NodeId, items: &[QuiesceItem]) -> Result<Vec<bool>> {
-        if items.len() > 1_000_000 {
-            return Err(Error::invalid("quiesce", "too many groups in one request"));
+        let hosted = self.groups_read().len();
+        if items.len() > hosted {
+            return Err(Error::invalid(
+                "quiesce",
+                format!("{} groups named, but this node hosts {hosted}", items.len()),
+            ));
         }
         Ok(items
             .iter()
@@ -495,6 +636,9 @@ impl Node {
                         && m.current_leader == Some(from)
                         && m.current_term == term
                         && m.last_log_index == Some(index)
+                        // Applied too: the entry that carries the final commit index is sent
+                        // once, and a quiet group sends no heartbeat to make up for its loss.
+                        && m.last_applied.map(|l| l.index) == Some(index)
                 };
                 agrees
                     && (g.quiet_as(State::Follower { leader: from, term })
