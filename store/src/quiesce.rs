@@ -22,8 +22,9 @@
 //!   raft stopped for the group (its node still pings, so silence would never show it);
 //! - the leader's node falling silent: every node sends each peer a small authenticated `Ping`
 //!   every two `heartbeat`s, and a follower that has not heard from its quiet group's leader
-//!   (any request from it counts) for `election_timeout_max` wakes the group,
-//!   whose election timer then runs out as it would have without quiescence. Only what the
+//!   (any request from it counts) for `election_timeout_max` wakes the group (after a random
+//!   part of the election timeout's spread, so its followers do not all campaign at once),
+//!   which campaigns at its next tick (its election timer ran out long ago). Only what the
 //!   peer *sent* counts (not its answers), so a node whose outgoing links are cut is seen as
 //!   gone, as raft's own heartbeats would show;
 //! - a peer restarting (its ping carries a boot nonce): the quiet groups this node leads with
@@ -368,13 +369,26 @@ impl Node {
         if silent.is_empty() {
             return;
         }
+        // Every follower of a silent leader notices at about the same time, and a woken one
+        // campaigns at its first tick (its election timer ran out long ago): waking them all at
+        // once would split the vote. Each waits a random part of the election timeout's spread
+        // first, as raft's randomized timeouts would have spread them.
+        let spread = self.opts.election_timeout_max.saturating_sub(self.opts.election_timeout_min);
+        let mut woken = 0usize;
         for g in self.all_groups() {
             if let State::Follower { leader, .. } = g.quiet_state() {
                 if silent.contains(&leader) {
-                    tracing::info!(group = g.id, leader, "the quiet group's leader fell silent: waking it");
-                    g.wake();
+                    woken += 1;
+                    let delay = spread.mul_f64(jitter());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        g.wake();
+                    });
                 }
             }
+        }
+        if woken > 0 {
+            tracing::info!(groups = woken, peers = ?silent, "quiet groups' leader fell silent: waking them");
         }
     }
 
@@ -657,4 +671,13 @@ impl Node {
 /// quieting it lets the group it is in go quiet).
 fn following(state: ServerState) -> bool {
     matches!(state, ServerState::Follower | ServerState::Learner)
+}
+
+/// A uniform draw from [0, 1) (not secret: it only spreads elections out).
+fn jitter() -> f64 {
+    let mut b = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
