@@ -16,14 +16,7 @@ ensure_etcd
 cargo build --release -q -p edgefabric --bin edgefabric --bin edgefabric-loadgen
 BIN=target/release
 
-WORK=$(mktemp -d /tmp/ef-vs-etcd.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_work ef-vs-etcd
 
 # EdgeFabric: 3 nodes, gRPC on 2410x/2410x+2/.., HTTP next to each; TLS, as `cluster init`
 # writes it. Its CA also issues etcd's certificates, so both sides stand on the same footing:

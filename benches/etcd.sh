@@ -1,6 +1,7 @@
-# Shared by the benchmark scripts that compare with etcd (source it after benches/cluster.sh-style
-# setup has set BIN, WORK and PIDS): installs etcd if missing, and starts a 3-member etcd 3.4
-# on loopback over TLS with certificates from an EdgeFabric cluster's CA.
+# Shared by the benchmark scripts that compare with etcd: a scratch directory whose processes
+# are stopped on exit, etcd installed if missing, and a 3-member etcd 3.4 on loopback over TLS
+# with certificates from an EdgeFabric cluster's CA.
+#   bench_work PREFIX   → WORK (a new directory), PIDS (processes stopped, WORK removed on exit)
 #   ensure_etcd
 #   start_etcd EF_DIR PEER_BASE CLIENT_BASE   (members on PEER_BASE+i and CLIENT_BASE+i, i = 1..3)
 #     → ETCD (array of pids), ETCD_URLS (array of client URLs)
@@ -8,6 +9,17 @@
 # clients get server TLS only: with a client --trusted-ca-file, etcd 3.4 demands a client
 # certificate from every client, and neither side's clients authenticate by certificate in
 # these benchmarks (EdgeFabric's by bearer token; etcd's not at all).
+
+bench_work() { # prefix
+  WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
 
 ensure_etcd() {
   if ! command -v etcd >/dev/null; then

@@ -24,14 +24,7 @@ source benches/etcd.sh
 ensure_etcd
 cargo build --release -q -p edgefabric --bin edgefabric
 BIN=target/release
-WORK=$(mktemp -d /tmp/ef-footprint.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_work ef-footprint
 
 "$BIN/edgefabric" cluster init --nodes 3 --sites a,b,c --host 127.0.0.1 --base-port 24600 --out "$WORK/ef" >/dev/null
 CA="$WORK/ef/ca.pem"

@@ -681,3 +681,60 @@ fn jitter() -> f64 {
     }
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(l: &Liveness, peer: NodeId) {
+        l.peers().insert(peer, PeerLive { addr: "127.0.0.1:1".into(), ..Default::default() });
+    }
+
+    #[test]
+    fn a_new_boot_nonce_is_a_restart_once_per_window_and_only_for_a_known_peer() {
+        let l = Liveness::new();
+        let window = Duration::from_secs(60);
+        // A node outside the membership (not in the peer list) is never recorded.
+        assert!(!l.boot_of(9, 1, window));
+        assert!(l.peers().get(&9).is_none());
+        known(&l, 2);
+        assert!(!l.boot_of(2, 1, window), "the first nonce seen is not a restart");
+        assert!(!l.boot_of(2, 1, window), "the same nonce again is not a restart");
+        assert!(l.boot_of(2, 2, window), "a different nonce is");
+        // A member sending a new nonce with every ping is acted on once per window.
+        assert!(!l.boot_of(2, 3, window));
+        assert!(!l.boot_of(2, 4, window));
+        assert_eq!(l.peers()[&2].boot, Some(4), "the latest nonce is kept");
+        assert!(l.boot_of(2, 5, Duration::ZERO), "past the window it counts again");
+    }
+
+    #[test]
+    fn hearing_from_a_peer_clears_its_silence_and_strangers_are_ignored() {
+        let l = Liveness::new();
+        known(&l, 2);
+        l.peers().get_mut(&2).unwrap().silent = true;
+        l.heard(2);
+        let (silent, heard) = {
+            let peers = l.peers();
+            (peers[&2].silent, peers[&2].heard.is_some())
+        };
+        assert!(!silent && heard);
+        l.heard(7);
+        assert!(l.peers().get(&7).is_none(), "a request from a non-member adds no peer");
+    }
+
+    #[test]
+    fn jitter_is_a_fraction() {
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j), "{j}");
+        }
+        let distinct: std::collections::BTreeSet<u64> = (0..20).map(|_| jitter().to_bits()).collect();
+        assert!(distinct.len() > 1, "jitter must vary");
+    }
+
+    #[test]
+    fn boot_nonces_differ_between_starts() {
+        assert_ne!(Liveness::new().boot, Liveness::new().boot);
+    }
+}
