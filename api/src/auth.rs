@@ -251,6 +251,14 @@ pub fn mutates(method: &str) -> bool {
     !matches!(method, "GET" | "HEAD" | "OPTIONS")
 }
 
+/// Whether a request's every target is a KV write (`kv.put`, `kv.delete`, `kv.batch`): the
+/// handlers whose one effect is a proposal through `Node::propose`, so their received record
+/// may be ordered by the store instead of waited for (`AppState::received_then`).
+pub fn is_kv_write(targets: &[Target]) -> bool {
+    !targets.is_empty()
+        && targets.iter().all(|t| matches!(t.action.as_str(), "kv.put" | "kv.delete" | "kv.batch"))
+}
+
 /// What one access touched, for its audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

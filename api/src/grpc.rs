@@ -94,6 +94,19 @@ impl KvService {
         let started = std::time::Instant::now();
         let action = targets.first().map_or_else(|| "unknown".to_string(), |t| t.action.clone());
         let (actor, out, allowed) = match self.authorize(&caller.meta, needs) {
+            Ok(subject) if mutates && crate::auth::is_kv_write(&targets) => {
+                // A KV write's received record need not be on disk before the proposal: the
+                // store orders it before the write (`AppState::received_then`).
+                match self.state.received_then(&subject, targets.clone(), call(subject.clone())).await {
+                    Ok(out) => (subject, out, true),
+                    Err(e) => {
+                        return Err(Status::unavailable(format!(
+                            "the access could not be recorded in the audit trail: {}",
+                            e.message
+                        )))
+                    }
+                }
+            }
             Ok(subject) => {
                 if mutates {
                     if let Err(e) =

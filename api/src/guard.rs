@@ -159,12 +159,21 @@ async fn require_token(
             // A request that may change state is recorded as received (status 0) before it
             // can take effect: a crash between the change and its outcome record still
             // leaves the change in the trail.
-            if crate::auth::mutates(&method) {
+            if !crate::auth::mutates(&method) {
+                (next.run(req).await, true)
+            } else if crate::auth::is_kv_write(&targets) {
+                // The store orders a KV write's received record before the write takes effect
+                // (`AppState::received_then`): no wait for the disk here.
+                match st.received_then(&actor, targets.clone(), next.run(req)).await {
+                    Ok(response) => (response, true),
+                    Err(e) => return unrecorded(e),
+                }
+            } else {
                 if let Err(e) = st.record(&actor, targets.clone(), true, crate::auth::RECEIVED).await {
                     return unrecorded(e);
                 }
+                (next.run(req).await, true)
             }
-            (next.run(req).await, true)
         }
         Err(refusal) => {
             // Past its source's and actor's budget, a denied request is counted into an

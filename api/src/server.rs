@@ -358,6 +358,33 @@ impl AppState {
         allowed: bool,
         status: u16,
     ) -> Result<(), crate::error::ApiError> {
+        let out = self.accesses(actor, targets, allowed, status).await;
+        self.node.audit(out).await.map_err(crate::error::ApiError::from)
+    }
+
+    /// Records a KV write as received, without waiting for the disk, then runs its handler
+    /// `call`. The store makes the record durable before the write can take effect
+    /// (`Node::with_received`); the outcome record that follows (`record`) waits for its sync,
+    /// which covers this one too.
+    pub async fn received_then<F: std::future::Future>(
+        &self,
+        actor: &str,
+        targets: Vec<crate::auth::Target>,
+        call: F,
+    ) -> Result<F::Output, crate::error::ApiError> {
+        let out = self.accesses(actor, targets, true, crate::auth::RECEIVED).await;
+        let written = self.node.audit_written(out).map_err(crate::error::ApiError::from)?;
+        Ok(self.node.with_received(written, call).await)
+    }
+
+    /// The audit records of one request's accesses.
+    async fn accesses(
+        &self,
+        actor: &str,
+        targets: Vec<crate::auth::Target>,
+        allowed: bool,
+        status: u16,
+    ) -> Vec<edgefabric_store::audit::Access> {
         use edgefabric_store::types::DataClass;
         let mut out = Vec::with_capacity(targets.len());
         let mut classes: std::collections::HashMap<String, bool> = Default::default();
@@ -393,7 +420,7 @@ impl AppState {
                 status,
             });
         }
-        self.node.audit(out).await.map_err(crate::error::ApiError::from)
+        out
     }
 }
 

@@ -98,6 +98,27 @@ impl AuditQueue {
     }
 }
 
+tokio::task_local! {
+    /// The received record of the KV write this task serves, while it may not be durable yet
+    /// (`Node::with_received`).
+    static RECEIVED: std::cell::RefCell<Option<Written>>;
+}
+
+/// Audit records written to the log, with their sync under way.
+pub struct Written {
+    synced: oneshot::Receiver<std::io::Result<()>>,
+}
+
+impl Written {
+    /// Returns once the records are on disk.
+    pub async fn durable(self) -> Result<()> {
+        self.synced
+            .await
+            .map_err(|_| Error::Storage("the log syncer stopped".into()))?
+            .map_err(|e| Error::Storage(format!("audit queue sync: {e}")))
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -106,8 +127,19 @@ impl Node {
     /// Records accesses durably (see the module comment); returns once they are on disk.
     /// With auditing disabled (benchmarks only) it records nothing.
     pub async fn audit(&self, accesses: Vec<Access>) -> Result<()> {
+        match self.audit_written(accesses)? {
+            Some(written) => written.durable().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the records to the log and asks for them to be synced, without waiting: the
+    /// answer says when they are durable. `None` when nothing was written (auditing disabled,
+    /// or no accesses). Whatever the caller does with the answer, the records become durable
+    /// (and shippable) with the sync asked for here.
+    pub fn audit_written(&self, accesses: Vec<Access>) -> Result<Option<Written>> {
         if !self.audit.enabled || accesses.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let time_ms = now_ms();
         let end = {
@@ -144,16 +176,46 @@ impl Node {
             seq
         };
         let (tx, rx) = oneshot::channel();
+        let queue = self.audit.clone();
         self.engine.sync(move |r| {
+            if r.is_ok() {
+                // Syncs complete in file order: everything up to `end` is durable.
+                queue.durable.fetch_max(end, Ordering::SeqCst);
+                queue.wake.notify_one();
+            }
             let _ = tx.send(r);
         });
-        rx.await
-            .map_err(|_| Error::Storage("the log syncer stopped".into()))?
-            .map_err(|e| Error::Storage(format!("audit queue sync: {e}")))?;
-        // Syncs complete in file order: everything up to `end` is durable.
-        self.audit.durable.fetch_max(end, Ordering::SeqCst);
-        self.audit.wake.notify_one();
-        Ok(())
+        Ok(Some(Written { synced: rx }))
+    }
+
+    /// Runs `call` (a KV write's handler) with its received record `written` but perhaps not
+    /// yet durable. The record must be durable before the write can take effect; the write
+    /// path ensures it (`received_durable`):
+    /// - a proposal to a group this node leads needs no wait. The record is in this node's
+    ///   log file before the entry, and openraft 0.9 (pinned) appends a leader's entries and
+    ///   waits for their `fdatasync` before it replicates them: no follower has the entry, so
+    ///   it cannot commit, before that sync, which covers the record too;
+    /// - anything else (a forward to another node's leader) waits for the record first.
+    ///
+    /// Only for calls whose one effect is a proposal through [`Node::propose`]: anything that
+    /// takes effect another way would not wait.
+    pub async fn with_received<F: std::future::Future>(
+        &self,
+        written: Option<Written>,
+        call: F,
+    ) -> F::Output {
+        RECEIVED.scope(std::cell::RefCell::new(written), call).await
+    }
+
+    /// Waits for the received record of the request being served, if `with_received` left one
+    /// pending. Called before anything that could make a write take effect other than a
+    /// proposal to a local leader. Later calls return at once.
+    pub(crate) async fn received_durable() -> Result<()> {
+        let pending = RECEIVED.try_with(|c| c.borrow_mut().take()).ok().flatten();
+        match pending {
+            Some(w) => w.durable().await,
+            None => Ok(()),
+        }
     }
 
     /// (records queued, records the ledger is known to hold) for this node's current instance.
@@ -424,5 +486,49 @@ impl Node {
                 edgefabric_ledger::LedgerError::Invalid { field, message } => Error::invalid(field, message),
                 other => Error::Storage(other.to_string()),
             })
+    }
+}
+
+#[cfg(test)]
+mod received_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pending_received_record_is_waited_for_once_before_an_effect() {
+        // Outside a request there is nothing to wait for.
+        Node::received_durable().await.unwrap();
+        let (tx, rx) = oneshot::channel();
+        let pending = Some(Written { synced: rx });
+        RECEIVED
+            .scope(std::cell::RefCell::new(pending), async move {
+                let wait = Node::received_durable();
+                tokio::pin!(wait);
+                assert!(
+                    tokio::time::timeout(Duration::from_millis(50), &mut wait).await.is_err(),
+                    "went on before the record was durable"
+                );
+                tx.send(Ok(())).unwrap();
+                wait.await.unwrap();
+                // Taken: later effects of the same request do not wait again.
+                tokio::time::timeout(Duration::from_millis(50), Node::received_durable())
+                    .await
+                    .expect("waited twice")
+                    .unwrap();
+            })
+            .await;
+        // A failed sync is an error: the write must not go ahead.
+        let (tx, rx) = oneshot::channel();
+        tx.send(Err(std::io::Error::other("disk gone"))).unwrap();
+        let r = RECEIVED
+            .scope(std::cell::RefCell::new(Some(Written { synced: rx })), Node::received_durable())
+            .await;
+        assert!(matches!(r, Err(Error::Storage(m)) if m.contains("disk gone")));
+        // So is a syncer that went away without answering.
+        let (tx, rx) = oneshot::channel::<std::io::Result<()>>();
+        drop(tx);
+        let r = RECEIVED
+            .scope(std::cell::RefCell::new(Some(Written { synced: rx })), Node::received_durable())
+            .await;
+        assert!(matches!(r, Err(Error::Storage(_))));
     }
 }

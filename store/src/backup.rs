@@ -926,12 +926,18 @@ mod tests {
         let sm = crate::raft_store::StateMachineStore::open(&data.join("group-1"), &db, 1, None).unwrap();
         let identity = Arc::new(edgefabric_crypto::Identity::generate().unwrap());
         let link = Arc::new(crate::link::LinkAuth::new(1, identity, Default::default()));
-        let network =
-            crate::network::NetworkFactory { channels: crate::network::Channels::new(link, None), group: 1 };
+        let last = engine.last_entry(1).unwrap().map_or(0, |(i, _)| i);
+        let flushed = crate::raft_store::Flushed::new(engine.clone(), last);
+        let network = crate::network::NetworkFactory {
+            channels: crate::network::Channels::new(link, None),
+            group: 1,
+            flushed: flushed.clone(),
+        };
         let config = Arc::new(openraft::Config::default().validate().unwrap());
-        let raft = crate::raft_store::Raft::new(1, config, network, crate::LogStore::new(engine, 1), sm)
-            .await
-            .unwrap();
+        let raft =
+            crate::raft_store::Raft::new(1, config, network, crate::LogStore::new(engine, 1, flushed), sm)
+                .await
+                .unwrap();
         raft.wait(Some(std::time::Duration::from_secs(10))).current_leader(1, "elected").await.unwrap();
         let put = crate::types::Command::MarkSeen { node: 1, instance: 9 };
         let r = raft.client_write(put).await.unwrap();

@@ -215,6 +215,8 @@ pub fn request<T: DeserializeOwned>(frame: &Frame) -> std::result::Result<T, ton
 pub struct NetworkFactory {
     pub channels: Channels,
     pub group: GroupId,
+    /// How far this node's copy of the group's log is durable (`raft_store::Flushed`).
+    pub flushed: Arc<crate::raft_store::Flushed>,
 }
 
 pub struct Network {
@@ -222,13 +224,20 @@ pub struct Network {
     addr: String,
     channels: Channels,
     group: GroupId,
+    flushed: Arc<crate::raft_store::Flushed>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
-        Network { target, addr: node.addr.clone(), channels: self.channels.clone(), group: self.group }
+        Network {
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+            group: self.group,
+            flushed: self.flushed.clone(),
+        }
     }
 }
 
@@ -268,6 +277,22 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> std::result::Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        // An entry leaves this node only once it is durable here (`raft_store::Flushed`).
+        // openraft 0.9 syncs before it replicates, so this does not wait in practice.
+        if let Some(last) = rpc.entries.last() {
+            let index = last.log_id.index;
+            if !self.flushed.covers(index) {
+                tracing::debug!(
+                    group = self.group,
+                    index,
+                    "waiting for the local sync before sending entries"
+                );
+                if !self.flushed.wait_for(index).await {
+                    let e = Error::Unavailable(format!("entry {index} is not durable in this node's log"));
+                    return Err(RPCError::Network(NetworkError::new(&e)));
+                }
+            }
+        }
         self.send(
             &rpc,
             option.hard_ttl(),

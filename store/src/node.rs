@@ -279,7 +279,7 @@ pub struct Node {
     /// The ledger's membership upkeep is running (as ledger leader).
     ledger_busy: AtomicBool,
     pub(crate) ledger: crate::ledger::LedgerRuntime,
-    pub(crate) audit: crate::audit::AuditQueue,
+    pub(crate) audit: Arc<crate::audit::AuditQueue>,
     pub(crate) ts_queue: crate::ts_queue::TsQueue,
     /// Data keys of confidential namespaces this node has unwrapped.
     pub(crate) keys: crate::confidential::KeyCache,
@@ -318,7 +318,7 @@ impl Node {
         .map_err(|e| Error::invalid("raft config", e))?;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let ledger_genesis = opts.ledger_genesis.clone();
-        let audit = crate::audit::AuditQueue::open(&engine, opts.audit)?;
+        let audit = Arc::new(crate::audit::AuditQueue::open(&engine, opts.audit)?);
         let ts_queue = crate::ts_queue::TsQueue::open(&engine)?;
         let configured = opts
             .members
@@ -549,11 +549,16 @@ impl Node {
             && self.engine.vote(id).is_none()
             && kv.raft_meta()?.is_none();
         let rejoining = dir.join(REJOIN_MARKER).exists();
-        let network = NetworkFactory { channels: self.channels.clone(), group: id };
-        let raft =
-            Raft::new(self.opts.id, self.config.clone(), network, LogStore::new(self.engine.clone(), id), sm)
-                .await
-                .map_err(|e| Error::Internal(format!("raft start for group {id}: {e}")))?;
+        // Everything in the file was synced at start (`AuditQueue::open`).
+        let flushed = crate::raft_store::Flushed::new(
+            self.engine.clone(),
+            self.engine.last_entry(id)?.map_or(0, |(index, _)| index),
+        );
+        let network = NetworkFactory { channels: self.channels.clone(), group: id, flushed: flushed.clone() };
+        let log = LogStore::new(self.engine.clone(), id, flushed);
+        let raft = Raft::new(self.opts.id, self.config.clone(), network, log, sm)
+            .await
+            .map_err(|e| Error::Internal(format!("raft start for group {id}: {e}")))?;
         if rejoining {
             // A restored (or half-rejoined) replica knows a membership in which it is a voter,
             // and its log may lack entries it acknowledged: it must not campaign either, not
@@ -1265,6 +1270,7 @@ impl Node {
                 // Ledger entries go to the leader's block builder, never straight into the log.
                 Some(g) if matches!(cmd, Command::LedgerSubmit(_)) => {
                     if g.is_leader() {
+                        Self::received_durable().await?;
                         match self.propose_local(&g, cmd.clone()).await {
                             Err(Error::Unavailable(_)) => None,
                             other => return other,
@@ -1276,6 +1282,8 @@ impl Node {
                         })
                     }
                 }
+                // A local leader appends the entry after the received record, in the same log
+                // file, and syncs both before it replicates (`Node::with_received`).
                 Some(g) => match self.timed_write(&g, cmd.clone()).await {
                     Ok(resp) => return Ok(resp.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -1291,6 +1299,9 @@ impl Node {
             };
             attempt += 1;
             if let Some((leader, addr)) = target {
+                // The leader is elsewhere: nothing orders this request's received record
+                // before the entry there, so it must be durable first (`Node::with_received`).
+                Self::received_durable().await?;
                 let client = self.channels.client(leader, &addr)?;
                 let r = call::<_, Response, Error, _, _>(
                     client,

@@ -56,16 +56,113 @@ fn any(e: impl Display) -> AnyError {
     AnyError::error(e.to_string())
 }
 
+/// How far a group's log is durable on this node, as its own appends report it: the
+/// transport sends a leader's entries only up to here (`Network::append_entries`).
+///
+/// Why: an entry must be in this node's synced log before any other node has it. openraft 0.9
+/// already works that way (a leader waits for its append's sync before it replicates), and
+/// the audit trail relies on it: a KV write's received record is written to the same file just
+/// before the entry, unsynced, and must be durable before the write can commit anywhere
+/// (`Node::with_received`). Checking it here keeps that true whatever openraft does.
+pub struct Flushed {
+    engine: LogEngine,
+    state: std::sync::Mutex<FlushedState>,
+}
+
+struct FlushedState {
+    /// Entries up to this index were synced by this node's appends.
+    upto: u64,
+    /// Bumped by each truncation, so that the sync of an append made before it cannot mark
+    /// the entries that replaced the truncated ones as durable.
+    generation: u64,
+}
+
+impl Flushed {
+    /// `upto`: the last index in the log at start, which the node has synced (the audit
+    /// queue's open syncs the whole file before any group starts).
+    pub fn new(engine: LogEngine, upto: u64) -> Arc<Self> {
+        Arc::new(Flushed { engine, state: std::sync::Mutex::new(FlushedState { upto, generation: 0 }) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn synced(&self, generation: u64, last: u64) {
+        let mut s = self.lock();
+        if s.generation == generation {
+            s.upto = s.upto.max(last);
+        }
+    }
+
+    fn truncated(&self, since: u64) {
+        let mut s = self.lock();
+        s.generation += 1;
+        s.upto = s.upto.min(since.saturating_sub(1));
+    }
+
+    /// Whether the entry at `index` is durable in this node's log.
+    pub fn covers(&self, index: u64) -> bool {
+        self.lock().upto >= index
+    }
+
+    /// Returns once the entry at `index` is durable here (at once when it already is);
+    /// `false` if it was truncated meanwhile.
+    pub async fn wait_for(&self, index: u64) -> bool {
+        if self.covers(index) {
+            return true;
+        }
+        // The append's sync was asked for before this one: when this one reports, that one's
+        // callback has run.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine.sync(move |r| {
+            let _ = tx.send(r.is_ok());
+        });
+        matches!(rx.await, Ok(true)) && self.covers(index)
+    }
+}
+
 /// The raft log of one group: a handle on the node's shared [`LogEngine`].
 #[derive(Clone)]
 pub struct LogStore {
     engine: LogEngine,
     group: GroupId,
+    flushed: Arc<Flushed>,
 }
 
 impl LogStore {
-    pub fn new(engine: LogEngine, group: GroupId) -> Self {
-        LogStore { engine, group }
+    pub fn new(engine: LogEngine, group: GroupId, flushed: Arc<Flushed>) -> Self {
+        LogStore { engine, group, flushed }
+    }
+
+    /// Writes encoded entries and calls `done` once they are synced, after marking them
+    /// durable in `flushed`: from then on the transport may send them.
+    fn write_entries(
+        &self,
+        batch: Vec<(u64, Vec<u8>)>,
+        done: impl FnOnce(std::io::Result<()>) + Send + 'static,
+    ) -> crate::Result<()> {
+        let last = batch.last().map_or(0, |e| e.0);
+        let generation = self.flushed.generation();
+        self.engine.append(self.group, batch)?;
+        let flushed = self.flushed.clone();
+        self.engine.sync(move |r| {
+            if r.is_ok() {
+                flushed.synced(generation, last);
+            }
+            done(r)
+        });
+        Ok(())
+    }
+
+    /// Removes entries from `since` on (and from what `flushed` covers first).
+    fn truncate_entries(&self, since: u64) -> crate::Result<()> {
+        self.flushed.truncated(since);
+        self.engine.truncate(self.group, since)
     }
 
     async fn sync(&self) -> Result<(), std::io::Error> {
@@ -159,13 +256,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 codec::encode(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, any(err)))?;
             batch.push((e.log_id.index, bytes));
         }
-        self.engine.append(self.group, batch).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        self.engine.sync(move |r| callback.log_io_completed(r));
+        self.write_entries(batch, move |r| callback.log_io_completed(r))
+            .map_err(|e| StorageIOError::write_logs(any(e)))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        self.engine.truncate(self.group, log_id.index).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.truncate_entries(log_id.index).map_err(|e| StorageIOError::write_logs(any(e)))?;
         Ok(())
     }
 
@@ -552,6 +649,45 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes entries `range` to `log` and waits for the sync to report.
+    async fn write_synced(log: &LogStore, range: std::ops::RangeInclusive<u64>) {
+        let batch = range.map(|i| (i, vec![i as u8; 8])).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        log.write_entries(batch, move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn flushed_covers_synced_entries_only_and_forgets_truncated_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = LogEngine::open(dir.path()).unwrap();
+        let flushed = Flushed::new(engine.clone(), 0);
+        let log = LogStore::new(engine.clone(), 7, flushed.clone());
+        assert!(!flushed.covers(1));
+        write_synced(&log, 1..=3).await;
+        assert!(flushed.covers(3) && !flushed.covers(4));
+        // A truncation takes the truncated entries out at once.
+        log.truncate_entries(2).unwrap();
+        assert!(flushed.covers(1) && !flushed.covers(2));
+        // The sync of an append made before the truncation must not mark the entries that
+        // replaced the truncated ones: they were written after that append's sync was asked.
+        let stale = flushed.generation() - 1;
+        flushed.synced(stale, 5);
+        assert!(!flushed.covers(2), "a stale sync raised what is durable");
+        write_synced(&log, 2..=4).await;
+        assert!(flushed.covers(4));
+        // Waiting: at once for what is covered, and `false` (after a sync) for what is not there.
+        assert!(flushed.wait_for(4).await);
+        assert!(!flushed.wait_for(9).await);
+        // Another group's appends are another group's.
+        let other = LogStore::new(engine.clone(), 8, Flushed::new(engine, 0));
+        write_synced(&other, 1..=20).await;
+        assert!(!flushed.covers(5));
+    }
 
     fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
         Entry {

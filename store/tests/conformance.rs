@@ -14,7 +14,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let engine = LogEngine::open(&dir.path().join("log")).expect("open log");
         let db = sled::open(dir.path().join("db")).expect("open sled");
         let sm = StateMachineStore::open(&dir.path().join("sm"), &db, 1, None).expect("open sm");
-        Ok((dir, LogStore::new(engine, 1), sm))
+        let flushed = edgefabric_store::raft_store::Flushed::new(engine.clone(), 0);
+        Ok((dir, LogStore::new(engine, 1, flushed), sm))
     }
 }
 
