@@ -63,9 +63,12 @@ pub struct Channels {
     pub(crate) auth: Arc<LinkAuth>,
     /// Test faults on outgoing links (`faults.rs`); empty unless a test sets them.
     pub(crate) faults: Arc<crate::faults::Faults>,
+    /// The append-entries senders by peer (id, address): see [`Mux`].
+    muxes: Arc<Mutex<HashMap<(NodeId, String), Mux>>>,
 }
 
 /// A client for one peer node, with what authenticates frames to it.
+#[derive(Clone)]
 pub struct Peer {
     client: InternalClient<Channel>,
     id: NodeId,
@@ -75,12 +78,25 @@ pub struct Peer {
 
 impl Channels {
     pub fn new(auth: Arc<LinkAuth>, tls: Option<PeerTls>) -> Self {
-        Channels { by_addr: Default::default(), tls, auth, faults: Default::default() }
+        Channels { by_addr: Default::default(), tls, auth, faults: Default::default(), muxes: Default::default() }
     }
 
     /// A client for node `id` at `addr`.
     pub fn client(&self, id: NodeId, addr: &str) -> Result<Peer> {
         Ok(Peer { client: self.channel(addr)?, id, auth: self.auth.clone(), faults: self.faults.clone() })
+    }
+
+    /// The append-entries sender to node `id` at `addr` (started on first use).
+    fn mux(&self, id: NodeId, addr: &str) -> Result<Mux> {
+        let mut map = self.muxes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = map.get(&(id, addr.to_string())) {
+            if !m.tx.is_closed() {
+                return Ok(m.clone());
+            }
+        }
+        let m = Mux::start(self.client(id, addr)?);
+        map.insert((id, addr.to_string()), m.clone());
+        Ok(m)
     }
 
     fn channel(&self, addr: &str) -> Result<InternalClient<Channel>> {
@@ -168,7 +184,7 @@ where
     codec::decode(&reply.data).map_err(|e| TransportError::Other(format!("bad reply: {e}")))
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     #[error("peer unreachable: {0}")]
     Unreachable(String),
@@ -208,6 +224,96 @@ pub fn reply<T: Serialize>(
 /// Decodes a request frame; a bad frame is the caller's error.
 pub fn request<T: DeserializeOwned>(frame: &Frame) -> std::result::Result<T, tonic::Status> {
     codec::decode(&frame.data).map_err(|e| tonic::Status::invalid_argument(format!("bad frame: {e}")))
+}
+
+/// Most append-entries requests in one `AppendBatch` call, and (soft) most bytes: a batch
+/// stops growing once it holds this many.
+pub const BATCH_ITEMS: usize = 256;
+const BATCH_BYTES: usize = 4 << 20;
+/// `AppendBatch` calls in flight to one peer. While they are, the requests of every group to
+/// that peer queue up and leave together in the next call: under load, many groups' raft
+/// messages share one RPC (its HTTP/2 stream, TLS records, link MAC and task hand-offs), as
+/// TiKV batches raft messages per store. At rest each request leaves at once.
+const BATCH_IN_FLIGHT: usize = 2;
+
+/// One group's append-entries request (encoded) waiting for a batch, and where its answer goes.
+struct Item {
+    group: GroupId,
+    data: Vec<u8>,
+    ttl: Duration,
+    done: tokio::sync::oneshot::Sender<std::result::Result<Vec<u8>, TransportError>>,
+}
+
+/// The answer to one item of a batch: the group's encoded `Result<AppendEntriesResponse,
+/// RaftError>`, or why the receiving node could not hand it to that group.
+pub type BatchAnswer = std::result::Result<Vec<u8>, String>;
+
+/// The per-peer sender of append-entries requests, shared by every group of this node.
+#[derive(Clone)]
+struct Mux {
+    tx: tokio::sync::mpsc::UnboundedSender<Item>,
+}
+
+impl Mux {
+    fn start(peer: Peer) -> Mux {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Mux::run(peer, rx));
+        Mux { tx }
+    }
+
+    /// Ends when every sender is gone (the node's channels were dropped).
+    async fn run(peer: Peer, mut rx: tokio::sync::mpsc::UnboundedReceiver<Item>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(BATCH_IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            // Wait for a free slot first: what arrives meanwhile joins this batch.
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let mut bytes = first.data.len();
+            let mut items = vec![first];
+            while items.len() < BATCH_ITEMS && bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(item) => {
+                        bytes += item.data.len();
+                        items.push(item);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                Mux::send(peer, items).await;
+            });
+        }
+    }
+
+    async fn send(peer: Peer, items: Vec<Item>) {
+        let ttl = items.iter().map(|i| i.ttl).max().unwrap_or(Duration::from_secs(1));
+        let (payload, waiters): (Vec<(GroupId, Vec<u8>)>, Vec<_>) =
+            items.into_iter().map(|i| ((i.group, i.data), i.done)).unzip();
+        let n = payload.len();
+        let answers = call::<_, Vec<BatchAnswer>, Error, _, _>(peer, 0, &payload, ttl, "append_batch", |mut c, f| {
+            async move { c.append_batch(f).await }
+        })
+        .await;
+        let answers = match answers {
+            Ok(Ok(a)) if a.len() == n => Ok(a),
+            Ok(Ok(a)) => Err(TransportError::Other(format!("batch of {n} answered with {} items", a.len()))),
+            Ok(Err(e)) => Err(TransportError::Other(format!("batch refused: {e}"))),
+            Err(e) => Err(e),
+        };
+        match answers {
+            Ok(answers) => {
+                for (done, a) in waiters.into_iter().zip(answers) {
+                    let _ = done.send(a.map_err(TransportError::Unreachable));
+                }
+            }
+            Err(e) => {
+                for done in waiters {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// The openraft network factory for one group.
@@ -293,13 +399,29 @@ impl RaftNetwork<TypeConfig> for Network {
                 }
             }
         }
-        self.send(
-            &rpc,
-            option.hard_ttl(),
-            "append_entries",
-            |mut c, f| async move { c.append_entries(f).await },
-        )
-        .await
+        // Through the peer's batch sender (`Mux`), not a call of its own.
+        let ttl = option.hard_ttl();
+        fn unreachable<E: std::error::Error + 'static>(e: &E) -> RpcErr {
+            RPCError::Unreachable(Unreachable::new(e))
+        }
+        let data = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mux = self.channels.mux(self.target, &self.addr).map_err(|e| unreachable(&e))?;
+        let (done, answer) = tokio::sync::oneshot::channel();
+        mux.tx
+            .send(Item { group: self.group, data, ttl, done })
+            .map_err(|_| unreachable(&Error::Unavailable("the batch sender stopped".into())))?;
+        let bytes = match tokio::time::timeout(ttl, answer).await {
+            Err(_) => return Err(RPCError::Network(NetworkError::new(&TransportError::Timeout))),
+            Ok(Err(_)) => return Err(unreachable(&Error::Unavailable("the batch sender stopped".into()))),
+            Ok(Ok(Err(e @ TransportError::Unreachable(_)))) => return Err(unreachable(&e)),
+            Ok(Ok(Err(e))) => return Err(RPCError::Network(NetworkError::new(&e))),
+            Ok(Ok(Ok(bytes))) => bytes,
+        };
+        let answer: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            codec::decode(&bytes).map_err(|e| {
+                RPCError::Network(NetworkError::new(&TransportError::Other(format!("bad reply: {e}"))))
+            })?;
+        answer.map_err(|remote| RPCError::RemoteError(RemoteError::new(self.target, remote)))
     }
 
     async fn install_snapshot(

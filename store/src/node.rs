@@ -2058,6 +2058,30 @@ impl Internal for InternalService {
         self.reply(RPC, &f, &g.raft.append_entries(rpc).await)
     }
 
+    async fn append_batch(&self, req: tonic::Request<Frame>) -> RpcResult {
+        const RPC: &str = "append_batch";
+        let f = self.accept(RPC, req)?;
+        let items: Vec<(GroupId, Vec<u8>)> = network::request(&f)?;
+        if items.len() > network::BATCH_ITEMS {
+            return Err(tonic::Status::invalid_argument(format!(
+                "append batch: {} requests, the limit is {}",
+                items.len(),
+                network::BATCH_ITEMS
+            )));
+        }
+        // All at once: the groups' appends share one group-committed sync of the log.
+        let answers: Vec<network::BatchAnswer> =
+            futures::future::join_all(items.into_iter().map(|(group, data)| async move {
+                let g = self.node.group(group).ok_or_else(|| format!("group {group} is not hosted here (yet)"))?;
+                let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> =
+                    crate::codec::decode(&data).map_err(|e| format!("group {group}: bad request: {e}"))?;
+                g.on_append(&rpc.vote, !rpc.entries.is_empty());
+                crate::codec::encode(&g.raft.append_entries(rpc).await).map_err(|e| e.to_string())
+            }))
+            .await;
+        self.reply(RPC, &f, &Ok::<_, Error>(answers))
+    }
+
     async fn vote(&self, req: tonic::Request<Frame>) -> RpcResult {
         const RPC: &str = "vote";
         let f = self.accept(RPC, req)?;
