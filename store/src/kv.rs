@@ -61,6 +61,9 @@ pub struct KvStore {
     max_apply_value: usize,
     /// Set on the ledger group's store: it applies `LedgerBlock` commands.
     ledger: Option<std::sync::Arc<LedgerCtx>>,
+    /// Held for writing while an apply writes its keys one by one, and for reading by client
+    /// reads (`get`, `scan`): a reader sees each apply whole or not at all.
+    applying: std::sync::RwLock<()>,
     /// `temporary()`'s directory, removed with the store.
     #[cfg(test)]
     _tmp: Option<tempfile::TempDir>,
@@ -113,7 +116,7 @@ fn ts_err(e: edgefabric_tsdb::Error) -> Error {
     Error::Storage(format!("time series: {e}"))
 }
 
-fn data_key(ns: &str, key: &str) -> Vec<u8> {
+pub(crate) fn data_key(ns: &str, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + ns.len() + key.len());
     k.push(b'k');
     k.push(ns.len() as u8);
@@ -183,6 +186,7 @@ impl KvStore {
             map_cache: std::sync::RwLock::new(None),
             max_apply_value: APPLY_MAX_VALUE_BYTES,
             ledger: None,
+            applying: std::sync::RwLock::new(()),
             #[cfg(test)]
             _tmp: None,
         })
@@ -274,11 +278,18 @@ impl KvStore {
         Ok(self.tree.get(META_KEY)?.map(|v| v.to_vec()))
     }
 
-    /// Applies commands in log order, atomically with `raft_meta`. `cmds` holds `(log index,
+    /// Applies commands in log order, then records `raft_meta`. `cmds` holds `(log index,
     /// command)`; `None` is a raft-internal entry (blank, membership) that only advances
     /// `raft_meta`. Returns one response per element.
+    ///
+    /// Atomic for readers (`applying`), not on disk: the keys are written one by one, and a
+    /// crash can leave part of an apply. sled 0.34 makes a batch crash-atomic by sealing and
+    /// writing its log buffer twice per batch, on its I/O threads, which cost a quarter of a
+    /// node's CPU under load. The node instead trusts this tree after a crash only through
+    /// the clean-stop marker (`node.rs`, `SM_CLEAN`): after any other stop each group's tree
+    /// is rebuilt from its snapshot and log, which always hold the whole state
+    /// (`raft_store.rs`).
     pub fn apply(&self, cmds: &[(u64, Option<&Command>)], raft_meta: &[u8]) -> Result<Vec<Response>> {
-        let mut batch = sled::Batch::default();
         // Writes of earlier commands in this call, so later ones read their own writes.
         let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut out = Vec::with_capacity(cmds.len());
@@ -293,14 +304,17 @@ impl KvStore {
             Some(Some(bytes)) => Some(std::sync::Arc::new(codec::decode(bytes)?)),
             _ => None,
         };
-        for (k, v) in overlay {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
+        {
+            let _whole = self.applying.write().unwrap_or_else(|p| p.into_inner());
+            for (k, v) in overlay {
+                match v {
+                    Some(v) => self.tree.insert(k, v)?,
+                    None => self.tree.remove(k)?,
+                };
             }
+            // Last: once it is there, so is everything before it.
+            self.tree.insert(META_KEY, raft_meta)?;
         }
-        batch.insert(META_KEY, raft_meta);
-        self.tree.apply_batch(batch)?;
         if let Some(map) = new_map {
             *self.map_cache.write().unwrap_or_else(|p| p.into_inner()) = Some(Some(map));
         }
@@ -653,6 +667,7 @@ impl KvStore {
     }
 
     pub fn get(&self, ns: &str, key: &str) -> Result<Option<Record>> {
+        let _whole = self.applying.read().unwrap_or_else(|p| p.into_inner());
         match self.tree.get(data_key(ns, key))? {
             Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
             None => Ok(None),
@@ -714,6 +729,7 @@ impl KvStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<ScanItem>, bool)> {
+        let _whole = self.applying.read().unwrap_or_else(|p| p.into_inner());
         let base = data_key(ns, "");
         let full_prefix = data_key(ns, prefix);
         let start = match after {

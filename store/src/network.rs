@@ -78,7 +78,13 @@ pub struct Peer {
 
 impl Channels {
     pub fn new(auth: Arc<LinkAuth>, tls: Option<PeerTls>) -> Self {
-        Channels { by_addr: Default::default(), tls, auth, faults: Default::default(), muxes: Default::default() }
+        Channels {
+            by_addr: Default::default(),
+            tls,
+            auth,
+            faults: Default::default(),
+            muxes: Default::default(),
+        }
     }
 
     /// A client for node `id` at `addr`.
@@ -291,9 +297,14 @@ impl Mux {
         let (payload, waiters): (Vec<(GroupId, Vec<u8>)>, Vec<_>) =
             items.into_iter().map(|i| ((i.group, i.data), i.done)).unzip();
         let n = payload.len();
-        let answers = call::<_, Vec<BatchAnswer>, Error, _, _>(peer, 0, &payload, ttl, "append_batch", |mut c, f| {
-            async move { c.append_batch(f).await }
-        })
+        let answers = call::<_, Vec<BatchAnswer>, Error, _, _>(
+            peer,
+            0,
+            &payload,
+            ttl,
+            "append_batch",
+            |mut c, f| async move { c.append_batch(f).await },
+        )
         .await;
         let answers = match answers {
             Ok(Ok(a)) if a.len() == n => Ok(a),

@@ -50,6 +50,10 @@ use crate::types::{
 };
 
 const REJOIN_MARKER: &str = "REJOIN";
+/// In the data directory after a clean stop only: sled was flushed after the last apply, so
+/// every group's tree holds whole applies. Removed (durably) at start, before any apply; a
+/// start without it rebuilds the groups' state machines (`KvStore::apply`).
+const SM_CLEAN: &str = "sm.clean";
 /// `Status` for this group id answers for every hosted group.
 const ALL_GROUPS: GroupId = u64::MAX;
 const MAX_META_VOTERS: usize = 5;
@@ -280,6 +284,9 @@ pub struct Node {
     ledger_busy: AtomicBool,
     pub(crate) ledger: crate::ledger::LedgerRuntime,
     pub(crate) audit: Arc<crate::audit::AuditQueue>,
+    /// Groups whose trees were here at a start that was not clean and that have not been
+    /// opened (so rebuilt) since (`SM_CLEAN`).
+    rebuild: Mutex<std::collections::HashSet<GroupId>>,
     pub(crate) ts_queue: crate::ts_queue::TsQueue,
     /// Data keys of confidential namespaces this node has unwrapped.
     pub(crate) keys: crate::confidential::KeyCache,
@@ -304,6 +311,7 @@ impl Node {
         let instance = load_instance(&opts.data_dir)?;
         let engine = LogEngine::open(&opts.data_dir.join("raft"))?;
         let db = sled::Config::new().path(opts.data_dir.join("sm")).open()?;
+        let rebuild = groups_to_rebuild(&opts.data_dir, &db)?;
         let config = Config {
             cluster_name: "edgefabric".into(),
             heartbeat_interval: opts.heartbeat.as_millis() as u64,
@@ -343,6 +351,7 @@ impl Node {
             ledger_busy: AtomicBool::new(false),
             ledger: crate::ledger::LedgerRuntime::new(ledger_genesis),
             audit,
+            rebuild: Mutex::new(rebuild),
             ts_queue,
             keys: Default::default(),
             rotations: Default::default(),
@@ -447,8 +456,15 @@ impl Node {
                 tracing::warn!(group = g.id, error = %e, "raft shutdown");
             }
         }
-        if let Err(e) = self.db.flush() {
-            tracing::warn!(error = %e, "sled flush at shutdown");
+        match self.db.flush() {
+            Err(e) => tracing::warn!(error = %e, "sled flush at shutdown"),
+            // Groups still waiting for their rebuild keep the next start a rebuilding one.
+            Ok(_) if self.rebuild.lock().unwrap_or_else(|p| p.into_inner()).is_empty() => {
+                if let Err(e) = mark_clean(&self.opts.data_dir) {
+                    tracing::warn!(error = %e, "could not mark the state machine clean");
+                }
+            }
+            Ok(_) => {}
         }
     }
 
@@ -542,7 +558,8 @@ impl Node {
     ) -> Result<()> {
         let dir = self.opts.data_dir.join(format!("group-{id}"));
         let ledger = (id == LEDGER_GROUP).then(|| self.ledger.ctx.clone());
-        let sm = StateMachineStore::open(&dir, &self.db, id, ledger)?;
+        let rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let sm = StateMachineStore::open_checked(&dir, &self.db, id, ledger, rebuild)?;
         let kv = sm.kv();
         let fresh = self.engine.last_entry(id)?.is_none()
             && self.engine.purged(id).is_none()
@@ -1930,6 +1947,32 @@ fn write_marker(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Takes the clean-stop marker (`SM_CLEAN`): removes it durably and returns the groups whose
+/// trees must be rebuilt, all of them when it was not there (none on a new node).
+fn groups_to_rebuild(
+    data_dir: &std::path::Path,
+    db: &sled::Db,
+) -> Result<std::collections::HashSet<GroupId>> {
+    let marker = data_dir.join(SM_CLEAN);
+    if marker.exists() {
+        std::fs::remove_file(&marker)?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+        return Ok(Default::default());
+    }
+    Ok(db
+        .tree_names()
+        .iter()
+        .filter_map(|n| std::str::from_utf8(n).ok()?.strip_prefix("group-")?.parse().ok())
+        .collect())
+}
+
+/// Leaves the clean-stop marker, durably, after sled's final flush.
+fn mark_clean(data_dir: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::File::create(data_dir.join(SM_CLEAN))?;
+    f.sync_all()?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
 /// The internal gRPC service of a node.
 pub struct InternalService {
     node: Arc<Node>,
@@ -2072,7 +2115,10 @@ impl Internal for InternalService {
         // All at once: the groups' appends share one group-committed sync of the log.
         let answers: Vec<network::BatchAnswer> =
             futures::future::join_all(items.into_iter().map(|(group, data)| async move {
-                let g = self.node.group(group).ok_or_else(|| format!("group {group} is not hosted here (yet)"))?;
+                let g = self
+                    .node
+                    .group(group)
+                    .ok_or_else(|| format!("group {group} is not hosted here (yet)"))?;
                 let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> =
                     crate::codec::decode(&data).map_err(|e| format!("group {group}: bad request: {e}"))?;
                 g.on_append(&rpc.vote, !rpc.entries.is_empty());
@@ -2243,6 +2289,24 @@ impl Internal for InternalService {
 #[cfg(test)]
 mod tests {
     use super::LogBudget;
+
+    #[test]
+    fn only_a_clean_stop_spares_the_state_machines_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        for t in ["group-1", "group-18446744073709551615", "other"] {
+            db.open_tree(t).unwrap();
+        }
+        let all: std::collections::HashSet<u64> = [1, u64::MAX].into();
+        // No marker: every group's tree is rebuilt, and the answer stays so until a clean stop.
+        assert_eq!(super::groups_to_rebuild(dir.path(), &db).unwrap(), all);
+        assert_eq!(super::groups_to_rebuild(dir.path(), &db).unwrap(), all);
+        super::mark_clean(dir.path()).unwrap();
+        assert!(super::groups_to_rebuild(dir.path(), &db).unwrap().is_empty());
+        // Taken at start: a crash after it is not a clean stop.
+        assert!(!dir.path().join(super::SM_CLEAN).exists());
+        assert_eq!(super::groups_to_rebuild(dir.path(), &db).unwrap(), all);
+    }
 
     #[test]
     fn a_log_budget_lets_one_line_a_second_through_and_counts_the_rest() {
