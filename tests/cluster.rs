@@ -315,9 +315,24 @@ async fn sigterm_answers_requests_in_flight_and_exits_cleanly() {
     assert!(log.contains("stopped"), "{log}");
     let cut_off = cut_off.lock().unwrap().clone();
     assert!(cut_off.is_empty(), "requests in flight cut off: {cut_off:?}");
+    // A clean stop vouches for the state machine: the next start trusts it as it is.
+    let marker = c.data_dir(2).join("sm.clean");
+    assert!(marker.exists(), "no clean-stop marker after a clean stop:\n{log}");
     c.start(2);
     c.wait_ready(READY).await;
+    assert!(!marker.exists(), "the marker outlived the start");
+    assert!(!c.log_text(2).contains("rebuilding the state machine"), "{}", c.log_text(2));
     let acked = acked.lock().unwrap().clone();
+    for key in &acked {
+        assert_eq!(c.read_back(2, "default", key).await, Ok(Some(key.as_bytes().to_vec())), "{key}");
+    }
+    // A kill leaves no marker: that start rebuilds every group from its snapshot and log, and
+    // loses nothing.
+    c.kill9(2);
+    assert!(!marker.exists());
+    c.start(2);
+    c.wait_ready(READY).await;
+    assert!(c.log_text(2).contains("rebuilding the state machine"), "{}", c.log_text(2));
     for key in &acked {
         assert_eq!(c.read_back(2, "default", key).await, Ok(Some(key.as_bytes().to_vec())), "{key}");
     }

@@ -64,6 +64,11 @@ pub struct KvStore {
     /// Held for writing while an apply writes its keys one by one, and for reading by client
     /// reads (`get`, `scan`): a reader sees each apply whole or not at all.
     applying: std::sync::RwLock<()>,
+    /// Set (under `applying`) once the node stops this group: no write after it, so what sled
+    /// flushes at the stop holds whole applies only.
+    closed: std::sync::atomic::AtomicBool,
+    /// An apply or import failed part-way: the tree may hold part of it until it is rebuilt.
+    dirty: std::sync::atomic::AtomicBool,
     /// `temporary()`'s directory, removed with the store.
     #[cfg(test)]
     _tmp: Option<tempfile::TempDir>,
@@ -187,6 +192,8 @@ impl KvStore {
             max_apply_value: APPLY_MAX_VALUE_BYTES,
             ledger: None,
             applying: std::sync::RwLock::new(()),
+            closed: Default::default(),
+            dirty: Default::default(),
             #[cfg(test)]
             _tmp: None,
         })
@@ -305,15 +312,27 @@ impl KvStore {
             _ => None,
         };
         {
-            let _whole = self.applying.write().unwrap_or_else(|p| p.into_inner());
-            for (k, v) in overlay {
-                match v {
-                    Some(v) => self.tree.insert(k, v)?,
-                    None => self.tree.remove(k)?,
-                };
+            let _whole = self.write_guard()?;
+            // Keys that point at others (the ledger's head, the key count, the range, the raft
+            // meta) after everything else, in a fixed order, the raft meta last: a reader that
+            // does not take the guard (the ledger's) and a crash both see pointers only to
+            // what is already written.
+            let mut writes: Vec<_> = overlay.into_iter().collect();
+            writes.sort_by_key(|(k, _)| POINTER_KEYS.iter().position(|p| *p == k.as_slice()));
+            let written = writes
+                .into_iter()
+                .chain(std::iter::once((META_KEY.to_vec(), Some(raft_meta.to_vec()))))
+                .try_for_each(|(k, v)| {
+                    match v {
+                        Some(v) => self.tree.insert(k, v)?,
+                        None => self.tree.remove(k)?,
+                    };
+                    Ok::<_, sled::Error>(())
+                });
+            if let Err(e) = written {
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(e.into());
             }
-            // Last: once it is there, so is everything before it.
-            self.tree.insert(META_KEY, raft_meta)?;
         }
         if let Some(map) = new_map {
             *self.map_cache.write().unwrap_or_else(|p| p.into_inner()) = Some(Some(map));
@@ -781,6 +800,9 @@ impl KvStore {
     /// tree carries the raft meta, and until it is replaced a crash leaves the old meta, so
     /// the caller (raft's glue) imports again.
     pub fn import(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let _whole = self.write_guard()?;
+        // Dirty until it is whole: a failure part-way leaves a tree no one may trust.
+        self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
         let ts: Image = entries
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(TS_PREFIX).map(|k| (k.to_vec(), v.clone())))
@@ -794,9 +816,31 @@ impl KvStore {
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
         *self.map_cache.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.dirty.store(false, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
+
+    /// The guard an apply or import writes under; refused once the store is closed.
+    fn write_guard(&self) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
+        let guard = self.applying.write().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Unavailable("the group is stopping".into()));
+        }
+        Ok(guard)
+    }
+
+    /// Stops all writes to this store (waiting for one under way). Returns whether the tree
+    /// holds whole applies only (no apply or import failed part-way).
+    pub fn close(&self) -> bool {
+        let _whole = self.applying.write().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        !self.dirty.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
+
+/// Keys that refer to other keys, written after them by `apply`, in this order (the raft meta
+/// comes after all of them).
+const POINTER_KEYS: [&[u8]; 4] = [edgefabric_ledger::chain::HEAD_KEY, KEYS_KEY, RANGE_KEY, CLUSTER_KEY];
 
 #[cfg(test)]
 mod tests {
@@ -827,6 +871,19 @@ mod tests {
         assert_eq!(r, Response::Written { revision: 7, existed: vec![true] });
         assert_eq!(kv.get("default", "a").unwrap(), None);
         assert_eq!(kv.raft_meta().unwrap().as_deref(), Some(&b"meta"[..]));
+    }
+
+    #[test]
+    fn a_closed_store_takes_no_more_writes() {
+        let kv = KvStore::temporary().unwrap();
+        apply1(&kv, 1, &put("default", "a", "1", None));
+        assert!(kv.close(), "a store without failed writes is whole");
+        let r = kv.apply(&[(2, Some(&put("default", "b", "2", None)))], b"meta");
+        assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+        assert!(matches!(kv.import(&[]), Err(Error::Unavailable(_))));
+        // Reads go on, and see what was there.
+        assert!(kv.get("default", "a").unwrap().is_some());
+        assert!(kv.get("default", "b").unwrap().is_none());
     }
 
     #[test]

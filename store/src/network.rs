@@ -232,8 +232,8 @@ pub fn request<T: DeserializeOwned>(frame: &Frame) -> std::result::Result<T, ton
     codec::decode(&frame.data).map_err(|e| tonic::Status::invalid_argument(format!("bad frame: {e}")))
 }
 
-/// Most append-entries requests in one `AppendBatch` call, and (soft) most bytes: a batch
-/// stops growing once it holds this many.
+/// Most append-entries requests in one `AppendBatch` call, and most bytes (a request larger
+/// than that on its own goes alone).
 pub const BATCH_ITEMS: usize = 256;
 const BATCH_BYTES: usize = 4 << 20;
 /// `AppendBatch` calls in flight to one peer. While they are, the requests of every group to
@@ -270,19 +270,39 @@ impl Mux {
     /// Ends when every sender is gone (the node's channels were dropped).
     async fn run(peer: Peer, mut rx: tokio::sync::mpsc::UnboundedReceiver<Item>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(BATCH_IN_FLIGHT));
-        while let Some(first) = rx.recv().await {
+        // An item that did not fit the last batch: it opens the next one.
+        let mut held: Option<Item> = None;
+        loop {
+            let first = match held.take() {
+                Some(item) => item,
+                None => match rx.recv().await {
+                    Some(item) => item,
+                    None => return,
+                },
+            };
             // Wait for a free slot first: what arrives meanwhile joins this batch.
             let Ok(slot) = slots.clone().acquire_owned().await else { return };
             let mut bytes = first.data.len();
             let mut items = vec![first];
-            while items.len() < BATCH_ITEMS && bytes < BATCH_BYTES {
+            while items.len() < BATCH_ITEMS {
                 match rx.try_recv() {
+                    // Its caller gave up (openraft's timeout): nobody would read the answer.
+                    Ok(item) if item.done.is_closed() => {}
+                    // Over the size on its own account: the next batch starts with it.
+                    Ok(item) if bytes + item.data.len() > BATCH_BYTES => {
+                        held = Some(item);
+                        break;
+                    }
                     Ok(item) => {
                         bytes += item.data.len();
                         items.push(item);
                     }
                     Err(_) => break,
                 }
+            }
+            items.retain(|i| !i.done.is_closed());
+            if items.is_empty() {
+                continue;
             }
             let peer = peer.clone();
             tokio::spawn(async move {

@@ -287,6 +287,9 @@ pub struct Node {
     /// Groups whose trees were here at a start that was not clean and that have not been
     /// opened (so rebuilt) since (`SM_CLEAN`).
     rebuild: Mutex<std::collections::HashSet<GroupId>>,
+    /// A group may have been left applying out of sight (`drop_group` timed out): the next
+    /// start must rebuild.
+    unclean: AtomicBool,
     pub(crate) ts_queue: crate::ts_queue::TsQueue,
     /// Data keys of confidential namespaces this node has unwrapped.
     pub(crate) keys: crate::confidential::KeyCache,
@@ -352,6 +355,7 @@ impl Node {
             ledger: crate::ledger::LedgerRuntime::new(ledger_genesis),
             audit,
             rebuild: Mutex::new(rebuild),
+            unclean: AtomicBool::new(false),
             ts_queue,
             keys: Default::default(),
             rotations: Default::default(),
@@ -451,21 +455,69 @@ impl Node {
 
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        // Groups being opened finish (or refuse, seeing the flag) before the list is taken.
+        let deadline = Instant::now() + CONTROL_STEP_TIMEOUT;
+        let mut clean = loop {
+            if self.starting.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                break true;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!("groups were still starting at shutdown");
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         for g in self.all_groups() {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(group = g.id, error = %e, "raft shutdown");
             }
+            // openraft does not wait for its state-machine task: closing the store waits for
+            // an apply under way and refuses any later one.
+            clean &= g.kv.close();
         }
-        match self.db.flush() {
-            Err(e) => tracing::warn!(error = %e, "sled flush at shutdown"),
-            // Groups still waiting for their rebuild keep the next start a rebuilding one.
-            Ok(_) if self.rebuild.lock().unwrap_or_else(|p| p.into_inner()).is_empty() => {
-                if let Err(e) = mark_clean(&self.opts.data_dir) {
-                    tracing::warn!(error = %e, "could not mark the state machine clean");
+        clean &= !self.unclean.load(Ordering::SeqCst) && self.rebuild_leftovers();
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "sled flush at shutdown");
+            return;
+        }
+        if clean {
+            if let Err(e) =
+                sync_tree(&self.opts.data_dir.join("sm")).and_then(|_| mark_clean(&self.opts.data_dir))
+            {
+                tracing::warn!(error = %e, "could not mark the state machine clean");
+            }
+        }
+    }
+
+    /// Rebuilds (empties) the trees of groups that were to be rebuilt but never opened since
+    /// the start (moved off this node meanwhile, or not started yet), so that the clean-stop
+    /// marker can vouch for every tree. Whether all went well.
+    fn rebuild_leftovers(&self) -> bool {
+        let ids: Vec<GroupId> =
+            self.rebuild.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        for id in ids {
+            let dir = self.opts.data_dir.join(format!("group-{id}"));
+            let emptied = if dir.exists() {
+                KvStore::open(&self.db, id, &dir).and_then(|kv| {
+                    kv.import(&[])?;
+                    kv.close();
+                    Ok(())
+                })
+            } else {
+                // Not hosted here any more: only its tree is left.
+                self.db.drop_tree(format!("group-{id}")).map(|_| ()).map_err(Error::from)
+            };
+            match emptied {
+                Ok(()) => {
+                    self.rebuild.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                }
+                Err(e) => {
+                    tracing::warn!(group = id, error = %e, "could not empty a group's state machine at shutdown");
+                    return false;
                 }
             }
-            Ok(_) => {}
         }
+        true
     }
 
     pub(crate) fn group(&self, id: GroupId) -> Option<Arc<Group>> {
@@ -556,9 +608,26 @@ impl Node {
         members: BTreeMap<NodeId, NodeInfo>,
         may_initialize: bool,
     ) -> Result<()> {
+        // After `shutdown` has begun no group starts: its applies would race the final flush.
+        if *self.shutdown.borrow() {
+            return Err(Error::Unavailable("the node is stopping".into()));
+        }
+        // Taken off the list only once the group runs: a failed open rebuilds again next time.
+        let rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
+        self.open_group_inner(id, members, may_initialize, rebuild).await?;
+        self.rebuild.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        Ok(())
+    }
+
+    async fn open_group_inner(
+        self: &Arc<Self>,
+        id: GroupId,
+        members: BTreeMap<NodeId, NodeInfo>,
+        may_initialize: bool,
+        rebuild: bool,
+    ) -> Result<()> {
         let dir = self.opts.data_dir.join(format!("group-{id}"));
         let ledger = (id == LEDGER_GROUP).then(|| self.ledger.ctx.clone());
-        let rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         let sm = StateMachineStore::open_checked(&dir, &self.db, id, ledger, rebuild)?;
         let kv = sm.kv();
         let fresh = self.engine.last_entry(id)?.is_none()
@@ -821,11 +890,13 @@ impl Node {
             Ok(Ok(())) => {}
             Err(_) => {
                 // Its files may still be in use: keep them (a leak, not a corruption), and let
-                // the control loop go on.
+                // the control loop go on. Its applies may go on too, unseen by `shutdown`.
+                self.unclean.store(true, Ordering::SeqCst);
                 tracing::error!(group = id, "raft did not shut down in time; the group's data is kept");
                 return Ok(());
             }
         }
+        g.kv.close();
         self.engine.drop_group(id)?;
         self.db.drop_tree(format!("group-{id}"))?;
         if g.dir.exists() {
@@ -1964,6 +2035,20 @@ fn groups_to_rebuild(
         .iter()
         .filter_map(|n| std::str::from_utf8(n).ok()?.strip_prefix("group-")?.parse().ok())
         .collect())
+}
+
+/// `fsync`s every file and directory under `dir`: sled's own flush only hands its writes to
+/// the disk with `sync_file_range`, which does not make them durable.
+fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Leaves the clean-stop marker, durably, after sled's final flush.
