@@ -38,15 +38,19 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// `Some(Some(key))` for a member (the key may be empty in maps written before keys were kept).
 pub type Directory = Box<dyn Fn(NodeId) -> Option<Option<String>> + Send + Sync>;
 
+/// A peer's node key as text, the link key derived with it, and the key's bytes.
+type PeerLink = (String, hmac::Key, [u8; 32]);
+
 pub struct LinkAuth {
     id: NodeId,
     identity: Arc<Identity>,
     /// Keys from the configuration (base64).
     configured: HashMap<NodeId, String>,
     directory: OnceLock<Directory>,
-    /// Per peer: the key (base64) it was derived for, and the link key. Looked up per frame, so
-    /// the key is compared as text: parsing it (a curve point decompression) is paid once.
-    links: Mutex<HashMap<NodeId, (String, hmac::Key)>>,
+    /// Per peer: the key (base64) it was derived for, the link key and the key's bytes. Looked
+    /// up per frame, so the key is compared as text: parsing it (a curve point decompression)
+    /// is paid once.
+    links: Mutex<HashMap<NodeId, PeerLink>>,
     seen: Mutex<Seen>,
 }
 
@@ -134,23 +138,29 @@ impl LinkAuth {
 
     /// A peer's node key, as bytes (`None`: unknown, or not a key).
     pub fn peer_key_bytes(&self, peer: NodeId) -> Option<[u8; 32]> {
-        PublicKey::from_base64(&self.peer_key(peer)?).ok().map(|k| k.to_bytes())
+        self.peer(peer).ok().map(|(_, bytes)| bytes)
     }
 
     fn link(&self, peer: NodeId) -> Result<hmac::Key, LinkError> {
+        self.peer(peer).map(|(link, _)| link)
+    }
+
+    /// The link key with `peer` and its node key's bytes, derived once per key the peer has.
+    fn peer(&self, peer: NodeId) -> Result<(hmac::Key, [u8; 32]), LinkError> {
         let key = self.peer_key(peer).ok_or(LinkError::UnknownPeer(peer))?;
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((k, link)) = links.get(&peer) {
+        if let Some((k, link, bytes)) = links.get(&peer) {
             if *k == key {
-                return Ok(link.clone());
+                return Ok((link.clone(), *bytes));
             }
         }
         let pk = PublicKey::from_base64(&key).map_err(|e| LinkError::Key(peer, e.to_string()))?;
         let secret = edgefabric_crypto::envelope::link_key(&self.identity, self.id, &pk, peer)
             .map_err(|e| LinkError::Key(peer, e.to_string()))?;
         let link = hmac::Key::new(hmac::HMAC_SHA256, secret.as_ref());
-        links.insert(peer, (key, link.clone()));
-        Ok(link)
+        let bytes = pk.to_bytes();
+        links.insert(peer, (key, link.clone(), bytes));
+        Ok((link, bytes))
     }
 
     fn sign(&self, rpc: &str, reply: bool, f: &mut Frame) -> Result<(), LinkError> {

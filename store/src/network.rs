@@ -154,6 +154,24 @@ where
     F: FnOnce(InternalClient<Channel>, tonic::Request<Frame>) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
 {
+    let data = codec::encode(req).map_err(|e| TransportError::Other(e.to_string()))?;
+    let reply = call_raw(peer, group, data, timeout, name, rpc).await?;
+    codec::decode(&reply).map_err(|e| TransportError::Other(format!("bad reply: {e}")))
+}
+
+/// `call` with the request already encoded; returns the reply's bytes.
+async fn call_raw<F, Fut>(
+    peer: Peer,
+    group: GroupId,
+    data: Vec<u8>,
+    timeout: Duration,
+    name: &'static str,
+    rpc: F,
+) -> std::result::Result<Vec<u8>, TransportError>
+where
+    F: FnOnce(InternalClient<Channel>, tonic::Request<Frame>) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<Frame>, tonic::Status>>,
+{
     match peer.faults.to(peer.id) {
         crate::faults::Fault::None => {}
         crate::faults::Fault::Drop => {
@@ -169,7 +187,6 @@ where
             tokio::time::sleep(d).await;
         }
     }
-    let data = codec::encode(req).map_err(|e| TransportError::Other(e.to_string()))?;
     let frame =
         peer.auth.request(name, peer.id, group, data).map_err(|e| TransportError::Other(e.to_string()))?;
     let (to, nonce) = (frame.to, frame.nonce);
@@ -187,7 +204,7 @@ where
     peer.auth
         .accept_reply(name, to, nonce, &reply)
         .map_err(|e| TransportError::Other(format!("reply from node {}: {e}", peer.id)))?;
-    codec::decode(&reply.data).map_err(|e| TransportError::Other(format!("bad reply: {e}")))
+    Ok(reply.data)
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -196,6 +213,9 @@ pub enum TransportError {
     Unreachable(String),
     #[error("peer did not answer in time")]
     Timeout,
+    /// The peer runs a version without this rpc.
+    #[error("peer does not know this call: {0}")]
+    Unimplemented(String),
     #[error("transport: {0}")]
     Other(String),
 }
@@ -205,6 +225,7 @@ impl TransportError {
         match s.code() {
             tonic::Code::Unavailable => TransportError::Unreachable(s.message().to_string()),
             tonic::Code::DeadlineExceeded => TransportError::Timeout,
+            tonic::Code::Unimplemented => TransportError::Unimplemented(s.message().to_string()),
             _ => TransportError::Other(format!("{}: {}", s.code(), s.message())),
         }
     }
@@ -270,6 +291,7 @@ impl Mux {
     /// Ends when every sender is gone (the node's channels were dropped).
     async fn run(peer: Peer, mut rx: tokio::sync::mpsc::UnboundedReceiver<Item>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(BATCH_IN_FLIGHT));
+        let legacy = Arc::new(Mutex::new(None));
         // An item that did not fit the last batch: it opens the next one.
         let mut held: Option<Item> = None;
         loop {
@@ -304,21 +326,28 @@ impl Mux {
             if items.is_empty() {
                 continue;
             }
-            let peer = peer.clone();
+            let (peer, legacy) = (peer.clone(), legacy.clone());
             tokio::spawn(async move {
                 let _slot = slot;
-                Mux::send(peer, items).await;
+                Mux::send(peer, items, legacy).await;
             });
         }
     }
 
-    async fn send(peer: Peer, items: Vec<Item>) {
+    async fn send(peer: Peer, items: Vec<Item>, legacy: Arc<Mutex<Option<std::time::Instant>>>) {
         let ttl = items.iter().map(|i| i.ttl).max().unwrap_or(Duration::from_secs(1));
+        // A peer on an earlier version (a rolling upgrade) has no `AppendBatch`: one call per
+        // request, as before, and the batch is tried again a minute later.
+        let unbatched =
+            legacy.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t.elapsed() < LEGACY_RETRY);
+        if unbatched {
+            return Mux::send_each(peer, items).await;
+        }
         let (payload, waiters): (Vec<(GroupId, Vec<u8>)>, Vec<_>) =
             items.into_iter().map(|i| ((i.group, i.data), i.done)).unzip();
         let n = payload.len();
         let answers = call::<_, Vec<BatchAnswer>, Error, _, _>(
-            peer,
+            peer.clone(),
             0,
             &payload,
             ttl,
@@ -326,6 +355,16 @@ impl Mux {
             |mut c, f| async move { c.append_batch(f).await },
         )
         .await;
+        if let Err(TransportError::Unimplemented(_)) = &answers {
+            tracing::info!(peer = peer.id, "the peer has no batched append-entries; sending them one by one");
+            *legacy.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+            let items = payload
+                .into_iter()
+                .zip(waiters)
+                .map(|((group, data), done)| Item { group, data, ttl, done })
+                .collect();
+            return Mux::send_each(peer, items).await;
+        }
         let answers = match answers {
             Ok(Ok(a)) if a.len() == n => Ok(a),
             Ok(Ok(a)) => Err(TransportError::Other(format!("batch of {n} answered with {} items", a.len()))),
@@ -346,6 +385,27 @@ impl Mux {
         }
     }
 }
+
+impl Mux {
+    /// Each request in a call of its own (`AppendEntries`), all at once.
+    async fn send_each(peer: Peer, items: Vec<Item>) {
+        futures::future::join_all(items.into_iter().map(|i| {
+            let peer = peer.clone();
+            async move {
+                let answer =
+                    call_raw(peer, i.group, i.data, i.ttl, "append_entries", |mut c, f| async move {
+                        c.append_entries(f).await
+                    })
+                    .await;
+                let _ = i.done.send(answer);
+            }
+        }))
+        .await;
+    }
+}
+
+/// How long a peer that lacked `AppendBatch` is sent requests one by one before it is tried again.
+const LEGACY_RETRY: Duration = Duration::from_secs(60);
 
 /// The openraft network factory for one group.
 #[derive(Clone)]
