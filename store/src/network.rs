@@ -534,3 +534,124 @@ impl RaftNetwork<TypeConfig> for Network {
         self.send(&rpc, option.hard_ttl(), "vote", |mut c, f| async move { c.vote(f).await }).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    type RpcResult = std::result::Result<tonic::Response<Frame>, tonic::Status>;
+
+    /// A peer of an earlier version: no `AppendBatch`; it answers each `AppendEntries` with a
+    /// success, authenticated as a real node would.
+    struct OldPeer {
+        auth: Arc<LinkAuth>,
+        batches: AtomicUsize,
+        singles: AtomicUsize,
+    }
+
+    /// The whole impl from one macro: `async_trait` must see every method expanded.
+    macro_rules! old_peer {
+        ($($name:ident),*) => {
+            #[tonic::async_trait]
+            impl Internal for OldPeer {
+                async fn append_entries(&self, req: tonic::Request<Frame>) -> RpcResult {
+                    self.singles.fetch_add(1, Ordering::SeqCst);
+                    let f = req.into_inner();
+                    self.auth
+                        .accept("append_entries", &f)
+                        .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+                    let _: AppendEntriesRequest<TypeConfig> = request(&f)?;
+                    let answer: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                        Ok(AppendEntriesResponse::Success);
+                    reply(&self.auth, "append_entries", &f, &answer)
+                }
+
+                async fn append_batch(&self, _: tonic::Request<Frame>) -> RpcResult {
+                    self.batches.fetch_add(1, Ordering::SeqCst);
+                    Err(tonic::Status::unimplemented("append_batch"))
+                }
+
+                $(
+                    async fn $name(&self, _: tonic::Request<Frame>) -> RpcResult {
+                        Err(tonic::Status::unimplemented(stringify!($name)))
+                    }
+                )*
+            }
+        };
+    }
+
+    old_peer!(
+        vote,
+        install_snapshot,
+        forward,
+        read_index,
+        status,
+        sizes,
+        rejoin,
+        read,
+        scan,
+        ts_select,
+        ts_series,
+        change_replica,
+        ledger_cosign,
+        ping,
+        quiesce,
+        wake
+    );
+
+    fn auth_pair() -> (Arc<LinkAuth>, Arc<LinkAuth>) {
+        let a = Arc::new(edgefabric_crypto::Identity::from_seed(&[1; 32]));
+        let b = Arc::new(edgefabric_crypto::Identity::from_seed(&[2; 32]));
+        let keys: HashMap<NodeId, String> =
+            [(1, a.public_key().to_base64()), (2, b.public_key().to_base64())].into_iter().collect();
+        (Arc::new(LinkAuth::new(1, a, keys.clone())), Arc::new(LinkAuth::new(2, b, keys)))
+    }
+
+    fn heartbeat() -> Vec<u8> {
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        };
+        codec::encode(&rpc).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_batches_gets_each_request_in_its_own_call() {
+        let (ours, theirs) = auth_pair();
+        let old =
+            Arc::new(OldPeer { auth: theirs, batches: AtomicUsize::new(0), singles: AtomicUsize::new(0) });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let svc = InternalServer::from_arc(old.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let channels = Channels::new(ours, None);
+        let mux = channels.mux(2, &addr).unwrap();
+        let send = |group| {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            mux.tx.send(Item { group, data: heartbeat(), ttl: Duration::from_secs(5), done }).unwrap();
+            answer
+        };
+        // The first batch is refused as unknown; its requests still get through, one by one.
+        let answers: Vec<_> = (1..=3).map(send).collect();
+        for a in answers {
+            let bytes = a.await.unwrap().expect("answered");
+            let r: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                codec::decode(&bytes).unwrap();
+            assert!(matches!(r, Ok(AppendEntriesResponse::Success)), "{r:?}");
+        }
+        assert_eq!(old.singles.load(Ordering::SeqCst), 3);
+        let tried = old.batches.load(Ordering::SeqCst);
+        assert!(tried >= 1);
+        // From then on no batch is tried (for a while): straight to single calls.
+        send(4).await.unwrap().expect("answered");
+        assert_eq!(old.batches.load(Ordering::SeqCst), tried);
+        assert_eq!(old.singles.load(Ordering::SeqCst), 4);
+    }
+}
