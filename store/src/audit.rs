@@ -104,15 +104,40 @@ tokio::task_local! {
     static RECEIVED: std::cell::RefCell<Option<Written>>;
 }
 
-/// Audit records written to the log, with their sync under way.
+/// Audit records written to the log, not yet known to be durable.
 pub struct Written {
-    synced: oneshot::Receiver<std::io::Result<()>>,
+    synced: Synced,
+}
+
+enum Synced {
+    /// No sync asked for yet: `durable` asks. A request that never waits leaves the records
+    /// to the next sync of the file (a raft append's, or the outcome record's), which covers
+    /// them: syncs cover everything written before them.
+    Lazy { engine: LogEngine, queue: Arc<AuditQueue>, end: u64 },
+    #[cfg(test)]
+    Asked(oneshot::Receiver<std::io::Result<()>>),
 }
 
 impl Written {
     /// Returns once the records are on disk.
     pub async fn durable(self) -> Result<()> {
-        self.synced
+        let synced = match self.synced {
+            Synced::Lazy { engine, queue, end } => {
+                let (tx, rx) = oneshot::channel();
+                engine.sync(move |r| {
+                    if r.is_ok() {
+                        // Syncs complete in file order: everything up to `end` is durable.
+                        queue.durable.fetch_max(end, Ordering::SeqCst);
+                        queue.wake.notify_one();
+                    }
+                    let _ = tx.send(r);
+                });
+                rx
+            }
+            #[cfg(test)]
+            Synced::Asked(rx) => rx,
+        };
+        synced
             .await
             .map_err(|_| Error::Storage("the log syncer stopped".into()))?
             .map_err(|e| Error::Storage(format!("audit queue sync: {e}")))
@@ -133,10 +158,10 @@ impl Node {
         }
     }
 
-    /// Writes the records to the log and asks for them to be synced, without waiting: the
-    /// answer says when they are durable. `None` when nothing was written (auditing disabled,
-    /// or no accesses). Whatever the caller does with the answer, the records become durable
-    /// (and shippable) with the sync asked for here.
+    /// Writes the records to the log without syncing them: `Written::durable` syncs and waits.
+    /// `None` when nothing was written (auditing disabled, or no accesses). Records nobody
+    /// waits for become durable with the file's next sync, and shippable with the next audit
+    /// sync (or at the next start, which syncs the file first).
     pub fn audit_written(&self, accesses: Vec<Access>) -> Result<Option<Written>> {
         if !self.audit.enabled || accesses.is_empty() {
             return Ok(None);
@@ -175,17 +200,13 @@ impl Node {
             *last = seq;
             seq
         };
-        let (tx, rx) = oneshot::channel();
-        let queue = self.audit.clone();
-        self.engine.sync(move |r| {
-            if r.is_ok() {
-                // Syncs complete in file order: everything up to `end` is durable.
-                queue.durable.fetch_max(end, Ordering::SeqCst);
-                queue.wake.notify_one();
-            }
-            let _ = tx.send(r);
-        });
-        Ok(Some(Written { synced: rx }))
+        // The sync is asked for only by a caller that waits (`Written::durable`). A KV write
+        // proposed to a local leader does not: its raft append's sync, asked for right after,
+        // covers the record, and a sync of the record alone would hold that append back by up
+        // to one more `fdatasync` (the syncer would be busy with it when the append arrives).
+        Ok(Some(Written {
+            synced: Synced::Lazy { engine: self.engine.clone(), queue: self.audit.clone(), end },
+        }))
     }
 
     /// Runs `call` (a KV write's handler) with its received record `written` but perhaps not
@@ -498,7 +519,7 @@ mod received_tests {
         // Outside a request there is nothing to wait for.
         Node::received_durable().await.unwrap();
         let (tx, rx) = oneshot::channel();
-        let pending = Some(Written { synced: rx });
+        let pending = Some(Written { synced: Synced::Asked(rx) });
         RECEIVED
             .scope(std::cell::RefCell::new(pending), async move {
                 let wait = Node::received_durable();
@@ -520,14 +541,20 @@ mod received_tests {
         let (tx, rx) = oneshot::channel();
         tx.send(Err(std::io::Error::other("disk gone"))).unwrap();
         let r = RECEIVED
-            .scope(std::cell::RefCell::new(Some(Written { synced: rx })), Node::received_durable())
+            .scope(
+                std::cell::RefCell::new(Some(Written { synced: Synced::Asked(rx) })),
+                Node::received_durable(),
+            )
             .await;
         assert!(matches!(r, Err(Error::Storage(m)) if m.contains("disk gone")));
         // So is a syncer that went away without answering.
         let (tx, rx) = oneshot::channel::<std::io::Result<()>>();
         drop(tx);
         let r = RECEIVED
-            .scope(std::cell::RefCell::new(Some(Written { synced: rx })), Node::received_durable())
+            .scope(
+                std::cell::RefCell::new(Some(Written { synced: Synced::Asked(rx) })),
+                Node::received_durable(),
+            )
             .await;
         assert!(matches!(r, Err(Error::Storage(_))));
     }
