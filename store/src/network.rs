@@ -279,26 +279,66 @@ pub type BatchAnswer = std::result::Result<Vec<u8>, String>;
 #[derive(Clone)]
 struct Mux {
     tx: tokio::sync::mpsc::UnboundedSender<Item>,
+    peer: Peer,
+    /// Calls in flight to the peer (`BATCH_IN_FLIGHT`), whoever sends them.
+    slots: Arc<tokio::sync::Semaphore>,
+    legacy: Legacy,
+    /// Items handed to the batch task and not yet taken into a batch.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Since when the peer is known to lack `AppendBatch`.
+type Legacy = Arc<Mutex<Option<std::time::Instant>>>;
 
 impl Mux {
     fn start(peer: Peer) -> Mux {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(Mux::run(peer, rx));
-        Mux { tx }
+        let mux = Mux {
+            tx,
+            peer,
+            slots: Arc::new(tokio::sync::Semaphore::new(BATCH_IN_FLIGHT)),
+            legacy: Default::default(),
+            queued: Default::default(),
+        };
+        let task = mux.clone();
+        tokio::spawn(async move { task.run(rx).await });
+        mux
     }
 
-    /// Ends when every sender is gone (the node's channels were dropped).
-    async fn run(peer: Peer, mut rx: tokio::sync::mpsc::UnboundedReceiver<Item>) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(BATCH_IN_FLIGHT));
-        let legacy = Arc::new(Mutex::new(None));
+    /// Sends `item` from the caller's task when nothing waits and a call slot is free (no
+    /// hand-off to the batch task, which matters at low load), else queues it for the next
+    /// batch. The answer goes to `item.done` either way.
+    async fn submit(&self, item: Item) -> std::result::Result<(), Item> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.queued.load(SeqCst) == 0 {
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                Mux::send(self.peer.clone(), vec![item], self.legacy.clone()).await;
+                drop(slot);
+                return Ok(());
+            }
+        }
+        self.queued.fetch_add(1, SeqCst);
+        self.tx.send(item).map_err(|e| {
+            self.queued.fetch_sub(1, SeqCst);
+            e.0
+        })
+    }
+
+    /// Ends when every sender is gone. The task holds a clone of the sender itself, so in
+    /// practice it lives as long as the process: one per peer address.
+    async fn run(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Item>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (peer, slots, legacy) = (self.peer.clone(), self.slots.clone(), self.legacy.clone());
         // An item that did not fit the last batch: it opens the next one.
         let mut held: Option<Item> = None;
         loop {
             let first = match held.take() {
                 Some(item) => item,
                 None => match rx.recv().await {
-                    Some(item) => item,
+                    Some(item) => {
+                        self.queued.fetch_sub(1, SeqCst);
+                        item
+                    }
                     None => return,
                 },
             };
@@ -307,7 +347,11 @@ impl Mux {
             let mut bytes = first.data.len();
             let mut items = vec![first];
             while items.len() < BATCH_ITEMS {
-                match rx.try_recv() {
+                let next = rx.try_recv();
+                if next.is_ok() {
+                    self.queued.fetch_sub(1, SeqCst);
+                }
+                match next {
                     // Its caller gave up (openraft's timeout): nobody would read the answer.
                     Ok(item) if item.done.is_closed() => {}
                     // Over the size on its own account: the next batch starts with it.
@@ -334,7 +378,7 @@ impl Mux {
         }
     }
 
-    async fn send(peer: Peer, items: Vec<Item>, legacy: Arc<Mutex<Option<std::time::Instant>>>) {
+    async fn send(peer: Peer, items: Vec<Item>, legacy: Legacy) {
         let ttl = items.iter().map(|i| i.ttl).max().unwrap_or(Duration::from_secs(1));
         // A peer on an earlier version (a rolling upgrade) has no `AppendBatch`: one call per
         // request, as before, and the batch is tried again a minute later.
@@ -498,8 +542,8 @@ impl RaftNetwork<TypeConfig> for Network {
         let data = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mux = self.channels.mux(self.target, &self.addr).map_err(|e| unreachable(&e))?;
         let (done, answer) = tokio::sync::oneshot::channel();
-        mux.tx
-            .send(Item { group: self.group, data, ttl, done })
+        mux.submit(Item { group: self.group, data, ttl, done })
+            .await
             .map_err(|_| unreachable(&Error::Unavailable("the batch sender stopped".into())))?;
         let bytes = match tokio::time::timeout(ttl, answer).await {
             Err(_) => return Err(RPCError::Network(NetworkError::new(&TransportError::Timeout))),
@@ -618,6 +662,104 @@ mod tests {
         codec::encode(&rpc).unwrap()
     }
 
+    /// A peer of this version, slow to answer (so that calls pile up), that answers each
+    /// request of a batch with a vote naming the request's group (so that the answers can be
+    /// matched with their requests).
+    struct SlowPeer {
+        auth: Arc<LinkAuth>,
+        sizes: Mutex<Vec<usize>>,
+    }
+
+    macro_rules! slow_peer {
+        ($($name:ident),*) => {
+            #[tonic::async_trait]
+            impl Internal for SlowPeer {
+                async fn append_batch(&self, req: tonic::Request<Frame>) -> RpcResult {
+                    let f = req.into_inner();
+                    self.auth
+                        .accept("append_batch", &f)
+                        .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+                    let items: Vec<(GroupId, Vec<u8>)> = request(&f)?;
+                    self.sizes.lock().unwrap().push(items.len());
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    let answers: Vec<BatchAnswer> = items
+                        .iter()
+                        .map(|(group, _)| {
+                            let r: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                                Ok(AppendEntriesResponse::HigherVote(openraft::Vote::new(*group, 1)));
+                            Ok(codec::encode(&r).unwrap())
+                        })
+                        .collect();
+                    reply(&self.auth, "append_batch", &f, &Ok::<_, Error>(answers))
+                }
+
+                $(
+                    async fn $name(&self, _: tonic::Request<Frame>) -> RpcResult {
+                        Err(tonic::Status::unimplemented(stringify!($name)))
+                    }
+                )*
+            }
+        };
+    }
+
+    slow_peer!(
+        append_entries,
+        vote,
+        install_snapshot,
+        forward,
+        read_index,
+        status,
+        sizes,
+        rejoin,
+        read,
+        scan,
+        ts_select,
+        ts_series,
+        change_replica,
+        ledger_cosign,
+        ping,
+        quiesce,
+        wake
+    );
+
+    #[tokio::test]
+    async fn requests_that_wait_for_a_call_slot_share_a_batch_and_get_their_own_answers() {
+        let (ours, theirs) = auth_pair();
+        let peer = Arc::new(SlowPeer { auth: theirs, sizes: Mutex::new(vec![]) });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(InternalServer::from_arc(peer.clone()))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let mux = Channels::new(ours, None).mux(2, &addr).unwrap();
+        let answers: Vec<_> = (1..=40u64)
+            .map(|group| {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                let mux = mux.clone();
+                tokio::spawn(async move {
+                    let item = Item { group, data: heartbeat(), ttl: Duration::from_secs(5), done };
+                    assert!(mux.submit(item).await.is_ok());
+                });
+                (group, answer)
+            })
+            .collect();
+        for (group, answer) in answers {
+            let bytes = answer.await.unwrap().expect("answered");
+            let r: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                codec::decode(&bytes).unwrap();
+            match r {
+                Ok(AppendEntriesResponse::HigherVote(v)) => assert_eq!(v.leader_id().term, group),
+                other => panic!("group {group}: {other:?}"),
+            }
+        }
+        let sizes = peer.sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 40, "{sizes:?}");
+        assert!(sizes.len() < 40 && sizes.iter().any(|n| *n > 1), "nothing was batched: {sizes:?}");
+        assert!(sizes.iter().all(|n| *n <= BATCH_ITEMS));
+    }
+
     #[tokio::test]
     async fn a_peer_without_batches_gets_each_request_in_its_own_call() {
         let (ours, theirs) = auth_pair();
@@ -635,7 +777,11 @@ mod tests {
         let mux = channels.mux(2, &addr).unwrap();
         let send = |group| {
             let (done, answer) = tokio::sync::oneshot::channel();
-            mux.tx.send(Item { group, data: heartbeat(), ttl: Duration::from_secs(5), done }).unwrap();
+            let mux = mux.clone();
+            tokio::spawn(async move {
+                let item = Item { group, data: heartbeat(), ttl: Duration::from_secs(5), done };
+                assert!(mux.submit(item).await.is_ok());
+            });
             answer
         };
         // The first batch is refused as unknown; its requests still get through, one by one.
