@@ -635,7 +635,16 @@ impl Node {
             && self.engine.vote(id).is_none()
             && kv.raft_meta()?.is_none();
         let rejoining = dir.join(REJOIN_MARKER).exists();
-        // Everything in the file was synced at start (`AuditQueue::open`).
+        // What the group's log holds is durable: the file was synced at start
+        // (`AuditQueue::open`), and this sync covers entries an earlier raft of this group in
+        // this process may have appended since.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine.sync(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await
+            .map_err(|_| Error::Storage("the log syncer stopped".into()))?
+            .map_err(|e| Error::Storage(format!("syncing the log before group {id} starts: {e}")))?;
         let flushed = crate::raft_store::Flushed::new(
             self.engine.clone(),
             self.engine.last_entry(id)?.map_or(0, |(index, _)| index),
