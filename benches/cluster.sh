@@ -32,6 +32,14 @@ start_cluster() { # base port [audit_off]
       grep -q '^enabled = false' "$EF_DIR/node$k.toml" || { echo "could not set $section enabled = false" >&2; exit 1; }
     done
   fi
+  if [ -n "${SHARDS:-}" ]; then
+    for k in 1 2 3; do
+      awk -v n="$SHARDS" '/^\[/{s=$0} s=="[cluster]" && /^initial_shards *=/{$0="initial_shards = " n} {print}' \
+        "$EF_DIR/node$k.toml" >"$EF_DIR/tmp.toml"
+      mv "$EF_DIR/tmp.toml" "$EF_DIR/node$k.toml"
+      grep -q "^initial_shards = $SHARDS\$" "$EF_DIR/node$k.toml" || { echo "could not set initial_shards" >&2; exit 1; }
+    done
+  fi
   CA="$EF_DIR/ca.pem"
   export EDGEFABRIC_CA_FILE="$CA"
   HTTP=(); GRPC=()
@@ -42,7 +50,8 @@ start_cluster() { # base port [audit_off]
     HTTP+=("$scheme://127.0.0.1:$((base + 2 * (k - 1) + 1))")
   done
   for url in "${HTTP[@]}"; do
-    for _ in $(seq 1 120); do curl -sf --cacert "$CA" "$url/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
+    # Up to 60 s; 5 minutes for a cluster of many shards (each needs a leader first).
+    for _ in $(seq 1 $(( ${SHARDS:-16} > 100 ? 600 : 120 ))); do curl -sf --cacert "$CA" "$url/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
     curl -sf --cacert "$CA" "$url/readyz" >/dev/null || { echo "not ready: $url" >&2; exit 1; }
   done
 }
