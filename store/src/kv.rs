@@ -748,7 +748,6 @@ impl KvStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<ScanItem>, bool)> {
-        let _whole = self.applying.read().unwrap_or_else(|p| p.into_inner());
         let base = data_key(ns, "");
         let full_prefix = data_key(ns, prefix);
         let start = match after {
@@ -760,21 +759,33 @@ impl KvStore {
             }
             _ => full_prefix.clone(),
         };
-        let mut items = vec![];
-        for kv in self.tree.range(start..) {
-            let (k, v) = kv?;
-            if !k.starts_with(&full_prefix) {
-                break;
+        // Under the apply lock only the walk itself (sled values are shared buffers): the
+        // decoding happens after it is released, so a long scan holds up applies less.
+        let (raw, more) = {
+            let _whole = self.applying.read().unwrap_or_else(|p| p.into_inner());
+            let mut raw = vec![];
+            let mut more = false;
+            for kv in self.tree.range(start..) {
+                let (k, v) = kv?;
+                if !k.starts_with(&full_prefix) {
+                    break;
+                }
+                if raw.len() == limit {
+                    more = true;
+                    break;
+                }
+                raw.push((k, v));
             }
-            if items.len() == limit {
-                return Ok((items, true));
-            }
+            (raw, more)
+        };
+        let mut items = Vec::with_capacity(raw.len());
+        for (k, v) in raw {
             let key = String::from_utf8(k[base.len()..].to_vec())
                 .map_err(|_| Error::Storage("non-UTF-8 key in store".into()))?;
             let rec: Record = codec::decode(&v)?;
             items.push(ScanItem { key, revision: rec.revision, value: rec.value });
         }
-        Ok((items, false))
+        Ok((items, more))
     }
 
     /// Every entry of the store (data, namespaces and raft meta), for a snapshot. The caller
