@@ -585,20 +585,25 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     type RpcResult = std::result::Result<tonic::Response<Frame>, tonic::Status>;
+    type AppendAnswer = std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
 
-    /// A peer of an earlier version: no `AppendBatch`; it answers each `AppendEntries` with a
-    /// success, authenticated as a real node would.
-    struct OldPeer {
+    /// A peer node, authenticated as a real one. With `batches` off it is an earlier version:
+    /// no `AppendBatch`, and each `AppendEntries` answered with a success. With `batches` on it
+    /// is slow to answer a batch (so that calls pile up) and answers each request with a vote
+    /// naming the request's group (so that answers can be matched with their requests).
+    struct TestPeer {
         auth: Arc<LinkAuth>,
-        batches: AtomicUsize,
+        batches: bool,
+        batch_sizes: Mutex<Vec<usize>>,
+        refused_batches: AtomicUsize,
         singles: AtomicUsize,
     }
 
     /// The whole impl from one macro: `async_trait` must see every method expanded.
-    macro_rules! old_peer {
+    macro_rules! test_peer {
         ($($name:ident),*) => {
             #[tonic::async_trait]
-            impl Internal for OldPeer {
+            impl Internal for TestPeer {
                 async fn append_entries(&self, req: tonic::Request<Frame>) -> RpcResult {
                     self.singles.fetch_add(1, Ordering::SeqCst);
                     let f = req.into_inner();
@@ -606,86 +611,26 @@ mod tests {
                         .accept("append_entries", &f)
                         .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
                     let _: AppendEntriesRequest<TypeConfig> = request(&f)?;
-                    let answer: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                        Ok(AppendEntriesResponse::Success);
+                    let answer: AppendAnswer = Ok(AppendEntriesResponse::Success);
                     reply(&self.auth, "append_entries", &f, &answer)
                 }
 
-                async fn append_batch(&self, _: tonic::Request<Frame>) -> RpcResult {
-                    self.batches.fetch_add(1, Ordering::SeqCst);
-                    Err(tonic::Status::unimplemented("append_batch"))
-                }
-
-                $(
-                    async fn $name(&self, _: tonic::Request<Frame>) -> RpcResult {
-                        Err(tonic::Status::unimplemented(stringify!($name)))
-                    }
-                )*
-            }
-        };
-    }
-
-    old_peer!(
-        vote,
-        install_snapshot,
-        forward,
-        read_index,
-        status,
-        sizes,
-        rejoin,
-        read,
-        scan,
-        ts_select,
-        ts_series,
-        change_replica,
-        ledger_cosign,
-        ping,
-        quiesce,
-        wake
-    );
-
-    fn auth_pair() -> (Arc<LinkAuth>, Arc<LinkAuth>) {
-        let a = Arc::new(edgefabric_crypto::Identity::from_seed(&[1; 32]));
-        let b = Arc::new(edgefabric_crypto::Identity::from_seed(&[2; 32]));
-        let keys: HashMap<NodeId, String> =
-            [(1, a.public_key().to_base64()), (2, b.public_key().to_base64())].into_iter().collect();
-        (Arc::new(LinkAuth::new(1, a, keys.clone())), Arc::new(LinkAuth::new(2, b, keys)))
-    }
-
-    fn heartbeat() -> Vec<u8> {
-        let rpc = AppendEntriesRequest::<TypeConfig> {
-            vote: openraft::Vote::new_committed(1, 1),
-            prev_log_id: None,
-            leader_commit: None,
-            entries: vec![],
-        };
-        codec::encode(&rpc).unwrap()
-    }
-
-    /// A peer of this version, slow to answer (so that calls pile up), that answers each
-    /// request of a batch with a vote naming the request's group (so that the answers can be
-    /// matched with their requests).
-    struct SlowPeer {
-        auth: Arc<LinkAuth>,
-        sizes: Mutex<Vec<usize>>,
-    }
-
-    macro_rules! slow_peer {
-        ($($name:ident),*) => {
-            #[tonic::async_trait]
-            impl Internal for SlowPeer {
                 async fn append_batch(&self, req: tonic::Request<Frame>) -> RpcResult {
+                    if !self.batches {
+                        self.refused_batches.fetch_add(1, Ordering::SeqCst);
+                        return Err(tonic::Status::unimplemented("append_batch"));
+                    }
                     let f = req.into_inner();
                     self.auth
                         .accept("append_batch", &f)
                         .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
                     let items: Vec<(GroupId, Vec<u8>)> = request(&f)?;
-                    self.sizes.lock().unwrap().push(items.len());
+                    self.batch_sizes.lock().unwrap().push(items.len());
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     let answers: Vec<BatchAnswer> = items
                         .iter()
                         .map(|(group, _)| {
-                            let r: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                            let r: AppendAnswer =
                                 Ok(AppendEntriesResponse::HigherVote(openraft::Vote::new(*group, 1)));
                             Ok(codec::encode(&r).unwrap())
                         })
@@ -702,8 +647,7 @@ mod tests {
         };
     }
 
-    slow_peer!(
-        append_entries,
+    test_peer!(
         vote,
         install_snapshot,
         forward,
@@ -722,10 +666,20 @@ mod tests {
         wake
     );
 
-    #[tokio::test]
-    async fn requests_that_wait_for_a_call_slot_share_a_batch_and_get_their_own_answers() {
-        let (ours, theirs) = auth_pair();
-        let peer = Arc::new(SlowPeer { auth: theirs, sizes: Mutex::new(vec![]) });
+    /// Serves a test peer (node 2) on loopback; returns it and the batch sender to it from
+    /// node 1.
+    async fn peer_and_mux(batches: bool) -> (Arc<TestPeer>, Mux) {
+        let a = Arc::new(edgefabric_crypto::Identity::from_seed(&[1; 32]));
+        let b = Arc::new(edgefabric_crypto::Identity::from_seed(&[2; 32]));
+        let keys: HashMap<NodeId, String> =
+            [(1, a.public_key().to_base64()), (2, b.public_key().to_base64())].into_iter().collect();
+        let peer = Arc::new(TestPeer {
+            auth: Arc::new(LinkAuth::new(2, b, keys.clone())),
+            batches,
+            batch_sizes: Mutex::new(vec![]),
+            refused_batches: AtomicUsize::new(0),
+            singles: AtomicUsize::new(0),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(
@@ -733,71 +687,67 @@ mod tests {
                 .add_service(InternalServer::from_arc(peer.clone()))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
-        let mux = Channels::new(ours, None).mux(2, &addr).unwrap();
-        let answers: Vec<_> = (1..=40u64)
-            .map(|group| {
-                let (done, answer) = tokio::sync::oneshot::channel();
-                let mux = mux.clone();
-                tokio::spawn(async move {
-                    let item = Item { group, data: heartbeat(), ttl: Duration::from_secs(5), done };
-                    assert!(mux.submit(item).await.is_ok());
-                });
-                (group, answer)
-            })
-            .collect();
+        let mux = Channels::new(Arc::new(LinkAuth::new(1, a, keys)), None).mux(2, &addr).unwrap();
+        (peer, mux)
+    }
+
+    /// Submits a heartbeat of `group` from its own task (as each group's replication does);
+    /// returns where its answer arrives.
+    fn submit(
+        mux: &Mux,
+        group: GroupId,
+    ) -> tokio::sync::oneshot::Receiver<std::result::Result<Vec<u8>, TransportError>> {
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let item = Item { group, data: codec::encode(&rpc).unwrap(), ttl: Duration::from_secs(5), done };
+        let mux = mux.clone();
+        tokio::spawn(async move { assert!(mux.submit(item).await.is_ok()) });
+        answer
+    }
+
+    async fn answer_of(
+        answer: tokio::sync::oneshot::Receiver<std::result::Result<Vec<u8>, TransportError>>,
+    ) -> AppendAnswer {
+        codec::decode(&answer.await.unwrap().expect("answered")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_that_wait_for_a_call_slot_share_a_batch_and_get_their_own_answers() {
+        let (peer, mux) = peer_and_mux(true).await;
+        let answers: Vec<_> = (1..=40u64).map(|group| (group, submit(&mux, group))).collect();
         for (group, answer) in answers {
-            let bytes = answer.await.unwrap().expect("answered");
-            let r: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                codec::decode(&bytes).unwrap();
-            match r {
+            match answer_of(answer).await {
                 Ok(AppendEntriesResponse::HigherVote(v)) => assert_eq!(v.leader_id().term, group),
                 other => panic!("group {group}: {other:?}"),
             }
         }
-        let sizes = peer.sizes.lock().unwrap().clone();
+        let sizes = peer.batch_sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 40, "{sizes:?}");
         assert!(sizes.len() < 40 && sizes.iter().any(|n| *n > 1), "nothing was batched: {sizes:?}");
         assert!(sizes.iter().all(|n| *n <= BATCH_ITEMS));
+        assert_eq!(peer.singles.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
     async fn a_peer_without_batches_gets_each_request_in_its_own_call() {
-        let (ours, theirs) = auth_pair();
-        let old =
-            Arc::new(OldPeer { auth: theirs, batches: AtomicUsize::new(0), singles: AtomicUsize::new(0) });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let svc = InternalServer::from_arc(old.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        let channels = Channels::new(ours, None);
-        let mux = channels.mux(2, &addr).unwrap();
-        let send = |group| {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            let mux = mux.clone();
-            tokio::spawn(async move {
-                let item = Item { group, data: heartbeat(), ttl: Duration::from_secs(5), done };
-                assert!(mux.submit(item).await.is_ok());
-            });
-            answer
-        };
+        let (peer, mux) = peer_and_mux(false).await;
         // The first batch is refused as unknown; its requests still get through, one by one.
-        let answers: Vec<_> = (1..=3).map(send).collect();
+        let answers: Vec<_> = (1..=3).map(|group| submit(&mux, group)).collect();
         for a in answers {
-            let bytes = a.await.unwrap().expect("answered");
-            let r: std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                codec::decode(&bytes).unwrap();
+            let r = answer_of(a).await;
             assert!(matches!(r, Ok(AppendEntriesResponse::Success)), "{r:?}");
         }
-        assert_eq!(old.singles.load(Ordering::SeqCst), 3);
-        let tried = old.batches.load(Ordering::SeqCst);
+        assert_eq!(peer.singles.load(Ordering::SeqCst), 3);
+        let tried = peer.refused_batches.load(Ordering::SeqCst);
         assert!(tried >= 1);
         // From then on no batch is tried (for a while): straight to single calls.
-        send(4).await.unwrap().expect("answered");
-        assert_eq!(old.batches.load(Ordering::SeqCst), tried);
-        assert_eq!(old.singles.load(Ordering::SeqCst), 4);
+        answer_of(submit(&mux, 4)).await.expect("answered");
+        assert_eq!(peer.refused_batches.load(Ordering::SeqCst), tried);
+        assert_eq!(peer.singles.load(Ordering::SeqCst), 4);
     }
 }
